@@ -1,0 +1,170 @@
+"""Builds kefu from config and runs it: database, channels, pipeline, outbox worker, HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import signal
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import uvicorn
+from sqlalchemy import text
+
+from bot import outbox
+from bot.config import Config, ConfigError, secret
+from bot.http import build_app
+from bot.messages import Inbound, Receipt
+from bot.metrics import Metrics
+from bot.outbox import OutboxWorker
+from bot.pipeline import Pipeline
+from channels.base import Channel
+from channels.webhook import Source, WebhookChannel
+from storage.db import Database
+
+log = logging.getLogger("kefu.app")
+
+SOURCE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def build_webhook(config: Config, env: Mapping[str, str]) -> WebhookChannel:
+    sources: dict[str, Source] = {}
+    disabled: dict[str, str] = {}
+    for name, src in config.webhook.sources.items():
+        if not SOURCE_NAME.match(name):
+            raise ConfigError(
+                f"[webhook.sources] has source name {name!r}: use letters, digits, '-' and '_'"
+            )
+        value = secret(src.secret_env, env)
+        if value is None:
+            disabled[name] = f"set {src.secret_env} to turn it on"
+            log.warning(
+                "webhook.source.off source=%s: environment variable %s is not set; "
+                "set it to the source's shared secret to turn the source on",
+                name,
+                src.secret_env,
+            )
+            continue
+        sources[name] = Source(name, value, src.callback_url)
+    return WebhookChannel(
+        sources,
+        disabled=disabled,
+        max_skew_seconds=config.webhook.max_skew_seconds,
+        max_body_bytes=config.http.max_body_bytes,
+    )
+
+
+class Kefu:
+    """One running kefu: everything `kefu run` starts, in the order it needs."""
+
+    def __init__(self, config: Config, env: Mapping[str, str] | None = None) -> None:
+        self.config = config
+        self.env = dict(os.environ if env is None else env)
+        self.metrics = Metrics()
+        self.db = Database(config.storage.url)
+        self.webhook = build_webhook(config, self.env)
+        self.channels: dict[str, Channel] = {"webhook": self.webhook}
+        self._announce_off_channels()
+        self.worker = OutboxWorker(self.db, self.channels, config.outbox, metrics=self.metrics)
+        self.pipeline = Pipeline(self.db, on_commit=self.worker.wake)
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    def _announce_off_channels(self) -> None:
+        tg, em = self.config.telegram, self.config.email
+        if tg.enabled:
+            raise ConfigError("[telegram] enabled = true: the Telegram channel is not in this build yet")
+        log.info(
+            "channel.telegram.off: set [telegram] enabled = true and put the bot token in %s "
+            "to turn it on",
+            tg.token_env,
+        )
+        if em.enabled:
+            raise ConfigError("[email] enabled = true: the email channel is not in this build yet")
+        log.info(
+            "channel.email.off: fill [email] (address, imap_host, smtp_host), set enabled = true "
+            "and put the mailbox password in %s to turn it on",
+            em.password_env,
+        )
+
+    async def receive(self, inbound: Inbound) -> Receipt:
+        return await self.pipeline.receive(inbound)
+
+    async def health(self) -> dict[str, object]:
+        try:
+            async with self.db.sessions() as session:
+                await session.execute(text("SELECT 1"))
+                depth = await outbox.depth(session)
+        except Exception as exc:  # noqa: BLE001 - health reports, it does not raise
+            return {"status": "degraded", "database": f"error: {type(exc).__name__}"}
+        return {"status": "ok", "database": "ok", "channels": sorted(self.channels), "outbox": depth}
+
+    async def refresh_metrics(self) -> None:
+        async with self.db.sessions() as session:
+            for status, n in (await outbox.depth(session)).items():
+                self.metrics.outbox_depth.labels(status).set(n)
+
+    def http_app(self) -> Any:
+        return build_app(
+            webhook=self.webhook,
+            metrics=self.metrics,
+            health=self.health,
+            before_metrics=self.refresh_metrics,
+        )
+
+    async def start(self) -> None:
+        await self.db.upgrade()
+        for channel in self.channels.values():
+            await channel.start(self.receive)
+        self._tasks.append(asyncio.create_task(self.worker.run(), name="kefu-outbox"))
+
+    async def stop(self) -> None:
+        self.worker.stop()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
+                await asyncio.wait_for(task, timeout=15)
+        await self.pipeline.close()
+        for channel in self.channels.values():
+            await channel.stop()
+        await self.db.dispose()
+
+    async def serve(self) -> None:
+        await self.start()
+        server = _Server(
+            uvicorn.Config(
+                self.http_app(),
+                host=self.config.http.host,
+                port=self.config.http.port,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+            )
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, _request_exit, server, sig)
+        try:
+            log.info("kefu.started http=%s:%d", self.config.http.host, self.config.http.port)
+            await server.serve()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            await self.stop()
+            log.info("kefu.stopped")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises the signal after serve() returns; kefu stops its own parts first."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _request_exit(server: uvicorn.Server, sig: int) -> None:
+    log.info("kefu.stopping signal=%s", signal.Signals(sig).name)
+    if server.should_exit:
+        server.force_exit = True
+    server.should_exit = True

@@ -1,0 +1,377 @@
+"""The `kefu` command line. Each command: --config PATH; errors are one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import getpass
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bot.config import Config, ConfigError, load_config
+from handlers import agents
+from storage import audit, conversations, customers, interactions, staff
+from storage.db import Database
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="kefu",
+    help="kefu (客服): self-hosted omnichannel customer-care bot.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="The database.", no_args_is_help=True)
+customers_app = typer.Typer(help="Customers and their identities.", no_args_is_help=True)
+log_app = typer.Typer(help="The unified interaction log.", no_args_is_help=True)
+conversations_app = typer.Typer(help="Conversations.", no_args_is_help=True)
+staff_app = typer.Typer(help="The support team.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(customers_app, name="customers")
+app.add_typer(log_app, name="log")
+app.add_typer(conversations_app, name="conversations")
+app.add_typer(staff_app, name="staff")
+
+out = Console()
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path,
+    typer.Option("--config", "-c", envvar="KEFU_CONFIG", help="Path to config.toml."),
+]
+DEFAULT_CONFIG = Path("config.toml")
+
+
+class Failure(Exception):
+    """A user-facing error: printed as one line, exit code 1."""
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _config(path: Path) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+        raise  # unreachable: fail() raises
+
+
+def _with_db(path: Path, work: Callable[[Database], Awaitable[T]]) -> T:
+    config = _config(path)
+
+    async def go() -> T:
+        db = Database(config.storage.url)
+        try:
+            await db.upgrade()
+            return await work(db)
+        finally:
+            await db.dispose()
+
+    try:
+        return asyncio.run(go())
+    except (LookupError, ValueError, Failure) as exc:
+        fail(str(exc).strip("'\""))
+        raise
+    except OSError as exc:
+        fail(f"cannot open the database: {exc}")
+        raise
+
+
+def _since(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"--since has value {value!r}: use an ISO date or time, e.g. 2026-11-01 or 2026-11-01T08:00")
+        raise
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def _ts(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value else "—"
+
+
+@app.command()
+def run(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """Start every enabled channel, the outbox worker and the HTTP server (migrates first)."""
+    from bot.app import Kefu
+
+    cfg = _config(config)
+    logging.basicConfig(
+        level=cfg.logging.level,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        kefu = Kefu(cfg)
+        asyncio.run(kefu.serve())
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    except OSError as exc:
+        fail(f"cannot start: {exc}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """Bring the database schema up to date."""
+
+    async def work(db: Database) -> None:
+        return None
+
+    _with_db(config, work)
+    out.print(f"database {_config(config).storage.url} is up to date")
+
+
+@log_app.command("export")
+def log_export(
+    config: ConfigOption = DEFAULT_CONFIG,
+    since: Annotated[str | None, typer.Option(help="Only rows at or after this ISO time.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl",
+) -> None:
+    """Write the unified interaction log to standard output."""
+    if fmt not in ("jsonl", "csv"):
+        fail(f"--format has value {fmt!r}: use jsonl or csv", 2)
+    when = _since(since)
+
+    async def work(db: Database) -> int:
+        n = 0
+        writer = None
+        if fmt == "csv":
+            writer = csv.DictWriter(sys.stdout, fieldnames=interactions.EXPORT_FIELDS)
+            writer.writeheader()
+        async with db.sessions() as session:
+            async for row in interactions.export(session, when):
+                if writer is not None:
+                    writer.writerow({**row, "attachments": json.dumps(row["attachments"], ensure_ascii=False)})
+                else:
+                    sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+                n += 1
+        return n
+
+    count = _with_db(config, work)
+    err.print(f"{count} rows", style="dim")
+
+
+@conversations_app.command("list")
+def conversations_list(
+    config: ConfigOption = DEFAULT_CONFIG,
+    status: Annotated[str | None, typer.Option(help="open, pending, resolved or closed.")] = None,
+    complaints: Annotated[bool, typer.Option("--complaints", help="Complaints only.")] = False,
+    limit: Annotated[int, typer.Option(min=1)] = 50,
+) -> None:
+    """List conversations, most recently active first."""
+
+    async def work(db: Database) -> Table:
+        async with db.sessions() as session:
+            rows = await conversations.listing(
+                session, status=status, complaints_only=complaints, limit=limit
+            )
+        table = Table("id", "customer", "status", "priority", "complaint", "channel", "updated")
+        for conv, cust in rows:
+            table.add_row(
+                str(conv.id),
+                f"{cust.display_name or '—'} (#{cust.id})",
+                conv.status,
+                conv.priority,
+                "yes" if conv.is_complaint else "",
+                conv.reply_channel or "—",
+                _ts(conv.updated_at),
+            )
+        return table
+
+    out.print(_with_db(config, work))
+
+
+@app.command()
+def reply(
+    conversation_id: int,
+    text: str,
+    config: ConfigOption = DEFAULT_CONFIG,
+    agent: Annotated[
+        str | None, typer.Option("--as", help="Staff name to sign as (default: your login).")
+    ] = None,
+) -> None:
+    """Answer a conversation; the answer is logged and sent on the customer's channel."""
+    author = agent or getpass.getuser()
+
+    async def work(db: Database) -> agents.Answer:
+        async with db.transaction() as session:
+            if agent is not None and await staff.by_name(session, agent) is None:
+                raise Failure(f"--as has value {agent!r}: no staff member of that name")
+            return await agents.answer(session, conversation_id, text, agent=author)
+
+    answer = _with_db(config, work)
+    out.print(
+        f"answer logged as interaction {answer.interaction_id}; "
+        f"queued for {answer.channel} (outbox {answer.outbox_id})"
+    )
+
+
+@customers_app.command("show")
+def customers_show(ref: str, config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """Show a customer by id or by any address (email, Telegram id, SOURCE:USER)."""
+
+    async def work(db: Database) -> list[Any]:
+        async with db.sessions() as session:
+            found = await customers.find(session, ref)
+            cust = await customers.live(session, found)
+            ids = await customers.identities_of(session, cust.id)
+            convs = await conversations.of_customer(session, cust.id)
+        parts: list[Any] = []
+        if found.id != cust.id:
+            parts.append(f"customer {found.id} was merged into {cust.id}")
+        head = Table.grid(padding=(0, 2))
+        for label, value in (
+            ("id", cust.id),
+            ("name", cust.display_name or "—"),
+            ("language", cust.language or "—"),
+            ("timezone", cust.timezone or "—"),
+            ("birthday", cust.birthday or "—"),
+            ("tags", ", ".join(cust.tags or []) or "—"),
+            ("vip", "yes" if cust.vip else "no"),
+            ("marketing consent", "yes" if cust.marketing_consent else "no"),
+            ("created", _ts(cust.created_at)),
+            ("forgotten", _ts(cust.forgotten_at) if cust.forgotten_at else "no"),
+        ):
+            head.add_row(f"[bold]{label}[/]", str(value))
+        parts.append(head)
+        idt = Table("channel", "address", "reachable", title="identities")
+        for i in ids:
+            idt.add_row(i.channel, i.address, "yes" if i.reachable else f"no: {i.unreachable_reason}")
+        parts.append(idt)
+        ct = Table("id", "status", "priority", "complaint", "updated", title="conversations")
+        for c in convs:
+            ct.add_row(str(c.id), c.status, c.priority, "yes" if c.is_complaint else "", _ts(c.updated_at))
+        parts.append(ct)
+        return parts
+
+    for part in _with_db(config, work):
+        out.print(part)
+
+
+@customers_app.command("merge")
+def customers_merge(
+    keep: Annotated[int, typer.Argument(help="The customer that stays.")],
+    gone: Annotated[int, typer.Argument(help="The duplicate, merged into KEEP.")],
+    config: ConfigOption = DEFAULT_CONFIG,
+) -> None:
+    """Merge customer GONE into KEEP: identities and history move; the log stays whole."""
+
+    async def work(db: Database) -> customers.MergeResult:
+        async with db.transaction() as session:
+            result = await customers.merge(session, keep, gone)
+            audit.record(session, getpass.getuser(), "customers.merge", f"customer:{keep}", merged=gone)
+            return result
+
+    r = _with_db(config, work)
+    out.print(
+        f"merged customer {gone} into {keep}: {r.identities} identities, "
+        f"{r.conversations} conversations, {r.interactions} log rows moved"
+    )
+
+
+@customers_app.command("forget")
+def customers_forget(
+    customer_id: int,
+    config: ConfigOption = DEFAULT_CONFIG,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Erase a customer's personal data; anonymous counts stay."""
+    if not yes and sys.stdin.isatty():
+        typer.confirm(f"Erase all personal data of customer {customer_id}?", abort=True)
+
+    async def work(db: Database) -> dict[str, int]:
+        async with db.transaction() as session:
+            counts = await customers.forget(session, customer_id)
+            audit.record(session, getpass.getuser(), "customers.forget", f"customer:{customer_id}")
+            return counts
+
+    counts = _with_db(config, work)
+    out.print(
+        f"customer {customer_id} forgotten: {counts['identities']} identities removed, "
+        f"{counts['interactions']} log rows erased"
+    )
+
+
+@staff_app.command("add")
+def staff_add(
+    name: Annotated[str, typer.Option("--name", help="Unique name, used by /assign and --as.")],
+    config: ConfigOption = DEFAULT_CONFIG,
+    telegram_id: Annotated[int | None, typer.Option("--telegram-id", help="Telegram user id.")] = None,
+    email: Annotated[str | None, typer.Option("--email")] = None,
+    role: Annotated[str, typer.Option("--role", help="agent, lead or admin.")] = "agent",
+) -> None:
+    """Add a staff member."""
+
+    async def work(db: Database) -> int:
+        async with db.transaction() as session:
+            member = await staff.add(
+                session, name, telegram_user_id=telegram_id, email=email, role=role
+            )
+            audit.record(
+                session, getpass.getuser(), "staff.add", f"staff:{member.id}", name=name, role=role
+            )
+            return member.id
+
+    member_id = _with_db(config, work)
+    out.print(f"staff member {name!r} added (id {member_id}, role {role})")
+
+
+@staff_app.command("list")
+def staff_list(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """List the support team."""
+
+    async def work(db: Database) -> Table:
+        async with db.sessions() as session:
+            members = await staff.all_staff(session)
+        table = Table("id", "name", "role", "telegram id", "email", "active", "on duty")
+        for m in members:
+            table.add_row(
+                str(m.id),
+                m.name,
+                m.role,
+                str(m.telegram_user_id or "—"),
+                m.email or "—",
+                "yes" if m.active else "no",
+                "yes" if m.on_duty else "no",
+            )
+        return table
+
+    out.print(_with_db(config, work))
+
+
+@app.command("audit")
+def audit_show(
+    config: ConfigOption = DEFAULT_CONFIG,
+    since: Annotated[str | None, typer.Option(help="Only entries at or after this ISO time.")] = None,
+) -> None:
+    """Show the audit log: who did what, to what, when."""
+    when = _since(since)
+
+    async def work(db: Database) -> Table:
+        async with db.sessions() as session:
+            entries = await audit.since(session, when)
+        table = Table("at", "actor", "action", "subject", "detail")
+        for e in entries:
+            table.add_row(_ts(e.at), e.actor, e.action, e.subject, json.dumps(e.detail, ensure_ascii=False))
+        return table
+
+    out.print(_with_db(config, work))
+
+
+def main() -> None:
+    app()

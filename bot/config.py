@@ -1,0 +1,143 @@
+"""config.toml, validated at start. Secrets never live in the file: it names environment variables."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(Exception):
+    """A config problem a person can fix; the message names the key and the bad value."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageConfig(Section):
+    url: str = "sqlite+aiosqlite:///kefu.db"
+
+    @field_validator("url")
+    @classmethod
+    def _async_driver(cls, v: str) -> str:
+        if not (v.startswith("sqlite+aiosqlite://") or v.startswith("postgresql+asyncpg://")):
+            raise ValueError("use sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB")
+        return v
+
+
+class HttpConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(64 * 1024, gt=0)
+
+
+class TelegramConfig(Section):
+    enabled: bool = False
+    token_env: str = "KEFU_TELEGRAM_TOKEN"
+    base_url: str | None = None
+    staff_chat_id: int | None = None
+    mode: Literal["polling", "webhook"] = "polling"
+    webhook_secret_env: str = "KEFU_TELEGRAM_WEBHOOK_SECRET"
+
+
+class EmailConfig(Section):
+    enabled: bool = False
+    address: str | None = None
+    username: str | None = None
+    password_env: str = "KEFU_EMAIL_PASSWORD"
+    imap_host: str | None = None
+    imap_port: int = 993
+    imap_security: Literal["tls", "starttls", "none"] = "tls"
+    folder: str = "INBOX"
+    smtp_host: str | None = None
+    smtp_port: int = 465
+    smtp_security: Literal["tls", "starttls", "none"] = "tls"
+
+
+class WebhookSourceConfig(Section):
+    secret_env: str
+    callback_url: str | None = None
+
+    @field_validator("callback_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v
+
+
+class WebhookConfig(Section):
+    max_skew_seconds: int = Field(300, gt=0)
+    sources: dict[str, WebhookSourceConfig] = Field(default_factory=dict)
+
+
+class OutboxConfig(Section):
+    max_attempts: int = Field(10, ge=1)
+    base_delay_seconds: float = Field(2.0, gt=0)
+    max_delay_seconds: float = Field(3600.0, gt=0)
+    poll_interval_seconds: float = Field(1.0, gt=0)
+    batch_size: int = Field(100, ge=1)
+    lease_seconds: float = Field(120.0, gt=0)
+
+
+class LoggingConfig(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Config(Section):
+    storage: StorageConfig = StorageConfig()
+    http: HttpConfig = HttpConfig()
+    telegram: TelegramConfig = TelegramConfig()
+    email: EmailConfig = EmailConfig()
+    webhook: WebhookConfig = WebhookConfig()
+    outbox: OutboxConfig = OutboxConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    loc = [str(part) for part in error["loc"]]
+    where = f"[{'.'.join(loc[:-1])}] {loc[-1]}" if len(loc) > 1 else loc[0] if loc else "(top)"
+    if error["type"] == "extra_forbidden":
+        return f"{where} is not a known setting"
+    if error["type"] == "missing":
+        return f"{where} is required"
+    return f"{where} has value {error['input']!r}: {error['msg']}"
+
+
+def parse_config(data: Mapping[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors())
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist (pass --config PATH)")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(data, str(path))
+
+
+def secret(env_var: str, env: Mapping[str, str] | None = None) -> str | None:
+    value = (os.environ if env is None else env).get(env_var, "")
+    return value or None
+
+
+def require_secret(env_var: str, needed_for: str, env: Mapping[str, str] | None = None) -> str:
+    value = secret(env_var, env)
+    if value is None:
+        raise ConfigError(
+            f"{needed_for} is enabled but environment variable {env_var} is not set; "
+            f"set it, or turn {needed_for} off in config.toml"
+        )
+    return value

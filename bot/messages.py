@@ -1,0 +1,88 @@
+"""What flows between channels and the pipeline: normalised, frozen, wire-format free."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    kind: str = "file"  # file | photo | document | voice | video | location | contact
+    url: str | None = None
+    name: str | None = None
+    mime_type: str | None = None
+    size: int | None = None
+    file_id: str | None = None
+    caption: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Attachment:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    channel: str
+    external_id: str  # unique within the channel: the idempotency key of the message
+    address: str  # who wrote, in the channel's terms (telegram user id, email, "source:user")
+    text: str
+    received_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    kind: str = "message"  # message | complaint | edit | event
+    display_name: str | None = None
+    language: str | None = None
+    attachments: tuple[Attachment, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    channel: str
+    address: str
+    text: str
+    dedupe_key: str  # the receiver's idempotency key: stable across retries
+    kind: str = "reply"  # reply | ack | greeting | survey | notice
+    conversation_id: int | None = None
+    customer_id: int | None = None
+    attachments: tuple[Attachment, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "kind": self.kind,
+            "conversation_id": self.conversation_id,
+            "customer_id": self.customer_id,
+            "attachments": [a.to_json() for a in self.attachments],
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def from_row(
+        cls, channel: str, address: str, dedupe_key: str, payload: dict[str, Any]
+    ) -> Outbound:
+        return cls(
+            channel=channel,
+            address=address,
+            text=payload.get("text", ""),
+            dedupe_key=dedupe_key,
+            kind=payload.get("kind", "reply"),
+            conversation_id=payload.get("conversation_id"),
+            customer_id=payload.get("customer_id"),
+            attachments=tuple(Attachment.from_json(a) for a in payload.get("attachments", [])),
+            meta=payload.get("meta") or {},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What the pipeline committed for one Inbound; a channel acknowledges only after this."""
+
+    status: str  # accepted | duplicate
+    interaction_id: int
+    customer_id: int | None
+    conversation_id: int | None

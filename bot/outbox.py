@@ -1,0 +1,272 @@
+"""The outbox: nothing is sent that is not first committed here.
+
+enqueue() adds rows inside the caller's transaction; OutboxWorker claims due rows, sends them
+through their channel, and records the outcome. Delivery is at-least-once with a stable dedupe key
+(the receiver's idempotency key): a crash between a send and its record re-sends the same key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.config import OutboxConfig
+from bot.messages import Outbound
+from bot.metrics import Metrics
+from channels.base import Channel, PermanentError, TransientError
+from storage.db import Database
+from storage.models import Identity, Interaction, OutboxRow, utcnow
+
+log = logging.getLogger("kefu.outbox")
+
+Clock = Callable[[], datetime]
+
+
+async def enqueue(
+    session: AsyncSession, out: Outbound, *, interaction_id: int | None = None
+) -> int | None:
+    """Adds the row unless its dedupe key is already there; returns the new row id or None."""
+    values = {
+        "channel": out.channel,
+        "address": out.address,
+        "payload": out.to_payload(),
+        "dedupe_key": out.dedupe_key,
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt_at": utcnow(),
+        "interaction_id": interaction_id,
+        "created_at": utcnow(),
+    }
+    insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+    stmt = (
+        insert(OutboxRow)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(OutboxRow.id)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+def backoff(attempts: int, cfg: OutboxConfig, rng: Callable[[], float] = random.random) -> float:
+    """Exponential with equal jitter: at least half the step, so retries never bunch at zero."""
+    step = min(cfg.max_delay_seconds, cfg.base_delay_seconds * 2 ** max(attempts - 1, 0))
+    return step / 2 + rng() * step / 2
+
+
+class OutboxWorker:
+    def __init__(
+        self,
+        db: Database,
+        channels: Mapping[str, Channel],
+        cfg: OutboxConfig,
+        *,
+        metrics: Metrics | None = None,
+        clock: Clock = utcnow,
+        rng: Callable[[], float] = random.random,
+        concurrency: int = 32,
+    ) -> None:
+        self.db = db
+        self.channels = dict(channels)
+        self.cfg = cfg
+        self.metrics = metrics
+        self.clock = clock
+        self.rng = rng
+        self.worker_id = uuid.uuid4().hex[:12]
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(concurrency)
+        self._stopping = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def release_orphans(self) -> int:
+        """On SQLite there is one kefu process: rows it left 'sending' when it died are due now."""
+        if not self.db.is_sqlite:
+            return 0  # other processes may hold them; their lease expiry frees them instead
+        async with self.db.transaction() as session:
+            result = await session.execute(
+                update(OutboxRow)
+                .where(OutboxRow.status == "sending")
+                .values(status="pending", claimed_until=None)
+            )
+        return result.rowcount or 0
+
+    async def run(self) -> None:
+        await self.release_orphans()
+        while not self._stopping:
+            try:
+                claimed = await self.run_once()
+            except Exception:
+                log.exception("outbox.loop.failure")
+                if self.metrics:
+                    self.metrics.failures.labels("outbox").inc()
+                claimed = 0
+            if claimed:
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.cfg.poll_interval_seconds)
+            except TimeoutError:
+                pass
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def run_once(self) -> int:
+        rows = await self._claim()
+        if not rows:
+            return 0
+        groups: dict[tuple[str, str], list[OutboxRow]] = {}
+        for row in rows:
+            groups.setdefault((row.channel, row.address), []).append(row)
+        await asyncio.gather(*(self._send_group(group) for group in groups.values()))
+        return len(rows)
+
+    async def _claim(self) -> list[OutboxRow]:
+        now = self.clock()
+        if not self.channels:
+            return []
+        query = (
+            select(OutboxRow)
+            .where(
+                OutboxRow.channel.in_(self.channels),
+                or_(
+                    and_(
+                        OutboxRow.status.in_(("pending", "failed")),
+                        OutboxRow.next_attempt_at <= now,
+                    ),
+                    and_(OutboxRow.status == "sending", OutboxRow.claimed_until < now),
+                ),
+            )
+            .order_by(OutboxRow.id)
+            .limit(self.cfg.batch_size)
+        )
+        if not self.db.is_sqlite:
+            query = query.with_for_update(skip_locked=True)
+        async with self.db.transaction() as session:
+            rows = list(await session.scalars(query))
+            for row in rows:
+                row.status = "sending"
+                row.claimed_until = now + timedelta(seconds=self.cfg.lease_seconds)
+                row.attempts += 1
+        return rows
+
+    async def _send_group(self, rows: Sequence[OutboxRow]) -> None:
+        # One address at a time, in order: a customer reads replies in the order they were written.
+        async with self._slots:
+            for row in rows:
+                await self._send(row)
+
+    async def _send(self, row: OutboxRow) -> None:
+        out = Outbound.from_row(row.channel, row.address, row.dedupe_key, row.payload)
+        channel = self.channels[row.channel]
+        try:
+            result = await channel.send(out)
+        except TransientError as exc:
+            await self._failed(row, str(exc) or type(exc).__name__, exc.retry_after)
+        except PermanentError as exc:
+            await self._dead(row, str(exc) or type(exc).__name__, unreachable=exc.unreachable)
+        except Exception as exc:  # noqa: BLE001 - a channel bug must not kill the worker
+            log.exception("outbox.send.unexpected id=%s channel=%s", row.id, row.channel)
+            await self._failed(row, f"unexpected {type(exc).__name__}: {exc}", None)
+        else:
+            await self._finish(row, "sent", external_id=result.external_id)
+            if self.metrics:
+                self.metrics.outbound.labels(row.channel, "sent").inc()
+
+    async def _failed(self, row: OutboxRow, error: str, retry_after: float | None) -> None:
+        if row.attempts >= self.cfg.max_attempts:
+            await self._dead(row, f"gave up after {row.attempts} attempts: {error}")
+            return
+        delay = retry_after if retry_after is not None else backoff(row.attempts, self.cfg, self.rng)
+        log.warning(
+            "outbox.send.retry id=%s channel=%s attempt=%d in=%.1fs error=%s",
+            row.id, row.channel, row.attempts, delay, error,
+        )
+        await self._finish(
+            row, "failed", error=error, next_attempt_at=self.clock() + timedelta(seconds=delay)
+        )
+        if self.metrics:
+            self.metrics.outbound.labels(row.channel, "retry").inc()
+
+    async def _dead(self, row: OutboxRow, error: str, *, unreachable: bool = False) -> None:
+        log.error("outbox.send.dead id=%s channel=%s error=%s", row.id, row.channel, error)
+        await self._finish(row, "dead", error=error, unreachable=unreachable)
+        if self.metrics:
+            self.metrics.outbound.labels(row.channel, "dead").inc()
+
+    async def _finish(
+        self,
+        row: OutboxRow,
+        status: str,
+        *,
+        error: str | None = None,
+        external_id: str | None = None,
+        next_attempt_at: datetime | None = None,
+        unreachable: bool = False,
+    ) -> None:
+        now = self.clock()
+        values: dict[str, object] = {"status": status, "claimed_until": None}
+        if status == "sent":
+            values.update(sent_at=now, external_id=external_id, last_error=None)
+        else:
+            values["last_error"] = error
+        if next_attempt_at is not None:
+            values["next_attempt_at"] = next_attempt_at
+        async with self.db.transaction() as session:
+            # Only the claim we hold: a row another worker re-claimed after our lease is theirs.
+            done = await session.execute(
+                update(OutboxRow)
+                .where(OutboxRow.id == row.id, OutboxRow.status == "sending")
+                .values(**values)
+            )
+            if not done.rowcount:
+                return
+            if status == "dead":
+                await _record_dead(session, row, error or "", unreachable, now)
+
+
+async def _record_dead(
+    session: AsyncSession, row: OutboxRow, error: str, unreachable: bool, now: datetime
+) -> None:
+    if unreachable:
+        await session.execute(
+            update(Identity)
+            .where(Identity.channel == row.channel, Identity.address == row.address)
+            .values(reachable=False, unreachable_reason=error)
+        )
+    conversation_id = row.payload.get("conversation_id")
+    if conversation_id is not None:
+        # Staff see the failure where they work: in the conversation's own log.
+        session.add(
+            Interaction(
+                conversation_id=conversation_id,
+                customer_id=row.payload.get("customer_id"),
+                channel=row.channel,
+                direction="event",
+                author_kind="system",
+                text=f"delivery failed on {row.channel}: {error}",
+                meta={"kind": "delivery_failed", "outbox_id": row.id},
+                created_at=now,
+            )
+        )
+
+
+async def depth(session: AsyncSession) -> dict[str, int]:
+    rows = await session.execute(
+        select(OutboxRow.status, func.count())
+        .where(OutboxRow.status.in_(("pending", "sending", "failed")))
+        .group_by(OutboxRow.status)
+    )
+    counts = {"pending": 0, "sending": 0, "failed": 0}
+    counts.update({status: n for status, n in rows.tuples()})
+    return counts

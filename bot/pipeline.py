@@ -1,0 +1,276 @@
+"""receive(inbound): dedupe, identify, thread, log, classify, route, enqueue — in one transaction.
+
+Concurrent receive() calls are coalesced into one transaction per batch (group commit): a batch
+costs a handful of statements whatever its size, and every caller still gets its answer only after
+the commit that holds its message. If a batch fails, each message is retried on its own, so one bad
+message never takes others down with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import select, tuple_
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.messages import Inbound, Receipt
+from handlers import complaints, routing
+from handlers.complaints import Verdict
+from storage.db import Database
+from storage.models import OPEN_STATUSES, Conversation, Customer, Identity, Interaction
+
+log = logging.getLogger("kefu.pipeline")
+
+Classifier = Callable[[str, str | None], Verdict]
+Router = Callable[[Verdict], routing.Decision]
+
+# Inbound kinds that are a customer speaking; the rest (edits, channel events) are logged as events.
+SPOKEN = {"message", "complaint"}
+
+
+@dataclass
+class _Pending:
+    inbound: Inbound
+    future: asyncio.Future[Receipt] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class Pipeline:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        classify: Classifier = complaints.classify,
+        route: Router = routing.route,
+        on_commit: Callable[[], None] | None = None,
+        max_batch: int = 256,
+    ) -> None:
+        self.db = db
+        self.classify = classify
+        self.route = route
+        self.on_commit = on_commit
+        self.max_batch = max_batch
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+
+    async def receive(self, inbound: Inbound) -> Receipt:
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_loop(), name="kefu-pipeline-writer")
+        pending = _Pending(inbound)
+        await self._queue.put(pending)
+        return await pending.future
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            try:
+                await self._writer
+            except asyncio.CancelledError:
+                pass
+            self._writer = None
+
+    async def _write_loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            live = [p for p in batch if not p.future.done()]  # callers may have gone away
+            if live:
+                await self._commit_batch(live)
+
+    async def _commit_batch(self, batch: list[_Pending]) -> None:
+        try:
+            receipts = await self.receive_many([p.inbound for p in batch])
+        except Exception as exc:  # noqa: BLE001 - isolate the bad message below
+            if len(batch) > 1:
+                log.info("pipeline.batch.retry_singly size=%d error=%s", len(batch), exc)
+                for pending in batch:
+                    await self._commit_batch([pending])
+                return
+            pending = batch[0]
+            log.error(
+                "pipeline.receive.failure channel=%s external_id=%s error=%r",
+                pending.inbound.channel,
+                pending.inbound.external_id,
+                exc,
+            )
+            if not pending.future.done():
+                pending.future.set_exception(exc)
+            return
+        for pending, receipt in zip(batch, receipts, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(receipt)
+
+    async def receive_many(self, inbounds: Sequence[Inbound]) -> list[Receipt]:
+        """One transaction for all; retried once on a unique-key race with another process."""
+        for attempt in (1, 2):
+            try:
+                async with self.db.transaction() as session:
+                    receipts = await _receive(session, inbounds, self.classify, self.route)
+                break
+            except (IntegrityError, OperationalError):
+                if attempt == 2:
+                    raise
+        if self.on_commit is not None:
+            self.on_commit()
+        return receipts
+
+
+async def _receive(
+    session: AsyncSession,
+    inbounds: Sequence[Inbound],
+    classify: Classifier,
+    route: Router,
+) -> list[Receipt]:
+    receipts: list[Receipt | None] = [None] * len(inbounds)
+
+    # 1. dedupe: against the log, and within the batch itself
+    keys = {(i.channel, i.external_id) for i in inbounds}
+    logged: dict[tuple[str, str], Interaction] = {}
+    rows = await session.scalars(
+        select(Interaction).where(tuple_(Interaction.channel, Interaction.external_id).in_(keys))
+    )
+    for row in rows:
+        logged[(row.channel, row.external_id or "")] = row
+    first_of: dict[tuple[str, str], int] = {}
+    fresh: list[int] = []
+    for n, inbound in enumerate(inbounds):
+        key = (inbound.channel, inbound.external_id)
+        if key in logged:
+            row = logged[key]
+            receipts[n] = Receipt("duplicate", row.id, row.customer_id, row.conversation_id)
+        elif key in first_of:
+            continue  # answered after the first copy is written
+        else:
+            first_of[key] = n
+            fresh.append(n)
+
+    if fresh:
+        await _log_fresh(session, [inbounds[n] for n in fresh], fresh, receipts, classify, route)
+
+    for n, inbound in enumerate(inbounds):
+        if receipts[n] is None:
+            first = receipts[first_of[(inbound.channel, inbound.external_id)]]
+            assert first is not None
+            receipts[n] = Receipt("duplicate", first.interaction_id, first.customer_id, first.conversation_id)
+    return [r for r in receipts if r is not None]
+
+
+async def _log_fresh(
+    session: AsyncSession,
+    inbounds: list[Inbound],
+    positions: list[int],
+    receipts: list[Receipt | None],
+    classify: Classifier,
+    route: Router,
+) -> None:
+    # 2. identify: Identity(channel, address) -> Customer, created on first contact
+    addresses = {(i.channel, i.address) for i in inbounds}
+    identities: dict[tuple[str, str], Identity] = {}
+    found = await session.execute(
+        select(Identity, Customer)
+        .join(Customer, Customer.id == Identity.customer_id)
+        .where(tuple_(Identity.channel, Identity.address).in_(addresses))
+    )
+    customers: dict[int, Customer] = {}
+    for identity, customer in found.tuples():
+        identities[(identity.channel, identity.address)] = identity
+        customers[customer.id] = customer
+    new_identities: list[Identity] = []
+    for inbound in inbounds:
+        key = (inbound.channel, inbound.address)
+        if key not in identities:
+            customer = Customer(display_name=inbound.display_name, language=inbound.language)
+            identity = Identity(channel=inbound.channel, address=inbound.address, customer=customer)
+            session.add(identity)
+            identities[key] = identity
+            new_identities.append(identity)
+    if new_identities:
+        await session.flush()
+        for identity in new_identities:
+            customers[identity.customer.id] = identity.customer
+
+    # 3. thread: the customer's latest open conversation, or a new one
+    customer_ids = {identities[(i.channel, i.address)].customer_id for i in inbounds}
+    open_rows = await session.scalars(
+        select(Conversation)
+        .where(Conversation.customer_id.in_(customer_ids), Conversation.status.in_(OPEN_STATUSES))
+        .order_by(Conversation.id)
+    )
+    conversations: dict[int, Conversation] = {c.customer_id: c for c in open_rows}
+    for inbound in inbounds:
+        customer = customers[identities[(inbound.channel, inbound.address)].customer_id]
+        if customer.display_name is None and inbound.display_name:
+            customer.display_name = inbound.display_name
+        if customer.language is None and inbound.language:
+            customer.language = inbound.language
+        if customer.id not in conversations and inbound.kind in SPOKEN:
+            conversation = Conversation(customer_id=customer.id, created_at=inbound.received_at)
+            session.add(conversation)
+            conversations[customer.id] = conversation
+    await session.flush()
+
+    # 4-6. log, classify, route
+    logged: list[Interaction] = []
+    for inbound in inbounds:
+        customer_id = identities[(inbound.channel, inbound.address)].customer_id
+        conversation = conversations.get(customer_id)
+        spoken = inbound.kind in SPOKEN
+        verdict = complaints.NOT_A_COMPLAINT
+        if spoken:
+            verdict = (
+                complaints.explicit(f"{inbound.channel} marked it a complaint")
+                if inbound.kind == "complaint"
+                else classify(inbound.text, customers[customer_id].language)
+            )
+        meta = dict(inbound.meta)
+        if verdict.is_complaint:
+            meta["complaint"] = {
+                "severity": verdict.severity,
+                "score": verdict.score,
+                "reasons": list(verdict.reasons),
+            }
+        if inbound.kind not in SPOKEN:
+            meta.setdefault("kind", inbound.kind)
+        logged.append(
+            Interaction(
+                conversation_id=conversation.id if conversation else None,
+                customer_id=customer_id,
+                channel=inbound.channel,
+                direction="in" if spoken else "event",
+                author_kind="customer",
+                author_id=inbound.address,
+                text=inbound.text,
+                attachments=[a.to_json() for a in inbound.attachments],
+                external_id=inbound.external_id,
+                meta=meta,
+                created_at=inbound.received_at,
+            )
+        )
+        if conversation is not None and spoken:
+            _touch(conversation, inbound, verdict, route(verdict))
+    session.add_all(logged)
+    await session.flush()
+    for n, row in zip(positions, logged, strict=True):
+        receipts[n] = Receipt("accepted", row.id, row.customer_id, row.conversation_id)
+
+
+PRIORITY_ORDER = {"low": 0, "normal": 1, "high": 2, "urgent": 3}
+
+
+def _touch(
+    conversation: Conversation, inbound: Inbound, verdict: Verdict, decision: routing.Decision
+) -> None:
+    conversation.reply_channel = inbound.channel
+    conversation.reply_address = inbound.address
+    conversation.updated_at = max(conversation.updated_at or inbound.received_at, inbound.received_at)
+    if verdict.is_complaint:
+        conversation.is_complaint = True
+    if PRIORITY_ORDER.get(decision.priority, 1) > PRIORITY_ORDER.get(conversation.priority, 1):
+        conversation.priority = decision.priority
+    if decision.assignee_id is not None and conversation.assignee is None:
+        conversation.assignee = decision.assignee_id
+

@@ -1,0 +1,271 @@
+"""Webhook channel: signed JSON in over HTTP, signed JSON replies out to the source's callback_url.
+
+Signature: X-Kefu-Signature = "sha256=" + hex HMAC-SHA256(secret, "<X-Kefu-Timestamp>.<raw body>").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bot.messages import Attachment, Inbound, Outbound, Receipt
+from channels.base import PermanentError, SendResult, Sink, TransientError
+
+log = logging.getLogger("kefu.webhook")
+
+CHANNEL = "webhook"
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    name: str
+    secret: str
+    callback_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An HTTP answer to the sender: status code and JSON body."""
+
+    status: int
+    body: dict[str, Any]
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> Reply:
+    return Reply(status, {"error": code, "message": message, **extra})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+
+class _User(_Strict):
+    id: str | int
+    name: str | None = Field(None, max_length=200)
+    email: str | None = Field(None, max_length=320)
+    language: str | None = Field(None, max_length=16)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str | int) -> str:
+        v = str(v)
+        if not v or len(v) > 200:
+            raise ValueError("must be 1 to 200 characters")
+        return v
+
+
+class _Attachment(_Strict):
+    url: str = Field(min_length=1, max_length=2000)
+    name: str | None = Field(None, max_length=300)
+    mime_type: str | None = Field(None, max_length=120)
+
+
+class _Payload(_Strict):
+    id: str | int
+    user: _User
+    text: str = Field(max_length=32_000)
+    attachments: list[_Attachment] = Field(default_factory=list, max_length=20)
+    timestamp: float | datetime | None = None
+    type: Literal["message", "complaint"] = "message"
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str | int) -> str:
+        v = str(v)
+        if not v or len(v) > 200:
+            raise ValueError("must be 1 to 200 characters")
+        return v
+
+
+def _when(value: float | datetime | None, now: float) -> datetime:
+    if value is None:
+        return datetime.fromtimestamp(now, timezone.utc)
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return datetime.fromtimestamp(value, timezone.utc)
+
+
+def parse(source: str, body: bytes, now: float) -> Inbound:
+    """Raises ValueError with a message fit for the sender."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError("body must be a JSON object")
+    try:
+        payload = _Payload.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+        ]
+        raise ValueError("; ".join(problems)) from None
+    user = payload.user
+    assert isinstance(user.id, str) and isinstance(payload.id, str)
+    if not payload.text and not payload.attachments:
+        raise ValueError("text: must not be empty unless attachments are given")
+    return Inbound(
+        channel=CHANNEL,
+        external_id=f"{source}:{payload.id}",
+        address=f"{source}:{user.id}",
+        text=payload.text,
+        received_at=_when(payload.timestamp, now),
+        kind=payload.type,
+        display_name=user.name,
+        language=user.language,
+        attachments=tuple(
+            Attachment(kind="file", url=a.url, name=a.name, mime_type=a.mime_type)
+            for a in payload.attachments
+        ),
+        meta={"source": source, **({"email": user.email} if user.email else {})},
+    )
+
+
+class WebhookChannel:
+    name = CHANNEL
+
+    def __init__(
+        self,
+        sources: Mapping[str, Source],
+        *,
+        disabled: Mapping[str, str] | None = None,
+        max_skew_seconds: int = 300,
+        max_body_bytes: int = 64 * 1024,
+        clock: Callable[[], float] = time.time,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.sources = dict(sources)
+        self.disabled = dict(disabled or {})  # name -> why it is off
+        self.max_skew_seconds = max_skew_seconds
+        self.max_body_bytes = max_body_bytes
+        self.clock = clock
+        self._http = http
+        self._owns_http = http is None
+        self._sink: Sink | None = None
+
+    async def start(self, sink: Sink) -> None:
+        self._sink = sink
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
+
+    async def stop(self) -> None:
+        if self._http is not None and self._owns_http:
+            await self._http.aclose()
+            self._http = None
+
+    def knows(self, source: str) -> Reply | None:
+        """The early answer for a source that cannot accept anything, before reading the body."""
+        if source in self.sources:
+            return None
+        if source in self.disabled:
+            return _error(404, "source_disabled", f"webhook source '{source}' is off: {self.disabled[source]}")
+        return _error(404, "unknown_source", f"no webhook source named '{source}'")
+
+    async def handle(self, source_name: str, headers: Mapping[str, str], body: bytes) -> Reply:
+        early = self.knows(source_name)
+        if early is not None:
+            return early
+        source = self.sources[source_name]
+        if len(body) > self.max_body_bytes:
+            return _error(413, "too_large", f"body is over {self.max_body_bytes} bytes")
+        now = self.clock()
+        problem = self._check_signature(source, headers, body, now)
+        if problem is not None:
+            log.warning("webhook.signature.rejected source=%s reason=%s", source_name, problem)
+            return _error(401, "bad_signature", problem)
+        try:
+            inbound = parse(source_name, body, now)
+        except ValueError as exc:
+            return _error(422, "malformed", str(exc))
+        if self._sink is None:
+            return _error(503, "not_ready", "kefu is starting; try again")
+        receipt = await self._sink(inbound)
+        assert isinstance(receipt, Receipt)
+        status = 200 if receipt.status == "duplicate" else 202
+        return Reply(
+            status,
+            {
+                "status": receipt.status,
+                "interaction_id": receipt.interaction_id,
+                "conversation_id": receipt.conversation_id,
+            },
+        )
+
+    def _check_signature(
+        self, source: Source, headers: Mapping[str, str], body: bytes, now: float
+    ) -> str | None:
+        timestamp = headers.get("x-kefu-timestamp")
+        signature = headers.get("x-kefu-signature")
+        if not timestamp or not signature:
+            return "X-Kefu-Timestamp and X-Kefu-Signature headers are required"
+        try:
+            sent_at = int(timestamp)
+        except ValueError:
+            return "X-Kefu-Timestamp must be unix seconds"
+        if abs(now - sent_at) > self.max_skew_seconds:
+            return f"X-Kefu-Timestamp is more than {self.max_skew_seconds} s away from now"
+        if not hmac.compare_digest(sign(source.secret, timestamp, body), signature.strip()):
+            return "X-Kefu-Signature does not match the body"
+        return None
+
+    async def send(self, out: Outbound) -> SendResult:
+        source_name, _, user_id = out.address.partition(":")
+        source = self.sources.get(source_name)
+        if source is None:
+            raise TransientError(f"webhook source '{source_name}' is not configured or has no secret")
+        if not source.callback_url:
+            raise PermanentError(f"webhook source '{source_name}' has no callback_url")
+        message: dict[str, Any] = {
+            "id": out.dedupe_key,
+            "conversation_id": out.conversation_id,
+            "user": {"id": user_id},
+            "type": out.kind,
+            "text": out.text,
+        }
+        if out.attachments:
+            message["attachments"] = [a.to_json() for a in out.attachments]
+        if out.meta.get("webhook"):
+            message.update(out.meta["webhook"])
+        body = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+        timestamp = str(int(self.clock()))
+        headers = {
+            "Content-Type": "application/json",
+            "X-Kefu-Timestamp": timestamp,
+            "X-Kefu-Signature": sign(source.secret, timestamp, body),
+            "Idempotency-Key": out.dedupe_key,
+        }
+        assert self._http is not None, "start() the channel before sending"
+        try:
+            response = await self._http.post(source.callback_url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise TransientError(f"{type(exc).__name__}: {exc}") from exc
+        if response.is_success:
+            return SendResult(external_id=response.headers.get("x-request-id"))
+        detail = f"callback answered {response.status_code}: {response.text[:200]}"
+        if response.status_code in (408, 425, 429) or response.status_code >= 500:
+            raise TransientError(detail, retry_after=_retry_after(response.headers.get("retry-after")))
+        raise PermanentError(detail)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: fall back to the outbox's own backoff

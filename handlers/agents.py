@@ -1,0 +1,71 @@
+"""Agents answer conversations: the answer is logged and sent on the customer's own channel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot import outbox
+from bot.messages import Outbound
+from storage import audit
+from storage.models import Conversation, Customer, Interaction, utcnow
+
+
+class AnswerError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    interaction_id: int
+    outbox_id: int | None
+    channel: str
+    address: str
+
+
+async def answer(
+    session: AsyncSession, conversation_id: int, text: str, *, agent: str
+) -> Answer:
+    text = text.strip()
+    if not text:
+        raise AnswerError("the answer is empty")
+    conversation = await session.get(Conversation, conversation_id)
+    if conversation is None:
+        raise AnswerError(f"no conversation {conversation_id}")
+    customer = await session.get(Customer, conversation.customer_id)
+    if customer is None or customer.forgotten_at is not None:
+        raise AnswerError(f"the customer of conversation {conversation_id} was forgotten")
+    if not conversation.reply_channel or not conversation.reply_address:
+        raise AnswerError(f"conversation {conversation_id} has no channel to answer on")
+    now = utcnow()
+    logged = Interaction(
+        conversation_id=conversation.id,
+        customer_id=conversation.customer_id,
+        channel=conversation.reply_channel,
+        direction="out",
+        author_kind="agent",
+        author_id=agent,
+        text=text,
+        created_at=now,
+    )
+    session.add(logged)
+    await session.flush()
+    outbox_id = await outbox.enqueue(
+        session,
+        Outbound(
+            channel=conversation.reply_channel,
+            address=conversation.reply_address,
+            text=text,
+            dedupe_key=f"reply-{logged.id}",
+            kind="reply",
+            conversation_id=conversation.id,
+            customer_id=conversation.customer_id,
+        ),
+        interaction_id=logged.id,
+    )
+    if conversation.first_response_at is None:
+        conversation.first_response_at = now
+    conversation.updated_at = now
+    audit.record(session, agent, "reply", f"conversation:{conversation.id}", interaction=logged.id)
+    return Answer(logged.id, outbox_id, conversation.reply_channel, conversation.reply_address)

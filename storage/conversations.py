@@ -1,0 +1,37 @@
+"""Conversations: listing and lookup."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.models import Conversation, Customer
+
+STATUSES = ("open", "pending", "resolved", "closed")
+
+
+async def listing(
+    session: AsyncSession,
+    *,
+    status: str | None = None,
+    complaints_only: bool = False,
+    limit: int = 50,
+) -> list[tuple[Conversation, Customer]]:
+    if status is not None and status not in STATUSES:
+        raise ValueError(f"--status has value {status!r}: use one of {', '.join(STATUSES)}")
+    query = (
+        select(Conversation, Customer)
+        .join(Customer, Customer.id == Conversation.customer_id)
+        .order_by(Conversation.updated_at.desc(), Conversation.id.desc())
+        .limit(limit)
+    )
+    if status is not None:
+        query = query.where(Conversation.status == status)
+    if complaints_only:
+        query = query.where(Conversation.is_complaint.is_(True))
+    return [(c, p) for c, p in (await session.execute(query)).tuples()]
+
+
+async def of_customer(session: AsyncSession, customer_id: int) -> list[Conversation]:
+    query = select(Conversation).where(Conversation.customer_id == customer_id)
+    return list(await session.scalars(query.order_by(Conversation.id)))

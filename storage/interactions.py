@@ -1,0 +1,66 @@
+"""Reading the unified log: export and per-conversation history."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.models import Conversation, Interaction
+
+EXPORT_FIELDS = (
+    "id",
+    "created_at",
+    "customer_id",
+    "conversation_id",
+    "channel",
+    "direction",
+    "author_kind",
+    "author_id",
+    "text",
+    "is_complaint",
+    "external_id",
+    "attachments",
+)
+
+
+async def export(
+    session: AsyncSession, since: datetime | None = None, batch: int = 1000
+) -> AsyncIterator[dict[str, Any]]:
+    query = (
+        select(Interaction, Conversation.is_complaint)
+        .outerjoin(Conversation, Conversation.id == Interaction.conversation_id)
+        .order_by(Interaction.id)
+        .execution_options(yield_per=batch)
+    )
+    if since is not None:
+        query = query.where(Interaction.created_at >= since)
+    result = await session.stream(query)
+    async for row, is_complaint in result.tuples():
+        yield {
+            "id": row.id,
+            "created_at": row.created_at.isoformat(),
+            "customer_id": row.customer_id,
+            "conversation_id": row.conversation_id,
+            "channel": row.channel,
+            "direction": row.direction,
+            "author_kind": row.author_kind,
+            "author_id": row.author_id,
+            "text": row.text,
+            "is_complaint": bool(is_complaint) or "complaint" in (row.meta or {}),
+            "external_id": row.external_id,
+            "attachments": row.attachments or [],
+        }
+
+
+async def history(session: AsyncSession, conversation_id: int, limit: int = 20) -> list[Interaction]:
+    rows = await session.scalars(
+        select(Interaction)
+        .where(Interaction.conversation_id == conversation_id)
+        .order_by(Interaction.id.desc())
+        .limit(limit)
+    )
+    return list(reversed(list(rows)))

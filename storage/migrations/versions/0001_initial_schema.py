@@ -1,0 +1,204 @@
+"""initial schema
+
+Revision ID: 0001
+Revises: 
+Create Date: 2026-11-23 10:40:21.269491
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+
+revision = '0001'
+down_revision = None
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    
+    op.create_table('audit_log',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('actor', sa.String(length=120), nullable=False),
+    sa.Column('action', sa.String(length=64), nullable=False),
+    sa.Column('subject', sa.String(length=200), nullable=False),
+    sa.Column('detail', sa.JSON(), nullable=False),
+    sa.Column('at', sa.DateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('audit_log', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_audit_log_at'), ['at'], unique=False)
+
+    op.create_table('customers',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('display_name', sa.String(length=200), nullable=True),
+    sa.Column('birthday', sa.Date(), nullable=True),
+    sa.Column('birthday_md', sa.String(length=5), nullable=True),
+    sa.Column('timezone', sa.String(length=64), nullable=True),
+    sa.Column('language', sa.String(length=16), nullable=True),
+    sa.Column('tags', sa.JSON(), nullable=False),
+    sa.Column('vip', sa.Boolean(), nullable=False),
+    sa.Column('marketing_consent', sa.Boolean(), nullable=False),
+    sa.Column('preferred_channel', sa.String(length=32), nullable=True),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('merged_into', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('forgotten_at', sa.DateTime(), nullable=True),
+    sa.ForeignKeyConstraint(['merged_into'], ['customers.id'], ),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('customers', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_customers_birthday_md'), ['birthday_md'], unique=False)
+
+    op.create_table('staff',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('name', sa.String(length=120), nullable=False),
+    sa.Column('telegram_user_id', sa.BigInteger(), nullable=True),
+    sa.Column('email', sa.String(length=320), nullable=True),
+    sa.Column('role', sa.String(length=16), nullable=False),
+    sa.Column('active', sa.Boolean(), nullable=False),
+    sa.Column('on_duty', sa.Boolean(), nullable=False),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('name'),
+    sa.UniqueConstraint('telegram_user_id')
+    )
+    op.create_table('conversations',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('customer_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('priority', sa.String(length=16), nullable=False),
+    sa.Column('is_complaint', sa.Boolean(), nullable=False),
+    sa.Column('assignee', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('staff_thread', sa.String(length=64), nullable=True),
+    sa.Column('reply_channel', sa.String(length=32), nullable=True),
+    sa.Column('reply_address', sa.String(length=320), nullable=True),
+    sa.Column('sla_due_at', sa.DateTime(), nullable=True),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(), nullable=False),
+    sa.Column('first_response_at', sa.DateTime(), nullable=True),
+    sa.Column('resolved_at', sa.DateTime(), nullable=True),
+    sa.ForeignKeyConstraint(['assignee'], ['staff.id'], ),
+    sa.ForeignKeyConstraint(['customer_id'], ['customers.id'], ),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('conversations', schema=None) as batch_op:
+        batch_op.create_index('ix_conversations_customer_status', ['customer_id', 'status'], unique=False)
+        batch_op.create_index(batch_op.f('ix_conversations_status'), ['status'], unique=False)
+
+    op.create_table('identities',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('customer_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('channel', sa.String(length=32), nullable=False),
+    sa.Column('address', sa.String(length=320), nullable=False),
+    sa.Column('reachable', sa.Boolean(), nullable=False),
+    sa.Column('unreachable_reason', sa.Text(), nullable=True),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['customer_id'], ['customers.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('channel', 'address', name='uq_identity_channel_address')
+    )
+    with op.batch_alter_table('identities', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_identities_customer_id'), ['customer_id'], unique=False)
+
+    op.create_table('interactions',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('conversation_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('customer_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('channel', sa.String(length=32), nullable=False),
+    sa.Column('direction', sa.String(length=8), nullable=False),
+    sa.Column('author_kind', sa.String(length=8), nullable=False),
+    sa.Column('author_id', sa.String(length=120), nullable=True),
+    sa.Column('text', sa.Text(), nullable=False),
+    sa.Column('attachments', sa.JSON(), nullable=False),
+    sa.Column('external_id', sa.String(length=500), nullable=True),
+    sa.Column('meta', sa.JSON(), nullable=False),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['conversation_id'], ['conversations.id'], ),
+    sa.ForeignKeyConstraint(['customer_id'], ['customers.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('channel', 'external_id', name='uq_interaction_channel_external_id')
+    )
+    with op.batch_alter_table('interactions', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_interactions_conversation_id'), ['conversation_id'], unique=False)
+        batch_op.create_index('ix_interactions_created_at', ['created_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_interactions_customer_id'), ['customer_id'], unique=False)
+
+    op.create_table('outbox',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('channel', sa.String(length=32), nullable=False),
+    sa.Column('address', sa.String(length=320), nullable=False),
+    sa.Column('payload', sa.JSON(), nullable=False),
+    sa.Column('dedupe_key', sa.String(length=200), nullable=False),
+    sa.Column('status', sa.String(length=8), nullable=False),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('next_attempt_at', sa.DateTime(), nullable=False),
+    sa.Column('claimed_until', sa.DateTime(), nullable=True),
+    sa.Column('last_error', sa.Text(), nullable=True),
+    sa.Column('interaction_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('external_id', sa.String(length=200), nullable=True),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('sent_at', sa.DateTime(), nullable=True),
+    sa.ForeignKeyConstraint(['interaction_id'], ['interactions.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('dedupe_key')
+    )
+    with op.batch_alter_table('outbox', schema=None) as batch_op:
+        batch_op.create_index('ix_outbox_due', ['status', 'next_attempt_at'], unique=False)
+
+    op.create_table('campaign_deliveries',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('campaign', sa.String(length=32), nullable=False),
+    sa.Column('occasion', sa.String(length=64), nullable=False),
+    sa.Column('customer_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('outbox_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('reason', sa.Text(), nullable=True),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['customer_id'], ['customers.id'], ),
+    sa.ForeignKeyConstraint(['outbox_id'], ['outbox.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('campaign', 'occasion', 'customer_id', name='uq_campaign_delivery')
+    )
+    with op.batch_alter_table('campaign_deliveries', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_campaign_deliveries_customer_id'), ['customer_id'], unique=False)
+
+    
+
+
+def downgrade() -> None:
+    
+    with op.batch_alter_table('campaign_deliveries', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_campaign_deliveries_customer_id'))
+
+    op.drop_table('campaign_deliveries')
+    with op.batch_alter_table('outbox', schema=None) as batch_op:
+        batch_op.drop_index('ix_outbox_due')
+
+    op.drop_table('outbox')
+    with op.batch_alter_table('interactions', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_interactions_customer_id'))
+        batch_op.drop_index('ix_interactions_created_at')
+        batch_op.drop_index(batch_op.f('ix_interactions_conversation_id'))
+
+    op.drop_table('interactions')
+    with op.batch_alter_table('identities', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_identities_customer_id'))
+
+    op.drop_table('identities')
+    with op.batch_alter_table('conversations', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_conversations_status'))
+        batch_op.drop_index('ix_conversations_customer_status')
+
+    op.drop_table('conversations')
+    op.drop_table('staff')
+    with op.batch_alter_table('customers', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_customers_birthday_md'))
+
+    op.drop_table('customers')
+    with op.batch_alter_table('audit_log', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_audit_log_at'))
+
+    op.drop_table('audit_log')
+    

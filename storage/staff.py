@@ -1,0 +1,47 @@
+"""The support team: who may answer customers, in which role."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.models import Staff
+
+ROLES = ("agent", "lead", "admin")
+
+
+class StaffError(ValueError):
+    pass
+
+
+async def add(
+    session: AsyncSession,
+    name: str,
+    *,
+    telegram_user_id: int | None = None,
+    email: str | None = None,
+    role: str = "agent",
+) -> Staff:
+    name = name.strip()
+    if not name:
+        raise StaffError("--name must not be empty")
+    if role not in ROLES:
+        raise StaffError(f"--role has value {role!r}: use one of {', '.join(ROLES)}")
+    if await session.scalar(select(Staff).where(Staff.name == name)) is not None:
+        raise StaffError(f"staff member {name!r} already exists")
+    if telegram_user_id is not None:
+        holder = await session.scalar(select(Staff).where(Staff.telegram_user_id == telegram_user_id))
+        if holder is not None:
+            raise StaffError(f"Telegram id {telegram_user_id} already belongs to {holder.name!r}")
+    member = Staff(name=name, telegram_user_id=telegram_user_id, email=email, role=role)
+    session.add(member)
+    await session.flush()
+    return member
+
+
+async def all_staff(session: AsyncSession) -> list[Staff]:
+    return list(await session.scalars(select(Staff).order_by(Staff.id)))
+
+
+async def by_name(session: AsyncSession, name: str) -> Staff | None:
+    return await session.scalar(select(Staff).where(Staff.name == name))
