@@ -13,6 +13,7 @@ from typing import Any
 
 import uvicorn
 from sqlalchemy import text
+from starlette.routing import BaseRoute
 
 from bot import outbox
 from bot.config import Config, ConfigError, secret
@@ -20,7 +21,7 @@ from bot.http import build_app
 from bot.messages import Inbound, Receipt
 from bot.metrics import Metrics
 from bot.outbox import OutboxWorker
-from bot.pipeline import Pipeline
+from bot.pipeline import Observer, Pipeline
 from channels.base import Channel
 from channels.webhook import Source, WebhookChannel
 from storage.db import Database
@@ -57,6 +58,30 @@ def build_webhook(config: Config, env: Mapping[str, str]) -> WebhookChannel:
     )
 
 
+def build_telegram(kefu: Kefu) -> Channel | None:
+    tg = kefu.config.telegram
+    if not tg.enabled:
+        log.info(
+            "channel.telegram.off: set [telegram] enabled = true and put the bot token in %s "
+            "to turn it on",
+            tg.token_env,
+        )
+        return None
+    raise ConfigError("[telegram] enabled = true: the Telegram channel is not in this build yet")
+
+
+def build_email(kefu: Kefu) -> Channel | None:
+    em = kefu.config.email
+    if not em.enabled:
+        log.info(
+            "channel.email.off: fill [email] (address, imap_host, smtp_host), set enabled = true "
+            "and put the mailbox password in %s to turn it on",
+            em.password_env,
+        )
+        return None
+    raise ConfigError("[email] enabled = true: the email channel is not in this build yet")
+
+
 class Kefu:
     """One running kefu: everything `kefu run` starts, in the order it needs."""
 
@@ -67,27 +92,17 @@ class Kefu:
         self.db = Database(config.storage.url)
         self.webhook = build_webhook(config, self.env)
         self.channels: dict[str, Channel] = {"webhook": self.webhook}
-        self._announce_off_channels()
+        # Builders may add pipeline observers (staff notifications) and HTTP routes of their own.
+        self.observers: list[Observer] = []
+        self.routes: list[BaseRoute] = []
+        for build in (build_telegram, build_email):
+            channel = build(self)
+            if channel is not None:
+                self.channels[channel.name] = channel
         self.worker = OutboxWorker(self.db, self.channels, config.outbox, metrics=self.metrics)
-        self.pipeline = Pipeline(self.db, on_commit=self.worker.wake)
+        self.pipeline = Pipeline(self.db, observers=self.observers, on_commit=self.worker.wake)
         self._tasks: list[asyncio.Task[Any]] = []
-
-    def _announce_off_channels(self) -> None:
-        tg, em = self.config.telegram, self.config.email
-        if tg.enabled:
-            raise ConfigError("[telegram] enabled = true: the Telegram channel is not in this build yet")
-        log.info(
-            "channel.telegram.off: set [telegram] enabled = true and put the bot token in %s "
-            "to turn it on",
-            tg.token_env,
-        )
-        if em.enabled:
-            raise ConfigError("[email] enabled = true: the email channel is not in this build yet")
-        log.info(
-            "channel.email.off: fill [email] (address, imap_host, smtp_host), set enabled = true "
-            "and put the mailbox password in %s to turn it on",
-            em.password_env,
-        )
+        self.server: uvicorn.Server | None = None
 
     async def receive(self, inbound: Inbound) -> Receipt:
         return await self.pipeline.receive(inbound)
@@ -112,6 +127,7 @@ class Kefu:
             metrics=self.metrics,
             health=self.health,
             before_metrics=self.refresh_metrics,
+            extra_routes=self.routes,
         )
 
     async def start(self) -> None:
@@ -130,9 +146,8 @@ class Kefu:
             await channel.stop()
         await self.db.dispose()
 
-    async def serve(self) -> None:
-        await self.start()
-        server = _Server(
+    def make_server(self) -> uvicorn.Server:
+        return _Server(
             uvicorn.Config(
                 self.http_app(),
                 host=self.config.http.host,
@@ -142,14 +157,20 @@ class Kefu:
                 lifespan="off",
             )
         )
+
+    async def serve(self, *, handle_signals: bool = True) -> None:
+        """Runs until SIGINT/SIGTERM (or `self.server.should_exit`), then stops every part."""
+        await self.start()
+        self.server = self.make_server()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, _request_exit, server, sig)
+        signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
+        for sig in signals:
+            loop.add_signal_handler(sig, _request_exit, self.server, sig)
         try:
             log.info("kefu.started http=%s:%d", self.config.http.host, self.config.http.port)
-            await server.serve()
+            await self.server.serve()
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in signals:
                 loop.remove_signal_handler(sig)
             await self.stop()
             log.info("kefu.stopped")

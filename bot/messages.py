@@ -36,6 +36,10 @@ class Inbound:
     display_name: str | None = None
     language: str | None = None
     attachments: tuple[Attachment, ...] = ()
+    # Threading hints, strongest first: external ids this message answers (email In-Reply-To and
+    # References, a Telegram reply), then a conversation id the sender named (a "[#42]" subject token).
+    reply_to: tuple[str, ...] = ()
+    conversation_hint: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
 

@@ -43,6 +43,7 @@ async def enqueue(
         "attempts": 0,
         "next_attempt_at": utcnow(),
         "interaction_id": interaction_id,
+        "conversation_id": out.conversation_id,
         "created_at": utcnow(),
     }
     insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import select, tuple_
@@ -21,12 +21,30 @@ from bot.messages import Inbound, Receipt
 from handlers import complaints, routing
 from handlers.complaints import Verdict
 from storage.db import Database
-from storage.models import OPEN_STATUSES, Conversation, Customer, Identity, Interaction
+from storage.models import REOPENABLE, Conversation, Customer, Identity, Interaction, OutboxRow
 
 log = logging.getLogger("kefu.pipeline")
 
 Classifier = Callable[[str, str | None], Verdict]
-Router = Callable[[Verdict], routing.Decision]
+Router = Callable[[Verdict, Customer, Inbound], routing.Decision]
+
+
+@dataclass(frozen=True, slots=True)
+class Logged:
+    """One fresh inbound message as committed: what observers see, inside the same transaction."""
+
+    inbound: Inbound
+    interaction: Interaction
+    customer: Customer
+    conversation: Conversation | None
+    new_conversation: bool
+    verdict: Verdict
+    decision: routing.Decision
+
+
+# Observers add their own rows (staff notifications, acknowledgements) to the same transaction:
+# if one raises, the message is not logged and the channel gets no acknowledgement.
+Observer = Callable[[AsyncSession, Logged], Awaitable[None]]
 
 # Inbound kinds that are a customer speaking; the rest (edits, channel events) are logged as events.
 SPOKEN = {"message", "complaint"}
@@ -45,12 +63,14 @@ class Pipeline:
         *,
         classify: Classifier = complaints.classify,
         route: Router = routing.route,
+        observers: Sequence[Observer] = (),
         on_commit: Callable[[], None] | None = None,
         max_batch: int = 256,
     ) -> None:
         self.db = db
         self.classify = classify
         self.route = route
+        self.observers = list(observers)
         self.on_commit = on_commit
         self.max_batch = max_batch
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
@@ -109,7 +129,7 @@ class Pipeline:
         for attempt in (1, 2):
             try:
                 async with self.db.transaction() as session:
-                    receipts = await _receive(session, inbounds, self.classify, self.route)
+                    receipts = await _receive(session, inbounds, self)
                 break
             except (IntegrityError, OperationalError):
                 if attempt == 2:
@@ -120,10 +140,7 @@ class Pipeline:
 
 
 async def _receive(
-    session: AsyncSession,
-    inbounds: Sequence[Inbound],
-    classify: Classifier,
-    route: Router,
+    session: AsyncSession, inbounds: Sequence[Inbound], pipeline: Pipeline
 ) -> list[Receipt]:
     receipts: list[Receipt | None] = [None] * len(inbounds)
 
@@ -149,7 +166,7 @@ async def _receive(
             fresh.append(n)
 
     if fresh:
-        await _log_fresh(session, [inbounds[n] for n in fresh], fresh, receipts, classify, route)
+        await _log_fresh(session, [inbounds[n] for n in fresh], fresh, receipts, pipeline)
 
     for n, inbound in enumerate(inbounds):
         if receipts[n] is None:
@@ -164,8 +181,7 @@ async def _log_fresh(
     inbounds: list[Inbound],
     positions: list[int],
     receipts: list[Receipt | None],
-    classify: Classifier,
-    route: Router,
+    pipeline: Pipeline,
 ) -> None:
     # 2. identify: Identity(channel, address) -> Customer, created on first contact
     addresses = {(i.channel, i.address) for i in inbounds}
@@ -193,39 +209,51 @@ async def _log_fresh(
         for identity in new_identities:
             customers[identity.customer.id] = identity.customer
 
-    # 3. thread: the customer's latest open conversation, or a new one
+    # 3. thread: a conversation the message points at, else the customer's latest live one
     customer_ids = {identities[(i.channel, i.address)].customer_id for i in inbounds}
-    open_rows = await session.scalars(
+    live_rows = await session.scalars(
         select(Conversation)
-        .where(Conversation.customer_id.in_(customer_ids), Conversation.status.in_(OPEN_STATUSES))
+        .where(Conversation.customer_id.in_(customer_ids), Conversation.status.in_(REOPENABLE))
         .order_by(Conversation.id)
     )
-    conversations: dict[int, Conversation] = {c.customer_id: c for c in open_rows}
+    latest: dict[int, Conversation] = {c.customer_id: c for c in live_rows}
+    threads: list[Conversation | None] = []
+    created: set[int] = set()
     for inbound in inbounds:
         customer = customers[identities[(inbound.channel, inbound.address)].customer_id]
         if customer.display_name is None and inbound.display_name:
             customer.display_name = inbound.display_name
         if customer.language is None and inbound.language:
             customer.language = inbound.language
-        if customer.id not in conversations and inbound.kind in SPOKEN:
+        conversation = await _hinted(session, inbound, customer.id) or latest.get(customer.id)
+        if conversation is not None and conversation.status == "closed":
+            conversation = None  # closed is final: the customer starts a new conversation
+        if conversation is None and inbound.kind in SPOKEN:
             conversation = Conversation(customer_id=customer.id, created_at=inbound.received_at)
             session.add(conversation)
-            conversations[customer.id] = conversation
+            latest[customer.id] = conversation
+            created.add(id(conversation))
+        elif conversation is not None and inbound.kind in SPOKEN and conversation.status == "resolved":
+            conversation.status = "open"
+            conversation.resolved_at = None
+            session.add(_event(conversation, inbound, "reopened", "reopened by a new customer message"))
+        threads.append(conversation)
     await session.flush()
 
     # 4-6. log, classify, route
     logged: list[Interaction] = []
-    for inbound in inbounds:
-        customer_id = identities[(inbound.channel, inbound.address)].customer_id
-        conversation = conversations.get(customer_id)
+    notes: list[Logged] = []
+    for inbound, conversation in zip(inbounds, threads, strict=True):
+        customer = customers[identities[(inbound.channel, inbound.address)].customer_id]
         spoken = inbound.kind in SPOKEN
         verdict = complaints.NOT_A_COMPLAINT
         if spoken:
             verdict = (
                 complaints.explicit(f"{inbound.channel} marked it a complaint")
                 if inbound.kind == "complaint"
-                else classify(inbound.text, customers[customer_id].language)
+                else pipeline.classify(inbound.text, customer.language)
             )
+        decision = pipeline.route(verdict, customer, inbound) if spoken else routing.Decision()
         meta = dict(inbound.meta)
         if verdict.is_complaint:
             meta["complaint"] = {
@@ -233,29 +261,80 @@ async def _log_fresh(
                 "score": verdict.score,
                 "reasons": list(verdict.reasons),
             }
-        if inbound.kind not in SPOKEN:
+        if not spoken:
             meta.setdefault("kind", inbound.kind)
-        logged.append(
-            Interaction(
-                conversation_id=conversation.id if conversation else None,
-                customer_id=customer_id,
-                channel=inbound.channel,
-                direction="in" if spoken else "event",
-                author_kind="customer",
-                author_id=inbound.address,
-                text=inbound.text,
-                attachments=[a.to_json() for a in inbound.attachments],
-                external_id=inbound.external_id,
-                meta=meta,
-                created_at=inbound.received_at,
-            )
+        row = Interaction(
+            conversation_id=conversation.id if conversation else None,
+            customer_id=customer.id,
+            channel=inbound.channel,
+            direction="in" if spoken else "event",
+            author_kind="customer",
+            author_id=inbound.address,
+            text=inbound.text,
+            attachments=[a.to_json() for a in inbound.attachments],
+            external_id=inbound.external_id,
+            meta=meta,
+            created_at=inbound.received_at,
         )
+        logged.append(row)
         if conversation is not None and spoken:
-            _touch(conversation, inbound, verdict, route(verdict))
+            _touch(conversation, inbound, verdict, decision)
+        notes.append(
+            Logged(inbound, row, customer, conversation, id(conversation) in created, verdict, decision)
+        )
     session.add_all(logged)
     await session.flush()
+    for note in notes:
+        for observer in pipeline.observers:
+            await observer(session, note)
     for n, row in zip(positions, logged, strict=True):
         receipts[n] = Receipt("accepted", row.id, row.customer_id, row.conversation_id)
+
+
+async def _hinted(session: AsyncSession, inbound: Inbound, customer_id: int) -> Conversation | None:
+    """The conversation the message itself names; only ever one of the sender's own."""
+    conversation_id: int | None = None
+    if inbound.reply_to:
+        conversation_id = await session.scalar(
+            select(Interaction.conversation_id)
+            .where(
+                Interaction.channel == inbound.channel,
+                Interaction.external_id.in_(inbound.reply_to),
+                Interaction.conversation_id.is_not(None),
+            )
+            .order_by(Interaction.id.desc())
+            .limit(1)
+        ) or await session.scalar(
+            select(OutboxRow.conversation_id)
+            .where(
+                OutboxRow.channel == inbound.channel,
+                OutboxRow.external_id.in_(inbound.reply_to),
+                OutboxRow.conversation_id.is_not(None),
+            )
+            .order_by(OutboxRow.id.desc())
+            .limit(1)
+        )
+    if conversation_id is None:
+        conversation_id = inbound.conversation_hint
+    if conversation_id is None:
+        return None
+    conversation = await session.get(Conversation, conversation_id)
+    if conversation is None or conversation.customer_id != customer_id:
+        return None
+    return conversation
+
+
+def _event(conversation: Conversation, inbound: Inbound, kind: str, text: str) -> Interaction:
+    return Interaction(
+        conversation_id=conversation.id,
+        customer_id=conversation.customer_id,
+        channel=inbound.channel,
+        direction="event",
+        author_kind="system",
+        text=text,
+        meta={"kind": kind},
+        created_at=inbound.received_at,
+    )
 
 
 PRIORITY_ORDER = {"low": 0, "normal": 1, "high": 2, "urgent": 3}

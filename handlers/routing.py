@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bot.messages import Inbound
 from handlers.complaints import Verdict
+from storage.models import Customer
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,5 +16,7 @@ class Decision:
     notify_staff: bool = False
 
 
-def route(verdict: Verdict) -> Decision:
-    return Decision(priority="high" if verdict.is_complaint else "normal")
+def route(verdict: Verdict, customer: Customer, inbound: Inbound) -> Decision:
+    if verdict.is_complaint:
+        return Decision(priority="urgent" if verdict.severity == "high" else "high")
+    return Decision(priority="high" if customer.vip else "normal")

@@ -104,6 +104,8 @@ class Staff(Base):
 
 
 OPEN_STATUSES = ("open", "pending")
+# A customer writing into a resolved conversation reopens it; a closed one stays closed.
+REOPENABLE = ("open", "pending", "resolved")
 
 
 class Conversation(Base):
@@ -164,7 +166,9 @@ class OutboxRow(Base):
     claimed_until: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     interaction_id: Mapped[int | None] = mapped_column(ForeignKey("interactions.id"))
-    external_id: Mapped[str | None] = mapped_column(String(200))
+    conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversations.id"), index=True)
+    # The id the channel gave the sent message (an email Message-ID): replies thread by it.
+    external_id: Mapped[str | None] = mapped_column(String(500), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]
 
@@ -194,3 +198,16 @@ class AuditEntry(Base):
     subject: Mapped[str] = mapped_column(String(200))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class ChannelState(Base):
+    """Small durable state a channel keeps between runs (an IMAP folder's UIDVALIDITY and last UID)."""
+
+    __tablename__ = "channel_state"
+    __table_args__ = (UniqueConstraint("channel", "key", name="uq_channel_state"),)
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(32))
+    key: Mapped[str] = mapped_column(String(200))
+    value: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

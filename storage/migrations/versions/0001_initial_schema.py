@@ -2,7 +2,6 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 10:40:21.269491
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ depends_on = None
 
 
 def upgrade() -> None:
-    
     op.create_table('audit_log',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('actor', sa.String(length=120), nullable=False),
@@ -31,6 +29,15 @@ def upgrade() -> None:
     with op.batch_alter_table('audit_log', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_audit_log_at'), ['at'], unique=False)
 
+    op.create_table('channel_state',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('channel', sa.String(length=32), nullable=False),
+    sa.Column('key', sa.String(length=200), nullable=False),
+    sa.Column('value', sa.JSON(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('channel', 'key', name='uq_channel_state')
+    )
     op.create_table('customers',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('display_name', sa.String(length=200), nullable=True),
@@ -137,15 +144,19 @@ def upgrade() -> None:
     sa.Column('claimed_until', sa.DateTime(), nullable=True),
     sa.Column('last_error', sa.Text(), nullable=True),
     sa.Column('interaction_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
-    sa.Column('external_id', sa.String(length=200), nullable=True),
+    sa.Column('conversation_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('external_id', sa.String(length=500), nullable=True),
     sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.Column('sent_at', sa.DateTime(), nullable=True),
+    sa.ForeignKeyConstraint(['conversation_id'], ['conversations.id'], ),
     sa.ForeignKeyConstraint(['interaction_id'], ['interactions.id'], ),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('dedupe_key')
     )
     with op.batch_alter_table('outbox', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_outbox_conversation_id'), ['conversation_id'], unique=False)
         batch_op.create_index('ix_outbox_due', ['status', 'next_attempt_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_outbox_external_id'), ['external_id'], unique=False)
 
     op.create_table('campaign_deliveries',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -164,17 +175,17 @@ def upgrade() -> None:
     with op.batch_alter_table('campaign_deliveries', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_campaign_deliveries_customer_id'), ['customer_id'], unique=False)
 
-    
 
 
 def downgrade() -> None:
-    
     with op.batch_alter_table('campaign_deliveries', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_campaign_deliveries_customer_id'))
 
     op.drop_table('campaign_deliveries')
     with op.batch_alter_table('outbox', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_outbox_external_id'))
         batch_op.drop_index('ix_outbox_due')
+        batch_op.drop_index(batch_op.f('ix_outbox_conversation_id'))
 
     op.drop_table('outbox')
     with op.batch_alter_table('interactions', schema=None) as batch_op:
@@ -197,8 +208,8 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_customers_birthday_md'))
 
     op.drop_table('customers')
+    op.drop_table('channel_state')
     with op.batch_alter_table('audit_log', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_audit_log_at'))
 
     op.drop_table('audit_log')
-    
