@@ -23,7 +23,7 @@ from bot.messages import Outbound
 from bot.metrics import Metrics
 from channels.base import Channel, PermanentError, TransientError
 from storage.db import Database
-from storage.models import Identity, Interaction, OutboxRow, utcnow
+from storage.models import Conversation, Identity, Interaction, OutboxRow, utcnow
 
 log = logging.getLogger("kefu.outbox")
 
@@ -31,9 +31,15 @@ Clock = Callable[[], datetime]
 
 
 async def enqueue(
-    session: AsyncSession, out: Outbound, *, interaction_id: int | None = None
+    session: AsyncSession,
+    out: Outbound,
+    *,
+    interaction_id: int | None = None,
+    not_before: datetime | None = None,
 ) -> int | None:
-    """Adds the row unless its dedupe key is already there; returns the new row id or None."""
+    """Adds the row unless its dedupe key is already there; returns the new row id or None.
+
+    `not_before` schedules it (a greeting at 09:00 in the customer's time zone)."""
     values = {
         "channel": out.channel,
         "address": out.address,
@@ -41,7 +47,7 @@ async def enqueue(
         "dedupe_key": out.dedupe_key,
         "status": "pending",
         "attempts": 0,
-        "next_attempt_at": utcnow(),
+        "next_attempt_at": not_before or utcnow(),
         "interaction_id": interaction_id,
         "conversation_id": out.conversation_id,
         "created_at": utcnow(),
@@ -180,7 +186,7 @@ class OutboxWorker:
             log.exception("outbox.send.unexpected id=%s channel=%s", row.id, row.channel)
             await self._failed(row, f"unexpected {type(exc).__name__}: {exc}", None)
         else:
-            await self._finish(row, "sent", external_id=result.external_id)
+            await self._finish(row, "sent", external_id=result.external_id, thread=result.thread)
             if self.metrics:
                 self.metrics.outbound.labels(row.channel, "sent").inc()
 
@@ -214,6 +220,7 @@ class OutboxWorker:
         external_id: str | None = None,
         next_attempt_at: datetime | None = None,
         unreachable: bool = False,
+        thread: str | None = None,
     ) -> None:
         now = self.clock()
         values: dict[str, object] = {"status": status, "claimed_until": None}
@@ -234,6 +241,12 @@ class OutboxWorker:
                 return
             if status == "dead":
                 await _record_dead(session, row, error or "", unreachable, now)
+            if thread is not None and row.conversation_id is not None:
+                await session.execute(
+                    update(Conversation)
+                    .where(Conversation.id == row.conversation_id, Conversation.staff_thread.is_(None))
+                    .values(staff_thread=thread)
+                )
 
 
 async def _record_dead(

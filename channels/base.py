@@ -13,7 +13,10 @@ Sink = Callable[[Inbound], Awaitable[object]]
 
 @dataclass(frozen=True, slots=True)
 class SendResult:
-    external_id: str | None = None
+    external_id: str | None = None  # the channel's id of the sent message (email Message-ID)
+    # A thread the channel opened for the conversation (a Telegram forum topic): kept on the
+    # conversation as staff_thread so later messages go to the same place.
+    thread: str | None = None
 
 
 class ChannelError(Exception):

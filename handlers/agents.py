@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import outbox
@@ -39,6 +40,25 @@ async def answer(
     if not conversation.reply_channel or not conversation.reply_address:
         raise AnswerError(f"conversation {conversation_id} has no channel to answer on")
     now = utcnow()
+    # What the customer's client needs to thread the answer (email In-Reply-To, Telegram reply).
+    last_in = await session.scalar(
+        select(Interaction)
+        .where(
+            Interaction.conversation_id == conversation.id,
+            Interaction.direction == "in",
+            Interaction.channel == conversation.reply_channel,
+        )
+        .order_by(Interaction.id.desc())
+        .limit(1)
+    )
+    thread: dict[str, object] = {}
+    if last_in is not None and last_in.external_id:
+        thread = {
+            "in_reply_to": last_in.external_id,
+            "references": [*last_in.meta.get("references", []), last_in.external_id],
+        }
+        if last_in.meta.get("subject"):
+            thread["subject"] = last_in.meta["subject"]
     logged = Interaction(
         conversation_id=conversation.id,
         customer_id=conversation.customer_id,
@@ -61,6 +81,7 @@ async def answer(
             kind="reply",
             conversation_id=conversation.id,
             customer_id=conversation.customer_id,
+            meta=thread,
         ),
         interaction_id=logged.id,
     )
