@@ -282,5 +282,5 @@ async def depth(session: AsyncSession) -> dict[str, int]:
         .group_by(OutboxRow.status)
     )
     counts = {"pending": 0, "sending": 0, "failed": 0}
-    counts.update({status: n for status, n in rows.tuples()})
+    counts.update({status: n for status, n in rows})
     return counts

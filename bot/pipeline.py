@@ -192,7 +192,7 @@ async def _log_fresh(
         .where(tuple_(Identity.channel, Identity.address).in_(addresses))
     )
     customers: dict[int, Customer] = {}
-    for identity, customer in found.tuples():
+    for identity, customer in found:
         identities[(identity.channel, identity.address)] = identity
         customers[customer.id] = customer
     new_identities: list[Identity] = []

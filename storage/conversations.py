@@ -29,7 +29,7 @@ async def listing(
         query = query.where(Conversation.status == status)
     if complaints_only:
         query = query.where(Conversation.is_complaint.is_(True))
-    return [(c, p) for c, p in (await session.execute(query)).tuples()]
+    return [(c, p) for c, p in (await session.execute(query))]
 
 
 async def of_customer(session: AsyncSession, customer_id: int) -> list[Conversation]:

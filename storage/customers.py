@@ -97,15 +97,16 @@ async def merge(session: AsyncSession, keep_id: int, gone_id: int) -> MergeResul
     moved_conversations = await _move(session, Conversation, gone_id, keep_id)
     moved_interactions = await _move(session, Interaction, gone_id, keep_id)
     # A greeting already sent to either record counts for the merged one; keep one row per occasion.
-    taken = set(
-        (
+    taken = {
+        tuple(row)
+        for row in (
             await session.execute(
                 select(CampaignDelivery.campaign, CampaignDelivery.occasion).where(
                     CampaignDelivery.customer_id == keep_id
                 )
             )
-        ).tuples()
-    )
+        )
+    }
     for delivery in await session.scalars(
         select(CampaignDelivery).where(CampaignDelivery.customer_id == gone_id)
     ):

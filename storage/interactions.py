@@ -39,7 +39,7 @@ async def export(
     if since is not None:
         query = query.where(Interaction.created_at >= since)
     result = await session.stream(query)
-    async for row, is_complaint in result.tuples():
+    async for row, is_complaint in result:
         yield {
             "id": row.id,
             "created_at": row.created_at.isoformat(),
