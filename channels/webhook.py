@@ -78,7 +78,7 @@ class _Attachment(_Strict):
 class _Payload(_Strict):
     id: str | int
     user: _User
-    text: str = Field(max_length=32_000)
+    text: str  # bounded by the 64 KiB body limit
     attachments: list[_Attachment] = Field(default_factory=list, max_length=20)
     timestamp: float | datetime | None = None
     type: Literal["message", "complaint"] = "message"
