@@ -211,3 +211,34 @@ class ChannelState(Base):
     key: Mapped[str] = mapped_column(String(200))
     value: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- Telegram channel (issue #3) -------------------------------------------------------------------
+
+
+class TelegramLink(Base):
+    """A single-use `t.me/<bot>?start=<token>` deep link that ties a Telegram user to a customer."""
+
+    __tablename__ = "telegram_links"
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    # Random, unguessable; Telegram allows 64 characters of [A-Za-z0-9_-] in a start payload.
+    token: Mapped[str] = mapped_column(String(64), unique=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+    used_by: Mapped[str | None] = mapped_column(String(64))  # the Telegram user id that used it
+
+
+class ProcessedMessage(Base):
+    """Idempotency keys of channel messages that act rather than get logged (a staff-group command):
+    a redelivered update finds its key here and does nothing twice."""
+
+    __tablename__ = "processed_messages"
+    __table_args__ = (UniqueConstraint("channel", "key", name="uq_processed_message"),)
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(32))
+    key: Mapped[str] = mapped_column(String(200))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
