@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bot.config import Config, ConfigError, load_config
@@ -57,7 +58,7 @@ class Failure(Exception):
 
 
 def fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -83,7 +84,7 @@ def _with_db(path: Path, work: Callable[[Database], Awaitable[T]]) -> T:
     try:
         return asyncio.run(go())
     except (LookupError, ValueError, Failure) as exc:
-        fail(str(exc).strip("'\""))
+        fail(str(exc))
         raise
     except OSError as exc:
         fail(f"cannot open the database: {exc}")
@@ -99,6 +100,11 @@ def _since(value: str | None) -> datetime | None:
         fail(f"--since has value {value!r}: use an ISO date or time, e.g. 2026-11-01 or 2026-11-01T08:00")
         raise
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def _cells(*values: object) -> list[str]:
+    """Customer-supplied text must not be read as Rich markup ("[bold]" in a name)."""
+    return [escape(str(v)) for v in values]
 
 
 def _ts(value: datetime | None) -> str:
@@ -182,7 +188,7 @@ def conversations_list(
             )
         table = Table("id", "customer", "status", "priority", "complaint", "channel", "updated")
         for conv, cust in rows:
-            table.add_row(
+            table.add_row(*_cells(
                 str(conv.id),
                 f"{cust.display_name or '—'} (#{cust.id})",
                 conv.status,
@@ -190,7 +196,7 @@ def conversations_list(
                 "yes" if conv.is_complaint else "",
                 conv.reply_channel or "—",
                 _ts(conv.updated_at),
-            )
+            ))
         return table
 
     out.print(_with_db(config, work))
@@ -247,15 +253,15 @@ def customers_show(ref: str, config: ConfigOption = DEFAULT_CONFIG) -> None:
             ("created", _ts(cust.created_at)),
             ("forgotten", _ts(cust.forgotten_at) if cust.forgotten_at else "no"),
         ):
-            head.add_row(f"[bold]{label}[/]", str(value))
+            head.add_row(f"[bold]{label}[/]", escape(str(value)))
         parts.append(head)
         idt = Table("channel", "address", "reachable", title="identities")
         for i in ids:
-            idt.add_row(i.channel, i.address, "yes" if i.reachable else f"no: {i.unreachable_reason}")
+            idt.add_row(*_cells(i.channel, i.address, "yes" if i.reachable else f"no: {i.unreachable_reason}"))
         parts.append(idt)
         ct = Table("id", "status", "priority", "complaint", "updated", title="conversations")
         for c in convs:
-            ct.add_row(str(c.id), c.status, c.priority, "yes" if c.is_complaint else "", _ts(c.updated_at))
+            ct.add_row(*_cells(str(c.id), c.status, c.priority, "yes" if c.is_complaint else "", _ts(c.updated_at)))
         parts.append(ct)
         return parts
 
@@ -340,7 +346,7 @@ def staff_list(config: ConfigOption = DEFAULT_CONFIG) -> None:
             members = await staff.all_staff(session)
         table = Table("id", "name", "role", "telegram id", "email", "active", "on duty")
         for m in members:
-            table.add_row(
+            table.add_row(*_cells(
                 str(m.id),
                 m.name,
                 m.role,
@@ -348,7 +354,7 @@ def staff_list(config: ConfigOption = DEFAULT_CONFIG) -> None:
                 m.email or "—",
                 "yes" if m.active else "no",
                 "yes" if m.on_duty else "no",
-            )
+            ))
         return table
 
     out.print(_with_db(config, work))
@@ -367,7 +373,7 @@ def audit_show(
             entries = await audit.since(session, when)
         table = Table("at", "actor", "action", "subject", "detail")
         for e in entries:
-            table.add_row(_ts(e.at), e.actor, e.action, e.subject, json.dumps(e.detail, ensure_ascii=False))
+            table.add_row(*_cells(_ts(e.at), e.actor, e.action, e.subject, json.dumps(e.detail, ensure_ascii=False)))
         return table
 
     out.print(_with_db(config, work))
