@@ -1,0 +1,632 @@
+"""Email channel: IMAP in (IDLE, else polling), SMTP out, through the pipeline and the outbox.
+
+Receiving: each folder keeps a checkpoint (UIDVALIDITY, last UID) through injected load/save
+callables; a message is flagged \\Seen (or moved) only after the pipeline committed it. A changed
+UIDVALIDITY means a rescan (RFC 3501 2.3.1.1); the pipeline's (channel, Message-ID) dedupe keeps it
+from logging anything twice. Any failure -> reconnect with backoff; nothing is acknowledged early,
+so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import aiosmtplib
+from aioimaplib import IMAP4, STOP_WAIT_SERVER_PUSH, AioImapException, Command, Response
+
+from bot.messages import Attachment, Inbound, Outbound
+from channels.base import PermanentError, SendResult, Sink, TransientError
+from channels.mail_compose import Composer
+from channels.mail_compose import Identity as Sender
+from channels.mail_parse import (
+    MailSystemError,
+    MalformedMail,
+    ParsedMail,
+    Part,
+    conversation_token,
+    parse_message,
+    reply_ids,
+    synthetic_msgid,
+)
+
+log = logging.getLogger("kefu.email")
+
+CHANNEL = "email"
+Security = Literal["tls", "starttls", "none"]
+LoadState = Callable[[str], Awaitable[dict[str, Any] | None]]
+SaveState = Callable[[str, dict[str, Any]], Awaitable[None]]
+T = TypeVar("T")
+
+FETCH_CHUNK = 200
+MIN_BACKOFF = 0.2
+MAX_BACKOFF = 60.0
+
+
+def redact(address: str) -> str:
+    """a***@example.com: enough to tell senders apart in a log, not enough to harvest."""
+    local, _, domain = address.partition("@")
+    return f"{local[:1]}***@{domain}" if domain else "***"
+
+
+class ImapDown(Exception):
+    """The IMAP connection failed or answered NO/BAD: reconnect with backoff."""
+
+
+class SinkFailed(Exception):
+    """The pipeline could not commit a message: nothing after it is acknowledged."""
+
+
+@dataclass(frozen=True, slots=True)
+class ImapSettings:
+    host: str
+    port: int
+    security: Security
+    username: str
+    password: str
+    folder: str = "INBOX"
+    processed_folder: str | None = None
+    poll_interval: float = 30.0
+    idle_recheck: float = 300.0
+    timeout: float = 30.0
+    ca_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpSettings:
+    host: str
+    port: int
+    security: Security
+    username: str | None
+    password: str | None
+    timeout: float = 30.0
+    ca_file: str | None = None
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=ca_file)
+
+
+# --- the mail store: raw messages and attachments on disk ------------------------------------
+
+
+class MailStore:
+    def __init__(self, root: str | Path, max_attachment_bytes: int) -> None:
+        self.root = Path(root)
+        self.max_attachment_bytes = max_attachment_bytes
+
+    def _write(self, path: Path, data: bytes) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                tmp = path.with_suffix(path.suffix + ".part")
+                tmp.write_bytes(data)
+                tmp.replace(path)
+        except OSError as exc:
+            raise MailSystemError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+    def save_raw(self, raw: bytes) -> Path:
+        path = self.root / f"{hashlib.sha256(raw).hexdigest()}.eml"
+        self._write(path, raw)
+        return path
+
+    def save_attachment(self, part: Part) -> Attachment:
+        digest = hashlib.sha256(part.data).hexdigest()
+        size = len(part.data)
+        kind = "photo" if part.mime_type.startswith("image/") else "file"
+        if size > self.max_attachment_bytes:
+            return Attachment(
+                kind=kind, name=part.name, mime_type=part.mime_type, size=size,
+                file_id=f"sha256:{digest}",
+                caption=f"not kept: over {self.max_attachment_bytes} bytes (it is in the raw message)",
+            )
+        suffix = Path(part.name).suffix[:16] if part.name else ""
+        path = self.root / "attachments" / f"{digest}{suffix}"
+        self._write(path, part.data)
+        return Attachment(
+            kind=kind, url=path.resolve().as_uri(), name=part.name, mime_type=part.mime_type,
+            size=size, file_id=f"sha256:{digest}",
+        )
+
+
+# --- raw bytes -> Inbound: the one entry point -----------------------------------------------
+
+NOISE_TEXT = {
+    "own_address": "mail from kefu's own address (not answered)",
+    "auto_submitted": "automatic reply (not answered)",
+    "auto_reply": "automatic reply (not answered)",
+    "precedence": "bulk or list mail (not answered)",
+    "list": "mailing-list mail (not answered)",
+    "mailer_daemon": "mail from a mailer daemon (not answered)",
+}
+
+
+def _mail_meta(mail: ParsedMail, raw_path: Path, uid: int | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "subject": mail.subject,
+        "references": list(mail.references),
+        "raw_path": str(raw_path),
+    }
+    if mail.in_reply_to:
+        meta["in_reply_to"] = mail.in_reply_to[0]
+    if mail.date:
+        meta["date"] = mail.date
+    if mail.charset:
+        meta["charset"] = mail.charset
+    if mail.from_html:
+        meta["from_html"] = True
+    if mail.quote_cut:
+        meta["quote_cut"] = mail.quote_cut
+    if mail.defects:
+        meta["defects"] = list(mail.defects)
+    if uid is not None:
+        meta["imap_uid"] = uid
+    return meta
+
+
+def to_inbound(
+    raw: bytes,
+    store: MailStore,
+    *,
+    own_address: str | None,
+    uid: int | None = None,
+    now: datetime | None = None,
+) -> Inbound:
+    """Never raises for bad mail: a malformed message becomes an event with its raw kept.
+    Raises MailSystemError when kefu itself cannot keep the message (then nothing is acknowledged)."""
+    received = now or datetime.now(timezone.utc)
+    raw_path = store.save_raw(raw)
+    try:
+        mail = parse_message(raw, own_address=own_address)
+        attachments = tuple(store.save_attachment(p) for p in mail.attachments)
+    except MailSystemError:
+        raise
+    except MalformedMail as exc:
+        return _malformed(raw, raw_path, str(exc), received, uid)
+    except Exception as exc:  # noqa: BLE001 - a parser bug on odd input must not stop the channel
+        log.exception("email.parse.failure uid=%s", uid)
+        return _malformed(raw, raw_path, f"unreadable: {type(exc).__name__}: {exc}", received, uid)
+    meta = _mail_meta(mail, raw_path, uid)
+    kind, text = "message", mail.text
+    if mail.noise == "bounce":
+        kind = "event"
+        meta.update(kind="bounce", failed_recipients=list(mail.failed_recipients))
+        if mail.dsn_status:
+            meta["status"] = mail.dsn_status
+        text = f"delivery failed to {', '.join(mail.failed_recipients)} ({mail.dsn_status or 'no status'})"
+    elif mail.noise is not None:
+        kind = "event"
+        meta.update(kind="auto_reply" if mail.noise != "own_address" else "own_address", noise=mail.noise)
+        text = f"{NOISE_TEXT.get(mail.noise, mail.noise)}: {mail.subject}\n\n{mail.text}".strip()
+    return Inbound(
+        channel=CHANNEL,
+        external_id=mail.message_id,
+        address=mail.sender,
+        text=text,
+        received_at=received,
+        kind=kind,
+        display_name=mail.display_name,
+        language=mail.language if kind == "message" else None,
+        attachments=attachments,
+        reply_to=reply_ids(mail) if kind == "message" else (),
+        conversation_hint=conversation_token(mail.subject) if kind == "message" else None,
+        meta=meta,
+    )
+
+
+_FROM = re.compile(rb"^From:[^\r\n]*?([A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+)", re.IGNORECASE | re.MULTILINE)
+
+
+def _malformed(raw: bytes, raw_path: Path, reason: str, received: datetime, uid: int | None) -> Inbound:
+    log.warning("email.parse.malformed uid=%s reason=%s raw=%s", uid, reason, raw_path.name)
+    found = _FROM.search(raw[:16384])
+    address = found.group(1).decode("ascii").lower() if found else "unknown@kefu.invalid"
+    msgid = re.search(rb"^Message-ID:\s*<([^<>\s]+)>", raw[:16384], re.IGNORECASE | re.MULTILINE)
+    return Inbound(
+        channel=CHANNEL,
+        external_id=msgid.group(1).decode("ascii", "replace") if msgid else synthetic_msgid(raw),
+        address=address,
+        text=f"malformed email: {reason}",
+        received_at=received,
+        kind="event",
+        meta={"kind": "malformed", "reason": reason, "raw_path": str(raw_path),
+              **({"imap_uid": uid} if uid is not None else {})},
+    )
+
+
+# --- IMAP -------------------------------------------------------------------------------------
+
+_UIDVALIDITY = re.compile(rb"UIDVALIDITY (\d+)")
+_FETCH_UID = re.compile(rb"UID (\d+)")
+
+
+def parse_fetch(lines: Sequence[bytes | bytearray]) -> list[tuple[int, bytes]]:
+    """(uid, raw message) pairs from a UID FETCH (UID BODY.PEEK[]) response, in UID order."""
+    found: list[tuple[int, bytes]] = []
+    uid: int | None = None
+    body: bytes | None = None
+    for line in lines:
+        if isinstance(line, bytearray):
+            body = bytes(line)
+            continue
+        if re.match(rb"\d+ FETCH \(", line):
+            if uid is not None and body is not None:
+                found.append((uid, body))
+            uid, body = None, None
+        match = _FETCH_UID.search(line)
+        if match:
+            uid = int(match.group(1))
+    if uid is not None and body is not None:
+        found.append((uid, body))
+    return sorted(found)
+
+
+def _uid_set(uids: Sequence[int]) -> str:
+    return ",".join(str(u) for u in uids)
+
+
+class ImapReader:
+    """One folder on one server: connect, catch up from the checkpoint, then IDLE or poll."""
+
+    def __init__(
+        self,
+        settings: ImapSettings,
+        convert: Callable[[bytes, int], Inbound],
+        load: LoadState,
+        save: SaveState,
+    ) -> None:
+        self.s = settings
+        self.convert = convert
+        self.load = load
+        self.save = save
+        self.key = f"imap:{settings.username}:{settings.folder}"
+        self.client: IMAP4 | None = None
+        self._lost = asyncio.Event()
+        self.uidvalidity = 0
+        self.last_uid = 0
+        self.connected = asyncio.Event()  # set while a session is live (tests and health)
+        self.move = False
+
+    async def _call(self, aw: Awaitable[T], timeout: float | None = None) -> T:
+        """Awaits an aioimaplib call, failing fast when the connection drops (aioimaplib itself
+        would wait for its own timeout)."""
+        task: asyncio.Future[T] = asyncio.ensure_future(aw)
+        lost = asyncio.ensure_future(self._lost.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {task, lost}, timeout=timeout or self.s.timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            lost.cancel()
+        if task in done:
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        raise ImapDown("connection lost" if lost in done else "timed out")
+
+    async def _ok(self, aw: Awaitable[Response], what: str, timeout: float | None = None) -> Response:
+        response = await self._call(aw, timeout)
+        if response.result != "OK":
+            detail = b" ".join(bytes(x) for x in response.lines[-1:]).decode("utf-8", "replace")
+            raise ImapDown(f"{what} answered {response.result}: {detail[:200]}")
+        return response
+
+    def _on_lost(self, exc: Exception | None) -> None:
+        self._lost.set()
+
+    async def connect(self) -> IMAP4:
+        self._lost = asyncio.Event()
+        context = tls_context(self.s.ca_file) if self.s.security != "none" else None
+        client = IMAP4(
+            self.s.host, self.s.port, timeout=self.s.timeout, conn_lost_cb=self._on_lost,
+            ssl_context=context if self.s.security == "tls" else None,
+        )
+        self.client = client
+        await self._call(client.wait_hello_from_server())
+        if self.s.security == "starttls":
+            await self._starttls(client, context)
+        await self._ok(client.login(self.s.username, self.s.password), "LOGIN")
+        return client
+
+    async def _starttls(self, client: IMAP4, context: ssl.SSLContext | None) -> None:
+        # RFC 3501 6.2.1; aioimaplib 2 has the command but no helper: upgrade the transport here.
+        protocol = client.protocol
+        if "STARTTLS" not in protocol.capabilities:
+            raise ImapDown("the server does not offer STARTTLS (imap_security = \"starttls\")")
+        command = Command("STARTTLS", protocol.new_tag(), loop=protocol.loop)
+        response = await self._call(protocol.execute(command))
+        if response.result != "OK":
+            raise ImapDown(f"STARTTLS answered {response.result}")
+        loop = asyncio.get_running_loop()
+        transport = await self._call(
+            loop.start_tls(protocol.transport, protocol, context, server_hostname=self.s.host)
+        )
+        protocol.transport = transport
+        await self._call(protocol.capability())  # RFC 3501: capabilities may change after TLS
+
+    async def select(self, client: IMAP4) -> None:
+        response = await self._ok(client.select(self.s.folder), f"SELECT {self.s.folder}")
+        found = _UIDVALIDITY.search(b" ".join(bytes(x) for x in response.lines))
+        uidvalidity = int(found.group(1)) if found else 0
+        state = await self.load(self.key) or {}
+        if state.get("uidvalidity") == uidvalidity:
+            self.last_uid = int(state.get("last_uid", 0))
+        else:
+            if state:
+                log.warning(
+                    "email.imap.uidvalidity_changed folder=%s old=%s new=%s: rescanning",
+                    self.s.folder, state.get("uidvalidity"), uidvalidity,
+                )
+            self.last_uid = 0
+        self.uidvalidity = uidvalidity
+        if self.s.processed_folder:
+            created = await self._call(client.create(self.s.processed_folder))
+            if created.result != "OK":
+                log.debug("email.imap.create result=%s (exists already)", created.result)
+            self.move = client.has_capability("MOVE")
+
+    async def new_uids(self, client: IMAP4) -> list[int]:
+        response = await self._ok(
+            client.uid_search(f"UID {self.last_uid + 1}:*", charset=None), "UID SEARCH"
+        )
+        uids: set[int] = set()
+        for line in response.lines[:-1]:
+            text = bytes(line).decode("ascii", "replace")
+            if text.startswith("SEARCH"):
+                text = text[len("SEARCH"):]
+            uids.update(int(x) for x in text.split() if x.isdigit())
+        # "n:*" always matches the highest UID even when it is below n (RFC 3501 6.4.8)
+        return sorted(u for u in uids if u > self.last_uid)
+
+    async def drain(self, client: IMAP4, sink: Sink) -> int:
+        total = 0
+        while True:
+            uids = await self.new_uids(client)
+            if not uids:
+                return total
+            for start in range(0, len(uids), FETCH_CHUNK):
+                chunk = uids[start : start + FETCH_CHUNK]
+                total += await self._batch(client, chunk, sink)
+
+    async def _batch(self, client: IMAP4, uids: list[int], sink: Sink) -> int:
+        response = await self._ok(
+            client.uid("fetch", _uid_set(uids), "(UID BODY.PEEK[])"),
+            "UID FETCH",
+            timeout=self.s.timeout * 4,
+        )
+        messages = parse_fetch(response.lines)
+        inbounds = [self.convert(raw, uid) for uid, raw in messages]
+        results = await asyncio.gather(*(sink(i) for i in inbounds), return_exceptions=True)
+        done = [uid for (uid, _), r in zip(messages, results, strict=True) if not isinstance(r, BaseException)]
+        failed = [(uid, r) for (uid, _), r in zip(messages, results, strict=True) if isinstance(r, BaseException)]
+        if done:
+            await self._acknowledge(client, done)
+        # The checkpoint moves only over a run of committed messages; past the first failure, the
+        # next pass fetches again and the pipeline answers "duplicate" for what was committed.
+        checkpoint = self.last_uid
+        first_failed = failed[0][0] if failed else None
+        for uid in uids:
+            if first_failed is not None and uid >= first_failed:
+                break
+            checkpoint = uid
+        if checkpoint != self.last_uid:
+            self.last_uid = checkpoint
+            await self.save(self.key, {"uidvalidity": self.uidvalidity, "last_uid": checkpoint})
+        if failed:
+            uid, error = failed[0]
+            raise SinkFailed(f"uid {uid}: {type(error).__name__}: {error}")
+        return len(done)
+
+    async def _acknowledge(self, client: IMAP4, uids: list[int]) -> None:
+        uid_set = _uid_set(uids)
+        if self.s.processed_folder:
+            if self.move:
+                await self._ok(client.uid("move", uid_set, self.s.processed_folder), "UID MOVE")
+                return
+            await self._ok(client.uid("copy", uid_set, self.s.processed_folder), "UID COPY")
+            await self._ok(client.uid("store", uid_set, "+FLAGS.SILENT", r"(\Seen \Deleted)"), "UID STORE")
+            if client.has_capability("UIDPLUS"):
+                await self._ok(client.uid("expunge", uid_set), "UID EXPUNGE")
+            return
+        await self._ok(client.uid("store", uid_set, "+FLAGS.SILENT", r"(\Seen)"), "UID STORE")
+
+    async def wait_for_mail(self, client: IMAP4) -> None:
+        """Returns when new mail may be there: an IDLE push, the re-check timer, or a poll tick."""
+        if not client.has_capability("IDLE"):
+            await self._sleep(self.s.poll_interval)
+            return
+        # RFC 2177: IDLE until the server pushes EXISTS; end it before the 29-minute limit and
+        # re-check anyway, in case a push was missed.
+        idle = await self._call(client.idle_start(timeout=self.s.idle_recheck))
+        try:
+            while True:
+                push = await self._call(
+                    client.wait_server_push(timeout=self.s.idle_recheck + 5), self.s.idle_recheck + 10
+                )
+                if push == STOP_WAIT_SERVER_PUSH or any(b"EXISTS" in bytes(x) for x in push):
+                    return
+        finally:
+            if client.has_pending_idle() and not self._lost.is_set():
+                client.idle_done()
+                with contextlib.suppress(asyncio.TimeoutError, AioImapException):
+                    await asyncio.wait_for(idle, self.s.timeout)
+            elif not idle.done():
+                idle.cancel()
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._lost.wait(), seconds)
+        except TimeoutError:
+            return
+        raise ImapDown("connection lost")
+
+    async def session(self, sink: Sink, on_progress: Callable[[], None]) -> None:
+        client = await self.connect()
+        try:
+            await self.select(client)
+            log.info(
+                "email.imap.connected host=%s folder=%s idle=%s last_uid=%d",
+                self.s.host, self.s.folder, client.has_capability("IDLE"), self.last_uid,
+            )
+            self.connected.set()
+            while True:
+                count = await self.drain(client, sink)
+                if count:
+                    log.info("email.imap.ingested count=%d last_uid=%d", count, self.last_uid)
+                on_progress()
+                await self.wait_for_mail(client)
+        finally:
+            self.connected.clear()
+            await self.close()
+
+    async def close(self) -> None:
+        client, self.client = self.client, None
+        if client is None:
+            return
+        if not self._lost.is_set():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.logout(), 2)
+        transport = client.protocol.transport if client.protocol else None
+        if transport is not None:
+            transport.close()
+        for task in list(client.tasks) + list(client.protocol.tasks):
+            task.cancel()
+
+
+# --- the channel ------------------------------------------------------------------------------
+
+
+def _smtp_error(exc: Exception) -> TransientError | PermanentError:
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        refusals = exc.recipients
+        codes = [r.code for r in refusals]
+        detail = "; ".join(f"{r.code} {r.message}" for r in refusals)
+        if codes and all(500 <= c < 600 for c in codes):
+            return PermanentError(f"recipient refused: {detail}", unreachable=all(_gone(r.code, r.message) for r in refusals))
+        return TransientError(f"recipient deferred: {detail}")
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        # 535 is 5xx, but a wrong password is the operator's to fix, not the message's fault.
+        return TransientError(f"SMTP login failed ({exc.code}): check username and the password variable")
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        detail = f"{exc.code} {exc.message}"
+        # RFC 5321 4.2.1: 4yz transient negative completion, 5yz permanent
+        if 500 <= exc.code < 600:
+            return PermanentError(f"SMTP refused: {detail}", unreachable=_gone(exc.code, exc.message))
+        return TransientError(f"SMTP deferred: {detail}")
+    return TransientError(f"SMTP {type(exc).__name__}: {exc}")
+
+
+_GONE = re.compile(r"\b5\.1\.[0-3]\b|user unknown|no such (user|mailbox)|does not exist|unknown (user|recipient)|mailbox unavailable", re.IGNORECASE)
+
+
+def _gone(code: int, message: str) -> bool:
+    """RFC 3463 X.1.1 'bad destination mailbox address': the address itself is dead."""
+    return code in (550, 551, 553) and bool(_GONE.search(message))
+
+
+_ADDR = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
+
+
+class EmailChannel:
+    name = CHANNEL
+
+    def __init__(
+        self,
+        *,
+        address: str,
+        imap: ImapSettings,
+        smtp: SmtpSettings,
+        store: MailStore,
+        composer: Composer,
+        load_state: LoadState,
+        save_state: SaveState,
+        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    ) -> None:
+        self.address = address.lower()
+        self.smtp = smtp
+        self.store = store
+        self.composer = composer
+        self.clock = clock
+        self.reader = ImapReader(imap, self._convert, load_state, save_state)
+        self._task: asyncio.Task[None] | None = None
+
+    def _convert(self, raw: bytes, uid: int) -> Inbound:
+        return to_inbound(raw, self.store, own_address=self.address, uid=uid, now=self.clock())
+
+    async def start(self, sink: Sink) -> None:
+        self._task = asyncio.create_task(self._run(sink), name="kefu-email-imap")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.reader.close()
+
+    async def _run(self, sink: Sink) -> None:
+        delay = MIN_BACKOFF
+
+        def progressed() -> None:
+            nonlocal delay
+            delay = MIN_BACKOFF
+
+        while True:
+            try:
+                await self.reader.session(sink, progressed)
+            except asyncio.CancelledError:
+                raise
+            except (ImapDown, SinkFailed, MailSystemError, AioImapException, OSError, TimeoutError) as exc:
+                log.warning(
+                    "email.imap.reconnect in=%.1fs error=%s: %s", delay, type(exc).__name__, exc
+                )
+            except Exception:  # noqa: BLE001 - the channel must outlive any bug in one pass
+                log.exception("email.imap.failure in=%.1fs", delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF)
+
+    async def send(self, out: Outbound) -> SendResult:
+        if not _ADDR.match(out.address):
+            raise PermanentError(f"not an email address: {out.address!r}", unreachable=True)
+        if out.address.lower() == self.address:
+            raise PermanentError("kefu does not write to its own address")
+        message, msgid = self.composer.compose(out, now=self.clock())
+        s = self.smtp
+        try:
+            await aiosmtplib.send(
+                message,
+                sender=self.address,
+                recipients=[out.address],
+                hostname=s.host,
+                port=s.port,
+                username=s.username,
+                password=s.password,
+                use_tls=s.security == "tls",
+                start_tls=True if s.security == "starttls" else False,
+                tls_context=tls_context(s.ca_file) if s.security != "none" else None,
+                timeout=s.timeout,
+            )
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            error = _smtp_error(exc)
+            log.warning(
+                "email.smtp.failed to=%s kind=%s error=%s",
+                redact(out.address), type(error).__name__, error,
+            )
+            raise error from exc
+        log.info("email.smtp.sent to=%s message_id=%s", redact(out.address), msgid)
+        return SendResult(external_id=msgid)
+
+
+def sender(address: str, name: str) -> Sender:
+    return Sender(address=address, name=name)
+

@@ -1,0 +1,104 @@
+"""Outbound -> an RFC 5322 message: threading headers, subject token, text and HTML from templates."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+from jinja2 import FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2.sandbox import SandboxedEnvironment
+
+from bot.messages import Outbound
+from channels.mail_parse import _CJK, normalize_msgid
+
+LANGUAGES = ("zh", "en")
+# Reply prefixes and kefu's own token, stripped before a new "Re: … [#id]" is put on (RFC 5322 3.6.5).
+_PREFIX = re.compile(r"^\s*((re|fw|fwd|aw|sv|回复|答复|回覆|转发)\s*(\[\d+\])?\s*[:：]\s*)+", re.IGNORECASE)
+_TOKEN = re.compile(r"\s*\[#\d+\]")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    address: str
+    name: str
+
+
+def base_subject(subject: str) -> str:
+    return _PREFIX.sub("", _TOKEN.sub("", subject)).strip()
+
+
+def language_of(out: Outbound) -> str:
+    """The customer's language if the sender said it, else the language the agent wrote in."""
+    lang = str(out.meta.get("language") or "").split("-")[0].lower()
+    if lang in LANGUAGES:
+        return lang
+    return "zh" if _CJK.search(out.text) else "en"
+
+
+def message_id_for(out: Outbound, domain: str) -> str:
+    """Stable across retries of one outbox row, so a re-send after a crash is the same message to
+    the customer's client (RFC 5322 3.6.4: the id is unique to one message)."""
+    seed = f"{out.dedupe_key}|{out.conversation_id}|{out.customer_id}|{out.text}"
+    return f"kefu.{hashlib.sha256(seed.encode()).hexdigest()[:32]}@{domain}"
+
+
+def _angle(ids: list[str]) -> str:
+    return " ".join(f"<{normalize_msgid(i)}>" for i in ids if normalize_msgid(i))
+
+
+class Composer:
+    def __init__(self, templates: Path, sender: Identity) -> None:
+        self.sender = sender
+        self.env = SandboxedEnvironment(
+            loader=FileSystemLoader(str(templates)),
+            autoescape=select_autoescape(enabled_extensions=("html", "html.j2"), default_for_string=False),
+            undefined=StrictUndefined,
+            keep_trailing_newline=False,
+        )
+
+    def _render(self, lang: str, name: str, context: dict[str, Any]) -> str:
+        return self.env.get_template(f"{lang}/{name}").render(**context)
+
+    def compose(self, out: Outbound, *, now: Any) -> tuple[EmailMessage, str]:
+        """(message, its Message-ID without brackets)."""
+        lang = language_of(out)
+        domain = self.sender.address.rsplit("@", 1)[-1]
+        msgid = message_id_for(out, domain)
+        context = {
+            "text": out.text,
+            "team": self.sender.name,
+            "conversation_id": out.conversation_id if out.conversation_id is not None else "",
+            "subject": base_subject(str(out.meta.get("subject") or "")),
+        }
+        msg = EmailMessage()
+        msg["From"] = Address(self.sender.name, addr_spec=self.sender.address)
+        msg["To"] = out.address
+        subject = self._render(lang, "email_subject.txt.j2", context).strip()
+        if out.conversation_id is None:
+            subject = _TOKEN.sub("", subject).strip()
+        msg["Subject"] = subject
+        msg["Date"] = format_datetime(now)
+        msg["Message-ID"] = f"<{msgid}>"
+        in_reply_to = out.meta.get("in_reply_to")
+        references = [str(r) for r in out.meta.get("references") or []]
+        if in_reply_to:
+            # RFC 5322 3.6.4: In-Reply-To is the parent's id; References is the parent's References
+            # plus the parent's id, which handlers/agents.answer already put together.
+            msg["In-Reply-To"] = f"<{normalize_msgid(str(in_reply_to))}>"
+            if normalize_msgid(str(in_reply_to)) not in {normalize_msgid(r) for r in references}:
+                references.append(str(in_reply_to))
+        if references:
+            msg["References"] = _angle(references[-20:])
+        # RFC 3834 5: kefu's answers are replies written by a person, not auto-generated;
+        # acknowledgements and notices are marked so the customer's autoresponder stays quiet.
+        msg["Auto-Submitted"] = "no" if out.kind == "reply" else "auto-replied"
+        msg["Content-Language"] = "zh-CN" if lang == "zh" else "en"
+        msg.set_content(self._render(lang, "email_reply.txt.j2", context) + "\n", charset="utf-8")
+        msg.add_alternative(self._render(lang, "email_reply.html.j2", context), subtype="html", charset="utf-8")
+        return msg, msgid
