@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,7 +21,7 @@ from bot.messages import Inbound, Receipt
 from handlers import complaints, routing
 from handlers.complaints import Verdict
 from storage.db import Database
-from storage.models import REOPENABLE, Conversation, Customer, Identity, Interaction, OutboxRow
+from storage.models import REOPENABLE, Base, Conversation, Customer, Identity, Interaction, OutboxRow
 
 log = logging.getLogger("kefu.pipeline")
 
@@ -195,19 +195,23 @@ async def _log_fresh(
     for identity, customer in found:
         identities[(identity.channel, identity.address)] = identity
         customers[customer.id] = customer
-    new_identities: list[Identity] = []
+    new_customers: dict[tuple[str, str], Customer] = {}
     for inbound in inbounds:
         key = (inbound.channel, inbound.address)
-        if key not in identities:
-            customer = Customer(display_name=inbound.display_name, language=inbound.language)
-            identity = Identity(channel=inbound.channel, address=inbound.address, customer=customer)
-            session.add(identity)
-            identities[key] = identity
-            new_identities.append(identity)
-    if new_identities:
-        await session.flush()
-        for identity in new_identities:
-            customers[identity.customer.id] = identity.customer
+        if key not in identities and key not in new_customers:
+            new_customers[key] = Customer(
+                display_name=inbound.display_name, language=inbound.language, tags=[]
+            )
+    if new_customers:
+        await _insert(session, Customer, list(new_customers.values()))
+        fresh_identities = [
+            Identity(channel=channel, address=address, customer_id=customer.id)
+            for (channel, address), customer in new_customers.items()
+        ]
+        await _insert(session, Identity, fresh_identities)
+        for identity, customer in zip(fresh_identities, new_customers.values(), strict=True):
+            identities[(identity.channel, identity.address)] = identity
+            customers[customer.id] = customer
 
     # 3. thread: a conversation the message points at, else the customer's latest live one
     customer_ids = {identities[(i.channel, i.address)].customer_id for i in inbounds}
@@ -219,6 +223,7 @@ async def _log_fresh(
     latest: dict[int, Conversation] = {c.customer_id: c for c in live_rows}
     threads: list[Conversation | None] = []
     created: set[int] = set()
+    new_conversations: list[Conversation] = []
     for inbound in inbounds:
         customer = customers[identities[(inbound.channel, inbound.address)].customer_id]
         if customer.display_name is None and inbound.display_name:
@@ -230,7 +235,7 @@ async def _log_fresh(
             conversation = None  # closed is final: the customer starts a new conversation
         if conversation is None and inbound.kind in SPOKEN:
             conversation = Conversation(customer_id=customer.id, created_at=inbound.received_at)
-            session.add(conversation)
+            new_conversations.append(conversation)
             latest[customer.id] = conversation
             created.add(id(conversation))
         elif conversation is not None and inbound.kind in SPOKEN and conversation.status == "resolved":
@@ -238,7 +243,7 @@ async def _log_fresh(
             conversation.resolved_at = None
             session.add(_event(conversation, inbound, "reopened", "reopened by a new customer message"))
         threads.append(conversation)
-    await session.flush()
+    await _insert(session, Conversation, new_conversations)
 
     # 4-6. log, classify, route
     logged: list[Interaction] = []
@@ -282,13 +287,31 @@ async def _log_fresh(
         notes.append(
             Logged(inbound, row, customer, conversation, id(conversation) in created, verdict, decision)
         )
-    session.add_all(logged)
-    await session.flush()
+    await _insert(session, Interaction, logged)
+    await session.flush()  # the conversations touched above
     for note in notes:
         for observer in pipeline.observers:
             await observer(session, note)
     for n, row in zip(positions, logged, strict=True):
         receipts[n] = Receipt("accepted", row.id, row.customer_id, row.conversation_id)
+
+
+async def _insert(session: AsyncSession, model: type[Base], rows: Sequence[Base]) -> None:
+    """Adds rows and gives them ids, in one round trip per table.
+
+    SQLite cannot batch INSERT ... RETURNING in order, so SQLAlchemy would send one INSERT per
+    row; on SQLite kefu numbers the rows itself instead, which is safe because every write
+    transaction there starts with BEGIN IMMEDIATE and so holds the database's only write lock.
+    """
+    if not rows:
+        return
+    if session.bind.dialect.name == "sqlite":
+        with session.no_autoflush:
+            top = await session.scalar(select(func.max(model.id)))  # type: ignore[attr-defined]
+        for n, row in enumerate(rows, (top or 0) + 1):
+            row.id = n  # type: ignore[attr-defined]
+    session.add_all(rows)
+    await session.flush()
 
 
 async def _hinted(session: AsyncSession, inbound: Inbound, customer_id: int) -> Conversation | None:

@@ -1,0 +1,167 @@
+"""Ingest benchmark: signed webhook messages through the whole pipeline into SQLite.
+
+Run by hand:  .venv/bin/python bench/ingest.py [--messages 20000] [--concurrency 32]
+
+Starts two servers in turn, each in its own process, and drives them with the same client:
+  floor — a bare Starlette handler on uvicorn doing one SQLite insert per request (same engine
+          settings as kefu: aiosqlite, WAL, synchronous=NORMAL);
+  kefu  — `kefu run` with a webhook source: signature check, JSON validation, dedupe, identify,
+          thread, log, route, commit, 202.
+Prints messages/s and p50/p99 latency for each, and kefu as a share of the floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from channels.webhook import sign  # noqa: E402
+from tests.servers.ports import free_port  # noqa: E402
+
+SECRET = "bench-secret"
+
+
+def floor_app(db_path: str):  # noqa: ANN201
+    from sqlalchemy import text
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from storage.db import Database
+
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, body TEXT)")
+    db = Database(f"sqlite+aiosqlite:///{db_path}")
+
+    async def handle(request: Request) -> JSONResponse:
+        body = await request.body()
+        async with db.engine.begin() as conn:
+            result = await conn.execute(text("INSERT INTO t (body) VALUES (:b)"), {"b": body.decode()})
+        return JSONResponse({"id": result.lastrowid}, 202)
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    return Starlette(
+        routes=[
+            Route("/webhooks/{source}", handle, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ]
+    )
+
+
+def serve_floor(port: int, db_path: str) -> None:
+    import uvicorn
+
+    uvicorn.run(floor_app(db_path), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def start_kefu(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    (workdir / "config.toml").write_text(
+        f'[storage]\nurl = "sqlite+aiosqlite:///{workdir}/kefu.db"\n[http]\nport = {port}\n'
+        '[logging]\nlevel = "WARNING"\n[webhook.sources.shop]\nsecret_env = "SHOP_SECRET"\n'
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "bot", "run", "--config", str(workdir / "config.toml")],
+        cwd=ROOT,
+        env={**os.environ, "SHOP_SECRET": SECRET},
+        stderr=(workdir / "kefu.log").open("wb"),
+    )
+
+
+def start_floor(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, __file__, "--serve-floor", str(port), str(workdir / "floor.db")], cwd=ROOT
+    )
+
+
+def requests(n: int) -> list[tuple[bytes, dict[str, str]]]:
+    now = str(int(time.time()) + 60)  # signed ahead of time: the client's HMAC is not the server's cost
+    out = []
+    for i in range(n):
+        body = json.dumps(
+            {"id": f"m{i}", "user": {"id": f"u{i % 5000}", "name": "客户"}, "text": f"订单 {i} 还没到，请帮我查一下"},
+            ensure_ascii=False,
+        ).encode()
+        out.append((body, {"Content-Type": "application/json", "X-Kefu-Timestamp": now, "X-Kefu-Signature": sign(SECRET, now, body)}))
+    return out
+
+
+async def drive(port: int, reqs: list[tuple[bytes, dict[str, str]]], concurrency: int) -> tuple[float, list[float]]:
+    url = f"http://127.0.0.1:{port}/webhooks/shop"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        for _ in range(100):
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/healthz"):
+                    break
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.1)
+        latencies: list[float] = []
+        queue = iter(reqs)
+
+        async def lane() -> None:
+            for body, headers in queue:
+                t0 = time.perf_counter()
+                async with session.post(url, data=body, headers=headers) as r:
+                    await r.read()
+                    if r.status != 202:
+                        raise SystemExit(f"unexpected {r.status}: {await r.text()}")
+                latencies.append(time.perf_counter() - t0)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(lane() for _ in range(concurrency)))
+        return time.perf_counter() - started, latencies
+
+
+def run(name: str, start, n: int, concurrency: int) -> float:  # noqa: ANN001
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        proc = start(port, Path(tmp))
+        try:
+            warmup, measured = requests(n + 200)[:200], requests(n + 200)[200:]
+            asyncio.run(drive(port, warmup, concurrency))
+            elapsed, lat = asyncio.run(drive(port, measured, concurrency))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+    lat.sort()
+    rate = len(lat) / elapsed
+    print(
+        f"{name:5}  {rate:8.0f} msg/s   p50 {statistics.median(lat) * 1000:6.1f} ms   "
+        f"p99 {lat[int(len(lat) * 0.99)] * 1000:6.1f} ms   ({len(lat)} messages, concurrency {concurrency})"
+    )
+    return rate
+
+
+def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--serve-floor":
+        serve_floor(int(sys.argv[2]), sys.argv[3])
+        return
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    print(f"cpus: {os.cpu_count()}  python {sys.version.split()[0]}")
+    floor = run("floor", start_floor, args.messages, args.concurrency)
+    kefu = run("kefu", start_kefu, args.messages, args.concurrency)
+    print(f"kefu / floor = {kefu / floor:.2f}  (target >= 0.50, and >= 2000 msg/s)")
+
+
+if __name__ == "__main__":
+    main()
