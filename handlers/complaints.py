@@ -1,6 +1,6 @@
-"""Complaint detection: an offline, explainable cue scorer for Chinese and English messages.
+"""Complaint detection: an offline explainable cue scorer for Chinese and English messages.
 
-The cues live in TOML files (handlers/data/complaint_cues.*.toml, plus any `[complaints] extra_cues`).
+The cues live in TOML files: handlers/data/complaint_cues.*.toml, plus `[complaints] extra_cues`.
 Each cue group has a reason, a kind, a weight and a severity. All groups of the languages a message
 needs are compiled into one alternation, so a message is scanned once, left to right; at a position
 the earlier kind wins (see KINDS), which lets "no problem" or "not happy" claim the text before
@@ -61,6 +61,7 @@ KINDS = (
     "question",  # "how do I", "请问", "吗"
 )
 COUNTING = frozenset({"grievance", "topic"})
+SCORED = frozenset({"grievance", "topic", "intensifier", "dampener"})
 SEVERITIES = ("normal", "high")
 # How far (words for en, characters otherwise) a negator reaches when its cue does not say.
 DEFAULT_REACH = {"en": 3, "zh": 4, "any": 0}
@@ -147,7 +148,9 @@ def load_cue_file(path: str | Path) -> list[Cue]:
         raise CueError(f"cue file {str(path)!r} is not valid TOML: {exc}") from None
     language = data.get("language")
     if language not in (*LANGUAGES, "any"):
-        raise CueError(f"cue file {str(path)!r}: 'language' has value {language!r}; use zh, en or any")
+        raise CueError(
+            f"cue file {str(path)!r}: 'language' has value {language!r}; use zh, en or any"
+        )
     tables = data.get("cue", [])
     if not isinstance(tables, list) or not tables:
         raise CueError(f"cue file {str(path)!r} has no [[cue]] tables")
@@ -165,7 +168,8 @@ def _cue(table: Mapping[str, Any], language: str, where: str) -> Cue:
     kind = table.get("kind", "grievance")
     if kind not in KINDS:
         raise CueError(f"{where}: 'kind' has value {kind!r}; use one of {', '.join(KINDS)}")
-    weight = table.get("weight", 0.0 if kind in ("neutral", "negator", "contrast", "question") else None)
+    # Kinds that only shape other cues need no weight.
+    weight = table.get("weight", None if kind in SCORED else 0.0)
     if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 1:
         raise CueError(f"{where}: 'weight' has value {weight!r}; use a number from 0 to 1")
     severity = table.get("severity", "normal")
@@ -174,7 +178,8 @@ def _cue(table: Mapping[str, Any], language: str, where: str) -> Cue:
     reach = table.get("reach", DEFAULT_REACH[language])
     if isinstance(reach, bool) or not isinstance(reach, int) or reach < 0:
         raise CueError(f"{where}: 'reach' has value {reach!r}; use a whole number >= 0")
-    return Cue(reason.strip(), kind, float(weight), severity, language, reach, _source(table, where))
+    source = _source(table, where)
+    return Cue(reason.strip(), kind, float(weight), severity, language, reach, source)
 
 
 def _source(table: Mapping[str, Any], where: str) -> str:
@@ -393,7 +398,9 @@ def load_classifier(cfg: ComplaintsConfig) -> Classify:
     try:
         lexicon = Lexicon(cues)
     except re.error as exc:  # patterns that compile alone can still clash once joined
-        raise ConfigError(f"[complaints] extra_cues has value {list(cfg.extra_cues)!r}: {exc}") from None
+        raise ConfigError(
+            f"[complaints] extra_cues has value {list(cfg.extra_cues)!r}: {exc}"
+        ) from None
     return Classifier(lexicon, cfg.threshold)
 
 
@@ -403,12 +410,14 @@ def _import_backend(spec: str) -> Classify:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ConfigError(
-            f"[complaints] backend has value {spec!r}: use \"builtin\" or \"package.module:function\""
+            f'[complaints] backend has value {spec!r}: use "builtin" or "package.module:function"'
         )
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"[complaints] backend has value {spec!r}: cannot import {module_name!r}: {exc}") from None
+        raise ConfigError(
+            f"[complaints] backend has value {spec!r}: cannot import {module_name!r}: {exc}"
+        ) from None
     backend = getattr(module, attr, None)
     if not callable(backend):
         raise ConfigError(
