@@ -306,6 +306,7 @@ async def _insert(session: AsyncSession, model: type[Base], rows: Sequence[Base]
     if not rows:
         return
     if session.bind.dialect.name == "sqlite":
+        await session.flush()  # rows added elsewhere (events) take their ids first
         with session.no_autoflush:
             top = await session.scalar(select(func.max(model.id)))  # type: ignore[attr-defined]
         for n, row in enumerate(rows, (top or 0) + 1):
