@@ -89,6 +89,14 @@ class LoggingConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class ComplaintsConfig(Section):
+    # "builtin", or "package.module:function" taking (text, language) and returning a Verdict.
+    backend: str = "builtin"
+    # More cue files in the format of handlers/data/complaint_cues.*.toml (builtin backend only).
+    extra_cues: tuple[str, ...] = ()
+    threshold: float = Field(default=0.5, gt=0, le=1)
+
+
 class Config(Section):
     storage: StorageConfig = StorageConfig()
     http: HttpConfig = HttpConfig()
@@ -97,6 +105,7 @@ class Config(Section):
     webhook: WebhookConfig = WebhookConfig()
     outbox: OutboxConfig = OutboxConfig()
     logging: LoggingConfig = LoggingConfig()
+    complaints: ComplaintsConfig = ComplaintsConfig()
 
 
 def _describe(error: Mapping[str, Any]) -> str:
