@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import logging
 import os
 import re
@@ -16,19 +18,22 @@ from sqlalchemy import text
 from starlette.routing import BaseRoute
 
 from bot import outbox
-from bot.config import Config, ConfigError, secret
+from bot.config import Config, ConfigError, require_secret, secret
 from bot.http import build_app
 from bot.messages import Inbound, Receipt
 from bot.metrics import Metrics
 from bot.outbox import OutboxWorker
 from bot.pipeline import Observer, Pipeline
+from channels import telegram, telegram_webhook
 from channels.base import Channel
 from channels.webhook import Source, WebhookChannel
+from handlers import staff_group, telegram_links
 from storage.db import Database
 
 log = logging.getLogger("kefu.app")
 
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+TELEGRAM_SECRET = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 
 
 def build_webhook(config: Config, env: Mapping[str, str]) -> WebhookChannel:
@@ -67,7 +72,43 @@ def build_telegram(kefu: Kefu) -> Channel | None:
             tg.token_env,
         )
         return None
-    raise ConfigError("[telegram] enabled = true: the Telegram channel is not in this build yet")
+    token = require_secret(tg.token_env, "[telegram]", kefu.env)
+    webhook_secret: str | None = None
+    if tg.mode == "webhook":
+        webhook_secret = require_secret(tg.webhook_secret_env, '[telegram] mode = "webhook"', kefu.env)
+        if not TELEGRAM_SECRET.match(webhook_secret):
+            raise ConfigError(
+                f"environment variable {tg.webhook_secret_env} must be 1-256 characters of "
+                "A-Z, a-z, 0-9, '_' and '-' (Telegram's rule for a webhook secret_token)"
+            )
+    # httpx logs each request's URL at INFO and PTB logs its base URL at DEBUG: both hold the token.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("telegram").setLevel(logging.INFO)
+    hooks = telegram.Hooks(
+        link=functools.partial(telegram_links.handle, kefu.db),
+        thread_of=functools.partial(staff_group.thread_of, kefu.db),
+        save_thread=functools.partial(staff_group.save_thread, kefu.db),
+    )
+    if tg.staff_chat_id is None:
+        log.info("telegram.staff_chat.off: set [telegram] staff_chat_id to mirror conversations")
+    else:
+        desk = staff_group.StaffDesk(kefu.db, tg.staff_chat_id, on_commit=lambda: kefu.worker.wake())
+        hooks = dataclasses.replace(hooks, staff=desk.handle)
+        kefu.observers.append(staff_group.mirror_observer(tg.staff_chat_id))
+    channel = telegram.TelegramChannel(
+        telegram.make_bot(token, tg.base_url),
+        staff_chat_id=tg.staff_chat_id,
+        mode=tg.mode,
+        poll_timeout=tg.poll_timeout_seconds,
+        hooks=hooks,
+        messages_per_second=tg.messages_per_second,
+        group_messages_per_minute=tg.group_messages_per_minute,
+        webhook_url=tg.webhook_url,
+        webhook_secret=webhook_secret,
+    )
+    if tg.mode == "webhook":
+        kefu.routes.append(telegram_webhook.webhook_route(channel))
+    return channel
 
 
 def build_email(kefu: Kefu) -> Channel | None:

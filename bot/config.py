@@ -41,10 +41,37 @@ class TelegramConfig(Section):
     token_env: str = "KEFU_TELEGRAM_TOKEN"
     base_url: str | None = None
     staff_chat_id: int | None = None
+    # A self-hosted Bot API server, e.g. "http://127.0.0.1:8081/bot" (the token is appended).
     mode: Literal["polling", "webhook"] = "polling"
     webhook_secret_env: str = "KEFU_TELEGRAM_WEBHOOK_SECRET"
 
 
+    # Public https URL of kefu's /telegram/webhook; when set, kefu registers it with setWebhook.
+    webhook_url: str | None = None
+    # For `kefu customers link-telegram` deep links (t.me/<bot_username>?start=...), without "@".
+    bot_username: str | None = None
+    poll_timeout_seconds: int = Field(30, ge=0, le=50)
+    # Telegram's flood limits: about 30 messages a second overall and 20 a minute into one group.
+    messages_per_second: float = Field(30.0, gt=0)
+    group_messages_per_minute: float = Field(20.0, gt=0)
+    link_ttl_days: int = Field(30, ge=1)
+
+    @field_validator("base_url", "webhook_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v
+
+    @field_validator("bot_username")
+    @classmethod
+    def _username(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.removeprefix("@")
+        if not v.replace("_", "").isalnum() or not 5 <= len(v) <= 32:
+            raise ValueError("must be the bot's username: 5-32 letters, digits or '_'")
+        return v
 class EmailConfig(Section):
     enabled: bool = False
     address: str | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,8 +27,16 @@ class Answer:
 
 
 async def answer(
-    session: AsyncSession, conversation_id: int, text: str, *, agent: str
+    session: AsyncSession,
+    conversation_id: int,
+    text: str,
+    *,
+    agent: str,
+    staff_id: int | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> Answer:
+    """Logs the answer and queues it on the customer's channel. `meta` records where it was
+    written (the staff group's message), `staff_id` which registered staff member wrote it."""
     text = text.strip()
     if not text:
         raise AnswerError("the answer is empty")
@@ -67,6 +76,7 @@ async def answer(
         author_kind="agent",
         author_id=agent,
         text=text,
+        meta={**(meta or {}), **({"staff_id": staff_id} if staff_id is not None else {})},
         created_at=now,
     )
     session.add(logged)
@@ -88,5 +98,12 @@ async def answer(
     if conversation.first_response_at is None:
         conversation.first_response_at = now
     conversation.updated_at = now
-    audit.record(session, agent, "reply", f"conversation:{conversation.id}", interaction=logged.id)
+    audit.record(
+        session,
+        agent,
+        "reply",
+        f"conversation:{conversation.id}",
+        interaction=logged.id,
+        **({"staff_id": staff_id} if staff_id is not None else {}),
+    )
     return Answer(logged.id, outbox_id, conversation.reply_channel, conversation.reply_address)

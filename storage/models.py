@@ -241,4 +241,6 @@ class ProcessedMessage(Base):
     id: Mapped[int] = mapped_column(PK, primary_key=True)
     channel: Mapped[str] = mapped_column(String(32))
     key: Mapped[str] = mapped_column(String(200))
+    # The conversation it acted on: a reply to this message belongs to the same conversation.
+    conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversations.id"))
     at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -58,14 +58,6 @@ def upgrade() -> None:
     with op.batch_alter_table('customers', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_customers_birthday_md'), ['birthday_md'], unique=False)
 
-    op.create_table('processed_messages',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('channel', sa.String(length=32), nullable=False),
-    sa.Column('key', sa.String(length=200), nullable=False),
-    sa.Column('at', sa.DateTime(), nullable=False),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('channel', 'key', name='uq_processed_message')
-    )
     op.create_table('staff',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('name', sa.String(length=120), nullable=False),
@@ -155,6 +147,16 @@ def upgrade() -> None:
         batch_op.create_index('ix_interactions_created_at', ['created_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_interactions_customer_id'), ['customer_id'], unique=False)
 
+    op.create_table('processed_messages',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('channel', sa.String(length=32), nullable=False),
+    sa.Column('key', sa.String(length=200), nullable=False),
+    sa.Column('conversation_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('at', sa.DateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['conversation_id'], ['conversations.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('channel', 'key', name='uq_processed_message')
+    )
     op.create_table('outbox',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('channel', sa.String(length=32), nullable=False),
@@ -211,6 +213,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_outbox_conversation_id'))
 
     op.drop_table('outbox')
+    op.drop_table('processed_messages')
     with op.batch_alter_table('interactions', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_interactions_customer_id'))
         batch_op.drop_index('ix_interactions_created_at')
@@ -231,7 +234,6 @@ def downgrade() -> None:
 
     op.drop_table('conversations')
     op.drop_table('staff')
-    op.drop_table('processed_messages')
     with op.batch_alter_table('customers', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_customers_birthday_md'))
 

@@ -1,0 +1,585 @@
+"""Telegram channel: python-telegram-bot's Bot, wrapped; customers in private chats, staff in a group.
+
+Inbound, polling: kefu runs its own getUpdates loop rather than PTB's Updater, because the Updater
+confirms an update (the next offset) before kefu's handlers have committed it. Here the offset moves
+past an update only after the sink (the pipeline) or the staff desk has returned, i.e. committed.
+Inbound, webhook: Telegram POSTs to kefu's own HTTP server (channels/telegram_webhook.py); the answer
+is 200 only after the commit, so Telegram retries anything not stored.
+
+Outbound: customers get text (split at 4096 characters) and media by file id; the staff group gets
+mirrored messages, each conversation in its own forum topic (created on first use). Sends keep to
+Telegram's flood limits with sliding windows, so 429s are the exception, not the pacing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import warnings
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from telegram import Bot, Message, ReplyParameters, Update
+from telegram.error import (
+    BadRequest,
+    ChatMigrated,
+    Conflict,
+    Forbidden,
+    InvalidToken,
+    RetryAfter,
+    TelegramError,
+)
+
+from bot.config import ConfigError
+from bot.messages import Attachment, Outbound
+from channels.base import ChannelError, PermanentError, SendResult, Sink, TransientError
+from channels.telegram_limits import Deferred, SlidingWindow, split_text
+from channels.telegram_updates import (
+    CHANNEL,
+    CustomerUpdate,
+    LinkRequest,
+    StaffPost,
+    Translated,
+    fallback,
+    message_key,
+    translate,
+)
+
+log = logging.getLogger("kefu.telegram")
+
+ALLOWED_UPDATES = ("message", "edited_message", "my_chat_member")
+TOPIC_NAME_LIMIT = 128
+# An update that fails this often is logged and skipped, so one poison update cannot stall the chat.
+MAX_UPDATE_ATTEMPTS = 5
+SECRET_HEADER = "x-telegram-bot-api-secret-token"
+
+
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    """What the channel may ask of the rest of kefu; bot/app.py injects storage-backed callables."""
+
+    staff: Callable[[StaffPost], Awaitable[object]] | None = None  # returns after its commit
+    link: Callable[[LinkRequest], Awaitable[object]] | None = None
+    thread_of: Callable[[int], Awaitable[str | None]] | None = None  # conversation -> topic id
+    save_thread: Callable[[int, str], Awaitable[None]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookReply:
+    status: int
+    body: dict[str, Any]
+
+
+@dataclass
+class _Progress:
+    """Parts of a multi-part send already delivered: a retry continues, it does not start over."""
+
+    sent: int = 0
+    first_key: str | None = None
+    thread: int | None = None
+
+
+class TelegramChannel:
+    name = CHANNEL
+
+    def __init__(
+        self,
+        bot: Bot,
+        *,
+        staff_chat_id: int | None = None,
+        mode: str = "polling",
+        poll_timeout: int = 30,
+        hooks: Hooks = Hooks(),
+        messages_per_second: float = 30.0,
+        group_messages_per_minute: float = 20.0,
+        max_slot_wait: float = 5.0,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
+        retry_delay: float = 1.0,
+    ) -> None:
+        if mode not in ("polling", "webhook"):
+            raise ValueError(f"mode has value {mode!r}: use polling or webhook")
+        self.bot = bot
+        self.staff_chat_id = staff_chat_id
+        self.mode = mode
+        self.poll_timeout = poll_timeout
+        self.hooks = hooks
+        # A small margin: the stand-in and Telegram count arrivals, which jitter against our clock.
+        self.overall = SlidingWindow.per_second(messages_per_second, margin=0.01)
+        self.group_rate = group_messages_per_minute
+        self.max_slot_wait = max_slot_wait
+        self.webhook_url = webhook_url
+        self.webhook_secret = webhook_secret
+        self.retry_delay = retry_delay
+        self._groups: dict[int, SlidingWindow] = {}
+        self._progress: dict[str, _Progress] = {}
+        self._threads: dict[int, int] = {}  # conversation id -> forum topic id
+        self._forum: bool | None = None
+        self._sink: Sink | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._long_polling = False
+        self._offset: int | None = None
+        self._ready = False
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self, sink: Sink) -> None:
+        self._sink = sink
+        self._stopping = False
+        await self._initialize(at_start=True)
+        if self.mode == "polling":
+            self._poller = asyncio.create_task(self._poll(), name="kefu-telegram-poll")
+        elif self._ready:
+            await self._register_webhook()
+
+    async def _initialize(self, *, at_start: bool = False) -> bool:
+        try:
+            await self.bot.initialize()
+        except InvalidToken:
+            # PTB's own message repeats the token; ours must not.
+            raise ConfigError(
+                "Telegram rejected the bot token: check the value in [telegram] token_env "
+                "(a token from @BotFather looks like 123456:ABC...)"
+            ) from None
+        except TelegramError as exc:
+            log.warning(
+                "telegram.start.unreachable error=%s: %s",
+                type(exc).__name__,
+                "will keep trying" if at_start else "retrying",
+            )
+            return False
+        self._ready = True
+        log.info("telegram.started bot=@%s mode=%s", self.bot.username, self.mode)
+        if self.staff_chat_id is not None:
+            await self._detect_forum()
+        if self.mode == "polling":
+            with contextlib.suppress(TelegramError):
+                # getUpdates answers 409 while a webhook is set.
+                await self.bot.delete_webhook()
+        return True
+
+    async def _detect_forum(self) -> None:
+        assert self.staff_chat_id is not None
+        try:
+            chat = await self.bot.get_chat(self.staff_chat_id)
+        except TelegramError as exc:
+            log.warning(
+                "telegram.staff_chat.unknown chat=%s error=%s: is the bot a member of the group?",
+                self.staff_chat_id,
+                exc,
+            )
+            return
+        self._forum = bool(chat.is_forum)
+        log.info("telegram.staff_chat chat=%s forum=%s", self.staff_chat_id, self._forum)
+
+    async def _register_webhook(self) -> None:
+        if not self.webhook_url:
+            log.info(
+                "telegram.webhook.manual: no [telegram] webhook_url; register kefu's "
+                "/telegram/webhook with setWebhook (secret_token included) yourself"
+            )
+            return
+        try:
+            await self.bot.set_webhook(
+                self.webhook_url, secret_token=self.webhook_secret, allowed_updates=ALLOWED_UPDATES
+            )
+        except TelegramError as exc:
+            log.error("telegram.webhook.register.failure error=%s", exc)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        task, self._poller = self._poller, None
+        if task is not None:
+            if self._long_polling:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
+                await asyncio.wait_for(task, timeout=5)
+            if self._offset is not None and self._ready:
+                # Confirm what was committed, so the next start does not fetch it again.
+                with contextlib.suppress(TelegramError, asyncio.TimeoutError):
+                    await asyncio.wait_for(self.bot.get_updates(offset=self._offset, timeout=0), 5)
+        with contextlib.suppress(TelegramError, RuntimeError):
+            await self.bot.shutdown()
+
+    # --- inbound ------------------------------------------------------------------------------
+
+    async def _poll(self) -> None:
+        attempts: dict[int, int] = {}
+        failures = 0
+        while not self._stopping:
+            if not self._ready and not await self._initialize():
+                await asyncio.sleep(min(60.0, self.retry_delay * 2**failures))
+                failures += 1
+                continue
+            try:
+                self._long_polling = True
+                updates = await self._get_updates()
+            except asyncio.CancelledError:
+                if self._stopping:
+                    return
+                raise
+            except (InvalidToken, Conflict, TelegramError) as exc:
+                reason = {
+                    InvalidToken: "the token was rejected",
+                    Conflict: "another getUpdates or a webhook is active for this bot",
+                }.get(type(exc), str(exc))
+                log.warning("telegram.poll.failure error=%s reason=%s", type(exc).__name__, reason)
+                failures += 1
+                await asyncio.sleep(min(60.0, self.retry_delay * 2 ** min(failures, 6)))
+                continue
+            finally:
+                self._long_polling = False
+            failures = 0
+            if updates:
+                await self._consume(updates, attempts)
+
+    async def _get_updates(self) -> list[Update | _Raw]:
+        """getUpdates, parsed one update at a time: PTB's get_updates() fails the whole batch when
+        one update does not parse, and that batch would then block the chat for good."""
+        kwargs: dict[str, Any] = {"timeout": self.poll_timeout, "allowed_updates": ALLOWED_UPDATES}
+        if self._offset is not None:
+            kwargs["offset"] = self._offset
+        # Lower-case on purpose: Bot API method names are case-insensitive, and PTB warns about
+        # do_api_request("getUpdates") because it has its own (batch-parsing) method for it.
+        raw = await self.bot.do_api_request(
+            "getupdates", api_kwargs=kwargs, read_timeout=self.poll_timeout + 10
+        )
+        updates: list[Update | _Raw] = []
+        for data in raw if isinstance(raw, list) else []:
+            try:
+                updates.append(Update.de_json(data, self.bot))
+            except Exception as exc:  # noqa: BLE001 - see fallback()
+                log.error(
+                    "telegram.update.unparsed update_id=%s error=%r", data.get("update_id"), exc
+                )
+                updates.append(_Raw(int(data.get("update_id", 0)), data, repr(exc)))
+        return updates
+
+    async def _consume(self, updates: Sequence[Update | _Raw], attempts: dict[int, int]) -> None:
+        """Processes a batch; the offset moves past an update only once it is committed."""
+        for chunk in _chunks(updates, self._independent):
+            results = await asyncio.gather(
+                *(self._process(u) for u in chunk), return_exceptions=True
+            )
+            for update, result in zip(chunk, results, strict=True):
+                if isinstance(result, BaseException):
+                    if isinstance(result, asyncio.CancelledError):
+                        raise result
+                    n = attempts[update.update_id] = attempts.get(update.update_id, 0) + 1
+                    if n < MAX_UPDATE_ATTEMPTS:
+                        log.warning(
+                            "telegram.update.failure update_id=%s attempt=%d error=%r",
+                            update.update_id, n, result,
+                        )
+                        # Stop here: the next getUpdates starts again at this update.
+                        await asyncio.sleep(self.retry_delay * n)
+                        return
+                    log.error(
+                        "telegram.update.skipped update_id=%s after %d attempts error=%r",
+                        update.update_id, n, result,
+                    )
+                attempts.pop(update.update_id, None)
+                self._offset = update.update_id + 1
+
+    def _translate(self, update: Update | _Raw) -> Translated:
+        if isinstance(update, _Raw):
+            return fallback(update.data, update.error)
+        try:
+            return translate(update, staff_chat_id=self.staff_chat_id)
+        except Exception as exc:  # noqa: BLE001 - bad input must not stop the chat
+            log.error("telegram.update.malformed update_id=%s error=%r", update.update_id, exc)
+            return fallback(update.to_dict(), repr(exc))
+
+    def _independent(self, update: Update | _Raw) -> bool:
+        """Plain customer messages may commit together; links and staff posts go one at a time."""
+        item = self._translate(update)
+        return isinstance(item, CustomerUpdate) and item.link is None
+
+    async def _process(self, update: Update | _Raw) -> None:
+        item = self._translate(update)
+        if isinstance(item, CustomerUpdate):
+            if self._sink is None:
+                raise RuntimeError("the Telegram channel is not started")
+            if item.link is not None and self.hooks.link is not None:
+                await self.hooks.link(item.link)
+            await self._sink(item.inbound)
+        elif isinstance(item, StaffPost):
+            if self.hooks.staff is None:
+                log.info("telegram.staff.off update_id=%s: no staff desk", update.update_id)
+                return
+            await self.hooks.staff(item)
+        else:
+            log.debug("telegram.update.ignored update_id=%s reason=%s", update.update_id, item.reason)
+
+    async def handle_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookReply:
+        """One Telegram webhook POST; 200 only after the update is committed."""
+        if self.mode != "webhook":
+            return WebhookReply(404, {"error": "off", "message": "Telegram webhook mode is off"})
+        given = headers.get(SECRET_HEADER) or ""
+        if not self.webhook_secret or not hmac.compare_digest(
+            given.encode(), self.webhook_secret.encode()
+        ):
+            log.warning("telegram.webhook.rejected reason=secret token missing or wrong")
+            return WebhookReply(403, {"error": "bad_secret", "message": "secret token mismatch"})
+        try:
+            data = json.loads(body)
+            if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
+                raise ValueError("not a Telegram Update object")
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            log.warning("telegram.webhook.malformed error=%s", exc)
+            return WebhookReply(400, {"error": "malformed", "message": str(exc)[:200]})
+        update: Update | _Raw
+        try:
+            update = Update.de_json(data, self.bot)
+        except Exception as exc:  # noqa: BLE001 - a shape newer than PTB: see fallback()
+            log.error("telegram.update.unparsed update_id=%s error=%r", data["update_id"], exc)
+            update = _Raw(data["update_id"], data, repr(exc))
+        try:
+            await self._process(update)
+        except Exception as exc:  # noqa: BLE001 - Telegram retries a non-2xx answer
+            log.error("telegram.webhook.failure update_id=%s error=%r", update.update_id, exc)
+            return WebhookReply(500, {"error": "internal", "message": "not stored; retry"})
+        return WebhookReply(200, {"ok": True})
+
+    # --- outbound -----------------------------------------------------------------------------
+
+    async def send(self, out: Outbound) -> SendResult:
+        try:
+            chat_id = int(out.address)
+        except ValueError:
+            raise PermanentError(f"Telegram address {out.address!r} is not a chat id") from None
+        if chat_id == self.staff_chat_id:
+            return await self._send_staff(out, chat_id)
+        return await self._send_customer(out, chat_id)
+
+    async def _send_customer(self, out: Outbound, chat_id: int) -> SendResult:
+        text = _with_links(out.text, out.attachments)
+        reply_to = _reply_to(out.meta.get("in_reply_to"), chat_id)
+        steps = self._steps(chat_id, text, out.attachments, thread=None, reply_to=reply_to)
+        progress = await self._run(out.dedupe_key, chat_id, steps, group=False)
+        return SendResult(external_id=progress.first_key)
+
+    async def _send_staff(self, out: Outbound, chat_id: int) -> SendResult:
+        staff: dict[str, Any] = out.meta.get("staff") or {}
+        forum = await self._is_forum()
+        thread: int | None = None
+        if forum:
+            thread = _int(staff.get("thread"))
+            if thread is None and out.conversation_id is not None:
+                thread = await self._thread_for(out, chat_id, staff)
+        steps = self._steps(
+            chat_id, out.text, out.attachments, thread=thread, reply_to=_int(staff.get("reply_to"))
+        )
+        progress = await self._run(out.dedupe_key, chat_id, steps, group=True)
+        return SendResult(
+            external_id=progress.first_key, thread=str(thread) if thread is not None else None
+        )
+
+    async def _is_forum(self) -> bool:
+        if self._forum is None:
+            await self._detect_forum()
+        if self._forum is None:
+            raise TransientError("cannot tell whether the staff group has topics (getChat failed)")
+        return self._forum
+
+    async def _thread_for(self, out: Outbound, chat_id: int, staff: Mapping[str, Any]) -> int | None:
+        conversation_id = out.conversation_id
+        assert conversation_id is not None
+        known = self._threads.get(conversation_id)
+        if known is None and self.hooks.thread_of is not None:
+            known = _int(await self.hooks.thread_of(conversation_id))
+        if known is not None or not staff.get("mirror"):
+            if known is not None:
+                self._threads[conversation_id] = known
+            return known
+        name = (staff.get("topic_name") or f"#{conversation_id}")[:TOPIC_NAME_LIMIT]
+        await self._slot(chat_id, group=True)
+        try:
+            topic = await self.bot.create_forum_topic(chat_id, name)
+        except TelegramError as exc:
+            raise self._mapped(exc, chat_id, group=True) from exc
+        thread = topic.message_thread_id
+        self._threads[conversation_id] = thread
+        log.info("telegram.topic.created conversation=%s thread=%s", conversation_id, thread)
+        if self.hooks.save_thread is not None:
+            try:
+                await self.hooks.save_thread(conversation_id, str(thread))
+            except Exception as exc:  # noqa: BLE001 - the outbox stores it with the result too
+                log.warning("telegram.topic.save.failure conversation=%s error=%r", conversation_id, exc)
+        return thread
+
+    def _steps(
+        self,
+        chat_id: int,
+        text: str,
+        attachments: Sequence[Attachment],
+        *,
+        thread: int | None,
+        reply_to: int | None,
+    ) -> list[Callable[[], Awaitable[Message]]]:
+        common: dict[str, Any] = {}
+        if thread is not None:
+            common["message_thread_id"] = thread
+        steps: list[Callable[[], Awaitable[Message]]] = []
+        for n, part in enumerate(split_text(text) if text.strip() else []):
+            extra = dict(common)
+            if n == 0 and reply_to is not None:
+                extra["reply_parameters"] = ReplyParameters(reply_to, allow_sending_without_reply=True)
+            steps.append(_bound(self.bot.send_message, chat_id, part, **extra))
+        for attachment in attachments:
+            if attachment.file_id:
+                steps.append(_media(self.bot, chat_id, attachment, common))
+        if not steps:
+            raise PermanentError("nothing to send: the message has no text and no Telegram media")
+        return steps
+
+    async def _run(
+        self,
+        key: str,
+        chat_id: int,
+        steps: Sequence[Callable[[], Awaitable[Message]]],
+        *,
+        group: bool,
+    ) -> _Progress:
+        progress = self._progress.setdefault(key, _Progress())
+        for step in steps[progress.sent :]:
+            await self._slot(chat_id, group=group)
+            try:
+                message = await step()
+            except TelegramError as exc:
+                raise self._mapped(exc, chat_id, group=group) from exc
+            if progress.first_key is None:
+                progress.first_key = message_key(chat_id, message.message_id)
+            progress.sent += 1
+        del self._progress[key]
+        return progress
+
+    async def _slot(self, chat_id: int, *, group: bool) -> None:
+        if group:
+            window = self._groups.get(chat_id)
+            if window is None:
+                window = self._groups[chat_id] = SlidingWindow.per_minute(self.group_rate, margin=0.01)
+            try:
+                # Waiting minutes would outlive the outbox claim: hand the row back instead.
+                await window.acquire(max_wait=self.max_slot_wait)
+            except Deferred as exc:
+                raise TransientError(str(exc), retry_after=exc.wait) from None
+        await self.overall.acquire()
+
+    def _mapped(self, exc: TelegramError, chat_id: int, *, group: bool) -> ChannelError:
+        detail = f"{type(exc).__name__}: {exc.message}"
+        if isinstance(exc, RetryAfter):
+            seconds = _retry_seconds(exc)
+            window = self._groups.get(chat_id) if group else self.overall
+            if window is not None:
+                window.push_back(seconds)
+            log.warning("telegram.send.flood chat=%s retry_after=%.0fs", chat_id, seconds)
+            return TransientError(detail, retry_after=seconds)
+        if isinstance(exc, Forbidden):
+            gone = any(w in exc.message.lower() for w in ("blocked", "deactivated"))
+            return PermanentError(detail, unreachable=gone and not group)
+        if isinstance(exc, ChatMigrated):
+            return PermanentError(f"{detail} (the group is now chat {exc.new_chat_id}: update config)")
+        if isinstance(exc, BadRequest):
+            return PermanentError(detail)
+        if isinstance(exc, InvalidToken):
+            return TransientError("InvalidToken: Telegram rejected the bot token")
+        return TransientError(detail)  # TimedOut, NetworkError, Conflict, the unforeseen
+
+
+@dataclass(frozen=True, slots=True)
+class _Raw:
+    """An update PTB could not parse, kept as JSON."""
+
+    update_id: int
+    data: dict[str, Any]
+    error: str
+
+
+def _chunks(
+    updates: Sequence[Update | _Raw], independent: Callable[[Update | _Raw], bool]
+) -> list[list[Update | _Raw]]:
+    chunks: list[list[Update | _Raw]] = []
+    for update in updates:
+        if independent(update) and chunks and independent(chunks[-1][-1]):
+            chunks[-1].append(update)
+        else:
+            chunks.append([update])
+    return chunks
+
+
+def _bound(
+    method: Callable[..., Awaitable[Message]], *args: Any, **kwargs: Any
+) -> Callable[[], Awaitable[Message]]:
+    return lambda: method(*args, **kwargs)
+
+
+def _media(
+    bot: Bot, chat_id: int, attachment: Attachment, common: Mapping[str, Any]
+) -> Callable[[], Awaitable[Message]]:
+    caption = (attachment.caption or "")[:1024] or None
+    senders: dict[str, Callable[..., Awaitable[Message]]] = {
+        "photo": lambda: bot.send_photo(chat_id, attachment.file_id, caption=caption, **common),
+        "voice": lambda: bot.send_voice(chat_id, attachment.file_id, caption=caption, **common),
+        "video": lambda: bot.send_video(chat_id, attachment.file_id, caption=caption, **common),
+        "sticker": lambda: bot.send_sticker(chat_id, attachment.file_id, **common),
+    }
+    return senders.get(
+        attachment.kind,
+        lambda: bot.send_document(chat_id, attachment.file_id, caption=caption, **common),
+    )
+
+
+def _with_links(text: str, attachments: Sequence[Attachment]) -> str:
+    """Attachments from other channels have URLs, not Telegram file ids: they travel as links."""
+    links = [a.url for a in attachments if a.url and not a.file_id]
+    return "\n".join([text, *links]) if links else text
+
+
+def _reply_to(external_id: object, chat_id: int) -> int | None:
+    if not isinstance(external_id, str):
+        return None
+    chat, _, message_id = external_id.rpartition(":")
+    return int(message_id) if chat == str(chat_id) and message_id.isdigit() else None
+
+
+def _int(value: object) -> int | None:
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.lstrip("-").isdigit():
+        return int(value)
+    return None
+
+
+def _retry_seconds(exc: RetryAfter) -> float:
+    # PTB 22 warns when retry_after is read as an int; the value is the same either way.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        value = exc.retry_after
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def make_bot(token: str, base_url: str | None = None) -> Bot:
+    """PTB's Bot for Telegram, or for a self-hosted Bot API server at base_url (".../bot")."""
+    # Imported here: telegram.request pulls in httpx machinery only this constructor needs.
+    from telegram.request import HTTPXRequest
+
+    kwargs: dict[str, Any] = {}
+    if base_url:
+        kwargs["base_url"] = base_url
+        root, _, _ = base_url.rstrip("/").rpartition("/")
+        kwargs["base_file_url"] = f"{root}/file/bot"
+    return Bot(
+        token,
+        # Sends run concurrently (the outbox sends many chats at once); each waits for a pooled
+        # connection instead of failing after PTB's default one second.
+        request=HTTPXRequest(connection_pool_size=64, pool_timeout=30.0, read_timeout=20.0),
+        get_updates_request=HTTPXRequest(connection_pool_size=2, read_timeout=10.0),
+        **kwargs,
+    )

@@ -1,0 +1,113 @@
+"""Telegram's flood limits and message size, kept on kefu's side so Telegram never has to say 429.
+
+Limits (core.telegram.org/bots/faq#my-bot-is-hitting-limits-how-do-i-avoid-this): about 30 messages
+a second overall, and no more than 20 a minute into one group. A message is at most 4096 characters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+
+TEXT_LIMIT = 4096
+
+
+class Deferred(Exception):
+    """Waiting for a slot would take too long to hold an outbox claim: try again later."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__(f"rate limit: next slot in {wait:.1f}s")
+        self.wait = wait
+
+
+class SlidingWindow:
+    """At most `limit` sends in any `window` seconds; waiters queue in arrival order.
+
+    A sliding window rather than a token bucket: a bucket that starts full allows twice the rate in
+    its first window, which is exactly what Telegram counts against us."""
+
+    def __init__(
+        self, limit: int, window: float, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if limit < 1 or window <= 0:
+            raise ValueError(f"limit must be >= 1 and window > 0, got {limit} per {window}s")
+        self.limit = limit
+        self.window = window
+        self.clock = clock
+        self._sent: deque[float] = deque()
+        self._paused_until = 0.0
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def per_second(cls, rate: float, *, margin: float = 0.0) -> SlidingWindow:
+        limit = max(1, int(rate))
+        return cls(limit, limit / rate * (1 + margin))
+
+    @classmethod
+    def per_minute(cls, rate: float, *, margin: float = 0.0) -> SlidingWindow:
+        limit = max(1, int(rate))
+        return cls(limit, 60.0 * limit / rate * (1 + margin))
+
+    def delay(self) -> float:
+        """Seconds until a send is allowed; 0 when one is allowed now."""
+        now = self.clock()
+        while self._sent and self._sent[0] <= now - self.window:
+            self._sent.popleft()
+        paused = max(0.0, self._paused_until - now)
+        if len(self._sent) < self.limit:
+            return paused
+        return max(paused, self._sent[0] + self.window - now)
+
+    def take(self) -> None:
+        self._sent.append(self.clock())
+
+    def push_back(self, seconds: float) -> None:
+        """Telegram said wait (429 retry_after): no send in this window until then."""
+        self._paused_until = max(self._paused_until, self.clock() + seconds)
+
+    async def acquire(self, max_wait: float | None = None) -> None:
+        """Waits for a slot and takes it; raises Deferred if the wait would exceed max_wait."""
+        async with self._lock:
+            while (wait := self.delay()) > 0:
+                if max_wait is not None and wait > max_wait:
+                    raise Deferred(wait)
+                await asyncio.sleep(wait)
+            self.take()
+
+
+def utf16_len(text: str) -> int:
+    # Telegram measures message length in UTF-16 code units: an emoji outside the BMP counts twice.
+    return len(text.encode("utf-16-le")) // 2
+
+
+def split_text(text: str, limit: int = TEXT_LIMIT) -> list[str]:
+    """Parts of at most `limit` UTF-16 units, cut at a line break, else a space, else anywhere."""
+    if utf16_len(text) <= limit:
+        return [text]
+    parts: list[str] = []
+    rest = text
+    while utf16_len(rest) > limit:
+        cut = _fit(rest, limit)
+        window = rest[:cut]
+        for sep in ("\n", " "):
+            at = window.rfind(sep)
+            if at >= cut // 2:  # never leave a tiny sliver to keep a separator
+                cut = at + 1
+                break
+        parts.append(rest[:cut].rstrip("\n ") or rest[:cut])
+        rest = rest[cut:]
+    if rest.strip():
+        parts.append(rest)
+    return parts
+
+
+def _fit(text: str, limit: int) -> int:
+    """The longest prefix length (in characters) whose UTF-16 length is within limit."""
+    units = 0
+    for n, ch in enumerate(text):
+        units += 2 if ord(ch) > 0xFFFF else 1
+        if units > limit:
+            return n
+    return len(text)

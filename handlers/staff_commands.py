@@ -1,0 +1,233 @@
+"""Staff commands in a conversation's topic: /claim, /assign, /resolve, /reopen, /note, /history,
+/whois, /vip, /tag. Each returns the short text posted back to the group; each is audited."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from channels.telegram_updates import StaffPost
+from storage import audit, customers, interactions
+from storage.models import Conversation, Customer, Interaction, Staff, utcnow
+
+USAGE = (
+    "Commands: /claim, /assign <staff>, /resolve, /reopen, /note <text>, /history [n], "
+    "/whois, /vip on|off, /tag <tag>"
+)
+HISTORY_DEFAULT = 10
+HISTORY_MAX = 50
+LINE_LIMIT = 200
+# /name or /name@bot_username, then the arguments (which may span lines).
+COMMAND = re.compile(r"/([A-Za-z0-9_]+)(?:@[A-Za-z0-9_]+)?(?:\s+(.*))?$", re.S)
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    session: AsyncSession
+    member: Staff
+    conversation: Conversation
+    customer: Customer
+    args: str
+    post: StaffPost
+
+    @property
+    def subject(self) -> str:
+        return f"conversation:{self.conversation.id}"
+
+    def audit(self, action: str, **detail: object) -> None:
+        audit.record(
+            self.session,
+            self.member.name,
+            f"staff.{action}",
+            self.subject,
+            staff_id=self.member.id,
+            message=self.post.key,
+            **detail,
+        )
+
+    def event(self, kind: str, text: str) -> None:
+        """A line in the conversation's own log, so its history tells what staff did."""
+        self.session.add(
+            Interaction(
+                conversation_id=self.conversation.id,
+                customer_id=self.conversation.customer_id,
+                channel="telegram",
+                direction="event",
+                author_kind="agent",
+                author_id=self.member.name,
+                text=text,
+                meta={"kind": kind, "staff_id": self.member.id},
+                created_at=utcnow(),
+            )
+        )
+
+
+def parse(text: str) -> tuple[str, str] | None:
+    """"/assign@kefu_bot alice" -> ("assign", "alice"); None for text that is not a command."""
+    found = COMMAND.match(text.strip())
+    if found is None:
+        return None
+    return found.group(1).lower(), (found.group(2) or "").strip()
+
+
+async def run(
+    session: AsyncSession,
+    member: Staff,
+    conversation: Conversation | None,
+    name: str,
+    args: str,
+    post: StaffPost,
+) -> str:
+    command = COMMANDS.get(name)
+    if command is None:
+        return f"Unknown command /{name}. {USAGE}"
+    if conversation is None:
+        return f"/{name} works inside a conversation's topic, or as a reply to its message."
+    customer = await session.get(Customer, conversation.customer_id)
+    assert customer is not None
+    return await command(Context(session, member, conversation, customer, args, post))
+
+
+async def claim(ctx: Context) -> str:
+    if ctx.conversation.assignee == ctx.member.id:
+        return f"#{ctx.conversation.id} is already yours."
+    before = ctx.conversation.assignee
+    ctx.conversation.assignee = ctx.member.id
+    ctx.event("assigned", f"claimed by {ctx.member.name}")
+    ctx.audit("claim", previous=before)
+    return f"✋ #{ctx.conversation.id} claimed by {ctx.member.name}."
+
+
+async def assign(ctx: Context) -> str:
+    name = ctx.args.strip().removeprefix("@")
+    if not name:
+        return "Usage: /assign <staff name>"
+    target = await ctx.session.scalar(select(Staff).where(Staff.name == name))
+    if target is None or not target.active:
+        return f"No active staff member named {name!r} (see `kefu staff list`)."
+    before = ctx.conversation.assignee
+    ctx.conversation.assignee = target.id
+    ctx.event("assigned", f"assigned to {target.name} by {ctx.member.name}")
+    ctx.audit("assign", assignee=target.id, assignee_name=target.name, previous=before)
+    return f"👉 #{ctx.conversation.id} assigned to {target.name}."
+
+
+async def resolve(ctx: Context) -> str:
+    if ctx.conversation.status in ("resolved", "closed"):
+        return f"#{ctx.conversation.id} is already {ctx.conversation.status}."
+    before = ctx.conversation.status
+    ctx.conversation.status = "resolved"
+    ctx.conversation.resolved_at = utcnow()
+    ctx.event("resolved", f"resolved by {ctx.member.name}")
+    ctx.audit("resolve", previous=before)
+    return f"✅ #{ctx.conversation.id} resolved."
+
+
+async def reopen(ctx: Context) -> str:
+    if ctx.conversation.status in ("open", "pending"):
+        return f"#{ctx.conversation.id} is already {ctx.conversation.status}."
+    before = ctx.conversation.status
+    ctx.conversation.status = "open"
+    ctx.conversation.resolved_at = None
+    ctx.event("reopened", f"reopened by {ctx.member.name}")
+    ctx.audit("reopen", previous=before)
+    return f"🔄 #{ctx.conversation.id} reopened."
+
+
+async def note(ctx: Context) -> str:
+    text = ctx.args.strip()
+    if not text:
+        return "Usage: /note <text> (kept in the log, never sent to the customer)"
+    row = Interaction(
+        conversation_id=ctx.conversation.id,
+        customer_id=ctx.conversation.customer_id,
+        channel="telegram",
+        direction="note",
+        author_kind="agent",
+        author_id=ctx.member.name,
+        text=text,
+        meta={"staff_id": ctx.member.id, "staff_message": ctx.post.key},
+        created_at=utcnow(),
+    )
+    ctx.session.add(row)
+    await ctx.session.flush()
+    ctx.audit("note", interaction=row.id)
+    return "📝 Note kept (not sent to the customer)."
+
+
+ARROWS = {"in": "←", "out": "→", "note": "📝", "event": "·"}
+
+
+async def history(ctx: Context) -> str:
+    arg = ctx.args.strip() or str(HISTORY_DEFAULT)
+    if not arg.isdigit() or not 1 <= int(arg) <= HISTORY_MAX:
+        return f"Usage: /history [n], n from 1 to {HISTORY_MAX}"
+    rows = await interactions.history(ctx.session, ctx.conversation.id, int(arg))
+    ctx.audit("history", n=int(arg))
+    if not rows:
+        return f"#{ctx.conversation.id} has no history yet."
+    lines = [f"🗂 #{ctx.conversation.id}, last {len(rows)}:"]
+    for row in rows:
+        text = row.text if len(row.text) <= LINE_LIMIT else row.text[:LINE_LIMIT] + "…"
+        who = row.author_id if row.author_kind == "agent" else row.author_kind
+        lines.append(
+            f"{row.created_at:%m-%d %H:%M} {ARROWS.get(row.direction, '?')} {row.channel} {who}: {text}"
+        )
+    return "\n".join(lines)
+
+
+async def whois(ctx: Context) -> str:
+    customer = ctx.customer
+    ids = await customers.identities_of(ctx.session, customer.id)
+    ctx.audit("whois", customer=customer.id)
+    lines = [
+        f"👤 {customer.display_name or '—'} (customer {customer.id})",
+        f"language {customer.language or '—'} · timezone {customer.timezone or '—'}"
+        f" · VIP {'yes' if customer.vip else 'no'}",
+        f"tags: {', '.join(customer.tags or []) or '—'}",
+        f"#{ctx.conversation.id}: {ctx.conversation.status}, priority {ctx.conversation.priority}"
+        f"{', complaint' if ctx.conversation.is_complaint else ''}",
+    ]
+    for identity in ids:
+        reach = "" if identity.reachable else " (unreachable)"
+        lines.append(f"· {identity.channel}: {identity.address}{reach}")
+    return "\n".join(lines)
+
+
+async def vip(ctx: Context) -> str:
+    arg = ctx.args.strip().lower()
+    if arg not in ("on", "off"):
+        return "Usage: /vip on|off"
+    ctx.customer.vip = arg == "on"
+    ctx.audit("vip", customer=ctx.customer.id, vip=ctx.customer.vip)
+    return f"⭐ customer {ctx.customer.id} VIP {arg}."
+
+
+async def tag(ctx: Context) -> str:
+    value = ctx.args.strip().lstrip("#").lower()
+    if not value or len(value) > 40 or any(c.isspace() for c in value):
+        return "Usage: /tag <tag> (one word, up to 40 characters)"
+    tags = list(ctx.customer.tags or [])
+    if value in tags:
+        return f"customer {ctx.customer.id} already has tag {value}."
+    # A new list, not an in-place append: the JSON column only notices assignment.
+    ctx.customer.tags = sorted([*tags, value])
+    ctx.audit("tag", customer=ctx.customer.id, tag=value)
+    return f"🏷 customer {ctx.customer.id} tagged {value}."
+
+
+COMMANDS: dict[str, Callable[[Context], Awaitable[str]]] = {
+    "claim": claim,
+    "assign": assign,
+    "resolve": resolve,
+    "reopen": reopen,
+    "note": note,
+    "history": history,
+    "whois": whois,
+    "vip": vip,
+    "tag": tag,
+}

@@ -1,0 +1,287 @@
+"""The Telegram staff group: every conversation mirrored there, and what agents write back.
+
+Mirroring is a pipeline observer: each fresh inbound message with a conversation, from any channel,
+becomes an outbox row for the staff group in the same transaction as the log row. The channel puts
+it in the conversation's forum topic (creating the topic on first use).
+
+StaffDesk.handle() takes a staff-group post: a plain message in a conversation's topic (or a reply
+to a mirrored message) is an answer to the customer; a /command acts on the conversation. Only
+active staff may do either; everything they do is audited. One transaction per post, keyed by the
+post's id, so a redelivered update does nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot import outbox
+from bot.messages import Attachment, Outbound
+from bot.pipeline import Logged, Observer
+from channels.telegram_updates import StaffPost
+from handlers import agents, staff_commands
+from storage import audit
+from storage.db import Database
+from storage.models import Conversation, Customer, OutboxRow, ProcessedMessage, Staff
+
+log = logging.getLogger("kefu.staff_group")
+
+CHANNEL = "telegram"
+PREVIEW_LIMIT = 3500  # leaves room for the header inside Telegram's 4096
+REFUSAL = "⛔ Only registered kefu staff can answer customers or use commands here."
+REFUSAL_EVERY_SECONDS = 600.0  # one refusal per person per ten minutes is enough; the group is rate-limited
+
+PRIORITY_MARK = {"urgent": "🔴 urgent", "high": "🟠 high", "low": "⚪ low"}
+
+
+def topic_name(conversation_id: int, customer: Customer, channel: str) -> str:
+    """Like "#42 张三 · email": what agents scan in the group's topic list."""
+    who = customer.display_name or f"customer {customer.id}"
+    return f"#{conversation_id} {who} · {channel}"[:128]
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return ""
+    return f" · {n / 1024:.0f} KB" if n >= 1024 else f" · {n} B"
+
+
+def describe(attachment: Attachment) -> str:
+    label = attachment.name or attachment.url or attachment.mime_type or ""
+    caption = f' · "{attachment.caption}"' if attachment.caption else ""
+    return f"📎 {attachment.kind}{f' {label}' if label else ''}{_size(attachment.size)}{caption}"
+
+
+def mirror_text(note: Logged) -> str:
+    inbound = note.inbound
+    conversation = note.conversation
+    assert conversation is not None
+    who = note.customer.display_name or f"customer {note.customer.id}"
+    head = f"📨 #{conversation.id} · {who} · {inbound.channel}"
+    marks: list[str] = []
+    if conversation.is_complaint or note.verdict.is_complaint:
+        severity = note.verdict.severity if note.verdict.is_complaint else "earlier"
+        marks.append(f"⚠️ complaint ({severity})")
+    if conversation.priority in PRIORITY_MARK:
+        marks.append(PRIORITY_MARK[conversation.priority])
+    if note.customer.vip:
+        marks.append("⭐ VIP")
+    lines = [head]
+    if marks:
+        lines.append(" · ".join(marks))
+    body = inbound.text
+    if len(body) > PREVIEW_LIMIT:
+        body = body[:PREVIEW_LIMIT] + f"… [{len(inbound.text)} characters; /history for the log]"
+    if inbound.kind == "edit":
+        body = f"✏️ edited: {body}"
+    if body:
+        lines.append(body)
+    lines.extend(describe(a) for a in inbound.attachments)
+    return "\n".join(lines)
+
+
+def mirror_observer(staff_chat_id: int) -> Observer:
+    """Pipeline observer: one staff-group outbox row per fresh inbound message with a conversation."""
+
+    async def observe(session: AsyncSession, note: Logged) -> None:
+        conversation = note.conversation
+        if conversation is None or note.inbound.kind not in ("message", "complaint", "edit"):
+            return
+        # Telegram file ids work for this bot only: media from Telegram is copied into the topic.
+        media = tuple(a for a in note.inbound.attachments if a.file_id and note.inbound.channel == CHANNEL)
+        await outbox.enqueue(
+            session,
+            Outbound(
+                channel=CHANNEL,
+                address=str(staff_chat_id),
+                text=mirror_text(note),
+                dedupe_key=f"mirror-{note.interaction.id}",
+                kind="notice",
+                conversation_id=conversation.id,
+                customer_id=note.customer.id,
+                attachments=media,
+                meta={
+                    "staff": {
+                        "mirror": True,
+                        "topic_name": topic_name(conversation.id, note.customer, note.inbound.channel),
+                        **({"thread": conversation.staff_thread} if conversation.staff_thread else {}),
+                    }
+                },
+            ),
+            interaction_id=note.interaction.id,
+        )
+
+    return observe
+
+
+async def thread_of(db: Database, conversation_id: int) -> str | None:
+    async with db.sessions() as session:
+        return await session.scalar(
+            select(Conversation.staff_thread).where(Conversation.id == conversation_id)
+        )
+
+
+async def save_thread(db: Database, conversation_id: int, thread: str) -> None:
+    async with db.transaction() as session:
+        await session.execute(
+            update(Conversation)
+            .where(Conversation.id == conversation_id, Conversation.staff_thread.is_(None))
+            .values(staff_thread=thread)
+        )
+
+
+async def first_time(
+    session: AsyncSession, key: str, conversation_id: int | None, channel: str = CHANNEL
+) -> bool:
+    """Claims the idempotency key inside the caller's transaction; False if it was seen before."""
+    insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+    stmt = (
+        insert(ProcessedMessage)
+        .values(channel=channel, key=key, conversation_id=conversation_id)
+        .on_conflict_do_nothing(index_elements=["channel", "key"])
+        .returning(ProcessedMessage.id)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none() is not None
+
+
+class StaffDesk:
+    def __init__(
+        self,
+        db: Database,
+        staff_chat_id: int,
+        *,
+        on_commit: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.db = db
+        self.staff_chat_id = staff_chat_id
+        self.on_commit = on_commit
+        self.clock = clock
+        self._refused: dict[int | None, float] = {}
+
+    async def handle(self, post: StaffPost) -> str:
+        """Acts on one staff-group post; returns what it did (for logs and tests)."""
+        async with self.db.transaction() as session:
+            conversation = await self._conversation_of(session, post)
+            if not await first_time(session, post.key, conversation.id if conversation else None):
+                return "duplicate"
+            outcome = await self._act(session, post, conversation)
+        if self.on_commit is not None:
+            self.on_commit()
+        log.info(
+            "staff_group.post chat=%s message=%s user=%s conversation=%s outcome=%s",
+            post.chat_id, post.message_id, post.user_id,
+            conversation.id if conversation else None, outcome,
+        )
+        return outcome
+
+    async def _act(
+        self, session: AsyncSession, post: StaffPost, conversation: Conversation | None
+    ) -> str:
+        command = staff_commands.parse(post.text)
+        if conversation is None and command is None:
+            return "ignored"  # people talk in the group too; only threads and commands count
+        member = None
+        if post.user_id is not None:
+            member = await session.scalar(
+                select(Staff).where(Staff.telegram_user_id == post.user_id, Staff.active.is_(True))
+            )
+        subject = f"conversation:{conversation.id}" if conversation else f"telegram:{post.chat_id}"
+        if member is None:
+            audit.record(
+                session,
+                f"telegram:{post.user_id}",
+                "staff.refused",
+                subject,
+                name=post.user_name,
+                message=post.key,
+                command=command[0] if command else None,
+            )
+            last = self._refused.get(post.user_id)
+            now = self.clock()
+            if last is None or now - last > REFUSAL_EVERY_SECONDS:
+                self._refused[post.user_id] = now
+                await self._notice(session, post, conversation, REFUSAL)
+            return "refused"
+        if command is not None:
+            name, args = command
+            reply = await staff_commands.run(session, member, conversation, name, args, post)
+            await self._notice(session, post, conversation, reply)
+            return f"command:{name}"
+        assert conversation is not None
+        if not post.text.strip():
+            await self._notice(
+                session, post, conversation, "📎 Attachments are not forwarded to customers yet: send text."
+            )
+            return "no_text"
+        try:
+            answer = await agents.answer(
+                session,
+                conversation.id,
+                post.text,
+                agent=member.name,
+                staff_id=member.id,
+                meta={"via": "telegram", "staff_message": post.key},
+            )
+        except agents.AnswerError as exc:
+            await self._notice(session, post, conversation, f"❌ Not sent: {exc}")
+            return "answer_failed"
+        if post.has_media:
+            await self._notice(
+                session, post, conversation, "📎 The text was sent; attachments are not forwarded yet."
+            )
+        return f"answer:{answer.interaction_id}"
+
+    async def _conversation_of(self, session: AsyncSession, post: StaffPost) -> Conversation | None:
+        if post.thread_id is not None:
+            found = await session.scalar(
+                select(Conversation)
+                .where(Conversation.staff_thread == str(post.thread_id))
+                .order_by(Conversation.id.desc())
+                .limit(1)
+            )
+            if found is not None:
+                return found
+        if post.reply_to_message_id is None:
+            return None
+        replied = f"{post.chat_id}:{post.reply_to_message_id}"
+        conversation_id = await session.scalar(
+            select(OutboxRow.conversation_id)
+            .where(
+                OutboxRow.channel == CHANNEL,
+                OutboxRow.external_id == replied,
+                OutboxRow.conversation_id.is_not(None),
+            )
+            .limit(1)
+        ) or await session.scalar(
+            # A reply to an agent's own earlier answer in the group stays in that conversation.
+            select(ProcessedMessage.conversation_id).where(
+                ProcessedMessage.channel == CHANNEL, ProcessedMessage.key == replied
+            )
+        )
+        return await session.get(Conversation, conversation_id) if conversation_id else None
+
+    async def _notice(
+        self, session: AsyncSession, post: StaffPost, conversation: Conversation | None, text: str
+    ) -> None:
+        staff: dict[str, Any] = {"reply_to": post.message_id}
+        if post.thread_id is not None:
+            staff["thread"] = str(post.thread_id)
+        await outbox.enqueue(
+            session,
+            Outbound(
+                channel=CHANNEL,
+                address=str(self.staff_chat_id),
+                text=text,
+                dedupe_key=f"staff-notice-{post.key}",
+                kind="notice",
+                conversation_id=conversation.id if conversation else None,
+                meta={"staff": staff},
+            ),
+        )
