@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from bot.cli_campaigns import campaigns_app, customers_import
 from bot.config import Config, ConfigError, load_config
 from handlers import agents
 from storage import audit, conversations, customers, interactions, staff
@@ -42,6 +43,8 @@ app.add_typer(customers_app, name="customers")
 app.add_typer(log_app, name="log")
 app.add_typer(conversations_app, name="conversations")
 app.add_typer(staff_app, name="staff")
+app.add_typer(campaigns_app, name="campaigns")
+customers_app.command("import")(customers_import)
 
 out = Console()
 err = Console(stderr=True)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -124,6 +126,137 @@ class ComplaintsConfig(Section):
     threshold: float = Field(default=0.5, gt=0, le=1)
 
 
+# --- campaigns and customers (issue #6) ---------------------------------------------------------
+
+_HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+_MMDD = re.compile(r"^(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$")
+
+
+def _hhmm(v: str) -> str:
+    if not _HHMM.match(v):
+        raise ValueError("use 24-hour HH:MM, e.g. 09:00")
+    return v
+
+
+def _zone(v: str) -> str:
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("not an IANA time zone, e.g. Asia/Shanghai") from None
+    return v
+
+
+class SegmentConfig(Section):
+    # Empty tags: everyone with consent; else customers carrying at least one of these tags.
+    tags: list[str] = Field(default_factory=list)
+    vip_only: bool = False
+
+
+class QuietHoursConfig(Section):
+    # In the customer's own time zone. A greeting due inside them waits for `end` on the same day,
+    # or is dropped when the next allowed time is tomorrow (never on a later day).
+    enabled: bool = True
+    start: str = "21:00"
+    end: str = "08:00"
+
+    _times = field_validator("start", "end")(classmethod(lambda cls, v: _hhmm(v)))
+
+
+class BirthdayCampaignConfig(Section):
+    enabled: bool = False
+    send_time: str = "09:00"
+    # Born on 29 February: greeted on 28 February in common years, or on 1 March.
+    leap_day: Literal["feb28", "mar1"] = "feb28"
+    template: str = "greeting_birthday"
+    segment: SegmentConfig = SegmentConfig()
+
+    _send_time = field_validator("send_time")(classmethod(lambda cls, v: _hhmm(v)))
+
+
+class CustomHolidayConfig(Section):
+    date: str
+    name: str = Field(min_length=1, max_length=64)
+    # The name in English for customers whose language is en (default: `name`).
+    name_en: str | None = None
+    template: str | None = None
+
+    @field_validator("date")
+    @classmethod
+    def _md(cls, v: str) -> str:
+        if not _MMDD.match(v):
+            raise ValueError("use MM-DD, e.g. 11-11")
+        return v
+
+
+class HolidayCampaignConfig(Section):
+    enabled: bool = False
+    countries: list[str] = Field(default_factory=lambda: ["CN"])
+    # Names as the `holidays` package gives them, in zh_CN or en_US; empty: every public holiday.
+    # Each is greeted on its first day; observed and swapped days never.
+    holidays: list[str] = Field(default_factory=lambda: ["春节", "中秋节"])
+    custom: list[CustomHolidayConfig] = Field(default_factory=list)
+    send_time: str = "09:00"
+    # Holiday name (zh or en) -> template; unnamed holidays use `template`.
+    templates: dict[str, str] = Field(
+        default_factory=lambda: {"春节": "greeting_spring_festival", "中秋节": "greeting_mid_autumn"}
+    )
+    template: str = "greeting_holiday"
+    segment: SegmentConfig = SegmentConfig()
+
+    _send_time = field_validator("send_time")(classmethod(lambda cls, v: _hhmm(v)))
+
+    @field_validator("countries")
+    @classmethod
+    def _countries(cls, v: list[str]) -> list[str]:
+        return [c.strip().upper() for c in v]
+
+
+class CampaignsConfig(Section):
+    birthday: BirthdayCampaignConfig = BirthdayCampaignConfig()
+    holidays: HolidayCampaignConfig = HolidayCampaignConfig()
+    quiet_hours: QuietHoursConfig = QuietHoursConfig()
+    # When a customer has no preferred channel and has never written: the first reachable of these.
+    channel_order: list[str] = Field(default_factory=lambda: ["telegram", "email", "webhook"])
+    # For customers without a time zone or language of their own.
+    default_timezone: str = "Asia/Shanghai"
+    default_language: str = "zh"
+    # The planner wakes this often; greetings are planned this long before they are due.
+    plan_interval_minutes: int = Field(15, ge=1, le=60)
+    # Signs the greetings ({{ business }} in templates).
+    business_name: str = Field("kefu", min_length=1, max_length=100)
+    # Templates here override the built-in ones (same <lang>/<name>.j2 layout).
+    template_dir: str | None = None
+    # Extra whole-message opt-out words, on top of 退订, TD, unsubscribe, stop.
+    opt_out_words: list[str] = Field(default_factory=list)
+
+    _tz = field_validator("default_timezone")(classmethod(lambda cls, v: _zone(v)))
+
+
+class CustomersConfig(Section):
+    # Phone numbers without +country code are read as numbers of this region (ISO 3166 code).
+    default_region: str = "CN"
+    # 05.01.1990 and 05/01/1990 are 5 January (true) or 1 May (false).
+    day_first: bool = True
+
+    @field_validator("default_region")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        import phonenumbers
+
+        v = v.strip().upper()
+        if v not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError("not a phone region phonenumbers knows, e.g. CN, US, DE")
+        return v
+
+
+class ComplaintsConfig(Section):
+    # "builtin", or "package.module:function" taking (text, language) and returning a Verdict.
+    backend: str = "builtin"
+    # More cue files in the format of handlers/data/complaint_cues.*.toml (builtin backend only).
+    extra_cues: tuple[str, ...] = ()
+    threshold: float = Field(default=0.5, gt=0, le=1)
+
+
 class Config(Section):
     storage: StorageConfig = StorageConfig()
     http: HttpConfig = HttpConfig()
@@ -132,6 +265,8 @@ class Config(Section):
     webhook: WebhookConfig = WebhookConfig()
     outbox: OutboxConfig = OutboxConfig()
     logging: LoggingConfig = LoggingConfig()
+    campaigns: CampaignsConfig = CampaignsConfig()
+    customers: CustomersConfig = CustomersConfig()
     complaints: ComplaintsConfig = ComplaintsConfig()
 
 

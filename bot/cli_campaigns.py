@@ -1,0 +1,187 @@
+"""`kefu campaigns preview|run|report` and `kefu customers import`.
+
+Registered on bot/cli.py's app; kept self-contained (its own config and database helpers) so that
+importing this module never imports bot.cli back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import getpass
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bot.config import Config, ConfigError, load_config
+from handlers import customer_import as rows
+from storage import audit
+from storage import customer_import as upserts
+from storage.db import Database
+
+T = TypeVar("T")
+
+campaigns_app = typer.Typer(help="Birthday and holiday greetings.", no_args_is_help=True)
+
+out = Console()
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path,
+    typer.Option("--config", "-c", envvar="KEFU_CONFIG", help="Path to config.toml."),
+]
+DEFAULT_CONFIG = Path("config.toml")
+BATCH = 1000
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _config(path: Path) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+        raise
+
+
+def _with_db(config: Config, work: Callable[[Database], Awaitable[T]]) -> T:
+    async def go() -> T:
+        db = Database(config.storage.url)
+        try:
+            await db.upgrade()
+            return await work(db)
+        finally:
+            await db.dispose()
+
+    try:
+        return asyncio.run(go())
+    except (LookupError, ValueError, ConfigError) as exc:
+        fail(str(exc).strip("'\""))
+        raise
+    except OSError as exc:
+        fail(f"cannot open the database: {exc}")
+        raise
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    )
+
+
+# --- customers import ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ImportReport:
+    created: int
+    updated: int
+    unchanged: int
+    rejected: list[rows.Rejected]
+
+
+async def import_customers(
+    db: Database,
+    path: Path,
+    settings: rows.Settings,
+    on_progress: Callable[[int, int], None] | None = None,
+    batch: int = BATCH,
+) -> ImportReport:
+    """Validates every row, upserts the valid ones in batches; on_progress(done, total)."""
+    header, numbered, total = rows.read_rows(path)
+    counts = upserts.Counts()
+    done = 0
+    pending: list[rows.Record] = []
+
+    async def flush() -> None:
+        nonlocal pending
+        if pending:
+            counts.add(await upserts.upsert(db, pending))
+            pending = []
+
+    for number, cells in numbered:
+        result = rows.validate(number, header, cells, settings)
+        if isinstance(result, rows.Rejected):
+            counts.rejected.append(result)
+        else:
+            pending.append(result)
+        done += 1
+        if len(pending) >= batch:
+            await flush()
+        if on_progress is not None and (done % batch == 0 or done == total):
+            on_progress(done, total)
+    await flush()
+    counts.rejected.sort(key=lambda r: r.row)
+    return ImportReport(counts.created, counts.updated, counts.unchanged, counts.rejected)
+
+
+def write_rejected(path: Path, rejected: list[rows.Rejected]) -> None:
+    with path.open("w", newline="", encoding="utf-8-sig") as fh:  # BOM: Excel opens it as UTF-8
+        writer = csv.DictWriter(fh, fieldnames=["row", "reason", *rows.COLUMNS], extrasaction="ignore")
+        writer.writeheader()
+        for r in rejected:
+            writer.writerow({"row": r.row, "reason": r.reason, **r.values})
+
+
+def customers_import(
+    file: Annotated[Path, typer.Argument(help="A .csv or .xlsx file with a header row.")],
+    config: ConfigOption = DEFAULT_CONFIG,
+    rejected_path: Annotated[
+        Path | None,
+        typer.Option("--rejected", help="Where to write rejected rows (default: FILE.rejected.csv)."),
+    ] = None,
+) -> None:
+    """Import customers (name, email, phone, telegram_id, birthday, timezone, language, tags,
+    marketing_consent); rows match existing customers by any identity and update them."""
+    cfg = _config(config)
+    if not file.exists():
+        fail(f"FILE {str(file)!r} does not exist")
+    settings = rows.Settings(cfg.customers.default_region, cfg.customers.day_first)
+
+    async def work(db: Database) -> ImportReport:
+        with _progress() as progress:
+            task = progress.add_task(f"importing {file.name}", total=None)
+
+            def tick(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+
+            report = await import_customers(db, file, settings, tick)
+        async with db.transaction() as session:
+            audit.record(
+                session,
+                getpass.getuser(),
+                "customers.import",
+                f"file:{file.name}",
+                created=report.created,
+                updated=report.updated,
+                unchanged=report.unchanged,
+                rejected=len(report.rejected),
+            )
+        return report
+
+    report = _with_db(cfg, work)
+    out.print(
+        f"created {report.created}, updated {report.updated}, unchanged {report.unchanged}, "
+        f"rejected {len(report.rejected)}"
+    )
+    if report.rejected:
+        target = rejected_path or file.with_name(file.stem + ".rejected.csv")
+        write_rejected(target, report.rejected)
+        out.print(f"rejected rows and their reasons: {target}")
