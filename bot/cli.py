@@ -293,6 +293,36 @@ def customers_merge(
     )
 
 
+@customers_app.command("link-telegram")
+def customers_link_telegram(customer_id: int, config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """Print a single-use t.me deep link that ties the Telegram user who opens it to this customer."""
+    from handlers import telegram_links
+
+    cfg = _config(config)
+    username = cfg.telegram.bot_username
+    if not username:
+        fail("set [telegram] bot_username (the bot's @username, from @BotFather) to make t.me links", 2)
+    assert username is not None
+
+    async def work(db: Database) -> str:
+        async with db.transaction() as session:
+            token = await telegram_links.create_link(
+                session, customer_id, ttl_days=cfg.telegram.link_ttl_days
+            )
+            audit.record(
+                session, getpass.getuser(), "customers.link_telegram", f"customer:{customer_id}"
+            )
+            return token
+
+    token = _with_db(config, work)
+    out.print(telegram_links.deep_link(username, token), highlight=False, soft_wrap=True)
+    err.print(
+        f"single use, valid for {cfg.telegram.link_ttl_days} days: send it to the customer; "
+        "when they open it and press Start, their Telegram account joins this record",
+        style="dim",
+    )
+
+
 @customers_app.command("forget")
 def customers_forget(
     customer_id: int,

@@ -18,6 +18,7 @@ import contextlib
 import hmac
 import json
 import logging
+import os
 import warnings
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,10 @@ from channels.telegram_updates import (
 )
 
 log = logging.getLogger("kefu.telegram")
+
+# PTB 22 reads durations (RetryAfter.retry_after, inside its own constructor) as ints and warns that
+# they become timedeltas; opting in to the timedelta form now silences that and is what v23 does.
+os.environ.setdefault("PTB_TIMEDELTA", "true")
 
 ALLOWED_UPDATES = ("message", "edited_message", "my_chat_member")
 TOPIC_NAME_LIMIT = 128

@@ -70,6 +70,7 @@ class Failure:
     retry_after: int | None = None
     method: str | None = None  # lowercase; None = any send
     chat_id: int | None = None
+    after: int = 0  # let this many matching sends through first
 
 
 @dataclass
@@ -126,10 +127,12 @@ class BotApiServer:
         method: str | None = None,
         chat_id: int | None = None,
         times: int = 1,
+        after: int = 0,
     ) -> None:
         for _ in range(times):
             self.failures.append(
-                Failure(status, description, retry_after, method.lower() if method else None, chat_id)
+                Failure(status, description, retry_after, method.lower() if method else None,
+                        chat_id, after)
             )
 
     def to(self, chat_id: int) -> list[Sent]:
@@ -254,6 +257,9 @@ class BotApiServer:
         for n, failure in enumerate(self.failures):
             if failure.method not in (None, method) or failure.chat_id not in (None, chat_id):
                 continue
+            if failure.after > 0:
+                failure.after -= 1
+                break
             del self.failures[n]
             if failure.status == 429:
                 self.too_many += 1

@@ -1,0 +1,213 @@
+"""The staff desk on a real database: answers, commands, refusals, audit, idempotency."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from bot.messages import Inbound
+from bot.pipeline import Pipeline
+from channels.telegram_updates import StaffPost
+from handlers import staff_commands
+from handlers.staff_group import REFUSAL, StaffDesk, mirror_observer
+from storage import staff
+from storage.db import Database
+from storage.models import AuditEntry, Conversation, Customer, Interaction, OutboxRow
+
+STAFF_CHAT = -1001234567890
+ALICE, BOB, STRANGER = 2002, 2003, 4004
+THREAD = 57
+ids = iter(range(100, 10_000))
+
+
+def post(text: str, *, user: int = ALICE, thread: int | None = THREAD, reply_to: int | None = None,
+         media: bool = False, message_id: int | None = None) -> StaffPost:
+    return StaffPost(
+        chat_id=STAFF_CHAT, message_id=message_id or next(ids), user_id=user, user_name=f"user {user}",
+        text=text, thread_id=thread, reply_to_message_id=reply_to, has_media=media,
+        sent_at=datetime.now(timezone.utc),
+    )
+
+
+@pytest.fixture
+async def world(db: Database) -> dict[str, Any]:
+    """A Telegram customer with one conversation mirrored into topic 57; alice and bob are staff."""
+    async with db.transaction() as session:
+        alice = await staff.add(session, "alice", telegram_user_id=ALICE)
+        bob = await staff.add(session, "bob", telegram_user_id=BOB)
+        gone = await staff.add(session, "carol", telegram_user_id=5005)
+        gone.active = False
+    pipeline = Pipeline(db, observers=[mirror_observer(STAFF_CHAT)])
+    receipt = await pipeline.receive(
+        Inbound(channel="telegram", external_id="1001:1365", address="1001", text="我的订单还没到",
+                display_name="张三", language="zh")
+    )
+    await pipeline.close()
+    async with db.transaction() as session:
+        conversation = await session.get(Conversation, receipt.conversation_id)
+        assert conversation is not None
+        conversation.staff_thread = str(THREAD)
+    return {"conversation_id": receipt.conversation_id, "customer_id": receipt.customer_id,
+            "alice": alice.id, "bob": bob.id}
+
+
+async def rows(db: Database, model: type, *where: Any) -> list[Any]:
+    async with db.sessions() as session:
+        return list(await session.scalars(select(model).where(*where).order_by(model.id)))  # type: ignore[attr-defined]
+
+
+async def notices(db: Database) -> list[str]:
+    found = await rows(db, OutboxRow, OutboxRow.dedupe_key.like("staff-notice-%"))
+    return [r.payload["text"] for r in found]
+
+
+async def test_the_mirror_row_names_the_topic(db: Database, world: dict[str, Any]) -> None:
+    [row] = await rows(db, OutboxRow, OutboxRow.dedupe_key.like("mirror-%"))
+    assert row.address == str(STAFF_CHAT)
+    assert row.conversation_id == world["conversation_id"]
+    assert row.payload["meta"]["staff"] == {"mirror": True, "topic_name": f"#{world['conversation_id']} 张三 · telegram"}
+    assert row.payload["text"].startswith(f"📨 #{world['conversation_id']} · 张三 · telegram\n")
+    assert "我的订单还没到" in row.payload["text"]
+
+
+async def test_staff_answer_goes_to_the_customer(db: Database, world: dict[str, Any]) -> None:
+    desk = StaffDesk(db, STAFF_CHAT)
+    outcome = await desk.handle(post("您好，包裹明天送到。"))
+    assert outcome.startswith("answer:")
+    [answer] = await rows(db, Interaction, Interaction.direction == "out")
+    assert (answer.author_kind, answer.author_id, answer.channel) == ("agent", "alice", "telegram")
+    assert answer.meta["staff_id"] == world["alice"]
+    [row] = await rows(db, OutboxRow, OutboxRow.interaction_id == answer.id)
+    assert (row.channel, row.address, row.payload["text"]) == ("telegram", "1001", "您好，包裹明天送到。")
+    assert row.payload["meta"]["in_reply_to"] == "1001:1365"
+    [entry] = await rows(db, AuditEntry, AuditEntry.action == "reply")
+    assert entry.actor == "alice"
+
+
+async def test_a_redelivered_post_acts_once(db: Database, world: dict[str, Any]) -> None:
+    desk = StaffDesk(db, STAFF_CHAT)
+    same = post("once only", message_id=777)
+    assert (await desk.handle(same)).startswith("answer:")
+    assert await desk.handle(same) == "duplicate"
+    assert len(await rows(db, Interaction, Interaction.direction == "out")) == 1
+
+
+async def test_reply_to_a_mirrored_message_in_a_group_without_topics(db: Database, world: dict[str, Any]) -> None:
+    async with db.transaction() as session:
+        row = await session.scalar(select(OutboxRow).where(OutboxRow.dedupe_key.like("mirror-%")))
+        assert row is not None
+        row.status, row.external_id = "sent", f"{STAFF_CHAT}:811"
+    desk = StaffDesk(db, STAFF_CHAT)
+    first = post("answer by reply", thread=None, reply_to=811, message_id=812)
+    assert (await desk.handle(first)).startswith("answer:")
+    # A reply to that answer stays in the same conversation.
+    assert (await desk.handle(post("and more", thread=None, reply_to=812))).startswith("answer:")
+    assert len(await rows(db, Interaction, Interaction.direction == "out")) == 2
+
+
+@pytest.mark.parametrize("user", [STRANGER, 5005], ids=["not staff", "inactive staff"])
+async def test_non_staff_reach_nobody(db: Database, world: dict[str, Any], user: int) -> None:
+    desk = StaffDesk(db, STAFF_CHAT)
+    assert await desk.handle(post("I can answer too", user=user)) == "refused"
+    assert await desk.handle(post("/resolve", user=user)) == "refused"
+    assert await rows(db, Interaction, Interaction.direction == "out") == []
+    assert [r.channel for r in await rows(db, OutboxRow, OutboxRow.address == "1001")] == []
+    assert await notices(db) == [REFUSAL]  # once, not for every message
+    refused = await rows(db, AuditEntry, AuditEntry.action == "staff.refused")
+    assert [e.actor for e in refused] == [f"telegram:{user}"] * 2
+    async with db.sessions() as session:
+        conversation = await session.get(Conversation, world["conversation_id"])
+    assert conversation is not None and conversation.status == "open"
+
+
+async def test_chatter_outside_conversations_is_ignored(db: Database, world: dict[str, Any]) -> None:
+    desk = StaffDesk(db, STAFF_CHAT)
+    assert await desk.handle(post("lunch?", user=STRANGER, thread=None)) == "ignored"
+    assert await desk.handle(post("lunch!", thread=None)) == "ignored"
+    assert await notices(db) == []
+
+
+async def test_claim_assign_resolve_reopen(db: Database, world: dict[str, Any]) -> None:
+    desk = StaffDesk(db, STAFF_CHAT)
+    cid = world["conversation_id"]
+    await desk.handle(post("/claim"))
+    await desk.handle(post("/assign@kefu_test_bot bob"))
+    await desk.handle(post("/assign nobody"))
+    await desk.handle(post("/assign carol"))
+    await desk.handle(post("/resolve"))
+    async with db.sessions() as session:
+        conversation = await session.get(Conversation, cid)
+        assert conversation is not None
+        assert (conversation.assignee, conversation.status) == (world["bob"], "resolved")
+        assert conversation.resolved_at is not None
+    await desk.handle(post("/reopen"))
+    async with db.sessions() as session:
+        conversation = await session.get(Conversation, cid)
+        assert conversation is not None and conversation.status == "open"
+    texts = await notices(db)
+    assert texts[0] == f"✋ #{cid} claimed by alice."
+    assert texts[1] == f"👉 #{cid} assigned to bob."
+    assert "No active staff member named 'nobody'" in texts[2]
+    assert "No active staff member named 'carol'" in texts[3]
+    assert texts[4:] == [f"✅ #{cid} resolved.", f"🔄 #{cid} reopened."]
+    actions = [e.action for e in await rows(db, AuditEntry, AuditEntry.action.like("staff.%"))]
+    assert actions == ["staff.claim", "staff.assign", "staff.resolve", "staff.reopen"]
+    events = await rows(db, Interaction, Interaction.direction == "event", Interaction.author_kind == "agent")
+    assert [e.meta["kind"] for e in events] == ["assigned", "assigned", "resolved", "reopened"]
+
+
+async def test_note_is_logged_and_never_sent(db: Database, world: dict[str, Any]) -> None:
+    desk = StaffDesk(db, STAFF_CHAT)
+    await desk.handle(post("/note 客户打了两次电话\nsecond line"))
+    [note] = await rows(db, Interaction, Interaction.direction == "note")
+    assert (note.text, note.author_id) == ("客户打了两次电话\nsecond line", "alice")
+    assert await rows(db, OutboxRow, OutboxRow.address == "1001") == []
+    assert [e.action for e in await rows(db, AuditEntry, AuditEntry.action == "staff.note")] == ["staff.note"]
+
+
+async def test_history_whois_vip_tag(db: Database, world: dict[str, Any]) -> None:
+    desk = StaffDesk(db, STAFF_CHAT)
+    await desk.handle(post("/note first note"))
+    await desk.handle(post("/history 5"))
+    await desk.handle(post("/vip on"))
+    await desk.handle(post("/tag 批发"))
+    await desk.handle(post("/tag 批发"))
+    await desk.handle(post("/whois"))
+    await desk.handle(post("/history 500"))
+    await desk.handle(post("/frobnicate"))
+    texts = await notices(db)
+    history = texts[1]
+    assert "← telegram customer: 我的订单还没到" in history
+    assert "📝 telegram alice: first note" in history
+    assert texts[2] == f"⭐ customer {world['customer_id']} VIP on."
+    assert texts[3] == f"🏷 customer {world['customer_id']} tagged 批发."
+    assert texts[4] == f"customer {world['customer_id']} already has tag 批发."
+    assert "· telegram: 1001" in texts[5] and "VIP yes" in texts[5] and "批发" in texts[5]
+    assert texts[6].startswith("Usage: /history")
+    assert texts[7].startswith("Unknown command /frobnicate")
+    async with db.sessions() as session:
+        customer = await session.get(Customer, world["customer_id"])
+    assert customer is not None and customer.vip and customer.tags == ["批发"]
+    async with db.sessions() as session:
+        n = await session.scalar(select(func.count()).select_from(AuditEntry).where(AuditEntry.actor == "alice"))
+    assert n == 5  # note, history, vip, tag, whois; a repeated tag, bad usage and unknown commands change nothing
+
+
+async def test_commands_outside_a_conversation_explain_themselves(db: Database, world: dict[str, Any]) -> None:
+    desk = StaffDesk(db, STAFF_CHAT)
+    await desk.handle(post("/resolve", thread=None))
+    assert await notices(db) == ["/resolve works inside a conversation's topic, or as a reply to its message."]
+
+
+async def test_media_without_text_is_not_sent(db: Database, world: dict[str, Any]) -> None:
+    desk = StaffDesk(db, STAFF_CHAT)
+    assert await desk.handle(post("", media=True)) == "no_text"
+    assert await rows(db, Interaction, Interaction.direction == "out") == []
+
+
+def test_parse() -> None:
+    assert staff_commands.parse("/vip@kefu_test_bot on") == ("vip", "on")
+    assert staff_commands.parse("hello /vip") is None
