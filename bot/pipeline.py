@@ -9,19 +9,21 @@ message never takes others down with it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import func, insert, select, tuple_
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import make_transient_to_detached
 
 from bot.messages import Inbound, Receipt
 from handlers import complaints, routing
 from handlers.complaints import Verdict
 from storage.db import Database
-from storage.models import REOPENABLE, Base, Conversation, Customer, Identity, Interaction, OutboxRow
+from storage.models import REOPENABLE, Base, Conversation, Customer, Identity, Interaction, OutboxRow, utcnow
 
 log = logging.getLogger("kefu.pipeline")
 
@@ -204,13 +206,16 @@ async def _log_fresh(
             )
     if new_customers:
         await _insert(session, Customer, list(new_customers.values()))
-        fresh_identities = [
-            Identity(channel=channel, address=address, customer_id=customer.id)
-            for (channel, address), customer in new_customers.items()
+        now = utcnow()
+        fresh = [
+            {"customer_id": c.id, "channel": ch, "address": addr, "reachable": True, "created_at": now}
+            for (ch, addr), c in new_customers.items()
         ]
-        await _insert(session, Identity, fresh_identities)
-        for identity, customer in zip(fresh_identities, new_customers.values(), strict=True):
-            identities[(identity.channel, identity.address)] = identity
+        await _insert_rows(session, Identity, fresh)
+        for (channel, address), customer in new_customers.items():
+            identities[(channel, address)] = Identity(
+                channel=channel, address=address, customer_id=customer.id
+            )
             customers[customer.id] = customer
 
     # 3. thread: a conversation the message points at, else the customer's latest live one
@@ -246,7 +251,7 @@ async def _log_fresh(
     await _insert(session, Conversation, new_conversations)
 
     # 4-6. log, classify, route
-    logged: list[Interaction] = []
+    logged: list[dict[str, object]] = []
     notes: list[Logged] = []
     for inbound, conversation in zip(inbounds, threads, strict=True):
         customer = customers[identities[(inbound.channel, inbound.address)].customer_id]
@@ -268,51 +273,83 @@ async def _log_fresh(
             }
         if not spoken:
             meta.setdefault("kind", inbound.kind)
-        row = Interaction(
-            conversation_id=conversation.id if conversation else None,
-            customer_id=customer.id,
-            channel=inbound.channel,
-            direction="in" if spoken else "event",
-            author_kind="customer",
-            author_id=inbound.address,
-            text=inbound.text,
-            attachments=[a.to_json() for a in inbound.attachments],
-            external_id=inbound.external_id,
-            meta=meta,
-            created_at=inbound.received_at,
+        logged.append(
+            {
+                "conversation_id": conversation.id if conversation else None,
+                "customer_id": customer.id,
+                "channel": inbound.channel,
+                "direction": "in" if spoken else "event",
+                "author_kind": "customer",
+                "author_id": inbound.address,
+                "text": inbound.text,
+                "attachments": [a.to_json() for a in inbound.attachments],
+                "external_id": inbound.external_id,
+                "meta": meta,
+                "created_at": inbound.received_at,
+            }
         )
-        logged.append(row)
         if conversation is not None and spoken:
             _touch(conversation, inbound, verdict, decision)
         notes.append(
-            Logged(inbound, row, customer, conversation, id(conversation) in created, verdict, decision)
+            Logged(inbound, None, customer, conversation, id(conversation) in created, verdict, decision)  # type: ignore[arg-type]
         )
-    await _insert(session, Interaction, logged)
+    # The log is the hot path: plain executemany, not the ORM's unit of work.
+    ids = await _insert_rows(session, Interaction, logged)
     await session.flush()  # the conversations touched above
-    for note in notes:
-        for observer in pipeline.observers:
-            await observer(session, note)
-    for n, row in zip(positions, logged, strict=True):
-        receipts[n] = Receipt("accepted", row.id, row.customer_id, row.conversation_id)
+    for n, row, interaction_id, note in zip(positions, logged, ids, notes, strict=True):
+        receipts[n] = Receipt("accepted", interaction_id, row["customer_id"], row["conversation_id"])  # type: ignore[arg-type]
+        if pipeline.observers:
+            copy = Interaction(id=interaction_id, **row)
+            note = dataclasses.replace(note, interaction=copy)
+            for observer in pipeline.observers:
+                await observer(session, note)
 
 
 async def _insert(session: AsyncSession, model: type[Base], rows: Sequence[Base]) -> None:
-    """Adds rows and gives them ids, in one round trip per table.
+    """Inserts new ORM objects with one executemany and adopts them into the session.
 
-    SQLite cannot batch INSERT ... RETURNING in order, so SQLAlchemy would send one INSERT per
-    row; on SQLite kefu numbers the rows itself instead, which is safe because every write
-    transaction there starts with BEGIN IMMEDIATE and so holds the database's only write lock.
+    The unit of work would cost more than the database on this path, and SQLite cannot batch
+    INSERT ... RETURNING (SQLAlchemy falls back to one INSERT per row); the adopted objects are
+    persistent, so later changes to them still reach the database as UPDATEs.
     """
     if not rows:
         return
+    columns = [c for c in model.__table__.columns if c.key != "id"]  # type: ignore[attr-defined]
+    values = []
+    for row in rows:
+        for column in columns:
+            if getattr(row, column.key) is None and column.default is not None:
+                default = column.default
+                setattr(row, column.key, default.arg(None) if default.is_callable else default.arg)  # type: ignore[attr-defined]
+        values.append({c.key: getattr(row, c.key) for c in columns})
+    for row, new_id in zip(rows, await _insert_rows(session, model, values), strict=True):
+        row.id = new_id  # type: ignore[attr-defined]
+        make_transient_to_detached(row)
+        session.add(row)
+
+
+async def _insert_rows(
+    session: AsyncSession, model: type[Base], rows: list[dict[str, object]]
+) -> list[int]:
+    """Core executemany; returns the new ids in order.
+
+    On SQLite kefu numbers the rows itself: every write transaction there starts with BEGIN
+    IMMEDIATE and so holds the database's only write lock while it counts.
+    """
+    if not rows:
+        return []
+    table = model.__table__  # type: ignore[attr-defined]
     if session.bind.dialect.name == "sqlite":
-        await session.flush()  # rows added elsewhere (events) take their ids first
+        await session.flush()
         with session.no_autoflush:
-            top = await session.scalar(select(func.max(model.id)))  # type: ignore[attr-defined]
-        for n, row in enumerate(rows, (top or 0) + 1):
-            row.id = n  # type: ignore[attr-defined]
-    session.add_all(rows)
-    await session.flush()
+            top = (await session.scalar(select(func.max(table.c.id)))) or 0
+        ids = list(range(top + 1, top + 1 + len(rows)))
+        await session.execute(insert(table), [{"id": i, **r} for i, r in zip(ids, rows, strict=True)])
+        return ids
+    result = await session.execute(
+        insert(table).returning(table.c.id, sort_by_parameter_order=True), rows
+    )
+    return list(result.scalars())
 
 
 async def _hinted(session: AsyncSession, inbound: Inbound, customer_id: int) -> Conversation | None:
