@@ -28,7 +28,11 @@ from storage.models import REOPENABLE, Base, Conversation, Customer, Identity, I
 log = logging.getLogger("kefu.pipeline")
 
 Classifier = Callable[[str, str | None], Verdict]
-Router = Callable[[Verdict, Customer, Inbound], routing.Decision]
+# route(session, verdict, customer, conversation, inbound) -> Decision, inside the transaction:
+# a router may look at staff on duty and open workloads.
+Router = Callable[
+    [AsyncSession, Verdict, Customer, Conversation | None, Inbound], Awaitable[routing.Decision]
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +267,11 @@ async def _log_fresh(
                 if inbound.kind == "complaint"
                 else pipeline.classify(inbound.text, customer.language)
             )
-        decision = pipeline.route(verdict, customer, inbound) if spoken else routing.Decision()
+        decision = (
+            await pipeline.route(session, verdict, customer, conversation, inbound)
+            if spoken
+            else routing.Decision()
+        )
         meta = dict(inbound.meta)
         if verdict.is_complaint:
             meta["complaint"] = {

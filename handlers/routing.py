@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from bot.messages import Inbound
 from handlers.complaints import Verdict
-from storage.models import Customer
+from storage.models import Conversation, Customer
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,7 +18,13 @@ class Decision:
     notify_staff: bool = False
 
 
-def route(verdict: Verdict, customer: Customer, inbound: Inbound) -> Decision:
+async def route(
+    session: AsyncSession,
+    verdict: Verdict,
+    customer: Customer,
+    conversation: Conversation | None,
+    inbound: Inbound,
+) -> Decision:
     if verdict.is_complaint:
         return Decision(priority="urgent" if verdict.severity == "high" else "high")
     return Decision(priority="high" if customer.vip else "normal")
