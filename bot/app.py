@@ -11,6 +11,7 @@ import os
 import re
 import signal
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -26,8 +27,12 @@ from bot.outbox import OutboxWorker
 from bot.pipeline import Observer, Pipeline
 from channels import telegram, telegram_webhook
 from channels.base import Channel
+from channels.email import EmailChannel, ImapSettings, MailStore, SmtpSettings
+from channels.mail_compose import Composer
+from channels.mail_compose import Identity as MailSender
 from channels.webhook import Source, WebhookChannel
-from handlers import staff_group, telegram_links
+from handlers import email_events, staff_group, telegram_links
+from storage.channel_state import StateStore
 from storage.db import Database
 
 log = logging.getLogger("kefu.app")
@@ -120,7 +125,44 @@ def build_email(kefu: Kefu) -> Channel | None:
             em.password_env,
         )
         return None
-    raise ConfigError("[email] enabled = true: the email channel is not in this build yet")
+    for key in ("address", "imap_host", "smtp_host"):
+        if not getattr(em, key):
+            raise ConfigError(f"[email] enabled = true but [email] {key} is not set")
+    password = require_secret(em.password_env, "[email]", kefu.env)
+    username = em.username or em.address
+    assert em.address is not None and em.imap_host is not None and em.smtp_host is not None
+    assert username is not None
+    state = StateStore(kefu.db, "email")
+    kefu.observers.append(email_events.on_bounce)
+    return EmailChannel(
+        address=em.address,
+        imap=ImapSettings(
+            host=em.imap_host,
+            port=em.imap_port,
+            security=em.imap_security,
+            username=username,
+            password=password,
+            folder=em.folder,
+            processed_folder=em.processed_folder,
+            poll_interval=em.poll_interval_seconds,
+            idle_recheck=em.idle_recheck_seconds,
+            timeout=em.timeout_seconds,
+            ca_file=em.ca_file,
+        ),
+        smtp=SmtpSettings(
+            host=em.smtp_host,
+            port=em.smtp_port,
+            security=em.smtp_security,
+            username=em.smtp_username or username,
+            password=password,
+            timeout=em.timeout_seconds,
+            ca_file=em.ca_file,
+        ),
+        store=MailStore(em.store_dir, em.max_attachment_bytes),
+        composer=Composer(Path(email_events.__file__).parent / "templates", MailSender(address=em.address, name=em.from_name)),
+        load_state=state.load,
+        save_state=state.save,
+    )
 
 
 class Kefu:

@@ -86,6 +86,21 @@ class EmailConfig(Section):
     smtp_host: str | None = None
     smtp_port: int = 465
     smtp_security: Literal["tls", "starttls", "none"] = "tls"
+    # SMTP login when it differs from `username` (same password variable).
+    smtp_username: str | None = None
+    # Shown as the From name of answers and in their footer.
+    from_name: str = Field("Customer Service", min_length=1, max_length=100)
+    # Processed mail is moved here (created if missing); unset: it stays in `folder`, flagged \Seen.
+    processed_folder: str | None = None
+    # Without IMAP IDLE the folder is polled this often; under IDLE it is re-checked this often.
+    poll_interval_seconds: float = Field(30.0, gt=0)
+    idle_recheck_seconds: float = Field(300.0, gt=0, le=1740)
+    # Raw messages (<sha256>.eml) and attachments are kept here.
+    store_dir: str = "data/mail"
+    max_attachment_bytes: int = Field(25 * 1024 * 1024, ge=0)
+    # A private CA for servers with their own certificates (PEM file); default: the system's.
+    ca_file: str | None = None
+    timeout_seconds: float = Field(30.0, gt=0)
 
 
 class WebhookSourceConfig(Section):

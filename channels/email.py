@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import aiosmtplib
-from aioimaplib import IMAP4, STOP_WAIT_SERVER_PUSH, AioImapException, Command, Response
+from aioimaplib import (
+    IMAP4,
+    STOP_WAIT_SERVER_PUSH,
+    AioImapException,
+    Command,
+    IMAP4ClientProtocol,
+    Response,
+)
 
 from bot.messages import Attachment, Inbound, Outbound
 from channels.base import PermanentError, SendResult, Sink, TransientError
@@ -274,6 +281,41 @@ def _uid_set(uids: Sequence[int]) -> str:
     return ",".join(str(u) for u in uids)
 
 
+_EXISTS = re.compile(rb"^\* \d+ EXISTS")
+
+
+class _Protocol(IMAP4ClientProtocol):
+    """Counts EXISTS announcements (RFC 3501 7.3.1), which aioimaplib drops when they arrive
+    inside another command's answer: mail that arrives during a SEARCH is not missed."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, conn_lost_cb: Callable[[Exception | None], None] | None) -> None:
+        super().__init__(loop, conn_lost_cb)
+        self.exists_seen = 0
+
+    def _untagged_response(self, line: bytes) -> Command:
+        if _EXISTS.match(line):
+            self.exists_seen += 1
+        return super()._untagged_response(line)
+
+
+class _Client(IMAP4):
+    protocol: _Protocol
+
+    def create_client(
+        self,
+        host: str,
+        port: int,
+        loop: asyncio.AbstractEventLoop | None,
+        conn_lost_cb: Callable[[Exception | None], None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        local_loop = loop or asyncio.get_running_loop()
+        self.protocol = _Protocol(local_loop, conn_lost_cb)
+        self._client_task = local_loop.create_task(
+            local_loop.create_connection(lambda: self.protocol, host, port, ssl=ssl_context)
+        )
+
+
 class ImapReader:
     """One folder on one server: connect, catch up from the checkpoint, then IDLE or poll."""
 
@@ -289,7 +331,7 @@ class ImapReader:
         self.load = load
         self.save = save
         self.key = f"imap:{settings.username}:{settings.folder}"
-        self.client: IMAP4 | None = None
+        self.client: _Client | None = None
         self._lost = asyncio.Event()
         self.uidvalidity = 0
         self.last_uid = 0
@@ -324,10 +366,10 @@ class ImapReader:
     def _on_lost(self, exc: Exception | None) -> None:
         self._lost.set()
 
-    async def connect(self) -> IMAP4:
+    async def connect(self) -> _Client:
         self._lost = asyncio.Event()
         context = tls_context(self.s.ca_file) if self.s.security != "none" else None
-        client = IMAP4(
+        client = _Client(
             self.s.host, self.s.port, timeout=self.s.timeout, conn_lost_cb=self._on_lost,
             ssl_context=context if self.s.security == "tls" else None,
         )
@@ -338,7 +380,7 @@ class ImapReader:
         await self._ok(client.login(self.s.username, self.s.password), "LOGIN")
         return client
 
-    async def _starttls(self, client: IMAP4, context: ssl.SSLContext | None) -> None:
+    async def _starttls(self, client: _Client, context: ssl.SSLContext | None) -> None:
         # RFC 3501 6.2.1; aioimaplib 2 has the command but no helper: upgrade the transport here.
         protocol = client.protocol
         if "STARTTLS" not in protocol.capabilities:
@@ -354,7 +396,7 @@ class ImapReader:
         protocol.transport = transport
         await self._call(protocol.capability())  # RFC 3501: capabilities may change after TLS
 
-    async def select(self, client: IMAP4) -> None:
+    async def select(self, client: _Client) -> None:
         response = await self._ok(client.select(self.s.folder), f"SELECT {self.s.folder}")
         found = _UIDVALIDITY.search(b" ".join(bytes(x) for x in response.lines))
         uidvalidity = int(found.group(1)) if found else 0
@@ -375,7 +417,7 @@ class ImapReader:
                 log.debug("email.imap.create result=%s (exists already)", created.result)
             self.move = client.has_capability("MOVE")
 
-    async def new_uids(self, client: IMAP4) -> list[int]:
+    async def new_uids(self, client: _Client) -> list[int]:
         response = await self._ok(
             client.uid_search(f"UID {self.last_uid + 1}:*", charset=None), "UID SEARCH"
         )
@@ -388,17 +430,20 @@ class ImapReader:
         # "n:*" always matches the highest UID even when it is below n (RFC 3501 6.4.8)
         return sorted(u for u in uids if u > self.last_uid)
 
-    async def drain(self, client: IMAP4, sink: Sink) -> int:
+    async def drain(self, client: _Client, sink: Sink) -> int:
         total = 0
         while True:
+            mark = client.protocol.exists_seen
             uids = await self.new_uids(client)
             if not uids:
+                if client.protocol.exists_seen != mark:
+                    continue  # mail arrived while we searched: search again before idling
                 return total
             for start in range(0, len(uids), FETCH_CHUNK):
                 chunk = uids[start : start + FETCH_CHUNK]
                 total += await self._batch(client, chunk, sink)
 
-    async def _batch(self, client: IMAP4, uids: list[int], sink: Sink) -> int:
+    async def _batch(self, client: _Client, uids: list[int], sink: Sink) -> int:
         response = await self._ok(
             client.uid("fetch", _uid_set(uids), "(UID BODY.PEEK[])"),
             "UID FETCH",
@@ -427,7 +472,7 @@ class ImapReader:
             raise SinkFailed(f"uid {uid}: {type(error).__name__}: {error}")
         return len(done)
 
-    async def _acknowledge(self, client: IMAP4, uids: list[int]) -> None:
+    async def _acknowledge(self, client: _Client, uids: list[int]) -> None:
         uid_set = _uid_set(uids)
         if self.s.processed_folder:
             if self.move:
@@ -440,7 +485,7 @@ class ImapReader:
             return
         await self._ok(client.uid("store", uid_set, "+FLAGS.SILENT", r"(\Seen)"), "UID STORE")
 
-    async def wait_for_mail(self, client: IMAP4) -> None:
+    async def wait_for_mail(self, client: _Client) -> None:
         """Returns when new mail may be there: an IDLE push, the re-check timer, or a poll tick."""
         if not client.has_capability("IDLE"):
             await self._sleep(self.s.poll_interval)

@@ -19,6 +19,7 @@ from pathlib import Path
 from tests.servers.ports import free_port
 
 NOBODY = "nobody"
+USERS = 200
 
 
 def _wait_port(port: int, timeout: float = 10.0) -> None:
@@ -112,6 +113,7 @@ class DovecotServer:
     def start(self) -> None:
         if not self.cert.exists():
             self._make_cert()
+            self._write_users()
         conf = self._config()
         self._proc = subprocess.Popen(
             [self.binary, "-F", "-c", str(conf)],
@@ -145,15 +147,21 @@ class DovecotServer:
         shutil.rmtree(self.tmp / "run", ignore_errors=True)
         self.start()
 
+    def _write_users(self) -> None:
+        # All mailboxes exist before the server starts: Dovecot re-reads a changed passwd-file
+        # only now and then, so users added later may not log in at once.
+        lines = []
+        for n in range(1, USERS + 1):
+            home = self.mail / f"support{n}"
+            home.mkdir(exist_ok=True)
+            if self.root:
+                shutil.chown(home, self.user, self.gid)
+            lines.append(f"support{n}:{{PLAIN}}pw-{n}-secret:{self.uid}:{self.gid}::{home}\n")
+        self.users.write_text("".join(lines))
+
     def new_user(self) -> tuple[str, str]:
         """A fresh mailbox: (username, password)."""
         self._n += 1
-        name = f"support{self._n}"
-        password = f"pw-{self._n}-secret"
-        home = self.mail / name
-        home.mkdir()
-        if self.root:
-            shutil.chown(home, self.user, self.gid)
-        with self.users.open("a") as f:
-            f.write(f"{name}:{{PLAIN}}{password}:{self.uid}:{self.gid}::{home}\n")
-        return name, password
+        if self._n > USERS:
+            raise RuntimeError(f"all {USERS} test mailboxes are used: raise USERS")
+        return f"support{self._n}", f"pw-{self._n}-secret"

@@ -1,0 +1,70 @@
+"""A real SMTP server for the tests (aiosmtpd), answering from a script: '451 …' then '250 OK'."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+from tests.servers.ports import free_port
+
+
+@dataclass
+class Received:
+    sender: str
+    recipients: list[str]
+    content: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        parsed = BytesParser(policy=policy.default).parsebytes(self.content)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+
+@dataclass
+class Recorder:
+    """aiosmtpd handler: DATA answers come from `data_replies` in order, then 250."""
+
+    data_replies: list[str] = field(default_factory=list)
+    rcpt_replies: dict[str, str] = field(default_factory=dict)
+    delivered: list[Received] = field(default_factory=list)
+    attempts: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        reply = self.rcpt_replies.get(address.lower())
+        if reply is not None:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self.lock:
+            self.attempts += 1
+            reply = self.data_replies.pop(0) if self.data_replies else "250 OK"
+            if reply.startswith("250"):
+                self.delivered.append(
+                    Received(envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.content))
+                )
+        return reply
+
+
+class SmtpServer:
+    def __init__(self) -> None:
+        self.handler = Recorder()
+        self.port = free_port()  # aiosmtpd's port=0 fails its own readiness check
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+
+    def start(self) -> None:
+        self.controller.start()
+
+    def stop(self) -> None:
+        self.controller.stop()
