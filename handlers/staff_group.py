@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
@@ -28,7 +29,7 @@ from channels.telegram_updates import StaffPost
 from handlers import agents, staff_commands
 from storage import audit
 from storage.db import Database
-from storage.models import Conversation, Customer, OutboxRow, ProcessedMessage, Staff
+from storage.models import Conversation, OutboxRow, ProcessedMessage, Staff
 
 log = logging.getLogger("kefu.staff_group")
 
@@ -40,9 +41,8 @@ REFUSAL_EVERY_SECONDS = 600.0  # one refusal per person per ten minutes is enoug
 PRIORITY_MARK = {"urgent": "🔴 urgent", "high": "🟠 high", "low": "⚪ low"}
 
 
-def topic_name(conversation_id: int, customer: Customer, channel: str) -> str:
+def topic_name(conversation_id: int, who: str, channel: str) -> str:
     """Like "#42 张三 · email": what agents scan in the group's topic list."""
-    who = customer.display_name or f"customer {customer.id}"
     return f"#{conversation_id} {who} · {channel}"[:128]
 
 
@@ -58,19 +58,43 @@ def describe(attachment: Attachment) -> str:
     return f"📎 {attachment.kind}{f' {label}' if label else ''}{_size(attachment.size)}{caption}"
 
 
-def mirror_text(note: Logged) -> str:
-    inbound = note.inbound
-    conversation = note.conversation
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """The conversation and customer fields a mirror shows, read once."""
+
+    conversation_id: int
+    staff_thread: str | None
+    is_complaint: bool
+    priority: str
+    customer_id: int
+    name: str
+    vip: bool
+
+
+def _seen(note: Logged) -> _Seen:
+    conversation, customer = note.conversation, note.customer
     assert conversation is not None
-    who = note.customer.display_name or f"customer {note.customer.id}"
-    head = f"📨 #{conversation.id} · {who} · {inbound.channel}"
+    return _Seen(
+        conversation.id,
+        conversation.staff_thread,
+        bool(conversation.is_complaint),
+        conversation.priority,
+        customer.id,
+        customer.display_name or f"customer {customer.id}",
+        bool(customer.vip),
+    )
+
+
+def mirror_text(note: Logged, seen: _Seen) -> str:
+    inbound = note.inbound
+    head = f"📨 #{seen.conversation_id} · {seen.name} · {inbound.channel}"
     marks: list[str] = []
-    if conversation.is_complaint or note.verdict.is_complaint:
+    if seen.is_complaint or note.verdict.is_complaint:
         severity = note.verdict.severity if note.verdict.is_complaint else "earlier"
         marks.append(f"⚠️ complaint ({severity})")
-    if conversation.priority in PRIORITY_MARK:
-        marks.append(PRIORITY_MARK[conversation.priority])
-    if note.customer.vip:
+    if seen.priority in PRIORITY_MARK:
+        marks.append(PRIORITY_MARK[seen.priority])
+    if seen.vip:
         marks.append("⭐ VIP")
     lines = [head]
     if marks:
@@ -90,9 +114,10 @@ def mirror_observer(staff_chat_id: int) -> Observer:
     """Pipeline observer: one staff-group outbox row per fresh inbound message with a conversation."""
 
     async def observe(session: AsyncSession, note: Logged) -> None:
-        conversation = note.conversation
-        if conversation is None or note.inbound.kind not in ("message", "complaint", "edit"):
+        if note.conversation is None or note.inbound.kind not in ("message", "complaint", "edit"):
             return
+        # Inside the pipeline's transaction some attributes may be expired; run_sync may load them.
+        seen = await session.run_sync(lambda _: _seen(note))
         # Telegram file ids work for this bot only: media from Telegram is copied into the topic.
         media = tuple(a for a in note.inbound.attachments if a.file_id and note.inbound.channel == CHANNEL)
         await outbox.enqueue(
@@ -100,17 +125,17 @@ def mirror_observer(staff_chat_id: int) -> Observer:
             Outbound(
                 channel=CHANNEL,
                 address=str(staff_chat_id),
-                text=mirror_text(note),
+                text=mirror_text(note, seen),
                 dedupe_key=f"mirror-{note.interaction.id}",
                 kind="notice",
-                conversation_id=conversation.id,
-                customer_id=note.customer.id,
+                conversation_id=seen.conversation_id,
+                customer_id=seen.customer_id,
                 attachments=media,
                 meta={
                     "staff": {
                         "mirror": True,
-                        "topic_name": topic_name(conversation.id, note.customer, note.inbound.channel),
-                        **({"thread": conversation.staff_thread} if conversation.staff_thread else {}),
+                        "topic_name": topic_name(seen.conversation_id, seen.name, note.inbound.channel),
+                        **({"thread": seen.staff_thread} if seen.staff_thread else {}),
                     }
                 },
             ),

@@ -83,6 +83,7 @@ class BotApiServer:
     group_per_minute: float | None = None
     port: int = field(default_factory=free_port)
     latency: float = 0.0
+    updates_per_poll: int = 100  # getUpdates' default limit
 
     def __post_init__(self) -> None:
         self.updates: list[dict[str, Any]] = []
@@ -207,7 +208,7 @@ class BotApiServer:
         if offset is not None:
             self.confirmed = max(self.confirmed, int(offset))
         deadline = time.monotonic() + float(data.get("timeout") or 0)
-        limit = int(data.get("limit") or 100)
+        limit = int(data.get("limit") or self.updates_per_poll)
         while True:
             ready = [u for u in self.updates if u["update_id"] >= self.confirmed][:limit]
             if ready or time.monotonic() >= deadline:
