@@ -10,6 +10,7 @@ from email.parser import BytesParser
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from tests.servers.ports import free_port
 
@@ -35,6 +36,7 @@ class Recorder:
     rcpt_replies: dict[str, str] = field(default_factory=dict)
     delivered: list[Received] = field(default_factory=list)
     attempts: int = 0
+    logins: list[tuple[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_RCPT(
@@ -58,10 +60,27 @@ class Recorder:
 
 
 class SmtpServer:
+    """AUTH PLAIN/LOGIN without TLS (a submission port behind localhost); any login succeeds and
+    is recorded, so tests can check what kefu sent."""
+
     def __init__(self) -> None:
         self.handler = Recorder()
         self.port = free_port()  # aiosmtpd's port=0 fails its own readiness check
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        self.controller = self._controller()
+
+    def _controller(self) -> Controller:
+        return Controller(
+            self.handler,
+            hostname="127.0.0.1",
+            port=self.port,
+            auth_require_tls=False,
+            authenticator=self._authenticate,
+        )
+
+    def _authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
+        if isinstance(auth_data, LoginPassword):
+            self.handler.logins.append((auth_data.login.decode(), auth_data.password.decode()))
+        return AuthResult(success=True)
 
     def start(self) -> None:
         self.controller.start()

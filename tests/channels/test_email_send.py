@@ -1,0 +1,196 @@
+"""Agents' answers leave through the outbox by SMTP, threaded, to a real aiosmtpd."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from bot.app import Kefu
+from bot.config import ConfigError, parse_config
+from storage.models import Identity, Interaction, OutboxRow
+from tests.channels.email_fixtures import (
+    ADDRESS,
+    Mailbox,
+    dovecot,  # noqa: F401 - pytest fixture
+    email_config,
+    env_for,
+    mailbox,  # noqa: F401 - pytest fixture
+    smtp,  # noqa: F401 - pytest fixture
+    wait_for,
+)
+from tests.servers.kefu import running_kefu
+from tests.servers.ports import free_port
+from tests.servers.smtp import SmtpServer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CUSTOMER_MAIL = (
+    "From: =?UTF-8?B?5byg5LiJ?= <ZhangSan@Example.com>\r\nTo: support@kefu.test\r\n"
+    "Subject: =?UTF-8?B?5p2v5a2Q56KO5LqG?=\r\nMessage-ID: <cust-1@example.com>\r\n"
+    "References: <older-0@example.com>\r\nDate: Mon, 1 Apr 2024 10:00:00 +0800\r\n"
+    "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+    "收到的杯子碎了，怎么办？\r\n"
+).encode()
+
+
+async def kefu_cli(tmp_path: Path, config: dict[str, Any], *args: str) -> str:
+    path = tmp_path / "config.toml"
+    path.write_text(f'[storage]\nurl = "{config["storage"]["url"]}"\n')
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", *args, "--config", str(path),
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def delivered(server: SmtpServer, count: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while len(server.handler.delivered) < count:
+        assert time.monotonic() < deadline, f"{len(server.handler.delivered)} of {count} delivered"
+        await asyncio.sleep(0.05)
+
+
+async def outbox_row(kefu: Kefu, status: str, timeout: float = 10) -> OutboxRow:
+    deadline = time.monotonic() + timeout
+    while True:
+        async with kefu.db.sessions() as session:
+            row = await session.scalar(select(OutboxRow).where(OutboxRow.channel == "email"))
+        if row is not None and row.status == status:
+            return row
+        assert time.monotonic() < deadline, f"outbox row is {row.status if row else None}"
+        await asyncio.sleep(0.05)
+
+
+async def customer_writes(kefu: Kefu, box: Mailbox) -> int:
+    await box.append(CUSTOMER_MAIL)
+    found = await wait_for(kefu, lambda r: len(r) == 1)
+    assert found[0].conversation_id is not None
+    return found[0].conversation_id
+
+
+async def test_answer_is_threaded_and_the_reply_comes_back_to_the_conversation(
+    mailbox: Mailbox, smtp: SmtpServer, tmp_path: Path  # noqa: F811
+) -> None:
+    config = email_config(tmp_path, mailbox, smtp.port)
+    async with running_kefu(config, env_for(mailbox)) as kefu:
+        conversation = await customer_writes(kefu, mailbox)
+        out = await kefu_cli(tmp_path, config, "reply", str(conversation), "我们马上给您补寄一个新的杯子。")
+        assert "queued for email" in out
+        await delivered(smtp, 1)
+        sent = await outbox_row(kefu, "sent")
+        mail = smtp.handler.delivered[0]
+        message = mail.message
+        assert mail.recipients == ["zhangsan@example.com"] and mail.sender == ADDRESS
+        assert smtp.handler.logins == [(mailbox.username, mailbox.password)]
+        assert message["Subject"] == f"Re: 杯子碎了 [#{conversation}]"
+        assert message["In-Reply-To"] == "<cust-1@example.com>"
+        assert message["References"] == "<older-0@example.com> <cust-1@example.com>"
+        assert message["Message-ID"] == f"<{sent.external_id}>"
+        assert sent.external_id is not None and sent.external_id.endswith("@kefu.test")
+        assert message["Auto-Submitted"] == "no"
+        text = message.get_body(("plain",))
+        html = message.get_body(("html",))
+        assert text is not None and html is not None
+        assert "我们马上给您补寄一个新的杯子。" in text.get_content()
+        assert f"保留主题中的 [#{conversation}]" in text.get_content()  # the footer in Chinese
+        assert "我们马上给您补寄一个新的杯子。" in html.get_content()
+        # The customer answers kefu's mail from a new subject: In-Reply-To alone threads it.
+        await mailbox.append(
+            b"From: ZhangSan@example.com\r\nTo: support@kefu.test\r\nSubject: thanks\r\n"
+            b"Message-ID: <cust-2@example.com>\r\nIn-Reply-To: " + message["Message-ID"].encode()
+            + b"\r\n\r\nThank you!\r\n\r\nOn Mon, 1 Apr 2024 at 11:00, support wrote:\r\n> old\r\n"
+        )
+        found = await wait_for(kefu, lambda r: any(x.external_id == "cust-2@example.com" for x in r))
+    reply = next(x for x in found if x.external_id == "cust-2@example.com")
+    assert reply.conversation_id == conversation
+    assert reply.text == "Thank you!"
+
+
+async def test_451_then_250_is_delivered_once(
+    mailbox: Mailbox, smtp: SmtpServer, tmp_path: Path  # noqa: F811
+) -> None:
+    smtp.handler.data_replies.append("451 4.3.0 Try again later")
+    config = email_config(tmp_path, mailbox, smtp.port)
+    async with running_kefu(config, env_for(mailbox)) as kefu:
+        conversation = await customer_writes(kefu, mailbox)
+        await kefu_cli(tmp_path, config, "reply", str(conversation), "We are on it.")
+        row = await outbox_row(kefu, "sent")
+        await asyncio.sleep(0.3)
+    assert smtp.handler.attempts == 2
+    assert len(smtp.handler.delivered) == 1
+    assert row.attempts == 2
+    assert smtp.handler.delivered[0].message.get_body(("plain",)).get_content().startswith("We are on it.")  # type: ignore[union-attr]
+
+
+async def test_550_is_dead_and_staff_see_it(
+    mailbox: Mailbox, smtp: SmtpServer, tmp_path: Path  # noqa: F811
+) -> None:
+    smtp.handler.data_replies.append("550 5.7.1 Message rejected as spam")
+    config = email_config(tmp_path, mailbox, smtp.port)
+    async with running_kefu(config, env_for(mailbox)) as kefu:
+        conversation = await customer_writes(kefu, mailbox)
+        await kefu_cli(tmp_path, config, "reply", str(conversation), "We are on it.")
+        row = await outbox_row(kefu, "dead")
+        async with kefu.db.sessions() as session:
+            events = list(
+                await session.scalars(
+                    select(Interaction).where(
+                        Interaction.conversation_id == conversation, Interaction.direction == "event"
+                    )
+                )
+            )
+            identity = await session.scalar(select(Identity).where(Identity.channel == "email"))
+    assert row.attempts == 1 and "550" in (row.last_error or "")
+    assert any("delivery failed" in e.text and "550" in e.text for e in events)
+    assert identity is not None and identity.reachable  # spam refusal: the address itself is fine
+    assert smtp.handler.delivered == []
+
+
+async def test_unknown_recipient_is_dead_and_unreachable(
+    mailbox: Mailbox, smtp: SmtpServer, tmp_path: Path  # noqa: F811
+) -> None:
+    smtp.handler.rcpt_replies["zhangsan@example.com"] = "550 5.1.1 <zhangsan@example.com>: User unknown"
+    config = email_config(tmp_path, mailbox, smtp.port)
+    async with running_kefu(config, env_for(mailbox)) as kefu:
+        conversation = await customer_writes(kefu, mailbox)
+        await kefu_cli(tmp_path, config, "reply", str(conversation), "We are on it.")
+        await outbox_row(kefu, "dead")
+        async with kefu.db.sessions() as session:
+            identity = await session.scalar(select(Identity).where(Identity.channel == "email"))
+    assert identity is not None and identity.reachable is False
+    assert "5.1.1" in (identity.unreachable_reason or "")
+
+
+async def test_unreachable_smtp_server_is_retried(mailbox: Mailbox, tmp_path: Path) -> None:
+    config = email_config(tmp_path, mailbox, free_port())  # nothing listens there
+    async with running_kefu(config, env_for(mailbox)) as kefu:
+        conversation = await customer_writes(kefu, mailbox)
+        await kefu_cli(tmp_path, config, "reply", str(conversation), "We are on it.")
+        row = await outbox_row(kefu, "failed")
+    assert row.last_error is not None and "SMTPConnectError" in row.last_error
+
+
+@pytest.mark.parametrize("missing", ["address", "imap_host", "smtp_host"])
+def test_missing_required_key_names_it(missing: str, tmp_path: Path) -> None:
+    section = {"enabled": True, "address": ADDRESS, "imap_host": "imap.example.com", "smtp_host": "smtp.example.com"}
+    del section[missing]
+    config = parse_config({"storage": {"url": f"sqlite+aiosqlite:///{tmp_path}/k.db"}, "email": section})
+    with pytest.raises(ConfigError, match=f"\\[email\\] {missing} is not set"):
+        Kefu(config, {"KEFU_EMAIL_PASSWORD": "x"})
+
+
+def test_missing_password_stops_start_up(tmp_path: Path) -> None:
+    section = {"enabled": True, "address": ADDRESS, "imap_host": "imap.example.com", "smtp_host": "smtp.example.com"}
+    config = parse_config({"storage": {"url": f"sqlite+aiosqlite:///{tmp_path}/k.db"}, "email": section})
+    with pytest.raises(ConfigError, match="KEFU_EMAIL_PASSWORD is not set"):
+        Kefu(config, {})
