@@ -165,7 +165,10 @@ def decode_bytes(data: bytes, label: str | None) -> tuple[str, str]:
     detected = _detect(data)
     if detected is not None:
         detected = codec_for(detected) or detected
-        if codec is None or _CJK.search(data.decode(detected, errors="replace")):
+        # A Latin label is believed unless the bytes look like double-byte CJK text: there nearly
+        # every byte is 8-bit, while in Western text only the accented letters are.
+        high = sum(b >= 0x80 for b in data) / max(1, sum(not chr(b).isspace() for b in data))
+        if codec is None or (high > 0.3 and _CJK.search(data.decode(detected, errors="replace"))):
             return data.decode(detected, errors="replace"), detected
     fallback = codec or "cp1252"
     return data.decode(fallback, errors="replace"), fallback
