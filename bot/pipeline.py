@@ -224,6 +224,15 @@ async def _log_fresh(
 
     # 3. thread: a conversation the message points at, else the customer's latest live one
     customer_ids = {identities[(i.channel, i.address)].customer_id for i in inbounds}
+    if session.bind.dialect.name != "sqlite":
+        # Several kefu processes may receive one customer's messages at once: lock the customers
+        # (in id order, so two batches cannot deadlock) so only one of them opens a conversation.
+        await session.execute(
+            select(Customer.id)
+            .where(Customer.id.in_(customer_ids))
+            .order_by(Customer.id)
+            .with_for_update()
+        )
     live_rows = await session.scalars(
         select(Conversation)
         .where(Conversation.customer_id.in_(customer_ids), Conversation.status.in_(REOPENABLE))

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,52 +16,12 @@ from storage.models import Interaction, OutboxRow
 from tests.servers.callback import CallbackServer
 from tests.servers.kefu import post_signed
 from tests.servers.ports import free_port
+from tests.servers.process import KefuProcess
 
 SECRET = "crash-secret"
 TOTAL = 2000
 KILL_AFTER = 900
 kefu_outbox_batch = 100  # the most rows one worker holds in "sending" at a time
-
-
-class KefuProcess:
-    def __init__(self, workdir: Path, port: int) -> None:
-        self.workdir = workdir
-        self.port = port
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = workdir / "kefu.log"
-
-    def start(self) -> None:
-        env = {**os.environ, "SHOP_SECRET": SECRET}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bot", "run", "--config", str(self.workdir / "config.toml")],
-            cwd=self.workdir,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=self.log.open("ab"),
-            start_new_session=True,
-        )
-
-    async def ready(self, timeout: float = 30) -> None:
-        async with httpx.AsyncClient() as client:
-            for _ in range(int(timeout / 0.05)):
-                assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
-                try:
-                    if (await client.get(f"http://127.0.0.1:{self.port}/healthz")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.05)
-        raise TimeoutError(self.log.read_text())
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-    def terminate(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=30)
 
 
 @pytest.fixture
@@ -91,7 +47,7 @@ secret_env = "SHOP_SECRET"
 callback_url = "{callback.url}"
 """
         )
-        kefu = KefuProcess(workdir, port)
+        kefu = KefuProcess(workdir, port, {"SHOP_SECRET": SECRET})
         kefu.start()
         await kefu.ready()
         db = Database(f"sqlite+aiosqlite:///{workdir}/kefu.db")

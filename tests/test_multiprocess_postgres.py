@@ -1,0 +1,72 @@
+"""Two `kefu run` processes sharing one PostgreSQL: each message logged once, each reply sent once."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from handlers.agents import answer
+from storage.db import Database
+from storage.models import Interaction, OutboxRow
+from tests.servers.callback import CallbackServer
+from tests.servers.kefu import post_signed
+from tests.servers.ports import free_port
+from tests.servers.postgres import PostgresServer
+from tests.servers.process import KefuProcess
+
+SECRET = "pg-secret"
+pytestmark = pytest.mark.postgres
+
+
+async def test_two_processes_share_the_log_and_the_outbox(tmp_path: Path, postgres: PostgresServer) -> None:
+    url = postgres.create_database()
+    async with CallbackServer(SECRET) as callback:
+        processes = []
+        for n in (1, 2):
+            port = free_port()
+            (tmp_path / f"kefu{n}.toml").write_text(
+                f'[storage]\nurl = "{url}"\n[http]\nport = {port}\n'
+                "[outbox]\npoll_interval_seconds = 0.05\nbatch_size = 5\n"
+                f'[webhook.sources.shop]\nsecret_env = "SHOP_SECRET"\ncallback_url = "{callback.url}"\n'
+            )
+            processes.append(KefuProcess(tmp_path, port, {"SHOP_SECRET": SECRET}, f"kefu{n}.toml"))
+        # Both migrate at start: the second must find the schema in place, not fail.
+        for p in processes:
+            p.start()
+        await asyncio.gather(*(p.ready() for p in processes))
+
+        async with httpx.AsyncClient(timeout=30) as client:
+            # Every message goes to both processes at once, as a retrying sender behind a balancer would.
+            async def both(n: int) -> list[int]:
+                payload = {"id": f"m{n}", "user": {"id": f"u{n % 20}"}, "text": f"message {n}"}
+                rs = await asyncio.gather(
+                    *(post_signed(client, f"http://127.0.0.1:{p.port}/webhooks/shop", SECRET, payload) for p in processes)
+                )
+                return sorted(r.status_code for r in rs)
+
+            results = await asyncio.gather(*(both(n) for n in range(300)))
+        assert all(codes == [200, 202] for codes in results), set(map(tuple, results))
+
+        db = Database(url)
+        async with db.sessions() as s:
+            logged = await s.scalar(select(func.count()).select_from(Interaction))
+            conversations = list(await s.scalars(select(Interaction.conversation_id).distinct()))
+        assert logged == 300 and len(conversations) == 20  # one open conversation per customer
+
+        keys = set()
+        for conversation_id in conversations:
+            async with db.transaction() as s:
+                keys.add(f"reply-{(await answer(s, conversation_id, 'on it', agent='amy')).interaction_id}")
+        await callback.wait_for(len(keys), timeout=20)
+        await asyncio.sleep(0.5)
+        delivered = callback.delivered_keys()
+        assert set(delivered) == keys and set(delivered.values()) == {1}
+        async with db.sessions() as s:
+            statuses = set(await s.scalars(select(OutboxRow.status)))
+        assert statuses == {"sent"}
+        await db.dispose()
+        assert [p.terminate() for p in processes] == [0, 0]
