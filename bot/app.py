@@ -25,6 +25,7 @@ from bot.messages import Inbound, Receipt
 from bot.metrics import Metrics
 from bot.outbox import OutboxWorker
 from bot.pipeline import Observer, Pipeline
+from bot.scheduler import build_campaigns
 from channels import telegram, telegram_webhook
 from channels.base import Channel
 from channels.email import EmailChannel, ImapSettings, MailStore, SmtpSettings
@@ -182,6 +183,8 @@ class Kefu:
             channel = build(self)
             if channel is not None:
                 self.channels[channel.name] = channel
+        # Checks every greeting template (a broken one stops start-up) and adds the opt-out observer.
+        self.scheduler = build_campaigns(self)
         self.worker = OutboxWorker(self.db, self.channels, config.outbox, metrics=self.metrics)
         self.pipeline = Pipeline(self.db, observers=self.observers, on_commit=self.worker.wake)
         self._tasks: list[asyncio.Task[Any]] = []
@@ -217,9 +220,11 @@ class Kefu:
         await self.db.upgrade()
         for channel in self.channels.values():
             await channel.start(self.receive)
+        await self.scheduler.start()  # its catch-up plan and expiry run before the worker sends
         self._tasks.append(asyncio.create_task(self.worker.run(), name="kefu-outbox"))
 
     async def stop(self) -> None:
+        await self.scheduler.stop()
         self.worker.stop()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):

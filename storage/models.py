@@ -187,6 +187,13 @@ class CampaignDelivery(Base):
     status: Mapped[str] = mapped_column(String(16), default="planned")  # planned | skipped
     reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # --- campaigns (issue #6) ---
+    # status also: expired (the customer's day ended before it went out) | cancelled (opt-out).
+    channel: Mapped[str | None] = mapped_column(String(32))
+    send_at: Mapped[datetime | None]
+    # The end of the greeting's local day: a greeting still unsent then is never sent.
+    expires_at: Mapped[datetime | None] = mapped_column(index=True)
+
 
 
 class AuditEntry(Base):

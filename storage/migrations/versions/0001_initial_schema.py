@@ -192,6 +192,9 @@ def upgrade() -> None:
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('reason', sa.Text(), nullable=True),
     sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('channel', sa.String(length=32), nullable=True),
+    sa.Column('send_at', sa.DateTime(), nullable=True),
+    sa.Column('expires_at', sa.DateTime(), nullable=True),
     sa.ForeignKeyConstraint(['customer_id'], ['customers.id'], ),
     sa.ForeignKeyConstraint(['outbox_id'], ['outbox.id'], ),
     sa.PrimaryKeyConstraint('id'),
@@ -199,11 +202,13 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('campaign_deliveries', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_campaign_deliveries_customer_id'), ['customer_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_campaign_deliveries_expires_at'), ['expires_at'], unique=False)
 
 
 
 def downgrade() -> None:
     with op.batch_alter_table('campaign_deliveries', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_campaign_deliveries_expires_at'))
         batch_op.drop_index(batch_op.f('ix_campaign_deliveries_customer_id'))
 
     op.drop_table('campaign_deliveries')

@@ -1,0 +1,91 @@
+"""The campaign scheduler: APScheduler jobs declared from config at every start, no job store.
+
+kefu's own tables make a plan idempotent, so a missed run needs no persistent job state: start()
+runs a catch-up plan before anything is sent, then the planner wakes every plan_interval_minutes
+(on the quarter hours, so time zones with :30 and :45 offsets get their own send time too).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from handlers import greetings
+from handlers.consent import ConsentObserver
+from handlers.greetings import Outcome, Planner, Reach
+from handlers.templating import Templates
+from storage.db import Database
+from storage.models import utcnow
+
+if TYPE_CHECKING:
+    from bot.app import Kefu
+
+log = logging.getLogger("kefu.scheduler")
+
+Clock = Callable[[], datetime]
+
+
+class CampaignScheduler:
+    def __init__(self, db: Database, planner: Planner, *, clock: Clock = utcnow) -> None:
+        self.db = db
+        self.planner = planner
+        self.clock = clock  # tests inject a fixed or stepped clock; no test waits for real time
+        self._scheduler: AsyncIOScheduler | None = None
+
+    async def run_once(self, *, catch_up: bool = False) -> Outcome:
+        """Expire what can no longer go out on its day, then plan what is due. Never raises: a
+        failed run is logged and the next one (or the next start) picks the work up again."""
+        now = self.clock()
+        try:
+            await self.planner.expire(self.db, now, everything=catch_up)
+            return await self.planner.tick(self.db, now)
+        except Exception:
+            log.exception("campaigns.plan.failure at=%s", now.isoformat())
+            return Outcome()
+
+    async def _job(self) -> None:
+        await self.run_once()
+
+    async def start(self) -> None:
+        outcome = await self.run_once(catch_up=True)
+        log.info(
+            "campaigns.catch_up planned=%d skipped=%d already=%d",
+            outcome.planned, outcome.skipped, outcome.already,
+        )
+        scheduler = AsyncIOScheduler(timezone=timezone.utc)
+        minutes = self.planner.cfg.plan_interval_minutes
+        # One job for all campaigns: each run plans every enabled campaign and expires stale rows.
+        scheduler.add_job(
+            self._job,
+            CronTrigger(minute=f"*/{minutes}", timezone=timezone.utc),
+            id="campaigns.plan",
+            name="plan greetings: " + (", ".join(self.planner.enabled()) or "expiry only"),
+            replace_existing=True,
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=minutes * 60,
+        )
+        scheduler.start()
+        self._scheduler = scheduler
+
+    async def stop(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
+
+
+def build_campaigns(kefu: Kefu) -> CampaignScheduler:
+    """Wires campaigns into a Kefu whose channels are built and whose pipeline is not yet:
+    checks every template (a broken one stops start-up with a ConfigError, not a failed greeting
+    at 9 am) and adds the opt-out observer."""
+    cfg = kefu.config.campaigns
+    templates = Templates(cfg.template_dir, cfg.default_language)
+    greetings.validate(kefu.config, templates)
+    kefu.observers.append(ConsentObserver(templates, cfg.opt_out_words, cfg.business_name))
+    planner = Planner(kefu.config, templates, Reach.of(kefu.config, kefu.channels))
+    return CampaignScheduler(kefu.db, planner)

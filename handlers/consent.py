@@ -1,0 +1,104 @@
+"""Opt-out: a whole message of 退订, TD, unsubscribe or stop, on any channel, withdraws marketing
+consent, cancels greetings not yet sent, and is confirmed in the customer's language.
+
+Only the whole message counts ("stop" yes, "please don't stop my order" no): a customer who
+mentions the word in a complaint has not asked to be unsubscribed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+from collections.abc import Iterable
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot import outbox
+from bot.messages import Outbound
+from bot.pipeline import SPOKEN, Logged
+from handlers.templating import Templates, language_of
+from storage import campaigns as store
+from storage.models import Interaction, utcnow
+
+log = logging.getLogger("kefu.consent")
+
+OPT_OUT_WORDS = ("退订", "取消订阅", "td", "unsubscribe", "stop")
+_EDGES = re.compile(r"^[\s\W_]+|[\s\W_]+$")
+_CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+def normalise(text: str) -> str:
+    """NFKC (full-width ＴＤ -> TD), case-folded, without surrounding spaces and punctuation."""
+    return _EDGES.sub("", unicodedata.normalize("NFKC", text)).casefold()
+
+
+class ConsentObserver:
+    """A pipeline observer: runs inside the transaction that logs the message."""
+
+    def __init__(self, templates: Templates, extra_words: Iterable[str] = (), business: str = "kefu") -> None:
+        self.templates = templates
+        self.words = {normalise(w) for w in (*OPT_OUT_WORDS, *extra_words) if normalise(w)}
+        self.business = business
+
+    def is_opt_out(self, text: str) -> bool:
+        return normalise(text) in self.words
+
+    async def __call__(self, session: AsyncSession, logged: Logged) -> None:
+        inbound = logged.inbound
+        if inbound.kind not in SPOKEN or not self.is_opt_out(inbound.text):
+            return
+        customer = logged.customer
+        now = utcnow()
+        word = inbound.text.strip()
+        had_consent = customer.marketing_consent
+        customer.marketing_consent = False
+        cancelled = await store.cancel_for(
+            session, customer.id, f"consent withdrawn ({word!r} on {inbound.channel})", now
+        )
+        conversation_id = logged.conversation.id if logged.conversation is not None else None
+        session.add(
+            Interaction(
+                conversation_id=conversation_id,
+                customer_id=customer.id,
+                channel=inbound.channel,
+                direction="event",
+                author_kind="system",
+                text=f"marketing consent withdrawn: the customer wrote {word!r}",
+                meta={"kind": "consent_withdrawn", "had_consent": had_consent, "cancelled": cancelled},
+                created_at=now,
+            )
+        )
+        # Their own language if known, else the language of the word they used.
+        fallback = "zh" if _CJK.search(word) else "en"
+        language = language_of(customer.language, fallback) if customer.language else fallback
+        text = self.templates.render("optout_confirm", language, {"business": self.business})
+        confirmation = Interaction(
+            conversation_id=conversation_id,
+            customer_id=customer.id,
+            channel=inbound.channel,
+            direction="out",
+            author_kind="bot",
+            text=text,
+            meta={"kind": "optout_confirm"},
+            created_at=now,
+        )
+        session.add(confirmation)
+        await session.flush()
+        await outbox.enqueue(
+            session,
+            Outbound(
+                channel=inbound.channel,
+                address=inbound.address,
+                text=text,
+                dedupe_key=f"optout:{logged.interaction.id}",
+                kind="notice",
+                conversation_id=conversation_id,
+                customer_id=customer.id,
+            ),
+            interaction_id=confirmation.id,
+        )
+        log.info(
+            "consent.withdrawn customer=%s channel=%s had_consent=%s cancelled=%d",
+            customer.id, inbound.channel, had_consent, cancelled,
+        )
