@@ -298,12 +298,12 @@ class _Body:
     original_headers: Message | None = None
 
 
-def _is_attachment(part: Message) -> bool:
-    disposition = (part.get_content_disposition() or "").lower()
+def _is_attachment(part: Message, ctype: str, disposition: str) -> bool:
+    # Header values are parsed once per part: with policy.default every get() parses again.
     if disposition == "attachment":
         return True
-    return part.get_content_maintype() not in ("text", "multipart") or (
-        disposition == "inline" and _filename(part) is not None and part.get_content_type() not in ("text/plain", "text/html")
+    return ctype.split("/")[0] not in ("text", "multipart") or (
+        disposition == "inline" and ctype not in ("text/plain", "text/html") and _filename(part) is not None
     )
 
 
@@ -341,14 +341,15 @@ def _walk(part: Message, body: _Body) -> None:
         for child in children:
             _walk(child, body)
         return
-    if _is_attachment(part):
+    disposition = (part.get_content_disposition() or "").lower()
+    if _is_attachment(part, ctype, disposition):
         data = part.get_payload(decode=True)
         body.attachments.append(
             Part(
                 _filename(part) or f"attachment{len(body.attachments) + 1}",
                 ctype,
                 data if isinstance(data, bytes) else b"",
-                inline=(part.get_content_disposition() or "") == "inline",
+                inline=disposition == "inline",
             )
         )
         return
@@ -356,7 +357,7 @@ def _walk(part: Message, body: _Body) -> None:
         text, codec = _text_of(part)
         body.html.append(text)
         body.charset = body.charset or codec
-    elif part.get_content_maintype() == "text":
+    elif ctype.startswith("text/"):
         text, codec = _text_of(part)
         body.plain.append(text)
         body.charset = body.charset or codec
