@@ -9,11 +9,12 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATION_LOCK = 0x6B656675  # "kefu"
 
 
 class Database:
@@ -44,6 +45,10 @@ class Database:
 
     async def upgrade(self) -> None:
         async with self.engine.begin() as conn:
+            if not self.is_sqlite:
+                # Several `kefu run` processes may start together: one migrates, the others wait
+                # for its commit and then find the schema current. (SQLite: BEGIN IMMEDIATE.)
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             await conn.run_sync(_upgrade)
 
     async def dispose(self) -> None:
