@@ -125,6 +125,8 @@ def run(config: ConfigOption = DEFAULT_CONFIG) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    # httpx logs every request URL at INFO; Telegram's URLs carry the bot token.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         kefu = Kefu(cfg)
         asyncio.run(kefu.serve())
