@@ -27,6 +27,7 @@ from tests.channels.email_fixtures import (
     wait_connected,
     wait_for,
 )
+from bot.app import Kefu
 from tests.servers.dovecot import DovecotServer
 from tests.servers.kefu import running_kefu
 from tests.servers.ports import free_port
@@ -40,6 +41,18 @@ def simple(n: int, *, sender: str = "ann@example.com", subject: str = "help") ->
         f"Message-ID: <msg-{n}-{sender}>\r\nDate: Mon, 1 Apr 2024 10:00:00 +0000\r\n"
         f"Content-Type: text/plain; charset=utf-8\r\n\r\nmessage number {n}\r\n"
     ).encode()
+
+
+async def checkpoint(kefu: Kefu, last_uid: int, timeout: float = 5.0) -> dict[str, int]:
+    """The folder's saved checkpoint once it reached last_uid (it is saved right after \\Seen)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        async with kefu.db.sessions() as session:
+            state = await session.scalar(select(ChannelState).where(ChannelState.channel == "email"))
+        if state is not None and state.value.get("last_uid") == last_uid:
+            return dict(state.value)
+        assert time.monotonic() < deadline, f"checkpoint is {state.value if state else None}"
+        await asyncio.sleep(0.05)
 
 
 def test_every_fixture_has_expectations() -> None:
@@ -136,10 +149,8 @@ async def test_restarted_kefu_resumes_from_its_checkpoint(mailbox: Mailbox, tmp_
     await mailbox.append(simple(2), simple(3))  # while kefu is down
     async with running_kefu(config, env_for(mailbox)) as kefu:
         found = await wait_for(kefu, lambda r: len(r) == 3)
-        async with kefu.db.sessions() as session:
-            state = await session.scalar(select(ChannelState).where(ChannelState.channel == "email"))
+        await checkpoint(kefu, 3)
     assert [r.external_id for r in found] == [f"msg-{n}-ann@example.com" for n in (1, 2, 3)]
-    assert state is not None and state.value["last_uid"] == 3
 
 
 async def test_uidvalidity_change_rescans_without_duplicates(mailbox: Mailbox, tmp_path: Path) -> None:
@@ -150,8 +161,7 @@ async def test_uidvalidity_change_rescans_without_duplicates(mailbox: Mailbox, t
     async with running_kefu(config, env_for(mailbox)) as kefu:
         await mailbox.append(simple(1), simple(2), folder="Support")
         await wait_for(kefu, lambda r: len(r) == 2)
-        async with kefu.db.sessions() as session:
-            before = await session.scalar(select(ChannelState).where(ChannelState.channel == "email"))
+        before = await checkpoint(kefu, 2)
     # The folder is recreated: a new UIDVALIDITY, UIDs from 1 again (RFC 3501 2.3.1.1).
     client = await mailbox.client()
     assert (await client.delete("Support")).result == "OK"
@@ -162,12 +172,9 @@ async def test_uidvalidity_change_rescans_without_duplicates(mailbox: Mailbox, t
         await wait_for(kefu, lambda r: len(r) == 3)
         await asyncio.sleep(0.5)
         found = await rows(kefu)
-        async with kefu.db.sessions() as session:
-            state = await session.scalar(select(ChannelState).where(ChannelState.channel == "email"))
+        state = await checkpoint(kefu, 3)
     assert sorted(r.external_id for r in found) == [f"msg-{n}-ann@example.com" for n in (1, 2, 3)]
-    assert before is not None and state is not None
-    assert state.value["uidvalidity"] != before.value["uidvalidity"]
-    assert state.value["last_uid"] == 3
+    assert state["uidvalidity"] != before["uidvalidity"]
     assert set((await mailbox.flags("Support")).values()) == {"\\Seen"}
 
 
