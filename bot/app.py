@@ -19,6 +19,7 @@ from sqlalchemy import text
 from starlette.routing import BaseRoute
 
 from bot import outbox
+from bot.care import build_care
 from bot.config import Config, ConfigError, require_secret, secret
 from bot.http import build_app
 from bot.messages import Inbound, Receipt
@@ -33,6 +34,7 @@ from channels.mail_compose import Composer
 from channels.mail_compose import Identity as MailSender
 from channels.webhook import Source, WebhookChannel
 from handlers import email_events, staff_group, telegram_links
+from handlers.complaints import load_classifier
 from storage.channel_state import StateStore
 from storage.db import Database
 
@@ -185,8 +187,16 @@ class Kefu:
                 self.channels[channel.name] = channel
         # Checks every greeting template (a broken one stops start-up) and adds the opt-out observer.
         self.scheduler = build_campaigns(self)
+        # Complaint care: the router, flags, acknowledgements, surveys, SLA and auto-close jobs.
+        self.care = build_care(self)
         self.worker = OutboxWorker(self.db, self.channels, config.outbox, metrics=self.metrics)
-        self.pipeline = Pipeline(self.db, observers=self.observers, on_commit=self.worker.wake)
+        self.pipeline = Pipeline(
+            self.db,
+            classify=load_classifier(config.complaints),
+            route=self.care.router,
+            observers=self.observers,
+            on_commit=self.worker.wake,
+        )
         self._tasks: list[asyncio.Task[Any]] = []
         self.server: uvicorn.Server | None = None
 

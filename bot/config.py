@@ -7,10 +7,11 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from datetime import timedelta
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 
 class ConfigError(Exception):
@@ -41,13 +42,11 @@ class HttpConfig(Section):
 class TelegramConfig(Section):
     enabled: bool = False
     token_env: str = "KEFU_TELEGRAM_TOKEN"
+    # A self-hosted Bot API server, e.g. "http://127.0.0.1:8081/bot" (the token is appended).
     base_url: str | None = None
     staff_chat_id: int | None = None
-    # A self-hosted Bot API server, e.g. "http://127.0.0.1:8081/bot" (the token is appended).
     mode: Literal["polling", "webhook"] = "polling"
     webhook_secret_env: str = "KEFU_TELEGRAM_WEBHOOK_SECRET"
-
-
     # Public https URL of kefu's /telegram/webhook; when set, kefu registers it with setWebhook.
     webhook_url: str | None = None
     # For `kefu customers link-telegram` deep links (t.me/<bot_username>?start=...), without "@".
@@ -74,6 +73,8 @@ class TelegramConfig(Section):
         if not v.replace("_", "").isalnum() or not 5 <= len(v) <= 32:
             raise ValueError("must be the bot's username: 5-32 letters, digits or '_'")
         return v
+
+
 class EmailConfig(Section):
     enabled: bool = False
     address: str | None = None
@@ -131,14 +132,6 @@ class OutboxConfig(Section):
 
 class LoggingConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-
-
-class ComplaintsConfig(Section):
-    # "builtin", or "package.module:function" taking (text, language) and returning a Verdict.
-    backend: str = "builtin"
-    # More cue files in the format of handlers/data/complaint_cues.*.toml (builtin backend only).
-    extra_cues: tuple[str, ...] = ()
-    threshold: float = Field(default=0.5, gt=0, le=1)
 
 
 # --- campaigns and customers (issue #6) ---------------------------------------------------------
@@ -272,6 +265,153 @@ class ComplaintsConfig(Section):
     threshold: float = Field(default=0.5, gt=0, le=1)
 
 
+# --- complaints: routing, SLA, lifecycle, survey (issue #5) ------------------------------------
+
+PRIORITIES = ("low", "normal", "high", "urgent")
+Priority = Literal["low", "normal", "high", "urgent"]
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_DURATION_PART = re.compile(r"(\d+)\s*([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_RANGE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-(([01]\d|2[0-3]):[0-5]\d|24:00)$")
+
+
+def parse_duration(value: object) -> timedelta:
+    """'90s', '30m', '4h', '7d', '2w', '1h30m' (or a number of seconds) -> timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        parts = _DURATION_PART.findall(text)
+        if parts and "".join(n + u for n, u in parts) == text:
+            return timedelta(seconds=sum(int(n) * _UNIT_SECONDS[u] for n, u in parts))
+    raise ValueError("use a duration like 30m, 4h, 7d or 1h30m")
+
+
+def parse_hours(value: str) -> tuple[tuple[int, int], ...]:
+    """'09:00-18:00' or '09:00-12:00,13:00-18:00' -> ((540, 1080), ...) in minutes; 'closed' -> ()."""
+    text = value.strip().lower()
+    if text in ("", "closed"):
+        return ()
+    spans: list[tuple[int, int]] = []
+    for part in text.split(","):
+        found = _RANGE.match(part.strip())
+        if found is None:
+            raise ValueError("use HH:MM-HH:MM, several joined by ',' (e.g. 09:00-12:00,13:00-18:00), or closed")
+        start_s, end_s = part.strip().split("-")
+        start = int(start_s[:2]) * 60 + int(start_s[3:])
+        end = int(end_s[:2]) * 60 + int(end_s[3:])
+        if end <= start:
+            raise ValueError(f"{part.strip()!r} ends before it starts")
+        spans.append((start, end))
+    return tuple(sorted(spans))
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class TeamConfig(Section):
+    name: str = Field(min_length=1, max_length=64)
+    # Staff names (`kefu staff add --name`); empty: every active staff member.
+    members: list[str] = Field(default_factory=list)
+    # Staff names escalations are addressed to; empty: the team's staff with role lead or admin.
+    leads: list[str] = Field(default_factory=list)
+    timezone: str = "Asia/Shanghai"
+    # mon..sun -> "09:00-18:00" (several spans joined by ","); a day left out is closed.
+    # No hours at all: open around the clock.
+    hours: dict[str, str] = Field(default_factory=dict)
+    # Public holidays of this country (`holidays` package, e.g. "CN") are closed days.
+    holidays: str | None = None
+
+    _tz = field_validator("timezone")(classmethod(lambda cls, v: _zone(v)))
+
+    @field_validator("hours")
+    @classmethod
+    def _hours(cls, v: dict[str, str]) -> dict[str, str]:
+        for day, spans in v.items():
+            if day not in WEEKDAYS:
+                raise ValueError(f"{day!r} is not a day: use {', '.join(WEEKDAYS)}")
+            try:
+                parse_hours(spans)
+            except ValueError as exc:
+                raise ValueError(f"{day} = {spans!r}: {exc}") from None
+        if v and not any(parse_hours(s) for s in v.values()):
+            raise ValueError("every day is closed; leave hours out for around the clock")
+        return v
+
+    @field_validator("holidays")
+    @classmethod
+    def _country(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        import holidays
+
+        v = v.strip().upper()
+        if v not in holidays.list_supported_countries():
+            raise ValueError("not a country the holidays package knows, e.g. CN, US, DE")
+        return v
+
+
+class RuleConfig(Section):
+    # Conditions: all given ones must hold. Lists match any of their values.
+    channel: list[str] | None = None
+    language: list[str] | None = None
+    tags: list[str] | None = None
+    vip: bool | None = None
+    complaint: bool | None = None
+    severity: Literal["normal", "high"] | None = None
+    # Outcome.
+    team: str | None = None
+    priority: Priority | None = None
+
+    @field_validator("channel", "language", "tags", mode="before")
+    @classmethod
+    def _listify(cls, v: object) -> object:
+        return [v] if isinstance(v, str) else v
+
+
+class RoutingConfig(Section):
+    # Empty: one team, "support", of every active staff member, open around the clock.
+    teams: list[TeamConfig] = Field(default_factory=list)
+    # First match wins; no match: the default team and priority (complaint high, severe urgent).
+    rules: list[RuleConfig] = Field(default_factory=list)
+    default_team: str | None = None
+    # round_robin: the on-duty member assigned least recently; least_open: fewest open conversations.
+    assignment: Literal["round_robin", "least_open", "none"] = "round_robin"
+    # Acknowledge new complaints, and messages outside business hours, at most this often per
+    # conversation and per address.
+    acknowledge_complaints: bool = True
+    acknowledge_outside_hours: bool = True
+    acknowledge_every: Duration = timedelta(hours=1)
+    # Signs acknowledgements and surveys ({{ business }} in templates).
+    business_name: str = Field("kefu", min_length=1, max_length=100)
+
+
+def _targets(first: str, second: str, third: str, fourth: str) -> dict[str, timedelta]:
+    return dict(zip(("urgent", "high", "normal", "low"), map(parse_duration, (first, second, third, fourth)), strict=True))
+
+
+class SlaConfig(Section):
+    # Per priority (urgent, high, normal, low); a priority left out has no target.
+    first_response: dict[Priority, Duration] = Field(default_factory=lambda: _targets("1h", "4h", "24h", "72h"))
+    resolution: dict[Priority, Duration] = Field(default_factory=lambda: _targets("8h", "24h", "72h", "7d"))
+    check_every: Duration = timedelta(minutes=1)
+
+
+class LifecycleConfig(Section):
+    # Resolved conversations with no activity for this long are closed (a new message then starts
+    # a new conversation).
+    auto_close_after: Duration = timedelta(days=7)
+
+
+class SurveyConfig(Section):
+    enabled: bool = True
+    ask_after: Duration = timedelta(0)
+    # Answers later than this after the survey went out are not recorded.
+    expires_after: Duration = timedelta(days=7)
+
+
 class Config(Section):
     storage: StorageConfig = StorageConfig()
     http: HttpConfig = HttpConfig()
@@ -280,9 +420,13 @@ class Config(Section):
     webhook: WebhookConfig = WebhookConfig()
     outbox: OutboxConfig = OutboxConfig()
     logging: LoggingConfig = LoggingConfig()
+    complaints: ComplaintsConfig = ComplaintsConfig()
     campaigns: CampaignsConfig = CampaignsConfig()
     customers: CustomersConfig = CustomersConfig()
-    complaints: ComplaintsConfig = ComplaintsConfig()
+    routing: RoutingConfig = RoutingConfig()
+    sla: SlaConfig = SlaConfig()
+    lifecycle: LifecycleConfig = LifecycleConfig()
+    survey: SurveyConfig = SurveyConfig()
 
 
 def _describe(error: Mapping[str, Any]) -> str:

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy import func, insert, select, tuple_
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -20,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import make_transient_to_detached
 
 from bot.messages import Inbound, Receipt
-from handlers import complaints, routing
+from handlers import complaints, routing, survey
 from handlers.complaints import Verdict
 from storage.db import Database
 from storage.models import REOPENABLE, Base, Conversation, Customer, Identity, Interaction, OutboxRow, utcnow
@@ -112,16 +113,16 @@ class Pipeline:
             receipts = await self.receive_many([p.inbound for p in batch])
         except Exception as exc:  # noqa: BLE001 - isolate the bad message below
             if len(batch) > 1:
-                log.info("pipeline.batch.retry_singly size=%d error=%s", len(batch), exc)
+                log.info("pipeline.batch.retry_singly size=%d error=%s", len(batch), _brief(exc))
                 for pending in batch:
                     await self._commit_batch([pending])
                 return
             pending = batch[0]
             log.error(
-                "pipeline.receive.failure channel=%s external_id=%s error=%r",
+                "pipeline.receive.failure channel=%s external_id=%s error=%s",
                 pending.inbound.channel,
                 pending.inbound.external_id,
-                exc,
+                _brief(exc),
             )
             if not pending.future.done():
                 pending.future.set_exception(exc)
@@ -143,6 +144,13 @@ class Pipeline:
         if self.on_commit is not None:
             self.on_commit()
         return receipts
+
+
+def _brief(exc: BaseException) -> str:
+    """The error's kind and first line: database errors carry the statement and its parameters
+    (customers' messages) after that, which do not belong in logs."""
+    first = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}"
 
 
 async def _receive(
@@ -242,7 +250,7 @@ async def _log_fresh(
     threads: list[Conversation | None] = []
     created: set[int] = set()
     new_conversations: list[Conversation] = []
-    for inbound in inbounds:
+    for n, inbound in enumerate(inbounds):
         customer = customers[identities[(inbound.channel, inbound.address)].customer_id]
         if customer.display_name is None and inbound.display_name:
             customer.display_name = inbound.display_name
@@ -257,9 +265,17 @@ async def _log_fresh(
             latest[customer.id] = conversation
             created.add(id(conversation))
         elif conversation is not None and inbound.kind in SPOKEN and conversation.status == "resolved":
-            conversation.status = "open"
-            conversation.resolved_at = None
-            session.add(_event(conversation, inbound, "reopened", "reopened by a new customer message"))
+            answer = await survey.as_answer(session, conversation, inbound)
+            if answer is not None:
+                # "5" after a survey is its answer, an event: it does not reopen the conversation.
+                inbound = inbounds[n] = answer
+            else:
+                conversation.status = "open"
+                conversation.resolved_at = None
+                session.add(_event(conversation, inbound, "reopened", "reopened by a new customer message"))
+        elif conversation is not None and inbound.kind in SPOKEN and conversation.status == "pending":
+            conversation.status = "open"  # pending waits on the customer; they answered
+            session.add(_event(conversation, inbound, "status", "open again: the customer answered"))
         threads.append(conversation)
     await _insert(session, Conversation, new_conversations)
 
@@ -338,6 +354,10 @@ async def _insert(session: AsyncSession, model: type[Base], rows: Sequence[Base]
             if getattr(row, column.key) is None and column.default is not None:
                 default = column.default
                 setattr(row, column.key, default.arg(None) if default.is_callable else default.arg)  # type: ignore[attr-defined]
+            elif column.key not in row.__dict__:
+                # Loaded as None: a column never set would come back expired, and reading it later
+                # would be IO outside the async bridge (MissingGreenlet).
+                setattr(row, column.key, None)
         values.append({c.key: getattr(row, c.key) for c in columns})
     for row, new_id in zip(rows, await _insert_rows(session, model, values), strict=True):
         row.id = new_id  # type: ignore[attr-defined]
@@ -428,6 +448,22 @@ def _touch(
         conversation.is_complaint = True
     if PRIORITY_ORDER.get(decision.priority, 1) > PRIORITY_ORDER.get(conversation.priority, 1):
         conversation.priority = decision.priority
-    if decision.assignee_id is not None and conversation.assignee is None:
+    if decision.team is not None and (conversation.team is None or decision.reassign):
+        conversation.team = decision.team
+    if decision.assignee_id is not None and (conversation.assignee is None or decision.reassign):
         conversation.assignee = decision.assignee_id
+    # Due times only ever tighten: a complaint after a question brings the answer forward.
+    conversation.first_response_due_at = _earliest(
+        conversation.first_response_due_at, decision.first_response_due
+    )
+    conversation.resolution_due_at = _earliest(conversation.resolution_due_at, decision.resolution_due)
+    conversation.sla_due_at = (
+        conversation.first_response_due_at
+        if conversation.first_response_at is None
+        else conversation.resolution_due_at
+    )
+
+
+def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else min(a, b)
 

@@ -8,12 +8,13 @@ runs a catch-up plan before anything is sent, then the planner wakes every plan_
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
 from handlers import greetings
 from handlers.consent import ConsentObserver
@@ -36,6 +37,8 @@ class CampaignScheduler:
         self.planner = planner
         self.clock = clock  # tests inject a fixed or stepped clock; no test waits for real time
         self._scheduler: AsyncIOScheduler | None = None
+        # Other periodic jobs (SLA checks, auto-close): (id, job, every seconds), added before start().
+        self.jobs: list[tuple[str, Callable[[], Awaitable[object]], float]] = []
 
     async def run_once(self, *, catch_up: bool = False) -> Outcome:
         """Expire what can no longer go out on its day, then plan what is due. Never raises: a
@@ -70,6 +73,11 @@ class CampaignScheduler:
             max_instances=1,
             misfire_grace_time=minutes * 60,
         )
+        for job_id, job, seconds in self.jobs:
+            scheduler.add_job(
+                job, IntervalTrigger(seconds=seconds, timezone=timezone.utc), id=job_id, name=job_id,
+                replace_existing=True, coalesce=True, max_instances=1, misfire_grace_time=int(seconds) + 60,
+            )
         scheduler.start()
         self._scheduler = scheduler
 

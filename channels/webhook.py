@@ -78,10 +78,14 @@ class _Attachment(_Strict):
 class _Payload(_Strict):
     id: str | int
     user: _User
-    text: str  # bounded by the 64 KiB body limit
+    text: str = ""  # bounded by the 64 KiB body limit
     attachments: list[_Attachment] = Field(default_factory=list, max_length=20)
     timestamp: float | datetime | None = None
-    type: Literal["message", "complaint"] = "message"
+    type: Literal["message", "complaint", "survey"] = "message"
+    # type "survey": the answer to the survey kefu POSTed ({"survey": {"id", "choices"}}).
+    survey_id: int | None = None
+    score: int | None = Field(None, ge=1, le=5)
+    comment: str | None = Field(None, max_length=2000)
 
     @field_validator("id")
     @classmethod
@@ -117,7 +121,13 @@ def parse(source: str, body: bytes, now: float) -> Inbound:
         raise ValueError("; ".join(problems)) from None
     user = payload.user
     assert isinstance(user.id, str) and isinstance(payload.id, str)
-    if not payload.text and not payload.attachments:
+    meta: dict[str, Any] = {"source": source, **({"email": user.email} if user.email else {})}
+    if payload.type == "survey":
+        if payload.score is None:
+            raise ValueError("score: a survey answer needs a score from 1 to 5")
+        # An event, not the customer speaking: it never reopens the conversation it rates.
+        meta["survey"] = {"id": payload.survey_id, "score": payload.score, "comment": payload.comment or payload.text or None}
+    elif not payload.text and not payload.attachments:
         raise ValueError("text: must not be empty unless attachments are given")
     return Inbound(
         channel=CHANNEL,
@@ -132,7 +142,7 @@ def parse(source: str, body: bytes, now: float) -> Inbound:
             Attachment(kind="file", url=a.url, name=a.name, mime_type=a.mime_type)
             for a in payload.attachments
         ),
-        meta={"source": source, **({"email": user.email} if user.email else {})},
+        meta=meta,
     )
 
 

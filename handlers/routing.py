@@ -1,14 +1,39 @@
-"""Routing: priority, assignee, staff notification. Teams and rules in config are issue #5."""
+"""Routing: which team, which priority, who answers, by when — from [routing] and [sla] in config.
+
+Rules are tried in order; the first whose conditions all hold names the team and the priority. No
+rule: the default team, and a priority from the message (a complaint is high, a severe one urgent,
+a VIP's message high). VIP and high severity come first whatever a rule says: a severe complaint is
+never below urgent and a VIP never below high.
+
+The assignee is chosen among the team's active, on-duty staff: round-robin (the member after the one
+assigned last, kept in routing_cursors) or least open conversations. A team with nobody on duty
+leaves the conversation unassigned; its leads see it in the staff group.
+
+Due times start when the team next opens: a complaint on Friday night has its first-response clock
+start on Monday morning (or on the next working day after a holiday).
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.config import PRIORITIES, Config, ConfigError, RuleConfig, TeamConfig
 from bot.messages import Inbound
+from handlers.business_hours import BusinessHours
 from handlers.complaints import Verdict
-from storage.models import Conversation, Customer
+from handlers.templating import language_of
+from storage.models import OPEN_STATUSES, Conversation, Customer, RoutingCursor, Staff, utcnow
+
+log = logging.getLogger("kefu.routing")
+
+DEFAULT_TEAM = "support"
+RANK = {p: n for n, p in enumerate(PRIORITIES)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +41,198 @@ class Decision:
     priority: str = "normal"  # low | normal | high | urgent
     assignee_id: int | None = None
     notify_staff: bool = False
+    team: str | None = None
+    # The conversation becomes a complaint with this message (it was not one before).
+    new_complaint: bool = False
+    # Move the conversation to `team` and `assignee_id` even though it has them already: it became
+    # a complaint and complaints belong to another team.
+    reassign: bool = False
+    outside_hours: bool = False
+    # When the team next opens (now, inside hours): what an acknowledgement promises at the latest.
+    expected_response_by: datetime | None = None
+    first_response_due: datetime | None = None
+    resolution_due: datetime | None = None
+    rule: int | None = None  # index of the rule that matched, for the log
+
+
+def higher(a: str, b: str) -> str:
+    return a if RANK.get(a, 1) >= RANK.get(b, 1) else b
+
+
+def matches(rule: RuleConfig, verdict: Verdict, customer: Customer, inbound: Inbound) -> bool:
+    if rule.channel is not None and inbound.channel not in rule.channel:
+        return False
+    if rule.language is not None:
+        language = language_of(customer.language or inbound.language, "")
+        if language not in {language_of(x, "") for x in rule.language}:
+            return False
+    if rule.tags is not None and not set(rule.tags) & set(customer.tags or []):
+        return False
+    if rule.vip is not None and bool(customer.vip) != rule.vip:
+        return False
+    if rule.complaint is not None and verdict.is_complaint != rule.complaint:
+        return False
+    if rule.severity is not None and (not verdict.is_complaint or verdict.severity != rule.severity):
+        return False
+    return True
+
+
+def default_priority(verdict: Verdict, customer: Customer) -> str:
+    if verdict.is_complaint:
+        return "urgent" if verdict.severity == "high" else "high"
+    return "high" if customer.vip else "normal"
+
+
+def floor(verdict: Verdict, customer: Customer) -> str:
+    if verdict.is_complaint and verdict.severity == "high":
+        return "urgent"
+    return "high" if customer.vip else "low"
+
+
+class Router:
+    """The pipeline's route(session, verdict, customer, conversation, inbound) -> Decision."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        cfg = config.routing
+        teams = list(cfg.teams) or [TeamConfig(name=DEFAULT_TEAM, timezone="UTC")]
+        self.teams: dict[str, TeamConfig] = {}
+        for n, team in enumerate(teams):
+            if team.name in self.teams:
+                raise ConfigError(f"[routing.teams.{n}] name has value {team.name!r}: a team of that name exists")
+            self.teams[team.name] = team
+        self.default_team = cfg.default_team or teams[0].name
+        if self.default_team not in self.teams:
+            raise ConfigError(
+                f"[routing] default_team has value {self.default_team!r}: no team of that name "
+                f"(teams: {', '.join(self.teams)})"
+            )
+        for n, rule in enumerate(cfg.rules):
+            if rule.team is not None and rule.team not in self.teams:
+                raise ConfigError(
+                    f"[routing.rules.{n}] team has value {rule.team!r}: no team of that name "
+                    f"(teams: {', '.join(self.teams)})"
+                )
+        self.hours = {name: BusinessHours.of(team) for name, team in self.teams.items()}
+
+    def team(self, name: str | None) -> TeamConfig:
+        return self.teams.get(name or self.default_team) or self.teams[self.default_team]
+
+    def pick_rule(
+        self, verdict: Verdict, customer: Customer, inbound: Inbound
+    ) -> tuple[int | None, RuleConfig | None]:
+        for n, rule in enumerate(self.config.routing.rules):
+            if matches(rule, verdict, customer, inbound):
+                return n, rule
+        return None, None
+
+    async def __call__(
+        self,
+        session: AsyncSession,
+        verdict: Verdict,
+        customer: Customer,
+        conversation: Conversation | None,
+        inbound: Inbound,
+    ) -> Decision:
+        n, rule = self.pick_rule(verdict, customer, inbound)
+        priority = (rule.priority if rule and rule.priority else None) or default_priority(verdict, customer)
+        priority = higher(priority, floor(verdict, customer))
+        wanted = (rule.team if rule else None) or self.default_team
+        new_complaint = verdict.is_complaint and not (conversation is not None and conversation.is_complaint)
+        team_name = wanted
+        reassign = False
+        if conversation is not None and conversation.team is not None:
+            # A conversation stays with its team, unless it turns into a complaint for another one.
+            reassign = new_complaint and conversation.team != wanted and wanted in self.teams
+            team_name = wanted if reassign else conversation.team
+        team = self.team(team_name)
+        now = inbound.received_at
+        hours = self.hours[team.name]
+        opens = hours.next_open(now)
+        start = opens or now
+        sla = self.config.sla
+        first_target = sla.first_response.get(priority)  # type: ignore[call-overload]
+        resolution_target = sla.resolution.get(priority)  # type: ignore[call-overload]
+        first_due = start + first_target if first_target is not None else None
+        assignee: int | None = None
+        if conversation is not None and (conversation.assignee is None or reassign):
+            assignee = await self.assign(session, team)
+        decision = Decision(
+            priority=priority,
+            assignee_id=assignee,
+            notify_staff=verdict.is_complaint,
+            team=team.name,
+            new_complaint=new_complaint,
+            reassign=reassign,
+            outside_hours=opens != now,
+            expected_response_by=first_due or start,
+            first_response_due=first_due,
+            resolution_due=start + resolution_target if resolution_target is not None else None,
+            rule=n,
+        )
+        if verdict.is_complaint or reassign:
+            log.info(
+                "routing.decision conversation=%s team=%s priority=%s assignee=%s rule=%s outside_hours=%s",
+                conversation.id if conversation else None, team.name, priority, assignee, n,
+                decision.outside_hours,
+            )
+        return decision
+
+    async def members(self, session: AsyncSession, team: TeamConfig, *, on_duty: bool) -> list[Staff]:
+        query = select(Staff).where(Staff.active.is_(True)).order_by(Staff.id)
+        if on_duty:
+            query = query.where(Staff.on_duty.is_(True))
+        if team.members:
+            query = query.where(Staff.name.in_(team.members))
+        return list(await session.scalars(query))
+
+    async def leads(self, session: AsyncSession, team: TeamConfig) -> list[Staff]:
+        query = select(Staff).where(Staff.active.is_(True)).order_by(Staff.id)
+        if team.leads:
+            query = query.where(Staff.name.in_(team.leads))
+        else:
+            query = query.where(Staff.role.in_(("lead", "admin")))
+            if team.members:
+                query = query.where(Staff.name.in_(team.members))
+        return list(await session.scalars(query))
+
+    async def assign(self, session: AsyncSession, team: TeamConfig) -> int | None:
+        method = self.config.routing.assignment
+        if method == "none":
+            return None
+        candidates = await self.members(session, team, on_duty=True)
+        if not candidates:
+            log.info("routing.unassigned team=%s reason=nobody on duty", team.name)
+            return None
+        if method == "least_open":
+            return await least_open(session, candidates)
+        return await round_robin(session, team.name, candidates)
+
+
+async def round_robin(session: AsyncSession, team: str, candidates: Sequence[Staff]) -> int:
+    cursor = await session.scalar(select(RoutingCursor).where(RoutingCursor.team == team))
+    if cursor is None:
+        cursor = RoutingCursor(team=team, last_staff_id=None)
+        session.add(cursor)
+    last = cursor.last_staff_id or 0
+    chosen = next((s for s in candidates if s.id > last), candidates[0])
+    cursor.last_staff_id = chosen.id
+    cursor.updated_at = utcnow()
+    return chosen.id
+
+
+async def least_open(session: AsyncSession, candidates: Sequence[Staff]) -> int:
+    ids = [s.id for s in candidates]
+    rows = await session.execute(
+        select(Conversation.assignee, func.count())
+        .where(Conversation.assignee.in_(ids), Conversation.status.in_(OPEN_STATUSES))
+        .group_by(Conversation.assignee)
+    )
+    counts: dict[int, int] = {staff_id: n for staff_id, n in rows}
+    return min(ids, key=lambda i: (counts.get(i, 0), i))
+
+
+_default: Router | None = None
 
 
 async def route(
@@ -25,6 +242,8 @@ async def route(
     conversation: Conversation | None,
     inbound: Inbound,
 ) -> Decision:
-    if verdict.is_complaint:
-        return Decision(priority="urgent" if verdict.severity == "high" else "high")
-    return Decision(priority="high" if customer.vip else "normal")
+    """The router of the default config (one team of all staff, around the clock)."""
+    global _default
+    if _default is None:
+        _default = Router(Config())
+    return await _default(session, verdict, customer, conversation, inbound)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from storage import surveys
 from storage.models import (
     CampaignDelivery,
     Conversation,
@@ -191,6 +192,7 @@ async def forget(session: AsyncSession, customer_id: int) -> dict[str, int]:
         .where(Conversation.customer_id == customer_id)
         .values(reply_address=None, staff_thread=None)
     )
+    await surveys.erase_for_customer(session, customer_id)
     customer.display_name = None
     customer.birthday = None
     customer.birthday_md = None

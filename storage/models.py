@@ -127,6 +127,15 @@ class Conversation(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     first_response_at: Mapped[datetime | None]
     resolved_at: Mapped[datetime | None]
+    # --- complaints: routing, SLA, lifecycle (issue #5) ---
+    team: Mapped[str | None] = mapped_column(String(64))
+    # The highest complaint severity seen in the conversation: normal | high.
+    severity: Mapped[str | None] = mapped_column(String(8))
+    first_response_due_at: Mapped[datetime | None]
+    resolution_due_at: Mapped[datetime | None]
+    # How many times it was resolved: numbers the survey of each resolution.
+    resolutions: Mapped[int] = mapped_column(Integer, default=0)
+    closed_at: Mapped[datetime | None]
 
 
 class Interaction(Base):
@@ -195,7 +204,6 @@ class CampaignDelivery(Base):
     expires_at: Mapped[datetime | None] = mapped_column(index=True)
 
 
-
 class AuditEntry(Base):
     __tablename__ = "audit_log"
 
@@ -251,3 +259,71 @@ class ProcessedMessage(Base):
     # The conversation it acted on: a reply to this message belongs to the same conversation.
     conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversations.id"))
     at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- complaints: routing, SLA, survey (issue #5) ---------------------------------------------------
+
+
+class RoutingCursor(Base):
+    """Round-robin state: the staff member of a team assigned last."""
+
+    __tablename__ = "routing_cursors"
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    team: Mapped[str] = mapped_column(String(64), unique=True)
+    last_staff_id: Mapped[int | None] = mapped_column(ForeignKey("staff.id"))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ComplaintReason(Base):
+    """The cues a conversation's complaints fired, one row each: reports count them in SQL."""
+
+    __tablename__ = "complaint_reasons"
+    __table_args__ = (UniqueConstraint("conversation_id", "reason", name="uq_complaint_reason"),)
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"), index=True)
+    reason: Mapped[str] = mapped_column(String(120), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SlaBreach(Base):
+    """One per conversation, target and resolution cycle: the escalation is posted once."""
+
+    __tablename__ = "sla_breaches"
+    __table_args__ = (
+        UniqueConstraint("conversation_id", "target", "cycle", name="uq_sla_breach"),
+    )
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"), index=True)
+    target: Mapped[str] = mapped_column(String(16))  # first_response | resolution
+    cycle: Mapped[int] = mapped_column(Integer, default=0)
+    priority: Mapped[str] = mapped_column(String(16))
+    team: Mapped[str | None] = mapped_column(String(64))
+    assignee: Mapped[int | None] = mapped_column(ForeignKey("staff.id"))
+    due_at: Mapped[datetime]
+    breached_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Survey(Base):
+    """满意度调查: one per resolution of a conversation, asked on resolve, answered 1-5."""
+
+    __tablename__ = "surveys"
+    __table_args__ = (
+        UniqueConstraint("conversation_id", "resolution", name="uq_survey_resolution"),
+    )
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"), index=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    resolution: Mapped[int] = mapped_column(Integer)
+    # The agent who held the conversation when it was resolved: CSAT per agent.
+    assignee: Mapped[int | None] = mapped_column(ForeignKey("staff.id"))
+    channel: Mapped[str] = mapped_column(String(32))
+    asked_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    expires_at: Mapped[datetime]
+    answered_at: Mapped[datetime | None]
+    answer_channel: Mapped[str | None] = mapped_column(String(32))
+    score: Mapped[int | None] = mapped_column(Integer)
+    comment: Mapped[str | None] = mapped_column(Text)

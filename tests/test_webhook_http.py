@@ -41,8 +41,10 @@ def payload(n: int | str = 1, user: str = "u-1", **extra: object) -> dict[str, o
 
 
 async def logged(kefu: Kefu) -> int:
+    """Customer messages in the log (a complaint also logs its acknowledgement and staff flag)."""
     async with kefu.db.sessions() as s:
-        return int(await s.scalar(select(func.count()).select_from(Interaction)) or 0)
+        query = select(func.count()).select_from(Interaction).where(Interaction.direction == "in")
+        return int(await s.scalar(query) or 0)
 
 
 @pytest.mark.parametrize("fixture", sorted(p.name for p in FIXTURES.glob("message__*.json")))

@@ -86,6 +86,12 @@ def upgrade() -> None:
     sa.Column('updated_at', sa.DateTime(), nullable=False),
     sa.Column('first_response_at', sa.DateTime(), nullable=True),
     sa.Column('resolved_at', sa.DateTime(), nullable=True),
+    sa.Column('team', sa.String(length=64), nullable=True),
+    sa.Column('severity', sa.String(length=8), nullable=True),
+    sa.Column('first_response_due_at', sa.DateTime(), nullable=True),
+    sa.Column('resolution_due_at', sa.DateTime(), nullable=True),
+    sa.Column('resolutions', sa.Integer(), nullable=False),
+    sa.Column('closed_at', sa.DateTime(), nullable=True),
     sa.ForeignKeyConstraint(['assignee'], ['staff.id'], ),
     sa.ForeignKeyConstraint(['customer_id'], ['customers.id'], ),
     sa.PrimaryKeyConstraint('id')
@@ -109,6 +115,15 @@ def upgrade() -> None:
     with op.batch_alter_table('identities', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_identities_customer_id'), ['customer_id'], unique=False)
 
+    op.create_table('routing_cursors',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('team', sa.String(length=64), nullable=False),
+    sa.Column('last_staff_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('updated_at', sa.DateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['last_staff_id'], ['staff.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('team')
+    )
     op.create_table('telegram_links',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('token', sa.String(length=64), nullable=False),
@@ -123,6 +138,19 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('telegram_links', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_telegram_links_customer_id'), ['customer_id'], unique=False)
+
+    op.create_table('complaint_reasons',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('conversation_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('reason', sa.String(length=120), nullable=False),
+    sa.Column('at', sa.DateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['conversation_id'], ['conversations.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('conversation_id', 'reason', name='uq_complaint_reason')
+    )
+    with op.batch_alter_table('complaint_reasons', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_complaint_reasons_conversation_id'), ['conversation_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_complaint_reasons_reason'), ['reason'], unique=False)
 
     op.create_table('interactions',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -157,6 +185,49 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('channel', 'key', name='uq_processed_message')
     )
+    op.create_table('sla_breaches',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('conversation_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('target', sa.String(length=16), nullable=False),
+    sa.Column('cycle', sa.Integer(), nullable=False),
+    sa.Column('priority', sa.String(length=16), nullable=False),
+    sa.Column('team', sa.String(length=64), nullable=True),
+    sa.Column('assignee', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('due_at', sa.DateTime(), nullable=False),
+    sa.Column('breached_at', sa.DateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['assignee'], ['staff.id'], ),
+    sa.ForeignKeyConstraint(['conversation_id'], ['conversations.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('conversation_id', 'target', 'cycle', name='uq_sla_breach')
+    )
+    with op.batch_alter_table('sla_breaches', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_sla_breaches_breached_at'), ['breached_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_sla_breaches_conversation_id'), ['conversation_id'], unique=False)
+
+    op.create_table('surveys',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('conversation_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('customer_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('resolution', sa.Integer(), nullable=False),
+    sa.Column('assignee', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('channel', sa.String(length=32), nullable=False),
+    sa.Column('asked_at', sa.DateTime(), nullable=False),
+    sa.Column('expires_at', sa.DateTime(), nullable=False),
+    sa.Column('answered_at', sa.DateTime(), nullable=True),
+    sa.Column('answer_channel', sa.String(length=32), nullable=True),
+    sa.Column('score', sa.Integer(), nullable=True),
+    sa.Column('comment', sa.Text(), nullable=True),
+    sa.ForeignKeyConstraint(['assignee'], ['staff.id'], ),
+    sa.ForeignKeyConstraint(['conversation_id'], ['conversations.id'], ),
+    sa.ForeignKeyConstraint(['customer_id'], ['customers.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('conversation_id', 'resolution', name='uq_survey_resolution')
+    )
+    with op.batch_alter_table('surveys', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_surveys_asked_at'), ['asked_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_surveys_conversation_id'), ['conversation_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_surveys_customer_id'), ['customer_id'], unique=False)
+
     op.create_table('outbox',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('channel', sa.String(length=32), nullable=False),
@@ -218,6 +289,17 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_outbox_conversation_id'))
 
     op.drop_table('outbox')
+    with op.batch_alter_table('surveys', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_surveys_customer_id'))
+        batch_op.drop_index(batch_op.f('ix_surveys_conversation_id'))
+        batch_op.drop_index(batch_op.f('ix_surveys_asked_at'))
+
+    op.drop_table('surveys')
+    with op.batch_alter_table('sla_breaches', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_sla_breaches_conversation_id'))
+        batch_op.drop_index(batch_op.f('ix_sla_breaches_breached_at'))
+
+    op.drop_table('sla_breaches')
     op.drop_table('processed_messages')
     with op.batch_alter_table('interactions', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_interactions_customer_id'))
@@ -225,10 +307,16 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_interactions_conversation_id'))
 
     op.drop_table('interactions')
+    with op.batch_alter_table('complaint_reasons', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_complaint_reasons_reason'))
+        batch_op.drop_index(batch_op.f('ix_complaint_reasons_conversation_id'))
+
+    op.drop_table('complaint_reasons')
     with op.batch_alter_table('telegram_links', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_telegram_links_customer_id'))
 
     op.drop_table('telegram_links')
+    op.drop_table('routing_cursors')
     with op.batch_alter_table('identities', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_identities_customer_id'))
 

@@ -1,0 +1,70 @@
+"""Wires complaint care into a Kefu: the router, the observers (complaint flags, acknowledgements,
+survey answers) and the periodic jobs (SLA checks, auto-close)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from handlers import lifecycle, sla, survey
+from handlers.acknowledge import Acknowledger
+from handlers.routing import Router
+from handlers.staff_alerts import ComplaintAlerts
+from storage.db import Database
+from storage.models import utcnow
+
+if TYPE_CHECKING:
+    from bot.app import Kefu
+
+log = logging.getLogger("kefu.care")
+
+Clock = Callable[[], datetime]
+AUTO_CLOSE_EVERY_SECONDS = 600.0
+
+
+class Care:
+    def __init__(self, kefu: Kefu, *, clock: Clock = utcnow) -> None:
+        config = kefu.config
+        self.db: Database = kefu.db
+        self.config = config
+        self.clock = clock
+        self.router = Router(config)  # a bad [routing] stops start-up with a ConfigError
+        tg = config.telegram
+        # Staff-group posts need the Telegram channel running to go anywhere; without it the event
+        # in the conversation's log is the notification.
+        self.staff_chat_id = tg.staff_chat_id if tg.enabled and "telegram" in kefu.channels else None
+
+    async def check_sla(self) -> list[sla.Breach]:
+        return await sla.check(self.db, self.clock(), self.router, staff_chat_id=self.staff_chat_id)
+
+    async def auto_close(self) -> int:
+        return await lifecycle.auto_close(self.db, self.clock(), self.config)
+
+    def jobs(self) -> list[tuple[str, Callable[[], Awaitable[object]], float]]:
+        return [
+            ("care.sla", _guarded("sla.check", self.check_sla), self.config.sla.check_every.total_seconds()),
+            ("care.auto_close", _guarded("lifecycle.auto_close", self.auto_close), AUTO_CLOSE_EVERY_SECONDS),
+        ]
+
+
+def _guarded(name: str, job: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[object]]:
+    async def run() -> object:
+        try:
+            return await job()
+        except Exception:  # a failed run is logged; the next one picks the work up again
+            log.exception("%s.failure", name)
+            return None
+
+    return run
+
+
+def build_care(kefu: Kefu) -> Care:
+    """Call after the channels and the scheduler are built and before the pipeline is."""
+    care = Care(kefu)
+    kefu.observers.append(ComplaintAlerts(care.router, care.staff_chat_id))
+    kefu.observers.append(Acknowledger(kefu.config))
+    kefu.observers.append(survey.survey_observer)
+    kefu.scheduler.jobs.extend(care.jobs())
+    return care

@@ -1,0 +1,122 @@
+"""Acknowledgements: a complaint gets its ticket number and the time by which it will be answered;
+a message outside business hours gets the time the team is back. In the customer's language.
+
+Never to channel events (auto-replies, bounces, edits): only a customer speaking is acknowledged.
+Outside-hours acknowledgements go out at most once per [routing] acknowledge_every per conversation
+and per address, so two auto-responders cannot keep each other busy; a complaint is acknowledged
+once, when its conversation becomes one.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot import outbox
+from bot.config import Config
+from bot.messages import Outbound
+from handlers import care
+from handlers.templating import language_of
+from storage.models import Interaction, OutboxRow
+
+if TYPE_CHECKING:
+    from bot.pipeline import Logged
+
+log = logging.getLogger("kefu.acknowledge")
+
+SPOKEN = ("message", "complaint")
+
+
+async def acked_since(session: AsyncSession, conversation_id: int, channel: str, address: str, since: datetime) -> bool:
+    found = await session.scalar(
+        select(OutboxRow.id)
+        .where(
+            OutboxRow.dedupe_key.like("ack:%"),
+            OutboxRow.created_at > since,
+            or_(
+                OutboxRow.conversation_id == conversation_id,
+                (OutboxRow.channel == channel) & (OutboxRow.address == address),
+            ),
+        )
+        .limit(1)
+    )
+    return found is not None
+
+
+class Acknowledger:
+    """Pipeline observer, inside the transaction that logs the message."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    async def __call__(self, session: AsyncSession, note: Logged) -> None:
+        inbound, conversation, decision = note.inbound, note.conversation, note.decision
+        cfg = self.config.routing
+        if inbound.kind not in SPOKEN or conversation is None or note.customer.forgotten_at is not None:
+            return
+        complaint = cfg.acknowledge_complaints and decision.new_complaint
+        outside = cfg.acknowledge_outside_hours and decision.outside_hours
+        if not (complaint or outside):
+            return
+        now = inbound.received_at
+        if not complaint and await acked_since(
+            session, conversation.id, inbound.channel, inbound.address, now - cfg.acknowledge_every
+        ):
+            log.info("ack.skipped conversation=%s reason=recently acknowledged", conversation.id)
+            return
+        customer = note.customer
+        language = language_of(customer.language or inbound.language, self.config.campaigns.default_language)
+        expected_at = (
+            conversation.first_response_due_at if complaint else None
+        ) or decision.expected_response_by or now
+        zone = care.zone_of(customer, self.config)
+        template = "ack_complaint" if complaint else "ack_outside_hours"
+        text = care.texts(self.config).render(
+            template,
+            language,
+            {
+                "ticket": conversation.id,
+                "expected": care.local_time(expected_at, zone),
+                "name": customer.display_name,
+                "business": cfg.business_name,
+            },
+        )
+        reason = "complaint" if complaint else "outside_hours"
+        logged = Interaction(
+            conversation_id=conversation.id,
+            customer_id=customer.id,
+            channel=inbound.channel,
+            direction="out",
+            author_kind="bot",
+            text=text,
+            meta={"kind": "ack", "reason": reason, "expected_response_by": expected_at.isoformat()},
+            created_at=now,
+        )
+        session.add(logged)
+        await session.flush()
+        await outbox.enqueue(
+            session,
+            Outbound(
+                channel=inbound.channel,
+                address=inbound.address,
+                text=text,
+                dedupe_key=f"ack:{conversation.id}:{note.interaction.id}",
+                kind="ack",
+                conversation_id=conversation.id,
+                customer_id=customer.id,
+                meta={
+                    **care.thread_meta(inbound, language),
+                    "webhook": {
+                        "ticket": conversation.id,
+                        "reason": reason,
+                        "expected_response_by": expected_at.isoformat(),
+                    },
+                },
+            ),
+            interaction_id=logged.id,
+        )
+        log.info("ack.queued conversation=%s reason=%s expected=%s", conversation.id, reason, expected_at.isoformat())

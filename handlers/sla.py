@@ -1,0 +1,165 @@
+"""SLA: first-response and resolution targets per priority ([sla]); a breach is escalated once.
+
+check(db, now, ...) is the scheduler's job (tests call it with their own clock). A conversation
+past a due time gets one sla_breaches row per target and resolution cycle (the unique key makes a
+second run, or a second kefu process, a no-op), an event in its log, and a post to the staff group
+naming the team's leads. Pending conversations wait on the customer: their resolution clock does
+not escalate, their first response still does.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import ColumnElement, and_, exists, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from handlers import staff_alerts
+from handlers.routing import Router
+from storage.db import Database
+from storage.models import Conversation, Customer, Interaction, SlaBreach
+
+log = logging.getLogger("kefu.sla")
+
+BATCH = 200
+TARGETS = ("first_response", "resolution")
+
+
+@dataclass(frozen=True, slots=True)
+class Breach:
+    breach_id: int
+    conversation_id: int
+    target: str
+    due_at: datetime
+    priority: str
+    team: str | None
+    assignee: int | None
+
+
+def _overdue(target: str, now: datetime) -> ColumnElement[bool]:
+    already = exists().where(
+        SlaBreach.conversation_id == Conversation.id,
+        SlaBreach.target == target,
+        SlaBreach.cycle == Conversation.resolutions,
+    )
+    if target == "first_response":
+        due = and_(
+            Conversation.status.in_(("open", "pending")),
+            Conversation.first_response_at.is_(None),
+            Conversation.first_response_due_at < now,
+        )
+    else:
+        due = and_(Conversation.status == "open", Conversation.resolution_due_at < now)
+    return and_(due, ~already)
+
+
+async def check(db: Database, now: datetime, router: Router, *, staff_chat_id: int | None = None) -> list[Breach]:
+    """Records and escalates every breach due at `now`; returns the new ones."""
+    found: list[Breach] = []
+    for target in TARGETS:
+        while True:
+            async with db.transaction() as session:
+                batch = list(
+                    await session.scalars(
+                        select(Conversation).where(_overdue(target, now)).order_by(Conversation.id).limit(BATCH)
+                    )
+                )
+                for conversation in batch:
+                    breach = await _breach(session, conversation, target, now, router, staff_chat_id)
+                    if breach is not None:
+                        found.append(breach)
+            if len(batch) < BATCH:
+                break
+    return found
+
+
+async def _breach(
+    session: AsyncSession,
+    conversation: Conversation,
+    target: str,
+    now: datetime,
+    router: Router,
+    staff_chat_id: int | None,
+) -> Breach | None:
+    due_at = conversation.first_response_due_at if target == "first_response" else conversation.resolution_due_at
+    assert due_at is not None
+    insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+    breach_id = (
+        await session.execute(
+            insert(SlaBreach)
+            .values(
+                conversation_id=conversation.id,
+                target=target,
+                cycle=conversation.resolutions or 0,
+                priority=conversation.priority,
+                team=conversation.team,
+                assignee=conversation.assignee,
+                due_at=due_at,
+                breached_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["conversation_id", "target", "cycle"])
+            .returning(SlaBreach.id)
+        )
+    ).scalar_one_or_none()
+    if breach_id is None:
+        return None  # another process escalated it between our query and our insert
+    team = router.team(conversation.team)
+    leads = [m.name for m in await router.leads(session, team)]
+    assignee = await staff_alerts.staff_name(session, conversation.assignee)
+    late = now - due_at
+    label = "first response" if target == "first_response" else "resolution"
+    text = "\n".join(
+        [
+            f"⏰ SLA breach #{conversation.id}: {label} was due {due_at:%Y-%m-%d %H:%M} UTC "
+            f"({_minutes(late)} late) · priority {conversation.priority}"
+            + (" · complaint" if conversation.is_complaint else ""),
+            f"team {team.name} · assignee: {'@' + assignee if assignee else 'nobody'}",
+            "leads: " + (", ".join("@" + n for n in leads) if leads else "none configured — see [routing.teams] leads"),
+        ]
+    )
+    session.add(
+        Interaction(
+            conversation_id=conversation.id,
+            customer_id=conversation.customer_id,
+            channel=conversation.reply_channel or "system",
+            direction="event",
+            author_kind="system",
+            text=text,
+            meta={
+                "kind": "sla_breach",
+                "target": target,
+                "due_at": due_at.isoformat(),
+                "priority": conversation.priority,
+                "team": team.name,
+                "assignee": conversation.assignee,
+                "leads": leads,
+                "breach": breach_id,
+            },
+            created_at=now,
+        )
+    )
+    customer = await session.get(Customer, conversation.customer_id)
+    await staff_alerts.post(
+        session,
+        staff_chat_id,
+        conversation,
+        staff_alerts.name_of(customer) if customer is not None else f"customer {conversation.customer_id}",
+        text,
+        f"sla:{breach_id}",
+    )
+    log.warning(
+        "sla.breach conversation=%s target=%s due=%s priority=%s team=%s assignee=%s leads=%s",
+        conversation.id, target, due_at.isoformat(), conversation.priority, team.name, assignee, ",".join(leads),
+    )
+    return Breach(breach_id, conversation.id, target, due_at, conversation.priority, team.name, conversation.assignee)
+
+
+def _minutes(delta: timedelta) -> str:
+    minutes = int(delta.total_seconds() // 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours < 48 else f"{hours // 24} d {hours % 24} h"

@@ -1,0 +1,146 @@
+"""Complaint flags and SLA escalations for staff: an event in the conversation's log always, and a
+post in the Telegram staff group when there is one ([telegram] staff_chat_id).
+
+The post goes into the conversation's topic, after the mirror of the message that caused it (same
+transaction, later outbox id, and the outbox sends one address's rows in order).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot import outbox
+from bot.messages import Outbound
+from handlers.routing import Router
+from storage.models import ComplaintReason, Conversation, Customer, Interaction, Staff, utcnow
+
+if TYPE_CHECKING:
+    from bot.pipeline import Logged
+
+log = logging.getLogger("kefu.staff_alerts")
+
+CHANNEL = "telegram"
+SEVERITY_MARK = {"high": "🔴 HIGH", "normal": "🟠 normal"}
+SEVERITY_RANK = {None: 0, "none": 0, "normal": 1, "high": 2}
+
+
+async def post(
+    session: AsyncSession,
+    staff_chat_id: int | None,
+    conversation: Conversation,
+    customer_name: str,
+    text: str,
+    dedupe_key: str,
+) -> int | None:
+    """Queues `text` for the staff group, in the conversation's topic; None without a staff group."""
+    if staff_chat_id is None:
+        return None
+    from handlers.staff_group import topic_name
+
+    staff: dict[str, Any] = {
+        "mirror": True,  # creates the conversation's topic if no mirror did yet
+        "topic_name": topic_name(conversation.id, customer_name, conversation.reply_channel or "—"),
+    }
+    if conversation.staff_thread:
+        staff["thread"] = conversation.staff_thread
+    return await outbox.enqueue(
+        session,
+        Outbound(
+            channel=CHANNEL,
+            address=str(staff_chat_id),
+            text=text,
+            dedupe_key=dedupe_key,
+            kind="notice",
+            conversation_id=conversation.id,
+            customer_id=conversation.customer_id,
+            meta={"staff": staff},
+        ),
+    )
+
+
+def name_of(customer: Customer) -> str:
+    return customer.display_name or f"customer {customer.id}"
+
+
+async def staff_name(session: AsyncSession, staff_id: int | None) -> str | None:
+    if staff_id is None:
+        return None
+    member = await session.get(Staff, staff_id)
+    return member.name if member is not None else None
+
+
+async def save_reasons(session: AsyncSession, conversation_id: int, reasons: tuple[str, ...]) -> None:
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    if not reasons:
+        return
+    insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+    await session.execute(
+        insert(ComplaintReason)
+        .values([{"conversation_id": conversation_id, "reason": r[:120], "at": utcnow()} for r in dict.fromkeys(reasons)])
+        .on_conflict_do_nothing(index_elements=["conversation_id", "reason"])
+    )
+
+
+class ComplaintAlerts:
+    """Pipeline observer: a conversation that becomes a complaint, or whose complaint turns severe,
+    is flagged to staff with severity, reasons, team and the assignee."""
+
+    def __init__(self, router: Router, staff_chat_id: int | None) -> None:
+        self.router = router
+        self.staff_chat_id = staff_chat_id
+
+    async def __call__(self, session: AsyncSession, note: Logged) -> None:
+        verdict, conversation = note.verdict, note.conversation
+        if not verdict.is_complaint or conversation is None:
+            return
+        await save_reasons(session, conversation.id, verdict.reasons)
+        before = conversation.severity
+        worse = SEVERITY_RANK.get(verdict.severity, 1) > SEVERITY_RANK.get(before, 0)
+        if worse:
+            conversation.severity = verdict.severity
+        if not (note.decision.new_complaint or worse):
+            return  # the mirror of each further message already carries the complaint mark
+        assignee = await staff_name(session, conversation.assignee)
+        team = conversation.team or note.decision.team
+        reasons = ", ".join(verdict.reasons) or "—"
+        lines = [
+            f"⚠️ Complaint #{conversation.id} · {SEVERITY_MARK.get(verdict.severity, verdict.severity)}"
+            f" · priority {conversation.priority}",
+            f"reasons: {reasons}",
+            f"team {team} · assignee: {'@' + assignee if assignee else 'nobody on duty — leads, please assign'}",
+        ]
+        if note.decision.first_response_due is not None and conversation.first_response_at is None:
+            lines.append(f"first response due {conversation.first_response_due_at:%Y-%m-%d %H:%M} UTC")
+        text = "\n".join(lines)
+        session.add(
+            Interaction(
+                conversation_id=conversation.id,
+                customer_id=conversation.customer_id,
+                channel=note.inbound.channel,
+                direction="event",
+                author_kind="system",
+                text=text,
+                meta={
+                    "kind": "complaint_flagged",
+                    "severity": verdict.severity,
+                    "reasons": list(verdict.reasons),
+                    "team": team,
+                    "assignee": conversation.assignee,
+                    "priority": conversation.priority,
+                    "interaction": note.interaction.id,
+                },
+                created_at=note.inbound.received_at,
+            )
+        )
+        await post(
+            session, self.staff_chat_id, conversation, name_of(note.customer), text,
+            f"complaint:{conversation.id}:{note.interaction.id}",
+        )
+        log.info(
+            "complaint.flagged conversation=%s severity=%s reasons=%s team=%s assignee=%s",
+            conversation.id, verdict.severity, reasons, team, assignee,
+        )

@@ -1,0 +1,230 @@
+"""Satisfaction survey (满意度调查): asked on resolve, answered 1-5 on any channel, once.
+
+The question goes out on the customer's own channel with meta {"survey": {"id", "choices"}}:
+Telegram renders the choices as inline buttons, the webhook channel POSTs it as type "survey", and
+email customers reply with a digit. An answer is an event, not the customer speaking: it never
+reopens the conversation it rates.
+
+Answers arrive three ways: a webhook POST of type "survey" (score and comment in Inbound.meta),
+any text reply that is just a digit 1-5 (maybe followed by a comment) while a survey is open, and
+a Telegram button, whose handler calls record_answer().
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot import outbox
+from bot.config import Config
+from bot.messages import Inbound, Outbound
+from handlers import care
+from handlers.templating import language_of
+from storage import surveys
+from storage.models import Conversation, Customer, Interaction, Survey, utcnow
+
+if TYPE_CHECKING:
+    from bot.pipeline import Logged
+
+log = logging.getLogger("kefu.survey")
+
+CHOICES = (1, 2, 3, 4, 5)
+COMMENT_LIMIT = 2000
+# "5", "5!", "4/5", "4 分", "3 stars", "2 - slow but polite", "５" (NFKC folds full-width digits).
+_ANSWER = re.compile(
+    r"^\s*([1-5])\s*(?:/\s*5|分|星|颗星|stars?|points?)?\s*(?:[\s,.;:!?，。；：！？、~\-—]+(.*))?$",
+    re.S | re.I,
+)
+
+
+class SurveyError(ValueError):
+    """An answer that cannot be recorded; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    survey_id: int
+    conversation_id: int
+    score: int
+    comment: str | None
+
+
+def parse_answer(text: str) -> tuple[int, str | None] | None:
+    found = _ANSWER.match(unicodedata.normalize("NFKC", text))
+    if found is None:
+        return None
+    comment = (found.group(2) or "").strip() or None
+    return int(found.group(1)), comment[:COMMENT_LIMIT] if comment else None
+
+
+async def as_answer(session: AsyncSession, conversation: Conversation, inbound: Inbound) -> Inbound | None:
+    """The pipeline asks before reopening a resolved conversation: is this message a survey answer?
+    Then it is logged as an event of kind "survey" and left to record() below."""
+    parsed = parse_answer(inbound.text)
+    if parsed is None:
+        return None
+    open_survey = await surveys.open_for(session, conversation.id, inbound.received_at)
+    if open_survey is None:
+        return None
+    score, comment = parsed
+    return dataclasses.replace(
+        inbound,
+        kind="survey",
+        meta={**inbound.meta, "survey": {"id": open_survey.id, "score": score, "comment": comment}},
+    )
+
+
+async def ask(
+    session: AsyncSession, conversation: Conversation, config: Config, *, now: datetime | None = None
+) -> Survey | None:
+    """Queues the survey of the conversation's latest resolution; None when none is due (surveys
+    off, a forgotten customer, no channel to ask on, or this resolution was surveyed already)."""
+    cfg = config.survey
+    if not cfg.enabled or not conversation.reply_channel or not conversation.reply_address:
+        return None
+    customer = await session.get(Customer, conversation.customer_id)
+    if customer is None or customer.forgotten_at is not None:
+        return None
+    now = now or utcnow()
+    asked_at = now + cfg.ask_after
+    survey = await surveys.create(
+        session,
+        conversation_id=conversation.id,
+        customer_id=customer.id,
+        resolution=conversation.resolutions,
+        assignee=conversation.assignee,
+        channel=conversation.reply_channel,
+        asked_at=asked_at,
+        expires_at=asked_at + cfg.expires_after,
+    )
+    if survey is None:
+        return None
+    language = language_of(customer.language, config.campaigns.default_language)
+    text = care.texts(config).render(
+        "survey_ask",
+        language,
+        {"ticket": conversation.id, "business": config.routing.business_name, "choices": CHOICES},
+    )
+    question = {"id": survey.id, "choices": list(CHOICES)}
+    logged = Interaction(
+        conversation_id=conversation.id,
+        customer_id=customer.id,
+        channel=conversation.reply_channel,
+        direction="out",
+        author_kind="bot",
+        text=text,
+        meta={"kind": "survey", "survey": question},
+        created_at=now,
+    )
+    session.add(logged)
+    await session.flush()
+    await outbox.enqueue(
+        session,
+        Outbound(
+            channel=conversation.reply_channel,
+            address=conversation.reply_address,
+            text=text,
+            dedupe_key=f"survey:{survey.id}",
+            kind="survey",
+            conversation_id=conversation.id,
+            customer_id=customer.id,
+            meta={"language": language, "survey": question, "webhook": {"survey": question}},
+        ),
+        interaction_id=logged.id,
+        not_before=asked_at,
+    )
+    log.info("survey.asked survey=%s conversation=%s at=%s", survey.id, conversation.id, asked_at.isoformat())
+    return survey
+
+
+async def record_answer(
+    session: AsyncSession,
+    *,
+    score: int,
+    comment: str | None = None,
+    channel: str,
+    survey_id: int | None = None,
+    conversation_id: int | None = None,
+    customer_id: int | None = None,
+    now: datetime | None = None,
+    log_event: bool = True,
+) -> Answered:
+    """Stores a 1-5 answer to a survey (by its id, or the open one of a conversation). Raises
+    SurveyError when there is no open survey, it was answered already, or it expired. With
+    `customer_id`, the survey must be that customer's (a Telegram button pressed by someone else).
+    `log_event` adds an event line to the conversation's log (the pipeline logs its own)."""
+    if isinstance(score, bool) or score not in CHOICES:
+        raise SurveyError(f"score has value {score!r}: use a whole number from 1 to 5")
+    now = now or utcnow()
+    survey: Survey | None
+    if survey_id is not None:
+        survey = await session.get(Survey, survey_id)
+        if survey is None:
+            raise SurveyError(f"no survey {survey_id}")
+    elif conversation_id is not None:
+        survey = await surveys.open_for(session, conversation_id, now)
+        if survey is None:
+            raise SurveyError(f"conversation {conversation_id} has no open survey")
+    else:
+        raise SurveyError("give survey_id or conversation_id")
+    if customer_id is not None and survey.customer_id != customer_id:
+        raise SurveyError(f"survey {survey.id} belongs to another customer")
+    if survey.answered_at is not None:
+        raise SurveyError(f"survey {survey.id} was answered already")
+    if not survey.asked_at <= now < survey.expires_at:
+        raise SurveyError(f"survey {survey.id} is closed (open {survey.asked_at:%Y-%m-%d %H:%M} "
+                          f"to {survey.expires_at:%Y-%m-%d %H:%M} UTC)")
+    comment = (comment or "").strip()[:COMMENT_LIMIT] or None
+    survey.score = score
+    survey.comment = comment
+    survey.answered_at = now
+    survey.answer_channel = channel
+    if log_event:
+        session.add(
+            Interaction(
+                conversation_id=survey.conversation_id,
+                customer_id=survey.customer_id,
+                channel=channel,
+                direction="event",
+                author_kind="customer",
+                text=f"survey answered: {score}" + (f" — {comment}" if comment else ""),
+                meta={"kind": "survey_answer", "survey": survey.id, "score": score},
+                created_at=now,
+            )
+        )
+    log.info("survey.answered survey=%s conversation=%s score=%d channel=%s",
+             survey.id, survey.conversation_id, score, channel)
+    return Answered(survey.id, survey.conversation_id, score, comment)
+
+
+async def survey_observer(session: AsyncSession, note: Logged) -> None:
+    """Pipeline observer: records a logged survey answer (kind "survey") in the same transaction.
+    An answer that cannot count (expired, twice, another customer's) stays in the log only."""
+    inbound = note.inbound
+    if inbound.kind != "survey":
+        return
+    given = inbound.meta.get("survey") or {}
+    score = given.get("score")
+    survey_id = given.get("id")
+    conversation_id = note.conversation.id if note.conversation is not None else None
+    try:
+        await record_answer(
+            session,
+            score=score,
+            comment=given.get("comment"),
+            channel=inbound.channel,
+            survey_id=int(survey_id) if survey_id is not None else None,
+            conversation_id=None if survey_id is not None else conversation_id,
+            customer_id=note.customer.id,
+            now=inbound.received_at,
+            log_event=False,
+        )
+    except (SurveyError, ValueError, TypeError) as exc:
+        log.info("survey.answer.ignored interaction=%s reason=%s", note.interaction.id, exc)
