@@ -24,7 +24,11 @@ from rich.table import Table
 
 from bot.config import Config, ConfigError, load_config
 from handlers import customer_import as rows
+from handlers import greetings
+from handlers.greetings import CAMPAIGNS, Campaign, Greeting, Outcome, Planner, Reach
+from handlers.templating import Templates
 from storage import audit
+from storage import campaigns as campaign_store
 from storage import customer_import as upserts
 from storage.db import Database
 
@@ -185,3 +189,134 @@ def customers_import(
         target = rejected_path or file.with_name(file.stem + ".rejected.csv")
         write_rejected(target, report.rejected)
         out.print(f"rejected rows and their reasons: {target}")
+
+
+# --- campaigns -------------------------------------------------------------------------------
+
+CampaignArg = Annotated[str, typer.Argument(help="birthday or holiday.")]
+DateOption = Annotated[str, typer.Option("--date", help="The customers' local date, YYYY-MM-DD.")]
+
+
+def _campaign(value: str) -> Campaign:
+    if value not in CAMPAIGNS:
+        fail(f"CAMPAIGN has value {value!r}: use birthday or holiday", 2)
+    return value  # type: ignore[return-value]
+
+
+def _day(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        fail(f"--date has value {value!r}: use YYYY-MM-DD, e.g. 2027-02-06", 2)
+        raise
+
+
+def _planner(cfg: Config) -> Planner:
+    templates = Templates(cfg.campaigns.template_dir, cfg.campaigns.default_language)
+    try:
+        greetings.validate(cfg, templates)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    return Planner(cfg, templates, Reach.of(cfg))
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@campaigns_app.command("preview")
+def campaigns_preview(
+    campaign: CampaignArg,
+    day: DateOption,
+    config: ConfigOption = DEFAULT_CONFIG,
+    fmt: Annotated[str, typer.Option("--format", help="table or jsonl.")] = "table",
+) -> None:
+    """Show who would be greeted on a day, on which channel, when and with what text; sends nothing."""
+    which, when = _campaign(campaign), _day(day)
+    if fmt not in ("table", "jsonl"):
+        fail(f"--format has value {fmt!r}: use table or jsonl", 2)
+    cfg = _config(config)
+    planner = _planner(cfg)
+
+    async def work(db: Database) -> list[Greeting]:
+        return await planner.preview(db, which, when, _now())
+
+    found = _with_db(cfg, work)
+    if fmt == "jsonl":
+        for g in found:
+            sys.stdout.write(json.dumps(g.to_json(), ensure_ascii=False) + "\n")
+        return
+    occ = greetings.occasion(cfg.campaigns, which, when)
+    if occ is None:
+        out.print(f"no selected holiday on {when} in {', '.join(cfg.campaigns.holidays.countries)}")
+        return
+    title = f"{which} {occ.key}" + (f" — {occ.names.get('zh')} / {occ.names.get('en')}" if occ.names else "")
+    table = Table("customer", "name", "channel", "address", "send at (UTC)", "text", title=title)
+    for g in found:
+        table.add_row(
+            str(g.customer_id),
+            g.name or "—",
+            g.channel or "[yellow]skip[/]",
+            g.address or (g.skip or ""),
+            g.send_at.strftime("%Y-%m-%d %H:%M") if g.send_at else "—",
+            g.text or "",
+        )
+    out.print(table)
+    sent = sum(1 for g in found if not g.skip)
+    out.print(f"{sent} greetings, {len(found) - sent} skipped (nothing was sent)")
+
+
+@campaigns_app.command("run")
+def campaigns_run(
+    campaign: CampaignArg,
+    day: DateOption,
+    config: ConfigOption = DEFAULT_CONFIG,
+) -> None:
+    """Plan and queue a day's greetings; kefu sends each at its local send time. Idempotent."""
+    which, when = _campaign(campaign), _day(day)
+    cfg = _config(config)
+    planner = _planner(cfg)
+
+    async def work(db: Database) -> Outcome:
+        with _progress() as progress:
+            task = progress.add_task(f"{which} {when}", total=None)
+            return await planner.plan(
+                db, which, when, _now(), lead=None,
+                on_progress=lambda n: progress.update(task, completed=n),
+            )
+
+    outcome = _with_db(cfg, work)
+    out.print(
+        f"queued {outcome.planned}, skipped {outcome.skipped}, already planned {outcome.already}, "
+        f"too late (their day is over) {outcome.late}"
+    )
+    if outcome.planned:
+        out.print("`kefu run` sends each greeting at its send time in the customer's time zone")
+
+
+@campaigns_app.command("report")
+def campaigns_report(
+    config: ConfigOption = DEFAULT_CONFIG,
+    since: Annotated[str | None, typer.Option(help="Only greetings planned at or after this ISO time.")] = None,
+) -> None:
+    """Greetings planned, sent, failed and skipped, with the reasons."""
+    when: datetime | None = None
+    if since is not None:
+        try:
+            when = datetime.fromisoformat(since)
+        except ValueError:
+            fail(f"--since has value {since!r}: use an ISO date or time, e.g. 2027-02-01", 2)
+        assert when is not None
+        when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    cfg = _config(config)
+
+    async def work(db: Database) -> list[campaign_store.ReportLine]:
+        async with db.sessions() as session:
+            return await campaign_store.report(session, when)
+
+    lines = _with_db(cfg, work)
+    table = Table("campaign", "outcome", "count")
+    table.add_column("reason", overflow="fold")
+    for line in lines:
+        table.add_row(line.campaign, line.outcome, str(line.count), line.reason)
+    out.print(table)

@@ -23,13 +23,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import holidays as holiday_calendars
 
-from bot import outbox
 from bot.config import CampaignsConfig, Config, ConfigError, QuietHoursConfig, SegmentConfig
 from bot.messages import Outbound
 from handlers.templating import LANGUAGES, Templates, TemplateProblem, language_of
 from storage import campaigns as store
 from storage.db import Database
-from storage.models import Interaction
+from storage.models import Interaction, OutboxRow
 
 log = logging.getLogger("kefu.greetings")
 
@@ -564,41 +563,58 @@ class Planner:
             sending = [g for g in page if g.customer_id in claimed and not g.skip]
             outcome.already = len(page) - len(claimed)
             outcome.skipped = sum(1 for g in page if g.customer_id in claimed and g.skip)
-            logged = [
-                Interaction(
-                    customer_id=g.customer_id,
-                    channel=g.channel or "",
-                    direction="out",
-                    author_kind="bot",
-                    author_id=f"campaign:{g.campaign}",
-                    text=g.text or "",
-                    meta={"kind": "greeting", "campaign": g.campaign, "occasion": g.occasion,
-                          "send_at": g.send_at.isoformat() if g.send_at else None},
-                    created_at=now,
-                )
-                for g in sending
-            ]
-            session.add_all(logged)
-            await session.flush()
+            # Ids first, then one executemany per table (the slow alternative is a RETURNING
+            # round trip per greeting). The outbox rows have exactly the shape bot.outbox.enqueue
+            # writes; a dedupe-key clash cannot happen once the delivery row was claimed.
+            log_ids = await store.reserve_ids(session, Interaction.__table__, len(sending))
+            out_ids = await store.reserve_ids(session, OutboxRow.__table__, len(sending))
+            logged: list[dict[str, Any]] = []
+            queued: list[dict[str, Any]] = []
             links: list[tuple[int, int]] = []
-            for g, row in zip(sending, logged, strict=True):
-                assert g.channel and g.address and g.text is not None
-                outbox_id = await outbox.enqueue(
-                    session,
-                    Outbound(
-                        channel=g.channel,
-                        address=g.address,
-                        text=g.text,
-                        dedupe_key=f"greeting:{g.campaign}:{g.occasion}:{g.customer_id}",
-                        kind="greeting",
-                        customer_id=g.customer_id,
-                        meta={"campaign": g.campaign, "occasion": g.occasion},
-                    ),
-                    interaction_id=row.id,
-                    not_before=g.send_at,
+            for g, log_id, out_id in zip(sending, log_ids, out_ids, strict=True):
+                assert g.channel and g.address and g.text is not None and g.send_at is not None
+                logged.append(
+                    {
+                        "id": log_id,
+                        "customer_id": g.customer_id,
+                        "channel": g.channel,
+                        "direction": "out",
+                        "author_kind": "bot",
+                        "author_id": f"campaign:{g.campaign}",
+                        "text": g.text,
+                        "attachments": [],
+                        "meta": {"kind": "greeting", "campaign": g.campaign, "occasion": g.occasion,
+                                 "send_at": g.send_at.isoformat()},
+                        "created_at": now,
+                    }
                 )
-                if outbox_id is not None:
-                    links.append((claimed[g.customer_id], outbox_id))
+                message = Outbound(
+                    channel=g.channel,
+                    address=g.address,
+                    text=g.text,
+                    dedupe_key=f"greeting:{g.campaign}:{g.occasion}:{g.customer_id}",
+                    kind="greeting",
+                    customer_id=g.customer_id,
+                    meta={"campaign": g.campaign, "occasion": g.occasion},
+                )
+                queued.append(
+                    {
+                        "id": out_id,
+                        "channel": message.channel,
+                        "address": message.address,
+                        "payload": message.to_payload(),
+                        "dedupe_key": message.dedupe_key,
+                        "status": "pending",
+                        "attempts": 0,
+                        "next_attempt_at": g.send_at,
+                        "interaction_id": log_id,
+                        "conversation_id": None,
+                        "created_at": now,
+                    }
+                )
+                links.append((claimed[g.customer_id], out_id))
+            await store.insert_many(session, Interaction.__table__, logged)
+            await store.insert_many(session, OutboxRow.__table__, queued)
             await store.link_outbox(session, links)
             outcome.planned = len(sending)
         return outcome

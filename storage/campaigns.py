@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import Table, and_, exists, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -151,13 +151,38 @@ async def claim(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> dict[i
         return {}
     ordered = sorted(rows, key=lambda r: r["customer_id"])
     stmt = (
-        _insert(session)(CampaignDelivery)
-        .values(ordered)
+        _insert(session)(CampaignDelivery.__table__)
         .on_conflict_do_nothing(index_elements=["campaign", "occasion", "customer_id"])
-        .returning(CampaignDelivery.customer_id, CampaignDelivery.id)
+        .returning(CampaignDelivery.__table__.c.customer_id, CampaignDelivery.__table__.c.id)
     )
-    result = await session.execute(stmt)
+    # executemany: SQLAlchemy sends it as multi-row INSERTs ("insertmanyvalues") in batches,
+    # compiled once, instead of compiling one VALUES clause of a thousand rows per page.
+    result = await session.execute(stmt, list(ordered))
     return {cid: did for cid, did in result}
+
+
+async def reserve_ids(session: AsyncSession, table: Table, n: int) -> list[int]:
+    """Primary keys for n rows about to be inserted with one executemany.
+
+    Inserting row by row to learn each id costs ~10x; knowing the ids first lets the log rows,
+    outbox rows and delivery links be written in three statements. SQLite: every write
+    transaction began IMMEDIATE, so this writer holds the lock and max(id) cannot move.
+    PostgreSQL: the table's sequence hands out ids that no other session will get."""
+    if n == 0:
+        return []
+    if session.bind.dialect.name == "postgresql":
+        rows = await session.execute(
+            text(f"SELECT nextval(pg_get_serial_sequence('{table.name}', 'id')) FROM generate_series(1, :n)"),
+            {"n": n},
+        )
+        return [int(r[0]) for r in rows]
+    top = await session.scalar(select(func.max(table.c.id))) or 0
+    return list(range(top + 1, top + n + 1))
+
+
+async def insert_many(session: AsyncSession, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        await session.execute(insert(table), list(rows))
 
 
 async def link_outbox(session: AsyncSession, links: Sequence[tuple[int, int]]) -> None:
