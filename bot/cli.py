@@ -19,8 +19,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from bot.cli_campaigns import campaigns_app, customers_import
+from bot.cli_report import report
 from bot.config import Config, ConfigError, load_config
-from handlers import agents
+from handlers import agents, lifecycle, roles
 from storage import audit, conversations, customers, interactions, staff
 from storage.db import Database
 
@@ -45,6 +46,7 @@ app.add_typer(conversations_app, name="conversations")
 app.add_typer(staff_app, name="staff")
 app.add_typer(campaigns_app, name="campaigns")
 customers_app.command("import")(customers_import)
+app.command("report")(report)
 
 out = Console()
 err = Console(stderr=True)
@@ -205,6 +207,38 @@ def conversations_list(
         return table
 
     out.print(_with_db(config, work))
+
+
+AsOption = Annotated[
+    str | None,
+    typer.Option("--as", help="Staff name to act as, with that role (default: your login, as admin)."),
+]
+
+
+def _status_command(to: str, verb: str, doc: str) -> None:
+    def command(conversation_id: int, config: ConfigOption = DEFAULT_CONFIG, as_name: AsOption = None) -> None:
+        cfg = _config(config)
+
+        async def work(db: Database) -> lifecycle.Change:
+            async with db.transaction() as session:
+                actor = await roles.cli_actor(session, as_name)
+                return await lifecycle.change(session, conversation_id, to, actor, cfg)
+
+        change = _with_db(config, work)
+        survey = f"; survey {change.survey_id} queued" if change.survey_id is not None else ""
+        out.print(f"conversation {conversation_id}: {change.before} -> {change.after}{survey}")
+
+    command.__doc__ = doc
+    conversations_app.command(verb)(command)
+
+
+for _to, _verb, _doc in (
+    ("resolved", "resolve", "Resolve a conversation and ask the customer for a 1-5 rating (agents: their own)."),
+    ("pending", "pending", "Mark a conversation as waiting on the customer (agents: their own)."),
+    ("open", "reopen", "Reopen a resolved or pending conversation (lead)."),
+    ("closed", "close", "Close a conversation; the customer's next message starts a new one (lead)."),
+):
+    _status_command(_to, _verb, _doc)
 
 
 @app.command()
@@ -399,12 +433,14 @@ def staff_list(config: ConfigOption = DEFAULT_CONFIG) -> None:
 def audit_show(
     config: ConfigOption = DEFAULT_CONFIG,
     since: Annotated[str | None, typer.Option(help="Only entries at or after this ISO time.")] = None,
+    as_name: AsOption = None,
 ) -> None:
-    """Show the audit log: who did what, to what, when."""
+    """Show the audit log (操作记录): who did what, to what, when (admin)."""
     when = _since(since)
 
     async def work(db: Database) -> Table:
         async with db.sessions() as session:
+            roles.require(await roles.cli_actor(session, as_name), "audit")
             entries = await audit.since(session, when)
         table = Table("at", "actor", "action", "subject", "detail")
         for e in entries:

@@ -1,0 +1,162 @@
+"""`kefu report`: complaints by week, severity and cue; response times; CSAT; SLA; per agent.
+
+Standalone like bot/cli_campaigns.py: importing this module never imports bot.cli back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console, Group
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from bot.config import ConfigError, load_config
+from handlers import report as reports
+from handlers import roles
+from storage import audit
+from storage.db import Database
+
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _since(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"--since has value {value!r}: use an ISO date or time, e.g. 2026-11-01 or 2026-11-01T08:00")
+        raise
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    minutes = seconds / 60
+    if minutes < 60:
+        return f"{minutes:.0f} min" if minutes >= 1 else f"{seconds:.0f} s"
+    hours = minutes / 60
+    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} d"
+
+
+def render(data: dict[str, Any]) -> Group:
+    c, rt, csat, sla = data["complaints"], data["response_times"], data["csat"], data["sla"]
+    parts: list[Any] = []
+    weeks = Table("week of", "complaints", title=f"Complaints: {c['total']}")
+    for row in c["by_week"]:
+        weeks.add_row(row["week"], str(row["count"]))
+    parts.append(weeks)
+    kinds = Table("severity", "complaints", title="By severity")
+    for severity, n in sorted(c["by_severity"].items()):
+        kinds.add_row(escape(severity), str(n))
+    parts.append(kinds)
+    cues = Table("cue", "complaints", title="By cue")
+    for row in c["by_cue"]:
+        cues.add_row(escape(row["reason"]), str(row["count"]))
+    parts.append(cues)
+    times = Table("", "count", "median", "p90", title="Response times")
+    for label, spread in (
+        ("first response", rt["first_response"]),
+        ("resolution", rt["resolution"]),
+        ("complaints: first response", rt["complaints"]["first_response"]),
+        ("complaints: resolution", rt["complaints"]["resolution"]),
+    ):
+        times.add_row(label, str(spread["count"]), duration(spread["median_seconds"]), duration(spread["p90_seconds"]))
+    parts.append(times)
+    sat = Table("score", "answers", title=(
+        f"CSAT: average {csat['average'] if csat['average'] is not None else '—'}"
+        f" ({csat['answered']} of {csat['asked']} surveys answered)"
+    ))
+    for score, n in csat["distribution"].items():
+        sat.add_row(score, str(n))
+    parts.append(sat)
+    breaches = Table("", "breaches", title=f"SLA breaches: {sla['breaches']}")
+    for group in ("by_target", "by_priority", "by_team"):
+        for key, n in sorted(sla[group].items()):
+            breaches.add_row(f"{group.removeprefix('by_')} {escape(key)}", str(n))
+    parts.append(breaches)
+    agents = Table("agent", "assigned", "resolved", "complaints", "first response (median)", "CSAT", "breaches",
+                   title="Per agent")
+    for a in data["agents"]:
+        agents.add_row(
+            escape(a["name"]), str(a["assigned"]), str(a["resolved"]), str(a["complaints"]),
+            duration(a["first_response_median_seconds"]),
+            f"{a['csat_average']} ({a['csat_answers']})" if a["csat_average"] is not None else "—",
+            str(a["sla_breaches"]),
+        )
+    parts.append(agents)
+    return Group(*parts)
+
+
+def report(
+    config: Annotated[
+        Path, typer.Option("--config", "-c", envvar="KEFU_CONFIG", help="Path to config.toml.")
+    ] = Path("config.toml"),
+    since: Annotated[str | None, typer.Option(help="Only conversations since this ISO date or time.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    as_name: Annotated[
+        str | None, typer.Option("--as", help="Staff name to act as (default: your login, as admin).")
+    ] = None,
+) -> None:
+    """Complaints, response times, CSAT and SLA breaches (role lead or admin)."""
+    if fmt not in ("table", "json"):
+        fail(f"--format has value {fmt!r}: use table or json", 2)
+    when = _since(since)
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+        raise
+
+    async def go() -> dict[str, Any]:
+        db = Database(cfg.storage.url)
+        try:
+            await db.upgrade()
+            async with db.transaction() as session:
+                actor = await roles.cli_actor(session, as_name)
+                roles.require(actor, "report")
+                audit.record(session, actor.name, "report", "report", since=since, format=fmt)
+            async with db.sessions() as session:
+                builder = reports.Builder(session, when)
+                steps = builder.steps()
+                # On stderr, and only on a terminal: stdout stays one clean JSON document.
+                with Progress(
+                    TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    console=err, transient=True, disable=not err.is_terminal,
+                ) as progress:
+                    task = progress.add_task("report", total=len(steps))
+                    for label, step in steps:
+                        progress.update(task, description=f"report: {label}")
+                        await step()
+                        progress.advance(task)
+                return builder.report.to_json()
+        finally:
+            await db.dispose()
+
+    try:
+        data = asyncio.run(go())
+    except (LookupError, ValueError) as exc:
+        fail(str(exc))
+        raise
+    except OSError as exc:
+        fail(f"cannot open the database: {exc}")
+        raise
+    if fmt == "json":
+        sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+    else:
+        out.print(render(data))
