@@ -1,0 +1,180 @@
+"""Routing decisions, table-driven from tests/fixtures/routing/*.toml; assignment on a real database."""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.config import ConfigError, parse_config
+from bot.messages import Inbound
+from handlers.business_hours import BusinessHours
+from handlers.complaints import NOT_A_COMPLAINT, Verdict
+from handlers.routing import Router
+from storage import staff
+from storage.db import Database
+from storage.models import Conversation, Customer
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "routing"
+
+
+def load(name: str) -> dict[str, Any]:
+    return tomllib.loads((FIXTURES / name).read_text(encoding="utf-8"))
+
+
+def cases() -> list[Any]:
+    return [pytest.param(c, id=c["id"]) for c in load("teams.toml")["case"]]
+
+
+def when(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def inputs(case: dict[str, Any]) -> tuple[Verdict, Customer, Inbound]:
+    severity = case.get("complaint")
+    verdict = Verdict(True, severity, 0.9, ("test",)) if severity else NOT_A_COMPLAINT
+    customer = Customer(id=1, language=case.get("language"), tags=case.get("tags", []), vip=case.get("vip", False))
+    inbound = Inbound(
+        channel=case.get("channel", "webhook"), external_id="x", address="shop:u", text=case.get("text", "hi"),
+        received_at=when(case["at"]),
+    )
+    return verdict, customer, inbound
+
+
+@pytest.mark.parametrize("case", cases())
+async def test_decision(case: dict[str, Any], tmp_path: Path) -> None:
+    router = Router(parse_config(load("teams.toml")["config"]))
+    db = Database(f"sqlite+aiosqlite:///{tmp_path}/kefu.db")
+    await db.upgrade()
+    verdict, customer, inbound = inputs(case)
+    async with db.transaction() as session:
+        decision = await router(session, verdict, customer, None, inbound)
+    await db.dispose()
+    for key, want in case["expect"].items():
+        got = getattr(decision, key)
+        if key.endswith(("_due", "_by")):
+            want = None if want == "none" else when(want)
+        assert got == want, f"{key}: {got!r} != {want!r}"
+    assert decision.notify_staff == verdict.is_complaint
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"rules": [{"team": "nope"}]}, "[routing.rules.0] team has value 'nope'"),
+        ({"default_team": "x"}, "[routing] default_team has value 'x'"),
+        ({"teams": [{"name": "a"}, {"name": "a"}]}, "[routing.teams.1] name has value 'a'"),
+    ],
+)
+def test_router_config_errors_name_the_key(section: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        Router(parse_config({"routing": section}))
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"routing": {"teams": [{"name": "a", "hours": {"mon": "9-18"}}]}}, "[routing.teams.0] hours"),
+        ({"routing": {"teams": [{"name": "a", "hours": {"funday": "09:00-18:00"}}]}}, "'funday' is not a day"),
+        ({"routing": {"teams": [{"name": "a", "timezone": "Mars/Base"}]}}, "[routing.teams.0] timezone has value 'Mars/Base'"),
+        ({"routing": {"assignment": "random"}}, "[routing] assignment has value 'random'"),
+        ({"sla": {"first_response": {"urgent": "soon"}}}, "[sla.first_response] urgent has value 'soon'"),
+        ({"sla": {"first_response": {"asap": "1h"}}}, "[sla.first_response.asap]"),
+        ({"lifecycle": {"auto_close_after": "7 days"}}, "[lifecycle] auto_close_after has value '7 days'"),
+    ],
+)
+def test_config_errors_name_the_key_and_value(section: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(section)
+    assert message in str(caught.value)
+
+
+def test_default_config_is_one_team_around_the_clock() -> None:
+    router = Router(parse_config({}))
+    assert list(router.teams) == ["support"]
+    sunday_night = datetime(2027, 2, 7, 23, 30, tzinfo=timezone.utc)
+    assert router.hours["support"].is_open(sunday_night)
+
+
+def test_business_hours_across_dst() -> None:
+    hours = BusinessHours("Europe/London", {"mon": "09:00-17:30"})
+    # The Monday after the clocks go forward (2027-03-28): 09:00 BST is 08:00 UTC.
+    sunday = datetime(2027, 3, 28, 12, 0, tzinfo=timezone.utc)
+    assert hours.next_open(sunday) == datetime(2027, 3, 29, 8, 0, tzinfo=timezone.utc)
+    assert hours.is_open(datetime(2027, 3, 29, 16, 29, tzinfo=timezone.utc))
+    assert not hours.is_open(datetime(2027, 3, 29, 16, 30, tzinfo=timezone.utc))
+
+
+async def _conversation(session: Any, customer_id: int) -> Conversation:
+    conversation = Conversation(customer_id=customer_id, created_at=datetime.now(timezone.utc))
+    session.add(conversation)
+    await session.flush()
+    return conversation
+
+
+@pytest.mark.parametrize("assignment", ["round_robin", "least_open"])
+async def test_assignment_among_on_duty_team_members(db: Database, assignment: str) -> None:
+    config = parse_config({"routing": {"assignment": assignment, "teams": [{"name": "care", "members": ["ann", "ben", "cat", "dov"]}]}})
+    router = Router(config)
+    inbound = Inbound("webhook", "x", "shop:u", "hi")
+    async with db.transaction() as s:
+        ann = await staff.add(s, "ann")
+        ben = await staff.add(s, "ben")
+        cat = await staff.add(s, "cat")
+        dov = await staff.add(s, "dov")
+        await staff.add(s, "outsider")
+        cat.on_duty = False
+        dov.active = False
+        customer = Customer(tags=[])
+        s.add(customer)
+        await s.flush()
+        picks = []
+        for _ in range(4):
+            conversation = await _conversation(s, customer.id)
+            decision = await router(s, NOT_A_COMPLAINT, customer, conversation, inbound)
+            conversation.assignee = decision.assignee_id
+            picks.append(decision.assignee_id)
+        # Already assigned: the router leaves it alone.
+        kept = await router(s, NOT_A_COMPLAINT, customer, conversation, inbound)
+    assert picks == [ann.id, ben.id, ann.id, ben.id]
+    assert kept.assignee_id is None
+
+
+async def test_least_open_prefers_the_lighter_load(db: Database) -> None:
+    router = Router(parse_config({"routing": {"assignment": "least_open"}}))
+    inbound = Inbound("webhook", "x", "shop:u", "hi")
+    async with db.transaction() as s:
+        ann = await staff.add(s, "ann")
+        ben = await staff.add(s, "ben")
+        customer = Customer(tags=[])
+        s.add(customer)
+        await s.flush()
+        for _ in range(2):
+            (await _conversation(s, customer.id)).assignee = ann.id
+        closed = await _conversation(s, customer.id)
+        closed.assignee, closed.status = ben.id, "closed"
+        decision = await router(s, NOT_A_COMPLAINT, customer, await _conversation(s, customer.id), inbound)
+    assert decision.assignee_id == ben.id
+
+
+async def test_a_conversation_that_turns_into_a_complaint_moves_to_the_complaints_team(db: Database) -> None:
+    router = Router(parse_config({"routing": {
+        "teams": [{"name": "sales", "members": ["sam"]}, {"name": "care", "members": ["carol"]}],
+        "rules": [{"complaint": True, "team": "care"}],
+    }}))
+    inbound = Inbound("webhook", "x", "shop:u", "hi")
+    async with db.transaction() as s:
+        sam = await staff.add(s, "sam")
+        carol = await staff.add(s, "carol")
+        customer = Customer(tags=[])
+        s.add(customer)
+        await s.flush()
+        conversation = await _conversation(s, customer.id)
+        first = await router(s, NOT_A_COMPLAINT, customer, conversation, inbound)
+        conversation.team, conversation.assignee = first.team, first.assignee_id
+        second = await router(s, Verdict(True, "normal", 0.8, ("delay",)), customer, conversation, inbound)
+    assert (first.team, first.assignee_id) == ("sales", sam.id)
+    assert (second.team, second.assignee_id, second.reassign, second.new_complaint) == ("care", carol.id, True, True)
