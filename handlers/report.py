@@ -63,9 +63,9 @@ async def spreads(
         .where(*where)
         .subquery()
     )
-    # ceil(n/2) and ceil(9n/10) in integer arithmetic: both databases divide integers exactly so.
-    median_rank = (ranked.c.n + 1) / 2
-    p90_rank = (ranked.c.n * 9 + 9) / 10
+    # ceil(n/2) and ceil(9n/10) by floor division ("//": SQLAlchemy 2 makes "/" true division).
+    median_rank = (ranked.c.n + 1) // 2
+    p90_rank = (ranked.c.n * 9 + 9) // 10
     rows = await session.execute(
         select(ranked.c.g, ranked.c.n, ranked.c.rn, ranked.c.v, median_rank, p90_rank).where(
             or_(ranked.c.rn == median_rank, ranked.c.rn == p90_rank)
