@@ -91,6 +91,7 @@ def build_telegram(kefu: Kefu) -> Channel | None:
             )
     # httpx logs each request's URL at INFO and PTB logs its base URL at DEBUG: both hold the token.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
     logging.getLogger("telegram").setLevel(logging.INFO)
     hooks = telegram.Hooks(
         link=functools.partial(telegram_links.handle, kefu.db),

@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from telegram import Bot, Message, ReplyParameters, Update
 from telegram.error import (
@@ -39,7 +39,7 @@ from telegram.error import (
 from bot.config import ConfigError
 from bot.messages import Attachment, Outbound
 from channels.base import ChannelError, PermanentError, SendResult, Sink, TransientError
-from channels.telegram_limits import Deferred, SlidingWindow, split_text
+from channels.telegram_limits import Deferred, SlidingWindow, Slot, split_text
 from channels.telegram_updates import (
     CHANNEL,
     CustomerUpdate,
@@ -62,6 +62,7 @@ TOPIC_NAME_LIMIT = 128
 # An update that fails this often is logged and skipped, so one poison update cannot stall the chat.
 MAX_UPDATE_ATTEMPTS = 5
 SECRET_HEADER = "x-telegram-bot-api-secret-token"
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +104,7 @@ class TelegramChannel:
         messages_per_second: float = 30.0,
         group_messages_per_minute: float = 20.0,
         max_slot_wait: float = 5.0,
+        max_in_flight: int = 8,
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
         retry_delay: float = 1.0,
@@ -114,14 +116,16 @@ class TelegramChannel:
         self.mode = mode
         self.poll_timeout = poll_timeout
         self.hooks = hooks
-        # A small margin: the stand-in and Telegram count arrivals, which jitter against our clock.
-        self.overall = SlidingWindow.per_second(messages_per_second, margin=0.01)
+        self.overall = SlidingWindow.per_second(messages_per_second)
         self.group_rate = group_messages_per_minute
         self.max_slot_wait = max_slot_wait
         self.webhook_url = webhook_url
         self.webhook_secret = webhook_secret
         self.retry_delay = retry_delay
         self._groups: dict[int, SlidingWindow] = {}
+        # Few requests in flight: a slot taken must go on the wire at once. With dozens queued in
+        # the HTTP client's pool, sends taken in order leave in bunches and Telegram counts 429s.
+        self._in_flight = asyncio.Semaphore(max_in_flight)
         self._progress: dict[str, _Progress] = {}
         self._threads: dict[int, int] = {}  # conversation id -> forum topic id
         self._forum: bool | None = None
@@ -404,11 +408,9 @@ class TelegramChannel:
                 self._threads[conversation_id] = known
             return known
         name = (staff.get("topic_name") or f"#{conversation_id}")[:TOPIC_NAME_LIMIT]
-        await self._slot(chat_id, group=True)
-        try:
-            topic = await self.bot.create_forum_topic(chat_id, name)
-        except TelegramError as exc:
-            raise self._mapped(exc, chat_id, group=True) from exc
+        topic = await self._call(
+            chat_id, lambda: self.bot.create_forum_topic(chat_id, name), group=True
+        )
         thread = topic.message_thread_id
         self._threads[conversation_id] = thread
         log.info("telegram.topic.created conversation=%s thread=%s", conversation_id, thread)
@@ -454,28 +456,37 @@ class TelegramChannel:
     ) -> _Progress:
         progress = self._progress.setdefault(key, _Progress())
         for step in steps[progress.sent :]:
-            await self._slot(chat_id, group=group)
-            try:
-                message = await step()
-            except TelegramError as exc:
-                raise self._mapped(exc, chat_id, group=group) from exc
+            message = await self._call(chat_id, step, group=group)
             if progress.first_key is None:
                 progress.first_key = message_key(chat_id, message.message_id)
             progress.sent += 1
         del self._progress[key]
         return progress
 
-    async def _slot(self, chat_id: int, *, group: bool) -> None:
-        if group:
-            window = self._groups.get(chat_id)
-            if window is None:
-                window = self._groups[chat_id] = SlidingWindow.per_minute(self.group_rate, margin=0.01)
-            try:
-                # Waiting minutes would outlive the outbox claim: hand the row back instead.
-                await window.acquire(max_wait=self.max_slot_wait)
-            except Deferred as exc:
-                raise TransientError(str(exc), retry_after=exc.wait) from None
-        await self.overall.acquire()
+    async def _call(
+        self, chat_id: int, step: Callable[[], Awaitable[_T]], *, group: bool
+    ) -> _T:
+        """One Bot API call within the flood limits: group slot, then a wire, then a global slot."""
+        held: list[tuple[SlidingWindow, Slot]] = []
+        try:
+            if group:
+                window = self._groups.get(chat_id)
+                if window is None:
+                    window = self._groups[chat_id] = SlidingWindow.per_minute(self.group_rate)
+                try:
+                    # Waiting minutes would outlive the outbox claim: hand the row back instead.
+                    held.append((window, await window.acquire(max_wait=self.max_slot_wait)))
+                except Deferred as exc:
+                    raise TransientError(str(exc), retry_after=exc.wait) from None
+            async with self._in_flight:
+                held.append((self.overall, await self.overall.acquire()))
+                try:
+                    return await step()
+                except TelegramError as exc:
+                    raise self._mapped(exc, chat_id, group=group) from exc
+        finally:
+            for window, slot in held:
+                window.done(slot)
 
     def _mapped(self, exc: TelegramError, chat_id: int, *, group: bool) -> ChannelError:
         detail = f"{type(exc).__name__}: {exc.message}"

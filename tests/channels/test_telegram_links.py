@@ -130,7 +130,8 @@ async def test_shared_contact_joins_the_record_with_that_phone(tmp_path: Path, b
         assert await telegram_owner(kefu) == customer_id
         async with kefu.db.sessions() as session:
             customer = await session.get(Customer, customer_id)
-            rows = list(await session.scalars(select(Interaction.customer_id).where(Interaction.channel == "telegram")))
+            rows = list(await session.scalars(select(Interaction.customer_id).where(
+                Interaction.channel == "telegram", Interaction.author_kind == "customer")))
         assert customer is not None and customer.tags == ["wholesale"]
         assert rows == [customer_id, customer_id]
 

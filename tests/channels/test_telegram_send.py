@@ -171,16 +171,21 @@ async def test_group_limit_hands_the_row_back_instead_of_waiting(botapi: BotApiS
     assert len(botapi.sent) == 2
 
 
-def test_sliding_window_never_allows_more_than_its_limit() -> None:
+def test_sliding_window_counts_a_send_until_its_answer_plus_the_window() -> None:
     now = [0.0]
     window = SlidingWindow(3, 1.0, clock=lambda: now[0])
+    slots = []
     for _ in range(3):
         assert window.delay() == 0
-        window.take()
+        slots.append(window.take())
+    assert window.delay() == SlidingWindow.POLL  # all three in flight: nothing frees yet
+    now[0] = 0.2
+    for slot in slots:
+        window.done(slot)  # answered at 0.2: the receiver may have counted them as late as that
     assert window.delay() == pytest.approx(1.0)
-    now[0] = 0.5
+    now[0] = 0.7
     assert window.delay() == pytest.approx(0.5)
-    now[0] = 1.0
+    now[0] = 1.2
     assert window.delay() == 0
     window.push_back(4.0)
     assert window.delay() == pytest.approx(4.0)

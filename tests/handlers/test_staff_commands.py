@@ -42,7 +42,7 @@ async def world(db: Database) -> dict[str, Any]:
         gone.active = False
     pipeline = Pipeline(db, observers=[mirror_observer(STAFF_CHAT)])
     receipt = await pipeline.receive(
-        Inbound(channel="telegram", external_id="1001:1365", address="1001", text="我的订单还没到",
+        Inbound(channel="telegram", external_id="1001:1365", address="1001", text="请问营业时间",
                 display_name="张三", language="zh")
     )
     await pipeline.close()
@@ -50,6 +50,7 @@ async def world(db: Database) -> dict[str, Any]:
         conversation = await session.get(Conversation, receipt.conversation_id)
         assert conversation is not None
         conversation.staff_thread = str(THREAD)
+        conversation.assignee = None  # whatever routing decided: the commands start from nobody
     return {"conversation_id": receipt.conversation_id, "customer_id": receipt.customer_id,
             "alice": alice.id, "bob": bob.id}
 
@@ -70,7 +71,7 @@ async def test_the_mirror_row_names_the_topic(db: Database, world: dict[str, Any
     assert row.conversation_id == world["conversation_id"]
     assert row.payload["meta"]["staff"] == {"mirror": True, "topic_name": f"#{world['conversation_id']} 张三 · telegram"}
     assert row.payload["text"].startswith(f"📨 #{world['conversation_id']} · 张三 · telegram\n")
-    assert "我的订单还没到" in row.payload["text"]
+    assert "请问营业时间" in row.payload["text"]
 
 
 async def test_staff_answer_goes_to_the_customer(db: Database, world: dict[str, Any]) -> None:
@@ -180,7 +181,7 @@ async def test_history_whois_vip_tag(db: Database, world: dict[str, Any]) -> Non
     await desk.handle(post("/frobnicate"))
     texts = await notices(db)
     history = texts[1]
-    assert "← telegram customer: 我的订单还没到" in history
+    assert "← telegram customer: 请问营业时间" in history
     assert "📝 telegram alice: first note" in history
     assert texts[2] == f"⭐ customer {world['customer_id']} VIP on."
     assert texts[3] == f"🏷 customer {world['customer_id']} tagged 批发."
