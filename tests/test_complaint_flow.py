@@ -153,3 +153,51 @@ async def test_complaint_acknowledged_flagged_resolved_surveyed_reported(
         CliRunner().invoke, app, ["report", "--as", "alice", "--config", str(cfg_file)]
     )
     assert denied.exit_code == 1 and "needs role lead" in denied.stderr
+
+
+FORUM = -1001234567890
+
+
+async def test_staff_group_gets_the_flag_and_the_escalation_in_the_topic(
+    tmp_path: Path, callback: CallbackServer, client: httpx.AsyncClient
+) -> None:
+    from datetime import timedelta
+
+    from storage.models import utcnow
+    from tests.servers.botapi import TOKEN, BotApiServer
+
+    async with BotApiServer(forum_chats={FORUM}) as botapi:
+        config = flow_config(f"sqlite+aiosqlite:///{tmp_path}/kefu.db", callback)
+        config["telegram"] = {"enabled": True, "base_url": botapi.base_url, "staff_chat_id": FORUM,
+                              "poll_timeout_seconds": 1}
+        async with running_kefu(config, {"SHOP_SECRET": SECRET, "KEFU_TELEGRAM_TOKEN": TOKEN}) as kefu:
+            async with kefu.db.transaction() as s:
+                await staff.add(s, "alice")
+                await staff.add(s, "lena", role="lead")
+            r = await post_signed(client, url(kefu, "/webhooks/shop"), SECRET, {
+                "id": "m-1", "user": {"id": "u-9", "name": "Sam", "language": "en"},
+                "text": "I will contact my lawyer and sue you, the heater burned my hand",
+            })
+            assert r.status_code == 202, r.text
+            conversation_id = r.json()["conversation_id"]
+            await botapi.wait_for(
+                lambda b: any("Complaint #" in (x.text or "") for x in b.to(FORUM)), what="the complaint flag"
+            )
+            mirror, flag = botapi.to(FORUM)[:2]
+            assert mirror.thread_id is not None and flag.thread_id == mirror.thread_id  # same topic
+            assert flag.text is not None and "HIGH" in flag.text and "@alice" in flag.text
+            assert "threat to escalate: lawyer" in flag.text and "priority urgent" in flag.text
+            (ack,) = await callback.wait_for(1)
+            assert ack.json["type"] == "ack" and "ticket #" in ack.json["text"]
+
+            # An hour later nobody has answered: the leads are called, in the same topic, once.
+            kefu.care.clock = lambda: utcnow() + timedelta(hours=1, minutes=1)
+            (breach,) = await kefu.care.check_sla()
+            assert breach.conversation_id == conversation_id and breach.target == "first_response"
+            assert await kefu.care.check_sla() == []
+            kefu.worker.wake()
+            await botapi.wait_for(
+                lambda b: any("SLA breach" in (x.text or "") for x in b.to(FORUM)), what="the escalation"
+            )
+            escalation = next(x for x in botapi.to(FORUM) if "SLA breach" in (x.text or ""))
+            assert escalation.thread_id == mirror.thread_id and "@lena" in (escalation.text or "")
