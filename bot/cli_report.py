@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -41,7 +41,7 @@ def _since(value: str | None) -> datetime | None:
     except ValueError:
         fail(f"--since has value {value!r}: use an ISO date or time, e.g. 2026-11-01 or 2026-11-01T08:00")
         raise
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def duration(seconds: float | None) -> str:

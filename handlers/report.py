@@ -237,12 +237,10 @@ class Builder:
         breach_where = [SlaBreach.assignee.is_not(None)]
         if self.since:
             breach_where.append(SlaBreach.breached_at >= self.since)
-        breaches = dict(
-            (a, int(n))
-            for a, n in await s.execute(
-                select(SlaBreach.assignee, func.count()).where(*breach_where).group_by(SlaBreach.assignee)
-            )
+        breach_rows = await s.execute(
+            select(SlaBreach.assignee, func.count()).where(*breach_where).group_by(SlaBreach.assignee)
         )
+        breaches = {a: int(n) for a, n in breach_rows}
         ids = set(per) | set(csat) | set(breaches)
         names = {i: n for i, n in await s.execute(select(Staff.id, Staff.name).where(Staff.id.in_(ids)))} if ids else {}
         agents = []

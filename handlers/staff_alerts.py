@@ -108,8 +108,10 @@ class ComplaintAlerts:
         team = conversation.team or note.decision.team
         reasons = ", ".join(verdict.reasons) or "—"
         lines = [
-            f"⚠️ Complaint #{conversation.id} · {SEVERITY_MARK.get(verdict.severity, verdict.severity)}"
-            f" · priority {conversation.priority}",
+            (
+                f"⚠️ Complaint #{conversation.id} · {SEVERITY_MARK.get(verdict.severity, verdict.severity)}"
+                f" · priority {conversation.priority}"
+            ),
             f"reasons: {reasons}",
             f"team {team} · assignee: {'@' + assignee if assignee else 'nobody on duty — leads, please assign'}",
         ]

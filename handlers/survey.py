@@ -40,7 +40,7 @@ COMMENT_LIMIT = 2000
 # "5", "5!", "4/5", "4 分", "3 stars", "2 - slow but polite", "５" (NFKC folds full-width digits).
 _ANSWER = re.compile(
     r"^\s*([1-5])\s*(?:/\s*5|分|星|颗星|stars?|points?)?\s*(?:[\s,.;:!?，。；：！？、~\-—]+(.*))?$",
-    re.S | re.I,
+    re.DOTALL | re.IGNORECASE,
 )
 
 

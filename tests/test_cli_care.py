@@ -9,9 +9,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from bot.config import parse_config
 from bot.messages import Inbound
 from bot.pipeline import Pipeline
-from bot.config import parse_config
 from handlers.routing import Router
 from storage.db import Database
 from storage.models import AuditEntry, Conversation

@@ -15,7 +15,6 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from bot.app import Kefu
 from bot.cli import app
 from handlers import agents, lifecycle
 from handlers.roles import Actor

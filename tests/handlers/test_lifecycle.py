@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
@@ -15,7 +15,7 @@ from storage.db import Database
 from storage.models import AuditEntry, Conversation, Interaction
 from tests.handlers.care_helpers import care_pipeline, config, message
 
-T0 = datetime(2027, 3, 1, 2, 0, tzinfo=timezone.utc)
+T0 = datetime(2027, 3, 1, 2, 0, tzinfo=UTC)
 CFG = config(lifecycle={"auto_close_after": "7d"}, survey={"enabled": False})
 
 

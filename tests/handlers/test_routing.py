@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ def cases() -> list[Any]:
 
 
 def when(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return datetime.fromisoformat(text)
 
 
 def inputs(case: dict[str, Any]) -> tuple[Verdict, Customer, Inbound]:
@@ -95,21 +95,21 @@ def test_config_errors_name_the_key_and_value(section: dict[str, Any], message: 
 def test_default_config_is_one_team_around_the_clock() -> None:
     router = Router(parse_config({}))
     assert list(router.teams) == ["support"]
-    sunday_night = datetime(2027, 2, 7, 23, 30, tzinfo=timezone.utc)
+    sunday_night = datetime(2027, 2, 7, 23, 30, tzinfo=UTC)
     assert router.hours["support"].is_open(sunday_night)
 
 
 def test_business_hours_across_dst() -> None:
     hours = BusinessHours("Europe/London", {"mon": "09:00-17:30"})
     # The Monday after the clocks go forward (2027-03-28): 09:00 BST is 08:00 UTC.
-    sunday = datetime(2027, 3, 28, 12, 0, tzinfo=timezone.utc)
-    assert hours.next_open(sunday) == datetime(2027, 3, 29, 8, 0, tzinfo=timezone.utc)
-    assert hours.is_open(datetime(2027, 3, 29, 16, 29, tzinfo=timezone.utc))
-    assert not hours.is_open(datetime(2027, 3, 29, 16, 30, tzinfo=timezone.utc))
+    sunday = datetime(2027, 3, 28, 12, 0, tzinfo=UTC)
+    assert hours.next_open(sunday) == datetime(2027, 3, 29, 8, 0, tzinfo=UTC)
+    assert hours.is_open(datetime(2027, 3, 29, 16, 29, tzinfo=UTC))
+    assert not hours.is_open(datetime(2027, 3, 29, 16, 30, tzinfo=UTC))
 
 
 async def _conversation(session: Any, customer_id: int) -> Conversation:
-    conversation = Conversation(customer_id=customer_id, created_at=datetime.now(timezone.utc))
+    conversation = Conversation(customer_id=customer_id, created_at=datetime.now(UTC))
     session.add(conversation)
     await session.flush()
     return conversation

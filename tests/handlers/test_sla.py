@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 
@@ -12,7 +12,7 @@ from storage.db import Database
 from storage.models import Conversation, Interaction, OutboxRow, SlaBreach
 from tests.handlers.care_helpers import STAFF_CHAT, care_pipeline, config, message
 
-T0 = datetime(2027, 3, 1, 2, 0, tzinfo=timezone.utc)  # a Monday
+T0 = datetime(2027, 3, 1, 2, 0, tzinfo=UTC)  # a Monday
 CFG = config(
     routing={"teams": [{"name": "care", "members": ["amy"], "leads": ["lou"]}]},
     sla={"first_response": {"high": "4h", "normal": "24h"}, "resolution": {"high": "1d"}},
