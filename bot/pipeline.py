@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import func, insert, select, tuple_
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import make_transient_to_detached
@@ -159,20 +159,21 @@ async def _receive(
     receipts: list[Receipt | None] = [None] * len(inbounds)
 
     # 1. dedupe: against the log, and within the batch itself
-    keys = {(i.channel, i.external_id) for i in inbounds}
-    logged: dict[tuple[str, str], Interaction] = {}
-    rows = await session.scalars(
-        select(Interaction).where(tuple_(Interaction.channel, Interaction.external_id).in_(keys))
-    )
-    for row in rows:
-        logged[(row.channel, row.external_id or "")] = row
+    logged: dict[tuple[str, str], Receipt] = {}
+    for channel, ids in _by_channel((i.channel, i.external_id) for i in inbounds).items():
+        rows = await session.execute(
+            select(
+                Interaction.external_id, Interaction.id, Interaction.customer_id, Interaction.conversation_id
+            ).where(Interaction.channel == channel, Interaction.external_id.in_(ids))
+        )
+        for external_id, *ids_ in rows:
+            logged[(channel, external_id)] = Receipt("duplicate", *ids_)
     first_of: dict[tuple[str, str], int] = {}
     fresh: list[int] = []
     for n, inbound in enumerate(inbounds):
         key = (inbound.channel, inbound.external_id)
         if key in logged:
-            row = logged[key]
-            receipts[n] = Receipt("duplicate", row.id, row.customer_id, row.conversation_id)
+            receipts[n] = logged[key]
         elif key in first_of:
             continue  # answered after the first copy is written
         else:
@@ -190,6 +191,15 @@ async def _receive(
     return [r for r in receipts if r is not None]
 
 
+def _by_channel(pairs: Iterable[tuple[str, str]]) -> dict[str, set[str]]:
+    """One query per channel: SQLite does not use the (channel, key) unique index for a
+    row-value IN, but does for channel = ? AND key IN (...)."""
+    grouped: dict[str, set[str]] = {}
+    for channel, key in pairs:
+        grouped.setdefault(channel, set()).add(key)
+    return grouped
+
+
 async def _log_fresh(
     session: AsyncSession,
     inbounds: list[Inbound],
@@ -198,17 +208,17 @@ async def _log_fresh(
     pipeline: Pipeline,
 ) -> None:
     # 2. identify: Identity(channel, address) -> Customer, created on first contact
-    addresses = {(i.channel, i.address) for i in inbounds}
     identities: dict[tuple[str, str], Identity] = {}
-    found = await session.execute(
-        select(Identity, Customer)
-        .join(Customer, Customer.id == Identity.customer_id)
-        .where(tuple_(Identity.channel, Identity.address).in_(addresses))
-    )
     customers: dict[int, Customer] = {}
-    for identity, customer in found:
-        identities[(identity.channel, identity.address)] = identity
-        customers[customer.id] = customer
+    for channel, addresses in _by_channel((i.channel, i.address) for i in inbounds).items():
+        found = await session.execute(
+            select(Identity, Customer)
+            .join(Customer, Customer.id == Identity.customer_id)
+            .where(Identity.channel == channel, Identity.address.in_(addresses))
+        )
+        for identity, customer in found:
+            identities[(identity.channel, identity.address)] = identity
+            customers[customer.id] = customer
     new_customers: dict[tuple[str, str], Customer] = {}
     for inbound in inbounds:
         key = (inbound.channel, inbound.address)
