@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import csv
-import time
 from datetime import date
 from pathlib import Path
 
@@ -222,13 +221,14 @@ def test_cli_import_prints_summary_and_writes_rejected_csv(tmp_path: Path) -> No
     assert "use a .csv or .xlsx file" in result.output
 
 
-@pytest.mark.slow
-async def test_100k_rows_import_in_under_a_minute(tmp_path: Path) -> None:
+async def test_a_large_file_imports_whole_and_reimports_unchanged(tmp_path: Path) -> None:
+    """Batch boundaries (1,000 rows) crossed many times; speed is bench/campaigns.py's job."""
+    rows = 12_345
     path = tmp_path / "big.csv"
     with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(HEADER)
-        for n in range(100_000):
+        for n in range(rows):
             writer.writerow(
                 [f"客户{n}", f"c{n}@example.com", f"+86138{n:08d}", "", f"19{n % 90 + 10:02d}-{n % 12 + 1:02d}-{n % 28 + 1:02d}",
                  "Asia/Shanghai", "zh", "retail", "yes"]
@@ -236,10 +236,9 @@ async def test_100k_rows_import_in_under_a_minute(tmp_path: Path) -> None:
     db = Database(f"sqlite+aiosqlite:///{tmp_path}/kefu.db")
     await db.upgrade()
     try:
-        started = time.perf_counter()
-        report = await import_customers(db, path, Settings(today=TODAY))
-        elapsed = time.perf_counter() - started
+        first = await import_customers(db, path, Settings(today=TODAY))
+        again = await import_customers(db, path, Settings(today=TODAY))
     finally:
         await db.dispose()
-    assert report.created == 100_000 and not report.rejected
-    assert elapsed < 60, f"100k rows took {elapsed:.1f} s"
+    assert first.created == rows and not first.rejected
+    assert again.unchanged == rows and again.created == again.updated == 0
