@@ -119,7 +119,13 @@ def email_config(
         "timeout_seconds": 5,
     }
     section.update(email)
-    return base_config(f"sqlite+aiosqlite:///{tmp_path}/kefu.db", email=section)
+    # The fixtures' mail is often a complaint; these tests count SMTP traffic of agents' answers,
+    # so the automatic acknowledgement (tested in tests/test_complaint_flow.py) stays off here.
+    return base_config(
+        f"sqlite+aiosqlite:///{tmp_path}/kefu.db",
+        email=section,
+        routing={"acknowledge_complaints": False},
+    )
 
 
 def env_for(mailbox: Mailbox) -> dict[str, str]:
