@@ -240,9 +240,11 @@ class Kefu:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
                 await asyncio.wait_for(task, timeout=15)
-        await self.pipeline.close()
+        # Channels stop receiving before the pipeline closes, so a message they are handing
+        # over (a Telegram poll batch, an IMAP fetch) is still committed and acknowledged.
         for channel in self.channels.values():
             await channel.stop()
+        await self.pipeline.close()
         await self.db.dispose()
 
     def make_server(self) -> uvicorn.Server:
