@@ -19,6 +19,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -179,12 +180,19 @@ class Router:
         return decision
 
     async def members(self, session: AsyncSession, team: TeamConfig, *, on_duty: bool) -> list[Staff]:
-        query = select(Staff).where(Staff.active.is_(True)).order_by(Staff.id)
-        if on_duty:
-            query = query.where(Staff.on_duty.is_(True))
-        if team.members:
-            query = query.where(Staff.name.in_(team.members))
-        return list(await session.scalars(query))
+        # Asked for every message of a batch: read the team once per transaction, and without
+        # autoflush (which would write the batch's pending rows each time).
+        cache = _per_transaction(session, "members")
+        key = (team.name, on_duty)
+        if key not in cache:
+            query = select(Staff).where(Staff.active.is_(True)).order_by(Staff.id)
+            if on_duty:
+                query = query.where(Staff.on_duty.is_(True))
+            if team.members:
+                query = query.where(Staff.name.in_(team.members))
+            with session.no_autoflush:
+                cache[key] = list(await session.scalars(query))
+        return cache[key]
 
     async def leads(self, session: AsyncSession, team: TeamConfig) -> list[Staff]:
         query = select(Staff).where(Staff.active.is_(True)).order_by(Staff.id)
@@ -210,10 +218,15 @@ class Router:
 
 
 async def round_robin(session: AsyncSession, team: str, candidates: Sequence[Staff]) -> int:
-    cursor = await session.scalar(select(RoutingCursor).where(RoutingCursor.team == team))
+    cursors = _per_transaction(session, "cursors")
+    cursor = cursors.get(team)
     if cursor is None:
-        cursor = RoutingCursor(team=team, last_staff_id=None)
-        session.add(cursor)
+        with session.no_autoflush:
+            cursor = await session.scalar(select(RoutingCursor).where(RoutingCursor.team == team))
+        if cursor is None:
+            cursor = RoutingCursor(team=team, last_staff_id=None)
+            session.add(cursor)
+        cursors[team] = cursor
     last = cursor.last_staff_id or 0
     chosen = next((s for s in candidates if s.id > last), candidates[0])
     cursor.last_staff_id = chosen.id
@@ -223,13 +236,26 @@ async def round_robin(session: AsyncSession, team: str, candidates: Sequence[Sta
 
 async def least_open(session: AsyncSession, candidates: Sequence[Staff]) -> int:
     ids = [s.id for s in candidates]
-    rows = await session.execute(
-        select(Conversation.assignee, func.count())
-        .where(Conversation.assignee.in_(ids), Conversation.status.in_(OPEN_STATUSES))
-        .group_by(Conversation.assignee)
-    )
-    counts: dict[int, int] = {staff_id: n for staff_id, n in rows}
-    return min(ids, key=lambda i: (counts.get(i, 0), i))
+    counts = _per_transaction(session, "open_counts")
+    missing = [i for i in ids if i not in counts]
+    if missing:
+        with session.no_autoflush:
+            rows = await session.execute(
+                select(Conversation.assignee, func.count())
+                .where(Conversation.assignee.in_(missing), Conversation.status.in_(OPEN_STATUSES))
+                .group_by(Conversation.assignee)
+            )
+        counts.update({i: 0 for i in missing})
+        counts.update({staff_id: n for staff_id, n in rows})
+    chosen = min(ids, key=lambda i: (counts[i], i))
+    counts[chosen] += 1  # this batch's own assignments count before they are flushed
+    return chosen
+
+
+def _per_transaction(session: AsyncSession, name: str) -> dict[Any, Any]:
+    """A cache that lives as long as the session's transaction (session.info is cleared by no
+    one else; kefu opens one session per transaction)."""
+    return session.info.setdefault(f"kefu.routing.{name}", {})  # type: ignore[no-any-return]
 
 
 _default: Router | None = None
