@@ -33,7 +33,7 @@ from channels.email import EmailChannel, ImapSettings, MailStore, SmtpSettings
 from channels.mail_compose import Composer
 from channels.mail_compose import Identity as MailSender
 from channels.webhook import Source, WebhookChannel
-from handlers import email_events, staff_group, telegram_links
+from handlers import email_events, staff_group, telegram_links, telegram_survey
 from handlers.complaints import load_classifier
 from storage.channel_state import StateStore
 from storage.db import Database
@@ -97,11 +97,14 @@ def build_telegram(kefu: Kefu) -> Channel | None:
         link=functools.partial(telegram_links.handle, kefu.db),
         thread_of=functools.partial(staff_group.thread_of, kefu.db),
         save_thread=functools.partial(staff_group.save_thread, kefu.db),
+        survey=functools.partial(telegram_survey.handle, kefu.db, kefu.config),
     )
     if tg.staff_chat_id is None:
         log.info("telegram.staff_chat.off: set [telegram] staff_chat_id to mirror conversations")
     else:
-        desk = staff_group.StaffDesk(kefu.db, tg.staff_chat_id, on_commit=lambda: kefu.worker.wake())
+        desk = staff_group.StaffDesk(
+            kefu.db, tg.staff_chat_id, config=kefu.config, on_commit=lambda: kefu.worker.wake()
+        )
         hooks = dataclasses.replace(hooks, staff=desk.handle)
         kefu.observers.append(staff_group.mirror_observer(tg.staff_chat_id))
     channel = telegram.TelegramChannel(

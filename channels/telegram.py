@@ -25,7 +25,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from telegram import Bot, Message, ReplyParameters, Update
+from telegram import (
+    Bot,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    Message,
+    ReplyParameters,
+    Update,
+)
 from telegram.error import (
     BadRequest,
     ChatMigrated,
@@ -44,10 +51,13 @@ from channels.telegram_updates import (
     CHANNEL,
     CustomerUpdate,
     LinkRequest,
+    PressAnswer,
     StaffPost,
+    SurveyPress,
     Translated,
     fallback,
     message_key,
+    survey_data,
     translate,
 )
 
@@ -57,7 +67,9 @@ log = logging.getLogger("kefu.telegram")
 # they become timedeltas; opting in to the timedelta form now silences that and is what v23 does.
 os.environ.setdefault("PTB_TIMEDELTA", "true")
 
-ALLOWED_UPDATES = ("message", "edited_message", "my_chat_member")
+ALLOWED_UPDATES = ("message", "edited_message", "my_chat_member", "callback_query")
+# answerCallbackQuery shows at most 200 characters.
+CALLBACK_TEXT_LIMIT = 200
 TOPIC_NAME_LIMIT = 128
 # An update that fails this often is logged and skipped, so one poison update cannot stall the chat.
 MAX_UPDATE_ATTEMPTS = 5
@@ -73,6 +85,7 @@ class Hooks:
     link: Callable[[LinkRequest], Awaitable[object]] | None = None
     thread_of: Callable[[int], Awaitable[str | None]] | None = None  # conversation -> topic id
     save_thread: Callable[[int, str], Awaitable[None]] | None = None
+    survey: Callable[[SurveyPress], Awaitable[PressAnswer]] | None = None  # returns after its commit
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,8 +336,44 @@ class TelegramChannel:
                 log.info("telegram.staff.off update_id=%s: no staff desk", update.update_id)
                 return
             await self.hooks.staff(item)
+        elif isinstance(item, SurveyPress):
+            await self._survey_press(item)
         else:
             log.debug("telegram.update.ignored update_id=%s reason=%s", update.update_id, item.reason)
+
+    async def _survey_press(self, press: SurveyPress) -> None:
+        """Records a survey button press (the hook commits), then tells the customer. The answer to
+        Telegram comes after the commit and never fails the update: a lost toast is only cosmetic,
+        while a retried press would be refused as answered already."""
+        answer: PressAnswer | None = None
+        if self.hooks.survey is None:
+            log.info("telegram.survey.off survey=%s: no survey handler", press.survey_id)
+        else:
+            answer = await self.hooks.survey(press)
+        try:
+            await self.bot.answer_callback_query(
+                press.query_id, text=answer.text[:CALLBACK_TEXT_LIMIT] if answer else None
+            )
+        except TelegramError as exc:
+            # "query is too old": Telegram waits only seconds for the answer (a retried update).
+            log.warning("telegram.callback.answer.failure survey=%s error=%s", press.survey_id, exc)
+        if answer is not None and answer.chosen is not None:
+            await self._mark_choice(press, answer.chosen)
+
+    async def _mark_choice(self, press: SurveyPress, chosen: int) -> None:
+        if press.chat_id is None or press.message_id is None or not press.choices:
+            return
+        chat_id, message_id = press.chat_id, press.message_id
+        markup = survey_keyboard(press.survey_id, press.choices, chosen=chosen)
+        try:
+            await self._call(
+                chat_id,
+                lambda: self.bot.edit_message_reply_markup(chat_id, message_id, reply_markup=markup),
+                group=False,
+            )
+        except ChannelError as exc:
+            # "message is not modified" (marked already) or a message too old to edit.
+            log.info("telegram.survey.mark.failure survey=%s error=%s", press.survey_id, exc)
 
     async def handle_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookReply:
         """One Telegram webhook POST; 200 only after the update is committed."""
@@ -370,7 +419,10 @@ class TelegramChannel:
     async def _send_customer(self, out: Outbound, chat_id: int) -> SendResult:
         text = _with_links(out.text, out.attachments)
         reply_to = _reply_to(out.meta.get("in_reply_to"), chat_id)
-        steps = self._steps(chat_id, text, out.attachments, thread=None, reply_to=reply_to)
+        steps = self._steps(
+            chat_id, text, out.attachments, thread=None, reply_to=reply_to,
+            markup=_survey_markup(out.meta.get("survey")),
+        )
         progress = await self._run(out.dedupe_key, chat_id, steps, group=False)
         return SendResult(external_id=progress.first_key)
 
@@ -429,15 +481,20 @@ class TelegramChannel:
         *,
         thread: int | None,
         reply_to: int | None,
+        markup: InlineKeyboardMarkup | None = None,
     ) -> list[Callable[[], Awaitable[Message]]]:
         common: dict[str, Any] = {}
         if thread is not None:
             common["message_thread_id"] = thread
         steps: list[Callable[[], Awaitable[Message]]] = []
-        for n, part in enumerate(split_text(text) if text.strip() else []):
+        parts = split_text(text) if text.strip() else []
+        for n, part in enumerate(parts):
             extra = dict(common)
             if n == 0 and reply_to is not None:
                 extra["reply_parameters"] = ReplyParameters(reply_to, allow_sending_without_reply=True)
+            if n == len(parts) - 1 and markup is not None:
+                # Buttons under the last part: the customer reads the question, then answers.
+                extra["reply_markup"] = markup
             steps.append(_bound(self.bot.send_message, chat_id, part, **extra))
         for attachment in attachments:
             if attachment.file_id:
@@ -550,6 +607,29 @@ def _media(
         attachment.kind,
         lambda: bot.send_document(chat_id, attachment.file_id, caption=caption, **common),
     )
+
+
+def survey_keyboard(
+    survey_id: int, choices: Sequence[int], *, chosen: int | None = None
+) -> InlineKeyboardMarkup:
+    """One row, one button per score; after an answer the chosen one is ticked."""
+    return InlineKeyboardMarkup(
+        [[
+            InlineKeyboardButton(f"✅ {n}" if n == chosen else str(n), callback_data=survey_data(survey_id, n))
+            for n in choices
+        ]]
+    )
+
+
+def _survey_markup(question: object) -> InlineKeyboardMarkup | None:
+    """meta["survey"] = {"id", "choices"} (handlers/survey.py) -> the buttons; None otherwise."""
+    if not isinstance(question, Mapping):
+        return None
+    survey_id, choices = _int(question.get("id")), question.get("choices")
+    if survey_id is None or not isinstance(choices, list):
+        return None
+    scores = [n for n in choices if isinstance(n, int) and not isinstance(n, bool)]
+    return survey_keyboard(survey_id, scores) if scores else None
 
 
 def _with_links(text: str, attachments: Sequence[Attachment]) -> str:

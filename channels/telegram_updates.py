@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from telegram import Chat, ChatMemberUpdated, Message, Update
+from telegram import CallbackQuery, Chat, ChatMemberUpdated, Message, Update
 
 from bot.messages import Attachment, Inbound
 
@@ -48,6 +48,28 @@ class StaffPost:
 
 
 @dataclass(frozen=True, slots=True)
+class SurveyPress:
+    """A customer pressed a survey button (callback data "survey:<id>:<score>")."""
+
+    query_id: str  # answerCallbackQuery needs it, once, within seconds
+    user_id: str
+    survey_id: int
+    score: int
+    chat_id: int | None = None  # the survey message, to mark the chosen score on its keyboard
+    message_id: int | None = None
+    choices: tuple[int, ...] = ()  # the scores on that keyboard, in order
+    language: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PressAnswer:
+    """What the customer sees after a press: a short toast, and the score to mark if it counted."""
+
+    text: str
+    chosen: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class CustomerUpdate:
     inbound: Inbound
     link: LinkRequest | None = None
@@ -58,7 +80,11 @@ class Ignored:
     reason: str
 
 
-Translated = CustomerUpdate | StaffPost | Ignored
+Translated = CustomerUpdate | StaffPost | SurveyPress | Ignored
+
+SURVEY_PREFIX = "survey"
+# Telegram caps callback_data at 64 bytes; "survey:<id>:<score>" stays far below for any id.
+CALLBACK_DATA_LIMIT = 64
 
 
 def message_key(chat_id: int, message_id: int) -> str:
@@ -81,11 +107,13 @@ def translate(update: Update, *, staff_chat_id: int | None) -> Translated:
         return _message(update.edited_message, staff_chat_id, edited=True)
     if update.my_chat_member is not None:
         return _membership(update.my_chat_member)
+    if update.callback_query is not None:
+        return _callback(update.callback_query)
     return Ignored(f"update type not handled: {_update_kind(update)}")
 
 
 def _update_kind(update: Update) -> str:
-    for name in ("channel_post", "edited_channel_post", "callback_query", "inline_query", "chat_member"):
+    for name in ("channel_post", "edited_channel_post", "inline_query", "chat_member"):
         if getattr(update, name, None) is not None:
             return name
     return "unknown"
@@ -212,6 +240,52 @@ def _membership(change: ChatMemberUpdated) -> Translated:
             meta={"kind": "blocked" if blocked else "unblocked", "telegram": {"status": status}},
         )
     )
+
+
+def survey_data(survey_id: int, score: int) -> str:
+    """The callback_data of one survey button."""
+    data = f"{SURVEY_PREFIX}:{survey_id}:{score}"
+    assert len(data.encode()) <= CALLBACK_DATA_LIMIT, data
+    return data
+
+
+def parse_survey_data(data: str | None) -> tuple[int, int] | None:
+    """"survey:17:4" -> (17, 4); None for any other callback data."""
+    prefix, _, rest = (data or "").partition(":")
+    survey_id, _, score = rest.partition(":")
+    if prefix != SURVEY_PREFIX or not survey_id.isdigit() or not score.isdigit():
+        return None
+    return int(survey_id), int(score)
+
+
+def _callback(query: CallbackQuery) -> Translated:
+    parsed = parse_survey_data(query.data)
+    if parsed is None:
+        return Ignored(f"callback_query with data kefu does not use: {(query.data or '')[:64]!r}")
+    survey_id, score = parsed
+    message = query.message
+    # An inaccessible message (older than 48 hours) has no keyboard to mark: the press still counts.
+    chat_id = message.chat.id if message is not None else None
+    message_id = message.message_id if message is not None else None
+    return SurveyPress(
+        query_id=query.id,
+        user_id=str(query.from_user.id),
+        survey_id=survey_id,
+        score=score,
+        chat_id=chat_id,
+        message_id=message_id,
+        choices=_choices(message, survey_id) if isinstance(message, Message) else (),
+        language=language_of(query.from_user.language_code),
+    )
+
+
+def _choices(message: Message, survey_id: int) -> tuple[int, ...]:
+    markup = message.reply_markup
+    if markup is None:
+        return ()
+    found = (parse_survey_data(b.callback_data if isinstance(b.callback_data, str) else None)
+             for row in markup.inline_keyboard for b in row)
+    return tuple(score for sid, score in (f for f in found if f is not None) if sid == survey_id)
 
 
 def _command(text: str) -> str | None:

@@ -1,8 +1,15 @@
-"""Staff commands in a conversation's topic: /claim, /assign, /resolve, /reopen, /note, /history,
-/whois, /vip, /tag. Each returns the short text posted back to the group; each is audited."""
+"""Staff commands in a conversation's topic: /claim, /assign, /resolve, /pending, /reopen, /close,
+/note, /history, /whois, /vip, /tag. Each returns the short text posted back to the group; each is
+audited.
+
+Roles (handlers/roles.py) decide who may do what, as for the CLI; status changes go through
+handlers/lifecycle.py, so /resolve sends the satisfaction survey. A refusal is a short reply and a
+"staff.forbidden" audit row, and changes nothing.
+"""
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -10,13 +17,18 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.config import Config
 from channels.telegram_updates import StaffPost
+from handlers import lifecycle, roles
+from handlers.roles import Actor
 from storage import audit, customers, interactions
 from storage.models import Conversation, Customer, Interaction, Staff, utcnow
 
+log = logging.getLogger("kefu.staff_commands")
+
 USAGE = (
-    "Commands: /claim, /assign <staff>, /resolve, /reopen, /note <text>, /history [n], "
-    "/whois, /vip on|off, /tag <tag>"
+    "Commands: /claim, /assign <staff>, /resolve, /pending, /reopen, /close, /note <text>, "
+    "/history [n], /whois, /vip on|off, /tag <tag>"
 )
 HISTORY_DEFAULT = 10
 HISTORY_MAX = 50
@@ -33,10 +45,18 @@ class Context:
     customer: Customer
     args: str
     post: StaffPost
+    config: Config
 
     @property
     def subject(self) -> str:
         return f"conversation:{self.conversation.id}"
+
+    @property
+    def actor(self) -> Actor:
+        return Actor.of(self.member)
+
+    def require(self, action: str) -> None:
+        roles.require(self.actor, action, f"conversation {self.conversation.id}")
 
     def audit(self, action: str, **detail: object) -> None:
         audit.record(
@@ -81,6 +101,7 @@ async def run(
     name: str,
     args: str,
     post: StaffPost,
+    config: Config,
 ) -> str:
     command = COMMANDS.get(name)
     if command is None:
@@ -89,10 +110,19 @@ async def run(
         return f"/{name} works inside a conversation's topic, or as a reply to its message."
     customer = await session.get(Customer, conversation.customer_id)
     assert customer is not None
-    return await command(Context(session, member, conversation, customer, args, post))
+    ctx = Context(session, member, conversation, customer, args, post, config)
+    try:
+        return await command(ctx)
+    except roles.Forbidden as exc:
+        # Every check comes before the first change, so the transaction holds only this row.
+        ctx.audit("forbidden", command=name, role=member.role, reason=str(exc))
+        log.info("staff_commands.forbidden staff=%s role=%s command=%s conversation=%s",
+                 member.name, member.role, name, conversation.id)
+        return f"⛔ /{name}: {exc}."
 
 
 async def claim(ctx: Context) -> str:
+    ctx.require("claim")
     if ctx.conversation.assignee == ctx.member.id:
         return f"#{ctx.conversation.id} is already yours."
     before = ctx.conversation.assignee
@@ -103,6 +133,7 @@ async def claim(ctx: Context) -> str:
 
 
 async def assign(ctx: Context) -> str:
+    ctx.require("assign")
     name = ctx.args.strip().removeprefix("@")
     if not name:
         return "Usage: /assign <staff name>"
@@ -116,29 +147,42 @@ async def assign(ctx: Context) -> str:
     return f"👉 #{ctx.conversation.id} assigned to {target.name}."
 
 
+Move = Callable[[AsyncSession, int, Actor, Config], Awaitable[lifecycle.Change]]
+
+
+async def _move(ctx: Context, move: Move) -> lifecycle.Change | str:
+    """A status change through the lifecycle (its event, audit row and role check), or why not."""
+    try:
+        return await move(ctx.session, ctx.conversation.id, ctx.actor, ctx.config)
+    except lifecycle.LifecycleError as exc:
+        return f"ℹ️ {exc}."
+
+
 async def resolve(ctx: Context) -> str:
-    if ctx.conversation.status in ("resolved", "closed"):
-        return f"#{ctx.conversation.id} is already {ctx.conversation.status}."
-    before = ctx.conversation.status
-    ctx.conversation.status = "resolved"
-    ctx.conversation.resolved_at = utcnow()
-    ctx.event("resolved", f"resolved by {ctx.member.name}")
-    ctx.audit("resolve", previous=before)
-    return f"✅ #{ctx.conversation.id} resolved."
+    change = await _move(ctx, lifecycle.resolve)
+    if isinstance(change, str):
+        return change
+    survey = " 📋 Satisfaction survey sent to the customer." if change.survey_id is not None else ""
+    return f"✅ #{ctx.conversation.id} resolved.{survey}"
+
+
+async def pending(ctx: Context) -> str:
+    change = await _move(ctx, lifecycle.pending)
+    return change if isinstance(change, str) else f"⏳ #{ctx.conversation.id} pending: waiting on the customer."
 
 
 async def reopen(ctx: Context) -> str:
-    if ctx.conversation.status in ("open", "pending"):
-        return f"#{ctx.conversation.id} is already {ctx.conversation.status}."
-    before = ctx.conversation.status
-    ctx.conversation.status = "open"
-    ctx.conversation.resolved_at = None
-    ctx.event("reopened", f"reopened by {ctx.member.name}")
-    ctx.audit("reopen", previous=before)
-    return f"🔄 #{ctx.conversation.id} reopened."
+    change = await _move(ctx, lifecycle.reopen)
+    return change if isinstance(change, str) else f"🔄 #{ctx.conversation.id} reopened."
+
+
+async def close(ctx: Context) -> str:
+    change = await _move(ctx, lifecycle.close)
+    return change if isinstance(change, str) else f"🔒 #{ctx.conversation.id} closed."
 
 
 async def note(ctx: Context) -> str:
+    ctx.require("note")
     text = ctx.args.strip()
     if not text:
         return "Usage: /note <text> (kept in the log, never sent to the customer)"
@@ -163,6 +207,7 @@ ARROWS = {"in": "←", "out": "→", "note": "📝", "event": "·"}
 
 
 async def history(ctx: Context) -> str:
+    ctx.require("history")
     arg = ctx.args.strip() or str(HISTORY_DEFAULT)
     if not arg.isdigit() or not 1 <= int(arg) <= HISTORY_MAX:
         return f"Usage: /history [n], n from 1 to {HISTORY_MAX}"
@@ -181,6 +226,7 @@ async def history(ctx: Context) -> str:
 
 
 async def whois(ctx: Context) -> str:
+    ctx.require("whois")
     customer = ctx.customer
     ids = await customers.identities_of(ctx.session, customer.id)
     ctx.audit("whois", customer=customer.id)
@@ -199,6 +245,7 @@ async def whois(ctx: Context) -> str:
 
 
 async def vip(ctx: Context) -> str:
+    ctx.require("vip")
     arg = ctx.args.strip().lower()
     if arg not in ("on", "off"):
         return "Usage: /vip on|off"
@@ -208,6 +255,7 @@ async def vip(ctx: Context) -> str:
 
 
 async def tag(ctx: Context) -> str:
+    ctx.require("tag")
     value = ctx.args.strip().lstrip("#").lower()
     if not value or len(value) > 40 or any(c.isspace() for c in value):
         return "Usage: /tag <tag> (one word, up to 40 characters)"
@@ -224,7 +272,9 @@ COMMANDS: dict[str, Callable[[Context], Awaitable[str]]] = {
     "claim": claim,
     "assign": assign,
     "resolve": resolve,
+    "pending": pending,
     "reopen": reopen,
+    "close": close,
     "note": note,
     "history": history,
     "whois": whois,

@@ -23,10 +23,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import outbox
+from bot.config import Config
 from bot.messages import Attachment, Outbound
 from bot.pipeline import Logged, Observer
 from channels.telegram_updates import StaffPost
-from handlers import agents, staff_commands
+from handlers import agents, roles, staff_commands
 from storage import audit
 from storage.db import Database
 from storage.models import Conversation, OutboxRow, ProcessedMessage, Staff
@@ -181,11 +182,13 @@ class StaffDesk:
         db: Database,
         staff_chat_id: int,
         *,
+        config: Config | None = None,
         on_commit: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.db = db
         self.staff_chat_id = staff_chat_id
+        self.config = config if config is not None else Config()
         self.on_commit = on_commit
         self.clock = clock
         self._refused: dict[int | None, float] = {}
@@ -236,10 +239,18 @@ class StaffDesk:
             return "refused"
         if command is not None:
             name, args = command
-            reply = await staff_commands.run(session, member, conversation, name, args, post)
+            reply = await staff_commands.run(
+                session, member, conversation, name, args, post, self.config
+            )
             await self._notice(session, post, conversation, reply)
             return f"command:{name}"
         assert conversation is not None
+        if not roles.allowed(member.role, "reply"):
+            # Every role may reply today; a staff row with an unknown role may not.
+            audit.record(session, member.name, "staff.forbidden", f"conversation:{conversation.id}",
+                         staff_id=member.id, message=post.key, command="reply", role=member.role)
+            await self._notice(session, post, conversation, f"⛔ {member.name} ({member.role}) may not reply.")
+            return "forbidden"
         if not post.text.strip():
             await self._notice(
                 session, post, conversation, "📎 Attachments are not forwarded to customers yet: send text."

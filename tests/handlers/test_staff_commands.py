@@ -15,10 +15,10 @@ from handlers import staff_commands
 from handlers.staff_group import REFUSAL, StaffDesk, mirror_observer
 from storage import staff
 from storage.db import Database
-from storage.models import AuditEntry, Conversation, Customer, Interaction, OutboxRow
+from storage.models import AuditEntry, Conversation, Customer, Interaction, OutboxRow, Survey
 
 STAFF_CHAT = -1001234567890
-ALICE, BOB, STRANGER = 2002, 2003, 4004
+ALICE, BOB, LENA, STRANGER = 2002, 2003, 2004, 4004
 THREAD = 57
 ids = iter(range(100, 10_000))
 
@@ -34,10 +34,12 @@ def post(text: str, *, user: int = ALICE, thread: int | None = THREAD, reply_to:
 
 @pytest.fixture
 async def world(db: Database) -> dict[str, Any]:
-    """A Telegram customer with one conversation mirrored into topic 57; alice and bob are staff."""
+    """A Telegram customer with one conversation mirrored into topic 57; alice and bob are agents,
+    lena is their lead."""
     async with db.transaction() as session:
         alice = await staff.add(session, "alice", telegram_user_id=ALICE)
         bob = await staff.add(session, "bob", telegram_user_id=BOB)
+        lena = await staff.add(session, "lena", telegram_user_id=LENA, role="lead")
         gone = await staff.add(session, "carol", telegram_user_id=5005)
         gone.active = False
     pipeline = Pipeline(db, observers=[mirror_observer(STAFF_CHAT)])
@@ -52,7 +54,7 @@ async def world(db: Database) -> dict[str, Any]:
         conversation.staff_thread = str(THREAD)
         conversation.assignee = None  # whatever routing decided: the commands start from nobody
     return {"conversation_id": receipt.conversation_id, "customer_id": receipt.customer_id,
-            "alice": alice.id, "bob": bob.id}
+            "alice": alice.id, "bob": bob.id, "lena": lena.id}
 
 
 async def rows(db: Database, model: type, *where: Any) -> list[Any]:
@@ -131,33 +133,98 @@ async def test_chatter_outside_conversations_is_ignored(db: Database, world: dic
     assert await notices(db) == []
 
 
-async def test_claim_assign_resolve_reopen(db: Database, world: dict[str, Any]) -> None:
+async def status_of(db: Database, conversation_id: int) -> tuple[int | None, str]:
+    async with db.sessions() as session:
+        conversation = await session.get(Conversation, conversation_id)
+    assert conversation is not None
+    return conversation.assignee, conversation.status
+
+
+async def test_claim_assign_resolve_pending_reopen_close(db: Database, world: dict[str, Any]) -> None:
     desk = StaffDesk(db, STAFF_CHAT)
     cid = world["conversation_id"]
     await desk.handle(post("/claim"))
-    await desk.handle(post("/assign@kefu_test_bot bob"))
-    await desk.handle(post("/assign nobody"))
-    await desk.handle(post("/assign carol"))
-    await desk.handle(post("/resolve"))
-    async with db.sessions() as session:
+    await desk.handle(post("/assign@kefu_test_bot bob", user=LENA))
+    await desk.handle(post("/assign nobody", user=LENA))
+    await desk.handle(post("/assign carol", user=LENA))
+    await desk.handle(post("/resolve", user=BOB))
+    assert await status_of(db, cid) == (world["bob"], "resolved")
+    await desk.handle(post("/resolve", user=BOB))
+    await desk.handle(post("/reopen", user=LENA))
+    assert await status_of(db, cid) == (world["bob"], "open")
+    await desk.handle(post("/pending", user=BOB))
+    assert await status_of(db, cid) == (world["bob"], "pending")
+    await desk.handle(post("/close", user=LENA))
+    assert await status_of(db, cid) == (world["bob"], "closed")
+    texts = await notices(db)
+    assert texts[:4] == [
+        f"✋ #{cid} claimed by alice.",
+        f"👉 #{cid} assigned to bob.",
+        "No active staff member named 'nobody' (see `kefu staff list`).",
+        "No active staff member named 'carol' (see `kefu staff list`).",
+    ]
+    assert texts[4:] == [
+        f"✅ #{cid} resolved. 📋 Satisfaction survey sent to the customer.",
+        f"ℹ️ conversation {cid} is already resolved.",
+        f"🔄 #{cid} reopened.",
+        f"⏳ #{cid} pending: waiting on the customer.",
+        f"🔒 #{cid} closed.",
+    ]
+    actions = [(e.actor, e.action) for e in await rows(db, AuditEntry, AuditEntry.subject == f"conversation:{cid}")]
+    assert actions == [
+        ("alice", "staff.claim"), ("lena", "staff.assign"), ("bob", "conversation.resolve"),
+        ("lena", "conversation.reopen"), ("bob", "conversation.pending"), ("lena", "conversation.close"),
+    ]
+    events = await rows(db, Interaction, Interaction.direction == "event", Interaction.author_kind == "agent")
+    assert [(e.meta["kind"], e.meta.get("to")) for e in events] == [
+        ("assigned", None), ("assigned", None), ("status", "resolved"), ("status", "open"),
+        ("status", "pending"), ("status", "closed"),
+    ]
+    # /resolve went through the lifecycle: the survey is asked on the customer's own channel.
+    [asked] = await rows(db, Survey)
+    assert (asked.conversation_id, asked.assignee) == (cid, world["bob"])
+    [question] = await rows(db, OutboxRow, OutboxRow.dedupe_key == f"survey:{asked.id}")
+    assert (question.channel, question.address) == ("telegram", "1001")
+    assert question.payload["meta"]["survey"] == {"id": asked.id, "choices": [1, 2, 3, 4, 5]}
+
+
+@pytest.mark.parametrize(
+    ("user", "command", "needs"),
+    [
+        (ALICE, "/resolve", "resolve.any"),  # bob's conversation, not alice's
+        (BOB, "/reopen", "reopen"),
+        (BOB, "/close", "close"),
+        (ALICE, "/assign alice", "assign"),
+        (ALICE, "/vip on", "vip"),
+        (ALICE, "/tag wholesale", "tag"),
+    ],
+    ids=["resolve others", "reopen", "close", "assign", "vip", "tag"],
+)
+async def test_agents_are_refused_lead_commands(
+    db: Database, world: dict[str, Any], user: int, command: str, needs: str
+) -> None:
+    cid = world["conversation_id"]
+    async with db.transaction() as session:
         conversation = await session.get(Conversation, cid)
         assert conversation is not None
-        assert (conversation.assignee, conversation.status) == (world["bob"], "resolved")
-        assert conversation.resolved_at is not None
-    await desk.handle(post("/reopen"))
+        conversation.assignee = world["bob"]
+        if command == "/reopen":
+            conversation.status = "resolved"
+    before = await status_of(db, cid)
+    desk = StaffDesk(db, STAFF_CHAT)
+    assert await desk.handle(post(command, user=user)) == f"command:{command[1:].split()[0]}"
+    [text] = await notices(db)
+    assert text.startswith(f"⛔ {command.split()[0]}: ") and f"may not {needs}" in text
+    assert "needs role lead" in text
+    [entry] = await rows(db, AuditEntry, AuditEntry.subject == f"conversation:{cid}")
+    assert entry.action == "staff.forbidden"
+    assert entry.detail["command"] == command[1:].split()[0] and entry.detail["role"] == "agent"
+    assert await status_of(db, cid) == before
     async with db.sessions() as session:
-        conversation = await session.get(Conversation, cid)
-        assert conversation is not None and conversation.status == "open"
-    texts = await notices(db)
-    assert texts[0] == f"✋ #{cid} claimed by alice."
-    assert texts[1] == f"👉 #{cid} assigned to bob."
-    assert "No active staff member named 'nobody'" in texts[2]
-    assert "No active staff member named 'carol'" in texts[3]
-    assert texts[4:] == [f"✅ #{cid} resolved.", f"🔄 #{cid} reopened."]
-    actions = [e.action for e in await rows(db, AuditEntry, AuditEntry.action.like("staff.%"))]
-    assert actions == ["staff.claim", "staff.assign", "staff.resolve", "staff.reopen"]
-    events = await rows(db, Interaction, Interaction.direction == "event", Interaction.author_kind == "agent")
-    assert [e.meta["kind"] for e in events] == ["assigned", "assigned", "resolved", "reopened"]
+        customer = await session.get(Customer, world["customer_id"])
+    assert customer is not None and not customer.vip and not customer.tags
+    assert await rows(db, Survey) == []
+    assert await rows(db, Interaction, Interaction.direction == "event") == []
 
 
 async def test_note_is_logged_and_never_sent(db: Database, world: dict[str, Any]) -> None:
@@ -173,9 +240,9 @@ async def test_history_whois_vip_tag(db: Database, world: dict[str, Any]) -> Non
     desk = StaffDesk(db, STAFF_CHAT)
     await desk.handle(post("/note first note"))
     await desk.handle(post("/history 5"))
-    await desk.handle(post("/vip on"))
-    await desk.handle(post("/tag 批发"))
-    await desk.handle(post("/tag 批发"))
+    await desk.handle(post("/vip on", user=LENA))
+    await desk.handle(post("/tag 批发", user=LENA))
+    await desk.handle(post("/tag 批发", user=LENA))
     await desk.handle(post("/whois"))
     await desk.handle(post("/history 500"))
     await desk.handle(post("/frobnicate"))
@@ -193,7 +260,7 @@ async def test_history_whois_vip_tag(db: Database, world: dict[str, Any]) -> Non
         customer = await session.get(Customer, world["customer_id"])
     assert customer is not None and customer.vip and customer.tags == ["批发"]
     async with db.sessions() as session:
-        n = await session.scalar(select(func.count()).select_from(AuditEntry).where(AuditEntry.actor == "alice"))
+        n = await session.scalar(select(func.count()).select_from(AuditEntry).where(AuditEntry.actor.in_(["alice", "lena"])))
     assert n == 5  # note, history, vip, tag, whois; a repeated tag, bad usage and unknown commands change nothing
 
 

@@ -3,7 +3,8 @@
 Requests arrive as POST /bot<TOKEN>/<method> with form-encoded bodies (non-string values
 JSON-encoded). Answers are real Bot API shapes: {"ok": true, "result": ...} or {"ok": false,
 "error_code", "description", "parameters"?}. It keeps a queue of updates for getUpdates (offset and
-long-poll timeout honoured), records every send, creates forum topics, and can fail on purpose:
+long-poll timeout honoured), records every send, creates forum topics, answers callback queries
+(each pushed one once, as Telegram does) and edits inline keyboards, and can fail on purpose:
 429 with retry_after (scripted, or by enforcing Telegram's flood limits), 403 for a blocked user.
 """
 
@@ -32,7 +33,9 @@ SEND_METHODS = {"sendmessage", "sendphoto", "senddocument", "sendvoice", "sendvi
 JSON_FIELDS = {
     "chat_id", "message_thread_id", "offset", "timeout", "limit", "allowed_updates",
     "reply_parameters", "icon_color", "drop_pending_updates", "max_connections",
+    "reply_markup", "message_id", "show_alert", "cache_time",
 }
+QUERY_INVALID = "Bad Request: query is too old and response timeout expired or query ID is invalid"
 
 
 def fixture(name: str, substitute: dict[Any, Any] | None = None) -> dict[str, Any]:
@@ -96,6 +99,9 @@ class BotApiServer:
         self.calls: Counter[str] = Counter()
         self.too_many = 0
         self.webhook: dict[str, Any] | None = None
+        self.open_queries: set[str] = set()  # callback queries pushed and not answered yet
+        self.callback_answers: list[dict[str, Any]] = []
+        self.edits: list[dict[str, Any]] = []
         self._ids = itertools.count(1)
         self._update_ids = itertools.count(500_000_001)
         self._arrived = asyncio.Event()
@@ -112,6 +118,8 @@ class BotApiServer:
     def push(self, update: dict[str, Any]) -> int:
         update = copy.deepcopy(update)
         update["update_id"] = next(self._update_ids)
+        if "callback_query" in update:
+            self.open_queries.add(str(update["callback_query"]["id"]))
         self.updates.append(update)
         self._arrived.set()
         return int(update["update_id"])
@@ -251,6 +259,32 @@ class BotApiServer:
     async def _m_sendvideo(self, data: dict[str, Any]) -> Any:
         video = {"file_id": data["video"], "file_unique_id": "w", "width": 1, "height": 1, "duration": 1}
         return self._send("sendvideo", data, {"video": video, **_caption(data)})
+
+    async def _m_answercallbackquery(self, data: dict[str, Any]) -> Any:
+        query_id = str(data["callback_query_id"])
+        if query_id not in self.open_queries:
+            raise _ApiError(_error(400, QUERY_INVALID))
+        self.open_queries.discard(query_id)
+        self.callback_answers.append(data)
+        return True
+
+    async def _m_editmessagereplymarkup(self, data: dict[str, Any]) -> Any:
+        chat_id, message_id = int(data["chat_id"]), int(data["message_id"])
+        self._check_send("editmessagereplymarkup", chat_id)
+        sent = next((s for s in self.sent if (s.chat_id, s.message_id) == (chat_id, message_id)), None)
+        if sent is None:
+            raise _ApiError(_error(400, "Bad Request: message to edit not found"))
+        markup = data.get("reply_markup")
+        if markup == sent.data.get("reply_markup"):
+            raise _ApiError(_error(400, "Bad Request: message is not modified: specified new message "
+                                        "content and reply markup are exactly the same"))
+        sent.data["reply_markup"] = markup
+        self.edits.append(data)
+        message: dict[str, Any] = {"message_id": message_id, "from": BOT_USER, "date": int(time.time()),
+                                   "chat": self._chat(chat_id), "text": sent.text or ""}
+        if markup:
+            message["reply_markup"] = markup
+        return message
 
     # --- sends --------------------------------------------------------------------------------
 
