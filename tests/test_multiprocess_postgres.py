@@ -39,7 +39,7 @@ async def test_two_processes_share_the_log_and_the_outbox(tmp_path: Path, postgr
             p.start()
         await asyncio.gather(*(p.ready() for p in processes))
 
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with httpx.AsyncClient(timeout=120) as client:
             # Every message goes to both processes at once, as a retrying sender behind a balancer would.
             async def both(n: int) -> list[int]:
                 payload = {"id": f"m{n}", "user": {"id": f"u{n % 20}"}, "text": f"message {n}"}
@@ -48,14 +48,14 @@ async def test_two_processes_share_the_log_and_the_outbox(tmp_path: Path, postgr
                 )
                 return sorted(r.status_code for r in rs)
 
-            results = await asyncio.gather(*(both(n) for n in range(300)))
+            results = await asyncio.gather(*(both(n) for n in range(200)))
         assert all(codes == [200, 202] for codes in results), set(map(tuple, results))
 
         db = Database(url)
         async with db.sessions() as s:
             logged = await s.scalar(select(func.count()).select_from(Interaction))
             conversations = list(await s.scalars(select(Interaction.conversation_id).distinct()))
-        assert logged == 300 and len(conversations) == 20  # one open conversation per customer
+        assert logged == 200 and len(conversations) == 20  # one open conversation per customer
 
         keys = set()
         for conversation_id in conversations:
