@@ -13,8 +13,11 @@ from channels.telegram_updates import (
     Ignored,
     LinkRequest,
     StaffPost,
+    SurveyPress,
     fallback,
     language_of,
+    parse_survey_data,
+    survey_data,
     translate,
 )
 from tests.servers.botapi import TOKEN, fixture
@@ -162,6 +165,34 @@ def test_ignored(name: str) -> None:
     item = parsed(name)
     assert isinstance(item, Ignored)
     assert item.reason
+
+
+def test_survey_button_press() -> None:
+    assert parsed("callback_query__survey") == SurveyPress(
+        query_id="4382bfdwdsb323b2e1", user_id="1001", survey_id=17, score=4,
+        chat_id=1001, message_id=1391, choices=(1, 2, 3, 4, 5), language="zh",
+    )
+
+
+def test_survey_press_on_a_message_too_old_to_show() -> None:
+    data = fixture("callback_query__survey")
+    # Bot API: a message older than 48 hours comes as an InaccessibleMessage (date 0, no content).
+    data["callback_query"]["message"] = {"chat": data["callback_query"]["message"]["chat"],
+                                         "message_id": 1391, "date": 0}
+    item = translate(Update.de_json(data, BOT), staff_chat_id=FORUM)
+    assert isinstance(item, SurveyPress)
+    assert (item.survey_id, item.score, item.choices) == (17, 4, ())
+
+
+@pytest.mark.parametrize("data", ["rate:5", "survey:17", "survey:x:4", "survey:17:4:1", "", "survey::4"])
+def test_other_callback_data_is_not_a_survey(data: str) -> None:
+    assert parse_survey_data(data) is None
+
+
+def test_survey_data_round_trip_fits_telegrams_64_bytes() -> None:
+    data = survey_data(2**63 - 1, 5)
+    assert len(data.encode()) <= 64
+    assert parse_survey_data(data) == (2**63 - 1, 5)
 
 
 def test_edit_in_the_staff_group_is_ignored() -> None:

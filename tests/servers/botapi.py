@@ -99,6 +99,7 @@ class BotApiServer:
         self.calls: Counter[str] = Counter()
         self.too_many = 0
         self.webhook: dict[str, Any] | None = None
+        self.allowed_updates: list[str] = []  # as Telegram: kept from the last getUpdates that set it
         self.open_queries: set[str] = set()  # callback queries pushed and not answered yet
         self.callback_answers: list[dict[str, Any]] = []
         self.edits: list[dict[str, Any]] = []
@@ -215,10 +216,12 @@ class BotApiServer:
         self.offsets.append(offset)
         if offset is not None:
             self.confirmed = max(self.confirmed, int(offset))
+        if data.get("allowed_updates") is not None:
+            self.allowed_updates = list(data["allowed_updates"])
         deadline = time.monotonic() + float(data.get("timeout") or 0)
         limit = int(data.get("limit") or self.updates_per_poll)
         while True:
-            ready = [u for u in self.updates if u["update_id"] >= self.confirmed][:limit]
+            ready = [u for u in self.updates if u["update_id"] >= self.confirmed and self._allowed(u)][:limit]
             if ready or time.monotonic() >= deadline:
                 return ready
             self._arrived.clear()
@@ -226,6 +229,11 @@ class BotApiServer:
                 await asyncio.wait_for(self._arrived.wait(), deadline - time.monotonic())
             except TimeoutError:
                 pass
+
+    def _allowed(self, update: dict[str, Any]) -> bool:
+        """Telegram withholds update types the bot did not ask for (an empty list: the usual ones)."""
+        kind = next(k for k in update if k != "update_id")
+        return not self.allowed_updates or kind in self.allowed_updates
 
     async def _m_getfile(self, data: dict[str, Any]) -> Any:
         file_id = str(data["file_id"])
