@@ -8,19 +8,28 @@ import getpass
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from bot.cli_campaigns import campaigns_app, customers_import
+from bot.cli_common import (
+    DEFAULT_CONFIG,
+    ConfigOption,
+    Failure,
+    cells,
+    err,
+    fail,
+    load,
+    out,
+    with_db,
+)
+from bot.cli_common import since as parse_since
 from bot.cli_report import report
-from bot.config import Config, ConfigError, load_config
+from bot.config import ConfigError
 from handlers import agents, lifecycle, roles
 from storage import audit, conversations, customers, interactions, staff
 from storage.db import Database
@@ -48,70 +57,6 @@ app.add_typer(campaigns_app, name="campaigns")
 customers_app.command("import")(customers_import)
 app.command("report")(report)
 
-out = Console()
-err = Console(stderr=True)
-
-ConfigOption = Annotated[
-    Path,
-    typer.Option("--config", "-c", envvar="KEFU_CONFIG", help="Path to config.toml."),
-]
-DEFAULT_CONFIG = Path("config.toml")
-
-
-class Failure(Exception):
-    """A user-facing error: printed as one line, exit code 1."""
-
-
-def fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def _config(path: Path) -> Config:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        fail(str(exc), 2)
-        raise  # unreachable: fail() raises
-
-
-def _with_db(path: Path, work: Callable[[Database], Awaitable[T]]) -> T:
-    config = _config(path)
-
-    async def go() -> T:
-        db = Database(config.storage.url)
-        try:
-            await db.upgrade()
-            return await work(db)
-        finally:
-            await db.dispose()
-
-    try:
-        return asyncio.run(go())
-    except (LookupError, ValueError, Failure) as exc:
-        fail(str(exc))
-        raise
-    except OSError as exc:
-        fail(f"cannot open the database: {exc}")
-        raise
-
-
-def _since(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        fail(f"--since has value {value!r}: use an ISO date or time, e.g. 2026-11-01 or 2026-11-01T08:00")
-        raise
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
-
-
-def _cells(*values: object) -> list[str]:
-    """Customer-supplied text must not be read as Rich markup ("[bold]" in a name)."""
-    return [escape(str(v)) for v in values]
-
-
 def _ts(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M") if value else "—"
 
@@ -121,7 +66,7 @@ def run(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Start every enabled channel, the outbox worker and the HTTP server (migrates first)."""
     from bot.app import Kefu
 
-    cfg = _config(config)
+    cfg = load(config)
     logging.basicConfig(
         level=cfg.logging.level,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -145,8 +90,8 @@ def db_upgrade(config: ConfigOption = DEFAULT_CONFIG) -> None:
     async def work(db: Database) -> None:
         return None
 
-    _with_db(config, work)
-    out.print(f"database {_config(config).storage.url} is up to date")
+    with_db(load(config), work)
+    out.print(f"database {load(config).storage.url} is up to date")
 
 
 @log_app.command("export")
@@ -158,7 +103,7 @@ def log_export(
     """Write the unified interaction log to standard output."""
     if fmt not in ("jsonl", "csv"):
         fail(f"--format has value {fmt!r}: use jsonl or csv", 2)
-    when = _since(since)
+    when = parse_since(since)
 
     async def work(db: Database) -> int:
         n = 0
@@ -175,7 +120,7 @@ def log_export(
                 n += 1
         return n
 
-    count = _with_db(config, work)
+    count = with_db(load(config), work)
     err.print(f"{count} rows", style="dim")
 
 
@@ -195,7 +140,7 @@ def conversations_list(
             )
         table = Table("id", "customer", "status", "priority", "complaint", "channel", "updated")
         for conv, cust in rows:
-            table.add_row(*_cells(
+            table.add_row(*cells(
                 str(conv.id),
                 f"{cust.display_name or '—'} (#{cust.id})",
                 conv.status,
@@ -206,7 +151,7 @@ def conversations_list(
             ))
         return table
 
-    out.print(_with_db(config, work))
+    out.print(with_db(load(config), work))
 
 
 AsOption = Annotated[
@@ -217,14 +162,14 @@ AsOption = Annotated[
 
 def _status_command(to: str, verb: str, doc: str) -> None:
     def command(conversation_id: int, config: ConfigOption = DEFAULT_CONFIG, as_name: AsOption = None) -> None:
-        cfg = _config(config)
+        cfg = load(config)
 
         async def work(db: Database) -> lifecycle.Change:
             async with db.transaction() as session:
                 actor = await roles.cli_actor(session, as_name)
                 return await lifecycle.change(session, conversation_id, to, actor, cfg)
 
-        change = _with_db(config, work)
+        change = with_db(load(config), work)
         survey = f"; survey {change.survey_id} queued" if change.survey_id is not None else ""
         out.print(f"conversation {conversation_id}: {change.before} -> {change.after}{survey}")
 
@@ -259,7 +204,7 @@ def reply(
                 raise Failure(f"--as has value {agent!r}: no staff member of that name")
             return await agents.answer(session, conversation_id, text, agent=author)
 
-    answer = _with_db(config, work)
+    answer = with_db(load(config), work)
     out.print(
         f"answer logged as interaction {answer.interaction_id}; "
         f"queued for {answer.channel} (outbox {answer.outbox_id})"
@@ -296,15 +241,15 @@ def customers_show(ref: str, config: ConfigOption = DEFAULT_CONFIG) -> None:
         parts.append(head)
         idt = Table("channel", "address", "reachable", title="identities")
         for i in ids:
-            idt.add_row(*_cells(i.channel, i.address, "yes" if i.reachable else f"no: {i.unreachable_reason}"))
+            idt.add_row(*cells(i.channel, i.address, "yes" if i.reachable else f"no: {i.unreachable_reason}"))
         parts.append(idt)
         ct = Table("id", "status", "priority", "complaint", "updated", title="conversations")
         for c in convs:
-            ct.add_row(*_cells(str(c.id), c.status, c.priority, "yes" if c.is_complaint else "", _ts(c.updated_at)))
+            ct.add_row(*cells(str(c.id), c.status, c.priority, "yes" if c.is_complaint else "", _ts(c.updated_at)))
         parts.append(ct)
         return parts
 
-    for part in _with_db(config, work):
+    for part in with_db(load(config), work):
         out.print(part)
 
 
@@ -322,7 +267,7 @@ def customers_merge(
             audit.record(session, getpass.getuser(), "customers.merge", f"customer:{keep}", merged=gone)
             return result
 
-    r = _with_db(config, work)
+    r = with_db(load(config), work)
     out.print(
         f"merged customer {gone} into {keep}: {r.identities} identities, "
         f"{r.conversations} conversations, {r.interactions} log rows moved"
@@ -334,7 +279,7 @@ def customers_link_telegram(customer_id: int, config: ConfigOption = DEFAULT_CON
     """Print a single-use t.me deep link that ties the Telegram user who opens it to this customer."""
     from handlers import telegram_links
 
-    cfg = _config(config)
+    cfg = load(config)
     username = cfg.telegram.bot_username
     if not username:
         fail("set [telegram] bot_username (the bot's @username, from @BotFather) to make t.me links", 2)
@@ -350,7 +295,7 @@ def customers_link_telegram(customer_id: int, config: ConfigOption = DEFAULT_CON
             )
             return token
 
-    token = _with_db(config, work)
+    token = with_db(load(config), work)
     out.print(telegram_links.deep_link(username, token), highlight=False, soft_wrap=True)
     err.print(
         f"single use, valid for {cfg.telegram.link_ttl_days} days: send it to the customer; "
@@ -375,7 +320,7 @@ def customers_forget(
             audit.record(session, getpass.getuser(), "customers.forget", f"customer:{customer_id}")
             return counts
 
-    counts = _with_db(config, work)
+    counts = with_db(load(config), work)
     out.print(
         f"customer {customer_id} forgotten: {counts['identities']} identities removed, "
         f"{counts['interactions']} log rows erased"
@@ -402,7 +347,7 @@ def staff_add(
             )
             return member.id
 
-    member_id = _with_db(config, work)
+    member_id = with_db(load(config), work)
     out.print(f"staff member {name!r} added (id {member_id}, role {role})")
 
 
@@ -415,7 +360,7 @@ def staff_list(config: ConfigOption = DEFAULT_CONFIG) -> None:
             members = await staff.all_staff(session)
         table = Table("id", "name", "role", "telegram id", "email", "active", "on duty")
         for m in members:
-            table.add_row(*_cells(
+            table.add_row(*cells(
                 str(m.id),
                 m.name,
                 m.role,
@@ -426,7 +371,7 @@ def staff_list(config: ConfigOption = DEFAULT_CONFIG) -> None:
             ))
         return table
 
-    out.print(_with_db(config, work))
+    out.print(with_db(load(config), work))
 
 
 @app.command("audit")
@@ -436,7 +381,7 @@ def audit_show(
     as_name: AsOption = None,
 ) -> None:
     """Show the audit log (操作记录): who did what, to what, when (admin)."""
-    when = _since(since)
+    when = parse_since(since)
 
     async def work(db: Database) -> Table:
         async with db.sessions() as session:
@@ -444,10 +389,10 @@ def audit_show(
             entries = await audit.since(session, when)
         table = Table("at", "actor", "action", "subject", "detail")
         for e in entries:
-            table.add_row(*_cells(_ts(e.at), e.actor, e.action, e.subject, json.dumps(e.detail, ensure_ascii=False)))
+            table.add_row(*cells(_ts(e.at), e.actor, e.action, e.subject, json.dumps(e.detail, ensure_ascii=False)))
         return table
 
-    out.print(_with_db(config, work))
+    out.print(with_db(load(config), work))
 
 
 def main() -> None:

@@ -1,28 +1,26 @@
 """`kefu campaigns preview|run|report` and `kefu customers import`.
 
-Registered on bot/cli.py's app; kept self-contained (its own config and database helpers) so that
-importing this module never imports bot.cli back.
+Registered on bot/cli.py's app; shares bot/cli_common.py with it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import getpass
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bot.config import Config, ConfigError, load_config
+from bot.cli_common import DEFAULT_CONFIG, ConfigOption, err, fail, load, out, with_db
+from bot.config import Config, ConfigError
 from handlers import customer_import as rows
 from handlers import greetings
 from handlers.greetings import CAMPAIGNS, Campaign, Greeting, Outcome, Planner, Reach
@@ -36,47 +34,7 @@ T = TypeVar("T")
 
 campaigns_app = typer.Typer(help="Birthday and holiday greetings.", no_args_is_help=True)
 
-out = Console()
-err = Console(stderr=True)
-
-ConfigOption = Annotated[
-    Path,
-    typer.Option("--config", "-c", envvar="KEFU_CONFIG", help="Path to config.toml."),
-]
-DEFAULT_CONFIG = Path("config.toml")
 BATCH = 1000
-
-
-def fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def _config(path: Path) -> Config:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        fail(str(exc), 2)
-        raise
-
-
-def _with_db(config: Config, work: Callable[[Database], Awaitable[T]]) -> T:
-    async def go() -> T:
-        db = Database(config.storage.url)
-        try:
-            await db.upgrade()
-            return await work(db)
-        finally:
-            await db.dispose()
-
-    try:
-        return asyncio.run(go())
-    except (LookupError, ValueError, ConfigError) as exc:
-        fail(str(exc).strip("'\""))
-        raise
-    except OSError as exc:
-        fail(f"cannot open the database: {exc}")
-        raise
 
 
 def _progress() -> Progress:
@@ -154,7 +112,7 @@ def customers_import(
 ) -> None:
     """Import customers (name, email, phone, telegram_id, birthday, timezone, language, tags,
     marketing_consent); rows match existing customers by any identity and update them."""
-    cfg = _config(config)
+    cfg = load(config)
     if not file.exists():
         fail(f"FILE {str(file)!r} does not exist")
     settings = rows.Settings(cfg.customers.default_region, cfg.customers.day_first)
@@ -180,7 +138,7 @@ def customers_import(
             )
         return report
 
-    report = _with_db(cfg, work)
+    report = with_db(cfg, work)
     out.print(
         f"created {report.created}, updated {report.updated}, unchanged {report.unchanged}, "
         f"rejected {len(report.rejected)}"
@@ -235,13 +193,13 @@ def campaigns_preview(
     which, when = _campaign(campaign), _day(day)
     if fmt not in ("table", "jsonl"):
         fail(f"--format has value {fmt!r}: use table or jsonl", 2)
-    cfg = _config(config)
+    cfg = load(config)
     planner = _planner(cfg)
 
     async def work(db: Database) -> list[Greeting]:
         return await planner.preview(db, which, when, _now())
 
-    found = _with_db(cfg, work)
+    found = with_db(cfg, work)
     if fmt == "jsonl":
         for g in found:
             sys.stdout.write(json.dumps(g.to_json(), ensure_ascii=False) + "\n")
@@ -274,7 +232,7 @@ def campaigns_run(
 ) -> None:
     """Plan and queue a day's greetings; kefu sends each at its local send time. Idempotent."""
     which, when = _campaign(campaign), _day(day)
-    cfg = _config(config)
+    cfg = load(config)
     planner = _planner(cfg)
 
     async def work(db: Database) -> Outcome:
@@ -285,7 +243,7 @@ def campaigns_run(
                 on_progress=lambda n: progress.update(task, completed=n),
             )
 
-    outcome = _with_db(cfg, work)
+    outcome = with_db(cfg, work)
     out.print(
         f"queued {outcome.planned}, skipped {outcome.skipped}, already planned {outcome.already}, "
         f"too late (their day is over) {outcome.late}"
@@ -308,13 +266,13 @@ def campaigns_report(
             fail(f"--since has value {since!r}: use an ISO date or time, e.g. 2027-02-01", 2)
         assert when is not None
         when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
-    cfg = _config(config)
+    cfg = load(config)
 
     async def work(db: Database) -> list[campaign_store.ReportLine]:
         async with db.sessions() as session:
             return await campaign_store.report(session, when)
 
-    lines = _with_db(cfg, work)
+    lines = with_db(cfg, work)
     table = Table("campaign", "outcome", "count")
     table.add_column("reason", overflow="fold")
     for line in lines:

@@ -1,47 +1,27 @@
 """`kefu report`: complaints by week, severity and cue; response times; CSAT; SLA; per agent.
 
-Standalone like bot/cli_campaigns.py: importing this module never imports bot.cli back.
+Registered on bot/cli.py's app; shares bot/cli_common.py with it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console, Group
+from rich.console import Group
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from bot.config import ConfigError, load_config
+from bot.cli_common import err, fail, load, out, with_db
+from bot.cli_common import since as parse_since
 from handlers import report as reports
 from handlers import roles
 from storage import audit
 from storage.db import Database
-
-out = Console()
-err = Console(stderr=True)
-
-
-def fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def _since(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        fail(f"--since has value {value!r}: use an ISO date or time, e.g. 2026-11-01 or 2026-11-01T08:00")
-        raise
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def duration(seconds: float | None) -> str:
@@ -116,46 +96,30 @@ def report(
     """Complaints, response times, CSAT and SLA breaches (role lead or admin)."""
     if fmt not in ("table", "json"):
         fail(f"--format has value {fmt!r}: use table or json", 2)
-    when = _since(since)
-    try:
-        cfg = load_config(config)
-    except ConfigError as exc:
-        fail(str(exc), 2)
-        raise
+    when = parse_since(since)
+    cfg = load(config)
 
-    async def go() -> dict[str, Any]:
-        db = Database(cfg.storage.url)
-        try:
-            await db.upgrade()
-            async with db.transaction() as session:
-                actor = await roles.cli_actor(session, as_name)
-                roles.require(actor, "report")
-                audit.record(session, actor.name, "report", "report", since=since, format=fmt)
-            async with db.sessions() as session:
-                builder = reports.Builder(session, when)
-                steps = builder.steps()
-                # On stderr, and only on a terminal: stdout stays one clean JSON document.
-                with Progress(
-                    TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    console=err, transient=True, disable=not err.is_terminal,
-                ) as progress:
-                    task = progress.add_task("report", total=len(steps))
-                    for label, step in steps:
-                        progress.update(task, description=f"report: {label}")
-                        await step()
-                        progress.advance(task)
-                return builder.report.to_json()
-        finally:
-            await db.dispose()
+    async def work(db: Database) -> dict[str, Any]:
+        async with db.transaction() as session:
+            actor = await roles.cli_actor(session, as_name)
+            roles.require(actor, "report")
+            audit.record(session, actor.name, "report", "report", since=since, format=fmt)
+        async with db.sessions() as session:
+            builder = reports.Builder(session, when)
+            steps = builder.steps()
+            # On stderr, and only on a terminal: stdout stays one clean JSON document.
+            with Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                console=err, transient=True, disable=not err.is_terminal,
+            ) as progress:
+                task = progress.add_task("report", total=len(steps))
+                for label, step in steps:
+                    progress.update(task, description=f"report: {label}")
+                    await step()
+                    progress.advance(task)
+            return builder.report.to_json()
 
-    try:
-        data = asyncio.run(go())
-    except (LookupError, ValueError) as exc:
-        fail(str(exc))
-        raise
-    except OSError as exc:
-        fail(f"cannot open the database: {exc}")
-        raise
+    data = with_db(cfg, work)
     if fmt == "json":
         sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
     else:
