@@ -62,6 +62,32 @@ async def enqueue(
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
+async def say(
+    session: AsyncSession,
+    out: Outbound,
+    *,
+    log_meta: dict[str, object],
+    at: datetime,
+    not_before: datetime | None = None,
+) -> int:
+    """kefu's own message to a customer (an acknowledgement, a survey, a confirmation): logged in
+    the unified log as the bot's, and queued, in the caller's transaction. Returns the log row id."""
+    logged = Interaction(
+        conversation_id=out.conversation_id,
+        customer_id=out.customer_id,
+        channel=out.channel,
+        direction="out",
+        author_kind="bot",
+        text=out.text,
+        meta=log_meta,
+        created_at=at,
+    )
+    session.add(logged)
+    await session.flush()
+    await enqueue(session, out, interaction_id=logged.id, not_before=not_before)
+    return logged.id
+
+
 def backoff(attempts: int, cfg: OutboxConfig, rng: Callable[[], float] = random.random) -> float:
     """Exponential with equal jitter: at least half the step, so retries never bunch at zero."""
     step = min(cfg.max_delay_seconds, cfg.base_delay_seconds * 2 ** max(attempts - 1, 0))

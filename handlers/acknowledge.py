@@ -21,7 +21,7 @@ from bot.config import Config
 from bot.messages import Outbound
 from handlers import care
 from handlers.templating import language_of
-from storage.models import Interaction, OutboxRow
+from storage.models import OutboxRow
 
 if TYPE_CHECKING:
     from bot.pipeline import Logged
@@ -86,19 +86,7 @@ class Acknowledger:
             },
         )
         reason = "complaint" if complaint else "outside_hours"
-        logged = Interaction(
-            conversation_id=conversation.id,
-            customer_id=customer.id,
-            channel=inbound.channel,
-            direction="out",
-            author_kind="bot",
-            text=text,
-            meta={"kind": "ack", "reason": reason, "expected_response_by": expected_at.isoformat()},
-            created_at=now,
-        )
-        session.add(logged)
-        await session.flush()
-        await outbox.enqueue(
+        await outbox.say(
             session,
             Outbound(
                 channel=inbound.channel,
@@ -117,6 +105,7 @@ class Acknowledger:
                     },
                 },
             ),
-            interaction_id=logged.id,
+            log_meta={"kind": "ack", "reason": reason, "expected_response_by": expected_at.isoformat()},
+            at=now,
         )
         log.info("ack.queued conversation=%s reason=%s expected=%s", conversation.id, reason, expected_at.isoformat())

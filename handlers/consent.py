@@ -73,19 +73,7 @@ class ConsentObserver:
         fallback = "zh" if _CJK.search(word) else "en"
         language = language_of(customer.language, fallback) if customer.language else fallback
         text = self.templates.render("optout_confirm", language, {"business": self.business})
-        confirmation = Interaction(
-            conversation_id=conversation_id,
-            customer_id=customer.id,
-            channel=inbound.channel,
-            direction="out",
-            author_kind="bot",
-            text=text,
-            meta={"kind": "optout_confirm"},
-            created_at=now,
-        )
-        session.add(confirmation)
-        await session.flush()
-        await outbox.enqueue(
+        await outbox.say(
             session,
             Outbound(
                 channel=inbound.channel,
@@ -96,7 +84,8 @@ class ConsentObserver:
                 conversation_id=conversation_id,
                 customer_id=customer.id,
             ),
-            interaction_id=confirmation.id,
+            log_meta={"kind": "optout_confirm"},
+            at=now,
         )
         log.info(
             "consent.withdrawn customer=%s channel=%s had_consent=%s cancelled=%d",

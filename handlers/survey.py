@@ -113,19 +113,7 @@ async def ask(
         {"ticket": conversation.id, "business": config.routing.business_name, "choices": CHOICES},
     )
     question = {"id": survey.id, "choices": list(CHOICES)}
-    logged = Interaction(
-        conversation_id=conversation.id,
-        customer_id=customer.id,
-        channel=conversation.reply_channel,
-        direction="out",
-        author_kind="bot",
-        text=text,
-        meta={"kind": "survey", "survey": question},
-        created_at=now,
-    )
-    session.add(logged)
-    await session.flush()
-    await outbox.enqueue(
+    await outbox.say(
         session,
         Outbound(
             channel=conversation.reply_channel,
@@ -137,7 +125,8 @@ async def ask(
             customer_id=customer.id,
             meta={"language": language, "survey": question, "webhook": {"survey": question}},
         ),
-        interaction_id=logged.id,
+        log_meta={"kind": "survey", "survey": question},
+        at=now,
         not_before=asked_at,
     )
     log.info("survey.asked survey=%s conversation=%s at=%s", survey.id, conversation.id, asked_at.isoformat())
