@@ -29,7 +29,9 @@ def workdir(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
 
 
-async def test_sigkill_in_the_middle_loses_nothing_and_sends_nothing_twice(workdir: Path) -> None:
+async def test_sigkill_in_the_middle_loses_nothing_and_sends_nothing_twice(
+    workdir: Path, request: pytest.FixtureRequest
+) -> None:
     port = free_port()
     async with CallbackServer(SECRET) as callback:
         (workdir / "config.toml").write_text(
@@ -48,6 +50,7 @@ callback_url = "{callback.url}"
 """
         )
         kefu = KefuProcess(workdir, port, {"SHOP_SECRET": SECRET})
+        request.addfinalizer(kefu.ensure_stopped)
         kefu.start()
         await kefu.ready()
         db = Database(f"sqlite+aiosqlite:///{workdir}/kefu.db")

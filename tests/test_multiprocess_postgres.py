@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import httpx
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.postgres
 
 async def test_two_processes_share_the_log_and_the_outbox(tmp_path: Path, postgres: PostgresServer) -> None:
     url = postgres.create_database()
-    async with CallbackServer(SECRET) as callback:
+    async with CallbackServer(SECRET) as callback, contextlib.AsyncExitStack() as stack:
         processes = []
         for n in (1, 2):
             port = free_port()
@@ -37,6 +38,7 @@ async def test_two_processes_share_the_log_and_the_outbox(tmp_path: Path, postgr
         # Both migrate at start: the second must find the schema in place, not fail.
         for p in processes:
             p.start()
+            stack.callback(p.ensure_stopped)
         await asyncio.gather(*(p.ready() for p in processes))
 
         async with httpx.AsyncClient(timeout=120) as client:

@@ -52,3 +52,8 @@ class KefuProcess:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=30)
+
+    def ensure_stopped(self) -> None:
+        """For the test's teardown: a failed test must not leave kefu running."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill()
