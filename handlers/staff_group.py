@@ -6,7 +6,8 @@ it in the conversation's forum topic (creating the topic on first use).
 
 StaffDesk.handle() takes a staff-group post: a plain message in a conversation's topic (or a reply
 to a mirrored message) is an answer to the customer; a /command acts on the conversation. Only
-active staff may do either; everything they do is audited. One transaction per post, keyed by the
+active staff may do either, each within their role (handlers/roles.py: status changes go through
+handlers/lifecycle.py, so /resolve asks the satisfaction survey); everything they do is audited. One transaction per post, keyed by the
 post's id, so a redelivered update does nothing twice.
 """
 
