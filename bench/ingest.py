@@ -34,6 +34,13 @@ from channels.webhook import sign  # noqa: E402
 from tests.servers.ports import free_port  # noqa: E402
 
 SECRET = "bench-secret"
+# Everyday questions (not complaints): the ingest path itself, without acknowledgements to send.
+TEXTS = (
+    "请问订单 {} 什么时候发货？",
+    "Hi, can I change the delivery address for order {}?",
+    "你好，订单 {} 可以开发票吗",
+    "Do you have the blue one in size M? (order {})",
+)
 
 
 def floor_app(db_path: str):  # noqa: ANN201
@@ -96,7 +103,7 @@ def requests(n: int) -> list[tuple[bytes, dict[str, str]]]:
     out = []
     for i in range(n):
         body = json.dumps(
-            {"id": f"m{i}", "user": {"id": f"u{i % 5000}", "name": "客户"}, "text": f"订单 {i} 还没到，请帮我查一下"},
+            {"id": f"m{i}", "user": {"id": f"u{i % 5000}", "name": "客户"}, "text": TEXTS[i % len(TEXTS)].format(i)},
             ensure_ascii=False,
         ).encode()
         out.append((body, {"Content-Type": "application/json", "X-Kefu-Timestamp": now, "X-Kefu-Signature": sign(SECRET, now, body)}))
