@@ -19,7 +19,6 @@ from bot.cli_campaigns import campaigns_app, customers_import
 from bot.cli_common import (
     DEFAULT_CONFIG,
     ConfigOption,
-    Failure,
     cells,
     err,
     fail,
@@ -191,18 +190,15 @@ def reply(
     conversation_id: int,
     text: str,
     config: ConfigOption = DEFAULT_CONFIG,
-    agent: Annotated[
-        str | None, typer.Option("--as", help="Staff name to sign as (default: your login).")
-    ] = None,
+    as_name: AsOption = None,
 ) -> None:
     """Answer a conversation; the answer is logged and sent on the customer's channel."""
-    author = agent or getpass.getuser()
 
     async def work(db: Database) -> agents.Answer:
         async with db.transaction() as session:
-            if agent is not None and await staff.by_name(session, agent) is None:
-                raise Failure(f"--as has value {agent!r}: no staff member of that name")
-            return await agents.answer(session, conversation_id, text, agent=author)
+            actor = await roles.cli_actor(session, as_name)
+            roles.require(actor, "reply", f"conversation {conversation_id}")
+            return await agents.answer(session, conversation_id, text, agent=actor.name)
 
     answer = with_db(load(config), work)
     out.print(
@@ -258,13 +254,16 @@ def customers_merge(
     keep: Annotated[int, typer.Argument(help="The customer that stays.")],
     gone: Annotated[int, typer.Argument(help="The duplicate, merged into KEEP.")],
     config: ConfigOption = DEFAULT_CONFIG,
+    as_name: AsOption = None,
 ) -> None:
-    """Merge customer GONE into KEEP: identities and history move; the log stays whole."""
+    """Merge customer GONE into KEEP: identities and history move; the log stays whole (admin)."""
 
     async def work(db: Database) -> customers.MergeResult:
         async with db.transaction() as session:
+            actor = await roles.cli_actor(session, as_name)
+            roles.require(actor, "customers.merge", f"customer {keep}")
             result = await customers.merge(session, keep, gone)
-            audit.record(session, getpass.getuser(), "customers.merge", f"customer:{keep}", merged=gone)
+            audit.record(session, actor.name, "customers.merge", f"customer:{keep}", merged=gone)
             return result
 
     r = with_db(load(config), work)
@@ -309,15 +308,18 @@ def customers_forget(
     customer_id: int,
     config: ConfigOption = DEFAULT_CONFIG,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    as_name: AsOption = None,
 ) -> None:
-    """Erase a customer's personal data; anonymous counts stay."""
+    """Erase a customer's personal data; anonymous counts stay (admin)."""
     if not yes and sys.stdin.isatty():
         typer.confirm(f"Erase all personal data of customer {customer_id}?", abort=True)
 
     async def work(db: Database) -> dict[str, int]:
         async with db.transaction() as session:
+            actor = await roles.cli_actor(session, as_name)
+            roles.require(actor, "customers.forget", f"customer {customer_id}")
             counts = await customers.forget(session, customer_id)
-            audit.record(session, getpass.getuser(), "customers.forget", f"customer:{customer_id}")
+            audit.record(session, actor.name, "customers.forget", f"customer:{customer_id}")
             return counts
 
     counts = with_db(load(config), work)
@@ -334,17 +336,18 @@ def staff_add(
     telegram_id: Annotated[int | None, typer.Option("--telegram-id", help="Telegram user id.")] = None,
     email: Annotated[str | None, typer.Option("--email")] = None,
     role: Annotated[str, typer.Option("--role", help="agent, lead or admin.")] = "agent",
+    as_name: AsOption = None,
 ) -> None:
-    """Add a staff member."""
+    """Add a staff member (admin)."""
 
     async def work(db: Database) -> int:
         async with db.transaction() as session:
+            actor = await roles.cli_actor(session, as_name)
+            roles.require(actor, "staff.add")
             member = await staff.add(
                 session, name, telegram_user_id=telegram_id, email=email, role=role
             )
-            audit.record(
-                session, getpass.getuser(), "staff.add", f"staff:{member.id}", name=name, role=role
-            )
+            audit.record(session, actor.name, "staff.add", f"staff:{member.id}", name=name, role=role)
             return member.id
 
     member_id = with_db(load(config), work)

@@ -249,3 +249,23 @@ def free_port() -> int:
     from tests.servers.ports import free_port as fp
 
     return fp()
+
+
+def test_admin_commands_refuse_lower_roles_and_audit_the_actor(config: Path) -> None:
+    seed(config, ("1", "amy", "hello"), ("2", "amy2", "hi"))
+    assert kefu(config, "staff", "add", "--name", "Lee", "--role", "lead")[0] == 0
+    assert kefu(config, "staff", "add", "--name", "Ann", "--role", "admin")[0] == 0
+    for args in (
+        ("staff", "add", "--name", "Zed", "--as", "Lee"),
+        ("customers", "forget", "1", "--yes", "--as", "Lee"),
+        ("customers", "merge", "1", "2", "--as", "Lee"),
+    ):
+        code, _, err = kefu(config, *args)
+        assert code == 1 and "Lee (lead) may not" in err and "needs role admin" in err, args
+    assert [i.customer_id for i in query(config, select(Identity))] == [1, 2]  # nothing changed
+    code, _, err = kefu(config, "customers", "merge", "1", "2", "--as", "Ann")
+    assert code == 0, err
+    code, _, err = kefu(config, "reply", "1", "on it", "--as", "Lee")
+    assert code == 0, err
+    entries = [(a.actor, a.action) for a in query(config, select(AuditEntry))]
+    assert ("Ann", "customers.merge") in entries and ("Lee", "reply") in entries
