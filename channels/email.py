@@ -579,6 +579,11 @@ def _gone(code: int, message: str) -> bool:
     return code in (550, 551, 553) and bool(_GONE.search(message))
 
 
+def first_line(text: str, limit: int = 78) -> str:
+    line = next((x.strip() for x in text.splitlines() if x.strip()), "")
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
+
+
 _ADDR = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
 
 
@@ -646,6 +651,11 @@ class EmailChannel:
         if out.address.lower() == self.address:
             raise PermanentError("kefu does not write to its own address")
         message, msgid = self.composer.compose(out, now=self.clock())
+        if out.conversation_id is None and not out.meta.get("subject"):
+            # kefu writes first (a greeting): there is no conversation to name and nothing to
+            # answer, so the subject is the message's own first line, not "a reply from …" with
+            # an empty "[#]" token.
+            message.replace_header("Subject", first_line(out.text))
         s = self.smtp
         try:
             await aiosmtplib.send(

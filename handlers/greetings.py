@@ -595,7 +595,9 @@ class Planner:
                     dedupe_key=f"greeting:{g.campaign}:{g.occasion}:{g.customer_id}",
                     kind="greeting",
                     customer_id=g.customer_id,
-                    meta={"campaign": g.campaign, "occasion": g.occasion},
+                    # the customer's language: a channel's own wording around the greeting (the
+                    # email footer) follows it, not the script of the customer's name
+                    meta={"campaign": g.campaign, "occasion": g.occasion, "language": g.language},
                 )
                 queued.append(
                     {
