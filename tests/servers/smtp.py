@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ssl
 import threading
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
@@ -60,11 +62,25 @@ class Recorder:
 
 
 class SmtpServer:
-    """AUTH PLAIN/LOGIN without TLS (a submission port behind localhost); any login succeeds and
-    is recorded, so tests can check what kefu sent."""
+    """AUTH PLAIN/LOGIN (a submission port behind localhost); any login succeeds and is recorded,
+    so tests can check what kefu sent. Without TLS by default; tls="starttls" offers STARTTLS and
+    tls="tls" speaks TLS from the first byte (port 465 style), both with the given cert and key."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        tls: Literal["starttls", "tls"] | None = None,
+        cert: Path | None = None,
+        key: Path | None = None,
+    ) -> None:
         self.handler = Recorder()
+        self.tls = tls
+        self.context: ssl.SSLContext | None = None
+        if tls is not None:
+            if cert is None or key is None:
+                raise ValueError("a TLS SmtpServer needs cert and key")
+            self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.context.load_cert_chain(cert, key)
         self.port = free_port()  # aiosmtpd's port=0 fails its own readiness check
         self.controller = self._controller()
 
@@ -75,6 +91,8 @@ class SmtpServer:
             port=self.port,
             auth_require_tls=False,
             authenticator=self._authenticate,
+            tls_context=self.context if self.tls == "starttls" else None,
+            ssl_context=self.context if self.tls == "tls" else None,
         )
 
     def _authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
