@@ -97,8 +97,10 @@ class Composer:
             msg["References"] = _angle(references[-20:])
         # RFC 3834 5: kefu's answers are replies written by a person, not auto-generated;
         # acknowledgements and notices are marked so the customer's autoresponder stays quiet.
-        msg["Auto-Submitted"] = "no" if out.kind == "reply" else "auto-replied"
-        msg["Content-Language"] = "zh-CN" if lang == "zh" else "en"
+        # A greeting answers nothing: "auto-generated"; acknowledgements answer a message.
+        msg["Auto-Submitted"] = {"reply": "no", "greeting": "auto-generated"}.get(out.kind, "auto-replied")
         msg.set_content(self._render(lang, "email_reply.txt.j2", context) + "\n", charset="utf-8")
         msg.add_alternative(self._render(lang, "email_reply.html.j2", context), subtype="html", charset="utf-8")
+        # After the body: set_content() drops any Content-* header set before it (RFC 3282).
+        msg["Content-Language"] = "zh-CN" if lang == "zh" else "en"
         return msg, msgid

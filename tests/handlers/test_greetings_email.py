@@ -90,6 +90,8 @@ async def test_birthday_greeting_delivered_once_by_email(
     assert "张三，生日快乐" in text and "37 岁" in text, text
     # a greeting has no conversation: its own first line is the subject, no "Re:", no "[#…]"
     assert mail["Subject"] == "张三，生日快乐！🎂"
+    assert "[#" not in text  # no conversation to keep a token for
+    assert mail["Content-Language"] == "zh-CN" and mail["Auto-Submitted"] == "auto-generated"
     html = mail.get_body(("html",))
     assert html is not None and '<html lang="zh">' in html.get_content()
     msgid = mail["Message-ID"]
