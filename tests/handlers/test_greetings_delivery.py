@@ -28,7 +28,7 @@ from storage.db import Database
 from storage.models import CampaignDelivery, Customer, Identity, Interaction, OutboxRow
 from tests.servers.botapi import TOKEN, BotApiServer
 from tests.servers.callback import CallbackServer
-from tests.servers.kefu import base_config, post_signed, url
+from tests.servers.kefu import base_config, post_signed, running_kefu, url
 from tests.servers.postgres import PostgresServer
 
 ROOT = Path(__file__).parent.parent.parent
@@ -50,20 +50,8 @@ def campaign_config(db_url: str, callback: str, **sections: Any) -> dict[str, An
 
 @asynccontextmanager
 async def kefu_at(config: dict[str, Any], clock: Callable[[], datetime], env: Mapping[str, str] = ENV) -> AsyncIterator[Kefu]:
-    """tests.servers.kefu.running_kefu, with the scheduler's and the outbox's clock injected."""
-    kefu = Kefu(parse_config(config), env)
-    kefu.scheduler.clock = clock
-    kefu.worker.clock = clock
-    task = asyncio.create_task(kefu.serve(handle_signals=False))
-    while kefu.server is None or not kefu.server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    try:
+    async with running_kefu(config, env, clock=clock) as kefu:
         yield kefu
-    finally:
-        kefu.server.should_exit = True
-        await task
 
 
 async def seed(db_url: str, people: list[dict[str, Any]]) -> list[int]:

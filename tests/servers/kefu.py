@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -29,8 +30,17 @@ def base_config(db_url: str, **sections: Any) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def running_kefu(config: dict[str, Any], env: Mapping[str, str]) -> AsyncIterator[Kefu]:
+async def running_kefu(
+    config: dict[str, Any],
+    env: Mapping[str, str],
+    *,
+    clock: Callable[[], datetime] | None = None,
+) -> AsyncIterator[Kefu]:
+    """`clock` replaces the scheduler's and the outbox worker's clock (no real waiting)."""
     kefu = Kefu(parse_config(config), env)
+    if clock is not None:
+        kefu.scheduler.clock = clock
+        kefu.worker.clock = clock
     task = asyncio.create_task(kefu.serve(handle_signals=False))
     while kefu.server is None or not kefu.server.started:
         if task.done():
