@@ -28,6 +28,7 @@ from storage.models import Conversation, Identity, Interaction, OutboxRow, utcno
 log = logging.getLogger("kefu.outbox")
 
 Clock = Callable[[], datetime]
+QUEUED = "kefu.outbox.queued"
 
 
 async def enqueue(
@@ -59,7 +60,15 @@ async def enqueue(
         .on_conflict_do_nothing(index_elements=["dedupe_key"])
         .returning(OutboxRow.id)
     )
-    return (await session.execute(stmt)).scalar_one_or_none()
+    row_id = (await session.execute(stmt)).scalar_one_or_none()
+    if row_id is not None:
+        session.info[QUEUED] = True
+    return row_id
+
+
+def queued(session: AsyncSession) -> bool:
+    """Whether this transaction queued a row: only then is the worker worth waking after it."""
+    return bool(session.info.get(QUEUED))
 
 
 async def say(

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import make_transient_to_detached
 
+from bot import outbox
 from bot.messages import Inbound, Receipt
 from handlers import complaints, routing, survey
 from handlers.complaints import Verdict
@@ -137,11 +138,12 @@ class Pipeline:
             try:
                 async with self.db.transaction() as session:
                     receipts = await _receive(session, inbounds, self)
+                    queued = outbox.queued(session)
                 break
             except (IntegrityError, OperationalError):
                 if attempt == 2:
                     raise
-        if self.on_commit is not None:
+        if queued and self.on_commit is not None:
             self.on_commit()
         return receipts
 
