@@ -11,7 +11,14 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from storage import sqlite_driver
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 MIGRATION_LOCK = 0x6B656675  # "kefu"
@@ -22,7 +29,9 @@ class Database:
         self.url = make_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         kwargs: dict[str, Any] = {"echo": echo}
-        if self.is_sqlite:
+        if self.is_sqlite and self.url.get_driver_name() == "aiosqlite" and not self.url.query:
+            kwargs["async_creator"] = self._connect_sqlite
+        elif self.is_sqlite:
             kwargs["connect_args"] = {"timeout": 30}
         else:
             kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
@@ -31,6 +40,9 @@ class Database:
             _tune_sqlite(self.engine)
             self._ensure_sqlite_dir()
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    async def _connect_sqlite(self) -> sqlite_driver.Connection:
+        return await sqlite_driver.connect(self.url.database or ":memory:", timeout=30)
 
     def _ensure_sqlite_dir(self) -> None:
         database = self.url.database
