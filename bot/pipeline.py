@@ -9,7 +9,6 @@ message never takes others down with it.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +24,16 @@ from bot.messages import Inbound, Receipt
 from handlers import complaints, routing, survey
 from handlers.complaints import Verdict
 from storage.db import Database
-from storage.models import REOPENABLE, Base, Conversation, Customer, Identity, Interaction, OutboxRow, utcnow
+from storage.models import (
+    REOPENABLE,
+    Base,
+    Conversation,
+    Customer,
+    Identity,
+    Interaction,
+    OutboxRow,
+    utcnow,
+)
 
 log = logging.getLogger("kefu.pipeline")
 
@@ -42,7 +50,7 @@ class Logged:
     """One fresh inbound message as committed: what observers see, inside the same transaction."""
 
     inbound: Inbound
-    interaction: Interaction
+    interaction_id: int
     customer: Customer
     conversation: Conversation | None
     new_conversation: bool
@@ -293,7 +301,7 @@ async def _log_fresh(
 
     # 4-6. log, classify, route
     logged: list[dict[str, object]] = []
-    notes: list[Logged] = []
+    notes: list[tuple[Customer, Conversation | None, Verdict, routing.Decision]] = []
     for inbound, conversation in zip(inbounds, threads, strict=True):
         customer = customers[identities[(inbound.channel, inbound.address)].customer_id]
         spoken = inbound.kind in SPOKEN
@@ -335,17 +343,18 @@ async def _log_fresh(
         )
         if conversation is not None and spoken:
             _touch(conversation, inbound, verdict, decision)
-        notes.append(
-            Logged(inbound, None, customer, conversation, id(conversation) in created, verdict, decision)  # type: ignore[arg-type]
-        )
+        notes.append((customer, conversation, verdict, decision))
     # The log is the hot path: plain executemany, not the ORM's unit of work.
     ids = await _insert_rows(session, Interaction, logged)
     await session.flush()  # the conversations touched above
-    for n, row, interaction_id, note in zip(positions, logged, ids, notes, strict=True):
-        receipts[n] = Receipt("accepted", interaction_id, row["customer_id"], row["conversation_id"])  # type: ignore[arg-type]
+    for n, inbound, interaction_id, (customer, conversation, verdict, decision) in zip(
+        positions, inbounds, ids, notes, strict=True
+    ):
+        receipts[n] = Receipt("accepted", interaction_id, customer.id, conversation.id if conversation else None)
         if pipeline.observers:
-            copy = Interaction(id=interaction_id, **row)
-            note = dataclasses.replace(note, interaction=copy)
+            note = Logged(
+                inbound, interaction_id, customer, conversation, id(conversation) in created, verdict, decision
+            )
             for observer in pipeline.observers:
                 await observer(session, note)
 
@@ -362,17 +371,21 @@ async def _insert(session: AsyncSession, model: type[Base], rows: Sequence[Base]
     columns = [c for c in model.__table__.columns if c.key != "id"]  # type: ignore[attr-defined]
     values = []
     for row in rows:
+        given = row.__dict__
+        value: dict[str, object] = {}
         for column in columns:
-            if getattr(row, column.key) is None and column.default is not None:
+            v = given.get(column.key)
+            if v is None and column.default is not None:
                 default = column.default
-                setattr(row, column.key, default.arg(None) if default.is_callable else default.arg)  # type: ignore[attr-defined]
-            elif column.key not in row.__dict__:
-                # Loaded as None: a column never set would come back expired, and reading it later
-                # would be IO outside the async bridge (MissingGreenlet).
-                setattr(row, column.key, None)
-        values.append({c.key: getattr(row, c.key) for c in columns})
-    for row, new_id in zip(rows, await _insert_rows(session, model, values), strict=True):
-        row.id = new_id  # type: ignore[attr-defined]
+                v = default.arg(None) if default.is_callable else default.arg  # type: ignore[attr-defined]
+            value[column.key] = v
+        values.append(value)
+    for row, value, new_id in zip(rows, values, await _insert_rows(session, model, values), strict=True):
+        # Written into the instance directly, every column included: the object now holds what
+        # the row holds, with no history to flush (a setattr per column would record each as a
+        # change, and a column left out would come back expired, to be loaded by IO outside
+        # the async bridge: MissingGreenlet).
+        row.__dict__.update(value, id=new_id)
         make_transient_to_detached(row)
         session.add(row)
 
@@ -453,27 +466,29 @@ PRIORITY_ORDER = {"low": 0, "normal": 1, "high": 2, "urgent": 3}
 def _touch(
     conversation: Conversation, inbound: Inbound, verdict: Verdict, decision: routing.Decision
 ) -> None:
-    conversation.reply_channel = inbound.channel
-    conversation.reply_address = inbound.address
-    conversation.updated_at = max(conversation.updated_at or inbound.received_at, inbound.received_at)
+    # Assigned only when changed: every ORM attribute write costs an event, even of the same value.
+    changes: dict[str, object] = {
+        "reply_channel": inbound.channel,
+        "reply_address": inbound.address,
+        "updated_at": max(conversation.updated_at or inbound.received_at, inbound.received_at),
+    }
     if verdict.is_complaint:
-        conversation.is_complaint = True
+        changes["is_complaint"] = True
     if PRIORITY_ORDER.get(decision.priority, 1) > PRIORITY_ORDER.get(conversation.priority, 1):
-        conversation.priority = decision.priority
+        changes["priority"] = decision.priority
     if decision.team is not None and (conversation.team is None or decision.reassign):
-        conversation.team = decision.team
+        changes["team"] = decision.team
     if decision.assignee_id is not None and (conversation.assignee is None or decision.reassign):
-        conversation.assignee = decision.assignee_id
+        changes["assignee"] = decision.assignee_id
     # Due times only ever tighten: a complaint after a question brings the answer forward.
-    conversation.first_response_due_at = _earliest(
-        conversation.first_response_due_at, decision.first_response_due
-    )
-    conversation.resolution_due_at = _earliest(conversation.resolution_due_at, decision.resolution_due)
-    conversation.sla_due_at = (
-        conversation.first_response_due_at
-        if conversation.first_response_at is None
-        else conversation.resolution_due_at
-    )
+    first_due = _earliest(conversation.first_response_due_at, decision.first_response_due)
+    resolution_due = _earliest(conversation.resolution_due_at, decision.resolution_due)
+    changes["first_response_due_at"] = first_due
+    changes["resolution_due_at"] = resolution_due
+    changes["sla_due_at"] = first_due if conversation.first_response_at is None else resolution_due
+    for name, value in changes.items():
+        if getattr(conversation, name) != value:
+            setattr(conversation, name, value)
 
 
 def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:

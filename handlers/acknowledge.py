@@ -92,7 +92,7 @@ class Acknowledger:
                 channel=inbound.channel,
                 address=inbound.address,
                 text=text,
-                dedupe_key=f"ack:{conversation.id}:{note.interaction.id}",
+                dedupe_key=f"ack:{conversation.id}:{note.interaction_id}",
                 kind="ack",
                 conversation_id=conversation.id,
                 customer_id=customer.id,

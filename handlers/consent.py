@@ -79,7 +79,7 @@ class ConsentObserver:
                 channel=inbound.channel,
                 address=inbound.address,
                 text=text,
-                dedupe_key=f"optout:{logged.interaction.id}",
+                dedupe_key=f"optout:{logged.interaction_id}",
                 kind="notice",
                 conversation_id=conversation_id,
                 customer_id=customer.id,

@@ -42,7 +42,7 @@ async def on_bounce(session: AsyncSession, logged: Logged) -> None:
                     direction="event",
                     author_kind="system",
                     text=f"mail to {identity.address} bounced ({status}); the address is marked unreachable",
-                    meta={"kind": "bounced", "bounce_interaction_id": logged.interaction.id},
+                    meta={"kind": "bounced", "bounce_interaction_id": logged.interaction_id},
                     created_at=inbound.received_at,
                 )
             )

@@ -133,14 +133,14 @@ class ComplaintAlerts:
                     "team": team,
                     "assignee": conversation.assignee,
                     "priority": conversation.priority,
-                    "interaction": note.interaction.id,
+                    "interaction": note.interaction_id,
                 },
                 created_at=note.inbound.received_at,
             )
         )
         await post(
             session, self.staff_chat_id, conversation, name_of(note.customer), text,
-            f"complaint:{conversation.id}:{note.interaction.id}",
+            f"complaint:{conversation.id}:{note.interaction_id}",
         )
         log.info(
             "complaint.flagged conversation=%s severity=%s reasons=%s team=%s assignee=%s",

@@ -128,7 +128,7 @@ def mirror_observer(staff_chat_id: int) -> Observer:
                 channel=CHANNEL,
                 address=str(staff_chat_id),
                 text=mirror_text(note, seen),
-                dedupe_key=f"mirror-{note.interaction.id}",
+                dedupe_key=f"mirror-{note.interaction_id}",
                 kind="notice",
                 conversation_id=seen.conversation_id,
                 customer_id=seen.customer_id,
@@ -141,7 +141,7 @@ def mirror_observer(staff_chat_id: int) -> Observer:
                     }
                 },
             ),
-            interaction_id=note.interaction.id,
+            interaction_id=note.interaction_id,
         )
 
     return observe

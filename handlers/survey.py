@@ -216,4 +216,4 @@ async def survey_observer(session: AsyncSession, note: Logged) -> None:
             log_event=False,
         )
     except (SurveyError, ValueError, TypeError) as exc:
-        log.info("survey.answer.ignored interaction=%s reason=%s", note.interaction.id, exc)
+        log.info("survey.answer.ignored interaction=%s reason=%s", note.interaction_id, exc)

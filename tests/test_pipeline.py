@@ -113,7 +113,7 @@ async def test_observer_enqueues_in_the_same_transaction(db: Database) -> None:
     async def ack(session, logged: Logged) -> None:  # noqa: ANN001
         await outbox.enqueue(
             session,
-            Outbound("webhook", logged.inbound.address, "got it", f"ack-{logged.interaction.id}",
+            Outbound("webhook", logged.inbound.address, "got it", f"ack-{logged.interaction_id}",
                      kind="ack", conversation_id=logged.conversation.id if logged.conversation else None),
         )
 
