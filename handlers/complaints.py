@@ -28,6 +28,8 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from handlers.regex_prefilter import with_prefilter
+
 if TYPE_CHECKING:
     from bot.config import ComplaintsConfig
 
@@ -69,6 +71,7 @@ QUESTION_FACTOR = 0.35  # a topic cue's weight inside a question
 CLAUSE_BREAK = re.compile(r"[,.!?;:\n]")
 CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 LATIN = re.compile(r"[a-z]")
+LATIN_ANY_CASE = re.compile(r"[a-zA-Z]")
 
 
 class CueError(ValueError):
@@ -120,7 +123,7 @@ def resolve_language(text: str, language: str | None) -> str:
 def detect_language(text: str) -> str:
     # One CJK character carries about as much as a short English word, so weigh it three letters.
     cjk = len(CJK.findall(text))
-    latin = sum(1 for ch in text if "a" <= ch.lower() <= "z")
+    latin = len(LATIN_ANY_CASE.findall(text))
     return "zh" if cjk * 3 >= latin and cjk else "en"
 
 
@@ -263,7 +266,7 @@ class Lexicon:
             # English cues are whole words: "late" must not fire inside "chocolate".
             parts.append(r"(?<![a-z])(?:" + "|".join(alternations["en"]) + r")(?![a-z])")
         parts += alternations["zh"] + alternations["any"]
-        return re.compile("|".join(parts) or r"(?!)"), names
+        return re.compile(with_prefilter("|".join(parts)) if parts else r"(?!)"), names
 
     def scan(self, text: str, languages: frozenset[str]) -> Iterator[Hit]:
         pattern, names = self._scanners[languages]
