@@ -218,21 +218,21 @@ async def _log_fresh(
     pipeline: Pipeline,
 ) -> None:
     # 2. identify: Identity(channel, address) -> Customer, created on first contact
-    identities: dict[tuple[str, str], Identity] = {}
+    owner: dict[tuple[str, str], int] = {}  # (channel, address) -> customer id
     customers: dict[int, Customer] = {}
     for channel, addresses in _by_channel((i.channel, i.address) for i in inbounds).items():
         found = await session.execute(
-            select(Identity, Customer)
+            select(Identity.address, Customer)
             .join(Customer, Customer.id == Identity.customer_id)
             .where(Identity.channel == channel, Identity.address.in_(addresses))
         )
-        for identity, customer in found:
-            identities[(identity.channel, identity.address)] = identity
+        for address, customer in found:
+            owner[(channel, address)] = customer.id
             customers[customer.id] = customer
     new_customers: dict[tuple[str, str], Customer] = {}
     for inbound in inbounds:
         key = (inbound.channel, inbound.address)
-        if key not in identities and key not in new_customers:
+        if key not in owner and key not in new_customers:
             new_customers[key] = Customer(
                 display_name=inbound.display_name, language=inbound.language, tags=[]
             )
@@ -245,13 +245,11 @@ async def _log_fresh(
         ]
         await _insert_rows(session, Identity, fresh)
         for (channel, address), customer in new_customers.items():
-            identities[(channel, address)] = Identity(
-                channel=channel, address=address, customer_id=customer.id
-            )
+            owner[(channel, address)] = customer.id
             customers[customer.id] = customer
 
     # 3. thread: a conversation the message points at, else the customer's latest live one
-    customer_ids = {identities[(i.channel, i.address)].customer_id for i in inbounds}
+    customer_ids = {owner[(i.channel, i.address)] for i in inbounds}
     if session.bind.dialect.name != "sqlite":
         # Several kefu processes may receive one customer's messages at once: lock the customers
         # (in id order, so two batches cannot deadlock) so only one of them opens a conversation.
@@ -271,7 +269,7 @@ async def _log_fresh(
     created: set[int] = set()
     new_conversations: list[Conversation] = []
     for n, inbound in enumerate(inbounds):
-        customer = customers[identities[(inbound.channel, inbound.address)].customer_id]
+        customer = customers[owner[(inbound.channel, inbound.address)]]
         if customer.display_name is None and inbound.display_name:
             customer.display_name = inbound.display_name
         if customer.language is None and inbound.language:
@@ -303,7 +301,7 @@ async def _log_fresh(
     logged: list[dict[str, object]] = []
     notes: list[tuple[Customer, Conversation | None, Verdict, routing.Decision]] = []
     for inbound, conversation in zip(inbounds, threads, strict=True):
-        customer = customers[identities[(inbound.channel, inbound.address)].customer_id]
+        customer = customers[owner[(inbound.channel, inbound.address)]]
         spoken = inbound.kind in SPOKEN
         verdict = complaints.NOT_A_COMPLAINT
         if spoken:

@@ -21,19 +21,12 @@ except ImportError:  # pragma: no cover - a Python that moved them: no prefilter
     C = P = None  # type: ignore[assignment]
 
 _SPAN_LIMIT = 5000  # a range wider than this is not worth a character class
-_DIGITS: frozenset[str] | None = None
-
-
-def _digits() -> frozenset[str]:
-    # `\d` in a str pattern is any Unicode decimal digit, not only 0-9.
-    global _DIGITS
-    if _DIGITS is None:
-        _DIGITS = frozenset(chr(c) for c in range(0x110000) if chr(c).isdecimal())
-    return _DIGITS
+DIGIT = r"\d"  # stands for the whole category (any Unicode decimal digit), kept as it is
 
 
 def first_chars(pattern: str) -> frozenset[str] | None:
-    """Every character a match of `pattern` can start with, or None when that is not known."""
+    """Every character a match of `pattern` can start with (DIGIT standing for all digits), or
+    None when that is not known."""
     if P is None:
         return None
     try:
@@ -50,7 +43,8 @@ def with_prefilter(pattern: str) -> str:
     chars = first_chars(pattern)
     if chars is None:
         return pattern
-    return "(?=[" + "".join(re.escape(ch) for ch in sorted(chars)) + "])(?:" + pattern + ")"
+    members = "".join(ch if ch == DIGIT else re.escape(ch) for ch in sorted(chars))
+    return "(?=[" + members + "])(?:" + pattern + ")"
 
 
 def _first(items: list[tuple[Any, Any]]) -> set[str] | None:
@@ -95,7 +89,7 @@ def _charset(av: list[tuple[Any, Any]]) -> set[str] | None:
                 return None
             out.update(chr(c) for c in range(low, high + 1))
         elif op is C.CATEGORY and value is C.CATEGORY_DIGIT:
-            out |= _digits()
+            out.add(DIGIT)
         else:
             return None  # NEGATE, other categories
     return out
