@@ -9,12 +9,13 @@ message never takes others down with it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Insert, Select, Table, bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import make_transient_to_detached
@@ -171,11 +172,7 @@ async def _receive(
     # 1. dedupe: against the log, and within the batch itself
     logged: dict[tuple[str, str], Receipt] = {}
     for channel, ids in _by_channel((i.channel, i.external_id) for i in inbounds).items():
-        rows = await session.execute(
-            select(
-                Interaction.external_id, Interaction.id, Interaction.customer_id, Interaction.conversation_id
-            ).where(Interaction.channel == channel, Interaction.external_id.in_(ids))
-        )
+        rows = await session.execute(_LOGGED, {"channel": channel, "keys": list(ids)})
         for external_id, *ids_ in rows:
             logged[(channel, external_id)] = Receipt("duplicate", *ids_)
     first_of: dict[tuple[str, str], int] = {}
@@ -201,6 +198,39 @@ async def _receive(
     return [r for r in receipts if r is not None]
 
 
+# The hot path's statements, built once: building a statement and its cache key costs more than
+# running it on SQLite.
+_LOGGED = select(
+    Interaction.external_id, Interaction.id, Interaction.customer_id, Interaction.conversation_id
+).where(
+    Interaction.channel == bindparam("channel"),
+    Interaction.external_id.in_(bindparam("keys", expanding=True)),
+)
+_OWNERS = (
+    select(Identity.address, Customer)
+    .join(Customer, Customer.id == Identity.customer_id)
+    .where(Identity.channel == bindparam("channel"), Identity.address.in_(bindparam("keys", expanding=True)))
+)
+_LIVE = (
+    select(Conversation)
+    .where(
+        Conversation.customer_id.in_(bindparam("customers", expanding=True)),
+        Conversation.status.in_(REOPENABLE),
+    )
+    .order_by(Conversation.id)
+)
+
+
+@functools.cache
+def _top_id(table: Table) -> Select[tuple[int | None]]:
+    return select(func.max(table.c.id))
+
+
+@functools.cache
+def _insert_into(table: Table) -> Insert:
+    return insert(table)
+
+
 def _by_channel(pairs: Iterable[tuple[str, str]]) -> dict[str, set[str]]:
     """One query per channel: SQLite does not use the (channel, key) unique index for a
     row-value IN, but does for channel = ? AND key IN (...)."""
@@ -221,11 +251,7 @@ async def _log_fresh(
     owner: dict[tuple[str, str], int] = {}  # (channel, address) -> customer id
     customers: dict[int, Customer] = {}
     for channel, addresses in _by_channel((i.channel, i.address) for i in inbounds).items():
-        found = await session.execute(
-            select(Identity.address, Customer)
-            .join(Customer, Customer.id == Identity.customer_id)
-            .where(Identity.channel == channel, Identity.address.in_(addresses))
-        )
+        found = await session.execute(_OWNERS, {"channel": channel, "keys": list(addresses)})
         for address, customer in found:
             owner[(channel, address)] = customer.id
             customers[customer.id] = customer
@@ -259,11 +285,7 @@ async def _log_fresh(
             .order_by(Customer.id)
             .with_for_update()
         )
-    live_rows = await session.scalars(
-        select(Conversation)
-        .where(Conversation.customer_id.in_(customer_ids), Conversation.status.in_(REOPENABLE))
-        .order_by(Conversation.id)
-    )
+    live_rows = await session.scalars(_LIVE, {"customers": list(customer_ids)})
     latest: dict[int, Conversation] = {c.customer_id: c for c in live_rows}
     threads: list[Conversation | None] = []
     created: set[int] = set()
@@ -402,9 +424,9 @@ async def _insert_rows(
     if session.bind.dialect.name == "sqlite":
         await session.flush()
         with session.no_autoflush:
-            top = (await session.scalar(select(func.max(table.c.id)))) or 0
+            top = (await session.scalar(_top_id(table))) or 0
         ids = list(range(top + 1, top + 1 + len(rows)))
-        await session.execute(insert(table), [{"id": i, **r} for i, r in zip(ids, rows, strict=True)])
+        await session.execute(_insert_into(table), [{"id": i, **r} for i, r in zip(ids, rows, strict=True)])
         return ids
     result = await session.execute(
         insert(table).returning(table.c.id, sort_by_parameter_order=True), rows
