@@ -60,6 +60,8 @@ def with_db(config: Config, work: Callable[[Database], Awaitable[T]]) -> T:
     except (LookupError, ValueError, ConfigError, Failure) as exc:
         fail(str(exc))
         raise
+    except BrokenPipeError:
+        raise  # the reader went away (`kefu log export | head`): click ends quietly
     except OSError as exc:
         fail(f"cannot open the database: {exc}")
         raise

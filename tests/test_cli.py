@@ -96,6 +96,21 @@ def test_log_export_jsonl_and_csv(config: Path) -> None:
     assert code == 0 and out == ""
 
 
+def test_log_export_into_a_pipe_closed_early_ends_quietly(config: Path) -> None:
+    # More than a pipe's buffer of log, read by a consumer that stops after one line (`| head -1`).
+    seed(config, *((f"m{n}", f"u{n % 7}", "请问订单什么时候发货？" * 20) for n in range(300)))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bot", "log", "export", "--config", str(config)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert json.loads(proc.stdout.readline())["id"] == 1
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1  # click's own exit for a closed pipe
+    assert stderr == ""  # not "cannot open the database: Broken pipe", no traceback
+
+
 def test_log_export_rejects_bad_arguments(config: Path) -> None:
     code, _, err = kefu(config, "log", "export", "--since", "last tuesday")
     assert code != 0 and "--since has value 'last tuesday'" in err
