@@ -29,6 +29,18 @@ class TransientError(ChannelError):
         self.retry_after = retry_after
 
 
+class Deferred(ChannelError):
+    """Not sent yet, and not a failure: a rate limit or quiet hours says when to try again.
+
+    The outbox moves the row's next attempt by ``retry_after`` seconds without counting an
+    attempt, so a message that waits its turn behind a channel's limit never runs out of tries.
+    """
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class PermanentError(ChannelError):
     """Will fail the same way every time: the outbox marks the row dead at once."""
 
