@@ -6,8 +6,9 @@ email customers reply with a digit. An answer is an event, not the customer spea
 reopens the conversation it rates.
 
 Answers arrive three ways: a webhook POST of type "survey" (score and comment in Inbound.meta),
-any text reply that is just a digit 1-5 (maybe followed by a comment) while a survey is open, and
-a Telegram button, whose handler calls record_answer().
+any text reply that is a bare score while a survey is open ("5", "5分", "4/5", "5 stars", "5️⃣",
+"⭐⭐⭐⭐"), and a Telegram button, whose handler calls record_answer(). Anything more than a score
+("1 个包裹丢了，我要投诉") is the customer speaking: it reopens, is classified and reaches staff.
 """
 
 from __future__ import annotations
@@ -37,11 +38,16 @@ log = logging.getLogger("kefu.survey")
 
 CHOICES = (1, 2, 3, 4, 5)
 COMMENT_LIMIT = 2000
-# "5", "5!", "4/5", "4 分", "3 stars", "2 - slow but polite", "５" (NFKC folds full-width digits).
+# A bare score only: "5", "5!", "4/5", "4 分", "3 stars", "５" (NFKC folds full-width digits),
+# a keycap digit "5️⃣". A word after the score makes it a message: a customer who starts
+# "1 个包裹丢了" is complaining, not rating.
 _ANSWER = re.compile(
-    r"^\s*([1-5])\s*(?:/\s*5|分|星|颗星|stars?|points?)?\s*(?:[\s,.;:!?，。；：！？、~\-—]+(.*))?$",
-    re.DOTALL | re.IGNORECASE,
+    r"^\s*([1-5])\ufe0f?\u20e3?\s*(?:/\s*5|分|星|颗星|stars?|points?)?\s*[.!。！~]*\s*$",
+    re.IGNORECASE,
 )
+# "⭐⭐⭐⭐", "★★★": one to five of the same star.
+_STARS = re.compile(r"^\s*(?:(⭐\ufe0f?){1,5}|(★){1,5}|(🌟){1,5})\s*$")
+_STAR_CHARS = frozenset("⭐★🌟")
 
 
 class SurveyError(ValueError):
@@ -57,11 +63,16 @@ class Answered:
 
 
 def parse_answer(text: str) -> tuple[int, str | None] | None:
-    found = _ANSWER.match(unicodedata.normalize("NFKC", text))
-    if found is None:
+    """(score, None) for a bare score; a text reply carries no comment (the webhook's does)."""
+    if len(text) > 40:
         return None
-    comment = (found.group(2) or "").strip() or None
-    return int(found.group(1)), comment[:COMMENT_LIMIT] if comment else None
+    normal = unicodedata.normalize("NFKC", text)
+    found = _ANSWER.match(normal)
+    if found is not None:
+        return int(found.group(1)), None
+    if _STARS.match(normal):
+        return sum(1 for ch in normal if ch in _STAR_CHARS), None
+    return None
 
 
 async def as_answer(session: AsyncSession, conversation: Conversation, inbound: Inbound) -> Inbound | None:

@@ -7,13 +7,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from handlers import lifecycle, survey
+from handlers import lifecycle, staff_group, survey
 from handlers.roles import Actor
 from handlers.survey import SurveyError
 from storage import customers, staff
 from storage.db import Database
 from storage.models import Conversation, Interaction, OutboxRow, Survey
-from tests.handlers.care_helpers import care_pipeline, config, message
+from tests.handlers.care_helpers import STAFF_CHAT, care_pipeline, config, message
 
 T0 = datetime(2027, 3, 1, 2, 0, tzinfo=UTC)
 CFG = config(survey={"ask_after": "10m", "expires_after": "2d"})
@@ -26,14 +26,28 @@ CFG = config(survey={"ask_after": "10m", "expires_after": "2d"})
         (" 4 ", (4, None)),
         ("５", (5, None)),
         ("3分", (3, None)),
-        ("4/5 fast and polite", (4, "fast and polite")),
-        ("2 - slow but they fixed it", (2, "slow but they fixed it")),
-        ("1，太慢了", (1, "太慢了")),
+        ("4/5", (4, None)),
         ("5 stars!", (5, None)),
+        ("5 Stars", (5, None)),
+        ("2 星", (2, None)),
+        ("4分。", (4, None)),
+        ("5️⃣", (5, None)),
+        ("3\u20e3", (3, None)),
+        ("⭐⭐⭐⭐", (4, None)),
+        ("★★", (2, None)),
+        ("🌟🌟🌟🌟🌟", (5, None)),
+        # Anything more than a score is the customer speaking: a message, not an answer.
+        ("4/5 fast and polite", None),
+        ("2 - slow but they fixed it", None),
+        ("1，太慢了", None),
+        ("1 个包裹丢了，我要投诉，退款！", None),
+        ("5 items are missing", None),
+        ("3 days and still nothing", None),
+        ("2 packages", None),
+        ("⭐⭐⭐⭐⭐⭐", None),
         ("6", None),
         ("0", None),
         ("15", None),
-        ("5 items are missing", (5, "items are missing")),  # only read while a survey is open
         ("thanks", None),
         ("", None),
     ],
@@ -68,7 +82,7 @@ async def test_survey_is_queued_in_the_customers_language_after_the_delay(db: Da
 async def test_digit_reply_answers_without_reopening(db: Database) -> None:
     cid, sid, _ = await resolved(db)
     pipeline, _ = care_pipeline(db, CFG)
-    await pipeline.receive(message(2, "5 great service", T0 + timedelta(hours=2)))
+    await pipeline.receive(message(2, "5", T0 + timedelta(hours=2)))
     # A second digit is not a second answer: it is a new message and reopens.
     await pipeline.receive(message(3, "1", T0 + timedelta(hours=3)))
     await pipeline.close()
@@ -76,9 +90,29 @@ async def test_digit_reply_answers_without_reopening(db: Database) -> None:
         answer = await s.get(Survey, sid)
         conversation = await s.get(Conversation, cid)
         row = await s.scalar(select(Interaction).where(Interaction.external_id == "shop:2"))
-    assert answer is not None and (answer.score, answer.comment, answer.answer_channel) == (5, "great service", "webhook")
+    assert answer is not None and (answer.score, answer.comment, answer.answer_channel) == (5, None, "webhook")
     assert row is not None and row.direction == "event" and row.meta["survey"]["score"] == 5
     assert conversation is not None and conversation.status == "open"  # reopened by "1", not by "5"
+
+
+async def test_a_message_starting_with_a_digit_reopens_is_classified_and_reaches_staff(db: Database) -> None:
+    cid, sid, _ = await resolved(db, language="zh")
+    pipeline, _ = care_pipeline(db, CFG)
+    pipeline.observers.insert(0, staff_group.mirror_observer(STAFF_CHAT))
+    receipt = await pipeline.receive(message(2, "1 个包裹丢了，我要投诉，退款！", T0 + timedelta(hours=2)))
+    await pipeline.close()
+    assert receipt.conversation_id == cid
+    async with db.sessions() as s:
+        answer = await s.get(Survey, sid)
+        conversation = await s.get(Conversation, cid)
+        row = await s.scalar(select(Interaction).where(Interaction.external_id == "shop:2"))
+        staff_rows = (await s.scalars(
+            select(OutboxRow).where(OutboxRow.channel == "telegram", OutboxRow.conversation_id == cid)
+        )).all()
+    assert answer is not None and answer.score is None and answer.answered_at is None
+    assert conversation is not None and conversation.status == "open" and conversation.is_complaint
+    assert row is not None and row.direction == "in" and "complaint" in row.meta
+    assert any("1 个包裹丢了" in (r.payload.get("text") or "") for r in staff_rows)
 
 
 async def test_one_answer_per_survey_and_none_after_expiry(db: Database) -> None:
