@@ -296,9 +296,11 @@ async def _log_fresh(
             customer.display_name = inbound.display_name
         if customer.language is None and inbound.language:
             customer.language = inbound.language
-        conversation = await _hinted(session, inbound, customer.id) or latest.get(customer.id)
-        if conversation is not None and conversation.status == "closed":
-            conversation = None  # closed is final: the customer starts a new conversation
+        conversation = await _hinted(session, inbound, customer.id)
+        if conversation is None or conversation.status == "closed":
+            # Closed is final: a reply to a closed thread joins the customer's live conversation,
+            # and only without one starts a new conversation.
+            conversation = latest.get(customer.id)
         if conversation is None and inbound.kind in SPOKEN:
             conversation = Conversation(customer_id=customer.id, created_at=inbound.received_at)
             new_conversations.append(conversation)

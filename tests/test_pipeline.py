@@ -180,6 +180,27 @@ async def test_threading_hints_and_reopen(db: Database) -> None:
     await pipeline.close()
 
 
+async def test_a_reply_to_a_closed_thread_joins_the_customers_open_conversation(db: Database) -> None:
+    pipeline = Pipeline(db)
+    first = await pipeline.receive(msg(1))
+    async with db.transaction() as s:
+        conversation = await s.get(Conversation, first.conversation_id)
+        assert conversation is not None
+        conversation.status = "closed"
+    current = await pipeline.receive(msg(2, text="a new question"))
+    assert current.conversation_id not in (None, first.conversation_id)
+    # Replies to the closed thread (email In-Reply-To, a [#id] token), one alone and two in a batch.
+    by_reply = await pipeline.receive(msg(3, reply_to=("shop:1",)))
+    by_token = await pipeline.receive(msg(4, conversation_hint=first.conversation_id))
+    both = await asyncio.gather(
+        pipeline.receive(msg(5, reply_to=("shop:1",))),
+        pipeline.receive(msg(6, conversation_hint=first.conversation_id)),
+    )
+    await pipeline.close()
+    assert {r.conversation_id for r in (by_reply, by_token, *both)} == {current.conversation_id}
+    assert await count(db, Conversation) == 2
+
+
 async def test_received_at_is_the_channel_time(db: Database) -> None:
     pipeline = Pipeline(db)
     when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
