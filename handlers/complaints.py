@@ -381,6 +381,11 @@ def classify(text: str, language: str | None) -> Verdict:
     return _builtin()(text, language)
 
 
+def cue_classifier() -> Classifier:
+    """The built-in cues alone: what bench/complaints.py compares the full classifier against."""
+    return _builtin()
+
+
 def load_classifier(cfg: ComplaintsConfig) -> Classify:
     """The classifier [complaints] asks for, checked now so a bad setting stops the start."""
     from bot.config import ConfigError
