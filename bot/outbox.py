@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.config import OutboxConfig
 from bot.messages import Outbound
 from bot.metrics import Metrics
-from channels.base import Channel, PermanentError, TransientError
+from channels.base import Channel, Deferred, PermanentError, TransientError
 from storage.db import Database
 from storage.models import Conversation, Identity, Interaction, OutboxRow, utcnow
 
@@ -29,6 +29,7 @@ log = logging.getLogger("kefu.outbox")
 
 Clock = Callable[[], datetime]
 QUEUED = "kefu.outbox.queued"
+WAITING = ("pending", "deferred", "failed")  # not sent, not being sent: claimed when due
 
 
 async def enqueue(
@@ -137,7 +138,13 @@ class OutboxWorker:
             result = await session.execute(
                 update(OutboxRow)
                 .where(OutboxRow.status == "sending")
-                .values(status="pending", claimed_until=None)
+                # The send it was making may have happened: it counts as an attempt.
+                .values(
+                    status="pending",
+                    claimed_until=None,
+                    claim_token=None,
+                    attempts=OutboxRow.attempts + 1,
+                )
             )
         return result.rowcount or 0
 
@@ -164,28 +171,31 @@ class OutboxWorker:
         self._wake.set()
 
     async def run_once(self) -> int:
-        rows = await self._claim()
-        if not rows:
+        claim = await self._claim()
+        if claim is None:
             return 0
         groups: dict[tuple[str, str], list[OutboxRow]] = {}
-        for row in rows:
+        for row in claim.rows:
             groups.setdefault((row.channel, row.address), []).append(row)
-        await asyncio.gather(*(self._send_group(group) for group in groups.values()))
-        return len(rows)
+        stop = asyncio.Event()
+        keeper = asyncio.create_task(self._keep_claim(claim, stop))
+        try:
+            await asyncio.gather(*(self._send_group(claim, group) for group in groups.values()))
+        finally:
+            stop.set()
+            await keeper
+        return len(claim.rows)
 
-    async def _claim(self) -> list[OutboxRow]:
+    async def _claim(self) -> _Claim | None:
         now = self.clock()
         if not self.channels:
-            return []
+            return None
         query = (
             select(OutboxRow)
             .where(
                 OutboxRow.channel.in_(self.channels),
                 or_(
-                    and_(
-                        OutboxRow.status.in_(("pending", "failed")),
-                        OutboxRow.next_attempt_at <= now,
-                    ),
+                    and_(OutboxRow.status.in_(WAITING), OutboxRow.next_attempt_at <= now),
                     and_(OutboxRow.status == "sending", OutboxRow.claimed_until < now),
                 ),
             )
@@ -194,57 +204,117 @@ class OutboxWorker:
         )
         if not self.db.is_sqlite:
             query = query.with_for_update(skip_locked=True)
+        token = uuid.uuid4().hex
         async with self.db.transaction() as session:
             rows = list(await session.scalars(query))
             for row in rows:
+                if row.status == "sending":
+                    # Its worker's lease ran out: that send may have happened, so it counts.
+                    row.attempts += 1
                 row.status = "sending"
                 row.claimed_until = now + timedelta(seconds=self.cfg.lease_seconds)
-                row.attempts += 1
-        return rows
+                row.claim_token = token
+        return _Claim(token, rows) if rows else None
 
-    async def _send_group(self, rows: Sequence[OutboxRow]) -> None:
+    async def _keep_claim(self, claim: _Claim, stop: asyncio.Event) -> None:
+        """Extends the lease of the claim's unfinished rows while their sends run (an SMTP
+        server's 30 s timeout, five mails deep, outlasts any fixed lease), and notes rows that
+        are no longer ours so they are not sent again."""
+        interval = self.cfg.lease_seconds / 3
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+                return
+            except TimeoutError:
+                pass
+            until = self.clock() + timedelta(seconds=self.cfg.lease_seconds)
+            try:
+                async with self.db.transaction() as session:
+                    held = set(
+                        await session.scalars(
+                            update(OutboxRow)
+                            .where(OutboxRow.claim_token == claim.token)
+                            .values(claimed_until=until)
+                            .returning(OutboxRow.id)
+                        )
+                    )
+            except Exception as exc:  # noqa: BLE001 - the next beat tries again
+                log.warning("outbox.lease.extend_failed error=%s", type(exc).__name__)
+                continue
+            lost = {row.id for row in claim.rows} - claim.done - held
+            if lost - claim.lost:
+                log.warning("outbox.lease.lost ids=%s", sorted(lost - claim.lost))
+                claim.lost |= lost
+
+    async def _send_group(self, claim: _Claim, rows: Sequence[OutboxRow]) -> None:
         # One address at a time, in order: a customer reads replies in the order they were written.
         async with self._slots:
             for row in rows:
+                if row.id in claim.lost:
+                    continue
                 await self._send(row)
+                claim.done.add(row.id)
 
-    async def _send(self, row: OutboxRow) -> None:
+    async def _send(self, row: OutboxRow) -> str:
+        """Sends one claimed row and records the outcome; returns the row's new status."""
         out = Outbound.from_row(row.channel, row.address, row.dedupe_key, row.payload)
         channel = self.channels[row.channel]
         try:
             result = await channel.send(out)
+        except Deferred as exc:
+            return await self._defer(row, str(exc) or "deferred", exc.retry_after)
         except TransientError as exc:
-            await self._failed(row, str(exc) or type(exc).__name__, exc.retry_after)
+            return await self._failed(row, str(exc) or type(exc).__name__, exc.retry_after)
         except PermanentError as exc:
-            await self._dead(row, str(exc) or type(exc).__name__, unreachable=exc.unreachable)
+            return await self._dead(row, str(exc) or type(exc).__name__, unreachable=exc.unreachable)
         except Exception as exc:  # noqa: BLE001 - a channel bug must not kill the worker
             log.exception("outbox.send.unexpected id=%s channel=%s", row.id, row.channel)
-            await self._failed(row, f"unexpected {type(exc).__name__}: {exc}", None)
-        else:
-            await self._finish(row, "sent", external_id=result.external_id, thread=result.thread)
-            if self.metrics:
-                self.metrics.outbound.labels(row.channel, "sent").inc()
+            return await self._failed(row, f"unexpected {type(exc).__name__}: {exc}", None)
+        await self._finish(row, "sent", external_id=result.external_id, thread=result.thread)
+        if self.metrics:
+            self.metrics.outbound.labels(row.channel, "sent").inc()
+        return "sent"
 
-    async def _failed(self, row: OutboxRow, error: str, retry_after: float | None) -> None:
-        if row.attempts >= self.cfg.max_attempts:
-            await self._dead(row, f"gave up after {row.attempts} attempts: {error}")
-            return
-        delay = retry_after if retry_after is not None else backoff(row.attempts, self.cfg, self.rng)
+    async def _defer(self, row: OutboxRow, reason: str, retry_after: float) -> str:
+        """Not a failure: the row waits its turn and keeps every attempt it has left."""
+        delay = max(0.0, retry_after)
+        log.info(
+            "outbox.send.deferred id=%s channel=%s in=%.1fs reason=%s",
+            row.id, row.channel, delay, reason,
+        )
+        await self._finish(
+            row,
+            "deferred",
+            error=reason,
+            next_attempt_at=self.clock() + timedelta(seconds=delay),
+            count=False,
+        )
+        if self.metrics:
+            self.metrics.outbound.labels(row.channel, "deferred").inc()
+        return "deferred"
+
+    async def _failed(self, row: OutboxRow, error: str, retry_after: float | None) -> str:
+        attempts = row.attempts + 1
+        if attempts >= self.cfg.max_attempts:
+            return await self._dead(row, f"gave up after {attempts} attempts: {error}")
+        delay = retry_after if retry_after is not None else backoff(attempts, self.cfg, self.rng)
         log.warning(
             "outbox.send.retry id=%s channel=%s attempt=%d in=%.1fs error=%s",
-            row.id, row.channel, row.attempts, delay, error,
+            row.id, row.channel, attempts, delay, error,
         )
         await self._finish(
             row, "failed", error=error, next_attempt_at=self.clock() + timedelta(seconds=delay)
         )
         if self.metrics:
             self.metrics.outbound.labels(row.channel, "retry").inc()
+        return "failed"
 
-    async def _dead(self, row: OutboxRow, error: str, *, unreachable: bool = False) -> None:
+    async def _dead(self, row: OutboxRow, error: str, *, unreachable: bool = False) -> str:
         log.error("outbox.send.dead id=%s channel=%s error=%s", row.id, row.channel, error)
         await self._finish(row, "dead", error=error, unreachable=unreachable)
         if self.metrics:
             self.metrics.outbound.labels(row.channel, "dead").inc()
+        return "dead"
 
     async def _finish(
         self,
@@ -256,9 +326,12 @@ class OutboxWorker:
         next_attempt_at: datetime | None = None,
         unreachable: bool = False,
         thread: str | None = None,
+        count: bool = True,
     ) -> None:
         now = self.clock()
-        values: dict[str, object] = {"status": status, "claimed_until": None}
+        values: dict[str, object] = {"status": status, "claimed_until": None, "claim_token": None}
+        if count:
+            values["attempts"] = OutboxRow.attempts + 1
         if status == "sent":
             values.update(sent_at=now, external_id=external_id, last_error=None)
         else:
@@ -269,10 +342,11 @@ class OutboxWorker:
             # Only the claim we hold: a row another worker re-claimed after our lease is theirs.
             done = await session.execute(
                 update(OutboxRow)
-                .where(OutboxRow.id == row.id, OutboxRow.status == "sending")
+                .where(OutboxRow.id == row.id, OutboxRow.claim_token == row.claim_token)
                 .values(**values)
             )
             if not done.rowcount:
+                log.warning("outbox.claim.lost id=%s outcome=%s: another worker holds it", row.id, status)
                 return
             if status == "dead":
                 await _record_dead(session, row, error or "", unreachable, now)
@@ -282,6 +356,16 @@ class OutboxWorker:
                     .where(Conversation.id == row.conversation_id, Conversation.staff_thread.is_(None))
                     .values(staff_thread=thread)
                 )
+
+
+class _Claim:
+    """One claim: its token, its rows, and which of them are finished or were taken over."""
+
+    def __init__(self, token: str, rows: list[OutboxRow]) -> None:
+        self.token = token
+        self.rows = rows
+        self.done: set[int] = set()
+        self.lost: set[int] = set()
 
 
 async def _record_dead(
@@ -313,9 +397,9 @@ async def _record_dead(
 async def depth(session: AsyncSession) -> dict[str, int]:
     rows = await session.execute(
         select(OutboxRow.status, func.count())
-        .where(OutboxRow.status.in_(("pending", "sending", "failed")))
+        .where(OutboxRow.status.in_((*WAITING, "sending")))
         .group_by(OutboxRow.status)
     )
-    counts = {"pending": 0, "sending": 0, "failed": 0}
+    counts = {"pending": 0, "sending": 0, "deferred": 0, "failed": 0}
     counts.update({status: n for status, n in rows})
     return counts

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from storage.models import CampaignDelivery, Customer, Identity, Interaction, OutboxRow
 
 CHUNK = 5000  # ids per IN (...): well under SQLite's bound-parameter limit
-WAITING = ("pending", "failed")  # outbox rows not sent yet and not being sent right now
+WAITING = ("pending", "deferred", "failed")  # outbox rows not sent yet and not being sent right now
 
 
 @dataclass(frozen=True, slots=True)

@@ -171,7 +171,7 @@ async def forget(session: AsyncSession, customer_id: int) -> dict[str, int]:
         .where(Interaction.customer_id == customer_id)
         .values(text=ERASED, attachments=[], meta={"erased": True}, author_id=None)
     )
-    pending = ("pending", "failed", "sending")
+    pending = ("pending", "deferred", "failed", "sending")
     for channel, address in addresses:
         await session.execute(
             update(OutboxRow)

@@ -161,18 +161,26 @@ class Interaction(Base):
 
 class OutboxRow(Base):
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_outbox_due", "status", "next_attempt_at"),
+        # One address's unfinished rows, in order: a later row waits for an earlier one's retry.
+        Index("ix_outbox_address", "channel", "address", "id"),
+    )
 
     id: Mapped[int] = mapped_column(PK, primary_key=True)
     channel: Mapped[str] = mapped_column(String(32))
     address: Mapped[str] = mapped_column(String(320))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     dedupe_key: Mapped[str] = mapped_column(String(200), unique=True)
-    # pending | sending | sent | failed (waiting for a retry) | dead
+    # pending | sending | sent | failed (waiting for a retry) | deferred (waiting its turn behind
+    # a rate limit or quiet hours; not a failure) | dead
     status: Mapped[str] = mapped_column(String(8), default="pending")
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # sends made (or maybe made)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     claimed_until: Mapped[datetime | None]
+    # Set by each claim; every later change of the row names it, so a worker whose lease ran out
+    # cannot overwrite the claim of the worker that took the row over.
+    claim_token: Mapped[str | None] = mapped_column(String(32))
     last_error: Mapped[str | None] = mapped_column(Text)
     interaction_id: Mapped[int | None] = mapped_column(ForeignKey("interactions.id"))
     conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversations.id"), index=True)

@@ -36,6 +36,9 @@ class CallbackServer:
     secret: str
     script: list[int] = field(default_factory=list)
     requests: list[Received] = field(default_factory=list)
+    # Seconds to hold each answer, request by request (a receiver that hangs), then none.
+    delays: list[float] = field(default_factory=list)
+    pending: int = 0  # requests received and not yet answered
     port: int = field(default_factory=free_port)
 
     @property
@@ -59,6 +62,12 @@ class CallbackServer:
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         headers = dict(request.headers)
+        if self.delays:
+            self.pending += 1
+            try:
+                await asyncio.sleep(self.delays.pop(0))
+            finally:
+                self.pending -= 1
         ts = headers.get("X-Kefu-Timestamp", "")
         if sign(self.secret, ts, body) != headers.get("X-Kefu-Signature"):
             status = 401

@@ -238,6 +238,7 @@ def upgrade() -> None:
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('next_attempt_at', sa.DateTime(), nullable=False),
     sa.Column('claimed_until', sa.DateTime(), nullable=True),
+    sa.Column('claim_token', sa.String(length=32), nullable=True),
     sa.Column('last_error', sa.Text(), nullable=True),
     sa.Column('interaction_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
     sa.Column('conversation_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
@@ -250,6 +251,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('dedupe_key')
     )
     with op.batch_alter_table('outbox', schema=None) as batch_op:
+        batch_op.create_index('ix_outbox_address', ['channel', 'address', 'id'], unique=False)
         batch_op.create_index(batch_op.f('ix_outbox_conversation_id'), ['conversation_id'], unique=False)
         batch_op.create_index('ix_outbox_due', ['status', 'next_attempt_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_outbox_external_id'), ['external_id'], unique=False)
@@ -287,6 +289,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_outbox_external_id'))
         batch_op.drop_index('ix_outbox_due')
         batch_op.drop_index(batch_op.f('ix_outbox_conversation_id'))
+        batch_op.drop_index('ix_outbox_address')
 
     op.drop_table('outbox')
     with op.batch_alter_table('surveys', schema=None) as batch_op:
