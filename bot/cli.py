@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.markup import escape
 from rich.table import Table
+from sqlalchemy.engine import make_url
 
 from bot.cli_campaigns import campaigns_app, customers_import
 from bot.cli_common import (
@@ -32,7 +33,7 @@ from bot.cli_report import report
 from bot.config import ConfigError
 from handlers import agents, lifecycle, roles
 from storage import audit, conversations, customers, interactions, staff
-from storage.db import Database
+from storage.db import Database, StorageError
 
 T = TypeVar("T")
 
@@ -80,6 +81,8 @@ def run(config: ConfigOption = DEFAULT_CONFIG) -> None:
             runner.run(kefu.serve())
     except ConfigError as exc:
         fail(str(exc), 2)
+    except StorageError as exc:
+        fail(str(exc))
     except OSError as exc:
         fail(f"cannot start: {exc}")
 
@@ -101,8 +104,10 @@ def db_upgrade(config: ConfigOption = DEFAULT_CONFIG) -> None:
     async def work(db: Database) -> None:
         return None
 
-    with_db(load(config), work)
-    out.print(f"database {load(config).storage.url} is up to date")
+    cfg = load(config)
+    with_db(cfg, work)
+    where = make_url(cfg.storage.url).render_as_string(hide_password=True)
+    out.print(f"database {where} is up to date", highlight=False, soft_wrap=True)
 
 
 @log_app.command("export")

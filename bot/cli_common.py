@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from sqlalchemy.exc import DBAPIError
 
 from bot.config import Config, ConfigError, load_config
-from storage.db import Database
+from storage.db import Database, StorageError, explain
 
 T = TypeVar("T")
 
@@ -57,14 +58,19 @@ def with_db(config: Config, work: Callable[[Database], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(go())
-    except (LookupError, ValueError, ConfigError, Failure) as exc:
+    except (LookupError, ValueError, ConfigError, Failure, StorageError) as exc:
         fail(str(exc))
         raise
     except BrokenPipeError:
         raise  # the reader went away (`kefu log export | head`): click ends quietly
-    except OSError as exc:
-        fail(f"cannot open the database: {exc}")
+    except (OSError, DBAPIError) as exc:
+        fail_storage(exc, config)
         raise
+
+
+def fail_storage(exc: OSError | DBAPIError, config: Config) -> None:
+    """One line naming the database and what to do, for any failure to open or use it."""
+    fail(str(explain(exc, config.storage.url)))
 
 
 def since(value: str | None) -> datetime | None:
@@ -73,9 +79,12 @@ def since(value: str | None) -> datetime | None:
     try:
         when = datetime.fromisoformat(value)
     except ValueError:
-        fail(f"--since has value {value!r}: use an ISO date or time, e.g. 2026-11-01 or 2026-11-01T08:00")
+        fail(
+            f"--since has value {value!r}: use an ISO date or time, "
+            "e.g. 2026-11-01 or 2026-11-01T08:00"
+        )
         raise
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def cells(*values: object) -> list[str]:

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy.engine import make_url
 
 
 class ConfigError(Exception):
@@ -455,7 +456,21 @@ def load_config(path: str | Path) -> Config:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_config(data, str(path))
+    return relative_to(parse_config(data, str(path)), path.resolve().parent)
+
+
+def relative_to(config: Config, folder: Path) -> Config:
+    """Relative paths in a config file mean "next to this file", wherever kefu is started from:
+    `kefu conversations list --config /srv/kefu/config.toml` must find /srv/kefu/kefu.db."""
+    url = make_url(config.storage.url)
+    database = url.database
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return config
+    if database.startswith("file:") or Path(database).is_absolute():
+        return config
+    absolute = url.set(database=str(folder / database)).render_as_string(hide_password=False)
+    storage = config.storage.model_copy(update={"url": absolute})
+    return config.model_copy(update={"storage": storage})
 
 
 def secret(env_var: str, env: Mapping[str, str] | None = None) -> str | None:

@@ -10,7 +10,8 @@ from typing import Any
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Connection, event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -22,6 +23,65 @@ from storage import sqlite_driver
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 MIGRATION_LOCK = 0x6B656675  # "kefu"
+
+
+class StorageError(Exception):
+    """The database cannot be used; the message names the path or URL and what to do."""
+
+
+def explain(exc: OSError | DBAPIError, url: str | URL) -> StorageError:
+    """A one-line StorageError for a failure to open or use the database.
+
+    Connection failures reach callers as OSError (refused, unknown host, a folder that cannot be
+    made) or as SQLAlchemy's DBAPIError wrapping the driver's error; both become one sentence that
+    names where the database is and what the person running kefu can do about it."""
+    url = make_url(url) if isinstance(url, str) else url
+    reason = _reason(exc)
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_error(url, reason)
+    where = url.render_as_string(hide_password=True)
+    lowered = reason.lower()
+    if isinstance(exc, OSError) or "connect" in lowered or "timeout" in lowered:
+        advice = (
+            "check that PostgreSQL is running and that the host and port in [storage] url are right"
+        )
+        return StorageError(f"cannot reach PostgreSQL at {where}: {reason}; {advice}")
+    if "database" in lowered and "does not exist" in lowered:
+        advice = f"create it (createdb {url.database}) or fix the name in [storage] url"
+    elif "role" in lowered or "password" in lowered or "authentication" in lowered:
+        advice = "check the user and password in [storage] url (or the server's pg_hba.conf)"
+    else:
+        advice = "check the server's log and [storage] url"
+    return StorageError(f"PostgreSQL at {where}: {reason}; {advice}")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, DBAPIError):
+        exc = exc.orig if isinstance(exc.orig, BaseException) else exc
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text_ = str(exc).strip().splitlines()
+    return text_[0] if text_ else type(exc).__name__
+
+
+def _sqlite_error(url: URL, reason: str) -> StorageError:
+    path = Path(url.database or ":memory:").resolve()
+    lowered = reason.lower()
+    if path.is_dir():
+        advice = "that path is a folder: name a file in it instead"
+    elif "readonly" in lowered or "read-only" in lowered:
+        advice = f"kefu needs to write to the file and its folder {path.parent}"
+    elif "not a database" in lowered or "malformed" in lowered:
+        advice = "the file is not a kefu database (or is damaged): restore it or point to another"
+    else:
+        advice = (
+            f"make sure the folder {path.parent} exists, is a folder, and is writable by this "
+            "user on a writable file system"
+        )
+    return StorageError(
+        f"cannot use SQLite database {path}: {reason}; {advice}, "
+        "or set [storage] url in config.toml to another path"
+    )
 
 
 class Database:
@@ -42,12 +102,17 @@ class Database:
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     async def _connect_sqlite(self) -> sqlite_driver.Connection:
-        return await sqlite_driver.connect(self.url.database or ":memory:", timeout=30)
+        connection = sqlite_driver.connect(self.url.database or ":memory:", timeout=30)
+        await connection
+        return connection
 
     def _ensure_sqlite_dir(self) -> None:
         database = self.url.database
         if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise explain(exc, self.url) from exc
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -56,12 +121,18 @@ class Database:
             yield session
 
     async def upgrade(self) -> None:
-        async with self.engine.begin() as conn:
-            if not self.is_sqlite:
-                # Several `kefu run` processes may start together: one migrates, the others wait
-                # for its commit and then find the schema current. (SQLite: BEGIN IMMEDIATE.)
-                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
-            await conn.run_sync(_upgrade)
+        try:
+            async with self.engine.begin() as conn:
+                if not self.is_sqlite:
+                    # Several `kefu run` processes may start together: one migrates, the others
+                    # wait for its commit and then find the schema current. (SQLite: BEGIN
+                    # IMMEDIATE.)
+                    await conn.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK}
+                    )
+                await conn.run_sync(_upgrade)
+        except (OSError, DBAPIError) as exc:
+            raise explain(exc, self.url) from exc
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -11,6 +11,8 @@ statements after it, which hold the lock and never wait, run inline.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
 from typing import Any
 
@@ -18,11 +20,31 @@ import aiosqlite
 
 
 class Connection(aiosqlite.Connection):
+    _stopped: asyncio.Future[Any] | None = None
+
     async def _execute(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         conn = self._connection
         if self._running and conn is not None and conn.in_transaction:
             return fn(*args, **kwargs)
-        return await super()._execute(fn, *args, **kwargs)
+        return await super()._execute(fn, *args, **kwargs)  # type: ignore[no-untyped-call]
+
+    def stop(self) -> asyncio.Future[Any] | None:
+        stopped: asyncio.Future[Any] | None = super().stop()
+        self._stopped = stopped
+        return stopped
+
+    async def _connect(self) -> Connection:
+        # When the file cannot be opened aiosqlite stops its thread without waiting for it; if the
+        # loop closes first (a CLI command ending on that error), the thread prints a traceback.
+        try:
+            await super()._connect()
+        except BaseException:
+            stopped = self._stopped
+            if stopped is not None:
+                with contextlib.suppress(BaseException):
+                    await stopped
+            raise
+        return self
 
 
 def connect(database: str, **kwargs: Any) -> Connection:
