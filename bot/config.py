@@ -7,7 +7,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -309,6 +309,18 @@ def parse_hours(value: str) -> tuple[tuple[int, int], ...]:
     return tuple(sorted(spans))
 
 
+def parse_day(text: str) -> tuple[int | None, int, int]:
+    """'2027-02-10' -> (2027, 2, 10); '12-31' -> (None, 12, 31), a day of every year."""
+    parts = text.strip().split("-")
+    if len(parts) == 3 and len(parts[0]) == 4:
+        found = date(int(parts[0]), int(parts[1]), int(parts[2]))
+        return found.year, found.month, found.day
+    if len(parts) == 2:
+        date(2000, int(parts[0]), int(parts[1]))  # a leap year: 02-29 is a day
+        return None, int(parts[0]), int(parts[1])
+    raise ValueError(text)
+
+
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 
@@ -322,8 +334,13 @@ class TeamConfig(Section):
     # mon..sun -> "09:00-18:00" (several spans joined by ","); a day left out is closed.
     # No hours at all: open around the clock.
     hours: dict[str, str] = Field(default_factory=dict)
-    # Public holidays of this country (`holidays` package, e.g. "CN") are closed days.
+    # Public holidays of this country (`holidays` package, e.g. "CN") are closed days; its make-up
+    # working days (调休 weekends) are open, on the hours of the team's first working weekday.
     holidays: str | None = None
+    # More closed days of the team's own: "2027-02-10" once, or "12-31" every year.
+    closed_dates: list[str] = Field(default_factory=list)
+    # More working days ("2027-02-20"), open on the hours of the team's first working weekday.
+    open_dates: list[date] = Field(default_factory=list)
 
     _tz = field_validator("timezone")(classmethod(lambda cls, v: _zone(v)))
 
@@ -339,6 +356,16 @@ class TeamConfig(Section):
                 raise ValueError(f"{day} = {spans!r}: {exc}") from None
         if v and not any(parse_hours(s) for s in v.values()):
             raise ValueError("every day is closed; leave hours out for around the clock")
+        return v
+
+    @field_validator("closed_dates")
+    @classmethod
+    def _closed_dates(cls, v: list[str]) -> list[str]:
+        for text in v:
+            try:
+                parse_day(text)
+            except ValueError:
+                raise ValueError(f"{text!r} is not a day: use YYYY-MM-DD, or MM-DD for every year") from None
         return v
 
     @field_validator("holidays")
@@ -394,10 +421,13 @@ def _targets(first: str, second: str, third: str, fourth: str) -> dict[str, time
 
 
 class SlaConfig(Section):
+    # Targets count the team's business hours only ([[routing.teams]] hours, holidays, closed_dates).
     # Per priority (urgent, high, normal, low); a priority left out has no target.
     first_response: dict[Priority, Duration] = Field(default_factory=lambda: _targets("1h", "4h", "24h", "72h"))
     resolution: dict[Priority, Duration] = Field(default_factory=lambda: _targets("8h", "24h", "72h", "7d"))
     check_every: Duration = timedelta(minutes=1)
+    # Stop both clocks while a conversation is pending on the customer; their answer restarts them.
+    pause_while_pending: bool = False
 
 
 class LifecycleConfig(Section):

@@ -22,7 +22,7 @@ from sqlalchemy.orm import make_transient_to_detached
 
 from bot import outbox
 from bot.messages import Inbound, Receipt
-from handlers import complaints, routing, survey
+from handlers import complaints, routing, sla, survey
 from handlers.complaints import Verdict
 from storage.db import Database
 from storage.models import (
@@ -317,6 +317,9 @@ async def _log_fresh(
                 session.add(_event(conversation, inbound, "reopened", "reopened by a new customer message"))
         elif conversation is not None and inbound.kind in SPOKEN and conversation.status == "pending":
             conversation.status = "open"  # pending waits on the customer; they answered
+            clock = getattr(pipeline.route, "clock", None)
+            if conversation.sla_paused_at is not None and clock is not None:
+                sla.resume(conversation, inbound.received_at, clock(conversation.team))
             session.add(_event(conversation, inbound, "status", "open again: the customer answered"))
         threads.append(conversation)
     await _insert(session, Conversation, new_conversations)

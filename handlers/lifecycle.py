@@ -19,8 +19,9 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Config
-from handlers import roles, survey
+from handlers import roles, sla, survey
 from handlers.roles import Actor
+from handlers.routing import Router
 from storage import audit
 from storage.db import Database
 from storage.models import Conversation, Interaction, utcnow
@@ -84,6 +85,10 @@ async def change(
     now = now or utcnow()
     conversation.status = to
     conversation.updated_at = now
+    if to == "pending" and config.sla.pause_while_pending:
+        sla.pause(conversation, now)
+    elif conversation.sla_paused_at is not None:
+        sla.resume(conversation, now, Router(config).clock(conversation.team))
     asked: int | None = None
     if to == "resolved":
         conversation.resolved_at = now

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -90,6 +90,13 @@ def floor(verdict: Verdict, customer: Customer) -> str:
     return "high" if customer.vip else "low"
 
 
+def _due(hours: BusinessHours, start: datetime, target: timedelta | None) -> datetime | None:
+    if target is None:
+        return None
+    # A team that never opens again (every day a holiday) still gets a due time: the wall clock's.
+    return hours.add(start, target) or start + target
+
+
 class Router:
     """The pipeline's route(session, verdict, customer, conversation, inbound) -> Decision."""
 
@@ -115,6 +122,10 @@ class Router:
                     f"(teams: {', '.join(self.teams)})"
                 )
         self.hours = {name: BusinessHours.of(team) for name, team in self.teams.items()}
+
+    def clock(self, team: str | None) -> BusinessHours:
+        """The SLA clock of a conversation's team (the default team's for none)."""
+        return self.hours[self.team(team).name]
 
     def team(self, name: str | None) -> TeamConfig:
         return self.teams.get(name or self.default_team) or self.teams[self.default_team]
@@ -154,7 +165,8 @@ class Router:
         sla = self.config.sla
         first_target = sla.first_response.get(priority)  # type: ignore[call-overload]
         resolution_target = sla.resolution.get(priority)  # type: ignore[call-overload]
-        first_due = start + first_target if first_target is not None else None
+        # Due times count business hours only: the same clock the escalations and reports use.
+        first_due = _due(hours, now, first_target)
         assignee: int | None = None
         if conversation is not None and (conversation.assignee is None or reassign):
             assignee = await self.assign(session, team)
@@ -168,7 +180,7 @@ class Router:
             outside_hours=opens != now,
             expected_response_by=first_due or start,
             first_response_due=first_due,
-            resolution_due=start + resolution_target if resolution_target is not None else None,
+            resolution_due=_due(hours, now, resolution_target),
             rule=n,
         )
         if verdict.is_complaint or reassign:

@@ -4,7 +4,10 @@ check(db, now, ...) is the scheduler's job (tests call it with their own clock).
 past a due time gets one sla_breaches row per target and resolution cycle (the unique key makes a
 second run, or a second kefu process, a no-op), an event in its log, and a post to the staff group
 naming the team's leads. Pending conversations wait on the customer: their resolution clock does
-not escalate, their first response still does.
+not escalate, their first response still does; with [sla] pause_while_pending neither runs, and
+the customer's answer moves both due times on by the business time spent waiting (pause/resume).
+Due times are counted in the team's business hours (handlers/business_hours.py), so nothing is
+due, or escalated, while the team is closed.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+
+from handlers.business_hours import BusinessHours
 
 from sqlalchemy import ColumnElement, and_, exists, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -53,7 +58,31 @@ def _overdue(target: str, now: datetime) -> ColumnElement[bool]:
         )
     else:
         due = and_(Conversation.status == "open", Conversation.resolution_due_at < now)
-    return and_(due, ~already)
+    return and_(due, Conversation.sla_paused_at.is_(None), ~already)
+
+
+def pause(conversation: Conversation, now: datetime) -> None:
+    """Pending on the customer with [sla] pause_while_pending: both clocks stop."""
+    if conversation.sla_paused_at is None:
+        conversation.sla_paused_at = now
+
+
+def resume(conversation: Conversation, now: datetime, clock: BusinessHours) -> None:
+    """The wait is over (the customer answered, or staff moved it on): each due time that was
+    still ahead at the pause keeps the business time it had left, counted from `now`."""
+    paused = conversation.sla_paused_at
+    if paused is None:
+        return
+    conversation.sla_paused_at = None
+    for name in ("first_response_due_at", "resolution_due_at"):
+        due: datetime | None = getattr(conversation, name)
+        if due is None or due <= paused:
+            continue
+        left = clock.between(paused, due)
+        setattr(conversation, name, clock.add(now, left) or now + left)
+    conversation.sla_due_at = (
+        conversation.first_response_due_at if conversation.first_response_at is None else conversation.resolution_due_at
+    )
 
 
 async def check(db: Database, now: datetime, router: Router, *, staff_chat_id: int | None = None) -> list[Breach]:

@@ -136,6 +136,8 @@ class Conversation(Base):
     # How many times it was resolved: numbers the survey of each resolution.
     resolutions: Mapped[int] = mapped_column(Integer, default=0)
     closed_at: Mapped[datetime | None]
+    # Pending on the customer with [sla] pause_while_pending: the SLA clocks stopped at this moment.
+    sla_paused_at: Mapped[datetime | None]
 
 
 class Interaction(Base):

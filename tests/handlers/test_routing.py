@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +178,17 @@ async def test_a_conversation_that_turns_into_a_complaint_moves_to_the_complaint
         second = await router(s, Verdict(True, "normal", 0.8, ("delay",)), customer, conversation, inbound)
     assert (first.team, first.assignee_id) == ("sales", sam.id)
     assert (second.team, second.assignee_id, second.reassign, second.new_complaint) == ("care", carol.id, True, True)
+
+
+def test_business_clock_adds_and_counts_open_time_only() -> None:
+    hours = BusinessHours("Europe/London", {d: "09:00-17:00" for d in ("mon", "tue", "wed", "thu", "fri")})
+    friday_1600 = datetime(2027, 3, 26, 16, 0, tzinfo=UTC)  # GMT; the clocks go forward on Sunday
+    monday_1100_bst = datetime(2027, 3, 29, 10, 0, tzinfo=UTC)
+    assert hours.add(friday_1600, timedelta(hours=3)) == monday_1100_bst
+    assert hours.between(friday_1600, monday_1100_bst) == timedelta(hours=3)
+    assert hours.between(monday_1100_bst, friday_1600) == timedelta(0)
+    never = BusinessHours("UTC", {"mon": "09:00-10:00"}, closed_dates=["2027-03-29"] + [
+        f"{m:02d}-{d:02d}" for m in range(1, 13) for d in range(1, 29)
+    ])
+    assert hours.add(friday_1600 + timedelta(hours=1, minutes=30), timedelta(0)) == datetime(2027, 3, 29, 8, 0, tzinfo=UTC)
+    assert never.add(friday_1600, timedelta(hours=1)) is None

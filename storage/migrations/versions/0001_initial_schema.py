@@ -92,6 +92,7 @@ def upgrade() -> None:
     sa.Column('resolution_due_at', sa.DateTime(), nullable=True),
     sa.Column('resolutions', sa.Integer(), nullable=False),
     sa.Column('closed_at', sa.DateTime(), nullable=True),
+    sa.Column('sla_paused_at', sa.DateTime(), nullable=True),
     sa.ForeignKeyConstraint(['assignee'], ['staff.id'], ),
     sa.ForeignKeyConstraint(['customer_id'], ['customers.id'], ),
     sa.PrimaryKeyConstraint('id')
