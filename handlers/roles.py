@@ -24,13 +24,14 @@ PERMISSIONS: dict[str, str] = {
     # agent
     "reply": "agent",
     "note": "agent",
-    "claim": "agent",
+    "claim": "agent",  # an unassigned conversation (or one's own)
     "history": "agent",
     "whois": "agent",
     "resolve.own": "agent",
     "pending.own": "agent",
     # lead
     "assign": "lead",
+    "claim.any": "lead",  # taking over a colleague's conversation
     "reopen": "lead",
     "vip": "lead",
     "tag": "lead",
@@ -87,6 +88,13 @@ def require_on(actor: Actor, verb: str, assignee: int | None, subject: str = "")
     """`verb`.own when the conversation is the actor's, else `verb`.any."""
     own = actor.staff_id is not None and assignee == actor.staff_id
     require(actor, f"{verb}.{'own' if own else 'any'}", subject)
+
+
+def require_claim(actor: Actor, assignee: int | None, subject: str = "") -> None:
+    """An agent claims an unassigned conversation; taking one from a colleague is a lead's call
+    (it would let an agent resolve it, which resolve.own forbids)."""
+    mine = actor.staff_id is not None and assignee == actor.staff_id
+    require(actor, "claim" if assignee is None or mine else "claim.any", subject)
 
 
 async def cli_actor(session: AsyncSession, as_name: str | None) -> Actor:

@@ -122,7 +122,7 @@ async def run(
 
 
 async def claim(ctx: Context) -> str:
-    ctx.require("claim")
+    roles.require_claim(ctx.actor, ctx.conversation.assignee, f"conversation {ctx.conversation.id}")
     if ctx.conversation.assignee == ctx.member.id:
         return f"#{ctx.conversation.id} is already yours."
     before = ctx.conversation.assignee

@@ -192,13 +192,14 @@ async def test_claim_assign_resolve_pending_reopen_close(db: Database, world: di
     ("user", "command", "needs"),
     [
         (ALICE, "/resolve", "resolve.any"),  # bob's conversation, not alice's
+        (ALICE, "/claim", "claim.any"),  # taking over a colleague's conversation is a lead's call
         (BOB, "/reopen", "reopen"),
         (BOB, "/close", "close"),
         (ALICE, "/assign alice", "assign"),
         (ALICE, "/vip on", "vip"),
         (ALICE, "/tag wholesale", "tag"),
     ],
-    ids=["resolve others", "reopen", "close", "assign", "vip", "tag"],
+    ids=["resolve others", "claim others", "reopen", "close", "assign", "vip", "tag"],
 )
 async def test_agents_are_refused_lead_commands(
     db: Database, world: dict[str, Any], user: int, command: str, needs: str
@@ -225,6 +226,20 @@ async def test_agents_are_refused_lead_commands(
     assert customer is not None and not customer.vip and not customer.tags
     assert await rows(db, Survey) == []
     assert await rows(db, Interaction, Interaction.direction == "event") == []
+
+
+async def test_a_lead_may_claim_a_colleagues_conversation(db: Database, world: dict[str, Any]) -> None:
+    cid = world["conversation_id"]
+    async with db.transaction() as session:
+        conversation = await session.get(Conversation, cid)
+        assert conversation is not None
+        conversation.assignee = world["bob"]
+    desk = StaffDesk(db, STAFF_CHAT)
+    await desk.handle(post("/claim", user=LENA))
+    await desk.handle(post("/claim", user=BOB))  # no longer bob's: an agent cannot take it back
+    assert await status_of(db, cid) == (world["lena"], "open")
+    texts = await notices(db)
+    assert texts[0] == f"✋ #{cid} claimed by lena." and "may not claim.any" in texts[1]
 
 
 async def test_note_is_logged_and_never_sent(db: Database, world: dict[str, Any]) -> None:
