@@ -119,7 +119,9 @@ def build_telegram(kefu: Kefu) -> Channel | None:
         webhook_secret=webhook_secret,
     )
     if tg.mode == "webhook":
-        kefu.routes.append(telegram_webhook.webhook_route(channel))
+        kefu.routes.append(
+            telegram_webhook.webhook_route(channel, max_body_bytes=kefu.config.http.max_body_bytes)
+        )
     return channel
 
 

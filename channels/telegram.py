@@ -45,8 +45,15 @@ from telegram.error import (
 
 from bot.config import ConfigError
 from bot.messages import Attachment, Outbound
-from channels.base import ChannelError, PermanentError, SendResult, Sink, TransientError
-from channels.telegram_limits import Deferred, SlidingWindow, Slot, split_text
+from channels.base import (
+    ChannelError,
+    Deferred,
+    PermanentError,
+    SendResult,
+    Sink,
+    TransientError,
+)
+from channels.telegram_limits import SlidingWindow, Slot, split_text
 from channels.telegram_updates import (
     CHANNEL,
     CustomerUpdate,
@@ -116,6 +123,8 @@ class TelegramChannel:
         hooks: Hooks = Hooks(),
         messages_per_second: float = 30.0,
         group_messages_per_minute: float = 20.0,
+        chat_messages_per_second: float = 1.0,
+        group_window_seconds: float = 60.0,
         max_slot_wait: float = 5.0,
         max_in_flight: int = 8,
         webhook_url: str | None = None,
@@ -131,11 +140,14 @@ class TelegramChannel:
         self.hooks = hooks
         self.overall = SlidingWindow.per_second(messages_per_second)
         self.group_rate = group_messages_per_minute
+        self.chat_rate = chat_messages_per_second
+        self.group_window = group_window_seconds
         self.max_slot_wait = max_slot_wait
         self.webhook_url = webhook_url
         self.webhook_secret = webhook_secret
         self.retry_delay = retry_delay
         self._groups: dict[int, SlidingWindow] = {}
+        self._chats: dict[int, SlidingWindow] = {}  # private chats: about one message a second
         # Few requests in flight: a slot taken must go on the wire at once. With dozens queued in
         # the HTTP client's pool, sends taken in order leave in bunches and Telegram counts 429s.
         self._in_flight = asyncio.Semaphore(max_in_flight)
@@ -375,16 +387,23 @@ class TelegramChannel:
             # "message is not modified" (marked already) or a message too old to edit.
             log.info("telegram.survey.mark.failure survey=%s error=%s", press.survey_id, exc)
 
-    async def handle_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookReply:
-        """One Telegram webhook POST; 200 only after the update is committed."""
+    def webhook_gate(self, headers: Mapping[str, str]) -> WebhookReply | None:
+        """The answer for a POST that must not be read at all (mode off, secret token wrong)."""
         if self.mode != "webhook":
             return WebhookReply(404, {"error": "off", "message": "Telegram webhook mode is off"})
         given = headers.get(SECRET_HEADER) or ""
         if not self.webhook_secret or not hmac.compare_digest(
-            given.encode(), self.webhook_secret.encode()
+            given.encode("utf-8", "surrogateescape"), self.webhook_secret.encode()
         ):
             log.warning("telegram.webhook.rejected reason=secret token missing or wrong")
             return WebhookReply(403, {"error": "bad_secret", "message": "secret token mismatch"})
+        return None
+
+    async def handle_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookReply:
+        """One Telegram webhook POST; 200 only after the update is committed."""
+        refused = self.webhook_gate(headers)
+        if refused is not None:
+            return refused
         try:
             data = json.loads(body)
             if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
@@ -523,18 +542,13 @@ class TelegramChannel:
     async def _call(
         self, chat_id: int, step: Callable[[], Awaitable[_T]], *, group: bool
     ) -> _T:
-        """One Bot API call within the flood limits: group slot, then a wire, then a global slot."""
+        """One Bot API call within the flood limits: the chat's slot, then a wire, then a global
+        slot. A chat slot too far away is a Deferred: the outbox row waits its turn without
+        counting an attempt, so a post behind the group's 20 a minute never runs out of tries."""
         held: list[tuple[SlidingWindow, Slot]] = []
         try:
-            if group:
-                window = self._groups.get(chat_id)
-                if window is None:
-                    window = self._groups[chat_id] = SlidingWindow.per_minute(self.group_rate)
-                try:
-                    # Waiting minutes would outlive the outbox claim: hand the row back instead.
-                    held.append((window, await window.acquire(max_wait=self.max_slot_wait)))
-                except Deferred as exc:
-                    raise TransientError(str(exc), retry_after=exc.wait) from None
+            window = self._window(chat_id, group=group)
+            held.append((window, await window.acquire(max_wait=self.max_slot_wait)))
             async with self._in_flight:
                 held.append((self.overall, await self.overall.acquire()))
                 try:
@@ -545,15 +559,39 @@ class TelegramChannel:
             for window, slot in held:
                 window.done(slot)
 
+    def _window(self, chat_id: int, *, group: bool) -> SlidingWindow:
+        windows = self._groups if group else self._chats
+        window = windows.get(chat_id)
+        if window is None:
+            window = windows[chat_id] = (
+                SlidingWindow.per_minute(self.group_rate, minute=self.group_window)
+                if group
+                else SlidingWindow.per_second(self.chat_rate)
+            )
+            if len(self._chats) > 10_000:
+                self._forget_idle_chats()
+        return window
+
+    def _forget_idle_chats(self) -> None:
+        """One window per private chat ever written to would grow without end; an idle one holds
+        nothing (every slot older than its window), so it can go."""
+        for chat_id, window in list(self._chats.items()):
+            if window.idle():
+                del self._chats[chat_id]
+
     def _mapped(self, exc: TelegramError, chat_id: int, *, group: bool) -> ChannelError:
         detail = f"{type(exc).__name__}: {exc.message}"
         if isinstance(exc, RetryAfter):
             seconds = _retry_seconds(exc)
-            window = self._groups.get(chat_id) if group else self.overall
-            if window is not None:
-                window.push_back(seconds)
+            # A group's 429 is its 20 a minute; a private chat's may be that chat's or the 30 a
+            # second overall, which Telegram does not tell apart: pause both.
+            paused = [self._groups.get(chat_id)] if group else [self._chats.get(chat_id), self.overall]
+            for window in paused:
+                if window is not None:
+                    window.push_back(seconds)
             log.warning("telegram.send.flood chat=%s retry_after=%.0fs", chat_id, seconds)
-            return TransientError(detail, retry_after=seconds)
+            # Telegram's own "wait your turn": not a failed attempt.
+            return Deferred(detail, retry_after=seconds)
         if isinstance(exc, Forbidden):
             gone = any(w in exc.message.lower() for w in ("blocked", "deactivated"))
             return PermanentError(detail, unreachable=gone and not group)

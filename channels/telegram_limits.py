@@ -1,7 +1,8 @@
 """Telegram's flood limits and message size, kept on kefu's side so Telegram never has to say 429.
 
 Limits (core.telegram.org/bots/faq#my-bot-is-hitting-limits-how-do-i-avoid-this): about 30 messages
-a second overall, and no more than 20 a minute into one group. A message is at most 4096 characters.
+a second overall, no more than 20 a minute into one group, and about one a second into one private
+chat. A message is at most 4096 characters.
 """
 
 from __future__ import annotations
@@ -11,15 +12,9 @@ import math
 import time
 from collections.abc import Callable
 
+from channels.base import Deferred
+
 TEXT_LIMIT = 4096
-
-
-class Deferred(Exception):
-    """Waiting for a slot would take too long to hold an outbox claim: try again later."""
-
-    def __init__(self, wait: float) -> None:
-        super().__init__(f"rate limit: next slot in {wait:.1f}s")
-        self.wait = wait
 
 
 class Slot:
@@ -63,9 +58,9 @@ class SlidingWindow:
         return cls(limit, limit / rate)
 
     @classmethod
-    def per_minute(cls, rate: float) -> SlidingWindow:
+    def per_minute(cls, rate: float, *, minute: float = 60.0) -> SlidingWindow:
         limit = max(1, int(rate))
-        return cls(limit, 60.0 * limit / rate)
+        return cls(limit, minute * limit / rate)
 
     def delay(self) -> float:
         """Seconds until a send is allowed; 0 when one is allowed now."""
@@ -87,6 +82,10 @@ class SlidingWindow:
     def done(self, slot: Slot) -> None:
         slot.finished_at = self.clock()
 
+    def idle(self) -> bool:
+        """Nothing in flight or counted, no pause: a fresh window would behave the same."""
+        return self.delay() == 0 and not self._slots
+
     def push_back(self, seconds: float) -> None:
         """Telegram said wait (429 retry_after): no send in this window until then."""
         self._paused_until = max(self._paused_until, self.clock() + seconds)
@@ -97,7 +96,9 @@ class SlidingWindow:
         async with self._lock:
             while (wait := self.delay()) > 0:
                 if max_wait is not None and wait > max_wait:
-                    raise Deferred(wait)
+                    # Waiting this long would outlive an outbox claim: the row waits its turn
+                    # in the outbox instead, without counting an attempt.
+                    raise Deferred(f"rate limit: next slot in {wait:.1f}s", retry_after=wait)
                 await asyncio.sleep(wait)
             return self.take()
 

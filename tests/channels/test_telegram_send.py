@@ -67,14 +67,6 @@ async def test_a_retry_does_not_resend_delivered_parts(channel: TelegramChannel,
     assert "\n".join(s.text or "" for s in botapi.sent) == text
 
 
-async def test_429_is_transient_with_retry_after(channel: TelegramChannel, botapi: BotApiServer) -> None:
-    botapi.fail_next(429, "Too Many Requests: retry after 3", retry_after=3)
-    with pytest.raises(TransientError) as caught:
-        await channel.send(out())
-    assert caught.value.retry_after == 3
-    assert botapi.sent == []
-
-
 async def test_blocked_user_is_unreachable_and_permanent(channel: TelegramChannel, botapi: BotApiServer) -> None:
     botapi.blocked.add(CUSTOMER)
     with pytest.raises(PermanentError) as caught:
@@ -157,18 +149,6 @@ async def test_group_without_topics_gets_plain_messages(botapi: BotApiServer) ->
     assert botapi.topics == {}
     assert result.thread is None
     assert botapi.sent[0].thread_id is None
-
-
-async def test_group_limit_hands_the_row_back_instead_of_waiting(botapi: BotApiServer) -> None:
-    ch = TelegramChannel(make_bot(TOKEN, botapi.base_url), staff_chat_id=GROUP, mode="webhook",
-                         group_messages_per_minute=2)
-    async with ch.bot:
-        for n in range(2):
-            await ch.send(out(f"n{n}", address=GROUP, key=f"g{n}"))
-        with pytest.raises(TransientError) as caught:
-            await ch.send(out("n2", address=GROUP, key="g2"))
-    assert 55 < (caught.value.retry_after or 0) <= 61
-    assert len(botapi.sent) == 2
 
 
 def test_sliding_window_counts_a_send_until_its_answer_plus_the_window() -> None:

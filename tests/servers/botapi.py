@@ -5,7 +5,8 @@ JSON-encoded). Answers are real Bot API shapes: {"ok": true, "result": ...} or {
 "error_code", "description", "parameters"?}. It keeps a queue of updates for getUpdates (offset and
 long-poll timeout honoured), records every send, creates forum topics, answers callback queries
 (each pushed one once, as Telegram does) and edits inline keyboards, and can fail on purpose:
-429 with retry_after (scripted, or by enforcing Telegram's flood limits), 403 for a blocked user.
+429 with retry_after (scripted, or by enforcing Telegram's flood limits: 30/s overall, 20/min
+per group, 1/s per private chat), 403 for a blocked user.
 """
 
 from __future__ import annotations
@@ -81,9 +82,12 @@ class BotApiServer:
     token: str = TOKEN
     forum_chats: set[int] = field(default_factory=set)
     group_chats: set[int] = field(default_factory=set)
-    # Flood limits to enforce (None: off): sends per second overall, per minute into one group.
+    # Flood limits to enforce (None: off): sends per second overall, per minute into one group
+    # (`group_window` shortens the minute for tests), per second into one private chat.
     rate_per_second: float | None = None
     group_per_minute: float | None = None
+    group_window: float = 60.0
+    chat_per_second: float | None = None
     port: int = field(default_factory=free_port)
     latency: float = 0.0
     updates_per_poll: int = 100  # getUpdates' default limit
@@ -108,6 +112,7 @@ class BotApiServer:
         self._arrived = asyncio.Event()
         self._overall: deque[float] = deque()
         self._groups: dict[int, deque[float]] = {}
+        self._chats: dict[int, deque[float]] = {}
         self.on_send: Callable[[Sent], None] | None = None
 
     @property
@@ -316,14 +321,21 @@ class BotApiServer:
                 self.too_many += 1
                 raise _ApiError(_error(429, "Too Many Requests: retry after 1", 1))
         if self.group_per_minute is not None and chat_id < 0:
-            window = _trim(self._groups.setdefault(chat_id, deque()), now, 60.0)
+            window = _trim(self._groups.setdefault(chat_id, deque()), now, self.group_window)
             if len(window) >= self.group_per_minute:
                 self.too_many += 1
-                wait = int(window[0] + 60.0 - now) + 1
+                wait = int(window[0] + self.group_window - now) + 1
                 raise _ApiError(_error(429, f"Too Many Requests: retry after {wait}", wait))
+        if self.chat_per_second is not None and chat_id > 0:
+            window = _trim(self._chats.setdefault(chat_id, deque()), now, 1.0)
+            if len(window) >= self.chat_per_second:
+                self.too_many += 1
+                raise _ApiError(_error(429, "Too Many Requests: retry after 1", 1))
         self._overall.append(now)
         if chat_id < 0:
             self._groups.setdefault(chat_id, deque()).append(now)
+        else:
+            self._chats.setdefault(chat_id, deque()).append(now)
 
     def _send(self, method: str, data: dict[str, Any], content: dict[str, Any]) -> Any:
         chat_id = int(data["chat_id"])
