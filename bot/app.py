@@ -10,6 +10,8 @@ import logging
 import os
 import re
 import signal
+import socket
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from sqlalchemy import text
 from starlette.routing import BaseRoute
 
 from bot import outbox
+from bot.access_log import AccessLog
 from bot.care import build_care
 from bot.config import Config, ConfigError, require_secret, secret
 from bot.http import build_app
@@ -39,6 +42,52 @@ from storage.channel_state import StateStore
 from storage.db import Database
 
 log = logging.getLogger("kefu.app")
+
+# Libraries that log routine work at INFO (APScheduler: each job run; uvicorn: its banner; alembic:
+# each migration step). kefu's own events say what matters; theirs show from WARNING up.
+THIRD_PARTY = ("apscheduler", "uvicorn", "alembic", "telegram", "httpx", "httpcore", "aiosqlite")
+
+
+class StartupError(Exception):
+    """kefu cannot start for a reason the person starting it can fix; the message says how."""
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    logging.getLogger("kefu").setLevel(level)
+    # httpx logs every request URL at INFO; Telegram's URLs carry the bot token.
+    for name in THIRD_PARTY:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything starts so that a taken port is one clear
+    error (and "kefu.started" is never logged for a server that cannot listen)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise StartupError(
+            f"cannot listen on {host}:{port}: {exc.strerror}; set [http] host to an address "
+            "of this machine"
+        ) from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; another program (or another "
+            "kefu) is using it: stop it or set [http] port in config.toml"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
 
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 TELEGRAM_SECRET = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
@@ -92,7 +141,7 @@ def build_telegram(kefu: Kefu) -> Channel | None:
     # httpx logs each request's URL at INFO and PTB logs its base URL at DEBUG: both hold the token.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
-    logging.getLogger("telegram").setLevel(logging.INFO)
+    logging.getLogger("telegram").setLevel(logging.WARNING)
     hooks = telegram.Hooks(
         link=functools.partial(telegram_links.handle, kefu.db),
         thread_of=functools.partial(staff_group.thread_of, kefu.db),
@@ -224,12 +273,14 @@ class Kefu:
                 self.metrics.outbox_depth.labels(status).set(n)
 
     def http_app(self) -> Any:
-        return build_app(
-            webhook=self.webhook,
-            metrics=self.metrics,
-            health=self.health,
-            before_metrics=self.refresh_metrics,
-            extra_routes=self.routes,
+        return AccessLog(
+            build_app(
+                webhook=self.webhook,
+                metrics=self.metrics,
+                health=self.health,
+                before_metrics=self.refresh_metrics,
+                extra_routes=self.routes,
+            )
         )
 
     async def start(self) -> None:
@@ -266,15 +317,19 @@ class Kefu:
 
     async def serve(self, *, handle_signals: bool = True) -> None:
         """Runs until SIGINT/SIGTERM (or `self.server.should_exit`), then stops every part."""
-        await self.start()
+        sock = bind(self.config.http.host, self.config.http.port)
+        try:
+            await self.start()
+        except BaseException:
+            sock.close()
+            raise
         self.server = self.make_server()
         loop = asyncio.get_running_loop()
         signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
         for sig in signals:
             loop.add_signal_handler(sig, _request_exit, self.server, sig)
         try:
-            log.info("kefu.started http=%s:%d", self.config.http.host, self.config.http.port)
-            await self.server.serve()
+            await self.server.serve(sockets=[sock])
         finally:
             for sig in signals:
                 loop.remove_signal_handler(sig)
@@ -288,6 +343,13 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            host, port = (sockets[0].getsockname()[:2] if sockets
+                          else (self.config.host, self.config.port))
+            log.info("kefu.started http=%s:%d", host, port)
 
 
 def _request_exit(server: uvicorn.Server, sig: int) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import csv
 import getpass
 import json
-import logging
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -65,23 +64,17 @@ def _ts(value: datetime | None) -> str:
 @app.command()
 def run(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Start every enabled channel, the outbox worker and the HTTP server (migrates first)."""
-    from bot.app import Kefu
+    from bot.app import Kefu, StartupError, configure_logging
 
     cfg = load(config)
-    logging.basicConfig(
-        level=cfg.logging.level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    # httpx logs every request URL at INFO; Telegram's URLs carry the bot token.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging(cfg.logging.level)
     try:
         kefu = Kefu(cfg)
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(kefu.serve())
     except ConfigError as exc:
         fail(str(exc), 2)
-    except StorageError as exc:
+    except (StorageError, StartupError) as exc:
         fail(str(exc))
     except OSError as exc:
         fail(f"cannot start: {exc}")
