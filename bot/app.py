@@ -13,6 +13,7 @@ import signal
 import socket
 import sys
 from collections.abc import Iterator, Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from starlette.routing import BaseRoute
 from bot import outbox
 from bot.access_log import AccessLog
 from bot.care import build_care
-from bot.config import Config, ConfigError, require_secret, secret
+from bot.config import Config, ConfigError, EmailConfig, require_secret, secret
 from bot.http import build_app
 from bot.messages import Inbound, Receipt
 from bot.metrics import Metrics
@@ -183,15 +184,20 @@ def build_email(kefu: Kefu) -> Channel | None:
             em.password_env,
         )
         return None
+    kefu.observers.append(email_events.on_bounce)
+    return email_channel(em, kefu.env, kefu.db)
+
+
+def email_channel(em: EmailConfig, env: Mapping[str, str], db: Database) -> EmailChannel:
+    """The email channel as [email] describes it (also what `kefu email backfill` reads with)."""
     for key in ("address", "imap_host", "smtp_host"):
         if not getattr(em, key):
             raise ConfigError(f"[email] enabled = true but [email] {key} is not set")
-    password = require_secret(em.password_env, "[email]", kefu.env)
+    password = require_secret(em.password_env, "[email]", env)
     username = em.username or em.address
     assert em.address is not None and em.imap_host is not None and em.smtp_host is not None
     assert username is not None
-    state = StateStore(kefu.db, "email")
-    kefu.observers.append(email_events.on_bounce)
+    state = StateStore(db, "email")
     return EmailChannel(
         address=em.address,
         imap=ImapSettings(
@@ -206,6 +212,7 @@ def build_email(kefu: Kefu) -> Channel | None:
             idle_recheck=em.idle_recheck_seconds,
             timeout=em.timeout_seconds,
             ca_file=em.ca_file,
+            acknowledge_max_age=timedelta(days=em.acknowledge_max_age_days),
         ),
         smtp=SmtpSettings(
             host=em.smtp_host,

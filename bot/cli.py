@@ -28,6 +28,7 @@ from bot.cli_common import (
     with_db,
 )
 from bot.cli_common import since as parse_since
+from bot.cli_email import email_app
 from bot.cli_report import report
 from bot.config import ConfigError
 from handlers import agents, lifecycle, roles
@@ -56,6 +57,7 @@ app.add_typer(staff_app, name="staff")
 app.add_typer(campaigns_app, name="campaigns")
 customers_app.command("import")(customers_import)
 app.command("report")(report)
+app.add_typer(email_app, name="email")
 
 def _ts(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M") if value else "—"

@@ -103,6 +103,8 @@ class EmailConfig(Section):
     # A private CA for servers with their own certificates (PEM file); default: the system's.
     ca_file: str | None = None
     timeout_seconds: float = Field(30.0, gt=0)
+    # Mail the server received longer ago than this is logged but never acknowledged automatically.
+    acknowledge_max_age_days: float = Field(2.0, gt=0)
 
 
 class WebhookSourceConfig(Section):

@@ -16,8 +16,8 @@ import logging
 import re
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -31,7 +31,7 @@ from aioimaplib import (
     Response,
 )
 
-from bot.messages import Attachment, Inbound, Outbound
+from bot.messages import Attachment, Inbound, Outbound, Receipt
 from channels.base import PermanentError, SendResult, Sink, TransientError
 from channels.mail_compose import Composer
 from channels.mail_compose import Identity as Sender
@@ -55,6 +55,7 @@ SaveState = Callable[[str, dict[str, Any]], Awaitable[None]]
 T = TypeVar("T")
 
 FETCH_CHUNK = 200
+STUCK_PASSES = 3
 MIN_BACKOFF = 0.2
 MAX_BACKOFF = 60.0
 
@@ -63,6 +64,12 @@ def redact(address: str) -> str:
     """a***@example.com: enough to tell senders apart in a log, not enough to harvest."""
     local, _, domain = address.partition("@")
     return f"{local[:1]}***@{domain}" if domain else "***"
+
+
+@dataclass
+class Backfilled:
+    logged: int = 0
+    already: int = 0
 
 
 class ImapDown(Exception):
@@ -86,6 +93,8 @@ class ImapSettings:
     idle_recheck: float = 300.0
     timeout: float = 30.0
     ca_file: str | None = None
+    # No automatic acknowledgement to mail the server received longer ago than this.
+    acknowledge_max_age: timedelta = timedelta(days=2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,10 +196,39 @@ def to_inbound(
     own_address: str | None,
     uid: int | None = None,
     now: datetime | None = None,
+    arrived: datetime | None = None,
+    max_age: timedelta | None = None,
+    history: bool = False,
 ) -> Inbound:
     """Never raises for bad mail: a malformed message becomes an event with its raw kept.
-    Raises MailSystemError when kefu itself cannot keep the message (then nothing is acknowledged)."""
+    Raises MailSystemError when kefu itself cannot keep the message (then nothing is acknowledged).
+
+    `arrived` is when the server received it (IMAP INTERNALDATE); mail older than `max_age` is
+    logged as usual but never acknowledged automatically. `history` (a backfill) logs the mail as
+    an event of kind "history": no conversation, nothing answered, dated when it arrived."""
     received = now or datetime.now(timezone.utc)
+    inbound = _to_inbound(raw, store, own_address=own_address, uid=uid, received=received)
+    if history:
+        return _as_history(inbound, arrived)
+    if arrived is not None and max_age is not None and received - arrived > max_age:
+        days = max_age.total_seconds() / 86400
+        meta = {**inbound.meta, "no_ack": f"received {arrived.isoformat()}: older than {days:g} days",
+                "arrived_at": arrived.isoformat()}
+        return replace(inbound, meta=meta)
+    return inbound
+
+
+def _as_history(inbound: Inbound, arrived: datetime | None) -> Inbound:
+    meta = {**inbound.meta, "kind": "history", "was": inbound.meta.get("kind", inbound.kind)}
+    return replace(
+        inbound, kind="event", meta=meta, received_at=arrived or inbound.received_at,
+        reply_to=(), conversation_hint=None,
+    )
+
+
+def _to_inbound(
+    raw: bytes, store: MailStore, *, own_address: str | None, uid: int | None, received: datetime
+) -> Inbound:
     raw_path = store.save_raw(raw)
     try:
         mail = parse_message(raw, own_address=own_address)
@@ -250,31 +288,91 @@ def _malformed(raw: bytes, raw_path: Path, reason: str, received: datetime, uid:
     )
 
 
+def brief(exc: BaseException) -> str:
+    """The error's kind and first line, without the statement parameters (customers' words) that
+    database errors carry after it."""
+    first = str(getattr(exc, "orig", None) or exc).splitlines()
+    return f"{type(exc).__name__}: {first[0][:200] if first else ''}"
+
+
+def unloggable(raw: bytes, inbound: Inbound, reason: str, uid: int | None) -> Inbound:
+    """The smallest event that still says a mail came and where its raw bytes are."""
+    address = inbound.address if len(inbound.address) <= 320 else "unknown@kefu.invalid"
+    meta: dict[str, Any] = {"kind": "unloggable", "reason": reason}
+    for key in ("raw_path", "imap_uid", "subject"):
+        if key in inbound.meta:
+            meta[key] = inbound.meta[key] if key != "subject" else str(inbound.meta[key])[:200]
+    return Inbound(
+        channel=CHANNEL,
+        external_id=f"unloggable-{synthetic_msgid(raw)}",
+        address=address,
+        text=f"an email could not be logged ({reason}); its raw message is kept",
+        received_at=inbound.received_at,
+        kind="event",
+        meta=meta,
+    )
+
+
 # --- IMAP -------------------------------------------------------------------------------------
 
 _UIDVALIDITY = re.compile(rb"UIDVALIDITY (\d+)")
+_UIDNEXT = re.compile(rb"UIDNEXT (\d+)")
 _FETCH_UID = re.compile(rb"UID (\d+)")
+_INTERNALDATE = re.compile(rb'INTERNALDATE "([^"]+)"')
 
 
-def parse_fetch(lines: Sequence[bytes | bytearray]) -> list[tuple[int, bytes]]:
-    """(uid, raw message) pairs from a UID FETCH (UID BODY.PEEK[]) response, in UID order."""
-    found: list[tuple[int, bytes]] = []
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    uid: int
+    raw: bytes
+    arrived: datetime | None  # INTERNALDATE: when the server received it (RFC 3501 2.3.3)
+
+
+def internaldate(value: bytes) -> datetime | None:
+    try:
+        return datetime.strptime(value.decode("ascii").strip(), "%d-%b-%Y %H:%M:%S %z")
+    except ValueError:
+        return None
+
+
+def parse_fetched(lines: Sequence[bytes | bytearray]) -> list[Fetched]:
+    """The messages of a UID FETCH (UID INTERNALDATE BODY.PEEK[]) response, in UID order."""
+    found: list[Fetched] = []
     uid: int | None = None
     body: bytes | None = None
+    arrived: datetime | None = None
     for line in lines:
         if isinstance(line, bytearray):
             body = bytes(line)
             continue
         if re.match(rb"\d+ FETCH \(", line):
             if uid is not None and body is not None:
-                found.append((uid, body))
-            uid, body = None, None
+                found.append(Fetched(uid, body, arrived))
+            uid, body, arrived = None, None, None
         match = _FETCH_UID.search(line)
         if match:
             uid = int(match.group(1))
+        date = _INTERNALDATE.search(line)
+        if date:
+            arrived = internaldate(date.group(1))
     if uid is not None and body is not None:
-        found.append((uid, body))
-    return sorted(found)
+        found.append(Fetched(uid, body, arrived))
+    return sorted(found, key=lambda f: f.uid)
+
+
+def parse_fetch(lines: Sequence[bytes | bytearray]) -> list[tuple[int, bytes]]:
+    """(uid, raw message) pairs from a UID FETCH (UID BODY.PEEK[]) response, in UID order."""
+    return [(f.uid, f.raw) for f in parse_fetched(lines)]
+
+
+def _search_uids(response: Response) -> set[int]:
+    uids: set[int] = set()
+    for line in response.lines[:-1]:
+        text = bytes(line).decode("ascii", "replace")
+        if text.startswith("SEARCH"):
+            text = text[len("SEARCH"):]
+        uids.update(int(x) for x in text.split() if x.isdigit())
+    return uids
 
 
 def _uid_set(uids: Sequence[int]) -> str:
@@ -322,7 +420,7 @@ class ImapReader:
     def __init__(
         self,
         settings: ImapSettings,
-        convert: Callable[[bytes, int], Inbound],
+        convert: Callable[[Fetched], Inbound],
         load: LoadState,
         save: SaveState,
     ) -> None:
@@ -337,6 +435,7 @@ class ImapReader:
         self.last_uid = 0
         self.connected = asyncio.Event()  # set while a session is live (tests and health)
         self.move = False
+        self.failures: dict[int, int] = {}  # uid -> passes in a row whose commit failed
 
     async def _call(self, aw: Awaitable[T], timeout: float | None = None) -> T:
         """Awaits an aioimaplib call, failing fast when the connection drops (aioimaplib itself
@@ -398,37 +497,42 @@ class ImapReader:
 
     async def select(self, client: _Client) -> None:
         response = await self._ok(client.select(self.s.folder), f"SELECT {self.s.folder}")
-        found = _UIDVALIDITY.search(b" ".join(bytes(x) for x in response.lines))
+        lines = b" ".join(bytes(x) for x in response.lines)
+        found = _UIDVALIDITY.search(lines)
         uidvalidity = int(found.group(1)) if found else 0
         state = await self.load(self.key) or {}
+        self.uidvalidity = uidvalidity
         if state.get("uidvalidity") == uidvalidity:
             self.last_uid = int(state.get("last_uid", 0))
         else:
-            if state:
-                log.warning(
-                    "email.imap.uidvalidity_changed folder=%s old=%s new=%s: rescanning",
-                    self.s.folder, state.get("uidvalidity"), uidvalidity,
-                )
-            self.last_uid = 0
-        self.uidvalidity = uidvalidity
+            # First contact with this folder (or its UIDs were renumbered, RFC 3501 2.3.1.1):
+            # what is already there is history, not mail to answer. Start at the current end;
+            # `kefu email backfill` logs the rest as history on request.
+            uidnext = _UIDNEXT.search(lines)
+            self.last_uid = int(uidnext.group(1)) - 1 if uidnext else await self._highest_uid(client)
+            await self.save(self.key, {"uidvalidity": uidvalidity, "last_uid": self.last_uid})
+            log.warning(
+                "email.imap.first_contact folder=%s uidvalidity=%s old_uidvalidity=%s start_after_uid=%d: "
+                "mail already in the folder is not read or answered; "
+                "`kefu email backfill --since DATE` logs it as history",
+                self.s.folder, uidvalidity, state.get("uidvalidity"), self.last_uid,
+            )
         if self.s.processed_folder:
             created = await self._call(client.create(self.s.processed_folder))
             if created.result != "OK":
                 log.debug("email.imap.create result=%s (exists already)", created.result)
             self.move = client.has_capability("MOVE")
 
+    async def _highest_uid(self, client: _Client) -> int:
+        self.last_uid = 0
+        return max(await self.new_uids(client), default=0)
+
     async def new_uids(self, client: _Client) -> list[int]:
         response = await self._ok(
             client.uid_search(f"UID {self.last_uid + 1}:*", charset=None), "UID SEARCH"
         )
-        uids: set[int] = set()
-        for line in response.lines[:-1]:
-            text = bytes(line).decode("ascii", "replace")
-            if text.startswith("SEARCH"):
-                text = text[len("SEARCH"):]
-            uids.update(int(x) for x in text.split() if x.isdigit())
         # "n:*" always matches the highest UID even when it is below n (RFC 3501 6.4.8)
-        return sorted(u for u in uids if u > self.last_uid)
+        return sorted(u for u in _search_uids(response) if u > self.last_uid)
 
     async def drain(self, client: _Client, sink: Sink) -> int:
         total = 0
@@ -443,17 +547,30 @@ class ImapReader:
                 chunk = uids[start : start + FETCH_CHUNK]
                 total += await self._batch(client, chunk, sink)
 
-    async def _batch(self, client: _Client, uids: list[int], sink: Sink) -> int:
+    async def _fetch(self, client: _Client, uids: list[int]) -> list[Fetched]:
         response = await self._ok(
-            client.uid("fetch", _uid_set(uids), "(UID BODY.PEEK[])"),
+            client.uid("fetch", _uid_set(uids), "(UID INTERNALDATE BODY.PEEK[])"),
             "UID FETCH",
             timeout=self.s.timeout * 4,
         )
-        messages = parse_fetch(response.lines)
-        inbounds = [self.convert(raw, uid) for uid, raw in messages]
+        return parse_fetched(response.lines)
+
+    async def _batch(self, client: _Client, uids: list[int], sink: Sink) -> int:
+        messages = await self._fetch(client, uids)
+        # MIME parsing and disk writes in a thread: one large mail must not stall the loop
+        # (webhooks, Telegram and the outbox share it).
+        inbounds = await asyncio.to_thread(lambda: [self.convert(m) for m in messages])
         results = await asyncio.gather(*(sink(i) for i in inbounds), return_exceptions=True)
-        done = [uid for (uid, _), r in zip(messages, results, strict=True) if not isinstance(r, BaseException)]
-        failed = [(uid, r) for (uid, _), r in zip(messages, results, strict=True) if isinstance(r, BaseException)]
+        outcome: dict[int, BaseException | None] = {}
+        for message, inbound, result in zip(messages, inbounds, results, strict=True):
+            error = result if isinstance(result, BaseException) else None
+            if error is not None and not isinstance(error, asyncio.CancelledError):
+                error = await self._unstick(message, inbound, error, sink)
+            outcome[message.uid] = error
+        done = [uid for uid, error in outcome.items() if error is None]
+        failed = [(uid, error) for uid, error in outcome.items() if error is not None]
+        for uid in done:
+            self.failures.pop(uid, None)
         if done:
             await self._acknowledge(client, done)
         # The checkpoint moves only over a run of committed messages; past the first failure, the
@@ -469,8 +586,31 @@ class ImapReader:
             await self.save(self.key, {"uidvalidity": self.uidvalidity, "last_uid": checkpoint})
         if failed:
             uid, error = failed[0]
-            raise SinkFailed(f"uid {uid}: {type(error).__name__}: {error}")
+            raise SinkFailed(f"uid {uid}: {brief(error)}")
         return len(done)
+
+    async def _unstick(
+        self, message: Fetched, inbound: Inbound, error: BaseException, sink: Sink
+    ) -> BaseException | None:
+        """A message whose commit fails pass after pass must not hold the folder up: after
+        STUCK_PASSES it is logged as an event that says so (raw kept) and acknowledged. If even
+        that cannot be committed, kefu's own side is down and the message waits."""
+        passes = self.failures[message.uid] = self.failures.get(message.uid, 0) + 1
+        log.warning(
+            "email.imap.commit_failed uid=%d pass=%d error=%s", message.uid, passes, brief(error)
+        )
+        if passes < STUCK_PASSES:
+            return error
+        event = unloggable(message.raw, inbound, brief(error), message.uid)
+        try:
+            await sink(event)
+        except Exception as again:  # noqa: BLE001 - reported by the caller as the pass's failure
+            return again
+        log.error(
+            "email.imap.unloggable uid=%d passes=%d error=%s: logged as an event, raw kept at %s",
+            message.uid, passes, brief(error), inbound.meta.get("raw_path"),
+        )
+        return None
 
     async def _acknowledge(self, client: _Client, uids: list[int]) -> None:
         uid_set = _uid_set(uids)
@@ -610,8 +750,43 @@ class EmailChannel:
         self.reader = ImapReader(imap, self._convert, load_state, save_state)
         self._task: asyncio.Task[None] | None = None
 
-    def _convert(self, raw: bytes, uid: int) -> Inbound:
-        return to_inbound(raw, self.store, own_address=self.address, uid=uid, now=self.clock())
+    def _convert(self, fetched: Fetched, *, history: bool = False) -> Inbound:
+        return to_inbound(
+            fetched.raw, self.store, own_address=self.address, uid=fetched.uid, now=self.clock(),
+            arrived=fetched.arrived, max_age=self.reader.s.acknowledge_max_age, history=history,
+        )
+
+    async def backfill(self, since: date, sink: Callable[[Inbound], Awaitable[Receipt]]) -> Backfilled:
+        """Logs the folder's mail that arrived since `since` and lies before the reader's
+        checkpoint as history: no conversation, no answer, flags untouched. Sets the checkpoint
+        first if kefu never read this folder, so `kefu run` and the backfill never overlap."""
+        reader = self.reader
+        client = await reader.connect()
+        found = Backfilled()
+        try:
+            await reader.select(client)
+            upto = reader.last_uid
+            if upto < 1:
+                return found
+            # RFC 3501 6.4.4: SINCE compares the internal date, i.e. when the server got the mail.
+            response = await reader._ok(
+                client.uid_search(f"SINCE {since.strftime('%d-%b-%Y')} UID 1:{upto}", charset=None),
+                "UID SEARCH",
+            )
+            uids = sorted(u for u in _search_uids(response) if u <= upto)
+            for start in range(0, len(uids), FETCH_CHUNK):
+                messages = await reader._fetch(client, uids[start : start + FETCH_CHUNK])
+                inbounds = await asyncio.to_thread(
+                    lambda: [self._convert(m, history=True) for m in messages]
+                )
+                for receipt in await asyncio.gather(*(sink(i) for i in inbounds)):
+                    if receipt.status == "duplicate":
+                        found.already += 1
+                    else:
+                        found.logged += 1
+        finally:
+            await reader.close()
+        return found
 
     async def start(self, sink: Sink) -> None:
         self._task = asyncio.create_task(self._run(sink), name="kefu-email-imap")

@@ -58,6 +58,9 @@ class Acknowledger:
         cfg = self.config.routing
         if inbound.kind not in SPOKEN or conversation is None or note.customer.forgotten_at is not None:
             return
+        if inbound.meta.get("no_ack"):  # a channel's word: e.g. mail received days ago
+            log.info("ack.skipped conversation=%s reason=%s", conversation.id, inbound.meta["no_ack"])
+            return
         complaint = cfg.acknowledge_complaints and decision.new_complaint
         outside = cfg.acknowledge_outside_hours and decision.outside_hours
         if not (complaint or outside):

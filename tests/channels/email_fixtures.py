@@ -9,6 +9,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +48,18 @@ class Mailbox:
         assert response.result == "OK", response
         return client
 
-    async def append(self, *messages: bytes, folder: str = "INBOX") -> None:
+    async def append(
+        self,
+        *messages: bytes,
+        folder: str = "INBOX",
+        flags: str | None = None,
+        date: datetime | None = None,
+    ) -> None:
+        """IMAP APPEND; flags and the internal date let a test build a mailbox with history."""
         client = await self.client()
         try:
             for raw in messages:
-                response = await client.append(raw, mailbox=folder)
+                response = await client.append(raw, mailbox=folder, flags=flags, date=date)
                 assert response.result == "OK", response
         finally:
             await client.logout()

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -67,9 +68,10 @@ def customer_rows(rows: list[Interaction]) -> list[Interaction]:
 async def test_fixture_is_logged(name: str, mailbox: Mailbox, tmp_path: Path) -> None:
     expect = EXPECT[name]
     raw = fixture_bytes(name)
-    await mailbox.append(raw)
     config = email_config(tmp_path, mailbox, free_port())
     async with running_kefu(config, env_for(mailbox)) as kefu:
+        await wait_connected(kefu)
+        await mailbox.append(raw)
         # Only what the mail itself became: a complaint also gets a staff-notice event.
         found = await wait_for(kefu, lambda r: len(customer_rows(r)) == 1)
         flags = await mailbox.flags()
@@ -132,6 +134,7 @@ async def test_dovecot_restart_loses_nothing_and_repeats_nothing(
 ) -> None:
     config = email_config(tmp_path, mailbox, free_port())
     async with running_kefu(config, env_for(mailbox)) as kefu:
+        await wait_connected(kefu)
         await mailbox.append(simple(1), simple(2))
         await wait_for(kefu, lambda r: len(r) == 2)
         dovecot.restart()
@@ -149,43 +152,50 @@ async def test_dovecot_restart_loses_nothing_and_repeats_nothing(
 async def test_restarted_kefu_resumes_from_its_checkpoint(mailbox: Mailbox, tmp_path: Path) -> None:
     config = email_config(tmp_path, mailbox, free_port())
     async with running_kefu(config, env_for(mailbox)) as kefu:
+        await wait_connected(kefu)
         await mailbox.append(simple(1))
         await wait_for(kefu, lambda r: len(r) == 1)
     await mailbox.append(simple(2), simple(3))  # while kefu is down
     async with running_kefu(config, env_for(mailbox)) as kefu:
+        await wait_connected(kefu)
         found = await wait_for(kefu, lambda r: len(r) == 3)
         await checkpoint(kefu, 3)
     assert [r.external_id for r in found] == [f"msg-{n}-ann@example.com" for n in (1, 2, 3)]
 
 
-async def test_uidvalidity_change_rescans_without_duplicates(mailbox: Mailbox, tmp_path: Path) -> None:
+async def test_uidvalidity_change_starts_at_the_end_without_duplicates(mailbox: Mailbox, tmp_path: Path) -> None:
     config = email_config(tmp_path, mailbox, free_port(), folder="Support")
     client = await mailbox.client()
     assert (await client.create("Support")).result == "OK"
     await client.logout()
     async with running_kefu(config, env_for(mailbox)) as kefu:
+        await wait_connected(kefu)
         await mailbox.append(simple(1), simple(2), folder="Support")
         await wait_for(kefu, lambda r: len(r) == 2)
         before = await checkpoint(kefu, 2)
-    # The folder is recreated: a new UIDVALIDITY, UIDs from 1 again (RFC 3501 2.3.1.1).
+    # The folder is recreated: a new UIDVALIDITY, UIDs from 1 again (RFC 3501 2.3.1.1). What is in
+    # it then is history (see test_email_history.py); what arrives after kefu connects is read.
     client = await mailbox.client()
     assert (await client.delete("Support")).result == "OK"
     assert (await client.create("Support")).result == "OK"
     await client.logout()
-    await mailbox.append(simple(1), simple(2), simple(3), folder="Support")
+    await mailbox.append(simple(1), simple(2), folder="Support")
     async with running_kefu(config, env_for(mailbox)) as kefu:
+        await wait_connected(kefu)
+        await mailbox.append(simple(2), simple(3), folder="Support")
         await wait_for(kefu, lambda r: len(r) == 3)
         await asyncio.sleep(0.5)
         found = await rows(kefu)
-        state = await checkpoint(kefu, 3)
+        state = await checkpoint(kefu, 4)
     assert sorted(r.external_id for r in found) == [f"msg-{n}-ann@example.com" for n in (1, 2, 3)]
     assert state["uidvalidity"] != before["uidvalidity"]
-    assert set((await mailbox.flags("Support")).values()) == {"\\Seen"}
+    assert (await mailbox.flags("Support")) == {1: "", 2: "", 3: "\\Seen", 4: "\\Seen"}
 
 
 async def test_processed_mail_is_moved(mailbox: Mailbox, tmp_path: Path) -> None:
     config = email_config(tmp_path, mailbox, free_port(), processed_folder="Processed")
     async with running_kefu(config, env_for(mailbox)) as kefu:
+        await wait_connected(kefu)
         await mailbox.append(simple(1), simple(2))
         await wait_for(kefu, lambda r: len(r) == 2)
         await asyncio.sleep(0.3)
@@ -196,6 +206,7 @@ async def test_processed_mail_is_moved(mailbox: Mailbox, tmp_path: Path) -> None
 async def test_malformed_mail_does_not_stop_the_channel(mailbox: Mailbox, tmp_path: Path) -> None:
     config = email_config(tmp_path, mailbox, free_port())
     async with running_kefu(config, env_for(mailbox)) as kefu:
+        await wait_connected(kefu)
         await mailbox.append(
             simple(1), fixture_bytes("malformed__missing_boundary"), b"\x00\xff garbage\r\n", simple(2)
         )
@@ -207,6 +218,7 @@ async def test_malformed_mail_does_not_stop_the_channel(mailbox: Mailbox, tmp_pa
 async def test_own_address_is_an_event_and_never_answered(mailbox: Mailbox, tmp_path: Path) -> None:
     config = email_config(tmp_path, mailbox, free_port())
     async with running_kefu(config, env_for(mailbox)) as kefu:
+        await wait_connected(kefu)
         await mailbox.append(simple(1, sender="Support@Kefu.test"))
         found = await wait_for(kefu, lambda r: len(r) == 1)
     assert found[0].direction == "event" and found[0].conversation_id is None
@@ -226,6 +238,7 @@ async def test_replies_thread_into_the_conversation(mailbox: Mailbox, tmp_path: 
         b"Message-ID: <token-1@example.com>\r\n\r\nand one more thing\r\n"
     )
     async with running_kefu(config, env_for(mailbox)) as kefu:
+        await wait_connected(kefu)
         await mailbox.append(first)
         found = await wait_for(kefu, lambda r: len(r) == 1)
         # a second conversation for Ann, so "her open conversation" alone would pick the wrong one
@@ -243,6 +256,7 @@ async def test_replies_thread_into_the_conversation(mailbox: Mailbox, tmp_path: 
 async def test_bounce_marks_the_identity_unreachable(mailbox: Mailbox, tmp_path: Path) -> None:
     config = email_config(tmp_path, mailbox, free_port())
     async with running_kefu(config, env_for(mailbox)) as kefu:
+        await wait_connected(kefu)
         await kefu.receive(Inbound("email", "q-1@example.org", "gone.customer@example.org", "question"))
         await mailbox.append(fixture_bytes("bounce__dsn"))
         found = await wait_for(kefu, lambda r: any(x.meta.get("kind") == "bounced" for x in r))
@@ -259,6 +273,7 @@ async def test_bounce_marks_the_identity_unreachable(mailbox: Mailbox, tmp_path:
 async def test_mail_appears_in_kefu_log_export(mailbox: Mailbox, tmp_path: Path) -> None:
     config = email_config(tmp_path, mailbox, free_port())
     async with running_kefu(config, env_for(mailbox)) as kefu:
+        await wait_connected(kefu)
         await mailbox.append(fixture_bytes("plain__gbk_base64"))
         await wait_for(kefu, lambda r: len(r) == 1)
     path = tmp_path / "config.toml"
@@ -273,3 +288,31 @@ async def test_mail_appears_in_kefu_log_export(mailbox: Mailbox, tmp_path: Path)
     exported = [json.loads(line) for line in out.decode().splitlines()]
     assert exported[0]["channel"] == "email" and exported[0]["direction"] == "in"
     assert "到现在还没有发货" in exported[0]["text"]
+
+
+async def test_a_mail_that_never_commits_does_not_hold_the_folder_up(
+    mailbox: Mailbox, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever makes one message's commit fail every pass, the reader gets past it: after a few
+    passes it is logged as an "unloggable" event (raw kept) and later mail flows again."""
+    config = email_config(tmp_path, mailbox, free_port())
+
+    async def refuse(session: object, logged: Any) -> None:
+        if logged.inbound.external_id == "msg-2-ann@example.com":
+            raise ValueError("this one cannot be stored")
+
+    async with running_kefu(config, env_for(mailbox)) as kefu:
+        await wait_connected(kefu)
+        kefu.pipeline.observers.append(refuse)
+        await mailbox.append(simple(1), simple(2), simple(3))
+        found = await wait_for(kefu, lambda r: any(x.meta.get("kind") == "unloggable" for x in r), timeout=20)
+        await mailbox.append(simple(4))
+        found = await wait_for(kefu, lambda r: any(x.external_id == "msg-4-ann@example.com" for x in r))
+        flags = await mailbox.flags()
+    [stuck] = [r for r in found if r.meta.get("kind") == "unloggable"]
+    assert "ValueError: this one cannot be stored" in stuck.text
+    assert Path(stuck.meta["raw_path"]).read_bytes().find(b"message number 2") > 0
+    assert sorted(r.external_id for r in found if r.direction == "in") == [
+        f"msg-{n}-ann@example.com" for n in (1, 3, 4)
+    ]
+    assert set(flags.values()) == {"\\Seen"}

@@ -23,6 +23,7 @@ from tests.channels.email_fixtures import (
     env_for,
     mailbox,  # noqa: F401 - pytest fixture
     smtp,  # noqa: F401 - pytest fixture
+    wait_connected,
     wait_for,
 )
 from tests.servers.kefu import running_kefu
@@ -72,6 +73,7 @@ async def outbox_row(kefu: Kefu, status: str, timeout: float = 10) -> OutboxRow:
 
 
 async def customer_writes(kefu: Kefu, box: Mailbox) -> int:
+    await wait_connected(kefu)
     await box.append(CUSTOMER_MAIL)
     found = await wait_for(kefu, lambda r: any(x.direction == "in" for x in r))
     [mail] = [x for x in found if x.direction == "in"]
