@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -151,6 +151,9 @@ class OutboxWorker:
     async def run(self) -> None:
         await self.release_orphans()
         while not self._stopping:
+            # Cleared before the claim, not after: a commit that wakes the worker while a round
+            # runs finds the event set and is claimed at once instead of a poll interval later.
+            self._wake.clear()
             try:
                 claimed = await self.run_once()
             except Exception:
@@ -160,7 +163,6 @@ class OutboxWorker:
                 claimed = 0
             if claimed:
                 continue
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.cfg.poll_interval_seconds)
             except TimeoutError:
@@ -187,9 +189,25 @@ class OutboxWorker:
         return len(claim.rows)
 
     async def _claim(self) -> _Claim | None:
+        """Claims due rows in id order. One address's messages go out in the order they were
+        queued: while one of them waits for a retry or a deferral, or is being sent, none after
+        it is claimed. A dead row holds nothing back (staff see its failure in the log)."""
         now = self.clock()
         if not self.channels:
             return None
+        busy = (
+            select(OutboxRow.channel, OutboxRow.address)
+            .where(
+                OutboxRow.channel.in_(self.channels),
+                or_(
+                    and_(
+                        OutboxRow.status.in_(("failed", "deferred")),
+                        OutboxRow.next_attempt_at > now,
+                    ),
+                    and_(OutboxRow.status == "sending", OutboxRow.claimed_until >= now),
+                ),
+            )
+        )
         query = (
             select(OutboxRow)
             .where(
@@ -198,6 +216,7 @@ class OutboxWorker:
                     and_(OutboxRow.status.in_(WAITING), OutboxRow.next_attempt_at <= now),
                     and_(OutboxRow.status == "sending", OutboxRow.claimed_until < now),
                 ),
+                tuple_(OutboxRow.channel, OutboxRow.address).not_in(busy),
             )
             .order_by(OutboxRow.id)
             .limit(self.cfg.batch_size)
@@ -207,14 +226,18 @@ class OutboxWorker:
         token = uuid.uuid4().hex
         async with self.db.transaction() as session:
             rows = list(await session.scalars(query))
+            if rows and not self.db.is_sqlite:
+                rows = await _first_in_line(session, rows, now)
+            was: dict[int, str] = {}
             for row in rows:
+                was[row.id] = "pending" if row.status == "sending" else row.status
                 if row.status == "sending":
                     # Its worker's lease ran out: that send may have happened, so it counts.
                     row.attempts += 1
                 row.status = "sending"
                 row.claimed_until = now + timedelta(seconds=self.cfg.lease_seconds)
                 row.claim_token = token
-        return _Claim(token, rows) if rows else None
+        return _Claim(token, rows, was) if rows else None
 
     async def _keep_claim(self, claim: _Claim, stop: asyncio.Event) -> None:
         """Extends the lease of the claim's unfinished rows while their sends run (an SMTP
@@ -249,11 +272,27 @@ class OutboxWorker:
     async def _send_group(self, claim: _Claim, rows: Sequence[OutboxRow]) -> None:
         # One address at a time, in order: a customer reads replies in the order they were written.
         async with self._slots:
-            for row in rows:
+            for n, row in enumerate(rows):
                 if row.id in claim.lost:
-                    continue
-                await self._send(row)
-                claim.done.add(row.id)
+                    outcome = "lost"
+                else:
+                    outcome = await self._send(row)
+                    claim.done.add(row.id)
+                if outcome not in ("sent", "dead"):
+                    # It waits (or another worker has it): the rest wait behind it, unsent.
+                    await self._release(claim, rows[n + 1 :])
+                    return
+
+    async def _release(self, claim: _Claim, rows: Sequence[OutboxRow]) -> None:
+        """Hands claimed rows back untried, as they were, without counting an attempt."""
+        for row in rows:
+            async with self.db.transaction() as session:
+                await session.execute(
+                    update(OutboxRow)
+                    .where(OutboxRow.id == row.id, OutboxRow.claim_token == claim.token)
+                    .values(status=claim.was[row.id], claimed_until=None, claim_token=None)
+                )
+            claim.done.add(row.id)
 
     async def _send(self, row: OutboxRow) -> str:
         """Sends one claimed row and records the outcome; returns the row's new status."""
@@ -361,11 +400,48 @@ class OutboxWorker:
 class _Claim:
     """One claim: its token, its rows, and which of them are finished or were taken over."""
 
-    def __init__(self, token: str, rows: list[OutboxRow]) -> None:
+    def __init__(self, token: str, rows: list[OutboxRow], was: dict[int, str]) -> None:
         self.token = token
         self.rows = rows
+        self.was = was  # each row's status before the claim, to hand it back unchanged
         self.done: set[int] = set()
         self.lost: set[int] = set()
+
+
+async def _first_in_line(
+    session: AsyncSession, rows: list[OutboxRow], now: datetime
+) -> list[OutboxRow]:
+    """Keeps the rows that are first in their address's line. Several workers (PostgreSQL) skip
+    rows another one has locked: a row whose earlier sibling is locked elsewhere must wait."""
+    mine = {row.id for row in rows}
+    top = max(mine)
+    by_channel: dict[str, set[str]] = {}
+    for row in rows:
+        by_channel.setdefault(row.channel, set()).add(row.address)
+    line: dict[tuple[str, str], list[int]] = {}
+    for channel, addresses in by_channel.items():
+        result = await session.execute(
+            select(OutboxRow.address, OutboxRow.id)
+            .where(
+                OutboxRow.channel == channel,
+                OutboxRow.address.in_(sorted(addresses)),
+                OutboxRow.id <= top,
+                or_(
+                    OutboxRow.status.in_(("sending", "failed", "deferred")),
+                    and_(OutboxRow.status == "pending", OutboxRow.next_attempt_at <= now),
+                ),
+            )
+            .order_by(OutboxRow.id)
+        )
+        for address, row_id in result:
+            line.setdefault((channel, address), []).append(row_id)
+    first: set[int] = set()
+    for ids in line.values():
+        for row_id in ids:
+            if row_id not in mine:
+                break
+            first.add(row_id)
+    return [row for row in rows if row.id in first]
 
 
 async def _record_dead(

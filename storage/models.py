@@ -163,11 +163,7 @@ class Interaction(Base):
 
 class OutboxRow(Base):
     __tablename__ = "outbox"
-    __table_args__ = (
-        Index("ix_outbox_due", "status", "next_attempt_at"),
-        # One address's unfinished rows, in order: a later row waits for an earlier one's retry.
-        Index("ix_outbox_address", "channel", "address", "id"),
-    )
+    __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)
 
     id: Mapped[int] = mapped_column(PK, primary_key=True)
     channel: Mapped[str] = mapped_column(String(32))

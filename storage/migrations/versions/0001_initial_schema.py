@@ -252,7 +252,6 @@ def upgrade() -> None:
     sa.UniqueConstraint('dedupe_key')
     )
     with op.batch_alter_table('outbox', schema=None) as batch_op:
-        batch_op.create_index('ix_outbox_address', ['channel', 'address', 'id'], unique=False)
         batch_op.create_index(batch_op.f('ix_outbox_conversation_id'), ['conversation_id'], unique=False)
         batch_op.create_index('ix_outbox_due', ['status', 'next_attempt_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_outbox_external_id'), ['external_id'], unique=False)
@@ -290,7 +289,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_outbox_external_id'))
         batch_op.drop_index('ix_outbox_due')
         batch_op.drop_index(batch_op.f('ix_outbox_conversation_id'))
-        batch_op.drop_index('ix_outbox_address')
 
     op.drop_table('outbox')
     with op.batch_alter_table('surveys', schema=None) as batch_op:
