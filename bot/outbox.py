@@ -296,7 +296,7 @@ class OutboxWorker:
 
     async def _send(self, row: OutboxRow) -> str:
         """Sends one claimed row and records the outcome; returns the row's new status."""
-        out = Outbound.from_row(row.channel, row.address, row.dedupe_key, row.payload)
+        out = Outbound.from_row(row.channel, row.address, row.idempotency_key, row.payload)
         channel = self.channels[row.channel]
         try:
             result = await channel.send(out)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from datetime import date, datetime, timezone
 from typing import Any
 
@@ -170,6 +172,10 @@ class OutboxRow(Base):
     address: Mapped[str] = mapped_column(String(320))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     dedupe_key: Mapped[str] = mapped_column(String(200), unique=True)
+    # Random per row and kept across its retries: with dedupe_key it makes the receiver's
+    # idempotency key (OutboxRow.idempotency_key), which a second installation or a restored
+    # backup reusing row ids ("reply-17") must never repeat.
+    nonce: Mapped[str | None] = mapped_column(String(32), default=lambda: uuid.uuid4().hex)
     # pending | sending | sent | failed (waiting for a retry) | deferred (waiting its turn behind
     # a rate limit or quiet hours; not a failure) | dead
     status: Mapped[str] = mapped_column(String(8), default="pending")
@@ -186,6 +192,10 @@ class OutboxRow(Base):
     external_id: Mapped[str | None] = mapped_column(String(500), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.dedupe_key}.{self.nonce}" if self.nonce else self.dedupe_key
 
 
 class CampaignDelivery(Base):

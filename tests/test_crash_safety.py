@@ -101,7 +101,7 @@ callback_url = "{callback.url}"
         await kefu.ready()
 
         async def all_delivered() -> None:
-            while not replies <= set(callback.delivered_keys()):
+            while not replies <= set(callback.delivered_row_keys()):
                 await asyncio.sleep(0.05)
 
         await asyncio.wait_for(all_delivered(), 30)
@@ -117,7 +117,7 @@ callback_url = "{callback.url}"
         assert {f"shop:{m}" for m in acknowledged} == set(ids)
         assert len(replies) >= 10
         assert statuses == {"sent": len(replies)}
-        delivered = callback.delivered_keys()
+        delivered = callback.delivered_row_keys()
         assert set(delivered) == replies
         # At-least-once on the wire, exactly once by Idempotency-Key: only a row caught between its
         # send and its record by the kill may arrive twice, and then with the same key.

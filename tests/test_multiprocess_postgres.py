@@ -65,7 +65,7 @@ async def test_two_processes_share_the_log_and_the_outbox(tmp_path: Path, postgr
                 keys.add(f"reply-{(await answer(s, conversation_id, 'on it', agent='amy')).interaction_id}")
         await callback.wait_for(len(keys), timeout=20)
         await asyncio.sleep(0.5)
-        delivered = callback.delivered_keys()
+        delivered = callback.delivered_row_keys()
         assert set(delivered) == keys and set(delivered.values()) == {1}
         async with db.sessions() as s:
             statuses = set(await s.scalars(select(OutboxRow.status)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -85,11 +86,12 @@ async def test_503_twice_then_delivered_once_with_a_stable_key(kefu: Kefu, callb
     await callback.wait_for(1)
     row = await wait_status(kefu.db, "sent")
     assert [r.status for r in callback.requests] == [503, 503, 200]
-    assert {r.key for r in callback.requests} == {f"reply-{interaction_id}"}
+    assert {r.key for r in callback.requests} == {row.idempotency_key}  # one key, every retry
+    assert row.idempotency_key.startswith(f"reply-{interaction_id}.")
     assert row.attempts == 3 and row.last_error is None and row.sent_at is not None
     body = callback.delivered()[0].json
     assert body == {
-        "id": f"reply-{interaction_id}",
+        "id": row.idempotency_key,
         "conversation_id": conversation_id,
         "user": {"id": "u1"},
         "type": "reply",
@@ -161,6 +163,7 @@ async def test_two_workers_on_postgres_never_send_a_row_twice(postgres, callback
     counts = await asyncio.gather(*(drain(w) for w, _ in workers))
     assert sum(counts) == 200 and all(counts), counts  # both took part
     assert set(callback.delivered_keys().values()) == {1} and len(callback.delivered_keys()) == 200
+    assert {key.partition(".")[0] for key in callback.delivered_keys()} == {f"k{n}" for n in range(200)}
     for worker, channel in workers:
         await channel.stop()
         await worker.db.dispose()
@@ -172,3 +175,41 @@ async def drain(worker: OutboxWorker) -> int:
     while claimed := await worker.run_once():
         total += claimed
     return total
+
+
+async def send_one(db_path: Path, text: str, callback: CallbackServer) -> str:
+    """Queues reply-1 in the database at db_path and sends it; returns the key the receiver saw."""
+    db = Database(f"sqlite+aiosqlite:///{db_path}")
+    await db.upgrade()
+    async with db.transaction() as s:
+        await enqueue(s, Outbound("webhook", "shop:u1", text, "reply-1"))
+    channel = WebhookChannel({"shop": Source("shop", SECRET, callback.url)})
+    await channel.start(lambda inbound: asyncio.sleep(0))  # type: ignore[arg-type,return-value]
+    seen = len(callback.requests)
+    assert await OutboxWorker(db, {"webhook": channel}, OutboxConfig()).run_once() == 1
+    await channel.stop()
+    await db.dispose()
+    request = callback.requests[seen]
+    assert request.json["id"] == request.key
+    return request.key
+
+
+async def test_idempotency_keys_differ_across_installations_and_restores(
+    tmp_path: Path, callback: CallbackServer
+) -> None:
+    """Both installations' first reply is local row reply-1; a receiver that dedupes by key must
+    still see two messages. Same after a restore from a backup taken before a reply was sent."""
+    first = await send_one(tmp_path / "a.db", "your parcel left the depot", callback)
+    second = await send_one(tmp_path / "b.db", "we refunded the shipping", callback)
+    assert first != second
+    assert first.startswith("reply-1") and second.startswith("reply-1")
+
+    backup = tmp_path / "backup.db"
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'c.db'}")
+    await db.upgrade()
+    await db.dispose()
+    shutil.copy(tmp_path / "c.db", backup)
+    before = await send_one(tmp_path / "c.db", "first answer", callback)
+    shutil.copy(backup, tmp_path / "c.db")
+    after = await send_one(tmp_path / "c.db", "a different answer after the restore", callback)
+    assert before != after

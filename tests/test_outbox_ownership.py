@@ -122,7 +122,7 @@ async def test_a_send_that_outlasts_the_lease_is_delivered_once(
     workers[0].stop()
     stop.set()
     await asyncio.gather(first, second)
-    assert callback.delivered_keys() == {"reply-1": 1}
+    assert callback.delivered_row_keys() == {"reply-1": 1}
     assert len(callback.requests) == 1
     row = await row_of(db)
     assert row.status == "sent" and row.attempts == 1

@@ -99,7 +99,7 @@ async def test_spring_festival_greetings_delivered_once_through_the_webhook(tmp_
             [got] = await receiver.wait_for(1)
             assert got.json["type"] == "greeting" and got.json["user"] == {"id": "u1"}
             assert "新春快乐" in got.json["text"] and "王小明" in got.json["text"]
-            assert got.key == "greeting:holiday:2027-02-06:1"
+            assert got.row_key == "greeting:holiday:2027-02-06:1"
             # Los Angeles' 09:00 on the 6th is 17:00 UTC: the planner run shortly before it
             now[0] = datetime(2027, 2, 6, 16, 45, tzinfo=timezone.utc)
             await kefu.scheduler.run_once()
@@ -113,7 +113,7 @@ async def test_spring_festival_greetings_delivered_once_through_the_webhook(tmp_
         async with kefu_at(config, lambda: now[0]) as kefu:
             assert (await kefu.scheduler.run_once()).planned == 0
             assert await kefu.worker.run_once() == 0
-        assert receiver.delivered_keys() == {
+        assert receiver.delivered_row_keys() == {
             "greeting:holiday:2027-02-06:1": 1,
             "greeting:holiday:2027-02-06:2": 1,
         }

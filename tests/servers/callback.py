@@ -28,6 +28,11 @@ class Received:
     def key(self) -> str:
         return self.headers["Idempotency-Key"]
 
+    @property
+    def row_key(self) -> str:
+        """The outbox row's dedupe key inside the idempotency key ("reply-17.<32 hex>")."""
+        return self.key.rpartition(".")[0] or self.key
+
 
 @dataclass
 class CallbackServer:
@@ -50,6 +55,9 @@ class CallbackServer:
 
     def delivered_keys(self) -> Counter[str]:
         return Counter(r.key for r in self.delivered())
+
+    def delivered_row_keys(self) -> Counter[str]:
+        return Counter(r.row_key for r in self.delivered())
 
     async def wait_for(self, n: int, timeout: float = 10.0) -> list[Received]:
         async def poll() -> None:

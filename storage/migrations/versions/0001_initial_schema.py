@@ -235,6 +235,7 @@ def upgrade() -> None:
     sa.Column('address', sa.String(length=320), nullable=False),
     sa.Column('payload', sa.JSON(), nullable=False),
     sa.Column('dedupe_key', sa.String(length=200), nullable=False),
+    sa.Column('nonce', sa.String(length=32), nullable=True),
     sa.Column('status', sa.String(length=8), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('next_attempt_at', sa.DateTime(), nullable=False),
