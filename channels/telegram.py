@@ -78,8 +78,6 @@ ALLOWED_UPDATES = ("message", "edited_message", "my_chat_member", "callback_quer
 # answerCallbackQuery shows at most 200 characters.
 CALLBACK_TEXT_LIMIT = 200
 TOPIC_NAME_LIMIT = 128
-# An update that fails this often is logged and skipped, so one poison update cannot stall the chat.
-MAX_UPDATE_ATTEMPTS = 5
 SECRET_HEADER = "x-telegram-bot-api-secret-token"
 _T = TypeVar("_T")
 
@@ -130,6 +128,8 @@ class TelegramChannel:
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
         retry_delay: float = 1.0,
+        max_retry_delay: float = 30.0,
+        webhook_retry_seconds: float = 40.0,
     ) -> None:
         if mode not in ("polling", "webhook"):
             raise ValueError(f"mode has value {mode!r}: use polling or webhook")
@@ -146,6 +146,10 @@ class TelegramChannel:
         self.webhook_url = webhook_url
         self.webhook_secret = webhook_secret
         self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
+        # Telegram waits about a minute for a webhook answer; stay well inside it.
+        self.webhook_retry_seconds = webhook_retry_seconds
+        self._stop_pause = asyncio.Event()
         self._groups: dict[int, SlidingWindow] = {}
         self._chats: dict[int, SlidingWindow] = {}  # private chats: about one message a second
         # Few requests in flight: a slot taken must go on the wire at once. With dozens queued in
@@ -166,6 +170,7 @@ class TelegramChannel:
     async def start(self, sink: Sink) -> None:
         self._sink = sink
         self._stopping = False
+        self._stop_pause.clear()
         await self._initialize(at_start=True)
         if self.mode == "polling":
             self._poller = asyncio.create_task(self._poll(), name="kefu-telegram-poll")
@@ -228,6 +233,7 @@ class TelegramChannel:
 
     async def stop(self) -> None:
         self._stopping = True
+        self._stop_pause.set()
         task, self._poller = self._poller, None
         if task is not None:
             if self._long_polling:
@@ -248,7 +254,7 @@ class TelegramChannel:
         failures = 0
         while not self._stopping:
             if not self._ready and not await self._initialize():
-                await asyncio.sleep(min(60.0, self.retry_delay * 2**failures))
+                await self._pause(min(60.0, self.retry_delay * 2 ** min(failures, 6)))
                 failures += 1
                 continue
             try:
@@ -265,7 +271,7 @@ class TelegramChannel:
                 }.get(type(exc), str(exc))
                 log.warning("telegram.poll.failure error=%s reason=%s", type(exc).__name__, reason)
                 failures += 1
-                await asyncio.sleep(min(60.0, self.retry_delay * 2 ** min(failures, 6)))
+                await self._pause(min(60.0, self.retry_delay * 2 ** min(failures, 6)))
                 continue
             finally:
                 self._long_polling = False
@@ -290,13 +296,18 @@ class TelegramChannel:
                 updates.append(Update.de_json(data, self.bot))
             except Exception as exc:  # noqa: BLE001 - see fallback()
                 log.error(
-                    "telegram.update.unparsed update_id=%s error=%r", data.get("update_id"), exc
+                    "telegram.update.unparsed update_id=%s error=%s",
+                    data.get("update_id"), type(exc).__name__,
                 )
                 updates.append(_Raw(int(data.get("update_id", 0)), data, repr(exc)))
         return updates
 
     async def _consume(self, updates: Sequence[Update | _Raw], attempts: dict[int, int]) -> None:
-        """Processes a batch; the offset moves past an update only once it is committed."""
+        """Processes a batch; the offset moves past an update only once it is committed.
+
+        An update that fails (a database locked or down, a network error, anything) is tried again
+        without limit, with backoff: skipping it would lose what a customer said. The only updates
+        passed over are those that cannot be translated at all, and those are logged as such."""
         for chunk in _chunks(updates, self._independent):
             results = await asyncio.gather(
                 *(self._process(u) for u in chunk), return_exceptions=True
@@ -306,20 +317,25 @@ class TelegramChannel:
                     if isinstance(result, asyncio.CancelledError):
                         raise result
                     n = attempts[update.update_id] = attempts.get(update.update_id, 0) + 1
-                    if n < MAX_UPDATE_ATTEMPTS:
-                        log.warning(
-                            "telegram.update.failure update_id=%s attempt=%d error=%r",
-                            update.update_id, n, result,
-                        )
-                        # Stop here: the next getUpdates starts again at this update.
-                        await asyncio.sleep(self.retry_delay * n)
-                        return
-                    log.error(
-                        "telegram.update.skipped update_id=%s after %d attempts error=%r",
-                        update.update_id, n, result,
+                    delay = self._backoff(n)
+                    # The type only: an error's text can carry the message (SQL parameters).
+                    log.warning(
+                        "telegram.update.failure update_id=%s attempt=%d retry_in=%.1fs error=%s",
+                        update.update_id, n, delay, type(result).__name__,
                     )
+                    # Stop here: the next getUpdates starts again at this update.
+                    await self._pause(delay)
+                    return
                 attempts.pop(update.update_id, None)
                 self._offset = update.update_id + 1
+
+    def _backoff(self, attempt: int) -> float:
+        return min(self.max_retry_delay, self.retry_delay * 2 ** min(attempt - 1, 16))
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleeps, but not past stop(): a shutdown does not wait out a backoff."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_pause.wait(), seconds)
 
     def _translate(self, update: Update | _Raw) -> Translated:
         if isinstance(update, _Raw):
@@ -327,7 +343,9 @@ class TelegramChannel:
         try:
             return translate(update, staff_chat_id=self.staff_chat_id)
         except Exception as exc:  # noqa: BLE001 - bad input must not stop the chat
-            log.error("telegram.update.malformed update_id=%s error=%r", update.update_id, exc)
+            log.error(
+                "telegram.update.malformed update_id=%s error=%s", update.update_id, type(exc).__name__
+            )
             return fallback(update.to_dict(), repr(exc))
 
     def _independent(self, update: Update | _Raw) -> bool:
@@ -350,6 +368,12 @@ class TelegramChannel:
             await self.hooks.staff(item)
         elif isinstance(item, SurveyPress):
             await self._survey_press(item)
+        elif item.untranslatable:
+            # Nothing in it kefu can read or store: the one kind of update passed over.
+            log.warning(
+                "telegram.update.skipped update_id=%s reason=%s",
+                update.update_id, item.reason.partition(":")[0],  # not the error: it may quote text
+            )
         else:
             log.debug("telegram.update.ignored update_id=%s reason=%s", update.update_id, item.reason)
 
@@ -415,14 +439,31 @@ class TelegramChannel:
         try:
             update = Update.de_json(data, self.bot)
         except Exception as exc:  # noqa: BLE001 - a shape newer than PTB: see fallback()
-            log.error("telegram.update.unparsed update_id=%s error=%r", data["update_id"], exc)
+            log.error(
+                "telegram.update.unparsed update_id=%s error=%s", data["update_id"], type(exc).__name__
+            )
             update = _Raw(data["update_id"], data, repr(exc))
-        try:
-            await self._process(update)
-        except Exception as exc:  # noqa: BLE001 - Telegram retries a non-2xx answer
-            log.error("telegram.webhook.failure update_id=%s error=%r", update.update_id, exc)
-            return WebhookReply(500, {"error": "internal", "message": "not stored; retry"})
-        return WebhookReply(200, {"ok": True})
+        # A brief outage (a locked or restarting database) is ridden out here, with backoff, so
+        # Telegram's own redelivery (which gives up after a while) is the last resort, not the first.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.webhook_retry_seconds
+        attempt = 0
+        while True:
+            try:
+                await self._process(update)
+                return WebhookReply(200, {"ok": True})
+            except Exception as exc:  # noqa: BLE001 - Telegram retries a non-2xx answer
+                attempt += 1
+                delay = self._backoff(attempt)
+                log.warning(
+                    "telegram.update.failure update_id=%s attempt=%d retry_in=%.1fs error=%s",
+                    update.update_id, attempt, delay, type(exc).__name__,
+                )
+                if self._stopping or loop.time() + delay > deadline:
+                    return WebhookReply(
+                        503, {"error": "unavailable", "message": "not stored yet; send it again"}
+                    )
+                await self._pause(delay)
 
     # --- outbound -----------------------------------------------------------------------------
 

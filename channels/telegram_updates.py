@@ -78,6 +78,7 @@ class CustomerUpdate:
 @dataclass(frozen=True, slots=True)
 class Ignored:
     reason: str
+    untranslatable: bool = False  # not something kefu chose to ignore: it could not be read
 
 
 Translated = CustomerUpdate | StaffPost | SurveyPress | Ignored
@@ -396,14 +397,14 @@ def fallback(raw: dict[str, object], error: str) -> Translated:
     is still logged, from the few fields every message has, so nothing a customer said is lost."""
     message = raw.get("message")
     if not isinstance(message, dict):
-        return Ignored(f"unparseable update: {error}")
+        return Ignored(f"unparseable update: {error}", untranslatable=True)
     chat = message.get("chat")
     user = message.get("from")
     if not isinstance(chat, dict) or not isinstance(user, dict) or chat.get("type") != "private":
-        return Ignored(f"unparseable non-private message: {error}")
+        return Ignored(f"unparseable non-private message: {error}", untranslatable=True)
     chat_id, message_id, user_id = chat.get("id"), message.get("message_id"), user.get("id")
     if not all(isinstance(v, int) for v in (chat_id, message_id, user_id)):
-        return Ignored(f"unparseable message without ids: {error}")
+        return Ignored(f"unparseable message without ids: {error}", untranslatable=True)
     text = message.get("text") or message.get("caption")
     date = message.get("date")
     name = " ".join(str(user[k]) for k in ("first_name", "last_name") if user.get(k)) or None
