@@ -30,7 +30,7 @@ from bot.cli_common import (
 from bot.cli_common import since as parse_since
 from bot.cli_email import email_app
 from bot.cli_report import report
-from bot.config import ConfigError
+from bot.config import Config, ConfigError
 from handlers import agents, lifecycle, roles
 from storage import audit, conversations, customers, interactions, staff
 from storage.db import Database, StorageError
@@ -326,18 +326,63 @@ def customers_forget(
     if not yes and sys.stdin.isatty():
         typer.confirm(f"Erase all personal data of customer {customer_id}?", abort=True)
 
-    async def work(db: Database) -> dict[str, int]:
+    cfg = load(config)
+
+    async def work(db: Database) -> customers.Erasure:
         async with db.transaction() as session:
             actor = await roles.cli_actor(session, as_name)
             roles.require(actor, "customers.forget", f"customer {customer_id}")
-            counts = await customers.forget(session, customer_id)
+            erasure = await customers.forget(session, customer_id)
             audit.record(session, actor.name, "customers.forget", f"customer:{customer_id}")
-            return counts
+        await _after_erasure(db, erasure, cfg)
+        return erasure
 
-    counts = with_db(load(config), work)
+    erasure = with_db(cfg, work)
     out.print(
-        f"customer {customer_id} forgotten: {counts['identities']} identities removed, "
-        f"{counts['interactions']} log rows erased"
+        f"customer {customer_id} forgotten: {erasure.identities} identities removed, "
+        f"{erasure.interactions} log rows and {erasure.outbox} outbox rows erased, "
+        f"{len(erasure.files)} stored files deleted"
+        + (f" ({erasure.customers - 1} merged records too)" if erasure.customers > 1 else "")
+    )
+
+
+async def _after_erasure(db: Database, erasure: customers.Erasure, cfg: Config) -> None:
+    """Once the erasure is committed: the mail store's files, then the database's own leftovers
+    (SQLite keeps old page images in its WAL until a checkpoint)."""
+    failed = customers.remove_files(erasure.files, cfg.email.store_dir)
+    await db.scrub()
+    if failed:
+        raise customers.CustomerError(
+            f"erased in the database, but could not delete {len(failed)} stored files, e.g. {failed[0]}: "
+            "check their permissions and delete them by hand"
+        )
+
+
+@conversations_app.command("forget")
+def conversations_forget(
+    conversation_id: int,
+    config: ConfigOption = DEFAULT_CONFIG,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    as_name: AsOption = None,
+) -> None:
+    """Erase one conversation's messages, files and staff-group copies; the customer stays (admin)."""
+    if not yes and sys.stdin.isatty():
+        typer.confirm(f"Erase everything written in conversation {conversation_id}?", abort=True)
+    cfg = load(config)
+
+    async def work(db: Database) -> customers.Erasure:
+        async with db.transaction() as session:
+            actor = await roles.cli_actor(session, as_name)
+            roles.require(actor, "customers.forget", f"conversation {conversation_id}")
+            erasure = await customers.forget_conversation(session, conversation_id)
+            audit.record(session, actor.name, "conversations.forget", f"conversation:{conversation_id}")
+        await _after_erasure(db, erasure, cfg)
+        return erasure
+
+    erasure = with_db(cfg, work)
+    out.print(
+        f"conversation {conversation_id} forgotten: {erasure.interactions} log rows and "
+        f"{erasure.outbox} outbox rows erased, {len(erasure.files)} stored files deleted"
     )
 
 

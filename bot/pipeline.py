@@ -24,6 +24,7 @@ from bot import outbox
 from bot.messages import Inbound, Receipt
 from handlers import complaints, routing, sla, survey
 from handlers.complaints import Verdict
+from storage import customers
 from storage.db import Database
 from storage.models import (
     REOPENABLE,
@@ -92,6 +93,7 @@ class Pipeline:
         self.max_batch = max_batch
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        self.erasure_key = b""
 
     async def receive(self, inbound: Inbound) -> Receipt:
         if self._writer is None or self._writer.done():
@@ -143,6 +145,9 @@ class Pipeline:
 
     async def receive_many(self, inbounds: Sequence[Inbound]) -> list[Receipt]:
         """One transaction for all; retried once on a unique-key race with another process."""
+        if not self.erasure_key:
+            async with self.db.transaction() as session:  # committed before any batch relies on it
+                self.erasure_key = await customers.erasure_key(session)
         for attempt in (1, 2):
             try:
                 async with self.db.transaction() as session:
@@ -172,9 +177,12 @@ async def _receive(
     # 1. dedupe: against the log, and within the batch itself
     logged: dict[tuple[str, str], Receipt] = {}
     for channel, ids in _by_channel((i.channel, i.external_id) for i in inbounds).items():
-        rows = await session.execute(_LOGGED, {"channel": channel, "keys": list(ids)})
+        # A forgotten customer's messages keep only a keyed token of their id: a channel that
+        # delivers one again (an IMAP folder re-read) still finds it logged.
+        erased = {customers.erased_id(pipeline.erasure_key, channel, i): i for i in ids}
+        rows = await session.execute(_LOGGED, {"channel": channel, "keys": [*ids, *erased]})
         for external_id, *ids_ in rows:
-            logged[(channel, external_id)] = Receipt("duplicate", *ids_)
+            logged[(channel, erased.get(external_id, external_id))] = Receipt("duplicate", *ids_)
     first_of: dict[tuple[str, str], int] = {}
     fresh: list[int] = []
     for n, inbound in enumerate(inbounds):

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Text, bindparam, cast, delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage import surveys
 from storage.models import (
+    AuditEntry,
     CampaignDelivery,
+    ChannelState,
     Conversation,
     Customer,
     Identity,
     Interaction,
     OutboxRow,
+    Survey,
+    TelegramLink,
     utcnow,
 )
 
@@ -97,6 +109,9 @@ async def merge(session: AsyncSession, keep_id: int, gone_id: int) -> MergeResul
     moved_identities = await _move(session, Identity, gone_id, keep_id)
     moved_conversations = await _move(session, Conversation, gone_id, keep_id)
     moved_interactions = await _move(session, Interaction, gone_id, keep_id)
+    # CSAT answers and unused Telegram links belong to the person, so they follow the record.
+    await _move(session, Survey, gone_id, keep_id)
+    await _move(session, TelegramLink, gone_id, keep_id)
     # A greeting already sent to either record counts for the merged one; keep one row per occasion.
     taken = {
         tuple(row)
@@ -144,61 +159,262 @@ async def _move(session: AsyncSession, model: type, src: int, dst: int) -> int:
 
 
 ERASED = "[erased]"
+ERASED_PREFIX = "erased:"
+_KEY_CHANNEL, _KEY_NAME = "kefu", "erasure_key"
+_PENDING = ("pending", "deferred", "failed", "sending")
 
 
-async def forget(session: AsyncSession, customer_id: int) -> dict[str, int]:
-    """Erases personal data; keeps rows (without content) so counts and reports stay true."""
+async def erasure_key(session: AsyncSession) -> bytes:
+    """The installation's secret for erased external ids, made on first use (one per database)."""
+    where = (ChannelState.channel == _KEY_CHANNEL, ChannelState.key == _KEY_NAME)
+    found = await session.scalar(select(ChannelState.value).where(*where))
+    if found is None:
+        insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+        await session.execute(
+            insert(ChannelState)
+            .values(channel=_KEY_CHANNEL, key=_KEY_NAME, value={"hex": secrets.token_hex(32)},
+                    updated_at=utcnow())
+            .on_conflict_do_nothing(index_elements=["channel", "key"])
+        )
+        found = await session.scalar(select(ChannelState.value).where(*where))
+    assert found is not None
+    return bytes.fromhex(found["hex"])
+
+
+def erased_id(key: bytes, channel: str, external_id: str) -> str:
+    """What a forgotten message's external id becomes: not reversible without the key (a Telegram
+    id or a Message-ID cannot be read back), yet the same message delivered again maps to the same
+    token, so the pipeline still knows it is a duplicate."""
+    digest = hmac.new(key, f"{channel}\0{external_id}".encode(), hashlib.sha256).hexdigest()
+    return ERASED_PREFIX + digest[:40]
+
+
+@dataclass
+class Erasure:
+    customers: int = 0
+    identities: int = 0
+    conversations: int = 0
+    interactions: int = 0
+    outbox: int = 0
+    # Files the erased rows pointed at (raw mail, attachments) that no other row needs: the caller
+    # deletes them after the commit (storage knows no folders).
+    files: list[str] = field(default_factory=list)
+
+
+async def forget(session: AsyncSession, customer_id: int) -> Erasure:
+    """Erases a customer's personal data everywhere: the whole merge chain (records merged into
+    theirs keep names and birthdays), identities, the log, the outbox (their messages and the staff
+    group's mirrors, alerts and SLA posts), external ids, surveys, Telegram links and the audit
+    log. Rows stay, without content, so counts and reports stay true."""
     customer = await session.get(Customer, customer_id)
     if customer is None:
         raise CustomerError(f"no customer with id {customer_id}")
+    customer = await live(session, customer)
     if customer.forgotten_at is not None:
         raise CustomerError(f"customer {customer_id} was already forgotten")
-    counts = {
-        "identities": await session.scalar(
-            select(func.count()).select_from(Identity).where(Identity.customer_id == customer_id)
-        )
-        or 0,
-        "interactions": await session.scalar(
-            select(func.count())
-            .select_from(Interaction)
-            .where(Interaction.customer_id == customer_id)
-        )
-        or 0,
-    }
-    addresses = [(i.channel, i.address) for i in await identities_of(session, customer_id)]
-    await session.execute(
-        update(Interaction)
-        .where(Interaction.customer_id == customer_id)
-        .values(text=ERASED, attachments=[], meta={"erased": True}, author_id=None)
+    chain = await _chain(session, customer.id)
+    identities = list(await session.scalars(select(Identity).where(Identity.customer_id.in_(chain))))
+    addresses = {(i.channel, i.address) for i in identities}
+    conversation_ids = list(
+        await session.scalars(select(Conversation.id).where(Conversation.customer_id.in_(chain)))
     )
-    pending = ("pending", "deferred", "failed", "sending")
+    erasure = Erasure(customers=len(chain), identities=len(identities), conversations=len(conversation_ids))
+    await _erase_log(
+        session, erasure, Interaction.customer_id.in_(chain) | Interaction.conversation_id.in_(conversation_ids)
+    )
+    await _erase_outbox(session, erasure, conversation_ids, addresses)
+    if conversation_ids:
+        await session.execute(
+            update(Conversation)
+            .where(Conversation.id.in_(conversation_ids))
+            .values(reply_address=None, staff_thread=None)
+        )
+    actors = {f"{channel}:{address}" for channel, address in addresses} | {a for _, a in addresses}
+    await _erase_audit(session, chain, conversation_ids, actors)
+    await session.execute(delete(Identity).where(Identity.customer_id.in_(chain)))
+    await session.execute(delete(TelegramLink).where(TelegramLink.customer_id.in_(chain)))
+    for member in chain:
+        await surveys.erase_for_customer(session, member)
+    now = utcnow()
+    await session.execute(
+        update(Customer)
+        .where(Customer.id.in_(chain))
+        .values(
+            display_name=None, birthday=None, birthday_md=None, timezone=None, tags=[],
+            marketing_consent=False, preferred_channel=None, forgotten_at=now,
+        )
+        .execution_options(synchronize_session="fetch")
+    )
+    await session.refresh(customer)
+    erasure.files = await _unshared(session, erasure.files)
+    return erasure
+
+
+async def forget_conversation(session: AsyncSession, conversation_id: int) -> Erasure:
+    """Erases one conversation's content (messages, files, the staff group's copies, survey comment,
+    audit details); the customer and their other conversations stay."""
+    conversation = await session.get(Conversation, conversation_id)
+    if conversation is None:
+        raise CustomerError(f"no conversation {conversation_id}")
+    erasure = Erasure(conversations=1)
+    await _erase_log(session, erasure, Interaction.conversation_id == conversation_id)
+    await _erase_outbox(session, erasure, [conversation_id], set())
+    conversation.staff_thread = None
+    await session.execute(
+        update(Survey).where(Survey.conversation_id == conversation_id).values(comment=None)
+    )
+    await _erase_audit(session, [], [conversation_id], set())
+    erasure.files = await _unshared(session, erasure.files)
+    return erasure
+
+
+async def _chain(session: AsyncSession, root: int) -> list[int]:
+    """`root` and every record merged into it, however many merges ago."""
+    chain, frontier = [root], [root]
+    while frontier:
+        frontier = [
+            i for i in await session.scalars(select(Customer.id).where(Customer.merged_into.in_(frontier)))
+            if i not in chain
+        ]
+        chain.extend(frontier)
+    return chain
+
+
+def _files_of(attachments: Any, meta: Any) -> list[str]:
+    found = []
+    if isinstance(meta, dict) and isinstance(meta.get("raw_path"), str):
+        found.append(meta["raw_path"])
+    for item in attachments if isinstance(attachments, list) else []:
+        url = item.get("url") if isinstance(item, dict) else None
+        if isinstance(url, str) and url.startswith("file:"):
+            found.append(unquote(urlparse(url).path))
+    return found
+
+
+async def _erase_log(session: AsyncSession, erasure: Erasure, where: Any) -> None:
+    key = await erasure_key(session)
+    rows = (
+        await session.execute(
+            select(Interaction.id, Interaction.channel, Interaction.external_id, Interaction.author_kind,
+                   Interaction.attachments, Interaction.meta).where(where)
+        )
+    ).all()
+    changes = []
+    for row_id, channel, external_id, author_kind, attachments, meta in rows:
+        erasure.files.extend(_files_of(attachments, meta))
+        kept: dict[str, Any] = {"erased": True}
+        if isinstance(meta, dict) and isinstance(meta.get("kind"), str):
+            kept["kind"] = meta["kind"]  # an event's kind (status, sla_breach) feeds reports
+        if external_id and not external_id.startswith(ERASED_PREFIX):
+            external_id = erased_id(key, channel, external_id)
+        changes.append({
+            "row": row_id, "ext": external_id, "meta": kept,
+            "customer": author_kind == "customer",
+        })
+    erasure.interactions += len(changes)
+    table = Interaction.__table__
+    for batch in _batches(changes, 500):
+        await session.execute(
+            update(table)
+            .where(table.c.id == bindparam("row"))
+            .values(text=ERASED, attachments=[], external_id=bindparam("ext"), meta=bindparam("meta")),
+            batch,
+        )
+    customer_rows = [c["row"] for c in changes if c["customer"]]
+    for batch_ids in _batches(customer_rows, 500):
+        await session.execute(update(table).where(table.c.id.in_(batch_ids)).values(author_id=None))
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+async def _erase_outbox(
+    session: AsyncSession, erasure: Erasure, conversation_ids: Sequence[int], addresses: set[tuple[str, str]]
+) -> None:
+    """The customer's own messages and the staff group's posts about their conversations."""
+    conditions = [OutboxRow.conversation_id.in_(conversation_ids)] if conversation_ids else []
+    by_channel: dict[str, list[str]] = {}
     for channel, address in addresses:
+        by_channel.setdefault(channel, []).append(address)
+    conditions += [
+        (OutboxRow.channel == channel) & OutboxRow.address.in_(found) for channel, found in by_channel.items()
+    ]
+    if not conditions:
+        return
+    where = or_(*conditions)
+    await session.execute(
+        update(OutboxRow)
+        .where(where, OutboxRow.status.in_(_PENDING))
+        .values(status="dead", last_error="customer forgotten")
+        .execution_options(synchronize_session=False)
+    )
+    result = await session.execute(
+        update(OutboxRow)
+        .where(where)
+        .values(payload={"erased": True}, external_id=None)
+        .execution_options(synchronize_session=False)
+    )
+    erasure.outbox += result.rowcount or 0
+    # An error text can quote the address ("550 <amy@example.com>: no such user").
+    await session.execute(
+        update(OutboxRow)
+        .where(where, OutboxRow.last_error != "customer forgotten")
+        .values(last_error=ERASED)
+        .execution_options(synchronize_session=False)
+    )
+    for channel, found in by_channel.items():
         await session.execute(
             update(OutboxRow)
-            .where(OutboxRow.channel == channel, OutboxRow.address == address)
-            .where(OutboxRow.status.in_(pending))
-            .values(status="dead", last_error="customer forgotten", payload={"erased": True})
+            .where(OutboxRow.channel == channel, OutboxRow.address.in_(found))
+            .values(address=ERASED)
+            .execution_options(synchronize_session=False)
         )
+
+
+async def _erase_audit(
+    session: AsyncSession, customer_ids: Sequence[int], conversation_ids: Sequence[int], actors: set[str]
+) -> None:
+    subjects = [f"customer:{i}" for i in customer_ids] + [f"conversation:{i}" for i in conversation_ids]
+    for batch in _batches(subjects, 500):
+        entries = await session.scalars(select(AuditEntry).where(AuditEntry.subject.in_(batch)))
+        for entry in entries:
+            # Who did what stays (a staff id, the action); what they wrote or saw does not.
+            kept = {k: v for k, v in (entry.detail or {}).items() if k in ("staff_id", "role", "status", "previous")}
+            if kept != entry.detail:
+                entry.detail = {**kept, "erased": True}
+    if actors:
         await session.execute(
-            update(OutboxRow)
-            .where(OutboxRow.channel == channel, OutboxRow.address == address)
-            .values(address=ERASED, payload={"erased": True})
+            update(AuditEntry).where(AuditEntry.actor.in_(sorted(actors))).values(actor=ERASED, detail={"erased": True})
         )
-    await session.execute(
-        Identity.__table__.delete().where(Identity.customer_id == customer_id)
-    )
-    await session.execute(
-        update(Conversation)
-        .where(Conversation.customer_id == customer_id)
-        .values(reply_address=None, staff_thread=None)
-    )
-    await surveys.erase_for_customer(session, customer_id)
-    customer.display_name = None
-    customer.birthday = None
-    customer.birthday_md = None
-    customer.timezone = None
-    customer.tags = []
-    customer.marketing_consent = False
-    customer.preferred_channel = None
-    customer.forgotten_at = utcnow()
-    return counts
+
+
+async def _unshared(session: AsyncSession, files: Sequence[str]) -> list[str]:
+    """The files no remaining row points at (raw mail and attachments are stored by content hash:
+    the same attachment from another customer is theirs too)."""
+    names = sorted({Path(f).name for f in files if f})
+    if not names:
+        return []
+    shared: set[str] = set()
+    for batch in _batches(names, 100):
+        hit = or_(*[cast(Interaction.meta, Text).contains(n) for n in batch],
+                  *[cast(Interaction.attachments, Text).contains(n) for n in batch])
+        for attachments, meta in (await session.execute(select(Interaction.attachments, Interaction.meta).where(hit))).all():
+            shared |= {Path(f).name for f in _files_of(attachments, meta)}
+    return sorted({f for f in files if f and Path(f).name not in shared})
+
+
+def remove_files(paths: Iterable[str], root: str | Path) -> list[str]:
+    """Deletes the given files that lie under `root` (the mail store); returns those it could not."""
+    base = Path(root).resolve()
+    failed = []
+    for name in paths:
+        path = Path(name).resolve()
+        if not path.is_relative_to(base):
+            continue  # never delete outside the store, whatever a row says
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            failed.append(str(path))
+    return failed

@@ -134,6 +134,17 @@ class Database:
         except (OSError, DBAPIError) as exc:
             raise explain(exc, self.url) from exc
 
+    async def scrub(self) -> None:
+        """After an erasure: SQLite keeps the old images of changed pages in its WAL until a
+        checkpoint copies the new ones into the file; TRUNCATE also empties the WAL file. (Freed
+        space in the file itself is zeroed as it is freed: secure_delete.)"""
+        if not self.is_sqlite:
+            return
+        async with self.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+            await driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     async def dispose(self) -> None:
         await self.engine.dispose()
 
@@ -149,6 +160,9 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
+        # Deleted and overwritten content (a forgotten customer's words) is zeroed, not left in
+        # free space for anyone reading the file.
+        cursor.execute("PRAGMA secure_delete=ON")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from sqlalchemy import select
 
@@ -10,7 +12,7 @@ from bot.pipeline import Pipeline
 from handlers.agents import answer
 from storage import customers
 from storage.db import Database
-from storage.models import CampaignDelivery, Conversation, Customer, Identity, Interaction, OutboxRow
+from storage.models import CampaignDelivery, Conversation, Customer, Identity, Interaction, OutboxRow, Survey
 
 
 async def seed(db: Database, *messages: tuple[str, str, str]) -> None:
@@ -42,6 +44,8 @@ async def test_merge_moves_everything_and_never_widens_consent(db: Database) -> 
         gone.vip = True
         gone.tags = ["wholesale"]
         s.add(CampaignDelivery(campaign="birthday", occasion="2027", customer_id=2))
+        s.add(Survey(conversation_id=2, customer_id=2, resolution=1, channel="webhook",
+                     expires_at=datetime.now(UTC), score=4))
     async with db.transaction() as s:
         result = await customers.merge(s, 1, 2)
     assert (result.identities, result.conversations, result.interactions) == (1, 1, 1)
@@ -57,6 +61,7 @@ async def test_merge_moves_everything_and_never_widens_consent(db: Database) -> 
         assert {row.customer_id for row in logged} == {1}
         assert logged[-1].meta == {"kind": "merge", "from": 2, "into": 1}
         assert delivery.customer_id == 1
+        assert set(await s.scalars(select(Survey.customer_id))) == {1}  # CSAT follows the person
         assert (await customers.live(s, gone)).id == 1
 
 
@@ -66,7 +71,7 @@ async def test_forget_erases_personal_data_and_keeps_counts(db: Database) -> Non
         await answer(s, 1, "Thanks Amy, refund on its way", agent="alice")
     async with db.transaction() as s:
         counts = await customers.forget(s, 1)
-    assert counts == {"identities": 1, "interactions": 2}
+    assert (counts.identities, counts.interactions) == (1, 2)
     async with db.sessions() as s:
         amy = await s.get(Customer, 1)
         texts = set(await s.scalars(select(Interaction.text).where(Interaction.customer_id == 1)))
