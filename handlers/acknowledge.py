@@ -13,7 +13,7 @@ import logging
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import outbox
@@ -21,7 +21,7 @@ from bot.config import Config
 from bot.messages import Outbound
 from handlers import care
 from handlers.templating import language_of
-from storage.models import OutboxRow
+from storage.models import Acknowledgement
 
 if TYPE_CHECKING:
     from bot.pipeline import Logged
@@ -31,19 +31,28 @@ log = logging.getLogger("kefu.acknowledge")
 SPOKEN = ("message", "complaint")
 
 
-async def acked_since(session: AsyncSession, conversation_id: int, channel: str, address: str, since: datetime) -> bool:
-    found = await session.scalar(
-        select(OutboxRow.id)
-        .where(
-            OutboxRow.dedupe_key.like("ack:%"),
-            OutboxRow.created_at > since,
-            or_(
-                OutboxRow.conversation_id == conversation_id,
-                (OutboxRow.channel == channel) & (OutboxRow.address == address),
-            ),
-        )
-        .limit(1)
+# Two lookups, each served by its own index (an OR of both would make SQLite read the table).
+_BY_CONVERSATION = (
+    select(Acknowledgement.id)
+    .where(Acknowledgement.conversation_id == bindparam("conversation"), Acknowledgement.at > bindparam("since"))
+    .limit(1)
+)
+_BY_ADDRESS = (
+    select(Acknowledgement.id)
+    .where(
+        Acknowledgement.channel == bindparam("channel"),
+        Acknowledgement.address == bindparam("address"),
+        Acknowledgement.at > bindparam("since"),
     )
+    .limit(1)
+)
+
+
+async def acked_since(session: AsyncSession, conversation_id: int, channel: str, address: str, since: datetime) -> bool:
+    # Autoflush on: an acknowledgement queued earlier in the same batch counts.
+    if await session.scalar(_BY_CONVERSATION, {"conversation": conversation_id, "since": since}) is not None:
+        return True
+    found = await session.scalar(_BY_ADDRESS, {"channel": channel, "address": address, "since": since})
     return found is not None
 
 
@@ -111,4 +120,6 @@ class Acknowledger:
             log_meta={"kind": "ack", "reason": reason, "expected_response_by": expected_at.isoformat()},
             at=now,
         )
+        session.add(Acknowledgement(conversation_id=conversation.id, channel=inbound.channel,
+                                    address=inbound.address, at=now))
         log.info("ack.queued conversation=%s reason=%s expected=%s", conversation.id, reason, expected_at.isoformat())

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage import surveys
 from storage.models import (
+    Acknowledgement,
     AuditEntry,
     CampaignDelivery,
     ChannelState,
@@ -343,6 +344,12 @@ async def _erase_outbox(
     ]
     if not conditions:
         return
+    if conversation_ids:
+        await session.execute(delete(Acknowledgement).where(Acknowledgement.conversation_id.in_(conversation_ids)))
+    for channel, found in by_channel.items():
+        await session.execute(
+            delete(Acknowledgement).where(Acknowledgement.channel == channel, Acknowledgement.address.in_(found))
+        )
     where = or_(*conditions)
     await session.execute(
         update(OutboxRow)

@@ -322,6 +322,23 @@ class SlaBreach(Base):
     breached_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
+class Acknowledgement(Base):
+    """When a customer was last told "we got it" (outside hours): the once-per-acknowledge_every
+    check reads this by index instead of searching the outbox, which only grows."""
+
+    __tablename__ = "acknowledgements"
+    __table_args__ = (
+        Index("ix_acknowledgements_conversation", "conversation_id", "at"),
+        Index("ix_acknowledgements_address", "channel", "address", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"))
+    channel: Mapped[str] = mapped_column(String(32))
+    address: Mapped[str] = mapped_column(String(320))
+    at: Mapped[datetime] = mapped_column(index=True)
+
+
 class Survey(Base):
     """满意度调查: one per resolution of a conversation, asked on resolve, answered 1-5."""
 

@@ -140,6 +140,20 @@ def upgrade() -> None:
     with op.batch_alter_table('telegram_links', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_telegram_links_customer_id'), ['customer_id'], unique=False)
 
+    op.create_table('acknowledgements',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('conversation_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('channel', sa.String(length=32), nullable=False),
+    sa.Column('address', sa.String(length=320), nullable=False),
+    sa.Column('at', sa.DateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['conversation_id'], ['conversations.id'], ),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('acknowledgements', schema=None) as batch_op:
+        batch_op.create_index('ix_acknowledgements_address', ['channel', 'address', 'at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_acknowledgements_at'), ['at'], unique=False)
+        batch_op.create_index('ix_acknowledgements_conversation', ['conversation_id', 'at'], unique=False)
+
     op.create_table('complaint_reasons',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('conversation_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -315,6 +329,12 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_complaint_reasons_conversation_id'))
 
     op.drop_table('complaint_reasons')
+    with op.batch_alter_table('acknowledgements', schema=None) as batch_op:
+        batch_op.drop_index('ix_acknowledgements_conversation')
+        batch_op.drop_index(batch_op.f('ix_acknowledgements_at'))
+        batch_op.drop_index('ix_acknowledgements_address')
+
+    op.drop_table('acknowledgements')
     with op.batch_alter_table('telegram_links', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_telegram_links_customer_id'))
 
