@@ -131,6 +131,8 @@ class OutboxConfig(Section):
     poll_interval_seconds: float = Field(1.0, gt=0)
     batch_size: int = Field(100, ge=1)
     lease_seconds: float = Field(120.0, gt=0)
+    # Sent rows older than this many days are deleted (hourly, in small batches); 0 keeps them all.
+    keep_sent_days: int = Field(90, ge=0)
 
 
 class LoggingConfig(Section):

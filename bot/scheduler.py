@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from bot.config import Config
 from handlers import greetings
 from handlers.consent import ConsentObserver
 from handlers.greetings import Outcome, Planner, Reach
 from handlers.templating import Templates
+from storage import retention
 from storage.db import Database
 from storage.models import utcnow
 
@@ -87,6 +89,25 @@ class CampaignScheduler:
             self._scheduler = None
 
 
+RETENTION_EVERY_SECONDS = 3600.0
+
+
+def retention_jobs(config: Config, db: Database) -> list[tuple[str, Callable[[], Awaitable[object]], float]]:
+    """[outbox] keep_sent_days: an hourly job deleting sent rows older than that (none for 0)."""
+    days = config.outbox.keep_sent_days
+    if not days:
+        return []
+
+    async def prune() -> int:
+        try:
+            return await retention.prune(db, utcnow(), keep=timedelta(days=days))
+        except Exception:  # logged; the next run picks the work up again
+            log.exception("outbox.retention.failure")
+            return 0
+
+    return [("outbox.retention", prune, RETENTION_EVERY_SECONDS)]
+
+
 def build_campaigns(kefu: Kefu) -> CampaignScheduler:
     """Wires campaigns into a Kefu whose channels are built and whose pipeline is not yet:
     checks every template (a broken one stops start-up with a ConfigError, not a failed greeting
@@ -96,4 +117,6 @@ def build_campaigns(kefu: Kefu) -> CampaignScheduler:
     greetings.validate(kefu.config, templates)
     kefu.observers.append(ConsentObserver(templates, cfg.opt_out_words, cfg.business_name))
     planner = Planner(kefu.config, templates, Reach.of(kefu.config, kefu.channels))
-    return CampaignScheduler(kefu.db, planner)
+    scheduler = CampaignScheduler(kefu.db, planner)
+    scheduler.jobs.extend(retention_jobs(kefu.config, kefu.db))
+    return scheduler
