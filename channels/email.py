@@ -37,6 +37,7 @@ from channels.mail_compose import Composer
 from channels.mail_compose import Identity as Sender
 from channels.mail_parse import (
     MailSystemError,
+    UNKNOWN_SENDER,
     MalformedMail,
     ParsedMail,
     Part,
@@ -248,13 +249,17 @@ def _to_inbound(
         if mail.dsn_status:
             meta["status"] = mail.dsn_status
         text = f"delivery failed to {', '.join(mail.failed_recipients)} ({mail.dsn_status or 'no status'})"
+        if mail.text:
+            text = f"{text}\n\n{mail.text}"  # the server's own explanation, as a mail client shows it
     elif mail.noise is not None:
         kind = "event"
         meta.update(kind="auto_reply" if mail.noise != "own_address" else "own_address", noise=mail.noise)
         text = f"{NOISE_TEXT.get(mail.noise, mail.noise)}: {mail.subject}\n\n{mail.text}".strip()
+    if mail.sender == UNKNOWN_SENDER:
+        meta["no_ack"] = "no sender address in From, Reply-To or Sender"
     return Inbound(
         channel=CHANNEL,
-        external_id=mail.message_id,
+        external_id=external_id(mail.message_id, raw),
         address=mail.sender,
         text=text,
         received_at=received,
@@ -268,6 +273,18 @@ def _to_inbound(
     )
 
 
+# RFC 5322 2.1.1: no line is longer than 998 characters, so no real Message-ID is either; a longer
+# one is stored as its hash (the same every time, so the log still deduplicates it).
+MAX_EXTERNAL_ID = 998
+
+
+def external_id(message_id: str, raw: bytes) -> str:
+    if len(message_id) <= MAX_EXTERNAL_ID:
+        return message_id
+    digest = hashlib.sha256(message_id.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+    return f"sha256-{digest}@long-message-id.kefu.invalid"
+
+
 _FROM = re.compile(rb"^From:[^\r\n]*?([A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+)", re.IGNORECASE | re.MULTILINE)
 
 
@@ -278,7 +295,7 @@ def _malformed(raw: bytes, raw_path: Path, reason: str, received: datetime, uid:
     msgid = re.search(rb"^Message-ID:\s*<([^<>\s]+)>", raw[:16384], re.IGNORECASE | re.MULTILINE)
     return Inbound(
         channel=CHANNEL,
-        external_id=msgid.group(1).decode("ascii", "replace") if msgid else synthetic_msgid(raw),
+        external_id=external_id(msgid.group(1).decode("ascii", "replace"), raw) if msgid else synthetic_msgid(raw),
         address=address,
         text=f"malformed email: {reason}",
         received_at=received,

@@ -252,12 +252,64 @@ EXPECT: dict[str, dict[str, Any]] = {
         "address": "mailer-daemon@mx.kefu.test", "kind": "event", "meta_kind": "bounce",
         "failed": ["gone.customer@example.org"], "has": ["gone.customer@example.org", "5.1.1"],
     },
-    "malformed__missing_boundary": {
-        "address": "broken@example.net", "kind": "event", "meta_kind": "malformed",
-        "has": ["malformed email"],
+    # One fixture per cause found on real mail (Zammad's corpus; issue 10): 7-bit charsets, short
+    # Latin-1 and GB2312 text, stray 8-bit bytes, part selection and lenient recovery.
+    "charset__iso2022jp_7bit": {
+        "address": "yamada@example.jp", "name": "山田太郎", "subject": "注文について",
+        "has": ["注文した商品がまだ届きません。至急確認してください。"],
     },
-    "malformed__no_sender": {
+    "charset__utf7": {
+        "address": "hans@example.de", "subject": "Lieferung überfällig",
+        "has": ["Meine Lieferung ist überfällig, bitte prüfen Sie das."],
+    },
+    "charset__hz": {
+        "address": "chen@example.cn", "subject": "退款问题", "has": ["我要求退款，商品质量有问题。"],
+    },
+    "charset__latin1_short_subject": {
+        "address": "martin@example.com", "subject": "aaäöüßad", "has": ["Grüße aus Köln"],
+    },
+    "charset__unlabelled_short_gb2312": {
+        "address": "wang@example.com", "subject": "发票", "has": ["关于订单的问题"],
+    },
+    "charset__ascii_label_stray_8bit": {
+        "address": "jose@example.com", "has": ["I paid 20€ twice, Señor."],
+    },
+    "parts__empty_plain_with_html": {
+        "address": "lin@example.cn", "has": ["我的订单 7788 还没有发货。"],
+    },
+    "parts__mixed_plain_and_html": {
+        "address": "ana@example.com",
+        "has": ["First, the box was open.\n\nSecond, the cup inside was broken.\n\nThird, please send a new one."],
+    },
+    "lenient__apple_no_boundary": {
+        "address": "maria@icloud.example", "has": ["The parcel arrived empty."], "lacks": ["<html", "Apple-Mail"],
+        "defects": ["NoBoundaryInMultipartDefect", "boundary_found_in_body"],
+    },
+    "lenient__boundary_mismatch": {
+        "address": "broken@example.net", "has": ["This part never matches the declared boundary."],
+        "lacks": ["--zzz"], "defects": ["StartBoundaryNotFoundDefect", "boundary_found_in_body"],
+    },
+    "lenient__unindented_folding": {
+        "address": "olga@example.org", "subject": "wrong size", "has": ["The shoes are a size too small."],
+        "defects": ["unindented_folding"],
+    },
+    "lenient__two_from_empty_first": {
+        "address": "lina@example.cn", "name": "Li Na", "has": ["请帮我换一个颜色。"],
+        "defects": ["sender_from_second_address"],
+    },
+    "lenient__reply_to_only": {
+        "address": "zhou@example.cn", "has": ["发票抬头需要修改。"], "defects": ["sender_from_reply_to"],
+    },
+    "lenient__no_sender": {
+        "address": "unknown@kefu.invalid", "has": ["There is no From header in this message."],
+        "defects": ["no_sender"],
+    },
+    "attachment__nul_in_filename": {
+        "address": "kim@example.com", "has": ["Photo of the damage attached."], "files": ["damage.png"],
+        "defects": ["unsafe_filename"],
+    },
+    "malformed__no_sender_no_text": {
         "address": "unknown@kefu.invalid", "kind": "event", "meta_kind": "malformed",
-        "has": ["no sender address"],
+        "has": ["malformed email", "no sender address"],
     },
 }

@@ -97,6 +97,8 @@ async def test_fixture_is_logged(name: str, mailbox: Mailbox, tmp_path: Path) ->
         assert row.meta["kind"] == expect["meta_kind"]
     if "failed" in expect:
         assert row.meta["failed_recipients"] == expect["failed"]
+    for defect in expect.get("defects", []):
+        assert defect in row.meta["defects"]
     assert Path(row.meta["raw_path"]).read_bytes() == raw  # nothing is lost
     assert flags == {1: "\\Seen"}  # acknowledged once committed
 
@@ -208,7 +210,7 @@ async def test_malformed_mail_does_not_stop_the_channel(mailbox: Mailbox, tmp_pa
     async with running_kefu(config, env_for(mailbox)) as kefu:
         await wait_connected(kefu)
         await mailbox.append(
-            simple(1), fixture_bytes("malformed__missing_boundary"), b"\x00\xff garbage\r\n", simple(2)
+            simple(1), fixture_bytes("malformed__no_sender_no_text"), b"\x00\xff garbage\r\n", simple(2)
         )
         found = await wait_for(kefu, lambda r: len(r) == 4)
     assert [r.direction for r in found] == ["in", "event", "event", "in"]

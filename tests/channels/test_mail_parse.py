@@ -46,6 +46,10 @@ def test_fixture_parses(name: str, tmp_path: Path) -> None:
     if "reply_to" in expect:
         assert list(inbound.reply_to) == expect["reply_to"]
     assert [a.name for a in inbound.attachments] == expect.get("files", [])
+    if "subject" in expect:
+        assert inbound.meta["subject"] == expect["subject"]
+    for defect in expect.get("defects", []):
+        assert defect in inbound.meta["defects"]  # what was recovered stays visible
 
 
 def test_oversized_attachment_is_described_not_kept(tmp_path: Path) -> None:
@@ -73,6 +77,24 @@ def test_unwritable_store_is_a_system_error(tmp_path: Path) -> None:
         ("café".encode(), "iso-8859-1", "café"),  # UTF-8 under a Latin-1 label
         ("café".encode("cp1252"), "iso-8859-1", "café"),
         ("plain".encode(), None, "plain"),
+        # 7-bit charsets: the label is read before the bytes are taken for ASCII
+        ("注文について".encode("iso2022_jp"), "iso-2022-jp", "注文について"),
+        ("Überfällig".encode("utf-7"), "utf-7", "Überfällig"),
+        ("退款问题".encode("hz"), "hz-gb-2312", "退款问题"),
+        ("注文について".encode("iso2022_jp"), None, "注文について"),  # unlabelled escapes
+        # short Latin-1 text is never turned into CJK, labelled or not
+        ("aaäöüßad".encode("latin-1"), "iso-8859-1", "aaäöüßad"),
+        ("aaäöüßad".encode("latin-1"), None, "aaäöüßad"),
+        ("Grüße".encode("latin-1"), None, "Grüße"),
+        # short unlabelled GB2312
+        ("发票".encode("gb2312"), None, "发票"),
+        ("关于订单的问题".encode("gb2312"), None, "关于订单的问题"),
+        # a stray 8-bit byte under an ASCII label is its Windows-1252 letter, not U+FFFD
+        (b"20\x80 paid", "us-ascii", "20€ paid"),
+        (b"Se\xf1or", "us-ascii", "Señor"),
+        # labels mail uses that are not Python's names
+        ("メルマガ".encode("cp932"), "x-sjis", "メルマガ"),
+        ("①".encode("cp932"), "shift_jis", "①"),
     ],
 )
 def test_charsets(data: bytes, label: str | None, expected: str) -> None:
