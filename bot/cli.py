@@ -9,6 +9,8 @@ import json
 import sys
 from collections.abc import Callable
 from datetime import datetime
+from importlib.metadata import version as package_version
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -20,11 +22,17 @@ from bot.cli_campaigns import campaigns_app, customers_import
 from bot.cli_common import (
     DEFAULT_CONFIG,
     ConfigOption,
+    FormatOption,
     cells,
+    check_format,
     err,
     fail,
+    fit_output,
+    listing,
     load,
     out,
+    root_options,
+    tidy_help,
     with_db,
 )
 from bot.cli_common import since as parse_since
@@ -43,6 +51,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 db_app = typer.Typer(help="The database.", no_args_is_help=True)
 customers_app = typer.Typer(help="Customers and their identities.", no_args_is_help=True)
@@ -58,6 +67,37 @@ app.add_typer(campaigns_app, name="campaigns")
 customers_app.command("import")(customers_import)
 app.command("report")(report)
 app.add_typer(email_app, name="email")
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        out.print(f"kefu {package_version('kefu')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            metavar="PATH",
+            help="Path to config.toml (before or after the command; default ./config.toml, "
+            "or $KEFU_CONFIG).",
+        ),
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Print kefu's version."
+        ),
+    ] = False,
+) -> None:
+    root_options.config = config
+    fit_output()
+
 
 def _ts(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M") if value else "—"
@@ -125,7 +165,9 @@ def log_export(
         async with db.sessions() as session:
             async for row in interactions.export(session, when):
                 if writer is not None:
-                    writer.writerow({**row, "attachments": json.dumps(row["attachments"], ensure_ascii=False)})
+                    writer.writerow(
+                        {**row, "attachments": json.dumps(row["attachments"], ensure_ascii=False)}
+                    )
                 else:
                     sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
                 n += 1
@@ -141,38 +183,68 @@ def conversations_list(
     status: Annotated[str | None, typer.Option(help="open, pending, resolved or closed.")] = None,
     complaints: Annotated[bool, typer.Option("--complaints", help="Complaints only.")] = False,
     limit: Annotated[int, typer.Option(min=1)] = 50,
+    fmt: FormatOption = "table",
 ) -> None:
     """List conversations, most recently active first."""
+    check_format(fmt)
 
-    async def work(db: Database) -> Table:
+    async def work(db: Database) -> list[dict[str, Any]]:
         async with db.sessions() as session:
             rows = await conversations.listing(
                 session, status=status, complaints_only=complaints, limit=limit
             )
-        table = Table("id", "customer", "status", "priority", "complaint", "channel", "updated")
-        for conv, cust in rows:
-            table.add_row(*cells(
-                str(conv.id),
-                f"{cust.display_name or '—'} (#{cust.id})",
-                conv.status,
-                conv.priority,
-                "yes" if conv.is_complaint else "",
-                conv.reply_channel or "—",
-                _ts(conv.updated_at),
-            ))
-        return table
+        return [
+            {
+                "id": conv.id,
+                "customer_id": cust.id,
+                "customer": cust.display_name,
+                "status": conv.status,
+                "priority": conv.priority,
+                "complaint": bool(conv.is_complaint),
+                "channel": conv.reply_channel,
+                "updated_at": conv.updated_at,
+            }
+            for conv, cust in rows
+        ]
 
-    out.print(with_db(load(config), work))
+    listing(
+        fmt,
+        with_db(load(config), work),
+        [
+            "id",
+            "customer_id",
+            "customer",
+            "status",
+            "priority",
+            "complaint",
+            "channel",
+            "updated_at",
+        ],
+        shown=lambda r: [
+            r["id"],
+            f"{r['customer'] or '—'} (#{r['customer_id']})",
+            r["status"],
+            r["priority"],
+            "yes" if r["complaint"] else "",
+            r["channel"],
+            _ts(r["updated_at"]),
+        ],
+        columns_shown=["id", "customer", "status", "priority", "complaint", "channel", "updated"],
+    )
 
 
 AsOption = Annotated[
     str | None,
-    typer.Option("--as", help="Staff name to act as, with that role (default: your login, as admin)."),
+    typer.Option(
+        "--as", help="Staff name to act as, with that role (default: your login, as admin)."
+    ),
 ]
 
 
 def _status_command(to: str, verb: str, doc: str) -> None:
-    def command(conversation_id: int, config: ConfigOption = DEFAULT_CONFIG, as_name: AsOption = None) -> None:
+    def command(
+        conversation_id: int, config: ConfigOption = DEFAULT_CONFIG, as_name: AsOption = None
+    ) -> None:
         cfg = load(config)
 
         async def work(db: Database) -> lifecycle.Change:
@@ -189,10 +261,18 @@ def _status_command(to: str, verb: str, doc: str) -> None:
 
 
 for _to, _verb, _doc in (
-    ("resolved", "resolve", "Resolve a conversation and ask the customer for a 1-5 rating (agents: their own)."),
+    (
+        "resolved",
+        "resolve",
+        "Resolve a conversation and ask the customer for a 1-5 rating (agents: their own).",
+    ),
     ("pending", "pending", "Mark a conversation as waiting on the customer (agents: their own)."),
     ("open", "reopen", "Reopen a resolved or pending conversation (lead)."),
-    ("closed", "close", "Close a conversation; the customer's next message starts a new one (lead)."),
+    (
+        "closed",
+        "close",
+        "Close a conversation; the customer's next message starts a new one (lead).",
+    ),
 ):
     _status_command(_to, _verb, _doc)
 
@@ -249,11 +329,23 @@ def customers_show(ref: str, config: ConfigOption = DEFAULT_CONFIG) -> None:
         parts.append(head)
         idt = Table("channel", "address", "reachable", title="identities")
         for i in ids:
-            idt.add_row(*cells(i.channel, i.address, "yes" if i.reachable else f"no: {i.unreachable_reason}"))
+            idt.add_row(
+                *cells(
+                    i.channel, i.address, "yes" if i.reachable else f"no: {i.unreachable_reason}"
+                )
+            )
         parts.append(idt)
         ct = Table("id", "status", "priority", "complaint", "updated", title="conversations")
         for c in convs:
-            ct.add_row(*cells(str(c.id), c.status, c.priority, "yes" if c.is_complaint else "", _ts(c.updated_at)))
+            ct.add_row(
+                *cells(
+                    str(c.id),
+                    c.status,
+                    c.priority,
+                    "yes" if c.is_complaint else "",
+                    _ts(c.updated_at),
+                )
+            )
         parts.append(ct)
         return parts
 
@@ -287,13 +379,16 @@ def customers_merge(
 
 @customers_app.command("link-telegram")
 def customers_link_telegram(customer_id: int, config: ConfigOption = DEFAULT_CONFIG) -> None:
-    """Print a single-use t.me deep link that ties the Telegram user who opens it to this customer."""
+    """Print a single-use t.me link that ties the Telegram user who opens it to this customer."""
     from handlers import telegram_links
 
     cfg = load(config)
     username = cfg.telegram.bot_username
     if not username:
-        fail("set [telegram] bot_username (the bot's @username, from @BotFather) to make t.me links", 2)
+        fail(
+            "set [telegram] bot_username (the bot's @username, from @BotFather) to make t.me links",
+            2,
+        )
     assert username is not None
 
     async def work(db: Database) -> str:
@@ -390,7 +485,9 @@ def conversations_forget(
 def staff_add(
     name: Annotated[str, typer.Option("--name", help="Unique name, used by /assign and --as.")],
     config: ConfigOption = DEFAULT_CONFIG,
-    telegram_id: Annotated[int | None, typer.Option("--telegram-id", help="Telegram user id.")] = None,
+    telegram_id: Annotated[
+        int | None, typer.Option("--telegram-id", help="Telegram user id.")
+    ] = None,
     email: Annotated[str | None, typer.Option("--email")] = None,
     role: Annotated[str, typer.Option("--role", help="agent, lead or admin.")] = "agent",
     as_name: AsOption = None,
@@ -404,7 +501,9 @@ def staff_add(
             member = await staff.add(
                 session, name, telegram_user_id=telegram_id, email=email, role=role
             )
-            audit.record(session, actor.name, "staff.add", f"staff:{member.id}", name=name, role=role)
+            audit.record(
+                session, actor.name, "staff.add", f"staff:{member.id}", name=name, role=role
+            )
             return member.id
 
     member_id = with_db(load(config), work)
@@ -412,48 +511,89 @@ def staff_add(
 
 
 @staff_app.command("list")
-def staff_list(config: ConfigOption = DEFAULT_CONFIG) -> None:
+def staff_list(config: ConfigOption = DEFAULT_CONFIG, fmt: FormatOption = "table") -> None:
     """List the support team."""
+    check_format(fmt)
 
-    async def work(db: Database) -> Table:
+    async def work(db: Database) -> list[dict[str, Any]]:
         async with db.sessions() as session:
             members = await staff.all_staff(session)
-        table = Table("id", "name", "role", "telegram id", "email", "active", "on duty")
-        for m in members:
-            table.add_row(*cells(
-                str(m.id),
-                m.name,
-                m.role,
-                str(m.telegram_user_id or "—"),
-                m.email or "—",
-                "yes" if m.active else "no",
-                "yes" if m.on_duty else "no",
-            ))
-        return table
+        return [
+            {
+                "id": m.id,
+                "name": m.name,
+                "role": m.role,
+                "telegram_id": m.telegram_user_id,
+                "email": m.email,
+                "active": bool(m.active),
+                "on_duty": bool(m.on_duty),
+            }
+            for m in members
+        ]
 
-    out.print(with_db(load(config), work))
+    listing(
+        fmt,
+        with_db(load(config), work),
+        ["id", "name", "role", "telegram_id", "email", "active", "on_duty"],
+        shown=lambda r: [
+            r["id"],
+            r["name"],
+            r["role"],
+            r["telegram_id"],
+            r["email"],
+            "yes" if r["active"] else "no",
+            "yes" if r["on_duty"] else "no",
+        ],
+        columns_shown=["id", "name", "role", "telegram id", "email", "active", "on duty"],
+    )
 
 
 @app.command("audit")
 def audit_show(
     config: ConfigOption = DEFAULT_CONFIG,
-    since: Annotated[str | None, typer.Option(help="Only entries at or after this ISO time.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only entries at or after this ISO time.")
+    ] = None,
     as_name: AsOption = None,
+    fmt: FormatOption = "table",
 ) -> None:
     """Show the audit log (操作记录): who did what, to what, when (admin)."""
+    check_format(fmt)
     when = parse_since(since)
 
-    async def work(db: Database) -> Table:
+    async def work(db: Database) -> list[dict[str, Any]]:
         async with db.sessions() as session:
             roles.require(await roles.cli_actor(session, as_name), "audit")
             entries = await audit.since(session, when)
-        table = Table("at", "actor", "action", "subject", "detail")
-        for e in entries:
-            table.add_row(*cells(_ts(e.at), e.actor, e.action, e.subject, json.dumps(e.detail, ensure_ascii=False)))
-        return table
+        return [
+            {
+                "at": e.at,
+                "actor": e.actor,
+                "action": e.action,
+                "subject": e.subject,
+                "detail": e.detail,
+            }
+            for e in entries
+        ]
 
-    out.print(with_db(load(config), work))
+    listing(
+        fmt,
+        with_db(load(config), work),
+        ["at", "actor", "action", "subject", "detail"],
+        shown=lambda r: [
+            _ts(r["at"]),
+            r["actor"],
+            r["action"],
+            r["subject"],
+            json.dumps(r["detail"], ensure_ascii=False) if r["detail"] else "",
+        ],
+    )
+
+
+def command() -> Any:
+    """The click command `kefu` runs: the typer app with plain help."""
+    return tidy_help(typer.main.get_command(app))
 
 
 def main() -> None:
-    app()
+    command()(prog_name="kefu")

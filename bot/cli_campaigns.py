@@ -11,15 +11,27 @@ import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from bot.cli_common import DEFAULT_CONFIG, ConfigOption, err, fail, load, out, with_db
+from bot.cli_common import (
+    DEFAULT_CONFIG,
+    ConfigOption,
+    FormatOption,
+    check_format,
+    err,
+    fail,
+    listing,
+    load,
+    out,
+    with_db,
+)
+from bot.cli_common import day as parse_day
+from bot.cli_common import since as parse_since
 from bot.config import Config, ConfigError
 from handlers import customer_import as rows
 from handlers import greetings
@@ -69,7 +81,6 @@ async def import_customers(
     """Validates every row, upserts the valid ones in batches; on_progress(done, total)."""
     header, numbered, total = rows.read_rows(path)
     counts = upserts.Counts()
-    done = 0
     pending: list[rows.Record] = []
 
     async def flush() -> None:
@@ -78,13 +89,12 @@ async def import_customers(
             counts.add(await upserts.upsert(db, pending))
             pending = []
 
-    for number, cells in numbered:
+    for done, (number, cells) in enumerate(numbered, start=1):
         result = rows.validate(number, header, cells, settings)
         if isinstance(result, rows.Rejected):
             counts.rejected.append(result)
         else:
             pending.append(result)
-        done += 1
         if len(pending) >= batch:
             await flush()
         if on_progress is not None and (done % batch == 0 or done == total):
@@ -96,7 +106,9 @@ async def import_customers(
 
 def write_rejected(path: Path, rejected: list[rows.Rejected]) -> None:
     with path.open("w", newline="", encoding="utf-8-sig") as fh:  # BOM: Excel opens it as UTF-8
-        writer = csv.DictWriter(fh, fieldnames=["row", "reason", *rows.COLUMNS], extrasaction="ignore")
+        writer = csv.DictWriter(
+            fh, fieldnames=["row", "reason", *rows.COLUMNS], extrasaction="ignore"
+        )
         writer.writeheader()
         for r in rejected:
             writer.writerow({"row": r.row, "reason": r.reason, **r.values})
@@ -107,7 +119,9 @@ def customers_import(
     config: ConfigOption = DEFAULT_CONFIG,
     rejected_path: Annotated[
         Path | None,
-        typer.Option("--rejected", help="Where to write rejected rows (default: FILE.rejected.csv)."),
+        typer.Option(
+            "--rejected", help="Where to write rejected rows (default: FILE.rejected.csv)."
+        ),
     ] = None,
 ) -> None:
     """Import customers (name, email, phone, telegram_id, birthday, timezone, language, tags,
@@ -162,11 +176,7 @@ def _campaign(value: str) -> Campaign:
 
 
 def _day(value: str) -> date:
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        fail(f"--date has value {value!r}: use YYYY-MM-DD, e.g. 2027-02-06", 2)
-        raise
+    return parse_day(value, "--date")
 
 
 def _planner(cfg: Config) -> Planner:
@@ -179,7 +189,7 @@ def _planner(cfg: Config) -> Planner:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @campaigns_app.command("preview")
@@ -187,12 +197,14 @@ def campaigns_preview(
     campaign: CampaignArg,
     day: DateOption,
     config: ConfigOption = DEFAULT_CONFIG,
-    fmt: Annotated[str, typer.Option("--format", help="table or jsonl.")] = "table",
+    fmt: Annotated[
+        str, typer.Option("--format", metavar="FORMAT", help="table, jsonl, json or csv.")
+    ] = "table",
 ) -> None:
-    """Show who would be greeted on a day, on which channel, when and with what text; sends nothing."""
+    """Show who would be greeted on a day, on which channel, when and with what text (also
+    where it would not be sent, and why); sends nothing."""
     which, when = _campaign(campaign), _day(day)
-    if fmt not in ("table", "jsonl"):
-        fail(f"--format has value {fmt!r}: use table or jsonl", 2)
+    check_format(fmt, ("table", "jsonl", "json", "csv"))
     cfg = load(config)
     planner = _planner(cfg)
 
@@ -205,23 +217,47 @@ def campaigns_preview(
             sys.stdout.write(json.dumps(g.to_json(), ensure_ascii=False) + "\n")
         return
     occ = greetings.occasion(cfg.campaigns, which, when)
-    if occ is None:
+    if occ is None and fmt == "table":
         out.print(f"no selected holiday on {when} in {', '.join(cfg.campaigns.holidays.countries)}")
         return
-    title = f"{which} {occ.key}" + (f" — {occ.names.get('zh')} / {occ.names.get('en')}" if occ.names else "")
-    table = Table("customer", "name", "channel", "address", "send at (UTC)", "text", title=title)
-    for g in found:
-        table.add_row(
-            str(g.customer_id),
-            g.name or "—",
-            g.channel or "[yellow]skip[/]",
-            g.address or (g.skip or ""),
-            g.send_at.strftime("%Y-%m-%d %H:%M") if g.send_at else "—",
-            g.text or "",
-        )
-    out.print(table)
-    sent = sum(1 for g in found if not g.skip)
-    out.print(f"{sent} greetings, {len(found) - sent} skipped (nothing was sent)")
+    names = f" — {occ.names.get('zh')} / {occ.names.get('en')}" if occ and occ.names else ""
+    rows = [{**g.to_json(), "not_sent_because": g.skip} for g in found]
+    listing(
+        fmt,
+        rows,
+        [
+            "customer_id",
+            "name",
+            "channel",
+            "address",
+            "send_at",
+            "occasion",
+            "text",
+            "not_sent_because",
+        ],
+        title=f"{which} {occ.key if occ else when}{names}",
+        shown=lambda r: [
+            r["customer_id"],
+            r["name"],
+            r["channel"],
+            r["address"],
+            r["send_at"][:16].replace("T", " ") if r["send_at"] else None,
+            r["text"],
+            r["not_sent_because"] or "",
+        ],
+        columns_shown=[
+            "customer",
+            "name",
+            "channel",
+            "address",
+            "send at (UTC)",
+            "text",
+            "not sent because",
+        ],
+    )
+    if fmt == "table":
+        sent = sum(1 for g in found if not g.skip)
+        out.print(f"{sent} greetings, {len(found) - sent} skipped (nothing was sent)")
 
 
 @campaigns_app.command("run")
@@ -239,7 +275,11 @@ def campaigns_run(
         with _progress() as progress:
             task = progress.add_task(f"{which} {when}", total=None)
             return await planner.plan(
-                db, which, when, _now(), lead=None,
+                db,
+                which,
+                when,
+                _now(),
+                lead=None,
                 on_progress=lambda n: progress.update(task, completed=n),
             )
 
@@ -255,17 +295,14 @@ def campaigns_run(
 @campaigns_app.command("report")
 def campaigns_report(
     config: ConfigOption = DEFAULT_CONFIG,
-    since: Annotated[str | None, typer.Option(help="Only greetings planned at or after this ISO time.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only greetings planned at or after this ISO time.")
+    ] = None,
+    fmt: FormatOption = "table",
 ) -> None:
     """Greetings planned, sent, failed and skipped, with the reasons."""
-    when: datetime | None = None
-    if since is not None:
-        try:
-            when = datetime.fromisoformat(since)
-        except ValueError:
-            fail(f"--since has value {since!r}: use an ISO date or time, e.g. 2027-02-01", 2)
-        assert when is not None
-        when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    check_format(fmt)
+    when = parse_since(since)
     cfg = load(config)
 
     async def work(db: Database) -> list[campaign_store.ReportLine]:
@@ -273,8 +310,11 @@ def campaigns_report(
             return await campaign_store.report(session, when)
 
     lines = with_db(cfg, work)
-    table = Table("campaign", "outcome", "count")
-    table.add_column("reason", overflow="fold")
-    for line in lines:
-        table.add_row(line.campaign, line.outcome, str(line.count), line.reason)
-    out.print(table)
+    listing(
+        fmt,
+        [
+            {"campaign": x.campaign, "outcome": x.outcome, "count": x.count, "reason": x.reason}
+            for x in lines
+        ],
+        ["campaign", "outcome", "count", "reason"],
+    )

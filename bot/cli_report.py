@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Group
+from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
+from rich.text import Text
 
-from bot.cli_common import err, fail, load, out, with_db
+from bot.cli_common import DEFAULT_CONFIG, ConfigOption, err, fail, load, out, table, with_db
 from bot.cli_common import since as parse_since
 from handlers import report as reports
 from handlers import roles
@@ -34,63 +34,82 @@ def duration(seconds: float | None) -> str:
     return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} d"
 
 
+def section(heading: str, grid: Table) -> list[RenderableType]:
+    """A heading on its own line (a table title wraps to the table's width), then the table,
+    left out when it has no rows."""
+    title = Text(heading, style="bold")
+    return [title, grid] if grid.row_count else [title]
+
+
 def render(data: dict[str, Any]) -> Group:
     c, rt, csat, sla = data["complaints"], data["response_times"], data["csat"], data["sla"]
-    parts: list[Any] = []
-    weeks = Table("week of", "complaints", title=f"Complaints: {c['total']}")
+    parts: list[RenderableType] = []
+    weeks = table("week of", "complaints")
     for row in c["by_week"]:
         weeks.add_row(row["week"], str(row["count"]))
-    parts.append(weeks)
-    kinds = Table("severity", "complaints", title="By severity")
-    for severity, n in sorted(c["by_severity"].items()):
-        kinds.add_row(escape(severity), str(n))
-    parts.append(kinds)
-    cues = Table("cue", "complaints", title="By cue")
-    for row in c["by_cue"]:
-        cues.add_row(escape(row["reason"]), str(row["count"]))
-    parts.append(cues)
-    times = Table("", "count", "median", "p90", title="Response times")
+    parts += section(f"Complaints: {c['total']}", weeks)
+    if c["total"]:
+        kinds = table("severity", "complaints")
+        for severity, n in sorted(c["by_severity"].items()):
+            kinds.add_row(escape(severity), str(n))
+        parts += section("By severity", kinds)
+        cues = table("cue", "complaints")
+        for row in c["by_cue"]:
+            cues.add_row(escape(row["reason"]), str(row["count"]))
+        parts += section("By cue", cues)
+    times = table("", "count", "median", "p90")
     for label, spread in (
         ("first response", rt["first_response"]),
         ("resolution", rt["resolution"]),
         ("complaints: first response", rt["complaints"]["first_response"]),
         ("complaints: resolution", rt["complaints"]["resolution"]),
     ):
-        times.add_row(label, str(spread["count"]), duration(spread["median_seconds"]), duration(spread["p90_seconds"]))
-    parts.append(times)
-    sat = Table("score", "answers", title=(
-        f"CSAT: average {csat['average'] if csat['average'] is not None else '—'}"
-        f" ({csat['answered']} of {csat['asked']} surveys answered)"
-    ))
-    for score, n in csat["distribution"].items():
-        sat.add_row(score, str(n))
-    parts.append(sat)
-    breaches = Table("", "breaches", title=f"SLA breaches: {sla['breaches']}")
+        times.add_row(
+            label,
+            str(spread["count"]),
+            duration(spread["median_seconds"]),
+            duration(spread["p90_seconds"]),
+        )
+    parts += section("Response times", times)
+    average = csat["average"] if csat["average"] is not None else "—"
+    sat = table("score", "answers")
+    if csat["answered"]:
+        for score, n in csat["distribution"].items():
+            sat.add_row(score, str(n))
+    parts += section(
+        f"CSAT: average {average} ({csat['answered']} of {csat['asked']} surveys answered)", sat
+    )
+    breaches = table("", "breaches")
     for group in ("by_target", "by_priority", "by_team"):
         for key, n in sorted(sla[group].items()):
             breaches.add_row(f"{group.removeprefix('by_')} {escape(key)}", str(n))
-    parts.append(breaches)
-    agents = Table("agent", "assigned", "resolved", "complaints", "first response (median)", "CSAT", "breaches",
-                   title="Per agent")
+    parts += section(f"SLA breaches: {sla['breaches']}", breaches)
+    agents = table(
+        "agent", "assigned", "resolved", "complaints", "first response (median)", "CSAT", "breaches"
+    )
     for a in data["agents"]:
         agents.add_row(
-            escape(a["name"]), str(a["assigned"]), str(a["resolved"]), str(a["complaints"]),
+            escape(a["name"]),
+            str(a["assigned"]),
+            str(a["resolved"]),
+            str(a["complaints"]),
             duration(a["first_response_median_seconds"]),
             f"{a['csat_average']} ({a['csat_answers']})" if a["csat_average"] is not None else "—",
             str(a["sla_breaches"]),
         )
-    parts.append(agents)
+    parts += section("Per agent", agents)
     return Group(*parts)
 
 
 def report(
-    config: Annotated[
-        Path, typer.Option("--config", "-c", envvar="KEFU_CONFIG", help="Path to config.toml.")
-    ] = Path("config.toml"),
-    since: Annotated[str | None, typer.Option(help="Only conversations since this ISO date or time.")] = None,
+    config: ConfigOption = DEFAULT_CONFIG,
+    since: Annotated[
+        str | None, typer.Option(help="Only conversations since this ISO date or time.")
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
     as_name: Annotated[
-        str | None, typer.Option("--as", help="Staff name to act as (default: your login, as admin).")
+        str | None,
+        typer.Option("--as", help="Staff name to act as (default: your login, as admin)."),
     ] = None,
 ) -> None:
     """Complaints, response times, CSAT and SLA breaches (role lead or admin)."""
@@ -109,8 +128,12 @@ def report(
             steps = builder.steps()
             # On stderr, and only on a terminal: stdout stays one clean JSON document.
             with Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                console=err, transient=True, disable=not err.is_terminal,
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                console=err,
+                transient=True,
+                disable=not err.is_terminal,
             ) as progress:
                 task = progress.add_task("report", total=len(steps))
                 for label, step in steps:

@@ -488,8 +488,11 @@ class Planner:
             "campaigns.plan.skipped campaign=%s occasion=%s customer=%s reason=%s",
             occ.campaign, occ.key, c.id, reason,
         )
+        # The text is rendered all the same: a preview shows what a greeting will say before
+        # its channel is set up (sending never uses a skipped greeting's text).
+        text = self.templates.render(occ.template, lang, context(c, occ, lang, self.cfg.business_name))
         return Greeting(occ.campaign, occ.key, c.id, c.display_name, lang, None, None,
-                        t.send_at, t.expires_at, None, reason)
+                        t.send_at, t.expires_at, text, reason)
 
     async def preview(self, db: Database, campaign: Campaign, day: date, now: datetime) -> list[Greeting]:
         """What plan() would do for the whole day, whatever the hour; writes nothing."""

@@ -64,9 +64,17 @@ def _reason(exc: BaseException) -> str:
     return text_[0] if text_ else type(exc).__name__
 
 
+_CANNOT_OPEN = (
+    "unable to open", "readonly", "read-only", "disk i/o", "not a database", "malformed",
+    "file exists", "permission", "no such file", "not a directory", "is a directory",
+)
+
+
 def _sqlite_error(url: URL, reason: str) -> StorageError:
     path = Path(url.database or ":memory:").resolve()
     lowered = reason.lower()
+    if not any(cue in lowered for cue in _CANNOT_OPEN):
+        return StorageError(f"SQLite database {path}: {reason}")
     if path.is_dir():
         advice = "that path is a folder: name a file in it instead"
     elif "readonly" in lowered or "read-only" in lowered:

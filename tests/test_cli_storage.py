@@ -44,7 +44,12 @@ def kefu_run(config: Path, cwd: Path | None = None) -> subprocess.CompletedProce
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEFU_")}
     return subprocess.run(
         [sys.executable, "-m", "bot", "run", "--config", str(config)],
-        cwd=cwd or config.parent, env=env, capture_output=True, text=True, timeout=60, check=False,
+        cwd=cwd or config.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -100,7 +105,8 @@ def read_only_mount(tmp_path: Path) -> Iterator[Path]:
     mount.mkdir()
     mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
-        capture_output=True, check=False,
+        capture_output=True,
+        check=False,
     )
     if mounted.returncode != 0:
         pytest.skip("cannot mount a file system here (needs root in a container that allows it)")
@@ -174,27 +180,24 @@ def test_run_uses_the_database_next_to_the_config_file(tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     config = write_config(home, "sqlite+aiosqlite:///kefu.db")
-    # A taken port ends `kefu run` right after the migration, which shows where the database went.
-    with socket_bound() as port:
-        config.write_text(config.read_text() + f"[http]\nport = {port}\n")
-        kefu_run(config, cwd=elsewhere)
+    config.write_text(config.read_text() + f"[http]\nport = {free_port()}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEFU_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bot", "run", "--config", str(config)],
+        cwd=elsewhere,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        for line in iter(proc.stderr.readline, ""):
+            if "kefu.started" in line:
+                break
+        proc.terminate()
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert (home / "kefu.db").exists()
     assert list(elsewhere.iterdir()) == []
-
-
-def socket_bound() -> _Bound:
-    return _Bound()
-
-
-class _Bound:
-    def __enter__(self) -> int:
-        import socket
-
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen()
-        port: int = self.sock.getsockname()[1]
-        return port
-
-    def __exit__(self, *exc: object) -> None:
-        self.sock.close()

@@ -34,8 +34,12 @@ def start(config: Path) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEFU_")}
     return subprocess.Popen(
         [sys.executable, "-m", "bot", "run", "--config", str(config)],
-        cwd=config.parent, env={**env, "SHOP_SECRET": SECRET},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        cwd=config.parent,
+        env={**env, "SHOP_SECRET": SECRET},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
 
 
@@ -95,12 +99,18 @@ def test_access_log_and_quiet_third_parties(tmp_path: Path) -> None:
                 404: client.post("/webhooks/nosuch", content=b"{}"),
                 413: client.post("/webhooks/shop", content=b"x" * 4096),
                 422: client.post("/webhooks/shop", **_signed(f'{{"text": "{private}"'.encode())),
-                202: client.post("/webhooks/shop", **_signed(
-                    {"id": "m-1", "user": {"id": "c-1", "name": "张三"}, "text": private}
-                )),
-                200: client.post("/webhooks/shop", **_signed(
-                    {"id": "m-1", "user": {"id": "c-1", "name": "张三"}, "text": private}
-                )),
+                202: client.post(
+                    "/webhooks/shop",
+                    **_signed(
+                        {"id": "m-1", "user": {"id": "c-1", "name": "张三"}, "text": private}
+                    ),
+                ),
+                200: client.post(
+                    "/webhooks/shop",
+                    **_signed(
+                        {"id": "m-1", "user": {"id": "c-1", "name": "张三"}, "text": private}
+                    ),
+                ),
                 401: client.post(
                     "/webhooks/shop", content=b"{}", headers={"X-Kefu-Timestamp": "1"}
                 ),
@@ -126,7 +136,7 @@ def test_access_log_and_quiet_third_parties(tmp_path: Path) -> None:
 
 
 def _signed(payload: object) -> dict[str, object]:
-    body, headers = signed(SECRET, payload if isinstance(payload, bytes) else json.loads(
-        json.dumps(payload)
-    ))
+    body, headers = signed(
+        SECRET, payload if isinstance(payload, bytes) else json.loads(json.dumps(payload))
+    )
     return {"content": body, "headers": headers}
