@@ -258,6 +258,8 @@ class Kefu:
             route=self.care.router,
             observers=self.observers,
             on_commit=self.worker.wake,
+            max_queue=config.pipeline.max_queue,
+            queue_wait_seconds=config.pipeline.queue_wait_seconds,
         )
         self._tasks: list[asyncio.Task[Any]] = []
         self.server: uvicorn.Server | None = None

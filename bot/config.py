@@ -135,6 +135,13 @@ class OutboxConfig(Section):
     keep_sent_days: int = Field(90, ge=0)
 
 
+class PipelineConfig(Section):
+    # Messages waiting for the database writer; when it is full a sender waits up to
+    # queue_wait_seconds for room, then is told to retry (webhook: 503 with Retry-After).
+    max_queue: int = Field(1000, ge=1)
+    queue_wait_seconds: float = Field(2.0, ge=0)
+
+
 class LoggingConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -454,6 +461,7 @@ class Config(Section):
     email: EmailConfig = EmailConfig()
     webhook: WebhookConfig = WebhookConfig()
     outbox: OutboxConfig = OutboxConfig()
+    pipeline: PipelineConfig = PipelineConfig()
     logging: LoggingConfig = LoggingConfig()
     complaints: ComplaintsConfig = ComplaintsConfig()
     campaigns: CampaignsConfig = CampaignsConfig()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -12,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from bot.metrics import Metrics
+from bot.pipeline import Rejected, Unavailable
 from channels.webhook import WebhookChannel
 
 log = logging.getLogger("kefu.http")
@@ -63,6 +65,17 @@ def build_app(
             return Response(status_code=400)
         try:
             reply = await webhook.handle(source, request.headers, body)
+        except Unavailable as exc:
+            metrics.inbound.labels("webhook", "unavailable").inc()
+            return JSONResponse(
+                {"error": exc.reason, "message": f"{exc}; send it again later",
+                 "retry_after": exc.retry_after},
+                503,
+                headers={"Retry-After": str(math.ceil(exc.retry_after))},
+            )
+        except Rejected as exc:
+            metrics.inbound.labels("webhook", "rejected").inc()
+            return JSONResponse({"error": "unprocessable", "message": str(exc)}, 422)
         except Exception:
             log.exception("webhook.receive.failure source=%s", source)
             metrics.failures.labels("pipeline").inc()

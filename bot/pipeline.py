@@ -2,8 +2,13 @@
 
 Concurrent receive() calls are coalesced into one transaction per batch (group commit): a batch
 costs a handful of statements whatever its size, and every caller still gets its answer only after
-the commit that holds its message. If a batch fails, each message is retried on its own, so one bad
-message never takes others down with it.
+the commit that holds its message. If a batch fails because of one message's data (a constraint,
+a value the database refuses, a handler's error on its text), each message is retried on its own,
+so one bad message never takes others down with it. If it fails because of the database itself
+(locked, down, out of connections), the whole batch fails at once with Unavailable: retrying
+message by message would only make everyone wait the busy timeout again, and the channels retry.
+The queue in front of the writer is bounded: when it is full, receive() waits a little, then
+raises Unavailable too.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import Insert, Select, Table, bindparam, func, insert, select
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import make_transient_to_detached
 
@@ -68,6 +74,28 @@ Observer = Callable[[AsyncSession, Logged], Awaitable[None]]
 SPOKEN = {"message", "complaint"}
 
 
+# Seconds a sender is asked to wait: a full queue drains in well under a second; a locked or
+# down database needs longer.
+BUSY_RETRY_SECONDS = 2
+DOWN_RETRY_SECONDS = 10
+
+
+class Unavailable(Exception):
+    """Nothing is wrong with the message: kefu cannot store anything right now. Send it again
+    after `retry_after` seconds. `reason`: "busy" (the writer's queue is full) or "unavailable"
+    (the database is locked or down)."""
+
+    def __init__(self, reason: str, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class Rejected(Exception):
+    """The database refused this one message's data (a value out of range, a constraint):
+    sending it again unchanged cannot help."""
+
+
 @dataclass
 class _Pending:
     inbound: Inbound
@@ -84,6 +112,8 @@ class Pipeline:
         observers: Sequence[Observer] = (),
         on_commit: Callable[[], None] | None = None,
         max_batch: int = 256,
+        max_queue: int = 1000,
+        queue_wait_seconds: float = 2.0,
     ) -> None:
         self.db = db
         self.classify = classify
@@ -91,7 +121,8 @@ class Pipeline:
         self.observers = list(observers)
         self.on_commit = on_commit
         self.max_batch = max_batch
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self.queue_wait_seconds = queue_wait_seconds
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=max_queue)
         self._writer: asyncio.Task[None] | None = None
         self.erasure_key = b""
 
@@ -99,7 +130,18 @@ class Pipeline:
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_loop(), name="kefu-pipeline-writer")
         pending = _Pending(inbound)
-        await self._queue.put(pending)
+        if not self._queue.full():
+            self._queue.put_nowait(pending)
+        else:
+            try:
+                await asyncio.wait_for(self._queue.put(pending), self.queue_wait_seconds)
+            except TimeoutError:
+                log.warning("pipeline.queue.full size=%d", self._queue.qsize())
+                raise Unavailable(
+                    "busy",
+                    "kefu is busy: too many messages are waiting to be stored",
+                    retry_after=BUSY_RETRY_SECONDS,
+                ) from None
         return await pending.future
 
     async def close(self) -> None:
@@ -124,6 +166,20 @@ class Pipeline:
         try:
             receipts = await self.receive_many([p.inbound for p in batch])
         except Exception as exc:  # noqa: BLE001 - isolate the bad message below
+            if _systemic(exc):
+                log.warning(
+                    "pipeline.batch.unavailable size=%d error=%s", len(batch), _brief(exc)
+                )
+                for pending in batch:
+                    if not pending.future.done():
+                        failure = Unavailable(
+                            "unavailable",
+                            "the database is unavailable; the message was not stored",
+                            retry_after=DOWN_RETRY_SECONDS,
+                        )
+                        failure.__cause__ = exc
+                        pending.future.set_exception(failure)
+                return
             if len(batch) > 1:
                 log.info("pipeline.batch.retry_singly size=%d error=%s", len(batch), _brief(exc))
                 for pending in batch:
@@ -136,6 +192,10 @@ class Pipeline:
                 pending.inbound.external_id,
                 _brief(exc),
             )
+            if isinstance(exc, (IntegrityError, DataError)):
+                refused = Rejected("the database refused a value of this message")
+                refused.__cause__ = exc
+                exc = refused
             if not pending.future.done():
                 pending.future.set_exception(exc)
             return
@@ -154,12 +214,29 @@ class Pipeline:
                     receipts = await _receive(session, inbounds, self)
                     queued = outbox.queued(session)
                 break
-            except (IntegrityError, OperationalError):
-                if attempt == 2:
+            except (IntegrityError, OperationalError) as exc:
+                if attempt == 2 or not _race(exc):
                     raise
         if queued and self.on_commit is not None:
             self.on_commit()
         return receipts
+
+
+def _race(exc: DBAPIError) -> bool:
+    """Lost a race with another transaction (a unique key both inserted, a deadlock, a
+    serialization failure): trying once more succeeds. A lock held for the whole busy timeout
+    is not a race: trying again only doubles the wait."""
+    if isinstance(exc, IntegrityError):
+        return True
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return code in ("40001", "40P01")
+
+
+def _systemic(exc: BaseException) -> bool:
+    """The database, not the message: locked, down, out of connections, schema missing."""
+    if isinstance(exc, (IntegrityError, DataError)):
+        return False
+    return isinstance(exc, (DBAPIError, PoolTimeout, OSError))
 
 
 def _brief(exc: BaseException) -> str:

@@ -93,24 +93,28 @@ def _sqlite_error(url: URL, reason: str) -> StorageError:
 
 
 class Database:
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, busy_timeout: float = 30.0) -> None:
+        """`busy_timeout`: how long a SQLite writer waits for another process's write lock."""
         self.url = make_url(url)
+        self.busy_timeout = busy_timeout
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         kwargs: dict[str, Any] = {"echo": echo}
         if self.is_sqlite and self.url.get_driver_name() == "aiosqlite" and not self.url.query:
             kwargs["async_creator"] = self._connect_sqlite
         elif self.is_sqlite:
-            kwargs["connect_args"] = {"timeout": 30}
+            kwargs["connect_args"] = {"timeout": busy_timeout}
         else:
             kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.is_sqlite:
-            _tune_sqlite(self.engine)
+            _tune_sqlite(self.engine, busy_timeout)
             self._ensure_sqlite_dir()
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     async def _connect_sqlite(self) -> sqlite_driver.Connection:
-        connection = sqlite_driver.connect(self.url.database or ":memory:", timeout=30)
+        connection = sqlite_driver.connect(
+            self.url.database or ":memory:", timeout=self.busy_timeout
+        )
         await connection
         return connection
 
@@ -157,7 +161,7 @@ class Database:
         await self.engine.dispose()
 
 
-def _tune_sqlite(engine: AsyncEngine) -> None:
+def _tune_sqlite(engine: AsyncEngine, busy_timeout: float) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Take over transaction control so writers can BEGIN IMMEDIATE: a deferred transaction
@@ -167,7 +171,7 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         # Deleted and overwritten content (a forgotten customer's words) is zeroed, not left in
         # free space for anyone reading the file.
         cursor.execute("PRAGMA secure_delete=ON")
