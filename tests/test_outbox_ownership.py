@@ -92,10 +92,10 @@ async def test_a_send_that_outlasts_the_lease_is_delivered_once(
 ) -> None:
     """Worker A's send takes far longer than the lease while worker B polls: A keeps its claim
     alive, B never takes the row, the receiver gets one delivery and the row ends sent."""
-    callback.delays = [1.5]  # the first request hangs five leases long
+    callback.delays = [4.0]  # the first request hangs almost three leases long
     async with db.transaction() as s:
         await enqueue(s, Outbound("webhook", "shop:u1", "hello", "reply-1"))
-    cfg = OutboxConfig(lease_seconds=0.3, poll_interval_seconds=0.02)
+    cfg = OutboxConfig(lease_seconds=1.5, poll_interval_seconds=0.02)
     channels, workers, dbs = [], [], []
     for _ in range(2):
         channel = WebhookChannel({"shop": Source("shop", SECRET, callback.url)})

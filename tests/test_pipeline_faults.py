@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AbstractAsyncContextManager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -37,11 +37,17 @@ class CountingDatabase(Database):
         return super().transaction()
 
 
-@contextmanager
-def write_lock(path: Path) -> Iterator[None]:
-    """Another process holding SQLite's write lock (a long `kefu customers import`)."""
-    other = sqlite3.connect(path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")
+@asynccontextmanager
+async def write_lock(path: Path) -> AsyncIterator[None]:
+    """Another process holding SQLite's write lock (a long `kefu customers import`). Taken
+    without blocking the loop: kefu's own short transactions run on it and must finish."""
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    while True:
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            break
+        except sqlite3.OperationalError:
+            await asyncio.sleep(0.005)
     try:
         yield
     finally:
@@ -54,7 +60,7 @@ async def test_a_locked_database_fails_the_batch_once(tmp_path: Path) -> None:
     db = CountingDatabase(f"sqlite+aiosqlite:///{path}", busy_timeout=0.3)
     await db.upgrade()
     pipeline = Pipeline(db)
-    with write_lock(path):
+    async with write_lock(path):
         results = await asyncio.gather(*(pipeline.receive(msg(n)) for n in range(6)), return_exceptions=True)
     assert all(isinstance(r, Unavailable) for r in results), results
     assert all(r.retry_after > 0 for r in results if isinstance(r, Unavailable))
@@ -87,7 +93,7 @@ async def test_a_full_queue_answers_busy_instead_of_waiting(tmp_path: Path) -> N
     db = Database(f"sqlite+aiosqlite:///{path}", busy_timeout=5)
     await db.upgrade()
     pipeline = Pipeline(db, max_queue=2, queue_wait_seconds=0.1)
-    with write_lock(path):
+    async with write_lock(path):
         stuck = asyncio.create_task(pipeline.receive(msg(0)))  # the writer waits on the lock
         while pipeline._writer is None or pipeline._queue.qsize():
             await asyncio.sleep(0.01)
@@ -121,7 +127,7 @@ async def test_webhook_answers_503_with_retry_after_when_the_database_is_locked(
     locked = Database(f"sqlite+aiosqlite:///{path}", busy_timeout=0.3)
     k.pipeline.db = locked  # type: ignore[attr-defined]
     async with httpx.AsyncClient(timeout=30) as client:
-        with write_lock(path):
+        async with write_lock(path):
             r = await post_signed(
                 client, url(k, "/webhooks/shop"), SECRET, {"id": "m1", "user": {"id": "u1"}, "text": "hi"}  # type: ignore[arg-type]
             )
@@ -145,7 +151,7 @@ async def test_webhook_answers_503_when_the_writers_queue_is_full(kefu: tuple[ob
             payload = {"id": f"m{n}", "user": {"id": f"u{n}"}, "text": "hi"}
             return await post_signed(client, url(k, "/webhooks/shop"), SECRET, payload)  # type: ignore[arg-type]
 
-        with write_lock(path):
+        async with write_lock(path):
             first = asyncio.create_task(post(0))
             while not k.pipeline._writer or k.pipeline._queue.qsize():  # type: ignore[attr-defined]
                 await asyncio.sleep(0.01)
