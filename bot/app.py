@@ -24,6 +24,7 @@ from starlette.routing import BaseRoute
 from bot import outbox
 from bot.access_log import AccessLog
 from bot.care import build_care
+from bot.insight import build_insight
 from bot.config import Config, ConfigError, EmailConfig, require_secret, secret
 from bot.http import build_app
 from bot.messages import Inbound, Receipt
@@ -251,6 +252,7 @@ class Kefu:
         self.scheduler = build_campaigns(self)
         # Complaint care: the router, flags, acknowledgements, surveys, SLA and auto-close jobs.
         self.care = build_care(self)
+        self.insight = build_insight(self)  # churn warning: after care's observers
         self.worker = OutboxWorker(self.db, self.channels, config.outbox, metrics=self.metrics)
         self.pipeline = Pipeline(
             self.db,

@@ -37,6 +37,7 @@ from bot.cli_common import (
 )
 from bot.cli_common import since as parse_since
 from bot.cli_email import email_app
+from bot.cli_insight import at_risk, rescore
 from bot.cli_report import report
 from bot.config import Config, ConfigError
 from handlers import agents, lifecycle, roles
@@ -65,6 +66,8 @@ app.add_typer(conversations_app, name="conversations")
 app.add_typer(staff_app, name="staff")
 app.add_typer(campaigns_app, name="campaigns")
 customers_app.command("import")(customers_import)
+customers_app.command("at-risk")(at_risk)
+customers_app.command("rescore")(rescore)
 app.command("report")(report)
 app.add_typer(email_app, name="email")
 

@@ -11,7 +11,15 @@ from datetime import date, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from sqlalchemy.engine import make_url
 
 
@@ -454,6 +462,54 @@ class SurveyConfig(Section):
     expires_after: Duration = timedelta(days=7)
 
 
+# --- customer insight: health score, segments, follow-up care (issue #14) ---------------------
+
+
+class InsightWeights(Section):
+    # Points each signal adds to a customer's churn-risk score (0-100, capped); 0 turns it off.
+    open_complaint: float = Field(20, ge=0, le=100)  # each unresolved complaint, at most 2
+    repeat_complaint: float = Field(10, ge=0, le=100)  # each complaint after the first in `window`, at most 3
+    high_severity: float = Field(30, ge=0, le=100)  # 12315, chargeback, lawyer, media, safety, lost money
+    low_csat: float = Field(25, ge=0, le=100)  # a 1/5 in `window`; a 2/5 counts half
+    sla_breach: float = Field(10, ge=0, le=100)  # each breach on their conversations, at most 3
+    rising_contact: float = Field(10, ge=0, le=100)
+    silence_after_bad: float = Field(20, ge=0, le=100)
+    unreachable: float = Field(10, ge=0, le=100)  # every address unreachable; some: half
+    opted_out: float = Field(10, ge=0, le=100)
+
+
+class InsightConfig(Section):
+    enabled: bool = True
+    weights: InsightWeights = InsightWeights()
+    # A score at or above `threshold` is at risk (leads are told once); from `watch` it is watched.
+    threshold: int = Field(60, ge=1, le=100)
+    watch: int = Field(30, ge=0, le=100)
+    # After a warning, the score must fall below this before a new crossing warns again.
+    rearm_below: int = Field(45, ge=0, le=100)
+    # Complaints, breaches and survey scores older than this no longer count.
+    window: Duration = timedelta(days=90)
+    # "Silent after a bad experience": no message from the customer for this long.
+    silence_after: Duration = timedelta(days=14)
+    # "Contacting more often": this many times their usual weekly rate, and at least `rising_min`
+    # messages in the recent week.
+    rising_factor: float = Field(2.0, gt=1)
+    rising_min: float = Field(3.0, gt=0)
+    # The language of reasons in alerts and `kefu customers at-risk` (zh or en).
+    language: Literal["zh", "en"] = "zh"
+    # Every customer's score is recomputed this often (messages update their sender's at once).
+    recompute_every: Duration = timedelta(hours=1)
+
+    @model_validator(mode="after")
+    def _bands(self) -> InsightConfig:
+        if self.watch > self.threshold:
+            raise ValueError(f"watch ({self.watch}) must not be above threshold ({self.threshold})")
+        if self.rearm_below > self.threshold:
+            raise ValueError(f"rearm_below ({self.rearm_below}) must not be above threshold ({self.threshold})")
+        if self.recompute_every < timedelta(minutes=1):
+            raise ValueError("recompute_every must be at least 1m")
+        return self
+
+
 class Config(Section):
     storage: StorageConfig = StorageConfig()
     http: HttpConfig = HttpConfig()
@@ -470,6 +526,7 @@ class Config(Section):
     sla: SlaConfig = SlaConfig()
     lifecycle: LifecycleConfig = LifecycleConfig()
     survey: SurveyConfig = SurveyConfig()
+    insight: InsightConfig = InsightConfig()
 
 
 def _describe(error: Mapping[str, Any]) -> str:

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Boolean,
     Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -360,3 +361,31 @@ class Survey(Base):
     answer_channel: Mapped[str | None] = mapped_column(String(32))
     score: Mapped[int | None] = mapped_column(Integer)
     comment: Mapped[str | None] = mapped_column(Text)
+
+
+# --- customer insight: health score, churn warning (issue #14) ------------------------------------
+
+
+class CustomerHealth(Base):
+    """A customer's churn-risk score (0-100, higher is worse) with the reasons behind it, kept up
+    to date by the pipeline (each message) and by a periodic full recompute."""
+
+    __tablename__ = "customer_health"
+
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), primary_key=True)
+    score: Mapped[int] = mapped_column(Integer, default=0, index=True)
+    band: Mapped[str] = mapped_column(String(8), default="ok")  # ok | watch | at_risk
+    # [{"code": "open_complaints", "points": 40, ...facts}], biggest first.
+    reasons: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    last_contact_at: Mapped[datetime | None]
+    # Exponentially decayed counts of the customer's messages (half-lives 7 and 56 days) as of
+    # rate_at: "writing more often than usual" updates in O(1) per message.
+    rate_fast: Mapped[float] = mapped_column(Float, default=0.0)
+    rate_slow: Mapped[float] = mapped_column(Float, default=0.0)
+    rate_at: Mapped[datetime | None]
+    opted_out: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Set when the score crossed [insight] threshold and leads were told; cleared once it falls
+    # below rearm_below, so the next crossing is a new warning (crossings counts them).
+    alerted_at: Mapped[datetime | None]
+    crossings: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

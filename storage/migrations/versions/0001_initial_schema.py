@@ -101,6 +101,25 @@ def upgrade() -> None:
         batch_op.create_index('ix_conversations_customer_status', ['customer_id', 'status'], unique=False)
         batch_op.create_index(batch_op.f('ix_conversations_status'), ['status'], unique=False)
 
+    op.create_table('customer_health',
+    sa.Column('customer_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('score', sa.Integer(), nullable=False),
+    sa.Column('band', sa.String(length=8), nullable=False),
+    sa.Column('reasons', sa.JSON(), nullable=False),
+    sa.Column('last_contact_at', sa.DateTime(), nullable=True),
+    sa.Column('rate_fast', sa.Float(), nullable=False),
+    sa.Column('rate_slow', sa.Float(), nullable=False),
+    sa.Column('rate_at', sa.DateTime(), nullable=True),
+    sa.Column('opted_out', sa.Boolean(), nullable=False),
+    sa.Column('alerted_at', sa.DateTime(), nullable=True),
+    sa.Column('crossings', sa.Integer(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['customer_id'], ['customers.id'], ),
+    sa.PrimaryKeyConstraint('customer_id')
+    )
+    with op.batch_alter_table('customer_health', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_customer_health_score'), ['score'], unique=False)
+
     op.create_table('identities',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('customer_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -344,6 +363,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_identities_customer_id'))
 
     op.drop_table('identities')
+    with op.batch_alter_table('customer_health', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_customer_health_score'))
+
+    op.drop_table('customer_health')
     with op.batch_alter_table('conversations', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_conversations_status'))
         batch_op.drop_index('ix_conversations_customer_status')

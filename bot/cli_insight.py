@@ -1,0 +1,148 @@
+"""`kefu customers at-risk` and `kefu customers rescore`: the churn warning on the command line.
+
+Registered on bot/cli.py's app; shares bot/cli_common.py with it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from sqlalchemy import func, select
+
+from bot.cli_common import DEFAULT_CONFIG, ConfigOption, cells, fail, load, out, with_db
+from handlers import health, roles
+from handlers.churn import Churn
+from handlers.routing import Router
+from storage import audit
+from storage.db import Database
+from storage.models import Conversation, Customer, CustomerHealth, Staff
+
+AsOption = Annotated[
+    str | None, typer.Option("--as", help="Staff name to act as (default: your login, as admin).")
+]
+
+
+async def at_risk_rows(
+    db: Database, *, min_score: int, limit: int, language: str, segment_ids: set[int] | None = None
+) -> list[dict[str, Any]]:
+    async with db.sessions() as session:
+        query = (
+            select(CustomerHealth, Customer.display_name)
+            .join(Customer, Customer.id == CustomerHealth.customer_id)
+            .where(
+                CustomerHealth.score >= min_score,
+                Customer.forgotten_at.is_(None),
+                Customer.merged_into.is_(None),
+            )
+            .order_by(CustomerHealth.score.desc(), CustomerHealth.customer_id)
+        )
+        if segment_ids is not None:
+            query = query.where(CustomerHealth.customer_id.in_(segment_ids))
+        found = list((await session.execute(query.limit(limit))).all())
+        ids = [h.customer_id for h, _ in found]
+        latest = (
+            select(Conversation.customer_id, func.max(Conversation.id).label("id"))
+            .where(Conversation.customer_id.in_(ids))
+            .group_by(Conversation.customer_id)
+            .subquery()
+        )
+        owners = {
+            cid: (conv, name)
+            for cid, conv, name in await session.execute(
+                select(latest.c.customer_id, latest.c.id, Staff.name)
+                .join(Conversation, Conversation.id == latest.c.id)
+                .outerjoin(Staff, Staff.id == Conversation.assignee)
+            )
+        } if ids else {}
+    rows = []
+    for h, name in found:
+        conversation, owner = owners.get(h.customer_id, (None, None))
+        rows.append(
+            {
+                "customer_id": h.customer_id,
+                "name": name,
+                "score": h.score,
+                "band": h.band,
+                "reasons": health.explain_all(h.reasons or [], language, 3),
+                "reason_codes": [r.get("code") for r in h.reasons or []],
+                "last_contact": h.last_contact_at.isoformat() if h.last_contact_at else None,
+                "owner": owner,
+                "conversation_id": conversation,
+            }
+        )
+    return rows
+
+
+def at_risk(
+    config: ConfigOption = DEFAULT_CONFIG,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many customers.")] = 50,
+    fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+    min_score: Annotated[
+        int | None, typer.Option(help="Lowest score shown (default: [insight] threshold).")
+    ] = None,
+    language: Annotated[str | None, typer.Option("--language", help="zh or en (default: [insight] language).")] = None,
+    as_name: AsOption = None,
+) -> None:
+    """Customers at risk of leaving: who, score, reasons, last contact, owner (lead or admin)."""
+    if fmt not in ("table", "json", "csv"):
+        fail(f"--format has value {fmt!r}: use table, json or csv", 2)
+    cfg = load(config)
+    lang = language or cfg.insight.language
+    if lang not in ("zh", "en"):
+        fail(f"--language has value {lang!r}: use zh or en", 2)
+    floor = cfg.insight.threshold if min_score is None else min_score
+
+    async def work(db: Database) -> list[dict[str, Any]]:
+        async with db.transaction() as session:
+            actor = await roles.cli_actor(session, as_name)
+            roles.require(actor, "report")
+            audit.record(session, actor.name, "customers.at_risk", "customers")
+        return await at_risk_rows(db, min_score=floor, limit=limit, language=lang)
+
+    rows = with_db(cfg, work)
+    if fmt == "json":
+        sys.stdout.write(json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
+        return
+    if fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["customer_id", "name", "score", "reasons", "last_contact", "owner", "conversation_id"])
+        for r in rows:
+            writer.writerow([r["customer_id"], r["name"] or "", r["score"], "; ".join(r["reasons"]),
+                             r["last_contact"] or "", r["owner"] or "", r["conversation_id"] or ""])
+        return
+    table = Table("customer", "name", "score", "reasons", "last contact", "owner", "conversation",
+                  title=f"At risk (score ≥ {floor})")
+    for r in rows:
+        table.add_row(*cells(
+            r["customer_id"], r["name"] or "—", r["score"], "\n".join(r["reasons"]) or "—",
+            (r["last_contact"] or "—")[:16].replace("T", " "), r["owner"] or "—",
+            f"#{r['conversation_id']}" if r["conversation_id"] else "—",
+        ))
+    out.print(table)
+
+
+def rescore(config: ConfigOption = DEFAULT_CONFIG, as_name: AsOption = None) -> None:
+    """Recompute every customer's health score now (kefu run does it every [insight] recompute_every)."""
+    cfg = load(config)
+
+    async def work(db: Database) -> Any:
+        async with db.transaction() as session:
+            actor = await roles.cli_actor(session, as_name)
+            roles.require(actor, "report")
+            audit.record(session, actor.name, "customers.rescore", "customers")
+        # Warnings go in the log and to the staff group's outbox; `kefu run` sends them.
+        staff_chat = cfg.telegram.staff_chat_id if cfg.telegram.enabled else None
+        churn = Churn(cfg, Router(cfg), staff_chat_id=staff_chat,
+                      lead_chats=cfg.telegram.enabled and staff_chat is None)
+        return await churn.recompute(db)
+
+    outcome = with_db(cfg, work)
+    out.print(
+        f"scored {outcome.scored} customers: {outcome.at_risk} at risk, {outcome.warned} new warnings, "
+        f"{outcome.changed} scores changed"
+    )

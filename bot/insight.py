@@ -1,0 +1,42 @@
+"""Wires customer insight into a Kefu: the churn observer on the pipeline and the periodic full
+recompute on the scheduler."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from handlers.churn import Churn
+from handlers.consent import ConsentObserver
+
+if TYPE_CHECKING:
+    from bot.app import Kefu
+
+log = logging.getLogger("kefu.insight")
+
+
+def build_insight(kefu: Kefu) -> Churn | None:
+    """Call after build_care (it needs the router and runs after the complaint observers)."""
+    cfg = kefu.config.insight
+    if not cfg.enabled:
+        return None
+    consent = next((o for o in kefu.observers if isinstance(o, ConsentObserver)), None)
+    telegram_on = "telegram" in kefu.channels
+    churn = Churn(
+        kefu.config,
+        kefu.care.router,
+        staff_chat_id=kefu.care.staff_chat_id,
+        lead_chats=telegram_on and kefu.care.staff_chat_id is None,
+        is_opt_out=consent.is_opt_out if consent is not None else None,
+    )
+    kefu.observers.append(churn)
+
+    async def recompute() -> object:
+        try:
+            return await churn.recompute(kefu.db, kefu.care.clock())
+        except Exception:  # logged; the next run starts over
+            log.exception("insight.recompute.failure")
+            return None
+
+    kefu.scheduler.jobs.append(("insight.recompute", recompute, cfg.recompute_every.total_seconds()))
+    return churn

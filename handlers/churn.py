@@ -1,0 +1,343 @@
+"""Churn warning: keeps customer_health up to date and tells the team's leads once per crossing.
+
+Two ways in, one rule:
+- the pipeline observer (`Churn.observe`) rescores the customer who just wrote, inside the
+  transaction that logs the message: their message rates are decayed and bumped in O(1) from the
+  stored row, the rest are a few indexed queries on that one customer's rows;
+- `Churn.recompute` rescores every live customer a chunk at a time (the scheduler's job, and
+  `kefu customers rescore`): this is what sees time pass (silence), staff resolving complaints,
+  SLA breaches and survey answers.
+
+A customer whose score reaches [insight] threshold while not already warned about gets one
+warning: an event in their log, an audit entry, and a post to the leads (the staff group, in the
+conversation's topic; without one, each lead's private Telegram chat), all in the transaction that
+stores the score, with a dedupe key per crossing. The warning re-arms only once the score has
+fallen below rearm_below, so a customer hovering around the threshold is not announced on every
+message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot import outbox
+from bot.config import Config
+from bot.messages import Outbound
+from handlers import health, staff_alerts
+from handlers.health import FAST_DAYS, SLOW_DAYS, Health, Signals
+from handlers.routing import Router
+from storage import audit
+from storage.db import Database
+from storage.models import Conversation, Customer, CustomerHealth, Interaction, Staff, utcnow
+
+if TYPE_CHECKING:
+    from bot.pipeline import Logged
+
+log = logging.getLogger("kefu.churn")
+
+CHUNK = 2000
+HEALTH_COLUMNS = (
+    "score", "band", "reasons", "last_contact_at", "rate_fast", "rate_slow", "rate_at", "opted_out",
+    "alerted_at", "crossings", "updated_at",
+)
+Progress = Callable[[int], None]
+OptOut = Callable[[str], bool]
+
+
+@dataclass
+class Outcome:
+    scored: int = 0
+    changed: int = 0
+    warned: int = 0
+    at_risk: int = 0
+
+
+def _upsert(session: AsyncSession) -> Any:
+    insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+    stmt = insert(CustomerHealth)
+    return stmt.on_conflict_do_update(
+        index_elements=["customer_id"], set_={c: getattr(stmt.excluded, c) for c in HEALTH_COLUMNS}
+    )
+
+
+class Churn:
+    def __init__(
+        self,
+        config: Config,
+        router: Router,
+        *,
+        staff_chat_id: int | None = None,
+        lead_chats: bool = False,
+        is_opt_out: OptOut | None = None,
+    ) -> None:
+        self.config = config
+        self.cfg = config.insight
+        self.router = router
+        self.staff_chat_id = staff_chat_id
+        # Without a staff group, warnings go to the leads' private chats (Telegram on).
+        self.lead_chats = lead_chats
+        self.is_opt_out = is_opt_out
+
+    # --- the pipeline's observer ---------------------------------------------------------------
+
+    async def __call__(self, session: AsyncSession, note: Logged) -> None:
+        customer = note.customer
+        if not self.cfg.enabled or customer.forgotten_at is not None or customer.merged_into is not None:
+            return
+        now = note.inbound.received_at
+        row = await session.get(CustomerHealth, customer.id)
+        signals = (await health.gather(session, [customer.id], now, self.cfg, from_log=False))[customer.id]
+        if row is not None:
+            signals.rate_fast = health.decay(row.rate_fast, row.rate_at, now, FAST_DAYS)
+            signals.rate_slow = health.decay(row.rate_slow, row.rate_at, now, SLOW_DAYS)
+            signals.last_contact_at = row.last_contact_at
+            signals.opted_out = row.opted_out
+        spoken = note.inbound.kind in ("message", "complaint") and note.interaction_id is not None
+        if spoken:
+            signals.rate_fast += 1.0
+            signals.rate_slow += 1.0
+            if signals.last_contact_at is None or now > signals.last_contact_at:
+                signals.last_contact_at = now
+            if self.is_opt_out is not None and self.is_opt_out(note.inbound.text):
+                signals.opted_out = True
+        signals.rate_at = now
+        if signals.opted_out and customer.marketing_consent:
+            signals.opted_out = False
+        result = health.score(signals, self.cfg, now)
+        if row is None:
+            row = CustomerHealth(customer_id=customer.id, crossings=0, alerted_at=None)
+            session.add(row)
+        previous = (row.alerted_at, row.crossings)
+        values = self._values(result, signals, now, row.alerted_at, row.crossings or 0)
+        for key, value in values.items():
+            if getattr(row, key) != value:
+                setattr(row, key, value)
+        if values["alerted_at"] is not None and previous[0] is None:
+            await self.warn(session, customer, result, signals, now, values["crossings"])
+
+    # --- everyone ------------------------------------------------------------------------------
+
+    async def recompute(
+        self, db: Database, now: datetime | None = None, *, on_progress: Progress | None = None
+    ) -> Outcome:
+        """Rescores every live customer, CHUNK per transaction; forgotten and merged customers'
+        rows are removed."""
+        now = now or utcnow()
+        total = Outcome()
+        async with db.transaction() as session:
+            await drop_gone(session)
+        after = 0
+        while True:
+            async with db.transaction() as session:
+                customers = list(
+                    (
+                        await session.execute(
+                            select(Customer.id, Customer.display_name, Customer.marketing_consent)
+                            .where(
+                                Customer.id > after,
+                                Customer.merged_into.is_(None),
+                                Customer.forgotten_at.is_(None),
+                            )
+                            .order_by(Customer.id)
+                            .limit(CHUNK)
+                        )
+                    ).all()
+                )
+                if not customers:
+                    break
+                after = customers[-1][0]
+                outcome = await self._chunk(session, customers, now)
+            total.scored += outcome.scored
+            total.changed += outcome.changed
+            total.warned += outcome.warned
+            total.at_risk += outcome.at_risk
+            if on_progress is not None:
+                on_progress(total.scored)
+        log.info(
+            "insight.recompute scored=%d changed=%d at_risk=%d warned=%d",
+            total.scored, total.changed, total.at_risk, total.warned,
+        )
+        return total
+
+    async def _chunk(self, session: AsyncSession, customers: Sequence[Any], now: datetime) -> Outcome:
+        outcome = Outcome()
+        ids = [c[0] for c in customers]
+        signals = await health.gather(session, ids, now, self.cfg, from_log=True)
+        stored = {
+            r.customer_id: r
+            for r in (
+                await session.execute(
+                    select(
+                        CustomerHealth.customer_id, CustomerHealth.score, CustomerHealth.reasons,
+                        CustomerHealth.last_contact_at, CustomerHealth.opted_out,
+                        CustomerHealth.alerted_at, CustomerHealth.crossings,
+                    ).where(CustomerHealth.customer_id.in_(ids))
+                )
+            )
+        }
+        rows: list[dict[str, Any]] = []
+        warnings: list[tuple[int, Health, Signals, int]] = []
+        for cid, _name, consent in customers:
+            s = signals[cid]
+            if consent:
+                s.opted_out = False
+            result = health.score(s, self.cfg, now)
+            old = stored.get(cid)
+            alerted_at, crossings = (old.alerted_at, old.crossings or 0) if old is not None else (None, 0)
+            values = self._values(result, s, now, alerted_at, crossings)
+            outcome.scored += 1
+            if result.band == "at_risk":
+                outcome.at_risk += 1
+            if values["alerted_at"] is not None and alerted_at is None:
+                warnings.append((cid, result, s, values["crossings"]))
+            if (
+                old is not None
+                and old.score == result.score
+                and old.reasons == result.reasons
+                and old.alerted_at == values["alerted_at"]
+                and old.last_contact_at == s.last_contact_at
+                and old.opted_out == s.opted_out
+            ):
+                # Rates drift with time but only matter through the score: stale rates are fine,
+                # as every full recompute rebuilds them from the log.
+                continue
+            rows.append({"customer_id": cid, **values})
+        if rows:
+            await session.execute(_upsert(session), rows)
+            outcome.changed = len(rows)
+        for cid, result, s, crossings in warnings:
+            customer = await session.get(Customer, cid)
+            assert customer is not None
+            await self.warn(session, customer, result, s, now, crossings)
+            outcome.warned += 1
+        return outcome
+
+    def _values(
+        self, result: Health, s: Signals, now: datetime, alerted_at: datetime | None, crossings: int
+    ) -> dict[str, Any]:
+        if result.score >= self.cfg.threshold and alerted_at is None:
+            alerted_at, crossings = now, crossings + 1
+        elif result.score < self.cfg.rearm_below and alerted_at is not None:
+            alerted_at = None
+        return {
+            "score": result.score,
+            "band": result.band,
+            "reasons": result.reasons,
+            "last_contact_at": s.last_contact_at,
+            "rate_fast": s.rate_fast,
+            "rate_slow": s.rate_slow,
+            "rate_at": s.rate_at,
+            "opted_out": s.opted_out,
+            "alerted_at": alerted_at,
+            "crossings": crossings,
+            "updated_at": now,
+        }
+
+    # --- the warning ---------------------------------------------------------------------------
+
+    async def warn(
+        self, session: AsyncSession, customer: Customer, result: Health, s: Signals, now: datetime,
+        crossing: int,
+    ) -> None:
+        conversation = await session.get(Conversation, s.conversation_id) if s.conversation_id else None
+        team = self.router.team(conversation.team if conversation is not None else None)
+        leads = await self.router.leads(session, team)
+        owner = await staff_alerts.staff_name(session, s.owner)
+        text = warning_text(
+            self.cfg.language, customer, result, conversation.id if conversation else None, owner,
+            [m.name for m in leads],
+        )
+        session.add(
+            Interaction(
+                conversation_id=conversation.id if conversation is not None else None,
+                customer_id=customer.id,
+                channel=(conversation.reply_channel if conversation is not None else None) or "system",
+                direction="event",
+                author_kind="system",
+                text=text,
+                meta={
+                    "kind": "churn_warning",
+                    "score": result.score,
+                    "reasons": result.reasons,
+                    "crossing": crossing,
+                    "leads": [m.name for m in leads],
+                },
+                created_at=now,
+            )
+        )
+        audit.record(
+            session, "kefu", "insight.churn_warning", f"customer:{customer.id}",
+            score=result.score, reasons=[r["code"] for r in result.reasons], crossing=crossing,
+            conversation=conversation.id if conversation is not None else None,
+        )
+        key = f"churn:{customer.id}:{crossing}"
+        if self.staff_chat_id is not None and conversation is not None:
+            await staff_alerts.post(
+                session, self.staff_chat_id, conversation, staff_alerts.name_of(customer), text, key
+            )
+        elif self.lead_chats:
+            for lead in leads:
+                if lead.telegram_user_id is None:
+                    continue
+                await outbox.enqueue(
+                    session,
+                    Outbound(
+                        channel="telegram",
+                        address=str(lead.telegram_user_id),
+                        text=text,
+                        dedupe_key=f"{key}:{lead.id}",
+                        kind="notice",
+                        conversation_id=conversation.id if conversation is not None else None,
+                        customer_id=customer.id,
+                    ),
+                )
+        log.warning(
+            "insight.churn_warning customer=%s score=%d reasons=%s conversation=%s leads=%s",
+            customer.id, result.score, ",".join(r["code"] for r in result.reasons),
+            conversation.id if conversation is not None else None, ",".join(m.name for m in leads),
+        )
+
+
+def warning_text(
+    language: str,
+    customer: Customer,
+    result: Health,
+    conversation_id: int | None,
+    owner: str | None,
+    leads: Sequence[str],
+) -> str:
+    name = staff_alerts.name_of(customer)
+    reasons = [f"• {line}" for line in health.explain_all(result.reasons, language, 3)]
+    mentions = ", ".join("@" + n for n in leads)
+    if language == "zh":
+        lines = [f"📉 流失预警：{name}（客户 #{customer.id}）风险分 {result.score}/100", "原因：", *reasons]
+        lines.append(f"打开会话 #{conversation_id}" if conversation_id else "暂无会话")
+        lines.append(f"负责人：{'@' + owner if owner else '无'}" + (f" · 主管：{mentions}" if mentions else ""))
+    else:
+        lines = [f"📉 Churn warning: {name} (customer #{customer.id}) · risk {result.score}/100", "why:", *reasons]
+        lines.append(f"open conversation #{conversation_id}" if conversation_id else "no conversation yet")
+        lines.append(f"owner: {'@' + owner if owner else 'nobody'}" + (f" · leads: {mentions}" if mentions else ""))
+    return "\n".join(lines)
+
+
+async def drop_gone(session: AsyncSession, customer_id: int | None = None) -> None:
+    """Forgotten and merged customers have no score: their rows go (one, or all of them)."""
+    if customer_id is not None:
+        await session.execute(delete(CustomerHealth).where(CustomerHealth.customer_id == customer_id))
+        return
+    gone = select(Customer.id).where(or_(Customer.forgotten_at.is_not(None), Customer.merged_into.is_not(None)))
+    await session.execute(delete(CustomerHealth).where(CustomerHealth.customer_id.in_(gone)))
+
+
+async def staff_names(session: AsyncSession, ids: Sequence[int]) -> dict[int, str]:
+    if not ids:
+        return {}
+    return {i: n for i, n in await session.execute(select(Staff.id, Staff.name).where(Staff.id.in_(ids)))}

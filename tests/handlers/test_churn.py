@@ -1,0 +1,186 @@
+"""Churn warning on a seeded history: the ranking a support lead would make, true reasons, one
+warning per crossing, nothing left of a forgotten customer."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select
+
+from handlers import health, lifecycle, sla
+from handlers.churn import Churn
+from handlers.roles import Actor
+from storage import customers, staff
+from storage.db import Database
+from storage.models import AuditEntry, CustomerHealth, Identity, Interaction, OutboxRow
+from tests.handlers.care_helpers import STAFF_CHAT, care_pipeline, config, message
+
+T0 = datetime(2027, 3, 1, 2, 0, tzinfo=UTC)  # a Monday
+CFG = config(
+    routing={"teams": [{"name": "care", "members": ["amy"], "leads": ["lou"]}]},
+    # Only severe complaints have targets here: the breach is the angry customer's alone.
+    sla={"first_response": {"urgent": "1h"}, "resolution": {"urgent": "1d"}},
+    insight={"language": "en"},
+)
+
+
+async def seeded(db: Database) -> tuple[Churn, dict[str, int]]:
+    """Five customers a lead would rank: angry (12315, unanswered, breached) > burnt (complaint, CSAT 1,
+    silent since) > busy (writing every day this week) > content (CSAT 5) > quiet (one hello)."""
+    async with db.transaction() as s:
+        amy = Actor.of(await staff.add(s, "amy"))
+        await staff.add(s, "lou", role="lead")
+    pipeline, router = care_pipeline(db, CFG)
+    churn = Churn(CFG, router, staff_chat_id=STAFF_CHAT)
+    pipeline.observers.append(churn)
+    ids: dict[str, int] = {}
+    # burnt: a complaint, resolved, answered 1/5, then silence for three weeks
+    r = await pipeline.receive(message("b1", "The parcel arrived broken, this is unacceptable!", T0, user="burnt"))
+    ids["burnt"] = r.customer_id
+    async with db.transaction() as s:
+        await lifecycle.resolve(s, r.conversation_id, amy, CFG, now=T0 + timedelta(hours=1))
+    await pipeline.receive(message("b2", "1", T0 + timedelta(hours=2), user="burnt"))
+    # content: a question, resolved, 5/5
+    r = await pipeline.receive(message("c1", "Where can I see my invoice?", T0, user="content"))
+    ids["content"] = r.customer_id
+    async with db.transaction() as s:
+        await lifecycle.resolve(s, r.conversation_id, amy, CFG, now=T0 + timedelta(hours=1))
+    await pipeline.receive(message("c2", "5", T0 + timedelta(hours=2), user="content"))
+    # quiet: one hello
+    r = await pipeline.receive(message("q1", "hello", T0, user="quiet"))
+    ids["quiet"] = r.customer_id
+    later = T0 + timedelta(days=21)
+    # busy: a message a day for the last week, never before
+    for n in range(7):
+        r = await pipeline.receive(
+            message(f"y{n}", f"any news about order {n}?", later - timedelta(days=6 - n), user="busy")
+        )
+    ids["busy"] = r.customer_id
+    # angry: threatens 12315 and a chargeback; nobody answers; the SLA is breached
+    r = await pipeline.receive(
+        message("a1", "再不退款我就去12315投诉你们！还要申请拒付", later, user="angry")
+    )
+    ids["angry"] = r.customer_id
+    await sla.check(db, later + timedelta(hours=5), router, staff_chat_id=STAFF_CHAT)
+    await pipeline.close()
+    return churn, ids
+
+
+async def scores(db: Database) -> dict[int, CustomerHealth]:
+    async with db.sessions() as s:
+        return {h.customer_id: h for h in await s.scalars(select(CustomerHealth))}
+
+
+async def warnings(db: Database) -> list[Interaction]:
+    async with db.sessions() as s:
+        return list(
+            await s.scalars(select(Interaction).where(Interaction.meta["kind"].as_string() == "churn_warning"))
+        )
+
+
+async def test_ranking_reasons_and_one_warning(db: Database) -> None:
+    churn, ids = await seeded(db)
+    now = T0 + timedelta(days=21, hours=6)
+    outcome = await churn.recompute(db, now)
+    assert outcome.scored == 5
+    rows = await scores(db)
+    ranked = sorted(ids, key=lambda name: -rows[ids[name]].score)
+    assert ranked[:3] == ["angry", "burnt", "busy"]
+    assert rows[ids["content"]].score == rows[ids["quiet"]].score == 0
+
+    codes = {name: [r["code"] for r in rows[ids[name]].reasons] for name in ids}
+    assert set(codes["angry"]) == {"open_complaints", "high_severity", "sla_breaches"}
+    cues = next(r for r in rows[ids["angry"]].reasons if r["code"] == "high_severity")["cues"]
+    assert any("12315" in c for c in cues)
+    assert set(codes["burnt"]) == {"low_csat", "silence_after_bad"}
+    silence = next(r for r in rows[ids["burnt"]].reasons if r["code"] == "silence_after_bad")
+    assert silence["days"] == 21
+    assert codes["busy"] == ["rising_contact"]
+    assert rows[ids["angry"]].band == "at_risk" and rows[ids["burnt"]].band == "watch"
+    # Reasons read in the staff's language.
+    zh = health.explain_all(rows[ids["burnt"]].reasons, "zh")
+    assert any("满意度评分 1/5" in line for line in zh) and any("沉默 21 天" in line for line in zh)
+
+    # The crossing was noticed by the observer as the angry message arrived: one warning, in the
+    # customer's log, audited, posted in the conversation's topic, naming the lead.
+    (event,) = await warnings(db)
+    assert event.customer_id == ids["angry"] and event.conversation_id is not None
+    assert "@lou" in event.text and f"#{event.conversation_id}" in event.text and "12315" in event.text
+    async with db.sessions() as s:
+        posts = list(await s.scalars(select(OutboxRow).where(OutboxRow.dedupe_key.like("churn:%"))))
+        audits = list(await s.scalars(select(AuditEntry).where(AuditEntry.action == "insight.churn_warning")))
+    assert [p.dedupe_key for p in posts] == [f"churn:{ids['angry']}:1"]
+    assert posts[0].address == str(STAFF_CHAT) and posts[0].conversation_id == event.conversation_id
+    assert [a.subject for a in audits] == [f"customer:{ids['angry']}"]
+
+    # More messages and more recomputes while still at risk: no second warning.
+    pipeline, router = care_pipeline(db, CFG)
+    pipeline.observers.append(Churn(CFG, router, staff_chat_id=STAFF_CHAT))
+    for n in range(3):
+        await pipeline.receive(message(f"a{n + 2}", "still waiting for my refund!", now + timedelta(minutes=n), user="angry"))
+    await pipeline.close()
+    await churn.recompute(db, now + timedelta(hours=1))
+    assert len(await warnings(db)) == 1
+
+
+async def test_score_falls_after_resolution_and_a_new_crossing_warns_again(db: Database) -> None:
+    churn, ids = await seeded(db)
+    now = T0 + timedelta(days=21, hours=6)
+    await churn.recompute(db, now)
+    async with db.transaction() as s:
+        conversation_id = (await scores(db))[ids["angry"]]
+        from storage.models import Conversation
+
+        conv = await s.scalar(select(Conversation).where(Conversation.customer_id == ids["angry"]))
+        assert conv is not None
+        await lifecycle.resolve(s, conv.id, Actor("lou", "lead"), CFG, now=now)
+    # Window passes: the 12315 threat and the breach age out; the score falls and re-arms.
+    await churn.recompute(db, now + timedelta(days=100))
+    assert (await scores(db))[ids["angry"]].alerted_at is None
+    assert conversation_id is not None
+    pipeline, router = care_pipeline(db, CFG)
+    pipeline.observers.append(Churn(CFG, router, staff_chat_id=STAFF_CHAT))
+    later = now + timedelta(days=101)
+    await pipeline.receive(message("a9", "Again broken! I am calling my lawyer and 12315.", later, user="angry"))
+    await pipeline.close()
+    await sla.check(db, later + timedelta(hours=5), router, staff_chat_id=STAFF_CHAT)
+    await churn.recompute(db, later + timedelta(hours=6))
+    found = await warnings(db)
+    assert len(found) == 2 and found[1].meta["crossing"] == 2
+
+
+async def test_forgotten_customer_leaves_no_score(db: Database) -> None:
+    churn, ids = await seeded(db)
+    await churn.recompute(db, T0 + timedelta(days=21, hours=6))
+    async with db.transaction() as s:
+        await customers.forget(s, ids["angry"])
+    await churn.recompute(db, T0 + timedelta(days=22))
+    rows = await scores(db)
+    assert ids["angry"] not in rows and len(rows) == 4
+
+
+async def test_unreachable_and_opted_out_count(db: Database) -> None:
+    pipeline, router = care_pipeline(db, CFG)
+    churn = Churn(CFG, router, is_opt_out=lambda text: text.strip().lower() == "stop")
+    pipeline.observers.append(churn)
+    r = await pipeline.receive(message(1, "hello", T0, user="gone"))
+    async with db.transaction() as s:
+        identity = await s.scalar(select(Identity).where(Identity.customer_id == r.customer_id))
+        assert identity is not None
+        identity.reachable = False
+        identity.unreachable_reason = "bounced"
+    await pipeline.receive(message(2, "stop", T0 + timedelta(minutes=1), user="gone"))
+    await pipeline.close()
+    row = (await scores(db))[r.customer_id]
+    assert {x["code"] for x in row.reasons} == {"unreachable", "opted_out"}
+    async with db.sessions() as s:
+        # The full recompute reads the opt-out from the log (the consent observer's event).
+        s.add(Interaction(customer_id=r.customer_id, channel="webhook", direction="event", author_kind="system",
+                          text="marketing consent withdrawn", meta={"kind": "consent_withdrawn"},
+                          created_at=T0 + timedelta(minutes=1)))
+        await s.commit()
+    await churn.recompute(db, T0 + timedelta(hours=1))
+    row = (await scores(db))[r.customer_id]
+    assert {x["code"] for x in row.reasons} == {"unreachable", "opted_out"}
+    async with db.sessions() as s:
+        assert await s.scalar(select(func.count()).select_from(OutboxRow).where(OutboxRow.dedupe_key.like("churn:%"))) == 0
