@@ -20,6 +20,7 @@ from storage.models import (
     Acknowledgement,
     AuditEntry,
     CampaignDelivery,
+    CustomerHealth,
     ChannelState,
     Conversation,
     Customer,
@@ -234,6 +235,7 @@ async def forget(session: AsyncSession, customer_id: int) -> Erasure:
     await _erase_audit(session, chain, conversation_ids, actors)
     await session.execute(delete(Identity).where(Identity.customer_id.in_(chain)))
     await session.execute(delete(TelegramLink).where(TelegramLink.customer_id.in_(chain)))
+    await session.execute(delete(CustomerHealth).where(CustomerHealth.customer_id.in_(chain)))
     for member in chain:
         await surveys.erase_for_customer(session, member)
     now = utcnow()

@@ -152,11 +152,16 @@ async def test_score_falls_after_resolution_and_a_new_crossing_warns_again(db: D
 async def test_forgotten_customer_leaves_no_score(db: Database) -> None:
     churn, ids = await seeded(db)
     await churn.recompute(db, T0 + timedelta(days=21, hours=6))
+    assert ids["angry"] in await scores(db)
     async with db.transaction() as s:
         await customers.forget(s, ids["angry"])
+    assert ids["angry"] not in await scores(db)
     await churn.recompute(db, T0 + timedelta(days=22))
     rows = await scores(db)
     assert ids["angry"] not in rows and len(rows) == 4
+    async with db.sessions() as s:
+        (event,) = await s.scalars(select(Interaction).where(Interaction.meta["kind"].as_string() == "churn_warning"))
+        assert "12315" not in event.text  # the warning's words went with the rest of the log
 
 
 async def test_unreachable_and_opted_out_count(db: Database) -> None:
