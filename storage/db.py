@@ -109,7 +109,13 @@ class Database:
         if self.is_sqlite:
             _tune_sqlite(self.engine, busy_timeout)
             self._ensure_sqlite_dir()
-        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # Read-only sessions: on SQLite a plain (deferred) BEGIN, which takes no write lock and
+        # so never waits behind a writer; their statements run on aiosqlite's thread, off the
+        # event loop. Everything that writes goes through transaction().
+        self.sessions = async_sessionmaker(
+            self.engine.execution_options(kefu_read_only=True), expire_on_commit=False
+        )
+        self._writers = async_sessionmaker(self.engine, expire_on_commit=False)
 
     async def _connect_sqlite(self) -> sqlite_driver.Connection:
         connection = sqlite_driver.connect(
@@ -129,11 +135,13 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """One unit of work: commits on success, rolls back on any error."""
-        async with self.sessions() as session, session.begin():
+        async with self._writers() as session, session.begin():
             yield session
 
     async def upgrade(self) -> None:
         try:
+            if await self._is_current():
+                return  # nothing to write: no lock taken (a read-only command beside a writer)
             async with self.engine.begin() as conn:
                 if not self.is_sqlite:
                     # Several `kefu run` processes may start together: one migrates, the others
@@ -145,6 +153,17 @@ class Database:
                 await conn.run_sync(_upgrade)
         except (OSError, DBAPIError) as exc:
             raise explain(exc, self.url) from exc
+
+    async def _is_current(self) -> bool:
+        from alembic.script import ScriptDirectory
+
+        heads = set(ScriptDirectory.from_config(alembic_config()).get_heads())
+        async with self.sessions() as session:
+            try:
+                found = set(await session.scalars(text("SELECT version_num FROM alembic_version")))
+            except DBAPIError:
+                return False  # a new database: no version table yet
+        return found == heads
 
     async def scrub(self) -> None:
         """After an erasure: SQLite keeps the old images of changed pages in its WAL until a
@@ -179,7 +198,12 @@ def _tune_sqlite(engine: AsyncEngine, busy_timeout: float) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        writing = not conn.get_execution_options().get("kefu_read_only", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
+        # Only a writer, which holds the lock and never waits, runs its statements inline.
+        driver = conn.connection.driver_connection
+        if isinstance(driver, sqlite_driver.Connection):
+            driver.inline = writing
 
 
 def alembic_config() -> AlembicConfig:

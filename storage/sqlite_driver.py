@@ -21,10 +21,13 @@ import aiosqlite
 
 class Connection(aiosqlite.Connection):
     _stopped: asyncio.Future[Any] | None = None
+    # Set at each BEGIN: True for a write transaction (BEGIN IMMEDIATE). A read-only transaction's
+    # statements stay on aiosqlite's thread: they may be long scans, and must not stall the loop.
+    inline = True
 
     async def _execute(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         conn = self._connection
-        if self._running and conn is not None and conn.in_transaction:
+        if self._running and conn is not None and conn.in_transaction and self.inline:
             return fn(*args, **kwargs)
         return await super()._execute(fn, *args, **kwargs)  # type: ignore[no-untyped-call]
 
