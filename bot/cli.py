@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 from sqlalchemy.engine import make_url
 
 from bot.cli_campaigns import campaigns_app, customers_import
@@ -23,7 +21,6 @@ from bot.cli_common import (
     DEFAULT_CONFIG,
     ConfigOption,
     FormatOption,
-    cells,
     check_format,
     err,
     fail,
@@ -36,6 +33,7 @@ from bot.cli_common import (
     with_db,
 )
 from bot.cli_common import since as parse_since
+from bot.cli_customer import customers_show
 from bot.cli_email import email_app
 from bot.cli_insight import at_risk, rescore
 from bot.cli_report import report
@@ -68,6 +66,7 @@ app.add_typer(campaigns_app, name="campaigns")
 customers_app.command("import")(customers_import)
 customers_app.command("at-risk")(at_risk)
 customers_app.command("rescore")(rescore)
+customers_app.command("show")(customers_show)
 app.command("report")(report)
 app.add_typer(email_app, name="email")
 
@@ -300,60 +299,6 @@ def reply(
         f"answer logged as interaction {answer.interaction_id}; "
         f"queued for {answer.channel} (outbox {answer.outbox_id})"
     )
-
-
-@customers_app.command("show")
-def customers_show(ref: str, config: ConfigOption = DEFAULT_CONFIG) -> None:
-    """Show a customer by id or by any address (email, Telegram id, SOURCE:USER)."""
-
-    async def work(db: Database) -> list[Any]:
-        async with db.sessions() as session:
-            found = await customers.find(session, ref)
-            cust = await customers.live(session, found)
-            ids = await customers.identities_of(session, cust.id)
-            convs = await conversations.of_customer(session, cust.id)
-        parts: list[Any] = []
-        if found.id != cust.id:
-            parts.append(f"customer {found.id} was merged into {cust.id}")
-        head = Table.grid(padding=(0, 2))
-        for label, value in (
-            ("id", cust.id),
-            ("name", cust.display_name or "—"),
-            ("language", cust.language or "—"),
-            ("timezone", cust.timezone or "—"),
-            ("birthday", cust.birthday or "—"),
-            ("tags", ", ".join(cust.tags or []) or "—"),
-            ("vip", "yes" if cust.vip else "no"),
-            ("marketing consent", "yes" if cust.marketing_consent else "no"),
-            ("created", _ts(cust.created_at)),
-            ("forgotten", _ts(cust.forgotten_at) if cust.forgotten_at else "no"),
-        ):
-            head.add_row(f"[bold]{label}[/]", escape(str(value)))
-        parts.append(head)
-        idt = Table("channel", "address", "reachable", title="identities")
-        for i in ids:
-            idt.add_row(
-                *cells(
-                    i.channel, i.address, "yes" if i.reachable else f"no: {i.unreachable_reason}"
-                )
-            )
-        parts.append(idt)
-        ct = Table("id", "status", "priority", "complaint", "updated", title="conversations")
-        for c in convs:
-            ct.add_row(
-                *cells(
-                    str(c.id),
-                    c.status,
-                    c.priority,
-                    "yes" if c.is_complaint else "",
-                    _ts(c.updated_at),
-                )
-            )
-        parts.append(ct)
-        return parts
-
-    for part in with_db(load(config), work):
-        out.print(part)
 
 
 @customers_app.command("merge")
