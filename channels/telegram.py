@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import json
 import logging
+import math
 import os
 import warnings
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -79,6 +81,8 @@ ALLOWED_UPDATES = ("message", "edited_message", "my_chat_member", "callback_quer
 CALLBACK_TEXT_LIMIT = 200
 TOPIC_NAME_LIMIT = 128
 SECRET_HEADER = "x-telegram-bot-api-secret-token"
+# How long the list of staff accounts is trusted: someone just added waits this long at most.
+STAFF_IDS_TTL = 10.0
 _T = TypeVar("_T")
 
 
@@ -91,6 +95,8 @@ class Hooks:
     thread_of: Callable[[int], Awaitable[str | None]] | None = None  # conversation -> topic id
     save_thread: Callable[[int, str], Awaitable[None]] | None = None
     survey: Callable[[SurveyPress], Awaitable[PressAnswer]] | None = None  # returns after its commit
+    # Telegram user ids of active staff: their private messages to the bot are staff posts.
+    staff_ids: Callable[[], Awaitable[Collection[int]]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +156,8 @@ class TelegramChannel:
         # Telegram waits about a minute for a webhook answer; stay well inside it.
         self.webhook_retry_seconds = webhook_retry_seconds
         self._stop_pause = asyncio.Event()
+        self._staff_ids: frozenset[int] = frozenset()
+        self._staff_ids_at = -math.inf
         self._groups: dict[int, SlidingWindow] = {}
         self._chats: dict[int, SlidingWindow] = {}  # private chats: about one message a second
         # Few requests in flight: a slot taken must go on the wire at once. With dozens queued in
@@ -308,6 +316,13 @@ class TelegramChannel:
         An update that fails (a database locked or down, a network error, anything) is tried again
         without limit, with backoff: skipping it would lose what a customer said. The only updates
         passed over are those that cannot be translated at all, and those are logged as such."""
+        try:
+            await self._refresh_staff()
+        except Exception as exc:  # noqa: BLE001 - the database is down: try the batch again
+            log.warning("telegram.staff_ids.failure retry_in=%.1fs error=%s",
+                        self.max_retry_delay / 4, type(exc).__name__)
+            await self._pause(self.max_retry_delay / 4)
+            return
         for chunk in _chunks(updates, self._independent):
             results = await asyncio.gather(
                 *(self._process(u) for u in chunk), return_exceptions=True
@@ -329,6 +344,14 @@ class TelegramChannel:
                 attempts.pop(update.update_id, None)
                 self._offset = update.update_id + 1
 
+    async def _refresh_staff(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.hooks.staff_ids is None or loop.time() - self._staff_ids_at < STAFF_IDS_TTL:
+            return
+        # Read before any update is translated: a failure here fails the batch like any other.
+        self._staff_ids = frozenset(await self.hooks.staff_ids())
+        self._staff_ids_at = loop.time()
+
     def _backoff(self, attempt: int) -> float:
         return min(self.max_retry_delay, self.retry_delay * 2 ** min(attempt - 1, 16))
 
@@ -341,7 +364,7 @@ class TelegramChannel:
         if isinstance(update, _Raw):
             return fallback(update.data, update.error)
         try:
-            return translate(update, staff_chat_id=self.staff_chat_id)
+            return translate(update, staff_chat_id=self.staff_chat_id, staff_ids=self._staff_ids)
         except Exception as exc:  # noqa: BLE001 - bad input must not stop the chat
             log.error(
                 "telegram.update.malformed update_id=%s error=%s", update.update_id, type(exc).__name__
@@ -450,6 +473,7 @@ class TelegramChannel:
         attempt = 0
         while True:
             try:
+                await self._refresh_staff()
                 await self._process(update)
                 return WebhookReply(200, {"ok": True})
             except Exception as exc:  # noqa: BLE001 - Telegram retries a non-2xx answer
@@ -474,7 +498,33 @@ class TelegramChannel:
             raise PermanentError(f"Telegram address {out.address!r} is not a chat id") from None
         if chat_id == self.staff_chat_id:
             return await self._send_staff(out, chat_id)
+        staff = out.meta.get("staff")
+        if isinstance(staff, Mapping) and staff.get("agent"):
+            return await self._send_agent(out, chat_id, staff)
         return await self._send_customer(out, chat_id)
+
+    async def _send_agent(self, out: Outbound, chat_id: int, staff: Mapping[str, Any]) -> SendResult:
+        """A staff post in an agent's private chat with the bot, where they answer by replying.
+        An agent who never opened that chat (/start) or blocked the bot cannot get it there: a
+        conversation's post then goes to the staff group, so nothing waits on them."""
+        steps = self._steps(
+            chat_id, out.text, out.attachments, thread=None, reply_to=_int(staff.get("reply_to"))
+        )
+        try:
+            progress = await self._run(out.dedupe_key, chat_id, steps, group=False)
+        except PermanentError as exc:
+            group = _int(staff.get("group"))
+            if group is None or group != self.staff_chat_id or not staff.get("mirror"):
+                raise
+            log.warning(
+                "telegram.agent_chat.unreachable agent=%s error=%s: posting in the staff group",
+                staff.get("agent"), exc,
+            )
+            self._progress.pop(out.dedupe_key, None)
+            in_group = {k: v for k, v in staff.items() if k not in ("agent", "group")}
+            moved = dataclasses.replace(out, address=str(group), meta={**out.meta, "staff": in_group})
+            return await self._send_staff(moved, group)
+        return SendResult(external_id=progress.first_key)
 
     async def _send_customer(self, out: Outbound, chat_id: int) -> SendResult:
         text = _with_links(out.text, out.attachments)

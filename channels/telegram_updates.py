@@ -6,7 +6,7 @@ tables name every message content kefu understands; anything else is an explicit
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -41,6 +41,7 @@ class StaffPost:
     reply_to_message_id: int | None = None  # the message it answers, when not just the topic root
     has_media: bool = False
     sent_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    private: bool = False  # in the staff member's own chat with the bot, not the group
 
     @property
     def key(self) -> str:
@@ -101,11 +102,15 @@ def language_of(code: str | None) -> str | None:
     return primary if primary.isalpha() and 2 <= len(primary) <= 3 else None
 
 
-def translate(update: Update, *, staff_chat_id: int | None) -> Translated:
+def translate(
+    update: Update, *, staff_chat_id: int | None, staff_ids: Container[int] = ()
+) -> Translated:
+    """`staff_ids`: Telegram user ids of active staff; their private messages to the bot are staff
+    posts (answers to the conversations delivered there), not customer messages."""
     if update.message is not None:
-        return _message(update.message, staff_chat_id, edited=False)
+        return _message(update.message, staff_chat_id, staff_ids, edited=False)
     if update.edited_message is not None:
-        return _message(update.edited_message, staff_chat_id, edited=True)
+        return _message(update.edited_message, staff_chat_id, staff_ids, edited=True)
     if update.my_chat_member is not None:
         return _membership(update.my_chat_member)
     if update.callback_query is not None:
@@ -120,7 +125,9 @@ def _update_kind(update: Update) -> str:
     return "unknown"
 
 
-def _message(message: Message, staff_chat_id: int | None, *, edited: bool) -> Translated:
+def _message(
+    message: Message, staff_chat_id: int | None, staff_ids: Container[int], *, edited: bool
+) -> Translated:
     chat = message.chat
     if staff_chat_id is not None and chat.id == staff_chat_id:
         if edited:
@@ -131,6 +138,10 @@ def _message(message: Message, staff_chat_id: int | None, *, edited: bool) -> Tr
     user = message.from_user
     if user is None or user.is_bot:
         return Ignored("private message without a human sender")
+    if user.id in staff_ids:
+        if edited:
+            return Ignored("edits by staff are not acted on")
+        return _staff_post(message, private=True)
     attachments = tuple(a for a in (_attachment(message),) if a is not None)
     text = message.text or message.caption or ""
     key = message_key(chat.id, message.message_id)
@@ -197,7 +208,7 @@ def _message(message: Message, staff_chat_id: int | None, *, edited: bool) -> Tr
     )
 
 
-def _staff_post(message: Message) -> Translated:
+def _staff_post(message: Message, *, private: bool = False) -> Translated:
     user = message.from_user
     if user is not None and user.is_bot:
         return Ignored("a bot's message in the staff group")  # kefu's own mirrors come back too
@@ -205,7 +216,7 @@ def _staff_post(message: Message) -> Translated:
     media = _attachment(message) is not None
     if not text and not media:
         return Ignored("service message in the staff group")
-    thread = message.message_thread_id if message.is_topic_message else None
+    thread = message.message_thread_id if message.is_topic_message and not private else None
     reply = message.reply_to_message
     # In a forum every topic message "replies" to the topic's first message: that is no thread.
     reply_id = reply.message_id if reply is not None and reply.message_id != thread else None
@@ -219,6 +230,7 @@ def _staff_post(message: Message) -> Translated:
         reply_to_message_id=reply_id,
         has_media=media,
         sent_at=_utc(message.date),
+        private=private,
     )
 
 

@@ -1,5 +1,6 @@
 """Complaint flags and SLA escalations for staff: an event in the conversation's log always, and a
-post in the Telegram staff group when there is one ([telegram] staff_chat_id).
+post in the Telegram staff group when there is one ([telegram] staff_chat_id), in the
+conversation's topic even when an agent handles it in their private chat: these need the team.
 
 The post goes into the conversation's topic, after the mirror of the message that caused it (same
 transaction, later outbox id, and the outbox sends one address's rows in order).
@@ -12,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import outbox
 from bot.messages import Outbound
+from handlers import staff_feed
 from handlers.routing import Router
 from storage.models import ComplaintReason, Conversation, Customer, Interaction, Staff, utcnow
 
@@ -46,7 +47,8 @@ async def post(
     }
     if conversation.staff_thread:
         staff["thread"] = conversation.staff_thread
-    return await outbox.enqueue(
+    # Merged into the topic's post still waiting, if any: alerts are part of the topic's feed.
+    return await staff_feed.queue(
         session,
         Outbound(
             channel=CHANNEL,
@@ -58,6 +60,7 @@ async def post(
             customer_id=conversation.customer_id,
             meta={"staff": staff},
         ),
+        addition=text,
     )
 
 

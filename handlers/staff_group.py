@@ -1,11 +1,15 @@
-"""The Telegram staff group: every conversation mirrored there, and what agents write back.
+"""The Telegram staff group and agents' private chats: conversations shown there, and what agents
+write back.
 
 Mirroring is a pipeline observer: each fresh inbound message with a conversation, from any channel,
-becomes an outbox row for the staff group in the same transaction as the log row. The channel puts
-it in the conversation's forum topic (creating the topic on first use).
+is queued for staff in the same transaction as the log row: to the assigned agent's private chat
+with the bot, or else to the conversation's forum topic in the staff group (created on first use),
+merged into the post still waiting there (handlers/staff_feed.py keeps this within Telegram's
+limits). The group gets one line per conversation that is handled in a private chat.
 
-StaffDesk.handle() takes a staff-group post: a plain message in a conversation's topic (or a reply
-to a mirrored message) is an answer to the customer; a /command acts on the conversation. Only
+StaffDesk.handle() takes a staff post, in the group or in a staff member's private chat: a plain
+message in a conversation's topic (or a reply to a mirrored message) is an answer to the customer;
+a /command acts on the conversation. Only
 active staff may do either, each within their role (handlers/roles.py: status changes go through
 handlers/lifecycle.py, so /resolve asks the satisfaction survey); everything they do is audited. One transaction per post, keyed by the
 post's id, so a redelivered update does nothing twice.
@@ -28,7 +32,7 @@ from bot.config import Config
 from bot.messages import Attachment, Outbound
 from bot.pipeline import Logged, Observer
 from channels.telegram_updates import StaffPost
-from handlers import agents, roles, staff_commands
+from handlers import agents, roles, staff_commands, staff_feed
 from storage import audit
 from storage.db import Database
 from storage.models import Conversation, OutboxRow, ProcessedMessage, Staff
@@ -36,6 +40,11 @@ from storage.models import Conversation, OutboxRow, ProcessedMessage, Staff
 log = logging.getLogger("kefu.staff_group")
 
 CHANNEL = "telegram"
+BOARD = "telegram-board"  # processed_messages channel of the group's "where it is handled" lines
+PRIVATE_HINT = (
+    "👋 Conversations assigned to you arrive here. Reply to one of them to answer the customer; "
+    "commands (/resolve, /note …) work as replies too."
+)
 PREVIEW_LIMIT = 3500  # leaves room for the header inside Telegram's 4096
 REFUSAL = "⛔ Only registered kefu staff can answer customers or use commands here."
 REFUSAL_EVERY_SECONDS = 600.0  # one refusal per person per ten minutes is enough; the group is rate-limited
@@ -87,9 +96,13 @@ def _seen(note: Logged) -> _Seen:
     )
 
 
-def mirror_text(note: Logged, seen: _Seen) -> str:
+def mirror_head(note: Logged, seen: _Seen) -> str:
+    return f"📨 #{seen.conversation_id} · {seen.name} · {note.inbound.channel}"
+
+
+def mirror_body(note: Logged, seen: _Seen) -> str:
+    """What one message adds to a mirror: its marks, its text and its attachments."""
     inbound = note.inbound
-    head = f"📨 #{seen.conversation_id} · {seen.name} · {inbound.channel}"
     marks: list[str] = []
     if seen.is_complaint or note.verdict.is_complaint:
         severity = note.verdict.severity if note.verdict.is_complaint else "earlier"
@@ -98,7 +111,7 @@ def mirror_text(note: Logged, seen: _Seen) -> str:
         marks.append(PRIORITY_MARK[seen.priority])
     if seen.vip:
         marks.append("⭐ VIP")
-    lines = [head]
+    lines: list[str] = []
     if marks:
         lines.append(" · ".join(marks))
     body = inbound.text
@@ -112,8 +125,20 @@ def mirror_text(note: Logged, seen: _Seen) -> str:
     return "\n".join(lines)
 
 
+def mirror_text(note: Logged, seen: _Seen) -> str:
+    body = mirror_body(note, seen)
+    return f"{mirror_head(note, seen)}\n{body}" if body else mirror_head(note, seen)
+
+
+def board_line(seen: _Seen, channel: str, agent: str) -> str:
+    """The group's one line for a conversation handled in an agent's private chat."""
+    return f"👤 #{seen.conversation_id} {seen.name} · {channel} → {agent} (private chat)"
+
+
 def mirror_observer(staff_chat_id: int) -> Observer:
-    """Pipeline observer: one staff-group outbox row per fresh inbound message with a conversation."""
+    """Pipeline observer: each fresh inbound message with a conversation is queued for staff, in
+    the same transaction: to the assigned agent's private chat, else the conversation's topic in
+    the staff group; merged into the post still waiting there, if there is one (staff_feed)."""
 
     async def observe(session: AsyncSession, note: Logged) -> None:
         if note.conversation is None or note.inbound.kind not in ("message", "complaint", "edit"):
@@ -122,29 +147,67 @@ def mirror_observer(staff_chat_id: int) -> Observer:
         seen = await session.run_sync(lambda _: _seen(note))
         # Telegram file ids work for this bot only: media from Telegram is copied into the topic.
         media = tuple(a for a in note.inbound.attachments if a.file_id and note.inbound.channel == CHANNEL)
-        await outbox.enqueue(
-            session,
-            Outbound(
-                channel=CHANNEL,
-                address=str(staff_chat_id),
-                text=mirror_text(note, seen),
-                dedupe_key=f"mirror-{note.interaction_id}",
-                kind="notice",
-                conversation_id=seen.conversation_id,
-                customer_id=seen.customer_id,
-                attachments=media,
-                meta={
-                    "staff": {
-                        "mirror": True,
-                        "topic_name": topic_name(seen.conversation_id, seen.name, note.inbound.channel),
-                        **({"thread": seen.staff_thread} if seen.staff_thread else {}),
-                    }
-                },
-            ),
-            interaction_id=note.interaction_id,
+        name = topic_name(seen.conversation_id, seen.name, note.inbound.channel)
+        out = Outbound(
+            channel=CHANNEL,
+            address=str(staff_chat_id),
+            text=mirror_text(note, seen),
+            dedupe_key=f"mirror-{note.interaction_id}",
+            kind="notice",
+            conversation_id=seen.conversation_id,
+            customer_id=seen.customer_id,
+            attachments=media,
+            meta={
+                "staff": {
+                    "mirror": True,
+                    "topic_name": name,
+                    **({"thread": seen.staff_thread} if seen.staff_thread else {}),
+                }
+            },
+        )
+        member = await staff_feed.agent_of(session, note.conversation)
+        if member is not None:
+            out = staff_feed.for_agent(out, member)
+            await _board(session, staff_chat_id, seen, note.inbound.channel, member)
+        await staff_feed.queue(
+            session, out, addition=mirror_body(note, seen), interaction_id=note.interaction_id
         )
 
     return observe
+
+
+async def _board(
+    session: AsyncSession, staff_chat_id: int, seen: _Seen, channel: str, member: Staff
+) -> None:
+    """Once per conversation and agent: a line in the group saying where it is handled. Lines
+    waiting together go out as one post, so this costs the group almost nothing at any rate."""
+    if not await first_time(session, f"board:{seen.conversation_id}:{member.id}", seen.conversation_id,
+                            channel=BOARD):
+        return
+    line = board_line(seen, channel, member.name)
+    await staff_feed.queue(
+        session,
+        Outbound(
+            channel=CHANNEL,
+            address=str(staff_chat_id),
+            text=line,
+            dedupe_key=f"board-{seen.conversation_id}-{member.id}",
+            kind="notice",
+            meta={"staff": {"board": True}},
+        ),
+        addition=line,
+    )
+
+
+async def staff_telegram_ids(db: Database) -> set[int]:
+    """Telegram accounts of active staff: their private messages to the bot are staff posts."""
+    async with db.sessions() as session:
+        found = await session.scalars(
+            select(Staff.telegram_user_id).where(
+                Staff.active.is_(True), Staff.telegram_user_id.is_not(None)
+            )
+        )
+        return {int(n) for n in found if n is not None}
 
 
 async def thread_of(db: Database, conversation_id: int) -> str | None:
@@ -215,6 +278,11 @@ class StaffDesk:
     ) -> str:
         command = staff_commands.parse(post.text)
         if conversation is None and command is None:
+            if post.private:
+                # A staff member's own chat with the bot (their /start, or a message that is not
+                # a reply): say how it works, once per message.
+                await self._notice(session, post, None, PRIVATE_HINT)
+                return "hint"
             return "ignored"  # people talk in the group too; only threads and commands count
         member = None
         if post.user_id is not None:
@@ -310,11 +378,14 @@ class StaffDesk:
         staff: dict[str, Any] = {"reply_to": post.message_id}
         if post.thread_id is not None:
             staff["thread"] = str(post.thread_id)
+        if post.private:
+            staff["agent"] = post.user_name
         await outbox.enqueue(
             session,
             Outbound(
                 channel=CHANNEL,
-                address=str(self.staff_chat_id),
+                # Where the post was written: the group, or an agent's private chat with the bot.
+                address=str(post.chat_id),
                 text=text,
                 dedupe_key=f"staff-notice-{post.key}",
                 kind="notice",

@@ -182,8 +182,10 @@ async def test_staff_group_gets_the_flag_and_the_escalation_in_the_topic(
             await botapi.wait_for(
                 lambda b: any("Complaint #" in (x.text or "") for x in b.to(FORUM)), what="the complaint flag"
             )
-            mirror, flag = botapi.to(FORUM)[:2]
-            assert mirror.thread_id is not None and flag.thread_id == mirror.thread_id  # same topic
+            # Same topic; waiting together, the mirror and the flag are merged into one post.
+            flag = next(x for x in botapi.to(FORUM) if "Complaint #" in (x.text or ""))
+            mirror = next(x for x in botapi.to(FORUM) if "sue you" in (x.text or ""))
+            assert mirror.thread_id is not None and flag.thread_id == mirror.thread_id
             assert flag.text is not None and "HIGH" in flag.text and "@alice" in flag.text
             assert "threat to escalate: lawyer" in flag.text and "priority urgent" in flag.text
             (ack,) = await callback.wait_for(1)

@@ -46,6 +46,9 @@ def db_path(tmp_path: Path) -> Path:
 
 
 def config(db_path: Path, botapi: BotApiServer, **sections: Any) -> dict[str, Any]:
+    # Nobody assigned on arrival: conversations stay in the group's topics (the agent's private
+    # chat has tests of its own in test_telegram_agent_chat.py).
+    sections.setdefault("routing", {"assignment": "none"})
     return base_config(f"sqlite+aiosqlite:///{db_path}", telegram=telegram_config(botapi), **sections)
 
 

@@ -36,18 +36,20 @@ def post(text: str, *, user: int = ALICE, thread: int | None = THREAD, reply_to:
 async def world(db: Database) -> dict[str, Any]:
     """A Telegram customer with one conversation mirrored into topic 57; alice and bob are agents,
     lena is their lead."""
-    async with db.transaction() as session:
-        alice = await staff.add(session, "alice", telegram_user_id=ALICE)
-        bob = await staff.add(session, "bob", telegram_user_id=BOB)
-        lena = await staff.add(session, "lena", telegram_user_id=LENA, role="lead")
-        gone = await staff.add(session, "carol", telegram_user_id=5005)
-        gone.active = False
+    # The message arrives before the team is registered: nobody is assigned, so it is mirrored
+    # into the group (an assigned one goes to the agent's chat: test_telegram_agent_chat.py).
     pipeline = Pipeline(db, observers=[mirror_observer(STAFF_CHAT)])
     receipt = await pipeline.receive(
         Inbound(channel="telegram", external_id="1001:1365", address="1001", text="请问营业时间",
                 display_name="张三", language="zh")
     )
     await pipeline.close()
+    async with db.transaction() as session:
+        alice = await staff.add(session, "alice", telegram_user_id=ALICE)
+        bob = await staff.add(session, "bob", telegram_user_id=BOB)
+        lena = await staff.add(session, "lena", telegram_user_id=LENA, role="lead")
+        gone = await staff.add(session, "carol", telegram_user_id=5005)
+        gone.active = False
     async with db.transaction() as session:
         conversation = await session.get(Conversation, receipt.conversation_id)
         assert conversation is not None

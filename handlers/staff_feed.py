@@ -1,0 +1,108 @@
+"""Where staff traffic goes, and how it is kept within Telegram's limits at any inbound rate.
+
+Telegram lets a bot post 20 messages a minute into one group and about one a second into one
+private chat. So staff traffic is shaped before it is queued:
+
+- What waits for one place (a conversation's topic, the conversation in an agent's private chat,
+  the group's list of where conversations are handled) is coalesced: a new message is appended to
+  the post that is still waiting there, instead of becoming a post of its own. However fast
+  customers write, each place needs at most one post per turn it gets.
+- The group gets only what needs the team: conversations nobody is assigned to (in their topic),
+  complaints and escalations, and one line per conversation saying where it is handled.
+- A conversation assigned to an active agent with a Telegram account goes to that agent's private
+  chat with the bot, where the agent answers by replying to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot import outbox
+from bot.messages import Outbound
+from channels.telegram_limits import utf16_len
+from storage.models import Conversation, OutboxRow, Staff
+
+# A coalesced post stays one Telegram message (4096 UTF-16 units), with room for the header.
+POST_LIMIT = 4000
+# Rows that may take more text: staff posts that are a feed, not an answer to someone.
+FEED_PREFIXES = ("mirror-", "complaint:", "sla:", "board-")
+WAITING = ("pending", "deferred", "failed")
+
+
+async def agent_of(session: AsyncSession, conversation: Conversation) -> Staff | None:
+    """The agent whose private chat gets this conversation, or None (then: the staff group)."""
+    if conversation.assignee is None:
+        return None
+    member = await session.get(Staff, conversation.assignee)
+    if member is None or not member.active or member.telegram_user_id is None:
+        return None
+    return member
+
+
+async def queue(
+    session: AsyncSession,
+    out: Outbound,
+    *,
+    addition: str,
+    interaction_id: int | None = None,
+) -> int | None:
+    """Queues a feed post, or appends `addition` to the one still waiting for the same place.
+
+    Returns the id of the row the text went into. Posts with attachments are never merged: a
+    partly sent one (text sent, photo deferred) must not change under the channel's feet."""
+    if not out.attachments:
+        merged = await _append(session, out, addition)
+        if merged is not None:
+            return merged
+    return await outbox.enqueue(session, out, interaction_id=interaction_id)
+
+
+async def _append(session: AsyncSession, out: Outbound, addition: str) -> int | None:
+    place = (
+        OutboxRow.conversation_id == out.conversation_id
+        if out.conversation_id is not None
+        else OutboxRow.conversation_id.is_(None)
+    )
+    query = (
+        select(OutboxRow.id, OutboxRow.payload, OutboxRow.dedupe_key)
+        .where(
+            OutboxRow.channel == out.channel,
+            OutboxRow.address == out.address,
+            place,
+            OutboxRow.status.in_(WAITING),
+        )
+        .order_by(OutboxRow.id.desc())
+        .limit(1)
+    )
+    if session.bind.dialect.name == "postgresql":
+        # A row being claimed right now is skipped, not waited for: the text then gets a post of
+        # its own. (SQLite has one writer at a time: the claim cannot interleave.)
+        query = query.with_for_update(skip_locked=True)
+    found = (await session.execute(query)).first()
+    if found is None:
+        return None
+    row_id, payload, key = found
+    if not key.startswith(FEED_PREFIXES) or payload.get("attachments"):
+        return None
+    text = f"{payload.get('text', '')}\n{addition}"
+    if utf16_len(text) > POST_LIMIT:
+        return None
+    staff: dict[str, Any] = dict((payload.get("meta") or {}).get("staff") or {})
+    staff["merged"] = int(staff.get("merged", 1)) + 1
+    new_payload = {**payload, "text": text, "meta": {**(payload.get("meta") or {}), "staff": staff}}
+    await session.execute(
+        update(OutboxRow).where(OutboxRow.id == row_id).values(payload=new_payload)
+    )
+    return int(row_id)
+
+
+def for_agent(out: Outbound, member: Staff) -> Outbound:
+    """The same post, to the agent's private chat (the group, with its topic, if that fails)."""
+    assert member.telegram_user_id is not None
+    staff = {**(out.meta.get("staff") or {}), "agent": member.name, "group": out.address}
+    staff.pop("thread", None)
+    return replace(out, address=str(member.telegram_user_id), meta={**out.meta, "staff": staff})
