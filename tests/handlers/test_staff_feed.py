@@ -1,0 +1,81 @@
+"""Staff posts waiting for one place are merged, on SQLite and PostgreSQL, through the real pipeline."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import select
+
+from bot.messages import Attachment, Inbound
+from bot.pipeline import Pipeline
+from handlers import routing
+from handlers.staff_group import mirror_observer
+from storage import staff
+from storage.db import Database
+from storage.models import OutboxRow
+
+STAFF_CHAT = -1001234567890
+ALICE = 2002
+
+
+def message(n: int, text: str, *, user: str = "1001", **kw: object) -> Inbound:
+    return Inbound(channel="telegram", external_id=f"{user}:{n}", address=user, text=text,
+                   display_name="张三", received_at=datetime.now(timezone.utc), **kw)  # type: ignore[arg-type]
+
+
+async def staff_rows(db: Database) -> list[OutboxRow]:
+    async with db.sessions() as session:
+        return list(await session.scalars(select(OutboxRow).order_by(OutboxRow.id)))
+
+
+async def test_messages_waiting_for_one_topic_become_one_post(db: Database) -> None:
+    pipeline = Pipeline(db, observers=[mirror_observer(STAFF_CHAT)])
+    for n in range(5):
+        await pipeline.receive(message(n, f"part {n}"))
+    await pipeline.receive(message(9, "other customer", user="1002"))
+    await pipeline.close()
+    rows = await staff_rows(db)
+    assert [r.address for r in rows] == [str(STAFF_CHAT)] * 2
+    first, other = rows
+    assert first.payload["text"].splitlines() == ["📨 #1 · 张三 · telegram", *(f"part {n}" for n in range(5))]
+    assert first.payload["meta"]["staff"]["merged"] == 5
+    assert "other customer" in other.payload["text"]
+
+
+async def test_a_post_already_claimed_is_not_changed(db: Database) -> None:
+    pipeline = Pipeline(db, observers=[mirror_observer(STAFF_CHAT)])
+    await pipeline.receive(message(0, "first"))
+    async with db.transaction() as session:
+        row = await session.scalar(select(OutboxRow))
+        assert row is not None
+        row.status = "sending"
+    await pipeline.receive(message(1, "second"))
+    await pipeline.close()
+    rows = await staff_rows(db)
+    assert [r.payload["text"].splitlines()[-1] for r in rows] == ["first", "second"]
+
+
+async def test_media_and_long_texts_get_posts_of_their_own(db: Database) -> None:
+    pipeline = Pipeline(db, observers=[mirror_observer(STAFF_CHAT)])
+    await pipeline.receive(message(0, "长" * 3000))
+    await pipeline.receive(message(1, "长" * 3000))  # both would not fit one Telegram message
+    await pipeline.receive(message(2, "photo", attachments=(Attachment(kind="photo", file_id="AgAC"),)))
+    await pipeline.receive(message(3, "after"))
+    await pipeline.close()
+    rows = await staff_rows(db)
+    assert len(rows) == 4
+
+
+async def test_an_assigned_conversation_goes_to_the_agents_chat_with_one_group_line(db: Database) -> None:
+    async with db.transaction() as session:
+        await staff.add(session, "alice", telegram_user_id=ALICE)
+    pipeline = Pipeline(db, route=routing.route, observers=[mirror_observer(STAFF_CHAT)])
+    for n in range(3):
+        await pipeline.receive(message(n, f"part {n}"))
+    await pipeline.close()
+    rows = await staff_rows(db)
+    by_address = {r.address: r for r in rows}
+    assert sorted(by_address) == sorted([str(ALICE), str(STAFF_CHAT)]) and len(rows) == 2
+    assert by_address[str(ALICE)].payload["text"].splitlines()[1:] == ["part 0", "part 1", "part 2"]
+    assert by_address[str(ALICE)].payload["meta"]["staff"]["agent"] == "alice"
+    assert by_address[str(STAFF_CHAT)].payload["text"] == "👤 #1 张三 · telegram → alice (private chat)"
