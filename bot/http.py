@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 
 from starlette.applications import Starlette
@@ -76,8 +77,13 @@ def build_app(
         except Rejected as exc:
             metrics.inbound.labels("webhook", "rejected").inc()
             return JSONResponse({"error": "unprocessable", "message": str(exc)}, 422)
-        except Exception:
-            log.exception("webhook.receive.failure source=%s", source)
+        except Exception as exc:
+            # The kind and where, not the message: an error's text can quote what the customer
+            # wrote (a handler's ValueError); database errors come without their parameters.
+            log.error(
+                "webhook.receive.failure source=%s error=%s\n%s",
+                source, type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)).rstrip(),
+            )
             metrics.failures.labels("pipeline").inc()
             return JSONResponse(
                 {"error": "internal", "message": "the message was not stored; send it again"}, 500

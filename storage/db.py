@@ -98,7 +98,9 @@ class Database:
         self.url = make_url(url)
         self.busy_timeout = busy_timeout
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
-        kwargs: dict[str, Any] = {"echo": echo}
+        # A statement's parameters are customers' words, names and addresses: an error that reaches
+        # a log (a traceback of a failed job) shows the SQL and "[SQL parameters hidden]" only.
+        kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
         if self.is_sqlite and self.url.get_driver_name() == "aiosqlite" and not self.url.query:
             kwargs["async_creator"] = self._connect_sqlite
         elif self.is_sqlite:
