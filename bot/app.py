@@ -27,6 +27,7 @@ from bot.care import build_care
 from bot.insight import build_insight
 from bot.config import Config, ConfigError, EmailConfig, require_secret, secret
 from bot.http import build_app
+from bot.leader import election_for
 from bot.messages import Inbound, Receipt
 from bot.metrics import Metrics
 from bot.outbox import OutboxWorker
@@ -175,6 +176,14 @@ def build_telegram(kefu: Kefu) -> Channel | None:
         kefu.routes.append(
             telegram_webhook.webhook_route(channel, max_body_bytes=kefu.config.http.max_body_bytes)
         )
+    else:
+        # Telegram answers 409 to all but one getUpdates per bot: one process polls, all send.
+        channel.poll_at_start = False
+
+        async def poll() -> None:
+            channel.start_polling()
+
+        kefu.election.join("telegram.poll", on_elected=poll, on_deposed=channel.stop_polling)
     return channel
 
 
@@ -188,7 +197,16 @@ def build_email(kefu: Kefu) -> Channel | None:
         )
         return None
     kefu.observers.append(email_events.on_bounce)
-    return email_channel(em, kefu.env, kefu.db)
+    channel = email_channel(em, kefu.env, kefu.db)
+    # One reader per folder across all processes; every process sends by SMTP.
+    folder = f"email.imap:{channel.reader.s.username}@{em.imap_host}:{em.imap_port}/{em.folder}"
+
+    async def read() -> None:
+        await channel.start(kefu.receive)
+
+    kefu.election.join(folder, on_elected=read, on_deposed=channel.stop)
+    kefu.elected_channels.add(channel.name)
+    return channel
 
 
 def email_channel(em: EmailConfig, env: Mapping[str, str], db: Database) -> EmailChannel:
@@ -241,6 +259,10 @@ class Kefu:
         self.env = dict(os.environ if env is None else env)
         self.metrics = Metrics()
         self.db = Database(config.storage.url)
+        # Singletons (the Telegram poller, each IMAP folder, each scheduled job) run in the
+        # process elected for them; on SQLite that is always this one.
+        self.election = election_for(self.db.url)
+        self.elected_channels: set[str] = set()  # started by the election, not by start()
         self.webhook = build_webhook(config, self.env)
         self.channels: dict[str, Channel] = {"webhook": self.webhook}
         # Builders may add pipeline observers (staff notifications) and HTTP routes of their own.
@@ -298,9 +320,13 @@ class Kefu:
 
     async def start(self) -> None:
         await self.db.upgrade()
-        for channel in self.channels.values():
-            await channel.start(self.receive)
-        await self.scheduler.start()  # its catch-up plan and expiry run before the worker sends
+        for name, channel in self.channels.items():
+            if name not in self.elected_channels:
+                await channel.start(self.receive)
+        await self.scheduler.start(self.election)
+        # The first round of the election runs here: a lone process leads everything before
+        # the worker sends (the planner's catch-up and expiry run first).
+        await self.election.start()
         self._tasks.append(asyncio.create_task(self.worker.run(), name="kefu-outbox"))
 
     async def stop(self) -> None:
@@ -311,6 +337,7 @@ class Kefu:
                 await asyncio.wait_for(task, timeout=15)
         # Channels stop receiving before the pipeline closes, so a message they are handing
         # over (a Telegram poll batch, an IMAP fetch) is still committed and acknowledged.
+        await self.election.stop()
         for channel in self.channels.values():
             await channel.stop()
         await self.pipeline.close()

@@ -3,6 +3,11 @@
 kefu's own tables make a plan idempotent, so a missed run needs no persistent job state: start()
 runs a catch-up plan before anything is sent, then the planner wakes every plan_interval_minutes
 (on the quarter hours, so time zones with :30 and :45 offsets get their own send time too).
+
+With several processes (PostgreSQL) every process schedules every job, and a job runs only in the
+process elected for it (bot/leader.py), and only after claiming its tick
+(storage/scheduler_ticks.py): a job runs once per tick even when its leader dies or loses the
+database mid-tick.
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from bot.config import Config
+from bot.leader import Election, SoleProcess, describe_process
 from handlers import greetings
 from handlers.consent import ConsentObserver
 from handlers.greetings import Outcome, Planner, Reach
 from handlers.templating import Templates
-from storage import retention
+from storage import retention, scheduler_ticks
 from storage.db import Database
 from storage.models import utcnow
 
@@ -31,6 +37,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("kefu.scheduler")
 
 Clock = Callable[[], datetime]
+Job = Callable[[], Awaitable[object]]
+PLAN_JOB = "campaigns.plan"
+# Interval jobs fire on multiples of their period since the epoch: every process, whenever it
+# started, computes the same ticks, so a new leader continues the old leader's rhythm.
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 class CampaignScheduler:
@@ -39,6 +50,7 @@ class CampaignScheduler:
         self.planner = planner
         self.clock = clock  # tests inject a fixed or stepped clock; no test waits for real time
         self._scheduler: AsyncIOScheduler | None = None
+        self.election: Election = SoleProcess()
         # Other periodic jobs (SLA checks, auto-close): (id, job, every seconds), added before start().
         self.jobs: list[tuple[str, Callable[[], Awaitable[object]], float]] = []
 
@@ -56,19 +68,49 @@ class CampaignScheduler:
     async def _job(self) -> None:
         await self.run_once()
 
-    async def start(self) -> None:
+    async def _catch_up(self) -> None:
         outcome = await self.run_once(catch_up=True)
         log.info(
             "campaigns.catch_up planned=%d skipped=%d already=%d",
             outcome.planned, outcome.skipped, outcome.already,
         )
+
+    def _elected_job(self, job_id: str, every: float, job: Job) -> Job:
+        async def run() -> None:
+            if not self.election.holds(job_id):
+                return
+            tick = scheduler_ticks.tick_of(utcnow(), every)
+            try:
+                claimed = await scheduler_ticks.claim(self.db, job_id, tick, describe_process())
+            except Exception:  # the database is away: the next tick tries again
+                log.exception("scheduler.tick.failure job=%s tick=%s", job_id, tick.isoformat())
+                return
+            if not claimed:
+                log.info("scheduler.tick.taken job=%s tick=%s", job_id, tick.isoformat())
+                return
+            log.debug("scheduler.tick job=%s tick=%s", job_id, tick.isoformat())
+            await job()
+
+        return run
+
+    async def start(self, election: Election | None = None) -> None:
+        """Schedules every job; with an election, call before election.start(). Without one
+        (a lone process) the catch-up plan runs before this returns."""
+        if election is None:
+            await self._catch_up()
+        else:
+            self.election = election
+            # The catch-up runs in whichever process becomes the planner's leader, when it does.
+            election.join(PLAN_JOB, on_elected=self._catch_up)
+            for job_id, _, _ in self.jobs:
+                election.join(job_id)
         scheduler = AsyncIOScheduler(timezone=timezone.utc)
         minutes = self.planner.cfg.plan_interval_minutes
         # One job for all campaigns: each run plans every enabled campaign and expires stale rows.
         scheduler.add_job(
-            self._job,
+            self._elected_job(PLAN_JOB, minutes * 60, self._job),
             CronTrigger(minute=f"*/{minutes}", timezone=timezone.utc),
-            id="campaigns.plan",
+            id=PLAN_JOB,
             name="plan greetings: " + (", ".join(self.planner.enabled()) or "expiry only"),
             replace_existing=True,
             coalesce=True,
@@ -77,7 +119,9 @@ class CampaignScheduler:
         )
         for job_id, job, seconds in self.jobs:
             scheduler.add_job(
-                job, IntervalTrigger(seconds=seconds, timezone=timezone.utc), id=job_id, name=job_id,
+                self._elected_job(job_id, seconds, job),
+                IntervalTrigger(seconds=seconds, start_date=EPOCH, timezone=timezone.utc),
+                id=job_id, name=job_id,
                 replace_existing=True, coalesce=True, max_instances=1, misfire_grace_time=int(seconds) + 60,
             )
         scheduler.start()

@@ -172,6 +172,9 @@ class TelegramChannel:
         self._long_polling = False
         self._offset: int | None = None
         self._ready = False
+        # With several kefu processes only the elected one polls (bot/leader.py calls
+        # start_polling and stop_polling); every process sends.
+        self.poll_at_start = True
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -181,7 +184,8 @@ class TelegramChannel:
         self._stop_pause.clear()
         await self._initialize(at_start=True)
         if self.mode == "polling":
-            self._poller = asyncio.create_task(self._poll(), name="kefu-telegram-poll")
+            if self.poll_at_start:
+                self.start_polling()
         elif self._ready:
             await self._register_webhook()
 
@@ -239,7 +243,12 @@ class TelegramChannel:
         except TelegramError as exc:
             log.error("telegram.webhook.register.failure error=%s", exc)
 
-    async def stop(self) -> None:
+    def start_polling(self) -> None:
+        if self.mode == "polling" and self._poller is None:
+            self._stopping = False
+            self._poller = asyncio.create_task(self._poll(), name="kefu-telegram-poll")
+
+    async def stop_polling(self) -> None:
         self._stopping = True
         self._stop_pause.set()
         task, self._poller = self._poller, None
@@ -252,6 +261,9 @@ class TelegramChannel:
                 # Confirm what was committed, so the next start does not fetch it again.
                 with contextlib.suppress(TelegramError, asyncio.TimeoutError):
                     await asyncio.wait_for(self.bot.get_updates(offset=self._offset, timeout=0), 5)
+
+    async def stop(self) -> None:
+        await self.stop_polling()
         with contextlib.suppress(TelegramError, RuntimeError):
             await self.bot.shutdown()
 

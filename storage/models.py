@@ -245,6 +245,18 @@ class ChannelState(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class SchedulerTick(Base):
+    """A scheduled job's run for one tick, claimed before it runs: with several processes (and a
+    leader that may change mid-tick) each job still runs once per tick."""
+
+    __tablename__ = "scheduler_ticks"
+
+    job: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tick: Mapped[datetime] = mapped_column(primary_key=True)
+    process: Mapped[str] = mapped_column(String(128))
+    claimed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 # --- Telegram channel (issue #3) -------------------------------------------------------------------
 
 

@@ -6,7 +6,8 @@ JSON-encoded). Answers are real Bot API shapes: {"ok": true, "result": ...} or {
 long-poll timeout honoured), records every send, creates forum topics, answers callback queries
 (each pushed one once, as Telegram does) and edits inline keyboards, and can fail on purpose:
 429 with retry_after (scripted, or by enforcing Telegram's flood limits: 30/s overall, 20/min
-per group, 1/s per private chat), 403 for a blocked user.
+per group, 1/s per private chat), 403 for a blocked user. As Telegram, it answers 409 Conflict to a
+getUpdates that arrives while another is still open (two pollers for one bot), and counts them.
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ class BotApiServer:
         self.failures: list[Failure] = []
         self.calls: Counter[str] = Counter()
         self.too_many = 0
+        self.conflicts = 0  # getUpdates refused with 409 because another one was open
+        self._polling = 0
         self.webhook: dict[str, Any] | None = None
         self.allowed_updates: list[str] = []  # as Telegram: kept from the last getUpdates that set it
         self.open_queries: set[str] = set()  # callback queries pushed and not answered yet
@@ -217,6 +220,17 @@ class BotApiServer:
                                         "gifts_from_channels": False}}
 
     async def _m_getupdates(self, data: dict[str, Any]) -> Any:
+        if self._polling:
+            self.conflicts += 1
+            raise _ApiError(_error(409, "Conflict: terminated by other getUpdates request; make "
+                                        "sure that only one bot instance is running"))
+        self._polling += 1
+        try:
+            return await self._get_updates(data)
+        finally:
+            self._polling -= 1
+
+    async def _get_updates(self, data: dict[str, Any]) -> Any:
         offset = data.get("offset")
         self.offsets.append(offset)
         if offset is not None:

@@ -58,6 +58,13 @@ def upgrade() -> None:
     with op.batch_alter_table('customers', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_customers_birthday_md'), ['birthday_md'], unique=False)
 
+    op.create_table('scheduler_ticks',
+    sa.Column('job', sa.String(length=64), nullable=False),
+    sa.Column('tick', sa.DateTime(), nullable=False),
+    sa.Column('process', sa.String(length=128), nullable=False),
+    sa.Column('claimed_at', sa.DateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('job', 'tick')
+    )
     op.create_table('staff',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('name', sa.String(length=120), nullable=False),
@@ -373,6 +380,7 @@ def downgrade() -> None:
 
     op.drop_table('conversations')
     op.drop_table('staff')
+    op.drop_table('scheduler_ticks')
     with op.batch_alter_table('customers', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_customers_birthday_md'))
 
