@@ -15,8 +15,11 @@ is for: the session asks the server to probe an idle client after KEEPALIVE_IDLE
 after KEEPALIVE_COUNT failed probes KEEPALIVE_INTERVAL s apart (tcp_user_timeout does the same for
 unacknowledged data), so the server frees the locks within about SERVER_GIVES_UP s. The leader
 itself checks its connection every RETRY_SECONDS with a QUERY_TIMEOUT bound and steps down as soon
-as a check fails, which is sooner than the server frees the lock: the old leader has stopped before
-a new one can start.
+as a check fails, which is sooner than the server frees the lock: when the network fails, the old
+leader has stopped before a new one can start. When the server ends the session itself (a restart,
+pg_terminate_backend) the lock is free at once and the old leader learns it at its next check, up
+to RETRY_SECONDS later; that overlap is what the idempotency keys are for (the log's unique
+external ids, the scheduler's tick keys, Telegram's own 409 to a second poller).
 
 On SQLite kefu runs as one process: every singleton is held from the start, nothing is polled.
 """

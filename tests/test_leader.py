@@ -72,6 +72,7 @@ async def test_one_leader_per_singleton_and_takeover(postgres: PostgresServer) -
         await admin.close()
         took = await wait_until(lambda: b.holds("telegram.poll") and b.holds("care.sla"))
         assert took < 3
+        await wait_until(lambda: not a.holds("telegram.poll"), limit=3)
         assert seen_a.events == ["elected", "deposed"] and seen_b.events == ["elected"]
         assert not a.holds("telegram.poll")
         await asyncio.sleep(0.5)  # a reconnects, and finds the locks taken
