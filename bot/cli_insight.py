@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -15,7 +17,9 @@ from rich.table import Table
 from sqlalchemy import func, select
 
 from bot.cli_common import DEFAULT_CONFIG, ConfigOption, cells, fail, load, out, with_db
+from bot.config import Config
 from handlers import health, roles
+from handlers import report as reports
 from handlers.churn import Churn
 from handlers.routing import Router
 from storage import audit
@@ -146,3 +150,48 @@ def rescore(config: ConfigOption = DEFAULT_CONFIG, as_name: AsOption = None) -> 
         f"scored {outcome.scored} customers: {outcome.at_risk} at risk, {outcome.warned} new warnings, "
         f"{outcome.changed} scores changed"
     )
+
+
+def html_report(
+    cfg: Config, when: datetime | None, since: str | None, out_path: Path, language: str | None,
+    as_name: str | None,
+) -> None:
+    """`kefu report --format html --out FILE`: the charts page, written atomically."""
+    from handlers import report_html  # pygal: only when a page is drawn
+
+    lang = language or cfg.insight.language
+    if lang not in ("zh", "en"):
+        fail(f"--language has value {lang!r}: use zh or en", 2)
+    if out_path.is_dir():
+        fail(f"--out has value {str(out_path)!r}: that is a folder; name a file, e.g. report.html", 2)
+
+    async def work(db: Database) -> str:
+        async with db.transaction() as session:
+            actor = await roles.cli_actor(session, as_name)
+            roles.require(actor, "report")
+            audit.record(session, actor.name, "report", "report", since=since, format="html")
+        named = await segment_members(db, cfg)
+        async with db.sessions() as session:
+            built = await reports.build(session, when)
+            drawn = await report_html.series(
+                session, when, threshold=cfg.insight.threshold, segments=named
+            )
+        return report_html.page(built, drawn, lang)
+
+    text = with_db(cfg, work)
+    target = out_path.resolve()
+    try:
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(target)
+    except OSError as exc:
+        fail(f"cannot write {out_path}: {exc.strerror or exc}")
+    out.print(f"wrote {out_path} ({len(text) // 1024} KiB)", highlight=False)
+
+
+async def segment_members(db: Database, cfg: Config) -> list[tuple[str, set[int] | None]]:
+    """Everyone, then each configured segment's members."""
+    return [(LABEL_EVERYONE.get(cfg.insight.language, "everyone"), None)]
+
+
+LABEL_EVERYONE = {"zh": "全部客户", "en": "everyone"}

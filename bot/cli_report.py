@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -106,17 +107,28 @@ def report(
     since: Annotated[
         str | None, typer.Option(help="Only conversations since this ISO date or time.")
     ] = None,
-    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    fmt: Annotated[str, typer.Option("--format", help="table, json or html.")] = "table",
     as_name: Annotated[
         str | None,
         typer.Option("--as", help="Staff name to act as (default: your login, as admin)."),
     ] = None,
+    out_path: Annotated[
+        Path | None, typer.Option("--out", help="html: the file to write (default report.html).")
+    ] = None,
+    language: Annotated[
+        str | None, typer.Option("--language", help="html: zh or en (default: [insight] language).")
+    ] = None,
 ) -> None:
     """Complaints, response times, CSAT and SLA breaches (role lead or admin)."""
-    if fmt not in ("table", "json"):
-        fail(f"--format has value {fmt!r}: use table or json", 2)
+    if fmt not in ("table", "json", "html"):
+        fail(f"--format has value {fmt!r}: use table, json or html", 2)
     when = parse_since(since)
     cfg = load(config)
+    if fmt == "html":
+        from bot.cli_insight import html_report
+
+        html_report(cfg, when, since, out_path or Path("report.html"), language, as_name)
+        return
 
     async def work(db: Database) -> dict[str, Any]:
         async with db.transaction() as session:

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from handlers import health, lifecycle, sla
 from handlers.churn import Churn
 from handlers.roles import Actor
 from storage import customers, staff
 from storage.db import Database
-from storage.models import AuditEntry, CustomerHealth, Identity, Interaction, OutboxRow
+from storage.models import AuditEntry, Conversation, CustomerHealth, Identity, Interaction, OutboxRow
 from tests.handlers.care_helpers import STAFF_CHAT, care_pipeline, config, message
 
 T0 = datetime(2027, 3, 1, 2, 0, tzinfo=UTC)  # a Monday
@@ -46,6 +46,13 @@ async def seeded(db: Database) -> tuple[Churn, dict[str, int]]:
     async with db.transaction() as s:
         await lifecycle.resolve(s, r.conversation_id, amy, CFG, now=T0 + timedelta(hours=1))
     await pipeline.receive(message("c2", "5", T0 + timedelta(hours=2), user="content"))
+    # Both were answered ten minutes in (as an agent would, with the test's clock).
+    async with db.transaction() as s:
+        await s.execute(
+            update(Conversation)
+            .where(Conversation.customer_id.in_([ids["burnt"], ids["content"]]))
+            .values(first_response_at=T0 + timedelta(minutes=10))
+        )
     # quiet: one hello
     r = await pipeline.receive(message("q1", "hello", T0, user="quiet"))
     ids["quiet"] = r.customer_id
@@ -58,7 +65,7 @@ async def seeded(db: Database) -> tuple[Churn, dict[str, int]]:
     ids["busy"] = r.customer_id
     # angry: threatens 12315 and a chargeback; nobody answers; the SLA is breached
     r = await pipeline.receive(
-        message("a1", "再不退款我就去12315投诉你们！还要申请拒付", later, user="angry")
+        message("a1", "再不退款我就去12315投诉你们！还要申请拒付", later, user="angry", display_name="王小明")
     )
     ids["angry"] = r.customer_id
     await sla.check(db, later + timedelta(hours=5), router, staff_chat_id=STAFF_CHAT)
@@ -129,8 +136,6 @@ async def test_score_falls_after_resolution_and_a_new_crossing_warns_again(db: D
     await churn.recompute(db, now)
     async with db.transaction() as s:
         conversation_id = (await scores(db))[ids["angry"]]
-        from storage.models import Conversation
-
         conv = await s.scalar(select(Conversation).where(Conversation.customer_id == ids["angry"]))
         assert conv is not None
         await lifecycle.resolve(s, conv.id, Actor("lou", "lead"), CFG, now=now)
