@@ -39,6 +39,7 @@ from channels.email import EmailChannel, ImapSettings, MailStore, SmtpSettings
 from channels.mail_compose import Composer
 from channels.mail_compose import Identity as MailSender
 from channels.webhook import Source, WebhookChannel
+from channels.webhook_signing import SecretError
 from handlers import email_events, staff_group, telegram_links, telegram_survey
 from handlers.complaints import load_classifier
 from storage.channel_state import StateStore
@@ -114,7 +115,17 @@ def build_webhook(config: Config, env: Mapping[str, str]) -> WebhookChannel:
                 src.secret_env,
             )
             continue
-        sources[name] = Source(name, value, src.callback_url)
+        previous = secret(src.previous_secret_env, env) if src.previous_secret_env else None
+        source = Source(name, value, src.callback_url, src.signing, previous)
+        try:
+            source.signer(config.webhook.max_skew_seconds)
+        except SecretError as exc:
+            variables = " or ".join(v for v in (src.secret_env, src.previous_secret_env) if v)
+            raise ConfigError(
+                f'[webhook.sources.{name}] signing = "{src.signing}": the secret in {variables} '
+                f"{exc}"
+            ) from None
+        sources[name] = source
     return WebhookChannel(
         sources,
         disabled=disabled,

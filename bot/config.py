@@ -118,6 +118,10 @@ class EmailConfig(Section):
 class WebhookSourceConfig(Section):
     secret_env: str
     callback_url: str | None = None
+    # "kefu" (X-Kefu-Signature) or "standard" (Standard Webhooks 1.0, whsec_ secrets).
+    signing: Literal["kefu", "standard"] = "kefu"
+    # Rotation: the old secret's variable, accepted alongside secret_env until removed.
+    previous_secret_env: str | None = None
 
     @field_validator("callback_url")
     @classmethod
