@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import hmac
 import secrets
 from collections.abc import Iterable, Sequence
@@ -224,7 +225,8 @@ async def forget(session: AsyncSession, customer_id: int) -> Erasure:
     await _erase_log(
         session, erasure, Interaction.customer_id.in_(chain) | Interaction.conversation_id.in_(conversation_ids)
     )
-    await _erase_outbox(session, erasure, conversation_ids, addresses)
+    names = {c for c in await session.scalars(select(Customer.display_name).where(Customer.id.in_(chain))) if c}
+    await _erase_outbox(session, erasure, conversation_ids, addresses, names)
     if conversation_ids:
         await session.execute(
             update(Conversation)
@@ -334,10 +336,23 @@ def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 
 
 async def _erase_outbox(
-    session: AsyncSession, erasure: Erasure, conversation_ids: Sequence[int], addresses: set[tuple[str, str]]
+    session: AsyncSession,
+    erasure: Erasure,
+    conversation_ids: Sequence[int],
+    addresses: set[tuple[str, str]],
+    names: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> None:
-    """The customer's own messages and the staff group's posts about their conversations."""
+    """The customer's own messages and the staff group's posts about their conversations, and
+    the group's posts about no one conversation (the board of who handles what) that name them.
+    A board post holds other conversations' lines too: it is erased whole (a staff copy)."""
     conditions = [OutboxRow.conversation_id.in_(conversation_ids)] if conversation_ids else []
+    if names:
+        # JSON columns hold non-ASCII text as \u escapes.
+        forms = {f for n in names for f in (n, json.dumps(n)[1:-1])}
+        conditions.append(
+            OutboxRow.conversation_id.is_(None)
+            & or_(*[cast(OutboxRow.payload, Text).contains(f, autoescape=True) for f in sorted(forms)])
+        )
     by_channel: dict[str, list[str]] = {}
     for channel, address in addresses:
         by_channel.setdefault(channel, []).append(address)

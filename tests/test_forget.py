@@ -26,7 +26,7 @@ from handlers.acknowledge import Acknowledger
 from handlers.roles import SYSTEM
 from handlers.routing import Router
 from handlers.staff_alerts import ComplaintAlerts
-from storage import customers
+from storage import customers, staff
 from storage.db import Database
 from storage.models import Base, Customer, Interaction, OutboxRow, Survey
 from tests.handlers.care_helpers import STAFF_CHAT, config
@@ -56,6 +56,10 @@ def mail(store: MailStore) -> Inbound:
 
 
 async def seed(db: Database, store: MailStore) -> dict[str, int]:
+    async with db.transaction() as s:
+        # An agent on Telegram: conversations assigned to her go to her private chat, and the group
+        # gets a board line naming the customer.
+        await staff.add(s, "amy", telegram_user_id=3003)
     router = Router(CFG)
     observers = [
         staff_group.mirror_observer(STAFF_CHAT), ComplaintAlerts(router, STAFF_CHAT), Acknowledger(CFG),
@@ -117,7 +121,7 @@ async def found_in_columns(db: Database, needles: tuple[str, ...]) -> set[str]:
                     continue
                 as_text = cast(column, Text)
                 for needle in needles:
-                    hit = or_(*[as_text.contains(f.decode()) for f in forms(needle)])
+                    hit = or_(*[as_text.contains(f.decode(), autoescape=True) for f in forms(needle)])
                     if await s.scalar(select(func.count()).select_from(table).where(hit)):
                         found.add(needle)
     return found

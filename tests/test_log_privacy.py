@@ -71,14 +71,16 @@ async def test_a_storage_failure_in_a_background_job_logs_no_customer_data(
     await pipeline.receive(message(1, f"The parcel {WORD} arrived broken, this is unacceptable!", t0,
                                    display_name=NAME))
     await pipeline.close()
-    refuse = (
-        f"""CREATE TRIGGER refuse_name BEFORE INSERT ON outbox WHEN NEW.payload LIKE '%{NAME}%'
-            BEGIN SELECT RAISE(ABORT, 'refused by the test trigger'); END""",
+    # Staff posts are new rows or appended to one still waiting: refuse both.
+    refuse = tuple(
+        f"""CREATE TRIGGER refuse_name_{when} BEFORE {when} ON outbox WHEN NEW.payload LIKE '%{NAME}%'
+            BEGIN SELECT RAISE(ABORT, 'refused by the test trigger'); END"""
+        for when in ("INSERT", "UPDATE")
     ) if db.is_sqlite else (
         f"""CREATE FUNCTION refuse_name() RETURNS trigger AS $$ BEGIN
             IF NEW.payload::text LIKE '%{NAME}%' THEN RAISE EXCEPTION 'refused by the test trigger'; END IF;
             RETURN NEW; END $$ LANGUAGE plpgsql""",
-        "CREATE TRIGGER refuse_name BEFORE INSERT ON outbox FOR EACH ROW EXECUTE FUNCTION refuse_name()",
+        "CREATE TRIGGER refuse_name BEFORE INSERT OR UPDATE ON outbox FOR EACH ROW EXECUTE FUNCTION refuse_name()",
     )
     async with db.engine.begin() as conn:
         for statement in refuse:
