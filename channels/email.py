@@ -264,7 +264,7 @@ def _to_inbound(
         text=text,
         received_at=received,
         kind=kind,
-        display_name=mail.display_name,
+        display_name=mail.display_name[:200] if mail.display_name else None,  # customers.display_name
         language=mail.language if kind == "message" else None,
         attachments=attachments,
         reply_to=reply_ids(mail) if kind == "message" else (),

@@ -57,6 +57,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
 
+# Ids become the log's external ids and identity addresses: long enough for any system's user ids,
+# short enough for PostgreSQL's unique indexes (a B-tree entry holds at most about 2.7 kB).
+MAX_ID = 512
+
+
 class _User(_Strict):
     id: str | int
     name: str | None = Field(None, max_length=200)
@@ -67,8 +72,8 @@ class _User(_Strict):
     @classmethod
     def _id(cls, v: str | int) -> str:
         v = str(v)
-        if not v or len(v) > 200:
-            raise ValueError("must be 1 to 200 characters")
+        if not v or len(v) > MAX_ID:
+            raise ValueError(f"must be 1 to {MAX_ID} characters")
         return v
 
 
@@ -94,8 +99,8 @@ class _Payload(_Strict):
     @classmethod
     def _id(cls, v: str | int) -> str:
         v = str(v)
-        if not v or len(v) > 200:
-            raise ValueError("must be 1 to 200 characters")
+        if not v or len(v) > MAX_ID:
+            raise ValueError(f"must be 1 to {MAX_ID} characters")
         return v
 
 

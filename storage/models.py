@@ -85,7 +85,9 @@ class Identity(Base):
     id: Mapped[int] = mapped_column(PK, primary_key=True)
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
     channel: Mapped[str] = mapped_column(String(32))
-    address: Mapped[str] = mapped_column(String(320))
+    # Text, not VARCHAR(n): what a channel accepts (a long webhook user id) must fit on
+    # PostgreSQL as on SQLite; the channels bound their ids so the unique index holds them.
+    address: Mapped[str] = mapped_column(Text)
     reachable: Mapped[bool] = mapped_column(Boolean, default=True)
     unreachable_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -124,7 +126,7 @@ class Conversation(Base):
     staff_thread: Mapped[str | None] = mapped_column(String(64))
     # Where an agent's answer goes: the channel and address of the customer's last inbound message.
     reply_channel: Mapped[str | None] = mapped_column(String(32))
-    reply_address: Mapped[str | None] = mapped_column(String(320))
+    reply_address: Mapped[str | None] = mapped_column(Text)
     sla_due_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -156,10 +158,11 @@ class Interaction(Base):
     channel: Mapped[str] = mapped_column(String(32))
     direction: Mapped[str] = mapped_column(String(8))  # in | out | note | event
     author_kind: Mapped[str] = mapped_column(String(8))  # customer | agent | bot | system
-    author_id: Mapped[str | None] = mapped_column(String(120))
+    # Text: a channel's ids (a 600-character Message-ID, a long webhook user id) fit on every database.
+    author_id: Mapped[str | None] = mapped_column(Text)
     text: Mapped[str] = mapped_column(Text, default="")
     attachments: Mapped[list[Any]] = mapped_column(JSON, default=list)
-    external_id: Mapped[str | None] = mapped_column(String(500))
+    external_id: Mapped[str | None] = mapped_column(Text)
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -170,7 +173,7 @@ class OutboxRow(Base):
 
     id: Mapped[int] = mapped_column(PK, primary_key=True)
     channel: Mapped[str] = mapped_column(String(32))
-    address: Mapped[str] = mapped_column(String(320))
+    address: Mapped[str] = mapped_column(Text)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     dedupe_key: Mapped[str] = mapped_column(String(200), unique=True)
     # Random per row and kept across its retries: with dedupe_key it makes the receiver's

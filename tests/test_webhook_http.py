@@ -21,9 +21,9 @@ FIXTURES = Path(__file__).parent / "fixtures" / "webhook"
 
 
 @pytest.fixture
-async def kefu(tmp_path: Path) -> AsyncIterator[Kefu]:
+async def kefu(db_url: str) -> AsyncIterator[Kefu]:
     config = base_config(
-        f"sqlite+aiosqlite:///{tmp_path}/kefu.db",
+        db_url,  # SQLite and PostgreSQL
         webhook={"sources": {"shop": {"secret_env": "SHOP_SECRET"}, "crm": {"secret_env": "CRM_SECRET"}}},
     )
     async with running_kefu(config, {"SHOP_SECRET": SECRET}) as k:

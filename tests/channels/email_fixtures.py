@@ -109,8 +109,10 @@ def smtp() -> Iterator[SmtpServer]:
 
 
 def email_config(
-    tmp_path: Path, mailbox: Mailbox, smtp_port: int, **email: Any
+    tmp_path: Path, mailbox: Mailbox, smtp_port: int, *, db_url: str | None = None, **email: Any
 ) -> dict[str, Any]:
+    """kefu reading `mailbox`; on SQLite in tmp_path unless a `db_url` (the fixture that runs a
+    test on SQLite and on PostgreSQL) is given."""
     section: dict[str, Any] = {
         "enabled": True,
         "address": ADDRESS,
@@ -130,7 +132,7 @@ def email_config(
     # The fixtures' mail is often a complaint; these tests count SMTP traffic of agents' answers,
     # so the automatic acknowledgement (tested in tests/test_complaint_flow.py) stays off here.
     return base_config(
-        f"sqlite+aiosqlite:///{tmp_path}/kefu.db",
+        db_url or f"sqlite+aiosqlite:///{tmp_path}/kefu.db",
         email=section,
         routing={"acknowledge_complaints": False},
     )

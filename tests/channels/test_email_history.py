@@ -43,8 +43,8 @@ def mail(tag: str, n: int, *, sender: str | None = None, date: datetime | None =
     ).encode()
 
 
-def acking_config(tmp_path: Path, box: Mailbox, **email: Any) -> dict[str, Any]:
-    config = email_config(tmp_path, box, free_port(), **email)
+def acking_config(tmp_path: Path, box: Mailbox, db_url: str | None = None, **email: Any) -> dict[str, Any]:
+    config = email_config(tmp_path, box, free_port(), db_url=db_url, **email)
     # Acknowledgements on, so that "nothing is answered" is something that could fail.
     config["routing"] = {"acknowledge_complaints": True}
     return config
@@ -70,10 +70,10 @@ async def outbox_count(kefu: Kefu) -> int:
 
 
 async def test_first_start_reads_nothing_old_and_answers_nothing_old(
-    mailbox: Mailbox, tmp_path: Path  # noqa: F811
+    mailbox: Mailbox, tmp_path: Path, db_url: str  # noqa: F811
 ) -> None:
     await history(mailbox)
-    config = acking_config(tmp_path, mailbox)
+    config = acking_config(tmp_path, mailbox, db_url)
     async with running_kefu(config, env_for(mailbox)) as kefu:
         await wait_connected(kefu)
         await mailbox.append(mail("new", 1))
@@ -165,9 +165,9 @@ def toml(config: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def test_backfill_logs_history_and_sends_nothing(mailbox: Mailbox, tmp_path: Path) -> None:  # noqa: F811
+async def test_backfill_logs_history_and_sends_nothing(mailbox: Mailbox, tmp_path: Path, db_url: str) -> None:  # noqa: F811
     await history(mailbox)
-    config = acking_config(tmp_path, mailbox)
+    config = acking_config(tmp_path, mailbox, db_url)
     env = env_for(mailbox)
     code, out, err = await kefu_cli(config, tmp_path, env, "email", "backfill", "--since", "2020-01-01")
     assert code == 0, err

@@ -151,8 +151,10 @@ async def test_dovecot_restart_loses_nothing_and_repeats_nothing(
     assert set((await mailbox.flags()).values()) == {"\\Seen"}
 
 
-async def test_restarted_kefu_resumes_from_its_checkpoint(mailbox: Mailbox, tmp_path: Path) -> None:
-    config = email_config(tmp_path, mailbox, free_port())
+async def test_restarted_kefu_resumes_from_its_checkpoint(
+    mailbox: Mailbox, tmp_path: Path, db_url: str
+) -> None:
+    config = email_config(tmp_path, mailbox, free_port(), db_url=db_url)
     async with running_kefu(config, env_for(mailbox)) as kefu:
         await wait_connected(kefu)
         await mailbox.append(simple(1))
@@ -205,8 +207,10 @@ async def test_processed_mail_is_moved(mailbox: Mailbox, tmp_path: Path) -> None
     assert len(await mailbox.flags("Processed")) == 2
 
 
-async def test_malformed_mail_does_not_stop_the_channel(mailbox: Mailbox, tmp_path: Path) -> None:
-    config = email_config(tmp_path, mailbox, free_port())
+async def test_malformed_mail_does_not_stop_the_channel(
+    mailbox: Mailbox, tmp_path: Path, db_url: str
+) -> None:
+    config = email_config(tmp_path, mailbox, free_port(), db_url=db_url)
     async with running_kefu(config, env_for(mailbox)) as kefu:
         await wait_connected(kefu)
         await mailbox.append(
@@ -227,8 +231,10 @@ async def test_own_address_is_an_event_and_never_answered(mailbox: Mailbox, tmp_
     assert found[0].meta["kind"] == "own_address"
 
 
-async def test_replies_thread_into_the_conversation(mailbox: Mailbox, tmp_path: Path) -> None:
-    config = email_config(tmp_path, mailbox, free_port())
+async def test_replies_thread_into_the_conversation(
+    mailbox: Mailbox, tmp_path: Path, db_url: str
+) -> None:
+    config = email_config(tmp_path, mailbox, free_port(), db_url=db_url)
     first = simple(1, subject="broken cup")
     reply = (
         b"From: Ann <ann@example.com>\r\nTo: support@kefu.test\r\nSubject: Re: broken cup\r\n"
@@ -255,8 +261,10 @@ async def test_replies_thread_into_the_conversation(mailbox: Mailbox, tmp_path: 
     assert found[3].conversation_id == found[0].conversation_id
 
 
-async def test_bounce_marks_the_identity_unreachable(mailbox: Mailbox, tmp_path: Path) -> None:
-    config = email_config(tmp_path, mailbox, free_port())
+async def test_bounce_marks_the_identity_unreachable(
+    mailbox: Mailbox, tmp_path: Path, db_url: str
+) -> None:
+    config = email_config(tmp_path, mailbox, free_port(), db_url=db_url)
     async with running_kefu(config, env_for(mailbox)) as kefu:
         await wait_connected(kefu)
         await kefu.receive(Inbound("email", "q-1@example.org", "gone.customer@example.org", "question"))
@@ -293,11 +301,11 @@ async def test_mail_appears_in_kefu_log_export(mailbox: Mailbox, tmp_path: Path)
 
 
 async def test_a_mail_that_never_commits_does_not_hold_the_folder_up(
-    mailbox: Mailbox, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    mailbox: Mailbox, tmp_path: Path, db_url: str
 ) -> None:
     """Whatever makes one message's commit fail every pass, the reader gets past it: after a few
     passes it is logged as an "unloggable" event (raw kept) and later mail flows again."""
-    config = email_config(tmp_path, mailbox, free_port())
+    config = email_config(tmp_path, mailbox, free_port(), db_url=db_url)
 
     async def refuse(session: object, logged: Any) -> None:
         if logged.inbound.external_id == "msg-2-ann@example.com":
