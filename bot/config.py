@@ -243,9 +243,26 @@ class HolidayCampaignConfig(Section):
         return [c.strip().upper() for c in v]
 
 
+class FollowUpConfig(Section):
+    # 回访: a service message some time after a complaint was resolved (or a low survey score),
+    # asking whether the problem is really solved; the answer lands in the same conversation.
+    enabled: bool = True
+    after: Duration = timedelta(days=3)
+    # Also after a survey answered 1 or 2, this long after the answer (one follow-up per resolution).
+    low_csat: bool = True
+    low_csat_after: Duration = timedelta(days=1)
+    # "service": everyone except customers who opted out (退订); "marketing": only customers with
+    # marketing consent, like greetings.
+    consent: Literal["service", "marketing"] = "service"
+    template: str = "followup_care"
+    # A follow-up that could not go out within this long of its due time is dropped, not sent late.
+    give_up_after: Duration = timedelta(days=2)
+
+
 class CampaignsConfig(Section):
     birthday: BirthdayCampaignConfig = BirthdayCampaignConfig()
     holidays: HolidayCampaignConfig = HolidayCampaignConfig()
+    followup: FollowUpConfig = Field(default_factory=lambda: FollowUpConfig())
     quiet_hours: QuietHoursConfig = QuietHoursConfig()
     # When a customer has no preferred channel and has never written: the first reachable of these.
     channel_order: list[str] = Field(default_factory=lambda: ["telegram", "email", "webhook"])

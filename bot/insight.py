@@ -6,7 +6,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from handlers import followup
 from handlers.churn import Churn
+from handlers.greetings import Reach
+from handlers.templating import Templates
 from handlers.consent import ConsentObserver
 
 if TYPE_CHECKING:
@@ -17,6 +20,7 @@ log = logging.getLogger("kefu.insight")
 
 def build_insight(kefu: Kefu) -> Churn | None:
     """Call after build_care (it needs the router and runs after the complaint observers)."""
+    build_followups(kefu)
     cfg = kefu.config.insight
     if not cfg.enabled:
         return None
@@ -40,3 +44,23 @@ def build_insight(kefu: Kefu) -> Churn | None:
 
     kefu.scheduler.jobs.append(("insight.recompute", recompute, cfg.recompute_every.total_seconds()))
     return churn
+
+
+def build_followups(kefu: Kefu) -> followup.FollowUps:
+    """回访: checks its template at start (a broken one stops start-up) and plans on the
+    campaign planner's interval."""
+    campaigns = kefu.config.campaigns
+    followups = followup.build(
+        kefu.config, Templates(campaigns.template_dir, campaigns.default_language), Reach.of(kefu.config, kefu.channels)
+    )
+
+    async def tick() -> object:
+        try:
+            return await followups.tick(kefu.db, kefu.care.clock())
+        except Exception:  # logged; the next run picks the work up again
+            log.exception("followup.plan.failure")
+            return None
+
+    if campaigns.followup.enabled:
+        kefu.scheduler.jobs.append(("campaigns.followup", tick, campaigns.plan_interval_minutes * 60.0))
+    return followups
