@@ -34,6 +34,7 @@ from bot.cli_common import (
 )
 from bot.cli_common import since as parse_since
 from bot.cli_customer import customers_show
+from bot.cli_dev import dev_app
 from bot.cli_email import email_app
 from bot.cli_insight import at_risk, rescore
 from bot.cli_report import report
@@ -69,6 +70,7 @@ customers_app.command("rescore")(rescore)
 customers_app.command("show")(customers_show)
 app.command("report")(report)
 app.add_typer(email_app, name="email")
+app.add_typer(dev_app, name="dev")
 
 
 def _show_version(value: bool) -> None:
