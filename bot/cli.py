@@ -36,7 +36,7 @@ from bot.cli_common import since as parse_since
 from bot.cli_customer import customers_show
 from bot.cli_dev import dev_app
 from bot.cli_email import email_app
-from bot.cli_insight import at_risk, rescore
+from bot.cli_insight import at_risk, rescore, segments_app
 from bot.cli_report import report
 from bot.config import Config, ConfigError
 from handlers import agents, lifecycle, roles
@@ -67,6 +67,7 @@ app.add_typer(campaigns_app, name="campaigns")
 customers_app.command("import")(customers_import)
 customers_app.command("at-risk")(at_risk)
 customers_app.command("rescore")(rescore)
+app.add_typer(segments_app, name="segments")
 customers_app.command("show")(customers_show)
 app.command("report")(report)
 app.add_typer(email_app, name="email")

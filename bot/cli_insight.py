@@ -18,13 +18,13 @@ from sqlalchemy import func, select
 
 from bot.cli_common import DEFAULT_CONFIG, ConfigOption, cells, fail, load, out, with_db
 from bot.config import Config
-from handlers import health, roles
+from handlers import health, roles, segments
 from handlers import report as reports
 from handlers.churn import Churn
 from handlers.routing import Router
 from storage import audit
 from storage.db import Database
-from storage.models import Conversation, Customer, CustomerHealth, Staff
+from storage.models import Conversation, Customer, CustomerHealth, Staff, utcnow
 
 AsOption = Annotated[
     str | None, typer.Option("--as", help="Staff name to act as (default: your login, as admin).")
@@ -84,6 +84,7 @@ async def at_risk_rows(
 
 def at_risk(
     config: ConfigOption = DEFAULT_CONFIG,
+    segment: Annotated[str | None, typer.Option(help="Only customers of this [insight.segments] segment.")] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many customers.")] = 50,
     fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
     min_score: Annotated[
@@ -100,13 +101,16 @@ def at_risk(
     if lang not in ("zh", "en"):
         fail(f"--language has value {lang!r}: use zh or en", 2)
     floor = cfg.insight.threshold if min_score is None else min_score
+    if segment is not None and segment not in cfg.insight.segments:
+        fail(str(_unknown(segment, cfg)), 2)
 
     async def work(db: Database) -> list[dict[str, Any]]:
         async with db.transaction() as session:
             actor = await roles.cli_actor(session, as_name)
             roles.require(actor, "report")
-            audit.record(session, actor.name, "customers.at_risk", "customers")
-        return await at_risk_rows(db, min_score=floor, limit=limit, language=lang)
+            audit.record(session, actor.name, "customers.at_risk", "customers", segment=segment)
+        inside = await segments.members(db, cfg, segment, utcnow()) if segment is not None else None
+        return await at_risk_rows(db, min_score=floor, limit=limit, language=lang, segment_ids=inside)
 
     rows = with_db(cfg, work)
     if fmt == "json":
@@ -191,7 +195,103 @@ def html_report(
 
 async def segment_members(db: Database, cfg: Config) -> list[tuple[str, set[int] | None]]:
     """Everyone, then each configured segment's members."""
-    return [(LABEL_EVERYONE.get(cfg.insight.language, "everyone"), None)]
+    now = utcnow()
+    found: list[tuple[str, set[int] | None]] = [(LABEL_EVERYONE.get(cfg.insight.language, "everyone"), None)]
+    for name in cfg.insight.segments:
+        found.append((name, await segments.members(db, cfg, name, now)))
+    return found
+
+
+def _unknown(name: str, cfg: Config) -> Exception:
+    try:
+        segments.definition(name, cfg)
+    except Exception as exc:  # noqa: BLE001 - the ConfigError that names the known ones
+        return exc
+    return ValueError(name)
+
+
+segments_app = typer.Typer(help="Customer segments ([insight.segments] in config).", no_args_is_help=True)
+
+
+@segments_app.command("list")
+def segments_list(config: ConfigOption = DEFAULT_CONFIG, as_name: AsOption = None,
+                  fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table") -> None:
+    """Every configured segment, its definition and how many customers are in it now."""
+    if fmt not in ("table", "json"):
+        fail(f"--format has value {fmt!r}: use table or json", 2)
+    cfg = load(config)
+
+    async def work(db: Database) -> list[dict[str, Any]]:
+        async with db.transaction() as session:
+            roles.require(await roles.cli_actor(session, as_name), "report")
+        now = utcnow()
+        rows = segments.summary(cfg)
+        for row in rows:
+            row["customers"] = len(await segments.members(db, cfg, row["name"], now))
+        return rows
+
+    rows = with_db(cfg, work)
+    if fmt == "json":
+        sys.stdout.write(json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
+        return
+    if not rows:
+        out.print("no segments: add [insight.segments.NAME] to config.toml (see README)")
+        return
+    table = Table("segment", "definition", "customers")
+    for r in rows:
+        table.add_row(*cells(r["name"], r["definition"], r["customers"]))
+    out.print(table)
+
+
+@segments_app.command("show")
+def segments_show(
+    name: str,
+    config: ConfigOption = DEFAULT_CONFIG,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many customers.")] = 100,
+    fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+    as_name: AsOption = None,
+) -> None:
+    """A segment's customers: id, name, health score and band, last contact."""
+    if fmt not in ("table", "json", "csv"):
+        fail(f"--format has value {fmt!r}: use table, json or csv", 2)
+    cfg = load(config)
+    if name not in cfg.insight.segments:
+        fail(str(_unknown(name, cfg)), 2)
+
+    async def work(db: Database) -> tuple[int, list[dict[str, Any]]]:
+        async with db.transaction() as session:
+            roles.require(await roles.cli_actor(session, as_name), "report")
+        inside = sorted(await segments.members(db, cfg, name, utcnow()))
+        async with db.sessions() as session:
+            rows = await session.execute(
+                select(Customer.id, Customer.display_name, CustomerHealth.score, CustomerHealth.band,
+                       CustomerHealth.last_contact_at)
+                .outerjoin(CustomerHealth, CustomerHealth.customer_id == Customer.id)
+                .where(Customer.id.in_(inside[:limit]))
+                .order_by(Customer.id)
+            )
+            return len(inside), [
+                {"customer_id": cid, "name": n, "score": sc or 0, "band": b or "ok",
+                 "last_contact": lc.isoformat() if lc else None}
+                for cid, n, sc, b, lc in rows
+            ]
+
+    total, rows = with_db(cfg, work)
+    if fmt == "json":
+        sys.stdout.write(json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
+        return
+    if fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["customer_id", "name", "score", "band", "last_contact"])
+        for r in rows:
+            writer.writerow([r["customer_id"], r["name"] or "", r["score"], r["band"], r["last_contact"] or ""])
+        return
+    table = Table("customer", "name", "score", "band", "last contact",
+                  title=f"{name}: {segments.describe(cfg.insight.segments[name])} · {total} customers")
+    for r in rows:
+        table.add_row(*cells(r["customer_id"], r["name"] or "—", r["score"], r["band"],
+                             (r["last_contact"] or "—")[:16].replace("T", " ")))
+    out.print(table)
 
 
 LABEL_EVERYONE = {"zh": "全部客户", "en": "everyone"}

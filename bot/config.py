@@ -182,6 +182,8 @@ class SegmentConfig(Section):
     # Empty tags: everyone with consent; else customers carrying at least one of these tags.
     tags: list[str] = Field(default_factory=list)
     vip_only: bool = False
+    # Only members of this [insight.segments] segment.
+    segment: str | None = None
 
 
 class QuietHoursConfig(Section):
@@ -429,6 +431,8 @@ class RuleConfig(Section):
     vip: bool | None = None
     complaint: bool | None = None
     severity: Literal["normal", "high"] | None = None
+    # A customer segment named in [insight.segments].
+    segment: str | None = None
     # Outcome.
     team: str | None = None
     priority: Priority | None = None
@@ -499,8 +503,34 @@ class InsightWeights(Section):
     opted_out: float = Field(10, ge=0, le=100)
 
 
+class CustomerSegmentConfig(Section):
+    # A named group of customers; every condition given must hold. Lists match any of their values.
+    tags: list[str] | None = None
+    vip: bool | None = None
+    language: list[str] | None = None
+    # Has an address on one of these channels.
+    channel: list[str] | None = None
+    # new: first seen within `days` (default 30); active: wrote within `days` (30); silent: has not
+    # written for `days` (30), or never; lapsed: wrote once, but not for `days` (180).
+    activity: Literal["new", "active", "silent", "lapsed"] | None = None
+    days: int | None = Field(None, ge=1)
+    band: list[Literal["ok", "watch", "at_risk"]] | None = None
+    # Imported fields (kefu customers import).
+    marketing_consent: bool | None = None
+    timezone: list[str] | None = None
+    has_birthday: bool | None = None
+
+    @field_validator("tags", "language", "channel", "band", "timezone", mode="before")
+    @classmethod
+    def _listify(cls, v: object) -> object:
+        return [v] if isinstance(v, str) else v
+
+
 class InsightConfig(Section):
     enabled: bool = True
+    # [insight.segments.NAME]: for `kefu segments`, `kefu customers at-risk --segment`, the
+    # report's at-risk chart, [[routing.rules]] segment and [campaigns.*.segment] segment.
+    segments: dict[str, CustomerSegmentConfig] = Field(default_factory=dict)
     weights: InsightWeights = InsightWeights()
     # A score at or above `threshold` is at risk (leads are told once); from `watch` it is watched.
     threshold: int = Field(60, ge=1, le=100)

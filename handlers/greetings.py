@@ -25,6 +25,7 @@ import holidays as holiday_calendars
 
 from bot.config import CampaignsConfig, Config, ConfigError, QuietHoursConfig, SegmentConfig
 from bot.messages import Outbound
+from handlers import segments
 from handlers.templating import LANGUAGES, Templates, TemplateProblem, language_of
 from storage import campaigns as store
 from storage.db import Database
@@ -452,9 +453,16 @@ class Planner:
             if not page:
                 return [], after_id, outcome
             wanted = set(occ.segment.tags)
+            named = occ.segment.segment
+            inside = (
+                await segments.members_in(session, self.config, named, now, among=[c.id for c in page])
+                if named else None
+            )
             due: list[tuple[store.Candidate, Timing]] = []
             for c in page:
                 if wanted and not wanted.intersection(c.tags):
+                    continue
+                if inside is not None and c.id not in inside:
                     continue
                 t = timing(occ.day, self.zone(c.timezone), occ.send_time, now, self.cfg.quiet_hours, lead=lead)
                 if t.kind == "late":

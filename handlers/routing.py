@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.config import PRIORITIES, Config, ConfigError, RuleConfig, TeamConfig
 from bot.messages import Inbound
 from handlers.business_hours import BusinessHours
+from handlers import segments
 from handlers.complaints import Verdict
 from handlers.templating import language_of
 from storage.models import OPEN_STATUSES, Conversation, Customer, RoutingCursor, Staff, utcnow
@@ -60,7 +61,12 @@ def higher(a: str, b: str) -> str:
     return a if RANK.get(a, 1) >= RANK.get(b, 1) else b
 
 
-def matches(rule: RuleConfig, verdict: Verdict, customer: Customer, inbound: Inbound) -> bool:
+def matches(
+    rule: RuleConfig, verdict: Verdict, customer: Customer, inbound: Inbound,
+    in_segments: frozenset[str] = frozenset(),
+) -> bool:
+    if rule.segment is not None and rule.segment not in in_segments:
+        return False
     if rule.channel is not None and inbound.channel not in rule.channel:
         return False
     if rule.language is not None:
@@ -110,6 +116,8 @@ class Router:
                 raise ConfigError(f"[routing.teams.{n}] name has value {team.name!r}: a team of that name exists")
             self.teams[team.name] = team
         self.default_team = cfg.default_team or teams[0].name
+        segments.check_names(config)
+        self.uses_segments = any(rule.segment is not None for rule in cfg.rules)
         if self.default_team not in self.teams:
             raise ConfigError(
                 f"[routing] default_team has value {self.default_team!r}: no team of that name "
@@ -131,10 +139,11 @@ class Router:
         return self.teams.get(name or self.default_team) or self.teams[self.default_team]
 
     def pick_rule(
-        self, verdict: Verdict, customer: Customer, inbound: Inbound
+        self, verdict: Verdict, customer: Customer, inbound: Inbound,
+        in_segments: frozenset[str] = frozenset(),
     ) -> tuple[int | None, RuleConfig | None]:
         for n, rule in enumerate(self.config.routing.rules):
-            if matches(rule, verdict, customer, inbound):
+            if matches(rule, verdict, customer, inbound, in_segments):
                 return n, rule
         return None, None
 
@@ -146,7 +155,11 @@ class Router:
         conversation: Conversation | None,
         inbound: Inbound,
     ) -> Decision:
-        n, rule = self.pick_rule(verdict, customer, inbound)
+        in_segments = (
+            await segments.of_customer(session, self.config, customer, inbound.channel, inbound.received_at)
+            if self.uses_segments else frozenset()
+        )
+        n, rule = self.pick_rule(verdict, customer, inbound, in_segments)
         priority = (rule.priority if rule and rule.priority else None) or default_priority(verdict, customer)
         priority = higher(priority, floor(verdict, customer))
         wanted = (rule.team if rule else None) or self.default_team

@@ -62,3 +62,24 @@ def test_report_html_written(tmp_path: Path) -> None:
     assert "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text
     code, _, err = kefu(config, "report", "--format", "html", "--out", str(tmp_path))
     assert code == 2 and "that is a folder" in err
+
+
+def test_segments_commands(tmp_path: Path) -> None:
+    config, ids = setup(tmp_path)
+    config.write_text(config.read_text() + '[insight.segments.unhappy]\nband = ["watch", "at_risk"]\n'
+                      '[insight.segments.quiet_ones]\nactivity = "silent"\ndays = 1\n')
+    kefu(config, "customers", "rescore")
+    code, out, _ = kefu(config, "segments", "list", "--format", "json")
+    assert code == 0
+    listed = {r["name"]: r for r in json.loads(out)}
+    assert listed["unhappy"]["definition"] == "band=watch|at_risk"
+    assert listed["quiet_ones"]["customers"] == 5  # the seeded history is in 2027; "now" is earlier
+    code, out, _ = kefu(config, "segments", "show", "unhappy", "--format", "csv")
+    rows = list(csv.reader(io.StringIO(out)))
+    assert code == 0 and {int(r[0]) for r in rows[1:]} == {ids["angry"]}
+    code, out, _ = kefu(config, "customers", "at-risk", "--segment", "unhappy", "--format", "json")
+    assert code == 0 and [r["customer_id"] for r in json.loads(out)] == [ids["angry"]]
+    code, _, err = kefu(config, "customers", "at-risk", "--segment", "nope")
+    assert code == 2 and "no segment 'nope'" in err and "unhappy" in err
+    code, _, err = kefu(config, "segments", "show", "nope")
+    assert code == 2 and "no segment 'nope'" in err
