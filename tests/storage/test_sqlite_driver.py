@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 from sqlalchemy import text
@@ -24,11 +25,16 @@ async def test_a_transaction_waiting_for_the_write_lock_leaves_the_loop_running(
             session.add(Customer(display_name="张三", tags=[]))
 
     writer = asyncio.create_task(write())
-    ticks = 0
-    for _ in range(20):  # 0.2 s with the lock held elsewhere: the loop must keep turning
+    # 0.2 s with the lock held elsewhere: the loop must keep turning. Were the writer waiting for
+    # the lock on the loop's thread, no tick would run until SQLite's 30 s busy timeout ran out.
+    ticks: list[float] = []
+    started = time.monotonic()
+    while time.monotonic() - started < 0.2:
         await asyncio.sleep(0.01)
-        ticks += 1
-    assert not writer.done() and ticks == 20
+        ticks.append(time.monotonic())
+    gaps = [b - a for a, b in zip([started, *ticks], ticks, strict=False)]
+    assert max(gaps) < 0.1, max(gaps)
+    assert not writer.done()  # it is still waiting for the lock: the ticks ran while it waited
     other.execute("COMMIT")
     await asyncio.wait_for(writer, 10)
     async with db.sessions() as session:
