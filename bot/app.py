@@ -169,7 +169,9 @@ def build_telegram(kefu: Kefu) -> Channel | None:
             kefu.db, tg.staff_chat_id, config=kefu.config, on_commit=lambda: kefu.worker.wake()
         )
         hooks = dataclasses.replace(
-            hooks, staff=desk.handle, staff_ids=functools.partial(staff_group.staff_telegram_ids, kefu.db)
+            hooks,
+            staff=desk.handle,
+            staff_ids=functools.partial(staff_group.staff_telegram_ids, kefu.db),
         )
         kefu.observers.append(staff_group.mirror_observer(tg.staff_chat_id))
     channel = telegram.TelegramChannel(

@@ -365,7 +365,7 @@ class TelegramChannel:
         self._staff_ids_at = loop.time()
 
     def _backoff(self, attempt: int) -> float:
-        return min(self.max_retry_delay, self.retry_delay * 2 ** min(attempt - 1, 16))
+        return min(self.max_retry_delay, self.retry_delay * 2.0 ** min(attempt - 1, 16))
 
     async def _pause(self, seconds: float) -> None:
         """Sleeps, but not past stop(): a shutdown does not wait out a backoff."""
@@ -379,7 +379,8 @@ class TelegramChannel:
             return translate(update, staff_chat_id=self.staff_chat_id, staff_ids=self._staff_ids)
         except Exception as exc:  # noqa: BLE001 - bad input must not stop the chat
             log.error(
-                "telegram.update.malformed update_id=%s error=%s", update.update_id, type(exc).__name__
+                "telegram.update.malformed update_id=%s error=%s",
+                update.update_id, type(exc).__name__,
             )
             return fallback(update.to_dict(), repr(exc))
 
@@ -475,11 +476,12 @@ class TelegramChannel:
             update = Update.de_json(data, self.bot)
         except Exception as exc:  # noqa: BLE001 - a shape newer than PTB: see fallback()
             log.error(
-                "telegram.update.unparsed update_id=%s error=%s", data["update_id"], type(exc).__name__
+                "telegram.update.unparsed update_id=%s error=%s",
+                data["update_id"], type(exc).__name__,
             )
             update = _Raw(data["update_id"], data, repr(exc))
         # A brief outage (a locked or restarting database) is ridden out here, with backoff, so
-        # Telegram's own redelivery (which gives up after a while) is the last resort, not the first.
+        # Telegram's own redelivery (it gives up after a while) is the last resort, not the first.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.webhook_retry_seconds
         attempt = 0
@@ -515,7 +517,9 @@ class TelegramChannel:
             return await self._send_agent(out, chat_id, staff)
         return await self._send_customer(out, chat_id)
 
-    async def _send_agent(self, out: Outbound, chat_id: int, staff: Mapping[str, Any]) -> SendResult:
+    async def _send_agent(
+        self, out: Outbound, chat_id: int, staff: Mapping[str, Any]
+    ) -> SendResult:
         """A staff post in an agent's private chat with the bot, where they answer by replying.
         An agent who never opened that chat (/start) or blocked the bot cannot get it there: a
         conversation's post then goes to the staff group, so nothing waits on them."""
@@ -534,7 +538,9 @@ class TelegramChannel:
             )
             self._progress.pop(out.dedupe_key, None)
             in_group = {k: v for k, v in staff.items() if k not in ("agent", "group")}
-            moved = dataclasses.replace(out, address=str(group), meta={**out.meta, "staff": in_group})
+            moved = dataclasses.replace(
+                out, address=str(group), meta={**out.meta, "staff": in_group}
+            )
             return await self._send_staff(moved, group)
         return SendResult(external_id=progress.first_key)
 
@@ -688,7 +694,9 @@ class TelegramChannel:
             seconds = _retry_seconds(exc)
             # A group's 429 is its 20 a minute; a private chat's may be that chat's or the 30 a
             # second overall, which Telegram does not tell apart: pause both.
-            paused = [self._groups.get(chat_id)] if group else [self._chats.get(chat_id), self.overall]
+            paused = (
+                [self._groups.get(chat_id)] if group else [self._chats.get(chat_id), self.overall]
+            )
             for window in paused:
                 if window is not None:
                     window.push_back(seconds)

@@ -51,6 +51,7 @@ class SlidingWindow:
         self._slots: list[Slot] = []
         self._paused_until = 0.0
         self._lock = asyncio.Lock()
+        self._queued = 0  # acquire() calls waiting for the lock or a slot
 
     @classmethod
     def per_second(cls, rate: float) -> SlidingWindow:
@@ -84,7 +85,7 @@ class SlidingWindow:
 
     def idle(self) -> bool:
         """Nothing in flight or counted, no pause: a fresh window would behave the same."""
-        return self.delay() == 0 and not self._slots
+        return self.delay() == 0 and not self._slots and not self._queued
 
     def push_back(self, seconds: float) -> None:
         """Telegram said wait (429 retry_after): no send in this window until then."""
@@ -93,14 +94,24 @@ class SlidingWindow:
     async def acquire(self, max_wait: float | None = None) -> Slot:
         """Waits for a slot and takes it; raises Deferred if the wait would exceed max_wait.
         Call done(slot) when the send's answer (or error) is back."""
-        async with self._lock:
-            while (wait := self.delay()) > 0:
-                if max_wait is not None and wait > max_wait:
-                    # Waiting this long would outlive an outbox claim: the row waits its turn
-                    # in the outbox instead, without counting an attempt.
-                    raise Deferred(f"rate limit: next slot in {wait:.1f}s", retry_after=wait)
-                await asyncio.sleep(wait)
-            return self.take()
+        if max_wait is not None:
+            # Sends already queued here go first: a wait behind them is part of this one's. Without
+            # this, twenty posts claimed together each wait a slot in turn and hold up the claim.
+            wait = self.delay() + self._queued * self.window / self.limit
+            if wait > max_wait:
+                raise Deferred(f"rate limit: next slot in {wait:.1f}s", retry_after=wait)
+        self._queued += 1
+        try:
+            async with self._lock:
+                while (wait := self.delay()) > 0:
+                    if max_wait is not None and wait > max_wait:
+                        # Waiting this long would outlive an outbox claim: the row waits its
+                        # turn in the outbox instead, without counting an attempt.
+                        raise Deferred(f"rate limit: next slot in {wait:.1f}s", retry_after=wait)
+                    await asyncio.sleep(wait)
+                return self.take()
+        finally:
+            self._queued -= 1
 
 
 def utf16_len(text: str) -> int:

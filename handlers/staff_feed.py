@@ -78,7 +78,7 @@ async def _append(session: AsyncSession, out: Outbound, addition: str) -> int | 
         .order_by(OutboxRow.id.desc())
         .limit(1)
     )
-    if session.bind.dialect.name == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
         # A row being claimed right now is skipped, not waited for: the text then gets a post of
         # its own. (SQLite has one writer at a time: the claim cannot interleave.)
         query = query.with_for_update(skip_locked=True)

@@ -181,8 +181,8 @@ async def _board(
 ) -> None:
     """Once per conversation and agent: a line in the group saying where it is handled. Lines
     waiting together go out as one post, so this costs the group almost nothing at any rate."""
-    if not await first_time(session, f"board:{seen.conversation_id}:{member.id}", seen.conversation_id,
-                            channel=BOARD):
+    key = f"board:{seen.conversation_id}:{member.id}"
+    if not await first_time(session, key, seen.conversation_id, channel=BOARD):
         return
     line = board_line(seen, channel, member.name)
     await staff_feed.queue(
@@ -277,7 +277,7 @@ class StaffDesk:
         self, session: AsyncSession, post: StaffPost, conversation: Conversation | None
     ) -> str:
         command = staff_commands.parse(post.text)
-        if conversation is None and command is None:
+        if conversation is None and (command is None or (post.private and command[0] == "start")):
             if post.private:
                 # A staff member's own chat with the bot (their /start, or a message that is not
                 # a reply): say how it works, once per message.

@@ -24,10 +24,11 @@ from tests.servers.kefu import base_config
 
 ALICE = 2002
 ENV = {"KEFU_TELEGRAM_TOKEN": TOKEN}
+ORIGINAL = "你好，我的订单还没到"  # the stored update's text, swapped for each test's own
 
 
 def customer(n: int, text: str, *, user: int = 1001) -> dict[str, Any]:
-    return fixture("message__private_text", {1001: user, 1365: 5000 + n, "你好，我的订单还没到": text})
+    return fixture("message__private_text", {1001: user, 1365: 5000 + n, ORIGINAL: text})
 
 
 def agent_reply(message_id: int, replied: int, text: str, *, user: int = ALICE) -> dict[str, Any]:
@@ -37,7 +38,7 @@ def agent_reply(message_id: int, replied: int, text: str, *, user: int = ALICE) 
 
 
 def agent_message(message_id: int, text: str, *, user: int = ALICE) -> dict[str, Any]:
-    return fixture("message__private_text", {1001: user, 1365: message_id, "你好，我的订单还没到": text})
+    return fixture("message__private_text", {1001: user, 1365: message_id, ORIGINAL: text})
 
 
 @asynccontextmanager
@@ -115,11 +116,13 @@ async def test_an_agent_who_never_opened_the_chat_gets_it_in_the_group(
         await add_agent(kefu, "alice", ALICE)
         botapi.push(customer(0, "请问营业时间"))
         await botapi.wait_for(
-            lambda b: any("请问营业时间" in (s.text or "") for s in b.to(FORUM)), what="the mirror in the group")
+            lambda b: any("请问营业时间" in (s.text or "") for s in b.to(FORUM)),
+            what="the mirror in the group")
         mirror = next(s for s in botapi.to(FORUM) if "请问营业时间" in (s.text or ""))
         assert mirror.thread_id is not None  # in the conversation's topic
         async with kefu.db.sessions() as session:
-            dead = await session.scalar(select(func.count()).select_from(OutboxRow).where(OutboxRow.status == "dead"))
+            dead = await session.scalar(
+                select(func.count()).select_from(OutboxRow).where(OutboxRow.status == "dead"))
         assert dead == 0
 
 
@@ -139,7 +142,8 @@ async def test_a_burst_into_one_topic_is_merged_within_the_group_limit(
             def shown(b: BotApiServer) -> set[str]:
                 return {part for s in b.to(FORUM) for part in (s.text or "").split("\n")} & want
 
-            await botapi.wait_for(lambda b: shown(b) == want, timeout=60, what="every message shown")
+            await botapi.wait_for(lambda b: shown(b) == want, timeout=60,
+                                  what="every message shown")
             posts = [s for s in botapi.to(FORUM) if s.method == "sendmessage"]
             async with kefu.db.sessions() as session:
                 statuses = dict((await session.execute(

@@ -27,8 +27,8 @@ WINDOW = 1.0
 SLOT_WAIT = 5.0 * WINDOW / 60.0
 
 
-async def wait_all_settled(db: Database, total: int, timeout: float) -> dict[str, int]:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_all_settled(db: Database, total: int, within: float) -> dict[str, int]:
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         async with db.sessions() as session:
             counts = dict(
@@ -55,14 +55,15 @@ async def test_300_staff_group_posts_behind_the_group_limit_all_arrive_once(db: 
         async with db.transaction() as session:
             for n in range(300):
                 await outbox.enqueue(session, Outbound(
-                    channel="telegram", address=str(GROUP), text=f"post {n}", dedupe_key=f"post-{n}",
-                    kind="notice"))
-        cfg = OutboxConfig(base_delay_seconds=0.05, max_delay_seconds=0.5, poll_interval_seconds=0.05)
+                    channel="telegram", address=str(GROUP), text=f"post {n}",
+                    dedupe_key=f"post-{n}", kind="notice"))
+        cfg = OutboxConfig(
+            base_delay_seconds=0.05, max_delay_seconds=0.5, poll_interval_seconds=0.05)
         worker = OutboxWorker(db, {"telegram": channel}, cfg)
         async with channel.bot:
             task = asyncio.create_task(worker.run())
             try:
-                counts = await wait_all_settled(db, 300, timeout=90)
+                counts = await wait_all_settled(db, 300, within=90)
             finally:
                 worker.stop()
                 await task

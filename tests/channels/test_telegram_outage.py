@@ -86,7 +86,8 @@ async def kefu(pg: RestartablePostgres, botapi: BotApiServer) -> AsyncIterator[K
 
 
 def message(n: int) -> dict[str, Any]:
-    return fixture("message__private_text", {1001: 20_000 + n, 1365: 7000 + n, "你好，我的订单还没到": f"outage {n}"})
+    return fixture("message__private_text",
+                   {1001: 20_000 + n, 1365: 7000 + n, "你好，我的订单还没到": f"outage {n}"})
 
 
 async def test_ten_updates_during_a_database_outage_are_all_kept(
@@ -100,7 +101,8 @@ async def test_ten_updates_during_a_database_outage_are_all_kept(
         botapi.push(message(n))
     # Long enough for far more than the old five attempts per update.
     for _ in range(400):
-        failures = [r for r in caplog.records if r.getMessage().startswith("telegram.update.failure")]
+        failures = [
+            r for r in caplog.records if r.getMessage().startswith("telegram.update.failure")]
         if len(failures) >= 12:
             break
         await asyncio.sleep(0.02)
@@ -111,8 +113,36 @@ async def test_ten_updates_during_a_database_outage_are_all_kept(
     await asyncio.to_thread(pg.resume)
     await botapi.wait_for(lambda b: b.pending() == 0, timeout=60, what="every update confirmed")
     async with kefu.db.sessions() as session:
-        texts = set(await session.scalars(select(Interaction.text).where(Interaction.direction == "in")))
+        texts = set(await session.scalars(
+            select(Interaction.text).where(Interaction.direction == "in")))
     assert texts == {f"outage {n}" for n in range(11)}
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "outage " not in logged  # customers' words never reach the log
     assert "telegram.update.skipped" not in logged
+
+
+async def test_webhook_mode_answers_503_while_the_database_is_down_then_stores(
+    pg: RestartablePostgres, botapi: BotApiServer
+) -> None:
+    import httpx
+
+    from tests.servers.kefu import running_kefu, url
+
+    cfg = base_config(pg.create_database(), telegram={
+        "enabled": True, "base_url": botapi.base_url, "mode": "webhook"})
+    env = {"KEFU_TELEGRAM_TOKEN": TOKEN, "KEFU_TELEGRAM_WEBHOOK_SECRET": "s3cret"}
+    headers = {"X-Telegram-Bot-Api-Secret-Token": "s3cret"}
+    update = {**message(1), "update_id": 77}
+    async with running_kefu(cfg, env) as kefu, httpx.AsyncClient(timeout=30) as client:
+        channel = kefu.channels["telegram"]
+        assert isinstance(channel, TelegramChannel)
+        channel.retry_delay, channel.webhook_retry_seconds = 0.05, 1.0  # the real 1 s and 40 s
+        await asyncio.to_thread(pg.halt)
+        down = await client.post(url(kefu, "/telegram/webhook"), json=update, headers=headers)
+        assert down.status_code == 503  # Telegram sends it again later
+        await asyncio.to_thread(pg.resume)
+        up = await client.post(url(kefu, "/telegram/webhook"), json=update, headers=headers)
+        assert up.status_code == 200, up.text
+        async with kefu.db.sessions() as session:
+            texts = list(await session.scalars(select(Interaction.text)))
+        assert texts == ["outage 1"]

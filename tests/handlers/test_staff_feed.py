@@ -1,8 +1,9 @@
-"""Staff posts waiting for one place are merged, on SQLite and PostgreSQL, through the real pipeline."""
+"""Staff posts waiting for one place are merged, through the real pipeline, on SQLite and
+PostgreSQL."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 
@@ -20,7 +21,7 @@ ALICE = 2002
 
 def message(n: int, text: str, *, user: str = "1001", **kw: object) -> Inbound:
     return Inbound(channel="telegram", external_id=f"{user}:{n}", address=user, text=text,
-                   display_name="张三", received_at=datetime.now(timezone.utc), **kw)  # type: ignore[arg-type]
+                   display_name="张三", received_at=datetime.now(UTC), **kw)  # type: ignore[arg-type]
 
 
 async def staff_rows(db: Database) -> list[OutboxRow]:
@@ -37,7 +38,8 @@ async def test_messages_waiting_for_one_topic_become_one_post(db: Database) -> N
     rows = await staff_rows(db)
     assert [r.address for r in rows] == [str(STAFF_CHAT)] * 2
     first, other = rows
-    assert first.payload["text"].splitlines() == ["📨 #1 · 张三 · telegram", *(f"part {n}" for n in range(5))]
+    expected = ["📨 #1 · 张三 · telegram", *(f"part {n}" for n in range(5))]
+    assert first.payload["text"].splitlines() == expected
     assert first.payload["meta"]["staff"]["merged"] == 5
     assert "other customer" in other.payload["text"]
 
@@ -59,14 +61,15 @@ async def test_media_and_long_texts_get_posts_of_their_own(db: Database) -> None
     pipeline = Pipeline(db, observers=[mirror_observer(STAFF_CHAT)])
     await pipeline.receive(message(0, "长" * 3000))
     await pipeline.receive(message(1, "长" * 3000))  # both would not fit one Telegram message
-    await pipeline.receive(message(2, "photo", attachments=(Attachment(kind="photo", file_id="AgAC"),)))
+    photo = Attachment(kind="photo", file_id="AgAC")
+    await pipeline.receive(message(2, "photo", attachments=(photo,)))
     await pipeline.receive(message(3, "after"))
     await pipeline.close()
     rows = await staff_rows(db)
     assert len(rows) == 4
 
 
-async def test_an_assigned_conversation_goes_to_the_agents_chat_with_one_group_line(db: Database) -> None:
+async def test_an_assigned_conversation_goes_to_the_agents_chat(db: Database) -> None:
     async with db.transaction() as session:
         await staff.add(session, "alice", telegram_user_id=ALICE)
     pipeline = Pipeline(db, route=routing.route, observers=[mirror_observer(STAFF_CHAT)])
@@ -78,4 +81,5 @@ async def test_an_assigned_conversation_goes_to_the_agents_chat_with_one_group_l
     assert sorted(by_address) == sorted([str(ALICE), str(STAFF_CHAT)]) and len(rows) == 2
     assert by_address[str(ALICE)].payload["text"].splitlines()[1:] == ["part 0", "part 1", "part 2"]
     assert by_address[str(ALICE)].payload["meta"]["staff"]["agent"] == "alice"
-    assert by_address[str(STAFF_CHAT)].payload["text"] == "👤 #1 张三 · telegram → alice (private chat)"
+    line = by_address[str(STAFF_CHAT)].payload["text"]
+    assert line == "👤 #1 张三 · telegram → alice (private chat)"  # the group's one line
