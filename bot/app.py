@@ -252,7 +252,8 @@ def email_channel(em: EmailConfig, env: Mapping[str, str], db: Database) -> Emai
             host=em.smtp_host,
             port=em.smtp_port,
             security=em.smtp_security,
-            username=em.smtp_username or username,
+            # smtp_username = "": a relay that needs no login (kefu sends no AUTH)
+            username=username if em.smtp_username is None else em.smtp_username,
             password=password,
             timeout=em.timeout_seconds,
             ca_file=em.ca_file,

@@ -96,7 +96,8 @@ class EmailConfig(Section):
     smtp_host: str | None = None
     smtp_port: int = 465
     smtp_security: Literal["tls", "starttls", "none"] = "tls"
-    # SMTP login when it differs from `username` (same password variable).
+    # SMTP login when it differs from `username` (same password variable); "" for a relay that
+    # needs no login (a local Postfix, an internal relay): kefu then sends no AUTH.
     smtp_username: str | None = None
     # Shown as the From name of answers and in their footer.
     from_name: str = Field("Customer Service", min_length=1, max_length=100)

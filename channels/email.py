@@ -716,9 +716,9 @@ def _smtp_error(exc: Exception) -> TransientError | PermanentError:
         if codes and all(500 <= c < 600 for c in codes):
             return PermanentError(f"recipient refused: {detail}", unreachable=all(_gone(r.code, r.message) for r in refusals))
         return TransientError(f"recipient deferred: {detail}")
-    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
-        # 535 is 5xx, but a wrong password is the operator's to fix, not the message's fault.
-        return TransientError(f"SMTP login failed ({exc.code}): check username and the password variable")
+    config = smtp_config_error(exc)
+    if config is not None:
+        return config
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         detail = f"{exc.code} {exc.message}"
         # RFC 5321 4.2.1: 4yz transient negative completion, 5yz permanent
@@ -726,6 +726,36 @@ def _smtp_error(exc: Exception) -> TransientError | PermanentError:
             return PermanentError(f"SMTP refused: {detail}", unreachable=_gone(exc.code, exc.message))
         return TransientError(f"SMTP deferred: {detail}")
     return TransientError(f"SMTP {type(exc).__name__}: {exc}")
+
+
+class SmtpConfigError(PermanentError):
+    """The relay refused kefu itself (no AUTH offered, login refused): no send can succeed until
+    the operator changes [email]; retrying would only repeat it."""
+
+    def __init__(self, message: str, setting: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+_NO_AUTH = re.compile(r"AUTH extension (is )?not supported|No suitable authentication method", re.IGNORECASE)
+
+
+def smtp_config_error(exc: Exception) -> SmtpConfigError | None:
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        # RFC 4954 6: 535 is the credentials, 534/538 the mechanism or TLS; none is the message's fault.
+        return SmtpConfigError(
+            f"SMTP login refused ({exc.code} {exc.message}): check [email] smtp_username (or "
+            "username) and the password variable, or set smtp_username = \"\" for a relay that "
+            "needs no login",
+            "smtp_username",
+        )
+    if isinstance(exc, aiosmtplib.SMTPException) and _NO_AUTH.search(str(exc)):
+        return SmtpConfigError(
+            f"the SMTP server offers no login ({exc}): set [email] smtp_username = \"\" to send "
+            "without one",
+            "smtp_username",
+        )
+    return None
 
 
 _GONE = re.compile(r"\b5\.1\.[0-3]\b|user unknown|no such (user|mailbox)|does not exist|unknown (user|recipient)|mailbox unavailable", re.IGNORECASE)
@@ -766,6 +796,7 @@ class EmailChannel:
         self.clock = clock
         self.reader = ImapReader(imap, self._convert, load_state, save_state)
         self._task: asyncio.Task[None] | None = None
+        self._config_error_logged = False
 
     def _convert(self, fetched: Fetched, *, history: bool = False) -> Inbound:
         return to_inbound(
@@ -849,6 +880,7 @@ class EmailChannel:
             # an empty "[#]" token.
             message.replace_header("Subject", first_line(out.text))
         s = self.smtp
+        login = bool(s.username)  # smtp_username = "": a relay that takes mail without a login
         try:
             await aiosmtplib.send(
                 message,
@@ -856,8 +888,8 @@ class EmailChannel:
                 recipients=[out.address],
                 hostname=s.host,
                 port=s.port,
-                username=s.username,
-                password=s.password,
+                username=s.username if login else None,
+                password=s.password if login else None,
                 use_tls=s.security == "tls",
                 start_tls=True if s.security == "starttls" else False,
                 tls_context=tls_context(s.ca_file) if s.security != "none" else None,
@@ -865,11 +897,18 @@ class EmailChannel:
             )
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             error = _smtp_error(exc)
-            log.warning(
-                "email.smtp.failed to=%s kind=%s error=%s",
-                redact(out.address), type(error).__name__, error,
-            )
+            if isinstance(error, SmtpConfigError):
+                if not self._config_error_logged:
+                    # Once per process, not once per message: the one line the operator needs.
+                    log.error("email.smtp.config_error setting=[email] %s: %s", error.setting, error)
+                    self._config_error_logged = True
+            else:
+                log.warning(
+                    "email.smtp.failed to=%s kind=%s error=%s",
+                    redact(out.address), type(error).__name__, error,
+                )
             raise error from exc
+        self._config_error_logged = False
         log.info("email.smtp.sent to=%s message_id=%s", redact(out.address), msgid)
         return SendResult(external_id=msgid)
 

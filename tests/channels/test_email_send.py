@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +199,93 @@ def test_missing_password_stops_start_up(tmp_path: Path) -> None:
     config = parse_config({"storage": {"url": f"sqlite+aiosqlite:///{tmp_path}/k.db"}, "email": section})
     with pytest.raises(ConfigError, match="KEFU_EMAIL_PASSWORD is not set"):
         Kefu(config, {})
+
+
+@pytest.fixture
+def relay() -> Iterator[SmtpServer]:
+    """A relay that offers no AUTH (a local Postfix, an internal relay)."""
+    server = SmtpServer(auth="none")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def refusing() -> Iterator[SmtpServer]:
+    """A submission server that answers every login 535."""
+    server = SmtpServer(auth="refuse")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_a_relay_without_auth_delivers_when_no_smtp_username_is_set(
+    mailbox: Mailbox, relay: SmtpServer, tmp_path: Path  # noqa: F811
+) -> None:
+    config = email_config(tmp_path, mailbox, relay.port, smtp_username="")
+    async with running_kefu(config, env_for(mailbox)) as kefu:
+        conversation = await customer_writes(kefu, mailbox)
+        await kefu_cli(tmp_path, config, "reply", str(conversation), "We are on it.")
+        await delivered(relay, 1)
+        row = await outbox_row(kefu, "sent")
+    assert row.attempts == 1 and relay.handler.logins == []
+
+
+async def config_error_case(
+    kefu: Kefu, tmp_path: Path, config: dict[str, Any], box: Mailbox, caplog: pytest.LogCaptureFixture
+) -> tuple[OutboxRow, list[Interaction], list[str]]:
+    conversation = await customer_writes(kefu, box)
+    await kefu_cli(tmp_path, config, "reply", str(conversation), "We are on it.")
+    await kefu_cli(tmp_path, config, "reply", str(conversation), "And one more thing.")
+    deadline = time.monotonic() + 10
+    while True:
+        async with kefu.db.sessions() as session:
+            outbox = list(await session.scalars(select(OutboxRow).where(OutboxRow.channel == "email")))
+        if len(outbox) == 2 and all(r.status == "dead" for r in outbox):
+            break
+        assert time.monotonic() < deadline, [(r.status, r.attempts, r.last_error) for r in outbox]
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    async with kefu.db.sessions() as session:
+        events = list(
+            await session.scalars(
+                select(Interaction).where(
+                    Interaction.conversation_id == conversation, Interaction.direction == "event"
+                )
+            )
+        )
+    lines = [r.getMessage() for r in caplog.records if "email.smtp.config_error" in r.getMessage()]
+    return outbox[0], events, lines
+
+
+async def test_a_server_without_auth_is_a_configuration_error_not_a_retry(
+    mailbox: Mailbox, relay: SmtpServer, tmp_path: Path, caplog: pytest.LogCaptureFixture  # noqa: F811
+) -> None:
+    caplog.set_level(logging.INFO, logger="kefu")
+    config = email_config(tmp_path, mailbox, relay.port)  # a username: kefu would log in
+    async with running_kefu(config, env_for(mailbox)) as kefu:
+        row, events, lines = await config_error_case(kefu, tmp_path, config, mailbox, caplog)
+    assert row.attempts == 1  # parked at once, not retried ten times
+    assert "smtp_username" in (row.last_error or "") and "offers no login" in (row.last_error or "")
+    assert any("offers no login" in e.text for e in events)  # staff see it in the conversation
+    assert len(lines) == 1 and "setting=[email] smtp_username" in lines[0]
+    assert relay.handler.delivered == []
+
+
+async def test_a_refused_login_is_a_configuration_error_not_a_retry(
+    mailbox: Mailbox, refusing: SmtpServer, tmp_path: Path, caplog: pytest.LogCaptureFixture  # noqa: F811
+) -> None:
+    caplog.set_level(logging.INFO, logger="kefu")
+    config = email_config(tmp_path, mailbox, refusing.port)
+    async with running_kefu(config, env_for(mailbox)) as kefu:
+        row, events, lines = await config_error_case(kefu, tmp_path, config, mailbox, caplog)
+    assert row.attempts == 1
+    assert "535" in (row.last_error or "") and "smtp_username" in (row.last_error or "")
+    assert any("535" in e.text for e in events)
+    assert len(lines) == 1 and mailbox.password not in lines[0]
+    # one send per row (aiosmtplib tries PLAIN, then LOGIN): not ten retries each
+    assert len(refusing.handler.logins) <= 4 and refusing.handler.delivered == []

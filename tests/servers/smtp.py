@@ -61,9 +61,20 @@ class Recorder:
         return reply
 
 
+class NoAuthRecorder(Recorder):
+    """A relay that offers no AUTH at all (a local Postfix on port 25): EHLO without the line."""
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        return [r for r in responses if not r[4:].upper().startswith("AUTH")]
+
+
 class SmtpServer:
-    """AUTH PLAIN/LOGIN (a submission port behind localhost); any login succeeds and is recorded,
-    so tests can check what kefu sent. Without TLS by default; tls="starttls" offers STARTTLS and
+    """AUTH PLAIN/LOGIN (a submission port behind localhost); by default any login succeeds and is
+    recorded, so tests can check what kefu sent; auth="refuse" answers every login 535 and
+    auth="none" offers no AUTH at all. Without TLS by default; tls="starttls" offers STARTTLS and
     tls="tls" speaks TLS from the first byte (port 465 style), both with the given cert and key."""
 
     def __init__(
@@ -72,8 +83,10 @@ class SmtpServer:
         tls: Literal["starttls", "tls"] | None = None,
         cert: Path | None = None,
         key: Path | None = None,
+        auth: Literal["any", "refuse", "none"] = "any",
     ) -> None:
-        self.handler = Recorder()
+        self.auth = auth
+        self.handler = NoAuthRecorder() if auth == "none" else Recorder()
         self.tls = tls
         self.context: ssl.SSLContext | None = None
         if tls is not None:
@@ -98,7 +111,7 @@ class SmtpServer:
     def _authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
         if isinstance(auth_data, LoginPassword):
             self.handler.logins.append((auth_data.login.decode(), auth_data.password.decode()))
-        return AuthResult(success=True)
+        return AuthResult(success=self.auth == "any", handled=False)
 
     def start(self) -> None:
         self.controller.start()
