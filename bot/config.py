@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 
 class ConfigError(Exception):
@@ -39,6 +40,17 @@ class StorageConfig(Section):
     def _async_driver(cls, v: str) -> str:
         if not (v.startswith("sqlite+aiosqlite://") or v.startswith("postgresql+asyncpg://")):
             raise ValueError("use sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB")
+        try:
+            url = make_url(v)
+            port = url.port
+        except (ArgumentError, ValueError) as exc:
+            raise ValueError(f"not a database URL ({exc})") from None
+        if port is not None and not 0 < port < 65536:
+            raise ValueError(f"port {port} is not between 1 and 65535")
+        if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+            raise ValueError("name the database file: sqlite+aiosqlite:///PATH")
+        if url.get_backend_name() == "postgresql" and not url.database:
+            raise ValueError("name the database: postgresql+asyncpg://USER@HOST/DB")
         return v
 
 

@@ -55,7 +55,8 @@ def connect(database: str, **kwargs: Any) -> Connection:
     also used from the loop's thread, one call at a time, hence check_same_thread=False."""
 
     def connector() -> sqlite3.Connection:
-        return sqlite3.connect(database, check_same_thread=False, **kwargs)
+        conn: sqlite3.Connection = sqlite3.connect(database, check_same_thread=False, **kwargs)
+        return conn
 
     connection = Connection(connector, iter_chunk_size=64)
     connection._thread.daemon = True  # as SQLAlchemy does for aiosqlite: never blocks exit

@@ -201,3 +201,23 @@ def test_run_uses_the_database_next_to_the_config_file(tmp_path: Path) -> None:
             proc.kill()
     assert (home / "kefu.db").exists()
     assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql+asyncpg://kefu@db:abc/kefu", "not a database URL"),
+        ("postgresql+asyncpg://kefu@127.0.0.1:99999/kefu", "port 99999"),
+        ("postgresql+asyncpg://kefu@db", "name the database"),
+        ("sqlite+aiosqlite://", "name the database file"),
+        ("mysql://kefu@db/kefu", "use sqlite+aiosqlite:///PATH or postgresql+asyncpg://"),
+    ],
+)
+def test_a_wrong_url_is_a_config_error_naming_it(tmp_path: Path, url: str, message: str) -> None:
+    config = write_config(tmp_path, url)
+    for args in (("db", "upgrade"), ("staff", "list")):
+        code, out, err = kefu(config, *args)
+        assert code == 2 and "Traceback" not in out + err
+        assert "[storage] url" in err and message in err, err
+    done = kefu_run(config)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and message in done.stderr
