@@ -236,7 +236,16 @@ def tidy_help(command: Any) -> Any:
             param.metavar = _metavar(param)
     for sub in getattr(command, "commands", {}).values():
         tidy_help(sub)
+        # The command list shows each command's first sentence, wrapped, instead of cutting it
+        # at 45 characters with "...".
+        sub.get_short_help_str = lambda limit=45, sub=sub: _first_sentence(sub)
     return command
+
+
+def _first_sentence(command: Any) -> str:
+    text = " ".join((command.short_help or command.help or "").split())
+    head, dot, _ = text.partition(". ")
+    return (head if dot else text).rstrip(".")
 
 
 def _metavar(option: Any) -> str:

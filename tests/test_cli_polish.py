@@ -109,7 +109,7 @@ def test_help_has_plain_placeholders(capsys: pytest.CaptureFixture[str]) -> None
             root.main([*path, "--help"], prog_name="kefu")
         assert done.value.code == 0
         text = capsys.readouterr().out
-        for noise in ("<bool>", "<str>", "<path>", "<int", "{", "}"):
+        for noise in ("<bool>", "<str>", "<path>", "<int", "{", "}", "..."):
             assert noise not in text, (path, noise, text)
         assert all(len(line) <= 80 for line in text.splitlines()), (path, text)
     with pytest.raises(SystemExit):
