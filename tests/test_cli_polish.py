@@ -109,8 +109,10 @@ def test_help_has_plain_placeholders(capsys: pytest.CaptureFixture[str]) -> None
             root.main([*path, "--help"], prog_name="kefu")
         assert done.value.code == 0
         text = capsys.readouterr().out
-        for noise in ("<bool>", "<str>", "<path>", "<int", "{", "}", "..."):
+        for noise in ("<bool>", "<str>", "<path>", "<int", "{", "}"):
             assert noise not in text, (path, noise, text)
+        body = "\n".join(line for line in text.splitlines() if not line.startswith("Usage:"))
+        assert "..." not in body, (path, text)  # command lists are not cut short
         assert all(len(line) <= 80 for line in text.splitlines()), (path, text)
     with pytest.raises(SystemExit):
         root.main(["customers", "import", "--help"], prog_name="kefu")
