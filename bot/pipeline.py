@@ -192,7 +192,7 @@ class Pipeline:
                 pending.inbound.external_id,
                 _brief(exc),
             )
-            if isinstance(exc, (IntegrityError, DataError)):
+            if _one_message(exc):
                 refused = Rejected("the database refused a value of this message")
                 refused.__cause__ = exc
                 exc = refused
@@ -232,9 +232,19 @@ def _race(exc: DBAPIError) -> bool:
     return code in ("40001", "40P01")
 
 
+def _one_message(exc: BaseException) -> bool:
+    """The database refused this data: a constraint or a value (asyncpg's value-too-long is a
+    plain DBAPIError: its SQLSTATE class, 22 or 23, says so)."""
+    if isinstance(exc, (IntegrityError, DataError)):
+        return True
+    orig = getattr(exc, "orig", None)
+    code = str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
+    return code[:2] in ("22", "23")
+
+
 def _systemic(exc: BaseException) -> bool:
     """The database, not the message: locked, down, out of connections, schema missing."""
-    if isinstance(exc, (IntegrityError, DataError)):
+    if _one_message(exc):
         return False
     return isinstance(exc, (DBAPIError, PoolTimeout, OSError))
 

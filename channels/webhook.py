@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bot.messages import Attachment, Inbound, Outbound, Receipt
 from channels.base import PermanentError, SendResult, Sink, TransientError
@@ -53,6 +55,30 @@ def _error(status: int, code: str, message: str, **extra: Any) -> Reply:
     return Reply(status, {"error": code, "message": message, **extra})
 
 
+def _storable(v: str) -> str:
+    # Both databases refuse these (PostgreSQL text cannot hold NUL; neither driver can encode an
+    # unpaired surrogate that a JSON "\ud800" escape produces): refuse them here, by field name.
+    if "\x00" in v:
+        raise ValueError("must not contain NUL characters")
+    if not v.isascii():
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("must be valid Unicode (it holds an unpaired surrogate)") from None
+    return v
+
+
+Text = Annotated[str, AfterValidator(_storable)]
+MAX_INT64 = 2**63 - 1
+
+
+def _key(v: str | int) -> str:
+    v = _storable(str(v))
+    if not v or len(v) > MAX_ID:
+        raise ValueError(f"must be 1 to {MAX_ID} characters")
+    return v
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
@@ -64,64 +90,104 @@ MAX_ID = 512
 
 class _User(_Strict):
     id: str | int
-    name: str | None = Field(None, max_length=200)
-    email: str | None = Field(None, max_length=320)
-    language: str | None = Field(None, max_length=16)
+    name: Text | None = Field(None, max_length=200)
+    email: Text | None = Field(None, max_length=320)
+    language: Text | None = Field(None, max_length=16)
 
     @field_validator("id")
     @classmethod
     def _id(cls, v: str | int) -> str:
-        v = str(v)
-        if not v or len(v) > MAX_ID:
-            raise ValueError(f"must be 1 to {MAX_ID} characters")
-        return v
+        return _key(v)
 
 
 class _Attachment(_Strict):
-    url: str = Field(min_length=1, max_length=2000)
-    name: str | None = Field(None, max_length=300)
-    mime_type: str | None = Field(None, max_length=120)
+    url: Text = Field(min_length=1, max_length=2000)
+    name: Text | None = Field(None, max_length=300)
+    mime_type: Text | None = Field(None, max_length=120)
 
 
 class _Payload(_Strict):
     id: str | int
     user: _User
-    text: str = ""  # bounded by the 64 KiB body limit
+    text: Text = ""  # bounded by the 64 KiB body limit
     attachments: list[_Attachment] = Field(default_factory=list, max_length=20)
-    timestamp: float | datetime | None = None
+    timestamp: Annotated[float, Field(allow_inf_nan=False)] | datetime | None = None
     type: Literal["message", "complaint", "survey"] = "message"
     # type "survey": the answer to the survey kefu POSTed ({"survey": {"id", "choices"}}).
-    survey_id: int | None = None
+    survey_id: int | None = Field(None, ge=1, le=MAX_INT64)
     score: int | None = Field(None, ge=1, le=5)
-    comment: str | None = Field(None, max_length=2000)
+    comment: Text | None = Field(None, max_length=2000)
 
     @field_validator("id")
     @classmethod
     def _id(cls, v: str | int) -> str:
-        v = str(v)
-        if not v or len(v) > MAX_ID:
-            raise ValueError(f"must be 1 to {MAX_ID} characters")
-        return v
+        return _key(v)
 
 
-def _when(value: float | datetime | None, now: float) -> datetime:
+def _when(value: float | datetime | None, now: float, signed_at: float, window: float) -> datetime:
+    """The message's own time, trusted only within the signature window of the signed header
+    time: a timestamp years away would drive created_at, business hours and SLA."""
     if value is None:
         return datetime.fromtimestamp(now, timezone.utc)
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        when = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        try:
+            offset = (when - datetime.fromtimestamp(signed_at, timezone.utc)).total_seconds()
+        except OverflowError:  # year 1 or 9999 in a far time zone
+            offset = math.inf
+    else:
+        offset = value - signed_at
+    if not abs(offset) <= window:
+        raise ValueError(
+            f"timestamp: more than {window:g} s away from X-Kefu-Timestamp "
+            "(send the time the message was written, in unix seconds or ISO 8601)"
+        )
+    if isinstance(value, datetime):
+        return when
     return datetime.fromtimestamp(value, timezone.utc)
 
 
-def parse(source: str, body: bytes, now: float) -> Inbound:
-    """Raises ValueError with a message fit for the sender."""
+def _signed_time(headers: Mapping[str, str], now: float) -> float:
+    """The verified request's signed timestamp (either scheme's header)."""
+    for name in ("x-kefu-timestamp", "webhook-timestamp"):
+        try:
+            return float(int(headers.get(name, "")))
+        except ValueError:
+            continue
+    return now
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse(
+    source: str,
+    body: bytes,
+    now: float,
+    *,
+    signed_at: float | None = None,
+    window: float = 300,
+) -> Inbound:
+    """Raises ValueError with a message fit for the sender, naming the field."""
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"body: not UTF-8 (byte {exc.start})") from None
+    try:
+        data = json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("body: JSON nested too deeply") from None
+    except json.JSONDecodeError as exc:
         raise ValueError(f"body is not JSON: {exc}") from None
+    except ValueError as exc:  # NaN, Infinity, an integer of thousands of digits
+        raise ValueError(f"body: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError("body must be a JSON object")
     try:
         payload = _Payload.model_validate(data)
+    except RecursionError:
+        raise ValueError("body: JSON nested too deeply") from None
     except ValidationError as exc:
         problems = [
             f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
@@ -142,7 +208,7 @@ def parse(source: str, body: bytes, now: float) -> Inbound:
         external_id=f"{source}:{payload.id}",
         address=f"{source}:{user.id}",
         text=payload.text,
-        received_at=_when(payload.timestamp, now),
+        received_at=_when(payload.timestamp, now, now if signed_at is None else signed_at, window),
         kind=payload.type,
         display_name=user.name,
         language=user.language,
@@ -207,9 +273,18 @@ class WebhookChannel:
             log.warning("webhook.signature.rejected source=%s reason=%s", source_name, problem)
             return _error(401, "bad_signature", problem)
         try:
-            inbound = parse(source_name, body, now)
+            inbound = parse(
+                source_name,
+                body,
+                now,
+                signed_at=_signed_time(headers, now),
+                window=self.max_skew_seconds,
+            )
         except ValueError as exc:
             return _error(422, "malformed", str(exc))
+        except Exception as exc:  # noqa: BLE001 - whatever a payload provokes is the payload's fault
+            log.warning("webhook.parse.unexpected source=%s error=%s", source_name, type(exc).__name__)
+            return _error(422, "malformed", f"body: cannot be read ({type(exc).__name__})")
         if self._sink is None:
             return _error(503, "not_ready", "kefu is starting; try again")
         receipt = await self._sink(inbound)

@@ -163,3 +163,21 @@ async def test_webhook_answers_503_when_the_writers_queue_is_full(kefu: tuple[ob
         assert int(third.headers["retry-after"]) > 0
         assert (await first).status_code == 202 and (await second).status_code == 202
     await slow.dispose()
+
+
+async def test_a_value_the_database_refuses_is_that_messages_fault(db: Database) -> None:
+    """PostgreSQL refuses a display name over its column's length (SQLite stores it): that is
+    Rejected for that message alone, never Unavailable (a sender would retry it forever)."""
+    from bot.pipeline import Rejected
+
+    pipeline = Pipeline(db)
+    long_name = Inbound(
+        channel="webhook", external_id="shop:long", address="shop:ulong", text="hi", display_name="x" * 300
+    )
+    results = await asyncio.gather(pipeline.receive(msg(1)), pipeline.receive(long_name), return_exceptions=True)
+    assert not isinstance(results[0], Exception) and results[0].status == "accepted"
+    if db.is_sqlite:
+        assert not isinstance(results[1], Exception)
+    else:
+        assert isinstance(results[1], Rejected), results[1]
+    await pipeline.close()
