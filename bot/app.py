@@ -36,6 +36,7 @@ from bot.scheduler import build_campaigns
 from channels import telegram, telegram_webhook
 from channels.base import Channel
 from channels.email import EmailChannel, ImapSettings, MailStore, SmtpSettings
+from channels.mail_auth import AuthSettings
 from channels.mail_compose import Composer
 from channels.mail_compose import Identity as MailSender
 from channels.webhook import Source, WebhookChannel
@@ -262,6 +263,7 @@ def email_channel(em: EmailConfig, env: Mapping[str, str], db: Database) -> Emai
         composer=Composer(Path(email_events.__file__).parent / "templates", MailSender(address=em.address, name=em.from_name)),
         load_state=state.load,
         save_state=state.save,
+        auth=AuthSettings(authserv_ids=tuple(em.authserv_id), verify_dkim=em.dkim_verify),
     )
 
 

@@ -126,6 +126,16 @@ class EmailConfig(Section):
     timeout_seconds: float = Field(30.0, gt=0)
     # Mail the server received longer ago than this is logged but never acknowledged automatically.
     acknowledge_max_age_days: float = Field(2.0, gt=0)
+    # Identity-bearing actions by mail (opt-out, survey answers) need the sender's domain
+    # authenticated: Authentication-Results from these authserv-ids (your MX's), or a DKIM
+    # signature kefu verifies itself (dkim_verify; a DNS lookup for short messages only).
+    authserv_id: list[str] = Field(default_factory=list)
+    dkim_verify: bool = True
+
+    @field_validator("authserv_id", mode="before")
+    @classmethod
+    def _ids(cls, v: object) -> object:
+        return [v] if isinstance(v, str) else v
 
 
 class WebhookSourceConfig(Section):

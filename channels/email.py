@@ -33,6 +33,7 @@ from aioimaplib import (
 
 from bot.messages import Attachment, Inbound, Outbound, Receipt
 from channels.base import PermanentError, SendResult, Sink, TransientError
+from channels.mail_auth import AuthSettings, authenticate
 from channels.mail_compose import Composer
 from channels.mail_compose import Identity as Sender
 from channels.mail_parse import (
@@ -200,15 +201,18 @@ def to_inbound(
     arrived: datetime | None = None,
     max_age: timedelta | None = None,
     history: bool = False,
+    auth: AuthSettings | None = None,
 ) -> Inbound:
     """Never raises for bad mail: a malformed message becomes an event with its raw kept.
     Raises MailSystemError when kefu itself cannot keep the message (then nothing is acknowledged).
 
     `arrived` is when the server received it (IMAP INTERNALDATE); mail older than `max_age` is
     logged as usual but never acknowledged automatically. `history` (a backfill) logs the mail as
-    an event of kind "history": no conversation, nothing answered, dated when it arrived."""
+    an event of kind "history": no conversation, nothing answered, dated when it arrived.
+    `meta["sender_verified"]` says whether the From domain is authenticated (channels/mail_auth.py);
+    without `auth` settings nothing is verified, so it is False."""
     received = now or datetime.now(timezone.utc)
-    inbound = _to_inbound(raw, store, own_address=own_address, uid=uid, received=received)
+    inbound = _to_inbound(raw, store, own_address=own_address, uid=uid, received=received, auth=auth)
     if history:
         return _as_history(inbound, arrived)
     if arrived is not None and max_age is not None and received - arrived > max_age:
@@ -228,7 +232,13 @@ def _as_history(inbound: Inbound, arrived: datetime | None) -> Inbound:
 
 
 def _to_inbound(
-    raw: bytes, store: MailStore, *, own_address: str | None, uid: int | None, received: datetime
+    raw: bytes,
+    store: MailStore,
+    *,
+    own_address: str | None,
+    uid: int | None,
+    received: datetime,
+    auth: AuthSettings | None = None,
 ) -> Inbound:
     raw_path = store.save_raw(raw)
     try:
@@ -257,6 +267,10 @@ def _to_inbound(
         text = f"{NOISE_TEXT.get(mail.noise, mail.noise)}: {mail.subject}\n\n{mail.text}".strip()
     if mail.sender == UNKNOWN_SENDER:
         meta["no_ack"] = "no sender address in From, Reply-To or Sender"
+    verdict = authenticate(raw, mail.sender, mail.text, auth) if auth is not None else None
+    meta["sender_verified"] = verdict is not None
+    if verdict is not None:
+        meta["auth"] = verdict
     return Inbound(
         channel=CHANNEL,
         external_id=external_id(mail.message_id, raw),
@@ -788,8 +802,10 @@ class EmailChannel:
         load_state: LoadState,
         save_state: SaveState,
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        auth: AuthSettings | None = None,
     ) -> None:
         self.address = address.lower()
+        self.auth = auth or AuthSettings()
         self.smtp = smtp
         self.store = store
         self.composer = composer
@@ -802,6 +818,7 @@ class EmailChannel:
         return to_inbound(
             fetched.raw, self.store, own_address=self.address, uid=fetched.uid, now=self.clock(),
             arrived=fetched.arrived, max_age=self.reader.s.acknowledge_max_age, history=history,
+            auth=None if history else self.auth,
         )
 
     async def backfill(self, since: date, sink: Callable[[Inbound], Awaitable[Receipt]]) -> Backfilled:

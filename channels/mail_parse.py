@@ -755,9 +755,11 @@ def parse_message(raw: bytes, *, own_address: str | None = None) -> ParsedMail:
     message_id = normalize_msgid(header(msg, "Message-ID")) or synthetic_msgid(raw)
     in_reply_to = msgid_list(header(msg, "In-Reply-To"))
     references = msgid_list(header(msg, "References"))
-    if not references and body.original_headers is not None and failed:
+    if body.original_headers is not None and failed:
+        # The returned headers name the mail that bounced (RFC 3462): the reference that counts.
         original = normalize_msgid(str(body.original_headers.get("Message-ID", "")))
-        references = [original] if original else []
+        if original and original not in references:
+            references.append(original)
     return ParsedMail(
         message_id=message_id,
         sender=addr,

@@ -51,6 +51,23 @@ class ConsentObserver:
         customer = logged.customer
         now = utcnow()
         word = inbound.text.strip()
+        if inbound.meta.get("sender_verified") is False:
+            # Anyone can write any From: an unauthenticated mail does not speak for the customer.
+            session.add(
+                Interaction(
+                    conversation_id=logged.conversation.id if logged.conversation is not None else None,
+                    customer_id=customer.id,
+                    channel=inbound.channel,
+                    direction="event",
+                    author_kind="system",
+                    text=f"opt-out {word!r} not applied: the sender could not be authenticated "
+                    "(no DMARC or DKIM pass); consent is unchanged",
+                    meta={"kind": "consent_unverified", "interaction_id": logged.interaction_id},
+                    created_at=now,
+                )
+            )
+            log.warning("consent.unverified customer=%s channel=%s: not withdrawn", customer.id, inbound.channel)
+            return
         had_consent = customer.marketing_consent
         customer.marketing_consent = False
         cancelled = await store.cancel_for(

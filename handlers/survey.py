@@ -78,6 +78,8 @@ def parse_answer(text: str) -> tuple[int, str | None] | None:
 async def as_answer(session: AsyncSession, conversation: Conversation, inbound: Inbound) -> Inbound | None:
     """The pipeline asks before reopening a resolved conversation: is this message a survey answer?
     Then it is logged as an event of kind "survey" and left to record() below."""
+    if inbound.meta.get("sender_verified") is False:
+        return None  # a forged From must not answer someone's survey (channels/mail_auth.py)
     parsed = parse_answer(inbound.text)
     if parsed is None:
         return None

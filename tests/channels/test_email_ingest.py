@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from bot.messages import Inbound
-from storage.models import ChannelState, Identity, Interaction
+from storage.models import ChannelState, Identity, Interaction, OutboxRow
 from tests.channels.email_fixtures import (
     EXPECT,
     Mailbox,
@@ -261,6 +261,17 @@ async def test_replies_thread_into_the_conversation(
     assert found[3].conversation_id == found[0].conversation_id
 
 
+async def kefu_wrote(kefu: Kefu, address: str, message_id: str) -> None:
+    """An outbox row kefu sent to `address` with that Message-ID (what the bounce will quote)."""
+    async with kefu.db.transaction() as session:
+        session.add(
+            OutboxRow(
+                channel="email", address=address, payload={"text": "hello"}, dedupe_key=f"sent-{message_id}",
+                status="sent", attempts=1, external_id=message_id,
+            )
+        )
+
+
 async def test_bounce_marks_the_identity_unreachable(
     mailbox: Mailbox, tmp_path: Path, db_url: str
 ) -> None:
@@ -268,6 +279,7 @@ async def test_bounce_marks_the_identity_unreachable(
     async with running_kefu(config, env_for(mailbox)) as kefu:
         await wait_connected(kefu)
         await kefu.receive(Inbound("email", "q-1@example.org", "gone.customer@example.org", "question"))
+        await kefu_wrote(kefu, "gone.customer@example.org", "kefu.0bad0bad@kefu.test")
         await mailbox.append(fixture_bytes("bounce__dsn"))
         found = await wait_for(kefu, lambda r: any(x.meta.get("kind") == "bounced" for x in r))
         async with kefu.db.sessions() as session:
@@ -278,6 +290,27 @@ async def test_bounce_marks_the_identity_unreachable(
     assert "5.1.1" in (identity.unreachable_reason or "")
     bounced = next(r for r in found if r.meta.get("kind") == "bounced")
     assert bounced.conversation_id == found[0].conversation_id
+
+
+async def test_a_bounce_for_mail_kefu_never_sent_marks_nothing(
+    mailbox: Mailbox, tmp_path: Path, db_url: str
+) -> None:
+    """A forged bounce (anyone can send one) does not make a customer unreachable."""
+    config = email_config(tmp_path, mailbox, free_port(), db_url=db_url)
+    async with running_kefu(config, env_for(mailbox)) as kefu:
+        await wait_connected(kefu)
+        await kefu.receive(Inbound("email", "q-1@example.org", "gone.customer@example.org", "question"))
+        # kefu did write to them, but not the mail this bounce quotes
+        await kefu_wrote(kefu, "gone.customer@example.org", "kefu.another@kefu.test")
+        await mailbox.append(fixture_bytes("bounce__dsn"))
+        found = await wait_for(kefu, lambda r: any(x.meta.get("kind") == "bounce_ignored" for x in r))
+        async with kefu.db.sessions() as session:
+            identity = await session.scalar(
+                select(Identity).where(Identity.address == "gone.customer@example.org")
+            )
+    assert identity is not None and identity.reachable is True
+    assert not any(r.meta.get("kind") == "bounced" for r in found)
+    assert any(r.meta.get("kind") == "bounce" for r in found)  # the bounce itself is still logged
 
 
 async def test_mail_appears_in_kefu_log_export(mailbox: Mailbox, tmp_path: Path) -> None:
