@@ -18,13 +18,15 @@ message.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import Text, bindparam, delete, or_, select, type_coerce
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -43,12 +45,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kefu.churn")
 
-CHUNK = 2000
+CHUNK = 5000
 HEALTH_COLUMNS = (
     "score", "band", "reasons", "last_contact_at", "rate_fast", "rate_slow", "rate_at", "opted_out",
     "alerted_at", "crossings", "updated_at",
 )
 Progress = Callable[[int], None]
+# The stored rows of a chunk, reasons as the JSON text they were written as (compared as text).
+_STORED = select(
+    CustomerHealth.customer_id, CustomerHealth.score, type_coerce(CustomerHealth.reasons, Text),
+    CustomerHealth.alerted_at, CustomerHealth.crossings, CustomerHealth.last_contact_at,
+    CustomerHealth.opted_out,
+).where(CustomerHealth.customer_id.between(bindparam("lo"), bindparam("hi")))
 OptOut = Callable[[str], bool]
 
 
@@ -61,10 +69,46 @@ class Outcome:
 
 
 def _upsert(session: AsyncSession) -> Any:
-    insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+    return _upsert_for(session.bind.dialect.name)
+
+
+@functools.cache
+def _upsert_for(dialect: str) -> Any:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = insert(CustomerHealth)
     return stmt.on_conflict_do_update(
         index_elements=["customer_id"], set_={c: getattr(stmt.excluded, c) for c in HEALTH_COLUMNS}
+    )
+
+
+_SQLITE_UPSERT = (
+    f"INSERT INTO customer_health (customer_id, {', '.join(HEALTH_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * (len(HEALTH_COLUMNS) + 1))}) ON CONFLICT (customer_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in HEALTH_COLUMNS)
+)
+
+
+def _sqlite_value(value: Any) -> Any:
+    """What kefu's column types write on SQLite: naive UTC text, JSON text, 0/1."""
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, list):
+        return json.dumps(value)
+    return value
+
+
+async def _write(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """A chunk's changed rows in one executemany. On SQLite straight to the driver: at a million
+    customers SQLAlchemy's per-row parameter processing is most of the recompute's time."""
+    if session.bind.dialect.name != "sqlite":
+        await session.execute(_upsert(session), rows)
+        return
+    conn = await session.connection()
+    await conn.exec_driver_sql(
+        _SQLITE_UPSERT,
+        [tuple(_sqlite_value(r[c]) for c in ("customer_id", *HEALTH_COLUMNS)) for r in rows],
     )
 
 
@@ -93,8 +137,7 @@ class Churn:
         if not self.cfg.enabled or customer.forgotten_at is not None or customer.merged_into is not None:
             return
         now = note.inbound.received_at
-        row = await session.get(CustomerHealth, customer.id)
-        signals = (await health.gather(session, [customer.id], now, self.cfg, from_log=False))[customer.id]
+        signals, row = await health.one(session, customer.id, now, self.cfg)
         if row is not None:
             signals.rate_fast = health.decay(row.rate_fast, row.rate_at, now, FAST_DAYS)
             signals.rate_slow = health.decay(row.rate_slow, row.rate_at, now, SLOW_DAYS)
@@ -112,15 +155,16 @@ class Churn:
         if signals.opted_out and customer.marketing_consent:
             signals.opted_out = False
         result = health.score(signals, self.cfg, now)
-        if row is None:
-            row = CustomerHealth(customer_id=customer.id, crossings=0, alerted_at=None)
-            session.add(row)
-        previous = (row.alerted_at, row.crossings)
-        values = self._values(result, signals, now, row.alerted_at, row.crossings or 0)
-        for key, value in values.items():
-            if getattr(row, key) != value:
-                setattr(row, key, value)
-        if values["alerted_at"] is not None and previous[0] is None:
+        alerted_at = row.alerted_at if row is not None else None
+        values = self._values(result, signals, now, alerted_at, row.crossings if row is not None else 0)
+        await session.execute(_upsert(session), [{"customer_id": customer.id, **values}])
+        if values["alerted_at"] is not None and alerted_at is None:
+            # The conversation to open and its owner, read only for the (rare) warning.
+            full = (await health.gather(session, customer.id, customer.id, now, self.cfg, from_log=False)).get(
+                customer.id
+            )
+            if full is not None:
+                signals.conversation_id, signals.owner = full.conversation_id, full.owner
             await self.warn(session, customer, result, signals, now, values["crossings"])
 
     # --- everyone ------------------------------------------------------------------------------
@@ -169,29 +213,23 @@ class Churn:
 
     async def _chunk(self, session: AsyncSession, customers: Sequence[Any], now: datetime) -> Outcome:
         outcome = Outcome()
-        ids = [c[0] for c in customers]
-        signals = await health.gather(session, ids, now, self.cfg, from_log=True)
+        lo, hi = customers[0][0], customers[-1][0]
+        signals = await health.gather(session, lo, hi, now, self.cfg, from_log=True)
+        conn = await session.connection()
         stored = {
-            r.customer_id: r
-            for r in (
-                await session.execute(
-                    select(
-                        CustomerHealth.customer_id, CustomerHealth.score, CustomerHealth.reasons,
-                        CustomerHealth.last_contact_at, CustomerHealth.opted_out,
-                        CustomerHealth.alerted_at, CustomerHealth.crossings,
-                    ).where(CustomerHealth.customer_id.in_(ids))
-                )
-            )
+            r[0]: r
+            for r in await conn.execute(_STORED, {"lo": lo, "hi": hi})
         }
         rows: list[dict[str, Any]] = []
         warnings: list[tuple[int, Health, Signals, int]] = []
+        nothing = Signals()
         for cid, _name, consent in customers:
-            s = signals[cid]
-            if consent:
+            s = signals.get(cid, nothing)
+            if consent and s.opted_out:
                 s.opted_out = False
             result = health.score(s, self.cfg, now)
             old = stored.get(cid)
-            alerted_at, crossings = (old.alerted_at, old.crossings or 0) if old is not None else (None, 0)
+            alerted_at, crossings = (health._parse(old[3]), old[4] or 0) if old is not None else (None, 0)
             values = self._values(result, s, now, alerted_at, crossings)
             outcome.scored += 1
             if result.band == "at_risk":
@@ -200,18 +238,18 @@ class Churn:
                 warnings.append((cid, result, s, values["crossings"]))
             if (
                 old is not None
-                and old.score == result.score
-                and old.reasons == result.reasons
-                and old.alerted_at == values["alerted_at"]
-                and old.last_contact_at == s.last_contact_at
-                and old.opted_out == s.opted_out
+                and old[1] == result.score
+                and old[2] == json.dumps(result.reasons)
+                and values["alerted_at"] == alerted_at
+                and health._parse(old[5]) == s.last_contact_at
+                and bool(old[6]) == s.opted_out
             ):
                 # Rates drift with time but only matter through the score: stale rates are fine,
                 # as every full recompute rebuilds them from the log.
                 continue
             rows.append({"customer_id": cid, **values})
         if rows:
-            await session.execute(_upsert(session), rows)
+            await _write(session, rows)
             outcome.changed = len(rows)
         for cid, result, s, crossings in warnings:
             customer = await session.get(Customer, cid)

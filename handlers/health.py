@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import ColumnElement, DateTime, and_, case, func, literal, select
+from sqlalchemy import ColumnElement, DateTime, and_, bindparam, case, func, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import InsightConfig
@@ -30,6 +30,7 @@ from handlers import complaints
 from storage.models import (
     OPEN_STATUSES,
     ComplaintReason,
+    CustomerHealth,
     Conversation,
     Identity,
     Interaction,
@@ -86,7 +87,18 @@ class Health:
     reasons: list[dict[str, Any]]
 
 
+NOTHING = Health(0, "ok", [])
+
+
 def score(s: Signals, cfg: InsightConfig, now: datetime) -> Health:
+    if not (
+        s.open_complaints or s.recent_complaints > 1 or s.high_severity or s.sla_breaches or s.unreachable
+        or s.opted_out or s.rate_fast >= cfg.rising_min or s.last_complaint_at or s.last_low_csat_at
+        or (s.worst_csat is not None and s.worst_csat <= LOW_CSAT)
+    ):
+        # Nothing against them (most customers): no reason to weigh. A decayed fast rate below
+        # rising_min cannot reach rising_min messages a week (it only shrinks with time).
+        return NOTHING if cfg.watch > 0 else Health(0, "watch", [])
     w = cfg.weights
     found: list[dict[str, Any]] = []
 
@@ -180,120 +192,277 @@ def explain_all(reasons: Iterable[dict[str, Any]], language: str, limit: int | N
 
 
 # --- gathering the signals -------------------------------------------------------------------
+#
+# Every statement selects a range of customer ids (lo..hi): the full recompute passes a chunk of
+# consecutive ids, the observer one id as lo = hi. The statements are built once per dialect with
+# bound parameters and run on the Core connection: building a statement, expanding an IN list of
+# thousands of ids and loading rows through the ORM cost more than the queries themselves.
 
 
 def _counted(condition: ColumnElement[bool]) -> ColumnElement[int]:
     return func.sum(case((condition, 1), else_=0))
 
 
-async def gather(
-    session: AsyncSession,
-    ids: Sequence[int],
-    now: datetime,
-    cfg: InsightConfig,
-    *,
-    from_log: bool,
-) -> dict[int, Signals]:
-    """Signals of `ids` from the tables. from_log: also the last contact, the message rates and the
-    opt-out, read from the log (the full recompute); without it the caller keeps those itself."""
-    found: dict[int, Signals] = {i: Signals() for i in ids}
-    if not ids:
-        return found
-    since = now - cfg.window
+_LO, _HI = bindparam("lo"), bindparam("hi")
+_SINCE = bindparam("since", type_=DateTime())
+
+
+def _in_range(column: Any) -> ColumnElement[bool]:
+    return column.between(_LO, _HI)
+
+
+@functools.cache
+def _statements(dialect: str) -> dict[str, Any]:
     complaint = Conversation.is_complaint.is_(True)
     # A complaint counts while the customer spoke in it within the window (a reopened one too).
-    recent = and_(complaint, Conversation.updated_at >= since)
-    rows = await session.execute(
+    recent = and_(complaint, Conversation.updated_at >= _SINCE)
+    opened = and_(complaint, Conversation.status.in_(OPEN_STATUSES))
+    conversations = (
         select(
             Conversation.customer_id,
-            _counted(and_(complaint, Conversation.status.in_(OPEN_STATUSES))),
+            _counted(opened),
             _counted(recent),
             _counted(and_(recent, Conversation.severity == "high")),
             func.max(case((complaint, Conversation.updated_at), else_=None)),
             func.max(Conversation.id),
+            func.max(case((opened, Conversation.id), else_=None)),
         )
-        .where(Conversation.customer_id.in_(ids))
+        .where(_in_range(Conversation.customer_id))
         .group_by(Conversation.customer_id)
     )
-    latest_conversation: dict[int, int] = {}
+    owners = select(Conversation.id, Conversation.assignee).where(
+        Conversation.id.in_(bindparam("ids", expanding=True))
+    )
+    cues = (
+        select(Conversation.customer_id, ComplaintReason.reason)
+        .select_from(ComplaintReason)
+        .join(Conversation, Conversation.id == ComplaintReason.conversation_id)
+        .where(
+            Conversation.customer_id.in_(bindparam("ids", expanding=True)),
+            Conversation.severity == "high",
+            Conversation.updated_at >= _SINCE,
+        )
+        .order_by(ComplaintReason.id)
+    )
+    surveys = (
+        select(
+            Survey.customer_id,
+            func.min(Survey.score),
+            func.max(case((Survey.score <= LOW_CSAT, Survey.answered_at), else_=None)),
+        )
+        .where(_in_range(Survey.customer_id), Survey.score.is_not(None), Survey.answered_at >= _SINCE)
+        .group_by(Survey.customer_id)
+    )
+    breaches = (
+        select(Conversation.customer_id, func.count())
+        .select_from(SlaBreach)
+        .join(Conversation, Conversation.id == SlaBreach.conversation_id)
+        .where(_in_range(Conversation.customer_id), SlaBreach.breached_at >= _SINCE)
+        .group_by(Conversation.customer_id)
+    )
+    addresses = (
+        select(Identity.customer_id, func.count(), _counted(Identity.reachable.is_(False)))
+        .where(_in_range(Identity.customer_id), Identity.channel != "phone")
+        .group_by(Identity.customer_id)
+    )
+    now = bindparam("now", type_=DateTime())
+    if dialect == "sqlite":
+        age = func.julianday(bindparam("now_text")) - func.julianday(Interaction.created_at)
+    else:
+        age = func.extract("epoch", now - Interaction.created_at) / 86400.0
+    inbound = Interaction.direction == "in"
+    # Rows dated after `now` (a recompute for a past moment) are not part of its picture.
+    seen = and_(inbound, Interaction.created_at <= now)
+    rated = and_(seen, Interaction.created_at >= bindparam("horizon", type_=DateTime()))
+    withdrawn = and_(
+        Interaction.direction == "event",
+        Interaction.meta["kind"].as_string() == "consent_withdrawn",
+    )
+    log = (
+        select(
+            Interaction.customer_id,
+            func.max(case((seen, Interaction.created_at), else_=None)),
+            func.sum(case((rated, func.power(0.5, age / FAST_DAYS)), else_=0.0)),
+            func.sum(case((rated, func.power(0.5, age / SLOW_DAYS)), else_=0.0)),
+            func.max(case((withdrawn, 1), else_=0)),
+        )
+        .where(_in_range(Interaction.customer_id))
+        .group_by(Interaction.customer_id)
+    )
+    return {"conversations": conversations, "owners": owners, "cues": cues, "surveys": surveys,
+            "breaches": breaches, "addresses": addresses, "log": log}
+
+
+def _naive(when: datetime) -> datetime:
+    return when.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+async def gather(
+    session: AsyncSession,
+    lo: int,
+    hi: int,
+    now: datetime,
+    cfg: InsightConfig,
+    *,
+    from_log: bool,
+    owners: bool = True,
+) -> dict[int, Signals]:
+    """Signals of the customers with ids lo..hi that have any rows (a customer with none has
+    nothing against them: Signals()). from_log: also the last contact, the message rates and the
+    opt-out, read from the log (the full recompute); without it the caller keeps those itself.
+    owners: also the conversation to open and its assignee (what a warning names)."""
+    found: dict[int, Signals] = {}
+    conn = await session.connection()
+    st = _statements(conn.dialect.name)
+    params: dict[str, Any] = {"lo": lo, "hi": hi, "since": _naive(now - cfg.window)}
+
+    def of(cid: int) -> Signals:
+        s = found.get(cid)
+        if s is None:
+            s = found[cid] = Signals()
+        return s
+
+    latest: dict[int, int] = {}
     severe: list[int] = []
-    for cid, open_n, recent_n, high_n, last_complaint, last_id in rows:
-        s = found[cid]
+    for cid, open_n, recent_n, high_n, last_complaint, last_id, open_id in (await conn.execute(
+        st["conversations"], params
+    )).all():
+        s = of(cid)
         s.open_complaints, s.recent_complaints, s.high_severity = int(open_n or 0), int(recent_n or 0), int(high_n or 0)
-        s.last_complaint_at = last_complaint if isinstance(last_complaint, datetime) else _parse(last_complaint)
-        latest_conversation[cid] = int(last_id)
+        s.last_complaint_at = _parse(last_complaint)
+        # The conversation to open: their latest open complaint, else their latest conversation.
+        s.conversation_id = int(open_id) if open_id is not None else int(last_id)
+        latest[cid] = s.conversation_id
         if s.high_severity:
             severe.append(cid)
-    if latest_conversation:
-        # The conversation to open: their latest open complaint, else their latest conversation.
-        best = await session.execute(
-            select(Conversation.customer_id, Conversation.id, Conversation.assignee, Conversation.status,
-                   Conversation.is_complaint)
-            .where(Conversation.id.in_(list(latest_conversation.values())))
-        )
-        for cid, conv_id, assignee, _status, _complaint in best:
-            found[cid].conversation_id, found[cid].owner = int(conv_id), assignee
-        open_complaints = await session.execute(
-            select(Conversation.customer_id, func.max(Conversation.id))
-            .where(Conversation.customer_id.in_(ids), complaint, Conversation.status.in_(OPEN_STATUSES))
-            .group_by(Conversation.customer_id)
-        )
-        chosen = {cid: int(conv) for cid, conv in open_complaints}
-        if chosen:
-            owners = await session.execute(
-                select(Conversation.customer_id, Conversation.id, Conversation.assignee)
-                .where(Conversation.id.in_(list(chosen.values())))
-            )
-            for cid, conv_id, assignee in owners:
-                found[cid].conversation_id, found[cid].owner = int(conv_id), assignee
+    if owners and latest:
+        assignees = {
+            conv: assignee
+            for conv, assignee in await conn.execute(st["owners"], {"ids": list(latest.values())})
+        }
+        for cid, conv in latest.items():
+            found[cid].owner = assignees.get(conv)
     if severe:
-        cues = await session.execute(
-            select(Conversation.customer_id, ComplaintReason.reason)
-            .select_from(ComplaintReason)
-            .join(Conversation, Conversation.id == ComplaintReason.conversation_id)
-            .where(Conversation.customer_id.in_(severe), Conversation.severity == "high",
-                   Conversation.updated_at >= since)
-            .order_by(ComplaintReason.id)
-        )
         other: dict[int, list[str]] = {}
-        for cid, reason in cues:
+        for cid, reason in await conn.execute(st["cues"], {"ids": severe, "since": params["since"]}):
             listed = found[cid].high_severity_cues if _severe_cue(reason) else other.setdefault(cid, [])
             if reason not in listed:
                 listed.append(reason)
         for cid, reasons in other.items():
             if not found[cid].high_severity_cues:  # severe by a cue of the team's own (extra_cues)
                 found[cid].high_severity_cues = reasons
-    surveys = await session.execute(
-        select(
-            Survey.customer_id,
-            func.min(Survey.score),
-            func.max(case((Survey.score <= LOW_CSAT, Survey.answered_at), else_=None)),
-        )
-        .where(Survey.customer_id.in_(ids), Survey.score.is_not(None), Survey.answered_at >= since)
-        .group_by(Survey.customer_id)
-    )
-    for cid, worst, low_at in surveys:
-        found[cid].worst_csat = int(worst) if worst is not None else None
-        found[cid].last_low_csat_at = low_at if isinstance(low_at, datetime) else _parse(low_at)
-    breaches = await session.execute(
-        select(Conversation.customer_id, func.count())
+    for cid, worst, low_at in (await conn.execute(st["surveys"], params)).all():
+        s = of(cid)
+        s.worst_csat = int(worst) if worst is not None else None
+        s.last_low_csat_at = _parse(low_at)
+    for cid, n in (await conn.execute(st["breaches"], params)).all():
+        of(cid).sla_breaches = int(n)
+    for cid, total, unreachable in (await conn.execute(st["addresses"], params)).all():
+        s = of(cid)
+        s.identities, s.unreachable = int(total), int(unreachable or 0)
+    if from_log:
+        log_params = {
+            "lo": lo, "hi": hi, "now": _naive(now), "now_text": _naive(now).isoformat(sep=" "),
+            "horizon": _naive(now - RATE_HORIZON),
+        }
+        for cid, last, fast, slow, opted in (await conn.execute(st["log"], log_params)).all():
+            s = of(cid)
+            s.last_contact_at = _parse(last)
+            s.rate_fast, s.rate_slow = float(fast or 0.0), float(slow or 0.0)
+            s.opted_out = bool(opted)
+            s.rate_at = now
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What customer_health holds for one customer, as the observer needs it."""
+
+    rate_fast: float
+    rate_slow: float
+    rate_at: datetime | None
+    last_contact_at: datetime | None
+    opted_out: bool
+    alerted_at: datetime | None
+    crossings: int
+
+
+@functools.cache
+def _one_statement(dialect: str) -> Any:
+    """One customer's signals and stored row in one round trip: the observer's path (a message
+    should cost as few statements as possible). Each derived table is an aggregate over that
+    customer's rows by an index, so it is one row even when the customer has none."""
+    cid = bindparam("cid")
+    complaint = Conversation.is_complaint.is_(True)
+    recent = and_(complaint, Conversation.updated_at >= _SINCE)
+    conversations = select(
+        _counted(and_(complaint, Conversation.status.in_(OPEN_STATUSES))).label("open_n"),
+        _counted(recent).label("recent_n"),
+        _counted(and_(recent, Conversation.severity == "high")).label("high_n"),
+        func.max(case((complaint, Conversation.updated_at), else_=None)).label("last_complaint"),
+    ).where(Conversation.customer_id == cid).subquery()
+    surveys = select(
+        func.min(Survey.score).label("worst"),
+        func.max(case((Survey.score <= LOW_CSAT, Survey.answered_at), else_=None)).label("low_at"),
+    ).where(Survey.customer_id == cid, Survey.score.is_not(None), Survey.answered_at >= _SINCE).subquery()
+    breaches = (
+        select(func.count().label("breaches"))
         .select_from(SlaBreach)
         .join(Conversation, Conversation.id == SlaBreach.conversation_id)
-        .where(Conversation.customer_id.in_(ids), SlaBreach.breached_at >= since)
-        .group_by(Conversation.customer_id)
+        .where(Conversation.customer_id == cid, SlaBreach.breached_at >= _SINCE)
+        .subquery()
     )
-    for cid, n in breaches:
-        found[cid].sla_breaches = int(n)
-    addresses = await session.execute(
-        select(Identity.customer_id, func.count(), _counted(Identity.reachable.is_(False)))
-        .where(Identity.customer_id.in_(ids), Identity.channel != "phone")
-        .group_by(Identity.customer_id)
+    addresses = select(
+        func.count().label("addresses"), _counted(Identity.reachable.is_(False)).label("unreachable")
+    ).where(Identity.customer_id == cid, Identity.channel != "phone").subquery()
+    row = CustomerHealth
+    stored = select(
+        func.count().label("stored"),
+        func.max(row.rate_fast).label("rate_fast"),
+        func.max(row.rate_slow).label("rate_slow"),
+        func.max(row.rate_at).label("rate_at"),
+        func.max(row.last_contact_at).label("last_contact_at"),
+        func.max(case((row.opted_out.is_(True), 1), else_=0)).label("opted_out"),
+        func.max(row.alerted_at).label("alerted_at"),
+        func.max(row.crossings).label("crossings"),
+    ).where(row.customer_id == cid).subquery()
+    # One-row tables joined on true: the cross product is one row, on purpose.
+    everything = (
+        conversations.join(surveys, true())
+        .join(breaches, true())
+        .join(addresses, true())
+        .join(stored, true())
     )
-    for cid, total, unreachable in addresses:
-        found[cid].identities, found[cid].unreachable = int(total), int(unreachable or 0)
-    if from_log:
-        await _from_log(session, ids, now, found)
-    return found
+    return select(conversations, surveys, breaches, addresses, stored).select_from(everything)
+
+
+async def one(session: AsyncSession, customer_id: int, now: datetime, cfg: InsightConfig) -> tuple[Signals, Stored | None]:
+    conn = await session.connection()
+    r = (
+        await conn.execute(_one_statement(conn.dialect.name), {"cid": customer_id, "since": _naive(now - cfg.window)})
+    ).one()
+    s = Signals(
+        open_complaints=int(r.open_n or 0),
+        recent_complaints=int(r.recent_n or 0),
+        high_severity=int(r.high_n or 0),
+        last_complaint_at=_parse(r.last_complaint),
+        worst_csat=int(r.worst) if r.worst is not None else None,
+        last_low_csat_at=_parse(r.low_at),
+        sla_breaches=int(r.breaches or 0),
+        identities=int(r.addresses or 0),
+        unreachable=int(r.unreachable or 0),
+    )
+    if s.high_severity:
+        st = _statements(conn.dialect.name)
+        for _cid, reason in await conn.execute(st["cues"], {"ids": [customer_id], "since": _naive(now - cfg.window)}):
+            if reason not in s.high_severity_cues and (_severe_cue(reason) or not s.high_severity_cues):
+                s.high_severity_cues.append(reason)
+    if not r.stored:
+        return s, None
+    return s, Stored(
+        float(r.rate_fast or 0.0), float(r.rate_slow or 0.0), _parse(r.rate_at), _parse(r.last_contact_at),
+        bool(r.opted_out), _parse(r.alerted_at), int(r.crossings or 0),
+    )
 
 
 @functools.cache
@@ -310,46 +479,11 @@ def _severe_cue(reason: str) -> bool:
     return reason in _severe_reasons()
 
 
-def _age_days(session: AsyncSession, now: datetime) -> ColumnElement[float]:
-    if session.bind.dialect.name == "sqlite":
-        return func.julianday(now.replace(tzinfo=None).isoformat(sep=" ")) - func.julianday(Interaction.created_at)
-    naive = now.astimezone(timezone.utc).replace(tzinfo=None)
-    return func.extract("epoch", literal(naive, DateTime()) - Interaction.created_at) / 86400.0
-
-
-async def _from_log(session: AsyncSession, ids: Sequence[int], now: datetime, found: dict[int, Signals]) -> None:
-    """One pass over each customer's log rows, aggregated by the database."""
-    inbound = Interaction.direction == "in"
-    # Rows dated after `now` (a recompute for a past moment) are not part of its picture.
-    recent = and_(inbound, Interaction.created_at >= now - RATE_HORIZON, Interaction.created_at <= now)
-    age = _age_days(session, now)
-    withdrawn = and_(
-        Interaction.direction == "event",
-        Interaction.meta["kind"].as_string() == "consent_withdrawn",
-    )
-    rows = await session.execute(
-        select(
-            Interaction.customer_id,
-            func.max(case((and_(inbound, Interaction.created_at <= now), Interaction.created_at), else_=None)),
-            func.sum(case((recent, func.power(0.5, age / FAST_DAYS)), else_=0.0)),
-            func.sum(case((recent, func.power(0.5, age / SLOW_DAYS)), else_=0.0)),
-            func.max(case((withdrawn, 1), else_=0)),
-        )
-        .where(Interaction.customer_id.in_(ids))
-        .group_by(Interaction.customer_id)
-    )
-    for cid, last, fast, slow, opted in rows:
-        s = found[cid]
-        s.last_contact_at = _parse(last)
-        s.rate_fast, s.rate_slow = float(fast or 0.0), float(slow or 0.0)
-        s.opted_out = bool(opted)
-    for s in found.values():
-        s.rate_at = now
-
-
 def _parse(value: object) -> datetime | None:
     """Aggregates (max of a column) come back as text on SQLite, without the column's type."""
-    if value is None or isinstance(value, datetime):
-        return value
+    if value is None:
+        return None
+    if isinstance(value, datetime):  # PostgreSQL: naive UTC, as stored
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
     parsed = datetime.fromisoformat(str(value))
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
