@@ -29,12 +29,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bot.config import parse_config  # noqa: E402
-from bot.messages import Inbound  # noqa: E402
-from bot.pipeline import Logged, Pipeline  # noqa: E402
-from handlers.churn import Churn  # noqa: E402
-from handlers.routing import Router  # noqa: E402
-from storage.db import Database  # noqa: E402
+from bot.config import parse_config
+from bot.messages import Inbound
+from bot.pipeline import Logged, Pipeline
+from handlers.churn import Churn
+from handlers.routing import Router
+from storage.db import Database
 
 NOW = datetime(2027, 6, 1, 12, 0, tzinfo=UTC)
 DAYS = 120  # the history spans this many days before NOW
@@ -48,7 +48,9 @@ def rss_mb() -> float:
 def _ts(expr: str) -> str:
     """A SQL expression of seconds before NOW -> kefu's stored UTC text."""
     base = NOW.strftime("%Y-%m-%d %H:%M:%S")
-    return f"strftime('%Y-%m-%d %H:%M:%S', '{base}', '-' || max({expr}, 0) || ' seconds') || '.000000'"
+    return (
+        f"strftime('%Y-%m-%d %H:%M:%S', '{base}', '-' || max({expr}, 0) || ' seconds') || '.000000'"
+    )
 
 
 def build(path: Path, customers: int, per: int) -> None:
@@ -58,19 +60,23 @@ def build(path: Path, customers: int, per: int) -> None:
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("PRAGMA synchronous=OFF")
     con.execute("PRAGMA cache_size=-200000")
-    counter = f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {customers})"
+    counter = (
+        f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {customers})"
+    )
     spread = DAYS * 86400
     with con:
-        con.execute("INSERT INTO staff (id, name, role, active, on_duty, created_at) VALUES "
-                    "(1, 'amy', 'agent', 1, 1, '2027-01-01 00:00:00.000000')")
+        con.execute(
+            "INSERT INTO staff (id, name, role, active, on_duty, created_at) VALUES "
+            "(1, 'amy', 'agent', 1, 1, '2027-01-01 00:00:00.000000')"
+        )
         con.execute(
             f"{counter} INSERT INTO customers (id, display_name, language, tags, vip, marketing_consent, created_at)"
             f" SELECT i, 'c' || i, CASE WHEN i % 3 THEN 'zh' ELSE 'en' END, '[]', i % 50 = 0, i % 3 = 0,"
             f" {_ts(f'{spread} + i % 86400')} FROM n"
         )
         con.execute(
-            f"INSERT INTO identities (customer_id, channel, address, reachable, created_at)"
-            f" SELECT id, 'webhook', 'shop:u' || id, id % 97 != 0, created_at FROM customers"
+            "INSERT INTO identities (customer_id, channel, address, reachable, created_at)"
+            " SELECT id, 'webhook', 'shop:u' || id, id % 97 != 0, created_at FROM customers"
         )
         # One conversation each; every 7th customer a second one. Every 5th a complaint, every
         # 40th severe; a third still open; the others resolved.
@@ -86,8 +92,8 @@ def build(path: Path, customers: int, per: int) -> None:
         con.execute(
             f"INSERT INTO conversations (id, customer_id, status, priority, is_complaint, severity, created_at,"
             f" updated_at, resolutions)"
-            f" SELECT {customers} + id, id, 'open', 'high', 1, 'normal', {_ts(f'(id * 104729) % 864000')},"
-            f" {_ts(f'(id * 104729) % 864000')}, 0 FROM customers WHERE id % 7 = 0"
+            f" SELECT {customers} + id, id, 'open', 'high', 1, 'normal', {_ts('(id * 104729) % 864000')},"
+            f" {_ts('(id * 104729) % 864000')}, 0 FROM customers WHERE id % 7 = 0"
         )
         con.execute(
             "INSERT INTO complaint_reasons (conversation_id, reason, at) SELECT id, 'threat to escalate: 12315',"
@@ -116,8 +122,10 @@ def build(path: Path, customers: int, per: int) -> None:
         )
     con.execute("ANALYZE")
     con.close()
-    print(f"built {customers:,} customers, {customers * per:,} interactions in {time.perf_counter() - t:.0f} s "
-          f"({path.stat().st_size / 2**30:.1f} GiB)")
+    print(
+        f"built {customers:,} customers, {customers * per:,} interactions in {time.perf_counter() - t:.0f} s "
+        f"({path.stat().st_size / 2**30:.1f} GiB)"
+    )
 
 
 async def _migrate(path: Path) -> None:
@@ -142,8 +150,9 @@ async def phase_baseline(path: Path) -> dict[str, float]:
     t = time.perf_counter()
     async with db.sessions() as session:
         result = await session.stream(
-            select(Interaction.customer_id, func.max(Interaction.created_at), func.count())
-            .group_by(Interaction.customer_id)
+            select(
+                Interaction.customer_id, func.max(Interaction.created_at), func.count()
+            ).group_by(Interaction.customer_id)
         )
         n = 0
         async for _ in result:
@@ -160,8 +169,14 @@ async def phase_recompute(path: Path) -> dict[str, float]:
     outcome = await churn.recompute(db, NOW)
     seconds = time.perf_counter() - t
     await db.dispose()
-    return {"seconds": seconds, "scored": outcome.scored, "at_risk": outcome.at_risk, "changed": outcome.changed,
-            "warned": outcome.warned, "rss_mb": rss_mb()}
+    return {
+        "seconds": seconds,
+        "scored": outcome.scored,
+        "at_risk": outcome.at_risk,
+        "changed": outcome.changed,
+        "warned": outcome.warned,
+        "rss_mb": rss_mb(),
+    }
 
 
 async def phase_incremental(path: Path, messages: int, customers: int) -> dict[str, float]:
@@ -190,8 +205,15 @@ async def phase_incremental(path: Path, messages: int, customers: int) -> dict[s
             for k in range(block):
                 cid = rng.randrange(1, customers + 1)
                 at += timedelta(seconds=1)
-                inbounds.append(Inbound(channel="webhook", external_id=f"bench-{run}-{name}-{start}-{k}",
-                                        address=f"shop:u{cid}", text="我的快递怎么还没到？", received_at=at))
+                inbounds.append(
+                    Inbound(
+                        channel="webhook",
+                        external_id=f"bench-{run}-{name}-{start}-{k}",
+                        address=f"shop:u{cid}",
+                        text="我的快递怎么还没到？",
+                        received_at=at,
+                    )
+                )
             t = time.perf_counter()
             for inbound in inbounds:
                 await pipeline.receive_many([inbound])
@@ -210,8 +232,18 @@ async def phase_incremental(path: Path, messages: int, customers: int) -> dict[s
 
 
 def child(phase: str, args: argparse.Namespace) -> dict[str, float]:
-    cmd = [sys.executable, __file__, "--phase", phase, "--db", str(args.db), "--messages", str(args.messages),
-           "--customers", str(args.customers)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--phase",
+        phase,
+        "--db",
+        str(args.db),
+        "--messages",
+        str(args.messages),
+        "--customers",
+        str(args.customers),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -236,17 +268,23 @@ def main() -> None:
     if not args.db.exists():
         build(args.db, args.customers, args.per_customer)
     base = child("baseline", args)
-    print(f"baseline: one GROUP BY customer_id over the log: {base['seconds']:.1f} s "
-          f"({base['customers']:,} customers), {base['rss_mb']:.0f} MB peak RSS")
+    print(
+        f"baseline: one GROUP BY customer_id over the log: {base['seconds']:.1f} s "
+        f"({base['customers']:,} customers), {base['rss_mb']:.0f} MB peak RSS"
+    )
     full = child("recompute", args)
-    print(f"full recompute: {full['scored']:,} customers in {full['seconds']:.1f} s "
-          f"({full['seconds'] / base['seconds']:.1f}x the baseline; target <= 60 s), "
-          f"{full['at_risk']:,} at risk, {full['rss_mb']:.0f} MB peak RSS (target <= 500 MB)")
+    print(
+        f"full recompute: {full['scored']:,} customers in {full['seconds']:.1f} s "
+        f"({full['seconds'] / base['seconds']:.1f}x the baseline; target <= 60 s), "
+        f"{full['at_risk']:,} at risk, {full['rss_mb']:.0f} MB peak RSS (target <= 500 MB)"
+    )
     inc = child("incremental", args)
-    print(f"incremental: {inc['messages']:,} messages each way; ingest {inc['without_ms']:.2f} ms/message "
-          f"without the observer, {inc['with_ms']:.2f} with: +{inc['added_ms']:.2f} ms "
-          f"(target <= 1 ms); the observer itself {inc['observer_mean_ms']:.2f} ms mean, "
-          f"{inc['observer_p99_ms']:.2f} ms p99; {inc['rss_mb']:.0f} MB peak RSS")
+    print(
+        f"incremental: {inc['messages']:,} messages each way; ingest {inc['without_ms']:.2f} ms/message "
+        f"without the observer, {inc['with_ms']:.2f} with: +{inc['added_ms']:.2f} ms "
+        f"(target <= 1 ms); the observer itself {inc['observer_mean_ms']:.2f} ms mean, "
+        f"{inc['observer_p99_ms']:.2f} ms p99; {inc['rss_mb']:.0f} MB peak RSS"
+    )
 
 
 if __name__ == "__main__":

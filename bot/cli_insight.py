@@ -55,14 +55,18 @@ async def at_risk_rows(
             .group_by(Conversation.customer_id)
             .subquery()
         )
-        owners = {
-            cid: (conv, name)
-            for cid, conv, name in await session.execute(
-                select(latest.c.customer_id, latest.c.id, Staff.name)
-                .join(Conversation, Conversation.id == latest.c.id)
-                .outerjoin(Staff, Staff.id == Conversation.assignee)
-            )
-        } if ids else {}
+        owners = (
+            {
+                cid: (conv, name)
+                for cid, conv, name in await session.execute(
+                    select(latest.c.customer_id, latest.c.id, Staff.name)
+                    .join(Conversation, Conversation.id == latest.c.id)
+                    .outerjoin(Staff, Staff.id == Conversation.assignee)
+                )
+            }
+            if ids
+            else {}
+        )
     rows = []
     for h, name in found:
         conversation, owner = owners.get(h.customer_id, (None, None))
@@ -84,13 +88,17 @@ async def at_risk_rows(
 
 def at_risk(
     config: ConfigOption = DEFAULT_CONFIG,
-    segment: Annotated[str | None, typer.Option(help="Only customers of this [insight.segments] segment.")] = None,
+    segment: Annotated[
+        str | None, typer.Option(help="Only customers of this [insight.segments] segment.")
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many customers.")] = 50,
     fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
     min_score: Annotated[
         int | None, typer.Option(help="Lowest score shown (default: [insight] threshold).")
     ] = None,
-    language: Annotated[str | None, typer.Option("--language", help="zh or en (default: [insight] language).")] = None,
+    language: Annotated[
+        str | None, typer.Option("--language", help="zh or en (default: [insight] language).")
+    ] = None,
     as_name: AsOption = None,
 ) -> None:
     """Customers at risk of leaving: who, score, reasons, last contact, owner (lead or admin)."""
@@ -110,7 +118,9 @@ def at_risk(
             roles.require(actor, "report")
             audit.record(session, actor.name, "customers.at_risk", "customers", segment=segment)
         inside = await segments.members(db, cfg, segment, utcnow()) if segment is not None else None
-        return await at_risk_rows(db, min_score=floor, limit=limit, language=lang, segment_ids=inside)
+        return await at_risk_rows(
+            db, min_score=floor, limit=limit, language=lang, segment_ids=inside
+        )
 
     rows = with_db(cfg, work)
     if fmt == "json":
@@ -118,19 +128,44 @@ def at_risk(
         return
     if fmt == "csv":
         writer = csv.writer(sys.stdout)
-        writer.writerow(["customer_id", "name", "score", "reasons", "last_contact", "owner", "conversation_id"])
+        writer.writerow(
+            ["customer_id", "name", "score", "reasons", "last_contact", "owner", "conversation_id"]
+        )
         for r in rows:
-            writer.writerow([r["customer_id"], r["name"] or "", r["score"], "; ".join(r["reasons"]),
-                             r["last_contact"] or "", r["owner"] or "", r["conversation_id"] or ""])
+            writer.writerow(
+                [
+                    r["customer_id"],
+                    r["name"] or "",
+                    r["score"],
+                    "; ".join(r["reasons"]),
+                    r["last_contact"] or "",
+                    r["owner"] or "",
+                    r["conversation_id"] or "",
+                ]
+            )
         return
-    table = Table("customer", "name", "score", "reasons", "last contact", "owner", "conversation",
-                  title=f"At risk (score ≥ {floor})")
+    table = Table(
+        "customer",
+        "name",
+        "score",
+        "reasons",
+        "last contact",
+        "owner",
+        "conversation",
+        title=f"At risk (score ≥ {floor})",
+    )
     for r in rows:
-        table.add_row(*cells(
-            r["customer_id"], r["name"] or "—", r["score"], "\n".join(r["reasons"]) or "—",
-            (r["last_contact"] or "—")[:16].replace("T", " "), r["owner"] or "—",
-            f"#{r['conversation_id']}" if r["conversation_id"] else "—",
-        ))
+        table.add_row(
+            *cells(
+                r["customer_id"],
+                r["name"] or "—",
+                r["score"],
+                "\n".join(r["reasons"]) or "—",
+                (r["last_contact"] or "—")[:16].replace("T", " "),
+                r["owner"] or "—",
+                f"#{r['conversation_id']}" if r["conversation_id"] else "—",
+            )
+        )
     out.print(table)
 
 
@@ -145,8 +180,12 @@ def rescore(config: ConfigOption = DEFAULT_CONFIG, as_name: AsOption = None) -> 
             audit.record(session, actor.name, "customers.rescore", "customers")
         # Warnings go in the log and to the staff group's outbox; `kefu run` sends them.
         staff_chat = cfg.telegram.staff_chat_id if cfg.telegram.enabled else None
-        churn = Churn(cfg, Router(cfg), staff_chat_id=staff_chat,
-                      lead_chats=cfg.telegram.enabled and staff_chat is None)
+        churn = Churn(
+            cfg,
+            Router(cfg),
+            staff_chat_id=staff_chat,
+            lead_chats=cfg.telegram.enabled and staff_chat is None,
+        )
         return await churn.recompute(db)
 
     outcome = with_db(cfg, work)
@@ -157,7 +196,11 @@ def rescore(config: ConfigOption = DEFAULT_CONFIG, as_name: AsOption = None) -> 
 
 
 def html_report(
-    cfg: Config, when: datetime | None, since: str | None, out_path: Path, language: str | None,
+    cfg: Config,
+    when: datetime | None,
+    since: str | None,
+    out_path: Path,
+    language: str | None,
     as_name: str | None,
 ) -> None:
     """`kefu report --format html --out FILE`: the charts page, written atomically."""
@@ -167,7 +210,9 @@ def html_report(
     if lang not in ("zh", "en"):
         fail(f"--language has value {lang!r}: use zh or en", 2)
     if out_path.is_dir():
-        fail(f"--out has value {str(out_path)!r}: that is a folder; name a file, e.g. report.html", 2)
+        fail(
+            f"--out has value {str(out_path)!r}: that is a folder; name a file, e.g. report.html", 2
+        )
 
     async def work(db: Database) -> str:
         async with db.transaction() as session:
@@ -196,7 +241,9 @@ def html_report(
 async def segment_members(db: Database, cfg: Config) -> list[tuple[str, set[int] | None]]:
     """Everyone, then each configured segment's members."""
     now = utcnow()
-    found: list[tuple[str, set[int] | None]] = [(LABEL_EVERYONE.get(cfg.insight.language, "everyone"), None)]
+    found: list[tuple[str, set[int] | None]] = [
+        (LABEL_EVERYONE.get(cfg.insight.language, "everyone"), None)
+    ]
     for name in cfg.insight.segments:
         found.append((name, await segments.members(db, cfg, name, now)))
     return found
@@ -210,12 +257,17 @@ def _unknown(name: str, cfg: Config) -> Exception:
     return ValueError(name)
 
 
-segments_app = typer.Typer(help="Customer segments ([insight.segments] in config).", no_args_is_help=True)
+segments_app = typer.Typer(
+    help="Customer segments ([insight.segments] in config).", no_args_is_help=True
+)
 
 
 @segments_app.command("list")
-def segments_list(config: ConfigOption = DEFAULT_CONFIG, as_name: AsOption = None,
-                  fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table") -> None:
+def segments_list(
+    config: ConfigOption = DEFAULT_CONFIG,
+    as_name: AsOption = None,
+    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+) -> None:
     """Every configured segment, its definition and how many customers are in it now."""
     if fmt not in ("table", "json"):
         fail(f"--format has value {fmt!r}: use table or json", 2)
@@ -264,15 +316,25 @@ def segments_show(
         inside = sorted(await segments.members(db, cfg, name, utcnow()))
         async with db.sessions() as session:
             rows = await session.execute(
-                select(Customer.id, Customer.display_name, CustomerHealth.score, CustomerHealth.band,
-                       CustomerHealth.last_contact_at)
+                select(
+                    Customer.id,
+                    Customer.display_name,
+                    CustomerHealth.score,
+                    CustomerHealth.band,
+                    CustomerHealth.last_contact_at,
+                )
                 .outerjoin(CustomerHealth, CustomerHealth.customer_id == Customer.id)
                 .where(Customer.id.in_(inside[:limit]))
                 .order_by(Customer.id)
             )
             return len(inside), [
-                {"customer_id": cid, "name": n, "score": sc or 0, "band": b or "ok",
-                 "last_contact": lc.isoformat() if lc else None}
+                {
+                    "customer_id": cid,
+                    "name": n,
+                    "score": sc or 0,
+                    "band": b or "ok",
+                    "last_contact": lc.isoformat() if lc else None,
+                }
                 for cid, n, sc, b, lc in rows
             ]
 
@@ -284,13 +346,28 @@ def segments_show(
         writer = csv.writer(sys.stdout)
         writer.writerow(["customer_id", "name", "score", "band", "last_contact"])
         for r in rows:
-            writer.writerow([r["customer_id"], r["name"] or "", r["score"], r["band"], r["last_contact"] or ""])
+            writer.writerow(
+                [r["customer_id"], r["name"] or "", r["score"], r["band"], r["last_contact"] or ""]
+            )
         return
-    table = Table("customer", "name", "score", "band", "last contact",
-                  title=f"{name}: {segments.describe(cfg.insight.segments[name])} · {total} customers")
+    table = Table(
+        "customer",
+        "name",
+        "score",
+        "band",
+        "last contact",
+        title=f"{name}: {segments.describe(cfg.insight.segments[name])} · {total} customers",
+    )
     for r in rows:
-        table.add_row(*cells(r["customer_id"], r["name"] or "—", r["score"], r["band"],
-                             (r["last_contact"] or "—")[:16].replace("T", " ")))
+        table.add_row(
+            *cells(
+                r["customer_id"],
+                r["name"] or "—",
+                r["score"],
+                r["band"],
+                (r["last_contact"] or "—")[:16].replace("T", " "),
+            )
+        )
     out.print(table)
 
 

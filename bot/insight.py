@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 
 from handlers import followup
 from handlers.churn import Churn
+from handlers.consent import ConsentObserver
 from handlers.greetings import Reach
 from handlers.templating import Templates
-from handlers.consent import ConsentObserver
 
 if TYPE_CHECKING:
     from bot.app import Kefu
@@ -42,7 +42,9 @@ def build_insight(kefu: Kefu) -> Churn | None:
             log.exception("insight.recompute.failure")
             return None
 
-    kefu.scheduler.jobs.append(("insight.recompute", recompute, cfg.recompute_every.total_seconds()))
+    kefu.scheduler.jobs.append(
+        ("insight.recompute", recompute, cfg.recompute_every.total_seconds())
+    )
     return churn
 
 
@@ -51,7 +53,9 @@ def build_followups(kefu: Kefu) -> followup.FollowUps:
     campaign planner's interval."""
     campaigns = kefu.config.campaigns
     followups = followup.build(
-        kefu.config, Templates(campaigns.template_dir, campaigns.default_language), Reach.of(kefu.config, kefu.channels)
+        kefu.config,
+        Templates(campaigns.template_dir, campaigns.default_language),
+        Reach.of(kefu.config, kefu.channels),
     )
 
     async def tick() -> object:
@@ -62,5 +66,7 @@ def build_followups(kefu: Kefu) -> followup.FollowUps:
             return None
 
     if campaigns.followup.enabled:
-        kefu.scheduler.jobs.append(("campaigns.followup", tick, campaigns.plan_interval_minutes * 60.0))
+        kefu.scheduler.jobs.append(
+            ("campaigns.followup", tick, campaigns.plan_interval_minutes * 60.0)
+        )
     return followups

@@ -23,7 +23,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Text, bindparam, delete, or_, select, type_coerce
@@ -47,14 +47,27 @@ log = logging.getLogger("kefu.churn")
 
 CHUNK = 5000
 HEALTH_COLUMNS = (
-    "score", "band", "reasons", "last_contact_at", "rate_fast", "rate_slow", "rate_at", "opted_out",
-    "alerted_at", "crossings", "updated_at",
+    "score",
+    "band",
+    "reasons",
+    "last_contact_at",
+    "rate_fast",
+    "rate_slow",
+    "rate_at",
+    "opted_out",
+    "alerted_at",
+    "crossings",
+    "updated_at",
 )
 Progress = Callable[[int], None]
 # The stored rows of a chunk, reasons as the JSON text they were written as (compared as text).
 _STORED = select(
-    CustomerHealth.customer_id, CustomerHealth.score, type_coerce(CustomerHealth.reasons, Text),
-    CustomerHealth.alerted_at, CustomerHealth.crossings, CustomerHealth.last_contact_at,
+    CustomerHealth.customer_id,
+    CustomerHealth.score,
+    type_coerce(CustomerHealth.reasons, Text),
+    CustomerHealth.alerted_at,
+    CustomerHealth.crossings,
+    CustomerHealth.last_contact_at,
     CustomerHealth.opted_out,
 ).where(CustomerHealth.customer_id.between(bindparam("lo"), bindparam("hi")))
 OptOut = Callable[[str], bool]
@@ -69,7 +82,7 @@ class Outcome:
 
 
 def _upsert(session: AsyncSession) -> Any:
-    return _upsert_for(session.bind.dialect.name)
+    return _upsert_for(session.get_bind().dialect.name)
 
 
 @functools.cache
@@ -91,7 +104,9 @@ _SQLITE_UPSERT = (
 def _sqlite_value(value: Any) -> Any:
     """What kefu's column types write on SQLite: naive UTC text, JSON text, 0/1."""
     if isinstance(value, datetime):
-        return value.astimezone(timezone.utc).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+        return (
+            value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+        )
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, list):
@@ -102,7 +117,7 @@ def _sqlite_value(value: Any) -> Any:
 async def _write(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
     """A chunk's changed rows in one executemany. On SQLite straight to the driver: at a million
     customers SQLAlchemy's per-row parameter processing is most of the recompute's time."""
-    if session.bind.dialect.name != "sqlite":
+    if session.get_bind().dialect.name != "sqlite":
         await session.execute(_upsert(session), rows)
         return
     conn = await session.connection()
@@ -134,7 +149,11 @@ class Churn:
 
     async def __call__(self, session: AsyncSession, note: Logged) -> None:
         customer = note.customer
-        if not self.cfg.enabled or customer.forgotten_at is not None or customer.merged_into is not None:
+        if (
+            not self.cfg.enabled
+            or customer.forgotten_at is not None
+            or customer.merged_into is not None
+        ):
             return
         now = note.inbound.received_at
         signals, row = await health.one(session, customer.id, now, self.cfg)
@@ -156,13 +175,17 @@ class Churn:
             signals.opted_out = False
         result = health.score(signals, self.cfg, now)
         alerted_at = row.alerted_at if row is not None else None
-        values = self._values(result, signals, now, alerted_at, row.crossings if row is not None else 0)
+        values = self._values(
+            result, signals, now, alerted_at, row.crossings if row is not None else 0
+        )
         await session.execute(_upsert(session), [{"customer_id": customer.id, **values}])
         if values["alerted_at"] is not None and alerted_at is None:
             # The conversation to open and its owner, read only for the (rare) warning.
-            full = (await health.gather(session, customer.id, customer.id, now, self.cfg, from_log=False)).get(
-                customer.id
-            )
+            full = (
+                await health.gather(
+                    session, customer.id, customer.id, now, self.cfg, from_log=False
+                )
+            ).get(customer.id)
             if full is not None:
                 signals.conversation_id, signals.owner = full.conversation_id, full.owner
             await self.warn(session, customer, result, signals, now, values["crossings"])
@@ -207,19 +230,21 @@ class Churn:
                 on_progress(total.scored)
         log.info(
             "insight.recompute scored=%d changed=%d at_risk=%d warned=%d",
-            total.scored, total.changed, total.at_risk, total.warned,
+            total.scored,
+            total.changed,
+            total.at_risk,
+            total.warned,
         )
         return total
 
-    async def _chunk(self, session: AsyncSession, customers: Sequence[Any], now: datetime) -> Outcome:
+    async def _chunk(
+        self, session: AsyncSession, customers: Sequence[Any], now: datetime
+    ) -> Outcome:
         outcome = Outcome()
         lo, hi = customers[0][0], customers[-1][0]
         signals = await health.gather(session, lo, hi, now, self.cfg, from_log=True)
         conn = await session.connection()
-        stored = {
-            r[0]: r
-            for r in await conn.execute(_STORED, {"lo": lo, "hi": hi})
-        }
+        stored = {r[0]: r for r in await conn.execute(_STORED, {"lo": lo, "hi": hi})}
         rows: list[dict[str, Any]] = []
         warnings: list[tuple[int, Health, Signals, int]] = []
         nothing = Signals()
@@ -229,7 +254,9 @@ class Churn:
                 s.opted_out = False
             result = health.score(s, self.cfg, now)
             old = stored.get(cid)
-            alerted_at, crossings = (health._parse(old[3]), old[4] or 0) if old is not None else (None, 0)
+            alerted_at, crossings = (
+                (health._parse(old[3]), old[4] or 0) if old is not None else (None, 0)
+            )
             values = self._values(result, s, now, alerted_at, crossings)
             outcome.scored += 1
             if result.band == "at_risk":
@@ -282,22 +309,34 @@ class Churn:
     # --- the warning ---------------------------------------------------------------------------
 
     async def warn(
-        self, session: AsyncSession, customer: Customer, result: Health, s: Signals, now: datetime,
+        self,
+        session: AsyncSession,
+        customer: Customer,
+        result: Health,
+        s: Signals,
+        now: datetime,
         crossing: int,
     ) -> None:
-        conversation = await session.get(Conversation, s.conversation_id) if s.conversation_id else None
+        conversation = (
+            await session.get(Conversation, s.conversation_id) if s.conversation_id else None
+        )
         team = self.router.team(conversation.team if conversation is not None else None)
         leads = await self.router.leads(session, team)
         owner = await staff_alerts.staff_name(session, s.owner)
         text = warning_text(
-            self.cfg.language, customer, result, conversation.id if conversation else None, owner,
+            self.cfg.language,
+            customer,
+            result,
+            conversation.id if conversation else None,
+            owner,
             [m.name for m in leads],
         )
         session.add(
             Interaction(
                 conversation_id=conversation.id if conversation is not None else None,
                 customer_id=customer.id,
-                channel=(conversation.reply_channel if conversation is not None else None) or "system",
+                channel=(conversation.reply_channel if conversation is not None else None)
+                or "system",
                 direction="event",
                 author_kind="system",
                 text=text,
@@ -312,8 +351,13 @@ class Churn:
             )
         )
         audit.record(
-            session, "kefu", "insight.churn_warning", f"customer:{customer.id}",
-            score=result.score, reasons=[r["code"] for r in result.reasons], crossing=crossing,
+            session,
+            "kefu",
+            "insight.churn_warning",
+            f"customer:{customer.id}",
+            score=result.score,
+            reasons=[r["code"] for r in result.reasons],
+            crossing=crossing,
             conversation=conversation.id if conversation is not None else None,
         )
         key = f"churn:{customer.id}:{crossing}"
@@ -339,8 +383,11 @@ class Churn:
                 )
         log.warning(
             "insight.churn_warning customer=%s score=%d reasons=%s conversation=%s leads=%s",
-            customer.id, result.score, ",".join(r["code"] for r in result.reasons),
-            conversation.id if conversation is not None else None, ",".join(m.name for m in leads),
+            customer.id,
+            result.score,
+            ",".join(r["code"] for r in result.reasons),
+            conversation.id if conversation is not None else None,
+            ",".join(m.name for m in leads),
         )
 
 
@@ -356,26 +403,49 @@ def warning_text(
     reasons = [f"• {line}" for line in health.explain_all(result.reasons, language, 3)]
     mentions = ", ".join("@" + n for n in leads)
     if language == "zh":
-        lines = [f"📉 流失预警：{name}（客户 #{customer.id}）风险分 {result.score}/100", "原因：", *reasons]
+        lines = [
+            f"📉 流失预警：{name}（客户 #{customer.id}）风险分 {result.score}/100",
+            "原因：",
+            *reasons,
+        ]
         lines.append(f"打开会话 #{conversation_id}" if conversation_id else "暂无会话")
-        lines.append(f"负责人：{'@' + owner if owner else '无'}" + (f" · 主管：{mentions}" if mentions else ""))
+        lines.append(
+            f"负责人：{'@' + owner if owner else '无'}"
+            + (f" · 主管：{mentions}" if mentions else "")
+        )
     else:
-        lines = [f"📉 Churn warning: {name} (customer #{customer.id}) · risk {result.score}/100", "why:", *reasons]
-        lines.append(f"open conversation #{conversation_id}" if conversation_id else "no conversation yet")
-        lines.append(f"owner: {'@' + owner if owner else 'nobody'}" + (f" · leads: {mentions}" if mentions else ""))
+        lines = [
+            f"📉 Churn warning: {name} (customer #{customer.id}) · risk {result.score}/100",
+            "why:",
+            *reasons,
+        ]
+        lines.append(
+            f"open conversation #{conversation_id}" if conversation_id else "no conversation yet"
+        )
+        lines.append(
+            f"owner: {'@' + owner if owner else 'nobody'}"
+            + (f" · leads: {mentions}" if mentions else "")
+        )
     return "\n".join(lines)
 
 
 async def drop_gone(session: AsyncSession, customer_id: int | None = None) -> None:
     """Forgotten and merged customers have no score: their rows go (one, or all of them)."""
     if customer_id is not None:
-        await session.execute(delete(CustomerHealth).where(CustomerHealth.customer_id == customer_id))
+        await session.execute(
+            delete(CustomerHealth).where(CustomerHealth.customer_id == customer_id)
+        )
         return
-    gone = select(Customer.id).where(or_(Customer.forgotten_at.is_not(None), Customer.merged_into.is_not(None)))
+    gone = select(Customer.id).where(
+        or_(Customer.forgotten_at.is_not(None), Customer.merged_into.is_not(None))
+    )
     await session.execute(delete(CustomerHealth).where(CustomerHealth.customer_id.in_(gone)))
 
 
 async def staff_names(session: AsyncSession, ids: Sequence[int]) -> dict[int, str]:
     if not ids:
         return {}
-    return {i: n for i, n in await session.execute(select(Staff.id, Staff.name).where(Staff.id.in_(ids)))}
+    return {
+        i: n
+        for i, n in await session.execute(select(Staff.id, Staff.name).where(Staff.id.in_(ids)))
+    }

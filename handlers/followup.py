@@ -32,7 +32,7 @@ from bot.config import Config
 from bot.messages import Outbound
 from handlers.care import zone_of
 from handlers.greetings import Reach, _hhmm, _in_quiet, choose_channel
-from handlers.templating import Templates, TemplateProblem, language_of
+from handlers.templating import TemplateProblem, Templates, language_of
 from storage import campaigns as store
 from storage.db import Database
 from storage.models import CampaignDelivery, Conversation, Customer, Interaction, Survey
@@ -75,16 +75,25 @@ class FollowUps:
         from bot.config import ConfigError
 
         try:
-            self.templates.check(self.cfg.template, {"name": "王小明", "ticket": 42, "business": "kefu"})
+            self.templates.check(
+                self.cfg.template, {"name": "王小明", "ticket": 42, "business": "kefu"}
+            )
         except TemplateProblem as exc:
-            raise ConfigError(f"[campaigns.followup] template has value {self.cfg.template!r}: {exc}") from None
+            raise ConfigError(
+                f"[campaigns.followup] template has value {self.cfg.template!r}: {exc}"
+            ) from None
 
     async def due(self, session: AsyncSession, now: datetime) -> list[Due]:
         """Resolved complaints and low scores whose follow-up is due now and not yet claimed."""
         cfg = self.cfg
         found: dict[str, Due] = {}
         resolved = await session.execute(
-            select(Conversation.id, Conversation.customer_id, Conversation.resolutions, Conversation.resolved_at)
+            select(
+                Conversation.id,
+                Conversation.customer_id,
+                Conversation.resolutions,
+                Conversation.resolved_at,
+            )
             .where(
                 Conversation.is_complaint.is_(True),
                 Conversation.status == "resolved",
@@ -95,11 +104,17 @@ class FollowUps:
             .limit(BATCH)
         )
         for conv_id, cid, n, at in resolved:
+            assert at is not None  # resolved_at <= ... held in SQL
             d = Due(conv_id, cid, n or 0, at + cfg.after, "resolved")
             found[d.occasion] = d
         if cfg.low_csat:
             low = await session.execute(
-                select(Survey.conversation_id, Survey.customer_id, Survey.resolution, Survey.answered_at)
+                select(
+                    Survey.conversation_id,
+                    Survey.customer_id,
+                    Survey.resolution,
+                    Survey.answered_at,
+                )
                 .join(Conversation, Conversation.id == Survey.conversation_id)
                 .where(
                     Survey.score <= LOW_CSAT,
@@ -112,6 +127,7 @@ class FollowUps:
                 .limit(BATCH)
             )
             for conv_id, cid, n, at in low:
+                assert at is not None
                 d = Due(conv_id, cid, n, at + cfg.low_csat_after, "low_csat")
                 found.setdefault(d.occasion, d)
         if not found:
@@ -144,7 +160,12 @@ class FollowUps:
             elif result == "skipped":
                 outcome.skipped += 1
         if outcome.sent or outcome.skipped:
-            log.info("followup.plan sent=%d skipped=%d waiting=%d", outcome.sent, outcome.skipped, outcome.waiting)
+            log.info(
+                "followup.plan sent=%d skipped=%d waiting=%d",
+                outcome.sent,
+                outcome.skipped,
+                outcome.waiting,
+            )
         return outcome
 
     async def _one(self, session: AsyncSession, d: Due, now: datetime) -> str:
@@ -172,57 +193,93 @@ class FollowUps:
                 skip = where
         claimed = await store.claim(
             session,
-            [{
-                "campaign": CAMPAIGN,
-                "occasion": d.occasion,
-                "customer_id": customer.id,
-                "status": "skipped" if skip else "planned",
-                "reason": skip,
-                "channel": where[0] if isinstance(where, tuple) else None,
-                "send_at": now,
-                "expires_at": d.due_at + self.cfg.give_up_after,
-                "created_at": now,
-            }],
+            [
+                {
+                    "campaign": CAMPAIGN,
+                    "occasion": d.occasion,
+                    "customer_id": customer.id,
+                    "status": "skipped" if skip else "planned",
+                    "reason": skip,
+                    "channel": where[0] if isinstance(where, tuple) else None,
+                    "send_at": now,
+                    "expires_at": d.due_at + self.cfg.give_up_after,
+                    "created_at": now,
+                }
+            ],
         )
         if customer.id not in claimed:
             return "already"
         if skip is not None:
-            log.info("followup.skipped conversation=%s customer=%s reason=%s", d.conversation_id, customer.id, skip)
+            log.info(
+                "followup.skipped conversation=%s customer=%s reason=%s",
+                d.conversation_id,
+                customer.id,
+                skip,
+            )
             return "skipped"
         assert isinstance(where, tuple)
         language = language_of(customer.language, self.config.campaigns.default_language)
         text = self.templates.render(
-            self.cfg.template, language,
-            {"name": customer.display_name, "ticket": conversation.id, "business": self.config.campaigns.business_name},
+            self.cfg.template,
+            language,
+            {
+                "name": customer.display_name,
+                "ticket": conversation.id,
+                "business": self.config.campaigns.business_name,
+            },
         )
-        meta: dict[str, Any] = {"kind": "followup", "trigger": d.trigger, "resolution": d.resolution}
+        meta: dict[str, Any] = {
+            "kind": "followup",
+            "trigger": d.trigger,
+            "resolution": d.resolution,
+        }
         logged = Interaction(
-            conversation_id=conversation.id, customer_id=customer.id, channel=where[0], direction="out",
-            author_kind="bot", author_id=f"campaign:{CAMPAIGN}", text=text, meta=meta, created_at=now,
+            conversation_id=conversation.id,
+            customer_id=customer.id,
+            channel=where[0],
+            direction="out",
+            author_kind="bot",
+            author_id=f"campaign:{CAMPAIGN}",
+            text=text,
+            meta=meta,
+            created_at=now,
         )
         session.add(logged)
         await session.flush()
         out_id = await outbox.enqueue(
             session,
             Outbound(
-                channel=where[0], address=where[1], text=text,
-                dedupe_key=f"{CAMPAIGN}:{d.occasion}", kind="followup",
-                conversation_id=conversation.id, customer_id=customer.id,
+                channel=where[0],
+                address=where[1],
+                text=text,
+                dedupe_key=f"{CAMPAIGN}:{d.occasion}",
+                kind="followup",
+                conversation_id=conversation.id,
+                customer_id=customer.id,
                 meta={"language": language, "campaign": CAMPAIGN},
             ),
             interaction_id=logged.id,
         )
         if out_id is not None:
             await store.link_outbox(session, [(claimed[customer.id], out_id)])
-        log.info("followup.queued conversation=%s customer=%s channel=%s trigger=%s",
-                 d.conversation_id, customer.id, where[0], d.trigger)
+        log.info(
+            "followup.queued conversation=%s customer=%s channel=%s trigger=%s",
+            d.conversation_id,
+            customer.id,
+            where[0],
+            d.trigger,
+        )
         return "sent"
 
     async def _why_not(self, session: AsyncSession, customer: Customer) -> str | None:
         if customer.forgotten_at is not None or customer.merged_into is not None:
             return "customer forgotten or merged"
         if self.cfg.consent == "marketing":
-            return None if customer.marketing_consent else "no marketing consent ([campaigns.followup] consent = \"marketing\")"
+            return (
+                None
+                if customer.marketing_consent
+                else 'no marketing consent ([campaigns.followup] consent = "marketing")'
+            )
         if customer.marketing_consent:
             return None
         opted_out = await session.scalar(
@@ -244,4 +301,3 @@ def build(config: Config, templates: Templates, reach: Reach) -> FollowUps:
     if config.campaigns.followup.enabled:
         followups.validate()
     return followups
-

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, DateTime, and_, bindparam, case, func, select, true
+from sqlalchemy import BindParameter, ColumnElement, DateTime, and_, bindparam, case, func, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import InsightConfig
@@ -30,8 +30,8 @@ from handlers import complaints
 from storage.models import (
     OPEN_STATUSES,
     ComplaintReason,
-    CustomerHealth,
     Conversation,
+    CustomerHealth,
     Identity,
     Interaction,
     SlaBreach,
@@ -49,7 +49,7 @@ def decay(value: float, since: datetime | None, now: datetime, half_life_days: f
     if since is None or value == 0.0:
         return 0.0 if since is None else value
     days = max((now - since).total_seconds(), 0.0) / 86400.0
-    return value * 0.5 ** (days / half_life_days)
+    return float(value * 0.5 ** (days / half_life_days))
 
 
 def per_week(decayed: float, half_life_days: float) -> float:
@@ -92,8 +92,15 @@ NOTHING = Health(0, "ok", [])
 
 def score(s: Signals, cfg: InsightConfig, now: datetime) -> Health:
     if not (
-        s.open_complaints or s.recent_complaints > 1 or s.high_severity or s.sla_breaches or s.unreachable
-        or s.opted_out or s.rate_fast >= cfg.rising_min or s.last_complaint_at or s.last_low_csat_at
+        s.open_complaints
+        or s.recent_complaints > 1
+        or s.high_severity
+        or s.sla_breaches
+        or s.unreachable
+        or s.opted_out
+        or s.rate_fast >= cfg.rising_min
+        or s.last_complaint_at
+        or s.last_low_csat_at
         or (s.worst_csat is not None and s.worst_csat <= LOW_CSAT)
     ):
         # Nothing against them (most customers): no reason to weigh. A decayed fast rate below
@@ -111,13 +118,17 @@ def score(s: Signals, cfg: InsightConfig, now: datetime) -> Health:
         add("open_complaints", w.open_complaint * n, n=s.open_complaints)
     if s.recent_complaints > 1:
         n = min(s.recent_complaints - 1, CAPS["repeat_complaint"])
-        add("repeat_complaints", w.repeat_complaint * n, n=s.recent_complaints, days=cfg.window.days)
+        add(
+            "repeat_complaints", w.repeat_complaint * n, n=s.recent_complaints, days=cfg.window.days
+        )
     if s.high_severity:
         add("high_severity", w.high_severity, cues=s.high_severity_cues[:3])
     if s.worst_csat is not None and s.worst_csat <= LOW_CSAT:
         add("low_csat", w.low_csat * (1.0 if s.worst_csat <= 1 else 0.5), score=s.worst_csat)
     if s.sla_breaches:
-        add("sla_breaches", w.sla_breach * min(s.sla_breaches, CAPS["sla_breach"]), n=s.sla_breaches)
+        add(
+            "sla_breaches", w.sla_breach * min(s.sla_breaches, CAPS["sla_breach"]), n=s.sla_breaches
+        )
     if s.rate_at is not None:
         recent = per_week(decay(s.rate_fast, s.rate_at, now, FAST_DAYS), FAST_DAYS)
         usual = per_week(decay(s.rate_slow, s.rate_at, now, SLOW_DAYS), SLOW_DAYS)
@@ -186,7 +197,9 @@ def explain(reason: dict[str, Any], language: str) -> str:
         return str(reason.get("code"))
 
 
-def explain_all(reasons: Iterable[dict[str, Any]], language: str, limit: int | None = None) -> list[str]:
+def explain_all(
+    reasons: Iterable[dict[str, Any]], language: str, limit: int | None = None
+) -> list[str]:
     chosen = list(reasons)[:limit] if limit is not None else list(reasons)
     return [f"{explain(r, language)} (+{r.get('points', 0)})" for r in chosen]
 
@@ -203,12 +216,14 @@ def _counted(condition: ColumnElement[bool]) -> ColumnElement[int]:
     return func.sum(case((condition, 1), else_=0))
 
 
-_LO, _HI = bindparam("lo"), bindparam("hi")
+_LO: BindParameter[int] = bindparam("lo")
+_HI: BindParameter[int] = bindparam("hi")
 _SINCE = bindparam("since", type_=DateTime())
 
 
 def _in_range(column: Any) -> ColumnElement[bool]:
-    return column.between(_LO, _HI)
+    between: ColumnElement[bool] = column.between(_LO, _HI)
+    return between
 
 
 @functools.cache
@@ -250,7 +265,9 @@ def _statements(dialect: str) -> dict[str, Any]:
             func.min(Survey.score),
             func.max(case((Survey.score <= LOW_CSAT, Survey.answered_at), else_=None)),
         )
-        .where(_in_range(Survey.customer_id), Survey.score.is_not(None), Survey.answered_at >= _SINCE)
+        .where(
+            _in_range(Survey.customer_id), Survey.score.is_not(None), Survey.answered_at >= _SINCE
+        )
         .group_by(Survey.customer_id)
     )
     breaches = (
@@ -289,12 +306,19 @@ def _statements(dialect: str) -> dict[str, Any]:
         .where(_in_range(Interaction.customer_id))
         .group_by(Interaction.customer_id)
     )
-    return {"conversations": conversations, "owners": owners, "cues": cues, "surveys": surveys,
-            "breaches": breaches, "addresses": addresses, "log": log}
+    return {
+        "conversations": conversations,
+        "owners": owners,
+        "cues": cues,
+        "surveys": surveys,
+        "breaches": breaches,
+        "addresses": addresses,
+        "log": log,
+    }
 
 
 def _naive(when: datetime) -> datetime:
-    return when.astimezone(timezone.utc).replace(tzinfo=None)
+    return when.astimezone(UTC).replace(tzinfo=None)
 
 
 async def gather(
@@ -324,11 +348,15 @@ async def gather(
 
     latest: dict[int, int] = {}
     severe: list[int] = []
-    for cid, open_n, recent_n, high_n, last_complaint, last_id, open_id in (await conn.execute(
-        st["conversations"], params
-    )).all():
+    for cid, open_n, recent_n, high_n, last_complaint, last_id, open_id in (
+        await conn.execute(st["conversations"], params)
+    ).all():
         s = of(cid)
-        s.open_complaints, s.recent_complaints, s.high_severity = int(open_n or 0), int(recent_n or 0), int(high_n or 0)
+        s.open_complaints, s.recent_complaints, s.high_severity = (
+            int(open_n or 0),
+            int(recent_n or 0),
+            int(high_n or 0),
+        )
         s.last_complaint_at = _parse(last_complaint)
         # The conversation to open: their latest open complaint, else their latest conversation.
         s.conversation_id = int(open_id) if open_id is not None else int(last_id)
@@ -344,8 +372,12 @@ async def gather(
             found[cid].owner = assignees.get(conv)
     if severe:
         other: dict[int, list[str]] = {}
-        for cid, reason in await conn.execute(st["cues"], {"ids": severe, "since": params["since"]}):
-            listed = found[cid].high_severity_cues if _severe_cue(reason) else other.setdefault(cid, [])
+        for cid, reason in await conn.execute(
+            st["cues"], {"ids": severe, "since": params["since"]}
+        ):
+            listed = (
+                found[cid].high_severity_cues if _severe_cue(reason) else other.setdefault(cid, [])
+            )
             if reason not in listed:
                 listed.append(reason)
         for cid, reasons in other.items():
@@ -362,7 +394,10 @@ async def gather(
         s.identities, s.unreachable = int(total), int(unreachable or 0)
     if from_log:
         log_params = {
-            "lo": lo, "hi": hi, "now": _naive(now), "now_text": _naive(now).isoformat(sep=" "),
+            "lo": lo,
+            "hi": hi,
+            "now": _naive(now),
+            "now_text": _naive(now).isoformat(sep=" "),
             "horizon": _naive(now - RATE_HORIZON),
         }
         for cid, last, fast, slow, opted in (await conn.execute(st["log"], log_params)).all():
@@ -392,19 +427,31 @@ def _one_statement(dialect: str) -> Any:
     """One customer's signals and stored row in one round trip: the observer's path (a message
     should cost as few statements as possible). Each derived table is an aggregate over that
     customer's rows by an index, so it is one row even when the customer has none."""
-    cid = bindparam("cid")
+    cid: BindParameter[int] = bindparam("cid")
     complaint = Conversation.is_complaint.is_(True)
     recent = and_(complaint, Conversation.updated_at >= _SINCE)
-    conversations = select(
-        _counted(and_(complaint, Conversation.status.in_(OPEN_STATUSES))).label("open_n"),
-        _counted(recent).label("recent_n"),
-        _counted(and_(recent, Conversation.severity == "high")).label("high_n"),
-        func.max(case((complaint, Conversation.updated_at), else_=None)).label("last_complaint"),
-    ).where(Conversation.customer_id == cid).subquery()
-    surveys = select(
-        func.min(Survey.score).label("worst"),
-        func.max(case((Survey.score <= LOW_CSAT, Survey.answered_at), else_=None)).label("low_at"),
-    ).where(Survey.customer_id == cid, Survey.score.is_not(None), Survey.answered_at >= _SINCE).subquery()
+    conversations = (
+        select(
+            _counted(and_(complaint, Conversation.status.in_(OPEN_STATUSES))).label("open_n"),
+            _counted(recent).label("recent_n"),
+            _counted(and_(recent, Conversation.severity == "high")).label("high_n"),
+            func.max(case((complaint, Conversation.updated_at), else_=None)).label(
+                "last_complaint"
+            ),
+        )
+        .where(Conversation.customer_id == cid)
+        .subquery()
+    )
+    surveys = (
+        select(
+            func.min(Survey.score).label("worst"),
+            func.max(case((Survey.score <= LOW_CSAT, Survey.answered_at), else_=None)).label(
+                "low_at"
+            ),
+        )
+        .where(Survey.customer_id == cid, Survey.score.is_not(None), Survey.answered_at >= _SINCE)
+        .subquery()
+    )
     breaches = (
         select(func.count().label("breaches"))
         .select_from(SlaBreach)
@@ -412,20 +459,29 @@ def _one_statement(dialect: str) -> Any:
         .where(Conversation.customer_id == cid, SlaBreach.breached_at >= _SINCE)
         .subquery()
     )
-    addresses = select(
-        func.count().label("addresses"), _counted(Identity.reachable.is_(False)).label("unreachable")
-    ).where(Identity.customer_id == cid, Identity.channel != "phone").subquery()
+    addresses = (
+        select(
+            func.count().label("addresses"),
+            _counted(Identity.reachable.is_(False)).label("unreachable"),
+        )
+        .where(Identity.customer_id == cid, Identity.channel != "phone")
+        .subquery()
+    )
     row = CustomerHealth
-    stored = select(
-        func.count().label("stored"),
-        func.max(row.rate_fast).label("rate_fast"),
-        func.max(row.rate_slow).label("rate_slow"),
-        func.max(row.rate_at).label("rate_at"),
-        func.max(row.last_contact_at).label("last_contact_at"),
-        func.max(case((row.opted_out.is_(True), 1), else_=0)).label("opted_out"),
-        func.max(row.alerted_at).label("alerted_at"),
-        func.max(row.crossings).label("crossings"),
-    ).where(row.customer_id == cid).subquery()
+    stored = (
+        select(
+            func.count().label("stored"),
+            func.max(row.rate_fast).label("rate_fast"),
+            func.max(row.rate_slow).label("rate_slow"),
+            func.max(row.rate_at).label("rate_at"),
+            func.max(row.last_contact_at).label("last_contact_at"),
+            func.max(case((row.opted_out.is_(True), 1), else_=0)).label("opted_out"),
+            func.max(row.alerted_at).label("alerted_at"),
+            func.max(row.crossings).label("crossings"),
+        )
+        .where(row.customer_id == cid)
+        .subquery()
+    )
     # One-row tables joined on true: the cross product is one row, on purpose.
     everything = (
         conversations.join(surveys, true())
@@ -436,10 +492,15 @@ def _one_statement(dialect: str) -> Any:
     return select(conversations, surveys, breaches, addresses, stored).select_from(everything)
 
 
-async def one(session: AsyncSession, customer_id: int, now: datetime, cfg: InsightConfig) -> tuple[Signals, Stored | None]:
+async def one(
+    session: AsyncSession, customer_id: int, now: datetime, cfg: InsightConfig
+) -> tuple[Signals, Stored | None]:
     conn = await session.connection()
     r = (
-        await conn.execute(_one_statement(conn.dialect.name), {"cid": customer_id, "since": _naive(now - cfg.window)})
+        await conn.execute(
+            _one_statement(conn.dialect.name),
+            {"cid": customer_id, "since": _naive(now - cfg.window)},
+        )
     ).one()
     s = Signals(
         open_complaints=int(r.open_n or 0),
@@ -454,14 +515,23 @@ async def one(session: AsyncSession, customer_id: int, now: datetime, cfg: Insig
     )
     if s.high_severity:
         st = _statements(conn.dialect.name)
-        for _cid, reason in await conn.execute(st["cues"], {"ids": [customer_id], "since": _naive(now - cfg.window)}):
-            if reason not in s.high_severity_cues and (_severe_cue(reason) or not s.high_severity_cues):
+        for _cid, reason in await conn.execute(
+            st["cues"], {"ids": [customer_id], "since": _naive(now - cfg.window)}
+        ):
+            if reason not in s.high_severity_cues and (
+                _severe_cue(reason) or not s.high_severity_cues
+            ):
                 s.high_severity_cues.append(reason)
     if not r.stored:
         return s, None
     return s, Stored(
-        float(r.rate_fast or 0.0), float(r.rate_slow or 0.0), _parse(r.rate_at), _parse(r.last_contact_at),
-        bool(r.opted_out), _parse(r.alerted_at), int(r.crossings or 0),
+        float(r.rate_fast or 0.0),
+        float(r.rate_slow or 0.0),
+        _parse(r.rate_at),
+        _parse(r.last_contact_at),
+        bool(r.opted_out),
+        _parse(r.alerted_at),
+        int(r.crossings or 0),
     )
 
 
@@ -484,6 +554,6 @@ def _parse(value: object) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, datetime):  # PostgreSQL: naive UTC, as stored
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
     parsed = datetime.fromisoformat(str(value))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

@@ -134,10 +134,14 @@ LABELS: dict[str, dict[str, str]] = {
 class Series:
     """What the charts draw, beyond the figures of handlers/report.py."""
 
-    complaints_by_week: dict[str, dict[str, int]] = field(default_factory=dict)  # week -> severity -> n
+    complaints_by_week: dict[str, dict[str, int]] = field(
+        default_factory=dict
+    )  # week -> severity -> n
     first_response: list[int] = field(default_factory=list)  # count per bucket
     resolution: list[int] = field(default_factory=list)
-    csat_by_week: list[tuple[str, float, int]] = field(default_factory=list)  # week, average, answers
+    csat_by_week: list[tuple[str, float, int]] = field(
+        default_factory=list
+    )  # week, average, answers
     breaches_by_week: dict[str, dict[str, int]] = field(default_factory=dict)  # week -> target -> n
     bands: dict[str, int] = field(default_factory=dict)
     at_risk_by_segment: list[tuple[str, int]] = field(default_factory=list)
@@ -146,7 +150,9 @@ class Series:
 
 def _buckets(session: AsyncSession, value: ColumnElement[float]) -> ColumnElement[int]:
     # SQLite's julianday arithmetic puts exactly an hour at 3599.9999 s: bounds get 10 ms of slack.
-    whens = [(value < bound - 0.01, n) for n, (bound, _, _) in enumerate(BUCKETS) if bound is not None]
+    whens = [
+        (value < bound - 0.01, n) for n, (bound, _, _) in enumerate(BUCKETS) if bound is not None
+    ]
     return case(*whens, else_=len(BUCKETS) - 1)
 
 
@@ -170,7 +176,10 @@ async def series(
     )
     for w, sev, n in rows:
         out.complaints_by_week.setdefault(str(w), {})[str(sev)] = int(n)
-    for name, end in (("first_response", Conversation.first_response_at), ("resolution", Conversation.resolved_at)):
+    for name, end in (
+        ("first_response", Conversation.first_response_at),
+        ("resolution", Conversation.resolved_at),
+    ):
         bucket = _buckets(session, _seconds(session, end, Conversation.created_at))
         counts = [0] * len(BUCKETS)
         for b, n in await session.execute(
@@ -178,20 +187,26 @@ async def series(
         ):
             counts[int(b)] = int(n)
         setattr(out, name, counts)
-    answered = [Survey.score.is_not(None), Survey.answered_at.is_not(None)]
+    answered: list[ColumnElement[bool]] = [Survey.score.is_not(None), Survey.answered_at.is_not(None)]
     if since:
         answered.append(Survey.answered_at >= since)
     sweek = _week(session, Survey.answered_at)
     out.csat_by_week = [
         (str(w), round(float(avg), 2), int(n))
         for w, avg, n in await session.execute(
-            select(sweek, func.avg(Survey.score), func.count()).where(*answered).group_by(sweek).order_by(sweek)
+            select(sweek, func.avg(Survey.score), func.count())
+            .where(*answered)
+            .group_by(sweek)
+            .order_by(sweek)
         )
     ]
     bweek = _week(session, SlaBreach.breached_at)
     bwhere = [SlaBreach.breached_at >= since] if since else []
     for w, target, n in await session.execute(
-        select(bweek, SlaBreach.target, func.count()).where(*bwhere).group_by(bweek, SlaBreach.target).order_by(bweek)
+        select(bweek, SlaBreach.target, func.count())
+        .where(*bwhere)
+        .group_by(bweek, SlaBreach.target)
+        .order_by(bweek)
     ):
         out.breaches_by_week.setdefault(str(w), {})[str(target)] = int(n)
     live = [Customer.forgotten_at.is_(None), Customer.merged_into.is_(None)]
@@ -212,7 +227,9 @@ async def series(
         ).all()
     )
     for name, members in segments:
-        out.at_risk_by_segment.append((name, len(at_risk_ids if members is None else at_risk_ids & members)))
+        out.at_risk_by_segment.append(
+            (name, len(at_risk_ids if members is None else at_risk_ids & members))
+        )
     rows2 = await session.execute(
         select(CustomerHealth, Customer.display_name)
         .join(Customer, Customer.id == CustomerHealth.customer_id)
@@ -221,8 +238,13 @@ async def series(
         .limit(top)
     )
     out.top = [
-        {"customer_id": h.customer_id, "name": name, "score": h.score, "reasons": h.reasons or [],
-         "last_contact": h.last_contact_at}
+        {
+            "customer_id": h.customer_id,
+            "name": name,
+            "score": h.score,
+            "reasons": h.reasons or [],
+            "last_contact": h.last_contact_at,
+        }
         for h, name in rows2
     ]
     return out
@@ -285,7 +307,12 @@ def charts(report: Report, s: Series, language: str) -> list[tuple[str, str]]:
         c.add(t["conversations"], getattr(s, key))
         drawn.append((key, c.render(is_unicode=True)))
 
-    c = _chart(pygal.Line, t["csat"], range=(1, 5), secondary_range=(0, max([n for _, _, n in s.csat_by_week] or [1])))
+    c = _chart(
+        pygal.Line,
+        t["csat"],
+        range=(1, 5),
+        secondary_range=(0, max([n for _, _, n in s.csat_by_week] or [1])),
+    )
     c.x_labels = [w for w, _, _ in s.csat_by_week]
     c.add(t["average"], [avg for _, avg, _ in s.csat_by_week])
     c.add(t["answers"], [n for _, _, n in s.csat_by_week], secondary=True)
@@ -323,7 +350,8 @@ def charts(report: Report, s: Series, language: str) -> list[tuple[str, str]]:
     return drawn
 
 
-CSS = """
+CSS = (
+    """
 body{font-family:%s;margin:24px;color:#222;background:#f4f5f7}
 h1{margin:0 0 4px}
 .meta{color:#666;margin-bottom:16px}
@@ -334,7 +362,9 @@ figure.chart{background:#fff;border:3px solid #2b6cb0;border-radius:6px;margin:0
 figure.chart svg{display:block;width:900px;height:380px}
 table{border-collapse:collapse;background:#fff;width:918px}
 th,td{border-bottom:1px solid #ddd;padding:6px 8px;text-align:left;vertical-align:top}
-""" % FONTS
+"""
+    % FONTS
+)
 
 
 def page(report: Report, s: Series, language: str) -> str:
@@ -344,7 +374,10 @@ def page(report: Report, s: Series, language: str) -> str:
     cards = [
         (t["total_complaints"], str(report.complaints.get("total", 0))),
         (t["median_first"], _duration(median, language)),
-        (t["csat_avg"], str(report.csat.get("average") if report.csat.get("average") is not None else "—")),
+        (
+            t["csat_avg"],
+            str(report.csat.get("average") if report.csat.get("average") is not None else "—"),
+        ),
         (t["total_breaches"], str(report.sla.get("breaches", 0))),
         (t["at_risk_count"], str(s.bands.get("at_risk", 0))),
     ]
@@ -352,14 +385,16 @@ def page(report: Report, s: Series, language: str) -> str:
         "<!DOCTYPE html>",
         f'<html lang="{"zh-CN" if language == "zh" else "en"}"><head><meta charset="utf-8">',
         # Nothing may load from anywhere: the policy makes a stray reference fail visibly.
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
         "style-src 'unsafe-inline'; img-src data:; script-src 'unsafe-inline'\">",
         f"<title>{esc(t['title'])}</title><style>{CSS}</style></head><body>",
         f"<h1>{esc(t['title'])}</h1>",
         '<div class="meta">'
         + esc(t["generated"].format(at=f"{report.generated_at:%Y-%m-%d %H:%M}"))
         + " · "
-        + esc(t["since"].format(since=f"{report.since:%Y-%m-%d}") if report.since else t["all_time"])
+        + esc(
+            t["since"].format(since=f"{report.since:%Y-%m-%d}") if report.since else t["all_time"]
+        )
         + "</div>",
         '<div class="cards">'
         + "".join(f'<div class="card"><b>{esc(v)}</b>{esc(k)}</div>' for k, v in cards)
@@ -368,13 +403,17 @@ def page(report: Report, s: Series, language: str) -> str:
     for chart_id, svg in charts(report, s, language):
         svg = _COMMENT.sub("", svg)  # pygal's credits, with URLs a reader might take for requests
         parts.append(f'<figure class="chart" id="chart-{chart_id}">{svg}</figure>')
-    parts.append(f"<h2>{esc(t['top'])}</h2><table><tr><th>{esc(t['customer'])}</th><th>{esc(t['score'])}</th>"
-                 f"<th>{esc(t['reasons'])}</th><th>{esc(t['last_contact'])}</th></tr>")
+    parts.append(
+        f"<h2>{esc(t['top'])}</h2><table><tr><th>{esc(t['customer'])}</th><th>{esc(t['score'])}</th>"
+        f"<th>{esc(t['reasons'])}</th><th>{esc(t['last_contact'])}</th></tr>"
+    )
     for row in s.top:
         who = f"#{row['customer_id']} {row['name'] or ''}".strip()
         reasons = "<br>".join(esc(r) for r in health.explain_all(row["reasons"], language, 3))
         last = f"{row['last_contact']:%Y-%m-%d}" if row["last_contact"] else "—"
-        parts.append(f"<tr><td>{esc(who)}</td><td>{row['score']}</td><td>{reasons}</td><td>{last}</td></tr>")
+        parts.append(
+            f"<tr><td>{esc(who)}</td><td>{row['score']}</td><td>{reasons}</td><td>{last}</td></tr>"
+        )
     parts.append("</table></body></html>")
     return "\n".join(parts)
 

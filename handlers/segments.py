@@ -51,7 +51,10 @@ def describe(seg: CustomerSegmentConfig) -> str:
 
 
 def _conditions(seg: CustomerSegmentConfig, now: datetime) -> list[ColumnElement[bool]]:
-    where: list[ColumnElement[bool]] = [Customer.forgotten_at.is_(None), Customer.merged_into.is_(None)]
+    where: list[ColumnElement[bool]] = [
+        Customer.forgotten_at.is_(None),
+        Customer.merged_into.is_(None),
+    ]
     if seg.vip is not None:
         where.append(Customer.vip.is_(seg.vip))
     if seg.marketing_consent is not None:
@@ -59,7 +62,11 @@ def _conditions(seg: CustomerSegmentConfig, now: datetime) -> list[ColumnElement
     if seg.timezone is not None:
         where.append(Customer.timezone.in_(seg.timezone))
     if seg.has_birthday is not None:
-        where.append(Customer.birthday_md.is_not(None) if seg.has_birthday else Customer.birthday_md.is_(None))
+        where.append(
+            Customer.birthday_md.is_not(None)
+            if seg.has_birthday
+            else Customer.birthday_md.is_(None)
+        )
     if seg.channel is not None:
         where.append(
             exists().where(Identity.customer_id == Customer.id, Identity.channel.in_(seg.channel))
@@ -103,7 +110,12 @@ async def members(
 
 
 async def members_in(
-    session: AsyncSession, config: Config, name: str, now: datetime, *, among: Sequence[int] | None = None
+    session: AsyncSession,
+    config: Config,
+    name: str,
+    now: datetime,
+    *,
+    among: Sequence[int] | None = None,
 ) -> set[int]:
     seg = definition(name, config)
     query = (
@@ -136,7 +148,10 @@ async def of_customer(
             continue
         if seg.vip is not None and bool(customer.vip) != seg.vip:
             continue
-        if seg.marketing_consent is not None and bool(customer.marketing_consent) != seg.marketing_consent:
+        if (
+            seg.marketing_consent is not None
+            and bool(customer.marketing_consent) != seg.marketing_consent
+        ):
             continue
         if seg.timezone is not None and customer.timezone not in seg.timezone:
             continue
@@ -145,7 +160,11 @@ async def of_customer(
         if seg.channel is not None:
             if channels is None:
                 channels = {channel} | set(
-                    (await session.scalars(select(Identity.channel).where(Identity.customer_id == customer.id))).all()
+                    (
+                        await session.scalars(
+                            select(Identity.channel).where(Identity.customer_id == customer.id)
+                        )
+                    ).all()
                 )
             if not channels & set(seg.channel):
                 continue
@@ -157,7 +176,9 @@ async def of_customer(
     return frozenset(inside)
 
 
-def _active(seg: CustomerSegmentConfig, customer: Customer, health: CustomerHealth | None, now: datetime) -> bool:
+def _active(
+    seg: CustomerSegmentConfig, customer: Customer, health: CustomerHealth | None, now: datetime
+) -> bool:
     cutoff = now - timedelta(days=days_of(seg))
     # The last contact before this message: the customer writing now is not "active" by it.
     last = health.last_contact_at if health is not None else None
@@ -174,10 +195,15 @@ def check_names(config: Config) -> None:
     """Every segment a routing rule or campaign names exists: a typo stops start-up."""
     known = config.insight.segments
     named: list[tuple[str, str | None]] = [
-        (f"[routing.rules.{n}] segment", rule.segment) for n, rule in enumerate(config.routing.rules)
+        (f"[routing.rules.{n}] segment", rule.segment)
+        for n, rule in enumerate(config.routing.rules)
     ]
-    named.append(("[campaigns.birthday.segment] segment", config.campaigns.birthday.segment.segment))
-    named.append(("[campaigns.holidays.segment] segment", config.campaigns.holidays.segment.segment))
+    named.append(
+        ("[campaigns.birthday.segment] segment", config.campaigns.birthday.segment.segment)
+    )
+    named.append(
+        ("[campaigns.holidays.segment] segment", config.campaigns.holidays.segment.segment)
+    )
     for key, name in named:
         if name is not None and name not in known:
             raise ConfigError(

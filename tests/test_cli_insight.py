@@ -15,7 +15,9 @@ from tests.test_cli import kefu
 
 def setup(tmp_path: Path, language: str = "en") -> tuple[Path, dict[str, int]]:
     config = tmp_path / "config.toml"
-    config.write_text(f'[storage]\nurl = "sqlite+aiosqlite:///{tmp_path}/kefu.db"\n[insight]\nlanguage = "{language}"\n')
+    config.write_text(
+        f'[storage]\nurl = "sqlite+aiosqlite:///{tmp_path}/kefu.db"\n[insight]\nlanguage = "{language}"\n'
+    )
 
     async def go() -> dict[str, int]:
         db = Database(f"sqlite+aiosqlite:///{tmp_path}/kefu.db")
@@ -38,7 +40,9 @@ def test_at_risk_formats_and_roles(tmp_path: Path) -> None:
     assert rows[0]["owner"] == "amy" and rows[0]["conversation_id"] is not None
     assert any("high-severity complaint" in r for r in rows[0]["reasons"])
     assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
-    code, out, _ = kefu(config, "customers", "at-risk", "--format", "csv", "--language", "zh", "--limit", "1")
+    code, out, _ = kefu(
+        config, "customers", "at-risk", "--format", "csv", "--language", "zh", "--limit", "1"
+    )
     table = list(csv.reader(io.StringIO(out)))
     assert code == 0 and table[0][:3] == ["customer_id", "name", "score"] and len(table) == 2
     assert "高风险投诉" in table[1][3]
@@ -59,15 +63,19 @@ def test_report_html_written(tmp_path: Path) -> None:
     assert code == 0 and target.exists()
     text = target.read_text(encoding="utf-8")
     assert text.count('<figure class="chart"') == 9 and "客户服务报告" in text
-    assert "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text
+    assert (
+        "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text
+    )
     code, _, err = kefu(config, "report", "--format", "html", "--out", str(tmp_path))
     assert code == 2 and "that is a folder" in err
 
 
 def test_segments_commands(tmp_path: Path) -> None:
     config, ids = setup(tmp_path)
-    config.write_text(config.read_text() + '[insight.segments.unhappy]\nband = ["watch", "at_risk"]\n'
-                      '[insight.segments.quiet_ones]\nactivity = "silent"\ndays = 1\n')
+    config.write_text(
+        config.read_text() + '[insight.segments.unhappy]\nband = ["watch", "at_risk"]\n'
+        '[insight.segments.quiet_ones]\nactivity = "silent"\ndays = 1\n'
+    )
     kefu(config, "customers", "rescore")
     code, out, _ = kefu(config, "segments", "list", "--format", "json")
     assert code == 0

@@ -12,7 +12,14 @@ from handlers.churn import Churn
 from handlers.roles import Actor
 from storage import customers, staff
 from storage.db import Database
-from storage.models import AuditEntry, Conversation, CustomerHealth, Identity, Interaction, OutboxRow
+from storage.models import (
+    AuditEntry,
+    Conversation,
+    CustomerHealth,
+    Identity,
+    Interaction,
+    OutboxRow,
+)
 from tests.handlers.care_helpers import STAFF_CHAT, care_pipeline, config, message
 
 T0 = datetime(2027, 3, 1, 2, 0, tzinfo=UTC)  # a Monday
@@ -35,7 +42,9 @@ async def seeded(db: Database) -> tuple[Churn, dict[str, int]]:
     pipeline.observers.append(churn)
     ids: dict[str, int] = {}
     # burnt: a complaint, resolved, answered 1/5, then silence for three weeks
-    r = await pipeline.receive(message("b1", "The parcel arrived broken, this is unacceptable!", T0, user="burnt"))
+    r = await pipeline.receive(
+        message("b1", "The parcel arrived broken, this is unacceptable!", T0, user="burnt")
+    )
     ids["burnt"] = r.customer_id
     async with db.transaction() as s:
         await lifecycle.resolve(s, r.conversation_id, amy, CFG, now=T0 + timedelta(hours=1))
@@ -60,12 +69,20 @@ async def seeded(db: Database) -> tuple[Churn, dict[str, int]]:
     # busy: a message a day for the last week, never before
     for n in range(7):
         r = await pipeline.receive(
-            message(f"y{n}", f"any news about order {n}?", later - timedelta(days=6 - n), user="busy")
+            message(
+                f"y{n}", f"any news about order {n}?", later - timedelta(days=6 - n), user="busy"
+            )
         )
     ids["busy"] = r.customer_id
     # angry: threatens 12315 and a chargeback; nobody answers; the SLA is breached
     r = await pipeline.receive(
-        message("a1", "再不退款我就去12315投诉你们！还要申请拒付", later, user="angry", display_name="王小明")
+        message(
+            "a1",
+            "再不退款我就去12315投诉你们！还要申请拒付",
+            later,
+            user="angry",
+            display_name="王小明",
+        )
     )
     ids["angry"] = r.customer_id
     await sla.check(db, later + timedelta(hours=5), router, staff_chat_id=STAFF_CHAT)
@@ -81,7 +98,9 @@ async def scores(db: Database) -> dict[int, CustomerHealth]:
 async def warnings(db: Database) -> list[Interaction]:
     async with db.sessions() as s:
         return list(
-            await s.scalars(select(Interaction).where(Interaction.meta["kind"].as_string() == "churn_warning"))
+            await s.scalars(
+                select(Interaction).where(Interaction.meta["kind"].as_string() == "churn_warning")
+            )
         )
 
 
@@ -112,14 +131,19 @@ async def test_ranking_reasons_and_one_warning(db: Database) -> None:
     # customer's log, audited, posted in the conversation's topic, naming the lead.
     (event,) = await warnings(db)
     assert event.customer_id == ids["angry"] and event.conversation_id is not None
-    assert "@lou" in event.text and f"#{event.conversation_id}" in event.text and "12315" in event.text
+    assert (
+        "@lou" in event.text and f"#{event.conversation_id}" in event.text and "12315" in event.text
+    )
     async with db.sessions() as s:
         # Staff posts waiting for one topic are merged into one message: find the warning's text.
         posts = [
-            p for p in await s.scalars(select(OutboxRow).where(OutboxRow.address == str(STAFF_CHAT)))
+            p
+            for p in await s.scalars(select(OutboxRow).where(OutboxRow.address == str(STAFF_CHAT)))
             if "📉" in (p.payload.get("text") or "")
         ]
-        audits = list(await s.scalars(select(AuditEntry).where(AuditEntry.action == "insight.churn_warning")))
+        audits = list(
+            await s.scalars(select(AuditEntry).where(AuditEntry.action == "insight.churn_warning"))
+        )
     assert len(posts) == 1 and posts[0].payload["text"].count("📉") == 1
     assert posts[0].conversation_id == event.conversation_id
     assert [a.subject for a in audits] == [f"customer:{ids['angry']}"]
@@ -128,7 +152,14 @@ async def test_ranking_reasons_and_one_warning(db: Database) -> None:
     pipeline, router = care_pipeline(db, CFG)
     pipeline.observers.append(Churn(CFG, router, staff_chat_id=STAFF_CHAT))
     for n in range(3):
-        await pipeline.receive(message(f"a{n + 2}", "still waiting for my refund!", now + timedelta(minutes=n), user="angry"))
+        await pipeline.receive(
+            message(
+                f"a{n + 2}",
+                "still waiting for my refund!",
+                now + timedelta(minutes=n),
+                user="angry",
+            )
+        )
     await pipeline.close()
     await churn.recompute(db, now + timedelta(hours=1))
     assert len(await warnings(db)) == 1
@@ -150,7 +181,9 @@ async def test_score_falls_after_resolution_and_a_new_crossing_warns_again(db: D
     pipeline, router = care_pipeline(db, CFG)
     pipeline.observers.append(Churn(CFG, router, staff_chat_id=STAFF_CHAT))
     later = now + timedelta(days=101)
-    await pipeline.receive(message("a9", "Again broken! I am calling my lawyer and 12315.", later, user="angry"))
+    await pipeline.receive(
+        message("a9", "Again broken! I am calling my lawyer and 12315.", later, user="angry")
+    )
     await pipeline.close()
     await sla.check(db, later + timedelta(hours=5), router, staff_chat_id=STAFF_CHAT)
     await churn.recompute(db, later + timedelta(hours=6))
@@ -169,7 +202,9 @@ async def test_forgotten_customer_leaves_no_score(db: Database) -> None:
     rows = await scores(db)
     assert ids["angry"] not in rows and len(rows) == 4
     async with db.sessions() as s:
-        (event,) = await s.scalars(select(Interaction).where(Interaction.meta["kind"].as_string() == "churn_warning"))
+        (event,) = await s.scalars(
+            select(Interaction).where(Interaction.meta["kind"].as_string() == "churn_warning")
+        )
         assert "12315" not in event.text  # the warning's words went with the rest of the log
 
 
@@ -189,12 +224,27 @@ async def test_unreachable_and_opted_out_count(db: Database) -> None:
     assert {x["code"] for x in row.reasons} == {"unreachable", "opted_out"}
     async with db.sessions() as s:
         # The full recompute reads the opt-out from the log (the consent observer's event).
-        s.add(Interaction(customer_id=r.customer_id, channel="webhook", direction="event", author_kind="system",
-                          text="marketing consent withdrawn", meta={"kind": "consent_withdrawn"},
-                          created_at=T0 + timedelta(minutes=1)))
+        s.add(
+            Interaction(
+                customer_id=r.customer_id,
+                channel="webhook",
+                direction="event",
+                author_kind="system",
+                text="marketing consent withdrawn",
+                meta={"kind": "consent_withdrawn"},
+                created_at=T0 + timedelta(minutes=1),
+            )
+        )
         await s.commit()
     await churn.recompute(db, T0 + timedelta(hours=1))
     row = (await scores(db))[r.customer_id]
     assert {x["code"] for x in row.reasons} == {"unreachable", "opted_out"}
     async with db.sessions() as s:
-        assert await s.scalar(select(func.count()).select_from(OutboxRow).where(OutboxRow.dedupe_key.like("churn:%"))) == 0
+        assert (
+            await s.scalar(
+                select(func.count())
+                .select_from(OutboxRow)
+                .where(OutboxRow.dedupe_key.like("churn:%"))
+            )
+            == 0
+        )

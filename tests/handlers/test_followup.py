@@ -23,7 +23,11 @@ from tests.handlers.care_helpers import care_pipeline, config, message
 
 T0 = datetime(2027, 3, 1, 2, 0, tzinfo=UTC)  # 10:00 in Asia/Shanghai, the default zone
 BROKEN = "The parcel arrived broken, this is unacceptable!"
-SOURCES = {"sources": {"shop": {"secret_env": "SHOP_SECRET", "callback_url": "http://127.0.0.1:9/callback"}}}
+SOURCES = {
+    "sources": {
+        "shop": {"secret_env": "SHOP_SECRET", "callback_url": "http://127.0.0.1:9/callback"}
+    }
+}
 
 
 def setup(db: Database, **followup: object) -> tuple[Config, Pipeline, FollowUps]:
@@ -34,18 +38,28 @@ def setup(db: Database, **followup: object) -> tuple[Config, Pipeline, FollowUps
     return cfg, pipeline, FollowUps(cfg, templates, Reach.of(cfg, {"webhook"}))
 
 
-async def complaint_resolved(db: Database, pipeline: Pipeline, cfg: Config, user: str, at: datetime) -> int:
+async def complaint_resolved(
+    db: Database, pipeline: Pipeline, cfg: Config, user: str, at: datetime
+) -> int:
     receipt = await pipeline.receive(message(f"{user}-1", BROKEN, at, user=user, language="en"))
     assert receipt.conversation_id is not None
     async with db.transaction() as s:
         lead = await staff.add(s, f"lead-{user}", role="lead")
-        await lifecycle.resolve(s, receipt.conversation_id, Actor.of(lead), cfg, now=at + timedelta(hours=1))
+        await lifecycle.resolve(
+            s, receipt.conversation_id, Actor.of(lead), cfg, now=at + timedelta(hours=1)
+        )
     return receipt.conversation_id
 
 
 async def followups(db: Database) -> list[OutboxRow]:
     async with db.sessions() as s:
-        return list(await s.scalars(select(OutboxRow).where(OutboxRow.dedupe_key.like("followup:%")).order_by(OutboxRow.id)))
+        return list(
+            await s.scalars(
+                select(OutboxRow)
+                .where(OutboxRow.dedupe_key.like("followup:%"))
+                .order_by(OutboxRow.id)
+            )
+        )
 
 
 async def test_one_follow_up_on_the_customers_channel_and_the_answer_threads(db: Database) -> None:
@@ -57,14 +71,22 @@ async def test_one_follow_up_on_the_customers_channel_and_the_answer_threads(db:
     assert (await planner.tick(db, T0 + timedelta(days=3, hours=1, minutes=20))).sent == 0
     assert (await planner.tick(db, T0 + timedelta(days=3, hours=5))).sent == 0
     (row,) = await followups(db)
-    assert (row.channel, row.address, row.conversation_id) == ("webhook", "shop:u1", conversation_id)
+    assert (row.channel, row.address, row.conversation_id) == (
+        "webhook",
+        "shop:u1",
+        conversation_id,
+    )
     assert row.payload["kind"] == "followup" and f"#{conversation_id}" in row.payload["text"]
     assert "follow" in row.payload["text"]  # the customer's language (en)
     async with db.sessions() as s:
-        (delivery,) = await s.scalars(select(CampaignDelivery).where(CampaignDelivery.campaign == "followup"))
+        (delivery,) = await s.scalars(
+            select(CampaignDelivery).where(CampaignDelivery.campaign == "followup")
+        )
     assert delivery.outbox_id == row.id and delivery.status == "planned"
 
-    answer = await pipeline.receive(message("u1-2", "还是坏的，没修好", T0 + timedelta(days=3, hours=3), user="u1"))
+    answer = await pipeline.receive(
+        message("u1-2", "还是坏的，没修好", T0 + timedelta(days=3, hours=3), user="u1")
+    )
     await pipeline.close()
     assert answer.conversation_id == conversation_id
     async with db.sessions() as s:
@@ -78,13 +100,21 @@ async def test_consent_required_and_opt_out(db: Database) -> None:
     await complaint_resolved(db, pipeline, cfg, "no", T0)
     async with db.transaction() as s:
         for c in await s.scalars(select(Customer)):
-            c.marketing_consent = c.display_name is None and (await s.scalar(
-                select(Conversation.reply_address).where(Conversation.customer_id == c.id)
-            )) == "shop:yes"
+            c.marketing_consent = (
+                c.display_name is None
+                and (
+                    await s.scalar(
+                        select(Conversation.reply_address).where(Conversation.customer_id == c.id)
+                    )
+                )
+                == "shop:yes"
+            )
     assert (await planner.tick(db, T0 + timedelta(days=3, hours=2))).sent == 1
     assert [r.address for r in await followups(db)] == ["shop:yes"]
     async with db.sessions() as s:
-        skipped = list(await s.scalars(select(CampaignDelivery).where(CampaignDelivery.status == "skipped")))
+        skipped = list(
+            await s.scalars(select(CampaignDelivery).where(CampaignDelivery.status == "skipped"))
+        )
     assert len(skipped) == 1 and "consent" in (skipped[0].reason or "")
 
     # A service follow-up (the default) goes without marketing consent, but not after 退订.

@@ -34,7 +34,9 @@ async def test_series_behind_the_charts(db: Database) -> None:
     churn, ids = await seeded(db)
     await churn.recompute(db, NOW)
     async with db.sessions() as s:
-        got = await report_html.series(s, None, threshold=60, segments=[("everyone", None), ("none", set())])
+        got = await report_html.series(
+            s, None, threshold=60, segments=[("everyone", None), ("none", set())]
+        )
     assert got.first_response == [2, 0, 0, 0, 0, 0]
     assert got.complaints_by_week == {"2027-03-01": {"normal": 1}, "2027-03-22": {"high": 1}}
     assert got.resolution == [0, 0, 2, 0, 0, 0]  # both resolved after exactly an hour: 1-4 h
@@ -71,7 +73,9 @@ def _inked(png: bytes, top: int, bottom: int) -> int:
     return sum(n for n, (r, g, b) in colours if max(r, g, b) - min(r, g, b) > 40)
 
 
-@pytest.mark.skipif(chromium.binary() is None, reason="chromium not installed: scripts/test installs it")
+@pytest.mark.skipif(
+    chromium.binary() is None, reason="chromium not installed: scripts/test installs it"
+)
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 async def test_page_in_headless_chromium(db: Database, tmp_path: Path) -> None:
     churn, ids = await seeded(db)
@@ -93,7 +97,9 @@ async def test_page_in_headless_chromium(db: Database, tmp_path: Path) -> None:
                 )
                 assert drawn == CHARTS
                 if language == "zh":
-                    assert await session.evaluate("document.fonts.check('16px \"WenQuanYi Micro Hei\"', '投诉')")
+                    assert await session.evaluate(
+                        "document.fonts.check('16px \"WenQuanYi Micro Hei\"', '投诉')"
+                    )
                     assert "流失风险" in await session.evaluate("document.body.innerText")
                     assert "王小明" in await session.evaluate("document.body.innerText")
                 png = await session.screenshot()

@@ -31,8 +31,10 @@ SEGMENTS = {
 }
 CFG = config(
     insight={"segments": SEGMENTS},
-    routing={"teams": [{"name": "care"}, {"name": "retention"}],
-             "rules": [{"segment": "at_risk", "team": "retention", "priority": "urgent"}]},
+    routing={
+        "teams": [{"name": "care"}, {"name": "retention"}],
+        "rules": [{"segment": "at_risk", "team": "retention", "priority": "urgent"}],
+    },
     webhook={"sources": {"shop": {"secret_env": "S", "callback_url": "http://127.0.0.1:9/cb"}}},
     campaigns={"birthday": {"enabled": True, "segment": {"segment": "unhappy"}}},
 )
@@ -42,10 +44,21 @@ async def test_membership_routing_and_campaigns(db: Database) -> None:
     churn, ids = await seeded(db)
     await churn.recompute(db, NOW)
     async with db.transaction() as s:
-        await s.execute(update(Customer).where(Customer.id == ids["content"]).values(
-            tags=["gold"], language="zh", vip=True, created_at=NOW - timedelta(days=3)))
-        await s.execute(update(Customer).where(Customer.id.in_([ids["burnt"], ids["content"]])).values(
-            marketing_consent=True, birthday_md="03-25", birthday=date(1990, 3, 25), timezone="Asia/Shanghai"))
+        await s.execute(
+            update(Customer)
+            .where(Customer.id == ids["content"])
+            .values(tags=["gold"], language="zh", vip=True, created_at=NOW - timedelta(days=3))
+        )
+        await s.execute(
+            update(Customer)
+            .where(Customer.id.in_([ids["burnt"], ids["content"]]))
+            .values(
+                marketing_consent=True,
+                birthday_md="03-25",
+                birthday=date(1990, 3, 25),
+                timezone="Asia/Shanghai",
+            )
+        )
     got = {name: await segments.members(db, CFG, name, NOW) for name in SEGMENTS}
     names = {v: k for k, v in ids.items()}
     who = {name: sorted(names[i] for i in found) for name, found in got.items()}
@@ -63,7 +76,9 @@ async def test_membership_routing_and_campaigns(db: Database) -> None:
     async with db.sessions() as s:
         for customer in await s.scalars(select(Customer)):
             inside = await segments.of_customer(s, CFG, customer, "webhook", NOW)
-            assert inside == {n for n, found in got.items() if customer.id in found}, names[customer.id]
+            assert inside == {n for n, found in got.items() if customer.id in found}, names[
+                customer.id
+            ]
 
     # A routing rule on a segment: the at-risk customer's next message goes to retention, urgent.
     router = Router(CFG)

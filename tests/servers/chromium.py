@@ -40,7 +40,11 @@ class PageVisit:
     def errors(self) -> list[str]:
         found = [json.dumps(e)[:300] for e in self.exceptions]
         for entry in self.console:
-            if entry.get("level") in ("error", "warning") or entry.get("type") in ("error", "assert", "warning"):
+            if entry.get("level") in ("error", "warning") or entry.get("type") in (
+                "error",
+                "assert",
+                "warning",
+            ):
                 found.append(json.dumps(entry)[:300])
         return found
 
@@ -49,7 +53,9 @@ class Chromium:
     def __init__(self) -> None:
         exe = binary()
         if exe is None:
-            raise RuntimeError("chromium is not installed (scripts/test installs Debian's chromium)")
+            raise RuntimeError(
+                "chromium is not installed (scripts/test installs Debian's chromium)"
+            )
         self.exe = exe
         self.profile = tempfile.mkdtemp(prefix="kefu-chromium-")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -58,12 +64,24 @@ class Chromium:
     async def __aenter__(self) -> Chromium:
         self.proc = subprocess.Popen(
             [
-                self.exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                "--no-first-run", "--no-default-browser-check", "--disable-extensions",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--remote-debugging-port=0", f"--user-data-dir={self.profile}", "about:blank",
+                self.exe,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--disable-extensions",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--remote-debugging-port=0",
+                f"--user-data-dir={self.profile}",
+                "about:blank",
             ],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         port_file = Path(self.profile) / "DevToolsActivePort"
         for _ in range(300):
@@ -86,7 +104,9 @@ class Chromium:
             self.proc.wait(timeout=10)
         shutil.rmtree(self.profile, ignore_errors=True)
 
-    async def visit(self, url: str, *, width: int = 1000, height: int = 900) -> tuple[PageVisit, Any]:
+    async def visit(
+        self, url: str, *, width: int = 1000, height: int = 900
+    ) -> tuple[PageVisit, Any]:
         """Opens `url` in a fresh tab; returns the record and a live session for evaluate()."""
         async with self.http.put(f"http://127.0.0.1:{self.port}/json/new?about:blank") as answer:
             target = await answer.json()
@@ -156,8 +176,10 @@ class _Session:
         return answer.get("result", {})
 
     async def evaluate(self, expression: str) -> Any:
-        result = await self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True,
-                                                      "awaitPromise": True})
+        result = await self.call(
+            "Runtime.evaluate",
+            {"expression": expression, "returnByValue": True, "awaitPromise": True},
+        )
         return result.get("result", {}).get("value")
 
     async def screenshot(self) -> bytes:
@@ -166,8 +188,17 @@ class _Session:
         size = metrics.get("cssContentSize") or metrics["contentSize"]
         shot = await self.call(
             "Page.captureScreenshot",
-            {"format": "png", "captureBeyondViewport": True,
-             "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}},
+            {
+                "format": "png",
+                "captureBeyondViewport": True,
+                "clip": {
+                    "x": 0,
+                    "y": 0,
+                    "width": size["width"],
+                    "height": size["height"],
+                    "scale": 1,
+                },
+            },
         )
         return base64.b64decode(shot["data"])
 
