@@ -37,6 +37,7 @@ from bot.cli_customer import customers_show
 from bot.cli_dev import dev_app
 from bot.cli_email import email_app
 from bot.cli_insight import at_risk, rescore, segments_app
+from bot.cli_outbox import outbox_app
 from bot.cli_report import report
 from bot.config import Config, ConfigError
 from handlers import agents, lifecycle, roles
@@ -72,6 +73,7 @@ customers_app.command("show")(customers_show)
 app.command("report")(report)
 app.add_typer(email_app, name="email")
 app.add_typer(dev_app, name="dev")
+app.add_typer(outbox_app, name="outbox")
 
 
 def _show_version(value: bool) -> None:

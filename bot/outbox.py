@@ -23,7 +23,14 @@ from bot.messages import Outbound
 from bot.metrics import Metrics
 from channels.base import Channel, Deferred, PermanentError, TransientError
 from storage.db import Database
-from storage.models import Conversation, Identity, Interaction, OutboxRow, utcnow
+from storage.models import (
+    CampaignDelivery,
+    Conversation,
+    Identity,
+    Interaction,
+    OutboxRow,
+    utcnow,
+)
 
 log = logging.getLogger("kefu.outbox")
 
@@ -470,12 +477,92 @@ async def _record_dead(
         )
 
 
+STATUSES = ("pending", "sending", "deferred", "failed", "sent", "dead")
+
+
 async def depth(session: AsyncSession) -> dict[str, int]:
+    """Rows per status, sent aside (they only grow): dead ones wait for a person."""
     rows = await session.execute(
         select(OutboxRow.status, func.count())
-        .where(OutboxRow.status.in_((*WAITING, "sending")))
+        .where(OutboxRow.status.in_((*WAITING, "sending", "dead")))
         .group_by(OutboxRow.status)
     )
-    counts = {"pending": 0, "sending": 0, "deferred": 0, "failed": 0}
+    counts = {"pending": 0, "sending": 0, "deferred": 0, "failed": 0, "dead": 0}
     counts.update({status: n for status, n in rows})
     return counts
+
+
+async def listing(
+    session: AsyncSession, status: str | None, limit: int
+) -> list[dict[str, object]]:
+    """The newest rows first (of one status, or all), for `kefu outbox list`."""
+    query = select(OutboxRow).order_by(OutboxRow.id.desc()).limit(limit)
+    if status is not None:
+        query = query.where(OutboxRow.status == status)
+    return [
+        {
+            "id": row.id,
+            "status": row.status,
+            "channel": row.channel,
+            "address": row.address,
+            "kind": row.payload.get("kind"),
+            "conversation_id": row.conversation_id,
+            "attempts": row.attempts,
+            "last_error": row.last_error,
+            "next_attempt_at": row.next_attempt_at,
+            "created_at": row.created_at,
+            "sent_at": row.sent_at,
+            "key": row.dedupe_key,
+        }
+        for row in await session.scalars(query)
+    ]
+
+
+async def retry_dead(
+    session: AsyncSession, ids: Sequence[int] | None, now: datetime
+) -> tuple[list[int], dict[int, str]]:
+    """Queues dead rows again (the given ids, or every dead row) with a fresh set of attempts
+    and the same idempotency key. Returns the ids queued and, for the rest, why not: a row not
+    dead, or stopped on purpose (the customer was forgotten; a greeting expired or was
+    cancelled after an opt-out), is never sent again."""
+    query = select(OutboxRow).where(OutboxRow.status == "dead")
+    if ids is not None:
+        query = select(OutboxRow).where(OutboxRow.id.in_(list(ids)))
+    rows = {row.id: row for row in await session.scalars(query.order_by(OutboxRow.id))}
+    refused: dict[int, str] = {}
+    for row_id in ids or ():
+        if row_id not in rows:
+            refused[row_id] = "no such outbox row"
+    stopped = set(
+        await session.scalars(
+            select(CampaignDelivery.outbox_id).where(
+                CampaignDelivery.outbox_id.in_(list(rows)),
+                CampaignDelivery.status.in_(("expired", "cancelled")),
+            )
+        )
+    )
+    queued: list[int] = []
+    for row in rows.values():
+        if row.status != "dead":
+            refused[row.id] = f"it is {row.status}, not dead"
+        elif row.payload.get("erased"):
+            refused[row.id] = "the customer was forgotten"
+        elif row.id in stopped:
+            refused[row.id] = f"a greeting stopped on purpose ({row.last_error})"
+        else:
+            queued.append(row.id)
+    for chunk in (queued[n : n + 500] for n in range(0, len(queued), 500)):
+        await session.execute(
+            update(OutboxRow)
+            .where(OutboxRow.id.in_(chunk), OutboxRow.status == "dead")
+            .values(
+                status="pending",
+                attempts=0,
+                next_attempt_at=now,
+                claimed_until=None,
+                claim_token=None,
+            )
+        )
+    if queued:
+        session.info[QUEUED] = True
+    return queued, refused

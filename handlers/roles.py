@@ -39,6 +39,7 @@ PERMISSIONS: dict[str, str] = {
     "pending.any": "lead",
     "close": "lead",
     "report": "lead",
+    "outbox.retry": "lead",  # send a dead outbox row again
     # admin
     "staff.add": "admin",
     "staff.remove": "admin",
