@@ -156,13 +156,21 @@ class Churn:
         ):
             return
         now = note.inbound.received_at
+        spoken = note.inbound.kind in ("message", "complaint") and note.interaction_id is not None
+        plain = (
+            spoken
+            and not note.verdict.is_complaint
+            and not (note.conversation is not None and note.conversation.is_complaint)
+            and not (self.is_opt_out is not None and self.is_opt_out(note.inbound.text))
+        )
+        if plain and await self._plain(session, note, now):
+            return
         signals, row = await health.one(session, customer.id, now, self.cfg)
         if row is not None:
             signals.rate_fast = health.decay(row.rate_fast, row.rate_at, now, FAST_DAYS)
             signals.rate_slow = health.decay(row.rate_slow, row.rate_at, now, SLOW_DAYS)
             signals.last_contact_at = row.last_contact_at
             signals.opted_out = row.opted_out
-        spoken = note.inbound.kind in ("message", "complaint") and note.interaction_id is not None
         if spoken:
             signals.rate_fast += 1.0
             signals.rate_slow += 1.0
@@ -189,6 +197,31 @@ class Churn:
             if full is not None:
                 signals.conversation_id, signals.owner = full.conversation_id, full.owner
             await self.warn(session, customer, result, signals, now, values["crossings"])
+
+    async def _plain(self, session: AsyncSession, note: Logged, now: datetime) -> bool:
+        """The common case, in two statements (read the row, write it): a plain message changes
+        only the reasons about when the customer writes. False: take the full path."""
+        customer = note.customer
+        found = await health.stored_row(session, customer.id)
+        if found is None:
+            return False
+        reasons, row = found
+        if row.opted_out and customer.marketing_consent:
+            return False  # consent given again since: the full path drops the opt-out
+        fast = health.decay(row.rate_fast, row.rate_at, now, FAST_DAYS) + 1.0
+        slow = health.decay(row.rate_slow, row.rate_at, now, SLOW_DAYS) + 1.0
+        result = health.after_message(reasons, fast, slow, now, self.cfg)
+        signals = Signals(rate_fast=fast, rate_slow=slow, rate_at=now, last_contact_at=now, opted_out=row.opted_out)
+        values = self._values(result, signals, now, row.alerted_at, row.crossings)
+        await session.execute(_upsert(session), [{"customer_id": customer.id, **values}])
+        if values["alerted_at"] is not None and row.alerted_at is None:
+            full = (
+                await health.gather(session, customer.id, customer.id, now, self.cfg, from_log=False)
+            ).get(customer.id)
+            if full is not None:
+                signals.conversation_id, signals.owner = full.conversation_id, full.owner
+            await self.warn(session, customer, result, signals, now, values["crossings"])
+        return True
 
     # --- everyone ------------------------------------------------------------------------------
 

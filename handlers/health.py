@@ -129,11 +129,9 @@ def score(s: Signals, cfg: InsightConfig, now: datetime) -> Health:
         add(
             "sla_breaches", w.sla_breach * min(s.sla_breaches, CAPS["sla_breach"]), n=s.sla_breaches
         )
-    if s.rate_at is not None:
-        recent = per_week(decay(s.rate_fast, s.rate_at, now, FAST_DAYS), FAST_DAYS)
-        usual = per_week(decay(s.rate_slow, s.rate_at, now, SLOW_DAYS), SLOW_DAYS)
-        if recent >= cfg.rising_min and recent >= cfg.rising_factor * usual:
-            add("rising_contact", w.rising_contact, recent=round(recent, 1), usual=round(usual, 1))
+    rising = _rising(s.rate_fast, s.rate_slow, s.rate_at, now, cfg)
+    if rising is not None:
+        found.append(rising)
     bad_at = _latest(s.last_complaint_at, s.last_low_csat_at)
     if bad_at is not None and bad_at >= now - cfg.window and s.last_contact_at is not None:
         silent = now - max(s.last_contact_at, bad_at)
@@ -144,6 +142,39 @@ def score(s: Signals, cfg: InsightConfig, now: datetime) -> Health:
         add("unreachable", w.unreachable * share, n=s.unreachable, total=s.identities)
     if s.opted_out:
         add("opted_out", w.opted_out)
+    found.sort(key=lambda r: -int(r["points"]))
+    total = min(100, sum(int(r["points"]) for r in found))
+    band = "at_risk" if total >= cfg.threshold else "watch" if total >= cfg.watch else "ok"
+    return Health(total, band, found)
+
+
+def _rising(
+    fast: float, slow: float, rate_at: datetime | None, now: datetime, cfg: InsightConfig
+) -> dict[str, Any] | None:
+    if rate_at is None or cfg.weights.rising_contact <= 0:
+        return None
+    recent = per_week(decay(fast, rate_at, now, FAST_DAYS), FAST_DAYS)
+    usual = per_week(decay(slow, rate_at, now, SLOW_DAYS), SLOW_DAYS)
+    if recent >= cfg.rising_min and recent >= cfg.rising_factor * usual:
+        points = round(cfg.weights.rising_contact)
+        return {"code": "rising_contact", "points": points, "recent": round(recent, 1), "usual": round(usual, 1)}
+    return None
+
+
+# The reasons that depend only on when the customer writes.
+WRITING = ("rising_contact", "silence_after_bad")
+
+
+def after_message(
+    reasons: list[dict[str, Any]], fast: float, slow: float, now: datetime, cfg: InsightConfig
+) -> Health:
+    """The customer just wrote a plain message (no complaint, not in a complaint conversation, not
+    an opt-out): every stored reason still holds except those about when they write. Their silence
+    is over and their message rate is new; the rest is the last full scoring's."""
+    found = [r for r in reasons if r.get("code") not in WRITING]
+    rising = _rising(fast, slow, now, now, cfg)
+    if rising is not None:
+        found.append(rising)
     found.sort(key=lambda r: -int(r["points"]))
     total = min(100, sum(int(r["points"]) for r in found))
     band = "at_risk" if total >= cfg.threshold else "watch" if total >= cfg.watch else "ok"
@@ -420,6 +451,23 @@ class Stored:
     opted_out: bool
     alerted_at: datetime | None
     crossings: int
+
+
+_STORED_ROW = select(
+    CustomerHealth.reasons, CustomerHealth.rate_fast, CustomerHealth.rate_slow, CustomerHealth.rate_at,
+    CustomerHealth.opted_out, CustomerHealth.alerted_at, CustomerHealth.crossings,
+).where(CustomerHealth.customer_id == bindparam("cid"))
+
+
+async def stored_row(session: AsyncSession, customer_id: int) -> tuple[list[dict[str, Any]], Stored] | None:
+    conn = await session.connection()
+    r = (await conn.execute(_STORED_ROW, {"cid": customer_id})).first()
+    if r is None:
+        return None
+    return list(r.reasons or []), Stored(
+        float(r.rate_fast or 0.0), float(r.rate_slow or 0.0), _parse(r.rate_at), None,
+        bool(r.opted_out), _parse(r.alerted_at), int(r.crossings or 0),
+    )
 
 
 @functools.cache
