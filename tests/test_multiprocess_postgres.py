@@ -64,11 +64,18 @@ async def test_two_processes_share_the_log_and_the_outbox(tmp_path: Path, postgr
             async with db.transaction() as s:
                 keys.add(f"reply-{(await answer(s, conversation_id, 'on it', agent='amy')).interaction_id}")
         await callback.wait_for(len(keys), timeout=20)
-        await asyncio.sleep(0.5)
+
+        async def all_sent() -> None:  # a row is marked sent just after its callback answers
+            while True:
+                async with db.sessions() as s:
+                    if set(await s.scalars(select(OutboxRow.status))) == {"sent"}:
+                        return
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(all_sent(), 20)
+        await db.dispose()
+        # Not a pause: both processes stop cleanly (each waits for its sends in flight), so the
+        # receiver's count is final when it is read.
+        assert [p.terminate() for p in processes] == [0, 0]
         delivered = callback.delivered_row_keys()
         assert set(delivered) == keys and set(delivered.values()) == {1}
-        async with db.sessions() as s:
-            statuses = set(await s.scalars(select(OutboxRow.status)))
-        assert statuses == {"sent"}
-        await db.dispose()
-        assert [p.terminate() for p in processes] == [0, 0]
