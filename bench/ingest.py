@@ -8,6 +8,12 @@ Starts two servers in turn, each in its own process, and drives them with the sa
   kefu  — `kefu run` with a webhook source: signature check, JSON validation, dedupe, identify,
           thread, log, route, commit, 202.
 Prints messages/s and p50/p99 latency for each, and kefu as a share of the floor.
+
+Before and after in one run:  .venv/bin/python bench/ingest.py --baseline REF [--rounds 3]
+exports the git commit REF (e.g. the commit before a change) to a temporary directory and runs its
+`kefu run` alternately with this tree's, round after round, so both see the same machine load
+(wall clock here varies by +-30% between runs); prints each round and the medians, and this
+tree's rate as a share of the baseline's.
 """
 
 from __future__ import annotations
@@ -79,14 +85,14 @@ def serve_floor(port: int, db_path: str) -> None:
     uvicorn.run(floor_app(db_path), host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-def start_kefu(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+def start_kefu(port: int, workdir: Path, code: Path = ROOT) -> subprocess.Popen[bytes]:
     (workdir / "config.toml").write_text(
         f'[storage]\nurl = "sqlite+aiosqlite:///{workdir}/kefu.db"\n[http]\nport = {port}\n'
         '[logging]\nlevel = "WARNING"\n[webhook.sources.shop]\nsecret_env = "SHOP_SECRET"\n'
     )
     return subprocess.Popen(
         [sys.executable, "-m", "bot", "run", "--config", str(workdir / "config.toml")],
-        cwd=ROOT,
+        cwd=code,  # `-m bot` imports the tree it runs in, ahead of the installed one
         env={**os.environ, "SHOP_SECRET": SECRET},
         stderr=(workdir / "kefu.log").open("wb"),
     )
@@ -156,6 +162,38 @@ def run(name: str, start, n: int, concurrency: int) -> float:  # noqa: ANN001
     return rate
 
 
+def export(ref: str, dest: Path) -> str:
+    """The tree of commit `ref`, written to dest; returns its short id."""
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", ref], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return commit
+
+
+def compare(ref: str, rounds: int, n: int, concurrency: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        commit = export(ref, Path(tmp))
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        floors, befores, afters = [], [], []
+        for r in range(1, rounds + 1):
+            print(f"-- round {r}")
+            floors.append(run("floor", start_floor, n, concurrency))
+            befores.append(run("base", lambda port, work: start_kefu(port, work, Path(tmp)), n, concurrency))
+            afters.append(run("kefu", start_kefu, n, concurrency))
+    before, after, floor = (statistics.median(x) for x in (befores, afters, floors))
+    print(
+        f"median of {rounds} rounds: floor {floor:.0f}, baseline {commit} {before:.0f}, "
+        f"this tree ({head}, with uncommitted changes if any) {after:.0f} msg/s"
+    )
+    print(f"kefu / baseline = {after / before:.2f}   (per round: "
+          + ", ".join(f"{a / b:.2f}" for a, b in zip(afters, befores, strict=True)) + ")")
+    print(f"kefu / floor = {after / floor:.2f}, baseline / floor = {before / floor:.2f}")
+
+
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--serve-floor":
         serve_floor(int(sys.argv[2]), sys.argv[3])
@@ -163,8 +201,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--baseline", metavar="REF", help="git commit to compare against, alternately")
+    parser.add_argument("--rounds", type=int, default=3, help="with --baseline: rounds of each")
     args = parser.parse_args()
     print(f"cpus: {os.cpu_count()}  python {sys.version.split()[0]}")
+    if args.baseline:
+        compare(args.baseline, args.rounds, args.messages, args.concurrency)
+        return
     floor = run("floor", start_floor, args.messages, args.concurrency)
     kefu = run("kefu", start_kefu, args.messages, args.concurrency)
     print(f"kefu / floor = {kefu / floor:.2f}  (target >= 0.50, and >= 2000 msg/s)")
