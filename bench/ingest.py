@@ -14,6 +14,10 @@ exports the git commit REF (e.g. the commit before a change) to a temporary dire
 `kefu run` alternately with this tree's, round after round, so both see the same machine load
 (wall clock here varies by +-30% between runs); prints each round and the medians, and this
 tree's rate as a share of the baseline's.
+
+  .venv/bin/python bench/ingest.py --postgres --processes 1,2 [--messages 20000]
+runs the PostgreSQL scale-out bench instead (bench/ingest_scale.py): N `kefu run` processes on one
+throwaway PostgreSQL against one on SQLite, with CPU seconds per message of kefu and of PostgreSQL.
 """
 
 from __future__ import annotations
@@ -203,7 +207,17 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--baseline", metavar="REF", help="git commit to compare against, alternately")
     parser.add_argument("--rounds", type=int, default=3, help="with --baseline: rounds of each")
+    parser.add_argument("--postgres", action="store_true", help="the scale-out bench (see above)")
+    parser.add_argument("--processes", default="1,2", help="with --postgres: e.g. 1,2,3")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="with --postgres: a kefu setting, e.g. insight.enabled=false")
     args = parser.parse_args()
+    if args.postgres:
+        import ingest_scale
+
+        counts = [int(n) for n in args.processes.split(",") if n.strip()]
+        ingest_scale.main(counts, args.messages, args.concurrency, requests, SECRET, args.set)
+        return
     print(f"cpus: {os.cpu_count()}  python {sys.version.split()[0]}")
     if args.baseline:
         compare(args.baseline, args.rounds, args.messages, args.concurrency)

@@ -21,7 +21,13 @@ def find_bin() -> Path | None:
 
 
 class PostgresServer:
-    def __init__(self) -> None:
+    # The tests' server trades durability for speed; bench/ingest_scale.py runs one as users do.
+    TEST_OPTIONS = (
+        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+    )
+
+    def __init__(self, *, options: str = TEST_OPTIONS) -> None:
+        self.options = options
         bindir = find_bin()
         if bindir is None:
             raise RuntimeError(
@@ -45,10 +51,7 @@ class PostgresServer:
             str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
             "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "-N",
         )
-        opts = (
-            f"-p {self.port} -k {self.tmp} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-        )
+        opts = f"-p {self.port} -k {self.tmp} -c listen_addresses=127.0.0.1 {self.options}"
         self._run(
             str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.tmp / "server.log"),
             "-w", "-o", opts, "start",

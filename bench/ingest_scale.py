@@ -1,0 +1,229 @@
+"""`bench/ingest.py --postgres --processes 1,2`: webhook ingest into PostgreSQL with N `kefu run`
+processes behind one client, against one `kefu run` on SQLite in the same run.
+
+For each N a fresh database on a throwaway PostgreSQL 15 (configured as a user runs it: fsync,
+synchronous_commit and full_page_writes at their defaults; only the port, socket folder and
+max_connections are set), N kefu processes on their own ports, and the client's lanes spread over
+them round-robin (what a load balancer in front of them does). Prints msg/s, p50/p99, the ratio to
+SQLite, and CPU seconds per message of kefu (all its processes) and of PostgreSQL (the postmaster
+and every backend), read from /proc before and after the measured part: enough to size a
+deployment (messages/s x CPU s/message = cores).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.servers.ports import free_port  # noqa: E402
+from tests.servers.postgres import PostgresServer  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+# As a user would run it; only what a throwaway server on a free port needs.
+USER_LIKE = "-c max_connections=200"
+
+
+@dataclass
+class Result:
+    name: str
+    processes: int
+    rate: float
+    p50: float
+    p99: float
+    kefu_cpu: float  # seconds per message
+    pg_cpu: float | None
+
+
+def cpu_seconds(pids: set[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (all threads)
+    return total / TICKS
+
+
+def tree(root: int) -> set[int]:
+    """root and all its descendants, from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            parents[int(entry.name)] = int(stat[1])
+    found = {root}
+    grew = True
+    while grew:
+        grew = False
+        for pid, ppid in parents.items():
+            if ppid in found and pid not in found:
+                found.add(pid)
+                grew = True
+    return found
+
+
+def postmaster_pid(server: PostgresServer) -> int:
+    return int((server.data / "postmaster.pid").read_text().split()[0])
+
+
+EXTRA: list[str] = []  # --set SECTION.KEY=VALUE, as TOML lines per section
+
+
+def start_kefu(url: str, port: int, workdir: Path, secret: str) -> subprocess.Popen[bytes]:
+    config = workdir / f"kefu-{port}.toml"
+    config.write_text(
+        f'[storage]\nurl = "{url}"\n[http]\nport = {port}\n'
+        '[logging]\nlevel = "WARNING"\n[webhook.sources.shop]\nsecret_env = "SHOP_SECRET"\n'
+        + "".join(EXTRA)
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "bot", "run", "--config", str(config)],
+        cwd=ROOT,
+        env={**os.environ, "SHOP_SECRET": secret},
+        stderr=(workdir / f"kefu-{port}.log").open("wb"),
+    )
+
+
+async def drive(
+    ports: list[int], reqs: list[tuple[bytes, dict[str, str]]], concurrency: int
+) -> tuple[float, list[float]]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        for port in ports:
+            for _ in range(300):
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/healthz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+        latencies: list[float] = []
+        queue = iter(reqs)
+
+        async def lane(n: int) -> None:
+            url = f"http://127.0.0.1:{ports[n % len(ports)]}/webhooks/shop"
+            for body, headers in queue:
+                t0 = time.perf_counter()
+                async with session.post(url, data=body, headers=headers) as r:
+                    await r.read()
+                    if r.status != 202:
+                        raise SystemExit(f"unexpected {r.status}: {await r.text()}")
+                latencies.append(time.perf_counter() - t0)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(lane(n) for n in range(concurrency)))
+        return time.perf_counter() - started, latencies
+
+
+async def analyze(url: str) -> None:
+    """What autovacuum does within its first minute on a live database. Without it a 20-second
+    bench measures plans PostgreSQL cached on kefu's connections for the warm-up's near-empty
+    tables (sequential scans where the unique indexes belong: 2x the server's CPU per message)."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    conn = await asyncpg.connect(
+        make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    )
+    try:
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+
+
+def measure(
+    name: str,
+    urls: list[str],
+    make_requests: object,
+    n: int,
+    concurrency: int,
+    secret: str,
+    postmaster: int | None,
+) -> Result:
+    with tempfile.TemporaryDirectory() as tmp:
+        ports = [free_port() for _ in urls]
+        procs = [start_kefu(u, p, Path(tmp), secret) for u, p in zip(urls, ports, strict=True)]
+        try:
+            reqs = make_requests(n + 500)  # type: ignore[operator]
+            asyncio.run(drive(ports, reqs[:500], concurrency))  # warm-up: imports, caches, pools
+            if postmaster:
+                asyncio.run(analyze(urls[0]))
+            kefu_pids = {p.pid for p in procs}
+            pg_pids = tree(postmaster) if postmaster else set()
+            kefu0, pg0 = cpu_seconds(kefu_pids), cpu_seconds(pg_pids)
+            elapsed, lat = asyncio.run(drive(ports, reqs[500:], concurrency))
+            kefu1 = cpu_seconds(kefu_pids)
+            pg1 = cpu_seconds(tree(postmaster)) if postmaster else 0.0
+        finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                proc.wait(timeout=60)
+    lat.sort()
+    return Result(
+        name, len(urls), len(lat) / elapsed, statistics.median(lat) * 1000,
+        lat[int(len(lat) * 0.99)] * 1000, (kefu1 - kefu0) / len(lat),
+        (pg1 - pg0) / len(lat) if postmaster else None,
+    )
+
+
+def report(r: Result, baseline: float) -> None:
+    pg = f"{r.pg_cpu * 1e6:6.0f}" if r.pg_cpu is not None else "     -"
+    print(
+        f"{r.name:10} {r.processes:3d}  {r.rate:8.0f} msg/s  {r.rate / baseline:5.2f}x  "
+        f"p50 {r.p50:6.1f} ms  p99 {r.p99:6.1f} ms  kefu {r.kefu_cpu * 1e6:5.0f} µs/msg  "
+        f"postgres {pg} µs/msg",
+        flush=True,
+    )
+
+
+def main(processes: list[int], messages: int, concurrency: int, make_requests: object,
+         secret: str, settings: list[str] = []) -> None:  # noqa: B006 - read only
+    for setting in settings:  # "insight.enabled=false" -> [insight]\nenabled = false
+        key, _, value = setting.partition("=")
+        section, _, name = key.rpartition(".")
+        EXTRA.append(f"[{section}]\n{name} = {value}\n")
+    if settings:
+        print("kefu settings: " + ", ".join(settings))
+    print(f"cpus: {os.cpu_count()}  python {sys.version.split()[0]}  messages {messages}  "
+          f"concurrency {concurrency}")
+    print("PostgreSQL: throwaway server with the defaults a user runs (fsync, synchronous_commit,"
+          " full_page_writes on)")
+    print(f"{'database':10} {'N':>3}  {'rate':>14}  {'vs SQLite':>6}")
+    with tempfile.TemporaryDirectory() as tmp:
+        sqlite = measure(
+            "sqlite", [f"sqlite+aiosqlite:///{tmp}/kefu.db"], make_requests, messages,
+            concurrency, secret, None,
+        )
+    report(sqlite, sqlite.rate)
+    server = PostgresServer(options=USER_LIKE)
+    server.start()
+    try:
+        postmaster = postmaster_pid(server)
+        for n in processes:
+            url = server.create_database()
+            result = measure(
+                "postgresql", [url] * n, make_requests, messages, concurrency, secret, postmaster
+            )
+            report(result, sqlite.rate)
+    finally:
+        server.stop()
+    print("sizing: cores needed = msg/s x (kefu + postgres µs/msg) / 1e6; the client and the "
+          "server share these cores, so figures for N > cores are indicative")
