@@ -111,8 +111,8 @@ async def run(
     print(f"load              {per_minute} messages/min across {conversations} conversations "
           f"for {minutes:g} min = {len(pushed)} messages; {agents} agents on duty")
     print("limits            30/s overall, 20/min into the staff group, 1/s per private chat")
-    print(f"baseline          group <= 20 posts/min; one agent chat <= 60 posts/min; "
-          f"{per_minute / agents:.0f} messages/min arrive per agent")
+    share = f"{per_minute / agents:.0f} messages/min arrive per agent" if agents else "no agents"
+    print(f"baseline          group <= 20 posts/min; one agent chat <= 60 posts/min; {share}")
     posts = where["agent posts"] + where["group posts"]
     print(f"posts             group {where['group posts']}, agent chats {where['agent posts']} "
           f"({len(pushed) / max(1, posts):.1f} messages per post)")
