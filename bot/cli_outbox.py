@@ -32,8 +32,18 @@ outbox_app = typer.Typer(
 )
 
 COLUMNS = (
-    "id", "status", "channel", "address", "kind", "conversation_id", "attempts", "last_error",
-    "next_attempt_at", "created_at", "sent_at", "key",
+    "id",
+    "status",
+    "channel",
+    "address",
+    "kind",
+    "conversation_id",
+    "attempts",
+    "last_error",
+    "next_attempt_at",
+    "created_at",
+    "sent_at",
+    "key",
 )
 SHOWN = ("id", "status", "channel", "address", "kind", "attempts", "last error", "next attempt")
 
@@ -41,8 +51,14 @@ SHOWN = ("id", "status", "channel", "address", "kind", "attempts", "last error",
 def _shown(row: Any) -> list[object]:
     due = row["next_attempt_at"] if row["status"] in ("pending", "deferred", "failed") else None
     return [
-        row["id"], row["status"], row["channel"], row["address"], row["kind"], row["attempts"],
-        row["last_error"], due.strftime("%Y-%m-%d %H:%M:%S") if due else None,
+        row["id"],
+        row["status"],
+        row["channel"],
+        row["address"],
+        row["kind"],
+        row["attempts"],
+        row["last_error"],
+        due.strftime("%Y-%m-%d %H:%M:%S") if due else None,
     ]
 
 
@@ -75,7 +91,9 @@ def list_rows(
 
 @outbox_app.command("retry")
 def retry(
-    ids: Annotated[list[int] | None, typer.Argument(help="Outbox row ids.", show_default=False)] = None,
+    ids: Annotated[
+        list[int] | None, typer.Argument(help="Outbox row ids.", show_default=False)
+    ] = None,
     dead: Annotated[bool, typer.Option("--dead", help="Every dead row.")] = False,
     config: ConfigOption = DEFAULT_CONFIG,
     as_name: Annotated[

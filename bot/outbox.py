@@ -312,7 +312,8 @@ class OutboxWorker:
         except TransientError as exc:
             return await self._failed(row, str(exc) or type(exc).__name__, exc.retry_after)
         except PermanentError as exc:
-            return await self._dead(row, str(exc) or type(exc).__name__, unreachable=exc.unreachable)
+            error = str(exc) or type(exc).__name__
+            return await self._dead(row, error, unreachable=exc.unreachable)
         except Exception as exc:  # noqa: BLE001 - a channel bug must not kill the worker
             log.exception("outbox.send.unexpected id=%s channel=%s", row.id, row.channel)
             return await self._failed(row, f"unexpected {type(exc).__name__}: {exc}", None)
@@ -392,7 +393,9 @@ class OutboxWorker:
                 .values(**values)
             )
             if not done.rowcount:
-                log.warning("outbox.claim.lost id=%s outcome=%s: another worker holds it", row.id, status)
+                log.warning(
+                    "outbox.claim.lost id=%s outcome=%s: another worker holds it", row.id, status
+                )
                 return
             if status == "dead":
                 await _record_dead(session, row, error or "", unreachable, now)

@@ -56,7 +56,10 @@ async def dead_reply(kefu: Kefu, callback: CallbackServer, text: str, n: int) ->
     callback.script = [400]  # the receiver refuses it for good
     async with httpx.AsyncClient() as client:
         r = await post_signed(
-            client, url(kefu, "/webhooks/shop"), SECRET, {"id": f"m{n}", "user": {"id": f"u{n}"}, "text": "hi"}
+            client,
+            url(kefu, "/webhooks/shop"),
+            SECRET,
+            {"id": f"m{n}", "user": {"id": f"u{n}"}, "text": "hi"},
         )
     async with kefu.db.transaction() as session:
         await answer(session, int(r.json()["conversation_id"]), text, agent="alice")
@@ -106,7 +109,7 @@ async def test_a_dead_reply_is_visible_listed_and_sent_again(
     # the same idempotency key as the refused attempt: a receiver that saw it can drop a repeat
     assert callback.requests[0].key == callback.delivered()[0].key
 
-    code, _, stderr = await cli(tmp_path, "outbox", "retry", str(row_id))
+    code, _, _ = await cli(tmp_path, "outbox", "retry", str(row_id))
     assert code == 1
     code, stdout, _ = await cli(tmp_path, "outbox", "retry", "999999")
     assert code == 1 and "no such outbox row" in stdout

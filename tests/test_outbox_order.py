@@ -48,7 +48,9 @@ async def statuses(db: Database) -> list[str]:
         return list(await s.scalars(select(OutboxRow.status).order_by(OutboxRow.id)))
 
 
-async def run_until(worker: OutboxWorker, db: Database, done: set[str], timeout: float = 10) -> None:
+async def run_until(
+    worker: OutboxWorker, db: Database, done: set[str], timeout: float = 10
+) -> None:
     async def loop() -> None:
         while not set(await statuses(db)) <= done:
             await worker.run_once()

@@ -61,7 +61,9 @@ async def test_a_locked_database_fails_the_batch_once(tmp_path: Path) -> None:
     await db.upgrade()
     pipeline = Pipeline(db)
     async with write_lock(path):
-        results = await asyncio.gather(*(pipeline.receive(msg(n)) for n in range(6)), return_exceptions=True)
+        results = await asyncio.gather(
+            *(pipeline.receive(msg(n)) for n in range(6)), return_exceptions=True
+        )
     assert all(isinstance(r, Unavailable) for r in results), results
     assert all(r.retry_after > 0 for r in results if isinstance(r, Unavailable))
     assert db.begun == 1  # one try for the batch: no message-by-message retry behind a lock
@@ -81,7 +83,9 @@ def dead_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 async def test_a_database_that_is_down_fails_the_batch_once(dead_url: str) -> None:
     db = CountingDatabase(dead_url)
     pipeline = Pipeline(db)
-    results = await asyncio.gather(*(pipeline.receive(msg(n)) for n in range(6)), return_exceptions=True)
+    results = await asyncio.gather(
+        *(pipeline.receive(msg(n)) for n in range(6)), return_exceptions=True
+    )
     assert all(isinstance(r, Unavailable) for r in results), results
     assert db.begun == 1
     await pipeline.close()
@@ -129,19 +133,27 @@ async def test_webhook_answers_503_with_retry_after_when_the_database_is_locked(
     async with httpx.AsyncClient(timeout=30) as client:
         async with write_lock(path):
             r = await post_signed(
-                client, url(k, "/webhooks/shop"), SECRET, {"id": "m1", "user": {"id": "u1"}, "text": "hi"}  # type: ignore[arg-type]
+                client,
+                url(k, "/webhooks/shop"),
+                SECRET,
+                {"id": "m1", "user": {"id": "u1"}, "text": "hi"},  # type: ignore[arg-type]
             )
         assert r.status_code == 503
         assert int(r.headers["retry-after"]) > 0
         assert r.json()["error"] == "unavailable" and r.json()["retry_after"] > 0
         r = await post_signed(
-            client, url(k, "/webhooks/shop"), SECRET, {"id": "m1", "user": {"id": "u1"}, "text": "hi"}  # type: ignore[arg-type]
+            client,
+            url(k, "/webhooks/shop"),
+            SECRET,
+            {"id": "m1", "user": {"id": "u1"}, "text": "hi"},  # type: ignore[arg-type]
         )
         assert r.status_code == 202
     await locked.dispose()
 
 
-async def test_webhook_answers_503_when_the_writers_queue_is_full(kefu: tuple[object, Path]) -> None:
+async def test_webhook_answers_503_when_the_writers_queue_is_full(
+    kefu: tuple[object, Path],
+) -> None:
     k, path = kefu
     slow = Database(f"sqlite+aiosqlite:///{path}", busy_timeout=5)
     k.pipeline.db = slow  # type: ignore[attr-defined]
@@ -172,9 +184,15 @@ async def test_a_value_the_database_refuses_is_that_messages_fault(db: Database)
 
     pipeline = Pipeline(db)
     long_name = Inbound(
-        channel="webhook", external_id="shop:long", address="shop:ulong", text="hi", display_name="x" * 300
+        channel="webhook",
+        external_id="shop:long",
+        address="shop:ulong",
+        text="hi",
+        display_name="x" * 300,
     )
-    results = await asyncio.gather(pipeline.receive(msg(1)), pipeline.receive(long_name), return_exceptions=True)
+    results = await asyncio.gather(
+        pipeline.receive(msg(1)), pipeline.receive(long_name), return_exceptions=True
+    )
     assert not isinstance(results[0], Exception) and results[0].status == "accepted"
     if db.is_sqlite:
         assert not isinstance(results[1], Exception)

@@ -76,6 +76,7 @@ class ServerThread:
 
 # --- what a hostile sender puts in a request ------------------------------------------------
 
+
 def _header_safe(raw: bytes) -> bytes:
     """Any bytes a header value can carry on the wire (RFC 9110 5.5: visible ASCII, space, tab
     and obs-text 0x80-0xFF; no other control bytes; surrounding whitespace is not part of it)."""
@@ -85,7 +86,9 @@ def _header_safe(raw: bytes) -> bytes:
 weird_text = st.one_of(
     st.text(max_size=50),
     st.text(alphabet=st.characters(codec=None, categories=["Cs", "Cc", "Co", "Cn"]), max_size=10),
-    st.sampled_from(["", " ", "\u0000", "\ud800", "\udfff", "李雷", "\u202e", "a" * 201, "9" * 300]),
+    st.sampled_from(
+        ["", " ", "\u0000", "\ud800", "\udfff", "李雷", "\u202e", "a" * 201, "9" * 300]
+    ),
 )
 huge_numbers = st.one_of(
     st.integers(min_value=-(2**200), max_value=2**200),
@@ -96,8 +99,16 @@ timestamps = st.one_of(
     huge_numbers,
     st.sampled_from(
         [
-            "9999-12-31T23:59:59Z", "0001-01-01T00:00:00+23:59", "0001-01-01", "2027-02-30T00:00:00",
-            "1970-01-01T00:00:00-24:00", "now", "", "1e20", "NaN", "253402300799",
+            "9999-12-31T23:59:59Z",
+            "0001-01-01T00:00:00+23:59",
+            "0001-01-01",
+            "2027-02-30T00:00:00",
+            "1970-01-01T00:00:00-24:00",
+            "now",
+            "",
+            "1e20",
+            "NaN",
+            "253402300799",
         ]
     ),
     st.datetimes().map(lambda d: d.isoformat()),
@@ -116,6 +127,7 @@ json_values = st.recursive(
 @st.composite
 def payloads(draw: st.DrawFn) -> Any:
     """A message object with each field sometimes right, sometimes hostile."""
+
     def maybe(good: Any, bad: st.SearchStrategy[Any]) -> Any:
         return draw(st.one_of(st.just(good), bad, json_values))
 
@@ -123,8 +135,12 @@ def payloads(draw: st.DrawFn) -> Any:
     fields = {
         "id": maybe(f"m-{draw(st.integers(0, 10**9))}", st.one_of(huge_numbers, weird_text)),
         "user": maybe(
-            {"id": draw(st.one_of(weird_text, huge_numbers)), "name": draw(weird_text),
-             "email": draw(weird_text), "language": draw(weird_text)},
+            {
+                "id": draw(st.one_of(weird_text, huge_numbers)),
+                "name": draw(weird_text),
+                "email": draw(weird_text),
+                "language": draw(weird_text),
+            },
             st.one_of(weird_text, huge_numbers),
         ),
         "text": maybe("hello", weird_text),
@@ -174,12 +190,16 @@ def sized(draw: st.DrawFn) -> bytes:
     return head + b"x" * max(filler, 0) + b'"}'
 
 
-encodings = st.sampled_from(["utf-8", "utf-8", "utf-8", "utf-16", "utf-32", "latin-1", "gb18030", "cp1252"])
+encodings = st.sampled_from(
+    ["utf-8", "utf-8", "utf-8", "utf-16", "utf-32", "latin-1", "gb18030", "cp1252"]
+)
 
 
 @st.composite
 def bodies(draw: st.DrawFn) -> bytes:
-    kind = draw(st.sampled_from(["payload", "payload", "payload", "nested", "sized", "binary", "json"]))
+    kind = draw(
+        st.sampled_from(["payload", "payload", "payload", "nested", "sized", "binary", "json"])
+    )
     if kind == "nested":
         return draw(nested())
     if kind == "sized":
@@ -208,15 +228,27 @@ def requests(draw: st.DrawFn) -> tuple[str, dict[str, bytes], bytes, bool]:
         "X-Kefu-Timestamp": stamp.encode(),
         "X-Kefu-Signature": sign(SECRET, stamp, body).encode(),
     }
-    for name in ("X-Kefu-Timestamp", "X-Kefu-Signature", "Content-Type", "Idempotency-Key", "User-Agent"):
+    for name in (
+        "X-Kefu-Timestamp",
+        "X-Kefu-Signature",
+        "Content-Type",
+        "Idempotency-Key",
+        "User-Agent",
+    ):
         if draw(st.integers(0, 24)) == 0:  # one header in 25 is hostile
             headers[name] = _header_safe(draw(st.binary(max_size=80)))
     if draw(st.integers(0, 19)) == 0:
         # a signature computed over a hostile timestamp, so the timestamp check itself is reached
         raw = _header_safe(draw(st.binary(min_size=1, max_size=20)))
         headers["X-Kefu-Timestamp"] = raw
-        headers["X-Kefu-Signature"] = sign(SECRET, raw.decode("latin-1"), body).encode("latin-1", "replace")
-    source = "shop" if draw(st.integers(0, 9)) else draw(st.sampled_from(["nope", "sh%00op", "%E2%80%AE", "a" * 300]))
+        headers["X-Kefu-Signature"] = sign(SECRET, raw.decode("latin-1"), body).encode(
+            "latin-1", "replace"
+        )
+    source = (
+        "shop"
+        if draw(st.integers(0, 9))
+        else draw(st.sampled_from(["nope", "sh%00op", "%E2%80%AE", "a" * 300]))
+    )
     chunked = draw(st.integers(0, 4)) == 0
     return source, {k: v for k, v in headers.items() if v}, body, chunked
 
@@ -255,8 +287,12 @@ def test_no_request_gets_a_5xx_and_the_server_stays_healthy(backend: tuple[str, 
                 content: bytes | Iterator[bytes] = _chunks(body, 4096) if chunked else body
                 r = client.post(url(kefu, f"/webhooks/{source}"), content=content, headers=headers)
                 statuses[r.status_code] += 1
-                if r.status_code >= 500 or not r.headers.get("content-type", "").startswith("application/json"):
-                    failures.append(f"{r.status_code} {r.text[:200]!r} for {body[:120]!r} {headers}")
+                if r.status_code >= 500 or not r.headers.get("content-type", "").startswith(
+                    "application/json"
+                ):
+                    failures.append(
+                        f"{r.status_code} {r.text[:200]!r} for {body[:120]!r} {headers}"
+                    )
 
         batch()
         health = client.get(url(kefu, "/healthz"))

@@ -53,7 +53,10 @@ def message(**fields: Any) -> bytes:
 NOW = int(time.time())
 CASES: dict[str, tuple[bytes, str]] = {
     # name: (body, the field the 422 must name)
-    "nested_10000_deep_text": (b'{"id": "m", "user": {"id": "u"}, "text": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", "body"),
+    "nested_10000_deep_text": (
+        b'{"id": "m", "user": {"id": "u"}, "text": ' + b"[" * 10_000 + b"]" * 10_000 + b"}",
+        "body",
+    ),
     "nested_10000_deep_body": (b"[" * 10_000 + b"]" * 10_000, "body"),
     "nested_10000_deep_objects": (b'{"a":' * 10_000 + b"1" + b"}" * 10_000, "body"),
     "timestamp_1e20": (message(timestamp=1e20), "timestamp"),
@@ -66,13 +69,22 @@ CASES: dict[str, tuple[bytes, str]] = {
     "timestamp_a_year_off": (message(timestamp=NOW - 365 * 86400), "timestamp"),
     "survey_id_beyond_64_bits": (message(type="survey", survey_id=2**64, score=3), "survey_id"),
     "survey_id_negative_huge": (message(type="survey", survey_id=-(2**70), score=3), "survey_id"),
-    "id_of_5000_digits": (b'{"id": ' + b"9" * 5000 + b', "user": {"id": "u"}, "text": "x"}', "body"),
+    "id_of_5000_digits": (
+        b'{"id": ' + b"9" * 5000 + b', "user": {"id": "u"}, "text": "x"}',
+        "body",
+    ),
     "user_id_float": (message(user={"id": 1e300}), "user.id"),
     "text_with_nul": (message(text="a\u0000b"), "text"),
     "text_with_lone_surrogate": (b'{"id": "m", "user": {"id": "u"}, "text": "\\ud800"}', "text"),
-    "name_with_lone_surrogate": (b'{"id": "m", "user": {"id": "u", "name": "\\udfff"}, "text": "x"}', "user.name"),
+    "name_with_lone_surrogate": (
+        b'{"id": "m", "user": {"id": "u", "name": "\\udfff"}, "text": "x"}',
+        "user.name",
+    ),
     "id_with_nul": (message(id="m\u0000"), "id"),
-    "body_latin1_bytes": ('{"id": "m", "user": {"id": "u"}, "text": "caf\xe9"}'.encode("latin-1"), "body"),
+    "body_latin1_bytes": (
+        '{"id": "m", "user": {"id": "u"}, "text": "caf\xe9"}'.encode("latin-1"),
+        "body",
+    ),
     "body_utf16": (message().decode().encode("utf-16"), "body"),
     "attachments_not_a_list": (message(attachments={"url": "x"}), "attachments"),
     "score_huge": (message(type="survey", survey_id=1, score=10**30), "score"),
@@ -108,23 +120,39 @@ async def test_a_timestamp_header_that_is_not_plain_digits_is_401(
 ) -> None:
     body = message()
     r = await post(
-        kefu, client, body, X_Kefu_Timestamp=stamp.encode(), X_Kefu_Signature=sign(SECRET, stamp, body)
+        kefu,
+        client,
+        body,
+        X_Kefu_Timestamp=stamp.encode(),
+        X_Kefu_Signature=sign(SECRET, stamp, body),
     )
     assert r.status_code == 401, r.text
 
 
-async def test_long_fields_at_their_limits_are_stored(kefu: Kefu, client: httpx.AsyncClient) -> None:
+async def test_long_fields_at_their_limits_are_stored(
+    kefu: Kefu, client: httpx.AsyncClient
+) -> None:
     """At each documented limit the message is accepted on either database (PostgreSQL enforces
     column lengths that SQLite ignores)."""
     body = message(
         id="i" * 200,
-        user={"id": "u" * 200, "name": "名" * 200, "email": "e" * 310 + "@x.example", "language": "zh-Hans-CN-x-abcd"[:16]},
-        attachments=[{"url": "https://x.example/" + "a" * 1980, "name": "n" * 300, "mime_type": "m" * 120}] * 20,
+        user={
+            "id": "u" * 200,
+            "name": "名" * 200,
+            "email": "e" * 310 + "@x.example",
+            "language": "zh-Hans-CN-x-abcd"[:16],
+        },
+        attachments=[
+            {"url": "https://x.example/" + "a" * 1980, "name": "n" * 300, "mime_type": "m" * 120}
+        ]
+        * 20,
     )
     r = await post(kefu, client, body)
     assert r.status_code == 202, r.text
 
 
-async def test_a_payload_timestamp_inside_the_window_is_kept(kefu: Kefu, client: httpx.AsyncClient) -> None:
+async def test_a_payload_timestamp_inside_the_window_is_kept(
+    kefu: Kefu, client: httpx.AsyncClient
+) -> None:
     r = await post(kefu, client, message(timestamp=NOW - 120))
     assert r.status_code == 202, r.text
