@@ -5,8 +5,10 @@
 The history is built with bulk SQL (INSERT ... SELECT over a recursive counter) into a SQLite file
 that later runs reuse (--db; delete it to rebuild). Then, each in a fresh process so that peak RSS
 is the phase's own:
-- full recompute: every customer rescored (handlers/churn.py Churn.recompute), against a baseline
-  of a bare aggregate over the same interactions (one GROUP BY customer_id);
+- full recompute from the log: every customer rescored (handlers/churn.py Churn.recompute with
+  from_log, what a first run or `kefu customers rescore --from-log` does), against a baseline of a
+  bare aggregate over the same interactions (one GROUP BY customer_id);
+- periodic recompute: the same with contact times and rates from the stored rows (the hourly job);
 - incremental update: messages from existing customers through the real pipeline with and without
   the churn observer (same run, alternating blocks), and the observer's own time per message.
 Targets: full recompute <= 60 s, <= 1 ms added to ingest per message, <= 500 MB peak RSS.
@@ -162,11 +164,11 @@ async def phase_baseline(path: Path) -> dict[str, float]:
     return {"seconds": seconds, "customers": n, "rss_mb": rss_mb()}
 
 
-async def phase_recompute(path: Path) -> dict[str, float]:
+async def phase_recompute(path: Path, from_log: bool) -> dict[str, float]:
     db = Database(url(path))
     churn = Churn(CONFIG, Router(CONFIG))
     t = time.perf_counter()
-    outcome = await churn.recompute(db, NOW)
+    outcome = await churn.recompute(db, NOW, from_log=from_log)
     seconds = time.perf_counter() - t
     await db.dispose()
     return {
@@ -254,13 +256,13 @@ def main() -> None:
     parser.add_argument("--per-customer", type=int, default=10)
     parser.add_argument("--db", type=Path, default=Path("/tmp/kefu-bench-insight.db"))
     parser.add_argument("--messages", type=int, default=2000)
-    parser.add_argument("--phase", choices=("baseline", "recompute", "incremental"))
+    parser.add_argument("--phase", choices=("baseline", "recompute", "periodic", "incremental"))
     args = parser.parse_args()
     if args.phase == "baseline":
         print(json.dumps(asyncio.run(phase_baseline(args.db))))
         return
-    if args.phase == "recompute":
-        print(json.dumps(asyncio.run(phase_recompute(args.db))))
+    if args.phase in ("recompute", "periodic"):
+        print(json.dumps(asyncio.run(phase_recompute(args.db, from_log=args.phase == "recompute"))))
         return
     if args.phase == "incremental":
         print(json.dumps(asyncio.run(phase_incremental(args.db, args.messages, args.customers))))

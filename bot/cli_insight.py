@@ -169,7 +169,13 @@ def at_risk(
     out.print(table)
 
 
-def rescore(config: ConfigOption = DEFAULT_CONFIG, as_name: AsOption = None) -> None:
+def rescore(
+    config: ConfigOption = DEFAULT_CONFIG,
+    as_name: AsOption = None,
+    from_log: Annotated[
+        bool, typer.Option("--from-log", help="Re-read every customer's log (a rebuild).")
+    ] = False,
+) -> None:
     """Recompute every customer's health score now (kefu run does it every [insight] recompute_every)."""
     cfg = load(config)
 
@@ -186,7 +192,7 @@ def rescore(config: ConfigOption = DEFAULT_CONFIG, as_name: AsOption = None) -> 
             staff_chat_id=staff_chat,
             lead_chats=cfg.telegram.enabled and staff_chat is None,
         )
-        return await churn.recompute(db)
+        return await churn.recompute(db, from_log=from_log)
 
     outcome = with_db(cfg, work)
     out.print(

@@ -69,6 +69,9 @@ _STORED = select(
     CustomerHealth.crossings,
     CustomerHealth.last_contact_at,
     CustomerHealth.opted_out,
+    CustomerHealth.rate_fast,
+    CustomerHealth.rate_slow,
+    CustomerHealth.rate_at,
 ).where(CustomerHealth.customer_id.between(bindparam("lo"), bindparam("hi")))
 OptOut = Callable[[str], bool]
 
@@ -226,10 +229,18 @@ class Churn:
     # --- everyone ------------------------------------------------------------------------------
 
     async def recompute(
-        self, db: Database, now: datetime | None = None, *, on_progress: Progress | None = None
+        self,
+        db: Database,
+        now: datetime | None = None,
+        *,
+        from_log: bool = False,
+        on_progress: Progress | None = None,
     ) -> Outcome:
         """Rescores every live customer, CHUNK per transaction; forgotten and merged customers'
-        rows are removed."""
+        rows are removed. The last contact, message rates and opt-out come from each customer's
+        stored row (the observer keeps them as messages arrive), and from the log for customers
+        without one; from_log: from the log for everyone (a rebuild, `kefu customers rescore
+        --from-log`), which reads every log row."""
         now = now or utcnow()
         total = Outcome()
         async with db.transaction() as session:
@@ -254,7 +265,7 @@ class Churn:
                 if not customers:
                     break
                 after = customers[-1][0]
-                outcome = await self._chunk(session, customers, now)
+                outcome = await self._chunk(session, customers, now, from_log)
             total.scored += outcome.scored
             total.changed += outcome.changed
             total.warned += outcome.warned
@@ -271,13 +282,25 @@ class Churn:
         return total
 
     async def _chunk(
-        self, session: AsyncSession, customers: Sequence[Any], now: datetime
+        self, session: AsyncSession, customers: Sequence[Any], now: datetime, from_log: bool
     ) -> Outcome:
         outcome = Outcome()
         lo, hi = customers[0][0], customers[-1][0]
-        signals = await health.gather(session, lo, hi, now, self.cfg, from_log=True)
         conn = await session.connection()
-        stored = {r[0]: r for r in await conn.execute(_STORED, {"lo": lo, "hi": hi})}
+        stored = {r[0]: r for r in (await conn.execute(_STORED, {"lo": lo, "hi": hi})).all()}
+        read_log = from_log or any(c[0] not in stored for c in customers)
+        signals = await health.gather(session, lo, hi, now, self.cfg, from_log=read_log)
+        if not from_log:
+            for cid, row in stored.items():
+                if row[9] is None:
+                    continue  # never had rates: what the log said (read above) stands
+                s = signals.get(cid)
+                if s is None:
+                    s = signals[cid] = Signals()
+                s.last_contact_at = health._parse(row[5])
+                s.opted_out = bool(row[6])
+                s.rate_fast, s.rate_slow = float(row[7] or 0.0), float(row[8] or 0.0)
+                s.rate_at = health._parse(row[9])
         rows: list[dict[str, Any]] = []
         warnings: list[tuple[int, Health, Signals, int]] = []
         nothing = Signals()
