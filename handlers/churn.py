@@ -147,6 +147,7 @@ class Churn:
         # Without a staff group, warnings go to the leads' private chats (Telegram on).
         self.lead_chats = lead_chats
         self.is_opt_out = is_opt_out
+        self._announce = True  # see recompute: not on the first scoring of an install
 
     # --- the pipeline's observer ---------------------------------------------------------------
 
@@ -245,6 +246,11 @@ class Churn:
         total = Outcome()
         async with db.transaction() as session:
             await drop_gone(session)
+            # The first scoring of an install with history finds its at-risk customers all at
+            # once: they are marked (and listed by `kefu customers at-risk`), not announced one
+            # post each; warnings start with the next crossing.
+            first = await session.scalar(select(CustomerHealth.customer_id).limit(1)) is None
+            self._announce = not first
         after = 0
         while True:
             async with db.transaction() as session:
@@ -272,6 +278,11 @@ class Churn:
             total.at_risk += outcome.at_risk
             if on_progress is not None:
                 on_progress(total.scored)
+        if not self._announce and total.at_risk:
+            log.warning(
+                "insight.first_scoring at_risk=%d: marked, not announced; see kefu customers at-risk",
+                total.at_risk,
+            )
         log.info(
             "insight.recompute scored=%d changed=%d at_risk=%d warned=%d",
             total.scored,
@@ -334,7 +345,7 @@ class Churn:
         if rows:
             await _write(session, rows)
             outcome.changed = len(rows)
-        for cid, result, s, crossings in warnings:
+        for cid, result, s, crossings in warnings if self._announce else ():
             customer = await session.get(Customer, cid)
             assert customer is not None
             await self.warn(session, customer, result, s, now, crossings)

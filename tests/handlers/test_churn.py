@@ -272,3 +272,17 @@ async def test_a_plain_message_updates_like_a_full_recompute(db: Database) -> No
     again = await scores(db)
     for name in ("burnt", "busy"):
         assert ([r["code"] for r in again[ids[name]].reasons], again[ids[name]].score) == observed[name]
+
+
+async def test_first_scoring_of_an_install_marks_without_announcing(db: Database) -> None:
+    """An install with history (no scores yet): its at-risk customers are marked and listed, not
+    posted one by one; the next crossing is announced."""
+    pipeline, router = care_pipeline(db, CFG)  # no churn observer: the history predates insight
+    r = await pipeline.receive(message("h1", "再不退款我就去12315投诉你们！", T0, user="old"))
+    await sla.check(db, T0 + timedelta(hours=5), router, staff_chat_id=STAFF_CHAT)
+    await pipeline.close()
+    churn = Churn(CFG, router, staff_chat_id=STAFF_CHAT)
+    outcome = await churn.recompute(db, T0 + timedelta(hours=6))
+    assert outcome.at_risk == 1 and outcome.warned == 0
+    assert (await scores(db))[r.customer_id].alerted_at is not None
+    assert await warnings(db) == []
