@@ -46,6 +46,7 @@ class Row:
     label: bool | None  # True: a complaint; None: neutral or mixed, not scored
     corpus: str
     split: str  # train | valid | test
+    rating: float | None = None  # en-reviews: the raters' mean, -4..+4
 
 
 def split_of(text: str) -> str:
@@ -85,7 +86,7 @@ def en_reviews(root: Path = CORPORA) -> list[Row]:
             continue
         text = parts[2].strip()
         label = True if rating <= EN_UNHAPPY else False if rating >= EN_HAPPY else None
-        rows.append(Row(text, "en", label, "en-reviews/amazon", split_of(text)))
+        rows.append(Row(text, "en", label, "en-reviews/amazon", split_of(text), rating))
     return rows
 
 

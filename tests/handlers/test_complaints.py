@@ -333,7 +333,7 @@ def test_pluggable_backend_from_config() -> None:
 
 
 def test_extra_cues_from_a_file(cue_file: Path) -> None:
-    assert not classify("They voided my warranty for no reason", "en").is_complaint
+    assert "warranty refused" not in classify("They voided my warranty for no reason", "en").reasons
     run = load_classifier(ComplaintsConfig(extra_cues=(str(cue_file),)))
     verdict = run("They voided my warranty for no reason", "en")
     assert verdict.is_complaint and "warranty refused" in verdict.reasons

