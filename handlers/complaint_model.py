@@ -26,6 +26,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache, lru_cache
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,38 @@ FORMAT = 1
 MAX_CHARS = 1000  # the start of a long email says enough; the cue scanner still reads all of it
 WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)*|[!?]")
 NEGATORS = frozenset(
-    "not no never none nothing nowhere neither nor without cannot hardly barely rarely seldom "
-    "cant dont doesnt didnt isnt wasnt werent wont wouldnt couldnt shouldnt havent hasnt hadnt "
-    "aint arent".split()
+    (
+        "not",
+        "no",
+        "never",
+        "none",
+        "nothing",
+        "nowhere",
+        "neither",
+        "nor",
+        "without",
+        "cannot",
+        "hardly",
+        "barely",
+        "rarely",
+        "seldom",
+        "cant",
+        "dont",
+        "doesnt",
+        "didnt",
+        "isnt",
+        "wasnt",
+        "werent",
+        "wont",
+        "wouldnt",
+        "couldnt",
+        "shouldnt",
+        "havent",
+        "hasnt",
+        "hadnt",
+        "aint",
+        "arent",
+    )
 )
 NEGATION_REACH = 3
 NEGATION_SCALE = -0.74  # VADER's: a negated word keeps part of its strength, the other way round
@@ -45,7 +75,11 @@ NEGATION_SCALE = -0.74  # VADER's: a negated word keeps part of its strength, th
 def zh_features(text: str) -> set[str]:
     text = text[:MAX_CHARS]
     n = len(text)
-    return set(text) | {text[i : i + 2] for i in range(n - 1)} | {text[i : i + 3] for i in range(n - 2)}
+    return (
+        set(text)
+        | {text[i : i + 2] for i in range(n - 1)}
+        | {text[i : i + 3] for i in range(n - 2)}
+    )
 
 
 def en_tokens(text: str) -> list[str]:
@@ -53,7 +87,7 @@ def en_tokens(text: str) -> list[str]:
 
 
 def en_words(tokens: list[str]) -> set[str]:
-    return set(tokens) | {f"{a} {b}" for a, b in zip(tokens, tokens[1:], strict=False)}
+    return set(tokens) | {f"{a} {b}" for a, b in pairwise(tokens)}
 
 
 def en_features(tokens: list[str]) -> set[str]:
@@ -127,6 +161,17 @@ class Model:
         logit, grams = self.sides[language].parts(text, language)
         return 1 / (1 + math.exp(-max(-30.0, min(30.0, logit)))), grams
 
+    def sounds_happy(self, text: str, language: str) -> bool:
+        """English: the lexicon hears clear praise, net of grievance (negation applied). Chinese
+        has no lexicon here, and the model alone answers: True."""
+        lexicon = self.sides[language].lexicon
+        if lexicon is None:
+            return True
+        negative, positive, _ = lexicon_figures(en_tokens(text), lexicon)
+        # figures are valence / 4: net praise of at least one plainly positive word ("good" is 1.9,
+        # "want" 0.3)
+        return positive + negative >= 0.25
+
     def probability(self, text: str, language: str) -> float:
         return self.assess(text, language)[0]
 
@@ -148,7 +193,7 @@ class Model:
         for weight, gram in ranked:
             if weight <= 0 or weight < floor or len(chosen) == top:
                 break
-            if language == "en" and len(gram) < 3 or any(gram in c or c in gram for c in chosen):
+            if (language == "en" and len(gram) < 3) or any(gram in c or c in gram for c in chosen):
                 continue
             chosen.append(gram)
         return tuple(chosen)
