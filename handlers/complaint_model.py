@@ -33,7 +33,8 @@ from typing import Any
 MODEL_PATH = Path(__file__).parent / "data" / "complaint_model.json.gz"
 FORMAT = 1
 MAX_CHARS = 1000  # the start of a long email says enough; the cue scanner still reads all of it
-WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)*|[!?]")
+WORD = re.compile(r"[a-z#]+(?:'[a-z]+)*|[!?]")
+DIGITS = re.compile(r"[0-9]+")
 NEGATORS = frozenset(
     (
         "not",
@@ -68,12 +69,20 @@ NEGATORS = frozenset(
         "arent",
     )
 )
+STRONG_GRAM = 4.0  # see Model.plainly_unhappy
 NEGATION_REACH = 3
 NEGATION_SCALE = -0.74  # VADER's: a negated word keeps part of its strength, the other way round
 
 
+def model_text(text: str) -> str:
+    """What the model reads of normalised text: the start, with each run of digits as one "#".
+
+    In support chat numbers are order, phone and tracking numbers; in the training reviews they are
+    mostly waiting times ("等了2个小时"), so the digits themselves would read as grievance."""
+    return DIGITS.sub("#", text[:MAX_CHARS])
+
+
 def zh_features(text: str) -> set[str]:
-    text = text[:MAX_CHARS]
     n = len(text)
     return (
         set(text)
@@ -83,7 +92,7 @@ def zh_features(text: str) -> set[str]:
 
 
 def en_tokens(text: str) -> list[str]:
-    return WORD.findall(text[:MAX_CHARS])
+    return WORD.findall(text)
 
 
 def en_words(tokens: list[str]) -> set[str]:
@@ -123,6 +132,12 @@ def lexicon_figures(tokens: list[str], lexicon: Mapping[str, float]) -> tuple[fl
     return negative / 4, positive / 4, total / math.sqrt(total * total + 15)
 
 
+def scale(count: int) -> float:
+    """What each n-gram's weight counts for in a text with `count` of them: 1/sqrt(count) puts a
+    long review and a short message on one scale."""
+    return 1 / math.sqrt(count)
+
+
 @dataclass(frozen=True, slots=True)
 class Side:
     """One language's model: a bias, n-gram weights and (English) dense lexicon weights."""
@@ -148,7 +163,7 @@ class Side:
             return self.bias + dense, grams
         # map/filter keep the loop in C; a missing n-gram's None is dropped by filter.
         total = sum(filter(None, map(self.weights.get, grams)))
-        return self.bias + dense + total / math.sqrt(len(grams)), grams
+        return self.bias + dense + total * scale(len(grams)), grams
 
 
 class Model:
@@ -158,7 +173,7 @@ class Model:
 
     def assess(self, text: str, language: str) -> tuple[float, set[str]]:
         """P(complaint) for normalised text (language zh or en), and the n-grams it saw."""
-        logit, grams = self.sides[language].parts(text, language)
+        logit, grams = self.sides[language].parts(model_text(text), language)
         return 1 / (1 + math.exp(-max(-30.0, min(30.0, logit)))), grams
 
     def sounds_happy(self, text: str, language: str) -> bool:
@@ -167,10 +182,20 @@ class Model:
         lexicon = self.sides[language].lexicon
         if lexicon is None:
             return True
-        negative, positive, _ = lexicon_figures(en_tokens(text), lexicon)
+        negative, positive, _ = lexicon_figures(en_tokens(model_text(text)), lexicon)
         # figures are valence / 4: net praise of at least one plainly positive word ("good" is 1.9,
         # "want" 0.3)
         return positive + negative >= 0.25
+
+    def plainly_unhappy(self, text: str, grams: set[str], language: str) -> bool:
+        """A word that is unhappy on its own: in English one the lexicon rates negative (negation
+        applied: "not good"), in Chinese an n-gram of weight STRONG_GRAM or more ("不好", "失望")."""
+        side = self.sides[language]
+        if side.lexicon is not None:
+            negative, _, _ = lexicon_figures(en_tokens(model_text(text)), side.lexicon)
+            return negative < 0
+        get = side.weights.get
+        return any(get(g, 0.0) >= STRONG_GRAM for g in grams)
 
     def probability(self, text: str, language: str) -> float:
         return self.assess(text, language)[0]
@@ -182,7 +207,7 @@ class Model:
         whole words and word pairs, which a person can read."""
         weights = self.sides[language].weights
         if language == "en":
-            grams = en_words(en_tokens(text))
+            grams = en_words(en_tokens(model_text(text)))
         # A longer n-gram says more to a reader than one character or "a": favour it somewhat.
         ranked = sorted(
             ((weights.get(g, 0.0) * math.sqrt(len(g)), g) for g in grams),

@@ -82,6 +82,10 @@ HAPPY_REASON = "happy tone (model)"
 # my money back" reads calm to it), so in English the lexicon must also hear more praise than
 # grievance (Model.sounds_happy).
 PRAISE_VETO = {"zh": 0.2, "en": 0.2}
+# A model-only flag on a message shorter than these needs a plainly unhappy word in it
+# (Model.plainly_unhappy): support chat is full of short plain lines the reviews never had.
+SHORT_CHARS = 12
+SHORT_WORDS = 6
 QUESTION_FACTOR = 0.35  # a topic cue's weight inside a question
 CLAUSE_BREAK = re.compile(r"[,.!?;:\n]")
 CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
@@ -344,6 +348,8 @@ class Classifier:
         score = _scaled(p, model.threshold[language])
         if score < self.threshold:
             return verdict
+        if _short(norm, language) and not model.plainly_unhappy(norm, grams, language):
+            return verdict  # "my name is Ann", "订单号是12345": too little to read a mood from
         evidence = model.explain(norm, grams, language)
         score = round(score, 3)
         return Verdict(True, "normal", score, (MODEL_REASON, *verdict.reasons), evidence)
@@ -399,6 +405,13 @@ def _calm(text: str, hits: list[Hit]) -> bool:
         return True  # a question that only asks is an inquiry, whatever its words
     # "no rush", "not a complaint", "thanks, sorted": unless a "but" turns it
     return "neutral" in kinds or ("dampener" in kinds and "contrast" not in kinds)
+
+
+def _short(text: str, language: str) -> bool:
+    """Shorter than a review sentence: the model, trained on reviews, reads too much into it."""
+    if language == "zh":
+        return len(text) < SHORT_CHARS
+    return len(text.split()) < SHORT_WORDS
 
 
 def _scaled(p: float, threshold: float) -> float:

@@ -82,7 +82,7 @@ class Features:
         self.lexicon = lexicon
 
     def __call__(self, text: str) -> tuple[set[str], tuple[float, float, float]]:
-        norm = normalize(text)
+        norm = cm.model_text(normalize(text))
         if self.language == "zh":
             return cm.zh_features(norm), (0.0, 0.0, 0.0)
         tokens = cm.en_tokens(norm)
@@ -98,7 +98,7 @@ def matrix(
     indptr = [0]
     width = len(vocab)
     for grams, dense in rows:
-        scale = 1 / math.sqrt(len(grams)) if grams else 0.0
+        scale = cm.scale(len(grams)) if grams else 0.0
         known = sorted(vocab[g] for g in grams if g in vocab)
         cols += known
         data += [scale] * len(known)
