@@ -189,7 +189,7 @@ class Model:
 
     def plainly_unhappy(self, text: str, grams: set[str], language: str) -> bool:
         """A word that is unhappy on its own: in English one the lexicon rates negative (negation
-        applied: "not good"), in Chinese an n-gram of weight STRONG_GRAM or more ("不好", "失望")."""
+        applied: "not good"), in Chinese an n-gram of weight STRONG_GRAM or more ("不好")."""
         side = self.sides[language]
         if side.lexicon is not None:
             negative, _, _ = lexicon_figures(en_tokens(model_text(text)), side.lexicon)
