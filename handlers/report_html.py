@@ -288,13 +288,23 @@ def _chart(kind: type[pygal.graph.graph.Graph], title: str, **options: Any) -> A
     return kind(**(settings | options))
 
 
+def _counts(highest: float) -> list[int]:
+    """Whole-number ticks for a count axis (pygal would label 0.1, 0.2 ... for a count of 1)."""
+    top = max(int(highest), 1)
+    step = max(1, -(-top // 8))
+    return list(range(0, top + step, step))
+
+
 def charts(report: Report, s: Series, language: str) -> list[tuple[str, str]]:
     """(id, inline SVG) of every chart, in page order."""
     t = LABELS[language]
     drawn: list[tuple[str, str]] = []
 
     weeks = sorted(s.complaints_by_week)
-    c = _chart(pygal.StackedBar, t["complaints"])
+    c = _chart(
+        pygal.StackedBar, t["complaints"],
+        y_labels=_counts(max((sum(v.values()) for v in s.complaints_by_week.values()), default=1)),
+    )
     c.x_labels = weeks
     for sev in ("high", "normal"):
         c.add(t[sev], [s.complaints_by_week[w].get(sev, 0) for w in weeks])
@@ -302,7 +312,7 @@ def charts(report: Report, s: Series, language: str) -> list[tuple[str, str]]:
 
     labels = [b[2] if language == "zh" else b[1] for b in BUCKETS]
     for key in ("first_response", "resolution"):
-        c = _chart(pygal.Bar, t[key])
+        c = _chart(pygal.Bar, t[key], y_labels=_counts(max(getattr(s, key), default=1)))
         c.x_labels = labels
         c.add(t["conversations"], getattr(s, key))
         drawn.append((key, c.render(is_unicode=True)))
@@ -319,13 +329,19 @@ def charts(report: Report, s: Series, language: str) -> list[tuple[str, str]]:
     drawn.append(("csat", c.render(is_unicode=True)))
 
     bweeks = sorted(s.breaches_by_week)
-    c = _chart(pygal.StackedBar, t["sla"])
+    c = _chart(
+        pygal.StackedBar, t["sla"],
+        y_labels=_counts(max((sum(v.values()) for v in s.breaches_by_week.values()), default=1)),
+    )
     c.x_labels = bweeks
     for target in ("first_response", "resolution"):
         c.add(t[f"{target}_target"], [s.breaches_by_week[w].get(target, 0) for w in bweeks])
     drawn.append(("sla", c.render(is_unicode=True)))
 
-    c = _chart(pygal.HorizontalBar, t["at_risk"], show_legend=False)
+    c = _chart(
+        pygal.HorizontalBar, t["at_risk"], show_legend=False,
+        y_labels=_counts(max((n for _, n in s.at_risk_by_segment), default=1)),
+    )
     c.x_labels = [name for name, _ in s.at_risk_by_segment]
     c.add(t["at_risk_band"], [n for _, n in s.at_risk_by_segment])
     drawn.append(("at_risk", c.render(is_unicode=True)))
@@ -336,7 +352,10 @@ def charts(report: Report, s: Series, language: str) -> list[tuple[str, str]]:
     drawn.append(("bands", c.render(is_unicode=True)))
 
     agents = report.agents
-    c = _chart(pygal.Bar, t["agents"])
+    c = _chart(
+        pygal.Bar, t["agents"],
+        y_labels=_counts(max((max(a["assigned"], a["resolved"], a["sla_breaches"]) for a in agents), default=1)),
+    )
     c.x_labels = [a["name"] for a in agents]
     c.add(t["assigned"], [a["assigned"] for a in agents])
     c.add(t["resolved"], [a["resolved"] for a in agents])

@@ -26,7 +26,8 @@ BORDER = (0x2B, 0x6C, 0xB0)  # figure.chart's border colour: only charts have it
 async def build(db: Database, language: str) -> str:
     async with db.sessions() as s:
         built = await reports.build(s, None, now=NOW)
-        drawn = await report_html.series(s, None, threshold=60, segments=[("everyone", None)])
+        everyone = "全部客户" if language == "zh" else "everyone"
+        drawn = await report_html.series(s, None, threshold=60, segments=[(everyone, None)])
     return report_html.page(built, drawn, language)
 
 
