@@ -176,7 +176,7 @@ def rescore(
         bool, typer.Option("--from-log", help="Re-read every customer's log (a rebuild).")
     ] = False,
 ) -> None:
-    """Recompute every customer's health score now (kefu run does it every [insight] recompute_every)."""
+    """Recompute every customer's health score now (kefu run: every [insight] recompute_every)."""
     cfg = load(config)
 
     async def work(db: Database) -> Any:
@@ -196,7 +196,8 @@ def rescore(
 
     outcome = with_db(cfg, work)
     out.print(
-        f"scored {outcome.scored} customers: {outcome.at_risk} at risk, {outcome.warned} new warnings, "
+        f"scored {outcome.scored} customers: {outcome.at_risk} at risk, "
+        f"{outcome.warned} new warnings, "
         f"{outcome.changed} scores changed"
     )
 

@@ -99,7 +99,8 @@ def _upsert_for(dialect: str) -> Any:
 
 _SQLITE_UPSERT = (
     f"INSERT INTO customer_health (customer_id, {', '.join(HEALTH_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * (len(HEALTH_COLUMNS) + 1))}) ON CONFLICT (customer_id) DO UPDATE SET "
+    f"VALUES ({', '.join('?' * (len(HEALTH_COLUMNS) + 1))}) "
+    "ON CONFLICT (customer_id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in HEALTH_COLUMNS)
 )
 
@@ -215,12 +216,20 @@ class Churn:
         fast = health.decay(row.rate_fast, row.rate_at, now, FAST_DAYS) + 1.0
         slow = health.decay(row.rate_slow, row.rate_at, now, SLOW_DAYS) + 1.0
         result = health.after_message(reasons, fast, slow, now, self.cfg)
-        signals = Signals(rate_fast=fast, rate_slow=slow, rate_at=now, last_contact_at=now, opted_out=row.opted_out)
+        signals = Signals(
+            rate_fast=fast,
+            rate_slow=slow,
+            rate_at=now,
+            last_contact_at=now,
+            opted_out=row.opted_out,
+        )
         values = self._values(result, signals, now, row.alerted_at, row.crossings)
         await session.execute(_upsert(session), [{"customer_id": customer.id, **values}])
         if values["alerted_at"] is not None and row.alerted_at is None:
             full = (
-                await health.gather(session, customer.id, customer.id, now, self.cfg, from_log=False)
+                await health.gather(
+                    session, customer.id, customer.id, now, self.cfg, from_log=False
+                )
             ).get(customer.id)
             if full is not None:
                 signals.conversation_id, signals.owner = full.conversation_id, full.owner
@@ -280,7 +289,8 @@ class Churn:
                 on_progress(total.scored)
         if not self._announce and total.at_risk:
             log.warning(
-                "insight.first_scoring at_risk=%d: marked, not announced; see kefu customers at-risk",
+                "insight.first_scoring at_risk=%d: marked, not announced; "
+                "see kefu customers at-risk",
                 total.at_risk,
             )
         log.info(

@@ -8,7 +8,7 @@ It is a campaign like the greetings and goes through their machinery:
 - consent: a service follow-up on the customer's own complaint is not marketing. By default
   ([campaigns.followup] consent = "service") it goes to every customer who has not opted out
   (written 退订/TD/unsubscribe/stop and not consented since); with consent = "marketing" only to
-  customers with marketing consent. A customer it may not reach gets a `skipped` row with the reason;
+  customers with marketing consent. A customer it may not reach gets a `skipped` row saying why;
 - quiet hours ([campaigns.quiet_hours], in the customer's time zone): nothing is planned inside
   them; the next run after they end sends it. A follow-up that could not go out within
   give_up_after of its due time is dropped (skipped), never sent days late.

@@ -22,7 +22,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BindParameter, ColumnElement, DateTime, and_, bindparam, case, func, select, true
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    DateTime,
+    and_,
+    bindparam,
+    case,
+    func,
+    select,
+    true,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import InsightConfig
@@ -157,7 +167,12 @@ def _rising(
     usual = per_week(decay(slow, rate_at, now, SLOW_DAYS), SLOW_DAYS)
     if recent >= cfg.rising_min and recent >= cfg.rising_factor * usual:
         points = round(cfg.weights.rising_contact)
-        return {"code": "rising_contact", "points": points, "recent": round(recent, 1), "usual": round(usual, 1)}
+        return {
+            "code": "rising_contact",
+            "points": points,
+            "recent": round(recent, 1),
+            "usual": round(usual, 1),
+        }
     return None
 
 
@@ -454,19 +469,31 @@ class Stored:
 
 
 _STORED_ROW = select(
-    CustomerHealth.reasons, CustomerHealth.rate_fast, CustomerHealth.rate_slow, CustomerHealth.rate_at,
-    CustomerHealth.opted_out, CustomerHealth.alerted_at, CustomerHealth.crossings,
+    CustomerHealth.reasons,
+    CustomerHealth.rate_fast,
+    CustomerHealth.rate_slow,
+    CustomerHealth.rate_at,
+    CustomerHealth.opted_out,
+    CustomerHealth.alerted_at,
+    CustomerHealth.crossings,
 ).where(CustomerHealth.customer_id == bindparam("cid"))
 
 
-async def stored_row(session: AsyncSession, customer_id: int) -> tuple[list[dict[str, Any]], Stored] | None:
+async def stored_row(
+    session: AsyncSession, customer_id: int
+) -> tuple[list[dict[str, Any]], Stored] | None:
     conn = await session.connection()
     r = (await conn.execute(_STORED_ROW, {"cid": customer_id})).first()
     if r is None:
         return None
     return list(r.reasons or []), Stored(
-        float(r.rate_fast or 0.0), float(r.rate_slow or 0.0), _parse(r.rate_at), None,
-        bool(r.opted_out), _parse(r.alerted_at), int(r.crossings or 0),
+        float(r.rate_fast or 0.0),
+        float(r.rate_slow or 0.0),
+        _parse(r.rate_at),
+        None,
+        bool(r.opted_out),
+        _parse(r.alerted_at),
+        int(r.crossings or 0),
     )
 
 

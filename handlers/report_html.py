@@ -22,10 +22,6 @@ from typing import Any
 
 import pygal
 from pygal.style import Style
-
-# pygal puts an import hook on sys.meta_path for its map plugins (pygal.maps.*, unused here); the
-# hook lacks find_spec, so every later import in the process warns (an error under -W error).
-sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "PluginImportFixer"]
 from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -33,7 +29,14 @@ from handlers import health
 from handlers.report import Report, _seconds, _week
 from storage.models import Conversation, Customer, CustomerHealth, SlaBreach, Survey
 
-FONTS = "'WenQuanYi Micro Hei', 'Noto Sans CJK SC', 'Source Han Sans SC', 'PingFang SC', 'Microsoft YaHei', sans-serif"
+# pygal puts an import hook on sys.meta_path for its map plugins (pygal.maps.*, unused here); the
+# hook lacks find_spec, so every later import in the process warns (an error under -W error).
+sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "PluginImportFixer"]
+
+FONTS = (
+    "'WenQuanYi Micro Hei', 'Noto Sans CJK SC', 'Source Han Sans SC', 'PingFang SC',"
+    " 'Microsoft YaHei', sans-serif"
+)
 # (upper bound in seconds, label en, label zh); None: everything above the last bound.
 BUCKETS: tuple[tuple[float | None, str, str], ...] = (
     (15 * 60, "< 15 min", "< 15 分钟"),
@@ -187,7 +190,10 @@ async def series(
         ):
             counts[int(b)] = int(n)
         setattr(out, name, counts)
-    answered: list[ColumnElement[bool]] = [Survey.score.is_not(None), Survey.answered_at.is_not(None)]
+    answered: list[ColumnElement[bool]] = [
+        Survey.score.is_not(None),
+        Survey.answered_at.is_not(None),
+    ]
     if since:
         answered.append(Survey.answered_at >= since)
     sweek = _week(session, Survey.answered_at)
@@ -302,7 +308,8 @@ def charts(report: Report, s: Series, language: str) -> list[tuple[str, str]]:
 
     weeks = sorted(s.complaints_by_week)
     c = _chart(
-        pygal.StackedBar, t["complaints"],
+        pygal.StackedBar,
+        t["complaints"],
         y_labels=_counts(max((sum(v.values()) for v in s.complaints_by_week.values()), default=1)),
     )
     c.x_labels = weeks
@@ -330,7 +337,8 @@ def charts(report: Report, s: Series, language: str) -> list[tuple[str, str]]:
 
     bweeks = sorted(s.breaches_by_week)
     c = _chart(
-        pygal.StackedBar, t["sla"],
+        pygal.StackedBar,
+        t["sla"],
         y_labels=_counts(max((sum(v.values()) for v in s.breaches_by_week.values()), default=1)),
     )
     c.x_labels = bweeks
@@ -339,7 +347,9 @@ def charts(report: Report, s: Series, language: str) -> list[tuple[str, str]]:
     drawn.append(("sla", c.render(is_unicode=True)))
 
     c = _chart(
-        pygal.HorizontalBar, t["at_risk"], show_legend=False,
+        pygal.HorizontalBar,
+        t["at_risk"],
+        show_legend=False,
         y_labels=_counts(max((n for _, n in s.at_risk_by_segment), default=1)),
     )
     c.x_labels = [name for name, _ in s.at_risk_by_segment]
@@ -353,8 +363,11 @@ def charts(report: Report, s: Series, language: str) -> list[tuple[str, str]]:
 
     agents = report.agents
     c = _chart(
-        pygal.Bar, t["agents"],
-        y_labels=_counts(max((max(a["assigned"], a["resolved"], a["sla_breaches"]) for a in agents), default=1)),
+        pygal.Bar,
+        t["agents"],
+        y_labels=_counts(
+            max((max(a["assigned"], a["resolved"], a["sla_breaches"]) for a in agents), default=1)
+        ),
     )
     c.x_labels = [a["name"] for a in agents]
     c.add(t["assigned"], [a["assigned"] for a in agents])
@@ -371,18 +384,18 @@ def charts(report: Report, s: Series, language: str) -> list[tuple[str, str]]:
 
 CSS = (
     """
-body{font-family:%s;margin:24px;color:#222;background:#f4f5f7}
+body{font-family:FONTS;margin:24px;color:#222;background:#f4f5f7}
 h1{margin:0 0 4px}
 .meta{color:#666;margin-bottom:16px}
 .cards{display:flex;gap:12px;flex-wrap:wrap;margin-bottom:16px}
 .card{background:#fff;border-radius:6px;padding:12px 16px;min-width:150px}
 .card b{display:block;font-size:26px}
-figure.chart{background:#fff;border:3px solid #2b6cb0;border-radius:6px;margin:0 0 16px;padding:8px;width:900px}
+figure.chart{background:#fff;border:3px solid #2b6cb0;border-radius:6px;margin:0 0 16px;
+ padding:8px;width:900px}
 figure.chart svg{display:block;width:900px;height:380px}
 table{border-collapse:collapse;background:#fff;width:918px}
 th,td{border-bottom:1px solid #ddd;padding:6px 8px;text-align:left;vertical-align:top}
-"""
-    % FONTS
+""".replace("FONTS", FONTS)
 )
 
 
@@ -419,8 +432,8 @@ def page(report: Report, s: Series, language: str) -> str:
         + "".join(f'<div class="card"><b>{esc(v)}</b>{esc(k)}</div>' for k, v in cards)
         + "</div>",
     ]
-    for chart_id, svg in charts(report, s, language):
-        svg = _COMMENT.sub("", svg)  # pygal's credits, with URLs a reader might take for requests
+    for chart_id, drawn in charts(report, s, language):
+        svg = _COMMENT.sub("", drawn)  # pygal's credits, with URLs a reader might take for requests
         parts.append(f'<figure class="chart" id="chart-{chart_id}">{svg}</figure>')
     parts.append(
         f"<h2>{esc(t['top'])}</h2><table><tr><th>{esc(t['customer'])}</th><th>{esc(t['score'])}</th>"

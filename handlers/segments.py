@@ -39,14 +39,16 @@ def days_of(seg: CustomerSegmentConfig) -> int:
 
 def describe(seg: CustomerSegmentConfig) -> str:
     parts: list[str] = []
-    for key, value in seg.model_dump(exclude_none=True).items():
+    for key, given in seg.model_dump(exclude_none=True).items():
         if key == "days":
             continue
         if key == "activity":
-            value = f"{value} ({days_of(seg)} d)"
-        elif isinstance(value, list):
-            value = "|".join(str(v) for v in value)
-        parts.append(f"{key}={value}")
+            shown = f"{given} ({days_of(seg)} d)"
+        elif isinstance(given, list):
+            shown = "|".join(str(v) for v in given)
+        else:
+            shown = str(given)
+        parts.append(f"{key}={shown}")
     return ", ".join(parts) or "everyone"
 
 

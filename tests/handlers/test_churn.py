@@ -254,16 +254,24 @@ async def test_a_plain_message_updates_like_a_full_recompute(db: Database) -> No
     churn, ids = await seeded(db)
     now = T0 + timedelta(days=21, hours=6)
     await churn.recompute(db, now)
-    assert {r["code"] for r in (await scores(db))[ids["burnt"]].reasons} == {"low_csat", "silence_after_bad"}
+    assert {r["code"] for r in (await scores(db))[ids["burnt"]].reasons} == {
+        "low_csat",
+        "silence_after_bad",
+    }
     pipeline, router = care_pipeline(db, CFG)
     pipeline.observers.append(Churn(CFG, router, staff_chat_id=STAFF_CHAT))
     # Burnt breaks the silence, which reopens the complaint; busy keeps writing plain messages.
     await pipeline.receive(message("b3", "hi, a question about my invoice", now, user="burnt"))
     for n in range(3):
-        await pipeline.receive(message(f"y{n + 10}", f"and order {n}?", now + timedelta(minutes=n), user="busy"))
+        await pipeline.receive(
+            message(f"y{n + 10}", f"and order {n}?", now + timedelta(minutes=n), user="busy")
+        )
     await pipeline.close()
     after = await scores(db)
-    observed = {name: ([r["code"] for r in after[ids[name]].reasons], after[ids[name]].score) for name in ("burnt", "busy")}
+    observed = {
+        name: ([r["code"] for r in after[ids[name]].reasons], after[ids[name]].score)
+        for name in ("burnt", "busy")
+    }
     assert observed["burnt"] == (["low_csat", "open_complaints"], 45)
     assert after[ids["burnt"]].last_contact_at == now
     assert observed["busy"][0] == ["rising_contact"]
@@ -271,7 +279,9 @@ async def test_a_plain_message_updates_like_a_full_recompute(db: Database) -> No
     await churn.recompute(db, now + timedelta(minutes=3))
     again = await scores(db)
     for name in ("burnt", "busy"):
-        assert ([r["code"] for r in again[ids[name]].reasons], again[ids[name]].score) == observed[name]
+        assert ([r["code"] for r in again[ids[name]].reasons], again[ids[name]].score) == observed[
+            name
+        ]
 
 
 async def test_first_scoring_of_an_install_marks_without_announcing(db: Database) -> None:
