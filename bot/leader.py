@@ -51,6 +51,9 @@ SERVER_GIVES_UP = KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_COUNT  # secon
 # Advisory locks are two int4 keys: kefu's class (the same "kefu" as the migration lock, which
 # uses the one-bigint form and so cannot collide), and a checksum of the singleton's name.
 LOCK_CLASS = 0x6B656675
+SQLALCHEMY_ONLY = {
+    "prepared_statement_cache_size", "prepared_statement_name_func", "async_fallback",
+}
 
 
 def lock_key(name: str) -> int:
@@ -139,7 +142,10 @@ class AdvisoryLocks(Election):
 
     def __init__(self, url: URL, *, retry_seconds: float = RETRY_SECONDS) -> None:
         super().__init__()
-        self.dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        # SQLAlchemy's own URL options mean nothing to a plain asyncpg connection.
+        query = {k: v for k, v in url.query.items() if k not in SQLALCHEMY_ONLY}
+        plain = url.set(drivername="postgresql", query=query)
+        self.dsn = plain.render_as_string(hide_password=False)
         self.retry_seconds = retry_seconds
         self._conn: Any = None
         self._task: asyncio.Task[None] | None = None
