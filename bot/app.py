@@ -41,7 +41,7 @@ from channels.mail_compose import Composer
 from channels.mail_compose import Identity as MailSender
 from channels.webhook import Source, WebhookChannel
 from channels.webhook_signing import SecretError
-from handlers import email_events, staff_group, telegram_links, telegram_survey
+from handlers import email_events, staff_feed, staff_group, telegram_links, telegram_survey
 from handlers.complaints import load_classifier
 from storage.channel_state import StateStore
 from storage.db import Database
@@ -173,6 +173,7 @@ def build_telegram(kefu: Kefu) -> Channel | None:
             hooks,
             staff=desk.handle,
             staff_ids=functools.partial(staff_group.staff_telegram_ids, kefu.db),
+            take=functools.partial(staff_feed.take, kefu.db),
         )
         kefu.observers.append(staff_group.mirror_observer(tg.staff_chat_id))
     channel = telegram.TelegramChannel(

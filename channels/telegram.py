@@ -97,6 +97,9 @@ class Hooks:
     survey: Callable[[SurveyPress], Awaitable[PressAnswer]] | None = None  # returns after its commit
     # Telegram user ids of active staff: their private messages to the bot are staff posts.
     staff_ids: Callable[[], Awaitable[Collection[int]]] | None = None
+    # A staff feed post is about to go on the wire: its text as of now, final from here on (it
+    # takes messages that arrived while it waited its turn). None: the row is gone.
+    take: Callable[[str], Awaitable[Mapping[str, Any] | None]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -510,12 +513,31 @@ class TelegramChannel:
             chat_id = int(out.address)
         except ValueError:
             raise PermanentError(f"Telegram address {out.address!r} is not a chat id") from None
+        staff = out.meta.get("staff")
+        if isinstance(staff, Mapping) and (chat_id == self.staff_chat_id or staff.get("agent")):
+            out = await self._taken(out)
+            staff = out.meta.get("staff") or {}
         if chat_id == self.staff_chat_id:
             return await self._send_staff(out, chat_id)
-        staff = out.meta.get("staff")
         if isinstance(staff, Mapping) and staff.get("agent"):
             return await self._send_agent(out, chat_id, staff)
         return await self._send_customer(out, chat_id)
+
+    async def _taken(self, out: Outbound) -> Outbound:
+        """The post with what was merged into it while it waited; once a part of it is on the
+        wire it stays as it was (a retry continues it)."""
+        if self.hooks.take is None or out.dedupe_key in self._progress:
+            return out
+        try:
+            payload = await self.hooks.take(out.dedupe_key)
+        except Exception as exc:  # the database is briefly away: try later
+            raise TransientError(
+                f"cannot read the post before sending: {type(exc).__name__}"
+            ) from exc
+        if payload is None:
+            log.warning("telegram.staff.take.missing key=%s: sent as claimed", out.dedupe_key)
+            return out
+        return Outbound.from_row(out.channel, out.address, out.dedupe_key, dict(payload))
 
     async def _send_agent(
         self, out: Outbound, chat_id: int, staff: Mapping[str, Any]

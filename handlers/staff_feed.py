@@ -18,19 +18,23 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import outbox
 from bot.messages import Outbound
 from channels.telegram_limits import utf16_len
+from storage.db import Database
 from storage.models import Conversation, OutboxRow, Staff
 
 # A coalesced post stays one Telegram message (4096 UTF-16 units), with room for the header.
 POST_LIMIT = 4000
 # Rows that may take more text: staff posts that are a feed, not an answer to someone.
 FEED_PREFIXES = ("mirror-", "complaint:", "sla:", "board-")
-WAITING = ("pending", "deferred", "failed")
+# Claimed rows ("sending") still take text until the channel takes them for the wire (take()):
+# the outbox sends a claimed batch in order, and a message arriving meanwhile would otherwise wait
+# for the next batch.
+OPEN = ("pending", "deferred", "failed", "sending")
 
 
 async def agent_of(session: AsyncSession, conversation: Conversation) -> Staff | None:
@@ -50,7 +54,8 @@ async def queue(
     addition: str,
     interaction_id: int | None = None,
 ) -> int | None:
-    """Queues a feed post, or appends `addition` to the one still waiting for the same place.
+    """Queues a feed post, or appends `addition` to the one still waiting for the same place (not
+    yet taken for the wire, see take()).
 
     Returns the id of the row the text went into. Posts with attachments are never merged: a
     partly sent one (text sent, photo deferred) must not change under the channel's feet."""
@@ -73,7 +78,7 @@ async def _append(session: AsyncSession, out: Outbound, addition: str) -> int | 
             OutboxRow.channel == out.channel,
             OutboxRow.address == out.address,
             place,
-            OutboxRow.status.in_(WAITING),
+            OutboxRow.status.in_(OPEN),
         )
         .order_by(OutboxRow.id.desc())
         .limit(1)
@@ -86,7 +91,8 @@ async def _append(session: AsyncSession, out: Outbound, addition: str) -> int | 
     if found is None:
         return None
     row_id, payload, key = found
-    if not key.startswith(FEED_PREFIXES) or payload.get("attachments"):
+    staff_meta = (payload.get("meta") or {}).get("staff") or {}
+    if not key.startswith(FEED_PREFIXES) or payload.get("attachments") or staff_meta.get("taken"):
         return None
     text = f"{payload.get('text', '')}\n{addition}"
     if utf16_len(text) > POST_LIMIT:
@@ -98,6 +104,32 @@ async def _append(session: AsyncSession, out: Outbound, addition: str) -> int | 
         update(OutboxRow).where(OutboxRow.id == row_id).values(payload=new_payload)
     )
     return int(row_id)
+
+
+async def take(db: Database, key: str) -> dict[str, Any] | None:
+    """The channel is about to send this staff post (`key`: the row's idempotency key, as the
+    channel gets it): from now on its text is final. Returns the post as it is now, with
+    everything merged into it so far (None: no such row)."""
+    dedupe_key, _, nonce = key.rpartition(".")
+    which = OutboxRow.dedupe_key == key
+    if dedupe_key:
+        which = or_(which, and_(OutboxRow.dedupe_key == dedupe_key, OutboxRow.nonce == nonce))
+    async with db.transaction() as session:
+        query = select(OutboxRow.id, OutboxRow.payload).where(which)
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update()  # a merge in progress finishes first
+        found = (await session.execute(query)).first()
+        if found is None:
+            return None
+        row_id, payload = found
+        meta = dict(payload.get("meta") or {})
+        staff = dict(meta.get("staff") or {})
+        if staff.get("taken"):
+            return dict(payload)
+        staff["taken"] = True
+        taken = {**payload, "meta": {**meta, "staff": staff}}
+        await session.execute(update(OutboxRow).where(OutboxRow.id == row_id).values(payload=taken))
+        return taken
 
 
 def for_agent(out: Outbound, member: Staff) -> Outbound:

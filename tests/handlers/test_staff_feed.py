@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from bot.messages import Attachment, Inbound
 from bot.pipeline import Pipeline
-from handlers import routing
+from handlers import routing, staff_feed
 from handlers.staff_group import mirror_observer
 from storage import staff
 from storage.db import Database
@@ -44,17 +44,23 @@ async def test_messages_waiting_for_one_topic_become_one_post(db: Database) -> N
     assert "other customer" in other.payload["text"]
 
 
-async def test_a_post_already_claimed_is_not_changed(db: Database) -> None:
+async def test_a_claimed_post_takes_text_until_the_channel_takes_it(db: Database) -> None:
     pipeline = Pipeline(db, observers=[mirror_observer(STAFF_CHAT)])
     await pipeline.receive(message(0, "first"))
     async with db.transaction() as session:
         row = await session.scalar(select(OutboxRow))
         assert row is not None
-        row.status = "sending"
+        row.status = "sending"  # claimed by the outbox, waiting in its batch
     await pipeline.receive(message(1, "second"))
+    [row] = await staff_rows(db)
+    # The channel takes it for the wire by the key it is given (dedupe key and nonce).
+    taken = await staff_feed.take(db, row.idempotency_key)
+    assert taken is not None and taken["text"].splitlines()[1:] == ["first", "second"]
+    await pipeline.receive(message(2, "third"))  # after the take: a post of its own
     await pipeline.close()
     rows = await staff_rows(db)
-    assert [r.payload["text"].splitlines()[-1] for r in rows] == ["first", "second"]
+    assert [r.payload["text"].splitlines()[1:] for r in rows] == [["first", "second"], ["third"]]
+    assert await staff_feed.take(db, rows[0].idempotency_key) == taken  # the same, once taken
 
 
 async def test_media_and_long_texts_get_posts_of_their_own(db: Database) -> None:
