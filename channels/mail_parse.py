@@ -1,6 +1,8 @@
 """Raw RFC 5322 bytes -> ParsedMail: what kefu needs to log a customer's mail. Pure: no I/O.
 
-Parsing uses the standard library's email package (policy.default); charsets are decoded here, not
+Parsing uses the standard library's email package with policy.compat32, which leaves header
+values as they came (policy.default parses every header into objects, several times per part, and
+was most of the parsing cost); headers are decoded here (RFC 2047), and so are charsets, not
 by the email package, so that mislabelled and GB2312-labelled text comes out right.
 """
 
@@ -332,7 +334,7 @@ def _lenient_word(match: re.Match[str]) -> str:
 
 def _raw_header(msg: Message, name: str) -> str | None:
     lowered = name.lower()
-    for key, value in msg.raw_items() if isinstance(msg, EmailMessage) else msg.items():
+    for key, value in msg.raw_items():
         if key.lower() == lowered:
             return re.sub(r"\r?\n[ \t]+", " ", str(value))
     return None
@@ -403,13 +405,38 @@ def _defects(msg: Message) -> list[MessageDefect]:
     return found
 
 
+_CHUNK = 256 * 1024
+
+
 def _payload(part: Message) -> bytes:
+    raw = part.get_payload()
+    if isinstance(raw, str) and len(raw) > _CHUNK and part.get("Content-Transfer-Encoding", "").strip().lower() == "base64":
+        return _b64_in_chunks(raw)
     try:
         payload = part.get_payload(decode=True)
     except Exception:  # noqa: BLE001 - a broken transfer encoding: the bytes as they came
         payload = part.get_payload()
         payload = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else None
     return payload if isinstance(payload, bytes) else b""
+
+
+def _b64_in_chunks(text: str) -> bytes:
+    """A large base64 body decoded a quarter-megabyte at a time: one C call over megabytes holds
+    the GIL for tens of milliseconds, and kefu parses in a thread beside the event loop."""
+    out = bytearray()
+    start = 0
+    while start < len(text):
+        end = min(len(text), start + _CHUNK)
+        if end < len(text):
+            end = text.rfind("\n", start, end) + 1 or end
+        chunk = "".join(text[start:end].split())
+        if chunk:
+            try:
+                out += binascii.a2b_base64(chunk.encode("ascii", "replace"))
+            except binascii.Error:
+                out += binascii.a2b_base64(chunk.encode("ascii", "replace") + b"===")
+        start = end
+    return bytes(out)
 
 
 def _text_of(part: Message, tld: str | None) -> tuple[str, str]:
@@ -462,7 +489,6 @@ class _Body:
 
 
 def _is_attachment(part: Message, ctype: str, disposition: str) -> bool:
-    # Header values are parsed once per part: with policy.default every get() parses again.
     if disposition == "attachment":
         return True
     return ctype.split("/")[0] not in ("text", "multipart") or (
@@ -499,7 +525,7 @@ def _walk(part: Message, body: _Body) -> None:
         elif ctype != "message/rfc822":
             raw = _payload(part)
             if raw:
-                body.original_headers = BytesParser(policy=policy.default).parsebytes(raw, headersonly=True)
+                body.original_headers = BytesParser(policy=policy.compat32).parsebytes(raw, headersonly=True)
         if ctype == "message/rfc822" and isinstance(inner, list) and inner:
             body.attachments.append(
                 Part(_filename(part) or "message.eml", ctype, inner[0].as_bytes(policy=policy.SMTP))
@@ -542,7 +568,11 @@ def _repair_headers(raw: bytes) -> tuple[bytes, list[str]]:
     line or a line of text before the headers, and a folded header whose continuation line is not
     indented. Returns the repaired bytes and what was repaired."""
     repaired: list[str] = []
-    lines = raw.split(b"\n")
+    # Only the header section is looked at: splitting a 5 MB body into lines costs for nothing.
+    blank = re.search(rb"\r?\n\r?\n", raw)
+    cut = blank.end() if blank else len(raw)
+    head, rest = raw[:cut], raw[cut:]
+    lines = head.split(b"\n")
     # Leading lines that are not headers (an mbox separator, "---- Original email message ----")
     skip = 0
     while skip < min(len(lines), 5) and lines[skip].strip() and not _HEADER_LINE.match(lines[skip]):
@@ -573,13 +603,13 @@ def _repair_headers(raw: bytes) -> tuple[bytes, list[str]]:
         n = run + 1
     if not repaired and not skip:
         return raw, []
-    return b"\n".join(lines), repaired
+    return b"\n".join(lines) + rest, repaired
 
 
 _DELIMITER = re.compile(r"^--([0-9A-Za-z'()+_,./:=?\- ]{1,69}[0-9A-Za-z'()+_,./:=?\-])[ \t]*\r?$", re.MULTILINE)
 
 
-def _boundary_in_body(msg: Message) -> EmailMessage | None:
+def _boundary_in_body(msg: Message) -> Message | None:
     """A multipart without its boundary parameter (Apple Mail) or with one its body never uses:
     the first delimiter line in the body (RFC 2046 5.1.1) names the real boundary."""
     payload = msg.get_payload()
@@ -590,13 +620,13 @@ def _boundary_in_body(msg: Message) -> EmailMessage | None:
         return None
     boundary = found.group(1).removesuffix("--")
     lines = [
-        f"{key}: {value}" for key, value in (msg.raw_items() if isinstance(msg, EmailMessage) else msg.items())
+        f"{key}: {value}" for key, value in (msg.raw_items())
         if key.lower() != "content-type"
     ]
     lines.append(f'Content-Type: {msg.get_content_type()}; boundary="{boundary}"')
     head = "\r\n".join(lines).encode("utf-8", "surrogateescape")
     raw = head + b"\r\n\r\n" + payload.encode("utf-8", "surrogateescape")
-    reparsed = BytesParser(policy=policy.default).parsebytes(raw)
+    reparsed = BytesParser(policy=policy.compat32).parsebytes(raw)
     if not reparsed.is_multipart() or any(isinstance(d, _BROKEN_MULTIPART) for d in reparsed.defects):
         return None
     return reparsed
@@ -654,7 +684,7 @@ def _sender(msg: Message) -> tuple[str, str, str | None]:
 
 def _all_headers(msg: Message, name: str) -> list[str]:
     lowered = name.lower()
-    items = msg.raw_items() if isinstance(msg, EmailMessage) else msg.items()
+    items = msg.raw_items()
     return [re.sub(r"\r?\n[ \t]+", " ", str(v)) for k, v in items if k.lower() == lowered]
 
 
@@ -715,7 +745,7 @@ def parse_message(raw: bytes, *, own_address: str | None = None) -> ParsedMail:
     if not raw.strip():
         raise MalformedMail("empty message")
     repaired_raw, repairs = _repair_headers(raw)
-    msg = BytesParser(policy=policy.default).parsebytes(repaired_raw)
+    msg = BytesParser(policy=policy.compat32).parsebytes(repaired_raw)
     defects = _defects(msg)
     notes = [type(d).__name__ for d in defects] + repairs
     if any(isinstance(d, MissingHeaderBodySeparatorDefect) for d in msg.defects) and not msg.keys():
