@@ -340,15 +340,15 @@ async def _erase_outbox(
     erasure: Erasure,
     conversation_ids: Sequence[int],
     addresses: set[tuple[str, str]],
-    names: set[str] = frozenset(),  # type: ignore[assignment]
+    names: Iterable[str] = (),
 ) -> None:
     """The customer's own messages and the staff group's posts about their conversations, and
     the group's posts about no one conversation (the board of who handles what) that name them.
     A board post holds other conversations' lines too: it is erased whole (a staff copy)."""
     conditions = [OutboxRow.conversation_id.in_(conversation_ids)] if conversation_ids else []
-    if names:
-        # JSON columns hold non-ASCII text as \u escapes.
-        forms = {f for n in names for f in (n, json.dumps(n)[1:-1])}
+    # JSON columns hold non-ASCII text as \u escapes.
+    forms = {f for n in names for f in (n, json.dumps(n)[1:-1])}
+    if forms:
         conditions.append(
             OutboxRow.conversation_id.is_(None)
             & or_(*[cast(OutboxRow.payload, Text).contains(f, autoescape=True) for f in sorted(forms)])
