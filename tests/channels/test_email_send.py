@@ -178,6 +178,9 @@ async def test_unknown_recipient_is_dead_and_unreachable(
 
 async def test_unreachable_smtp_server_is_retried(mailbox: Mailbox, tmp_path: Path) -> None:
     config = email_config(tmp_path, mailbox, free_port())  # nothing listens there
+    # Retried, not given up: enough attempts that the fast test backoff cannot reach "dead" before
+    # the row is looked at (reads no longer wait behind the worker's writes).
+    config["outbox"]["max_attempts"] = 1000
     async with running_kefu(config, env_for(mailbox)) as kefu:
         conversation = await customer_writes(kefu, mailbox)
         await kefu_cli(tmp_path, config, "reply", str(conversation), "We are on it.")
