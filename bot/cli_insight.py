@@ -16,7 +16,18 @@ import typer
 from rich.table import Table
 from sqlalchemy import func, select
 
-from bot.cli_common import DEFAULT_CONFIG, ConfigOption, cells, fail, load, out, with_db
+from bot.cli_common import (
+    DEFAULT_CONFIG,
+    ConfigOption,
+    FormatOption,
+    cells,
+    check_format,
+    fail,
+    listing,
+    load,
+    out,
+    with_db,
+)
 from bot.config import Config
 from handlers import health, roles, segments
 from handlers import report as reports
@@ -273,11 +284,10 @@ segments_app = typer.Typer(
 def segments_list(
     config: ConfigOption = DEFAULT_CONFIG,
     as_name: AsOption = None,
-    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    fmt: FormatOption = "table",
 ) -> None:
     """Every configured segment, its definition and how many customers are in it now."""
-    if fmt not in ("table", "json"):
-        fail(f"--format has value {fmt!r}: use table or json", 2)
+    check_format(fmt)
     cfg = load(config)
 
     async def work(db: Database) -> list[dict[str, Any]]:
@@ -290,16 +300,15 @@ def segments_list(
         return rows
 
     rows = with_db(cfg, work)
-    if fmt == "json":
-        sys.stdout.write(json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
-        return
-    if not rows:
+    if fmt == "table" and not rows:
         out.print("no segments: add [insight.segments.NAME] to config.toml (see README)")
         return
-    table = Table("segment", "definition", "customers")
-    for r in rows:
-        table.add_row(*cells(r["name"], r["definition"], r["customers"]))
-    out.print(table)
+    listing(
+        fmt,
+        rows,
+        ("name", "definition", "customers"),
+        columns_shown=("segment", "definition", "customers"),
+    )
 
 
 @segments_app.command("show")

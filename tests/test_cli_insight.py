@@ -83,6 +83,14 @@ def test_segments_commands(tmp_path: Path) -> None:
     listed = {r["name"]: r for r in json.loads(out)}
     assert listed["unhappy"]["definition"] == "band=watch|at_risk"
     assert listed["quiet_ones"]["customers"] == 5  # the seeded history is in 2027; "now" is earlier
+    code, out, _ = kefu(config, "segments", "list", "--format", "csv")
+    assert code == 0, out
+    table = list(csv.reader(io.StringIO(out)))
+    assert table[0] == ["name", "definition", "customers"]
+    assert {r[0]: r[1:] for r in table[1:]} == {
+        "unhappy": ["band=watch|at_risk", str(listed["unhappy"]["customers"])],
+        "quiet_ones": [listed["quiet_ones"]["definition"], "5"],
+    }
     code, out, _ = kefu(config, "segments", "show", "unhappy", "--format", "csv")
     rows = list(csv.reader(io.StringIO(out)))
     assert code == 0 and {int(r[0]) for r in rows[1:]} == {ids["angry"]}
