@@ -252,8 +252,8 @@ def dump(path: Path, sides: Mapping[str, Mapping[str, Any]], about: Mapping[str,
     """Write a model file: small and stable, so a retrain shows up as a readable size change."""
     payload = {"format": FORMAT, "about": dict(about), **{k: dict(v) for k, v in sides.items()}}
     raw = json.dumps(payload, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-    # mtime=0: the same training run gives the same bytes.
-    with open(path, "wb") as out, gzip.GzipFile(fileobj=out, mode="wb", mtime=0) as gz:
+    # No name, no time in the gzip header: the same training gives the same bytes, wherever written.
+    with open(path, "wb") as out, gzip.GzipFile("", "wb", fileobj=out, mtime=0) as gz:
         gz.write(raw.encode("utf-8"))
 
 
