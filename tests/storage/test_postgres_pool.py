@@ -1,4 +1,4 @@
-"""kefu's PostgreSQL pool replaces a connection the server ended, without a ping per checkout."""
+"""kefu's PostgreSQL pool replaces a connection the server ended before anyone uses it."""
 
 from __future__ import annotations
 
