@@ -634,16 +634,38 @@ def load_config(path: str | Path) -> Config:
 
 def relative_to(config: Config, folder: Path) -> Config:
     """Relative paths in a config file mean "next to this file", wherever kefu is started from:
-    `kefu conversations list --config /srv/kefu/config.toml` must find /srv/kefu/kefu.db."""
+    `kefu conversations list --config /srv/kefu/config.toml` must find /srv/kefu/kefu.db, and
+    the mail store, templates, CA file and cue files beside it."""
+
+    def beside(path: str) -> str:
+        return path if Path(path).is_absolute() else str(folder / path)
+
+    email = config.email.model_copy(
+        update={
+            "store_dir": beside(config.email.store_dir),
+            "ca_file": beside(config.email.ca_file) if config.email.ca_file else None,
+        }
+    )
+    template_dir = config.campaigns.template_dir
+    campaigns = config.campaigns.model_copy(
+        update={"template_dir": beside(template_dir) if template_dir else None}
+    )
+    complaints = config.complaints.model_copy(
+        update={"extra_cues": tuple(beside(p) for p in config.complaints.extra_cues)}
+    )
+    update: dict[str, object] = {"email": email, "campaigns": campaigns, "complaints": complaints}
     url = make_url(config.storage.url)
     database = url.database
-    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
-        return config
-    if database.startswith("file:") or Path(database).is_absolute():
-        return config
-    absolute = url.set(database=str(folder / database)).render_as_string(hide_password=False)
-    storage = config.storage.model_copy(update={"url": absolute})
-    return config.model_copy(update={"storage": storage})
+    if (
+        url.get_backend_name() == "sqlite"
+        and database
+        and database != ":memory:"
+        and not database.startswith("file:")
+        and not Path(database).is_absolute()
+    ):
+        absolute = url.set(database=str(folder / database)).render_as_string(hide_password=False)
+        update["storage"] = config.storage.model_copy(update={"url": absolute})
+    return config.model_copy(update=update)
 
 
 def secret(env_var: str, env: Mapping[str, str] | None = None) -> str | None:

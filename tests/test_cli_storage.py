@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bot.cli import app
+from bot.config import load_config
 from tests.servers.ports import free_port
 from tests.servers.postgres import PostgresServer
 
@@ -221,3 +222,45 @@ def test_a_wrong_url_is_a_config_error_naming_it(tmp_path: Path, url: str, messa
         assert "[storage] url" in err and message in err, err
     done = kefu_run(config)
     assert done.returncode == 2 and "Traceback" not in done.stderr and message in done.stderr
+
+
+def test_relative_folders_and_files_follow_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "srv" / "kefu"
+    (home / "texts" / "en").mkdir(parents=True)
+    (home / "texts" / "en" / "greeting_birthday.j2").write_text("Happy birthday from the shop")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    config = write_config(home, "sqlite+aiosqlite:///kefu.db")
+    config.write_text(
+        config.read_text()
+        + '[email]\nstore_dir = "mail"\nca_file = "certs/ca.pem"\n'
+        + '[campaigns]\ntemplate_dir = "texts"\n'
+        + f'[complaints]\nextra_cues = ["cues.toml", "{tmp_path / "abs.toml"}"]\n'
+    )
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(config)
+    assert cfg.email.store_dir == str(home / "mail")
+    assert cfg.email.ca_file == str(home / "certs" / "ca.pem")
+    assert cfg.campaigns.template_dir == str(home / "texts")
+    assert cfg.complaints.extra_cues == (str(home / "cues.toml"), str(tmp_path / "abs.toml"))
+    # The shipped default ("data/mail") is relative too: next to the file, not the shell.
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    default = load_config(write_config(plain, "sqlite+aiosqlite:///kefu.db"))
+    assert default.email.store_dir == str(plain / "data" / "mail")
+
+    # What a user sees: the greeting preview, run from another folder, uses the template beside
+    # config.toml.
+    config.write_text(config.read_text().replace('extra_cues = ["cues.toml", ', "# "))
+    people = home / "people.csv"
+    people.write_text(
+        "name,email,birthday,language,marketing_consent\nAda,ada@example.com,1990-03-14,en,yes\n"
+    )
+    assert kefu(config, "customers", "import", str(people))[0] == 0
+    code, out, err = kefu(
+        config, "campaigns", "preview", "birthday", "--date", "2099-03-14", "--format", "json"
+    )
+    assert code == 0, err
+    assert "Happy birthday from the shop" in out, out
