@@ -17,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import CampaignDelivery, Customer, Identity, Interaction, OutboxRow
+from storage.rows import rowcount
 
 CHUNK = 5000  # ids per IN (...): well under SQLite's bound-parameter limit
 WAITING = ("pending", "deferred", "failed")  # outbox rows not sent yet and not being sent right now
@@ -134,12 +135,13 @@ async def last_inbound(session: AsyncSession, ids: Sequence[int]) -> dict[int, t
             )
         )
         for cid, channel, address in rows:
-            found[cid] = (channel, address or "")
+            if cid is not None:  # always so (customer_id IN chunk); for the type checker
+                found[cid] = (channel, address or "")
     return found
 
 
 def _insert(session: AsyncSession) -> Any:
-    return postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 async def claim(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> dict[int, int]:
@@ -170,9 +172,12 @@ async def reserve_ids(session: AsyncSession, table: Table, n: int) -> list[int]:
     PostgreSQL: the table's sequence hands out ids that no other session will get."""
     if n == 0:
         return []
-    if session.bind.dialect.name == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
         rows = await session.execute(
-            text(f"SELECT nextval(pg_get_serial_sequence('{table.name}', 'id')) FROM generate_series(1, :n)"),
+            text(
+                f"SELECT nextval(pg_get_serial_sequence('{table.name}', 'id'))"
+                " FROM generate_series(1, :n)"
+            ),
             {"n": n},
         )
         return [int(r[0]) for r in rows]
@@ -207,13 +212,13 @@ async def _stop_waiting(
     if not rows:
         return 0
     stopped = 0
-    for chunk in _chunks([r[1] for r in rows]):
+    for chunk in _chunks([r[1] for r in rows if r[1] is not None]):
         result = await session.execute(
             update(OutboxRow)
             .where(OutboxRow.id.in_(chunk), OutboxRow.status.in_(WAITING))
             .values(status="dead", last_error=reason, claimed_until=None)
         )
-        stopped += result.rowcount or 0
+        stopped += rowcount(result)
     for chunk in _chunks([r[0] for r in rows]):
         await session.execute(
             update(CampaignDelivery)
@@ -231,7 +236,11 @@ async def expire(
     if since is not None:
         where = and_(where, CampaignDelivery.expires_at > since)
     return await _stop_waiting(
-        session, where, "expired", "greeting expired: the customer's day ended before it was sent", now
+        session,
+        where,
+        "expired",
+        "greeting expired: the customer's day ended before it was sent",
+        now,
     )
 
 
@@ -273,7 +282,11 @@ async def report(session: AsyncSession, since: datetime | None) -> list[ReportLi
     totals: dict[tuple[str, str, str], int] = {}
     for campaign, status, reason, out_status, error, n in await session.execute(query):
         if status != "planned":
-            key = (campaign, "skipped", f"{status}: {reason}" if status != "skipped" else reason or "")
+            key = (
+                campaign,
+                "skipped",
+                f"{status}: {reason}" if status != "skipped" else reason or "",
+            )
         elif out_status == "sent":
             key = (campaign, "sent", "")
         elif out_status == "dead":
@@ -284,5 +297,7 @@ async def report(session: AsyncSession, since: datetime | None) -> list[ReportLi
     order = {"planned": 0, "sent": 1, "failed": 2, "skipped": 3}
     return [
         ReportLine(c, o, r, n)
-        for (c, o, r), n in sorted(totals.items(), key=lambda kv: (kv[0][0], order[kv[0][1]], -kv[1]))
+        for (c, o, r), n in sorted(
+            totals.items(), key=lambda kv: (kv[0][0], order[kv[0][1]], -kv[1])
+        )
     ]

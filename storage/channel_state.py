@@ -18,14 +18,18 @@ class StateStore:
     async def load(self, key: str) -> dict[str, Any] | None:
         async with self.db.sessions() as session:
             row = await session.scalar(
-                select(ChannelState).where(ChannelState.channel == self.channel, ChannelState.key == key)
+                select(ChannelState).where(
+                    ChannelState.channel == self.channel, ChannelState.key == key
+                )
             )
             return dict(row.value) if row is not None else None
 
     async def save(self, key: str, value: dict[str, Any]) -> None:
         async with self.db.transaction() as session:
             row = await session.scalar(
-                select(ChannelState).where(ChannelState.channel == self.channel, ChannelState.key == key)
+                select(ChannelState).where(
+                    ChannelState.channel == self.channel, ChannelState.key == key
+                )
             )
             if row is None:
                 session.add(ChannelState(channel=self.channel, key=key, value=value))

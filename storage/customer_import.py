@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from handlers.customer_import import Record, Rejected
 from storage.db import Database
 from storage.models import Customer, Identity, utcnow
+from storage.rows import table_of
 
 # Fields a row may set; None in a record leaves the stored value alone.
 FIELDS = (
@@ -151,7 +152,7 @@ async def _upsert(session: AsyncSession, records: Sequence[Record]) -> Counts:
         ids = await _reserve_ids(session, len(new_ids))
         real = dict(zip(new_ids, ids, strict=True))
         await session.execute(
-            insert(Customer.__table__),
+            insert(table_of(Customer)),
             [{**state[cid], "id": real[cid], "created_at": now} for cid in new_ids],
         )
     if changed:
@@ -161,7 +162,7 @@ async def _upsert(session: AsyncSession, records: Sequence[Record]) -> Counts:
     if new_identities:
         now = utcnow()
         await session.execute(
-            insert(Identity.__table__),
+            insert(table_of(Identity)),
             [
                 {
                     "customer_id": real.get(cid, cid),
@@ -183,7 +184,7 @@ async def _reserve_ids(session: AsyncSession, n: int) -> list[int]:
     lets one executemany do the work. SQLite: the transaction began IMMEDIATE, so this writer
     holds the lock and max(id) cannot move. PostgreSQL: the sequence hands out ids to everyone.
     """
-    if session.bind.dialect.name == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
         rows = await session.execute(
             text(
                 "SELECT nextval(pg_get_serial_sequence('customers', 'id')) "

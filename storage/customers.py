@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import hmac
+import json
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from sqlalchemy import Text, bindparam, cast, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Text, bindparam, cast, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,10 +21,10 @@ from storage.models import (
     Acknowledgement,
     AuditEntry,
     CampaignDelivery,
-    CustomerHealth,
     ChannelState,
     Conversation,
     Customer,
+    CustomerHealth,
     Identity,
     Interaction,
     OutboxRow,
@@ -32,6 +32,7 @@ from storage.models import (
     TelegramLink,
     utcnow,
 )
+from storage.rows import rowcount, table_of
 
 
 class CustomerError(LookupError):
@@ -132,7 +133,14 @@ async def merge(session: AsyncSession, keep_id: int, gone_id: int) -> MergeResul
         if (delivery.campaign, delivery.occasion) not in taken:
             delivery.customer_id = keep_id
 
-    for attr in ("display_name", "birthday", "birthday_md", "timezone", "language", "preferred_channel"):
+    for attr in (
+        "display_name",
+        "birthday",
+        "birthday_md",
+        "timezone",
+        "language",
+        "preferred_channel",
+    ):
         if getattr(keep, attr) is None and getattr(gone, attr) is not None:
             setattr(keep, attr, getattr(gone, attr))
     keep.tags = sorted(set(keep.tags or []) | set(gone.tags or []))
@@ -158,7 +166,7 @@ async def _move(session: AsyncSession, model: type, src: int, dst: int) -> int:
     result = await session.execute(
         update(model).where(model.customer_id == src).values(customer_id=dst)  # type: ignore[attr-defined]
     )
-    return result.rowcount or 0
+    return rowcount(result)
 
 
 ERASED = "[erased]"
@@ -172,7 +180,8 @@ async def erasure_key(session: AsyncSession) -> bytes:
     where = (ChannelState.channel == _KEY_CHANNEL, ChannelState.key == _KEY_NAME)
     found = await session.scalar(select(ChannelState.value).where(*where))
     if found is None:
-        insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+        postgres = session.get_bind().dialect.name == "postgresql"
+        insert = postgresql.insert if postgres else sqlite.insert
         await session.execute(
             insert(ChannelState)
             .values(channel=_KEY_CHANNEL, key=_KEY_NAME, value={"hex": secrets.token_hex(32)},
@@ -216,16 +225,26 @@ async def forget(session: AsyncSession, customer_id: int) -> Erasure:
     if customer.forgotten_at is not None:
         raise CustomerError(f"customer {customer_id} was already forgotten")
     chain = await _chain(session, customer.id)
-    identities = list(await session.scalars(select(Identity).where(Identity.customer_id.in_(chain))))
+    identities = list(
+        await session.scalars(select(Identity).where(Identity.customer_id.in_(chain)))
+    )
     addresses = {(i.channel, i.address) for i in identities}
     conversation_ids = list(
         await session.scalars(select(Conversation.id).where(Conversation.customer_id.in_(chain)))
     )
-    erasure = Erasure(customers=len(chain), identities=len(identities), conversations=len(conversation_ids))
-    await _erase_log(
-        session, erasure, Interaction.customer_id.in_(chain) | Interaction.conversation_id.in_(conversation_ids)
+    erasure = Erasure(
+        customers=len(chain), identities=len(identities), conversations=len(conversation_ids)
     )
-    names = {c for c in await session.scalars(select(Customer.display_name).where(Customer.id.in_(chain))) if c}
+    await _erase_log(
+        session,
+        erasure,
+        Interaction.customer_id.in_(chain) | Interaction.conversation_id.in_(conversation_ids),
+    )
+    names = {
+        c
+        for c in await session.scalars(select(Customer.display_name).where(Customer.id.in_(chain)))
+        if c
+    }
     await _erase_outbox(session, erasure, conversation_ids, addresses, names)
     if conversation_ids:
         await session.execute(
@@ -278,7 +297,10 @@ async def _chain(session: AsyncSession, root: int) -> list[int]:
     chain, frontier = [root], [root]
     while frontier:
         frontier = [
-            i for i in await session.scalars(select(Customer.id).where(Customer.merged_into.in_(frontier)))
+            i
+            for i in await session.scalars(
+                select(Customer.id).where(Customer.merged_into.in_(frontier))
+            )
             if i not in chain
         ]
         chain.extend(frontier)
@@ -300,8 +322,14 @@ async def _erase_log(session: AsyncSession, erasure: Erasure, where: Any) -> Non
     key = await erasure_key(session)
     rows = (
         await session.execute(
-            select(Interaction.id, Interaction.channel, Interaction.external_id, Interaction.author_kind,
-                   Interaction.attachments, Interaction.meta).where(where)
+            select(
+                Interaction.id,
+                Interaction.channel,
+                Interaction.external_id,
+                Interaction.author_kind,
+                Interaction.attachments,
+                Interaction.meta,
+            ).where(where)
         )
     ).all()
     changes = []
@@ -310,19 +338,22 @@ async def _erase_log(session: AsyncSession, erasure: Erasure, where: Any) -> Non
         kept: dict[str, Any] = {"erased": True}
         if isinstance(meta, dict) and isinstance(meta.get("kind"), str):
             kept["kind"] = meta["kind"]  # an event's kind (status, sla_breach) feeds reports
-        if external_id and not external_id.startswith(ERASED_PREFIX):
-            external_id = erased_id(key, channel, external_id)
+        ext = external_id
+        if ext and not ext.startswith(ERASED_PREFIX):
+            ext = erased_id(key, channel, ext)
         changes.append({
-            "row": row_id, "ext": external_id, "meta": kept,
+            "row": row_id, "ext": ext, "meta": kept,
             "customer": author_kind == "customer",
         })
     erasure.interactions += len(changes)
-    table = Interaction.__table__
+    table = table_of(Interaction)
     for batch in _batches(changes, 500):
         await session.execute(
             update(table)
             .where(table.c.id == bindparam("row"))
-            .values(text=ERASED, attachments=[], external_id=bindparam("ext"), meta=bindparam("meta")),
+            .values(
+                text=ERASED, attachments=[], external_id=bindparam("ext"), meta=bindparam("meta")
+            ),
             batch,
         )
     customer_rows = [c["row"] for c in changes if c["customer"]]
@@ -345,27 +376,36 @@ async def _erase_outbox(
     """The customer's own messages and the staff group's posts about their conversations, and
     the group's posts about no one conversation (the board of who handles what) that name them.
     A board post holds other conversations' lines too: it is erased whole (a staff copy)."""
-    conditions = [OutboxRow.conversation_id.in_(conversation_ids)] if conversation_ids else []
+    conditions: list[ColumnElement[bool]] = (
+        [OutboxRow.conversation_id.in_(conversation_ids)] if conversation_ids else []
+    )
     # JSON columns hold non-ASCII text as \u escapes.
     forms = {f for n in names for f in (n, json.dumps(n)[1:-1])}
     if forms:
         conditions.append(
             OutboxRow.conversation_id.is_(None)
-            & or_(*[cast(OutboxRow.payload, Text).contains(f, autoescape=True) for f in sorted(forms)])
+            & or_(
+                *[cast(OutboxRow.payload, Text).contains(f, autoescape=True) for f in sorted(forms)]
+            )
         )
     by_channel: dict[str, list[str]] = {}
     for channel, address in addresses:
         by_channel.setdefault(channel, []).append(address)
     conditions += [
-        (OutboxRow.channel == channel) & OutboxRow.address.in_(found) for channel, found in by_channel.items()
+        (OutboxRow.channel == channel) & OutboxRow.address.in_(found)
+        for channel, found in by_channel.items()
     ]
     if not conditions:
         return
     if conversation_ids:
-        await session.execute(delete(Acknowledgement).where(Acknowledgement.conversation_id.in_(conversation_ids)))
+        await session.execute(
+            delete(Acknowledgement).where(Acknowledgement.conversation_id.in_(conversation_ids))
+        )
     for channel, found in by_channel.items():
         await session.execute(
-            delete(Acknowledgement).where(Acknowledgement.channel == channel, Acknowledgement.address.in_(found))
+            delete(Acknowledgement).where(
+                Acknowledgement.channel == channel, Acknowledgement.address.in_(found)
+            )
         )
     where = or_(*conditions)
     await session.execute(
@@ -380,7 +420,7 @@ async def _erase_outbox(
         .values(payload={"erased": True}, external_id=None)
         .execution_options(synchronize_session=False)
     )
-    erasure.outbox += result.rowcount or 0
+    erasure.outbox += rowcount(result)
     # An error text can quote the address ("550 <amy@example.com>: no such user").
     await session.execute(
         update(OutboxRow)
@@ -398,19 +438,30 @@ async def _erase_outbox(
 
 
 async def _erase_audit(
-    session: AsyncSession, customer_ids: Sequence[int], conversation_ids: Sequence[int], actors: set[str]
+    session: AsyncSession,
+    customer_ids: Sequence[int],
+    conversation_ids: Sequence[int],
+    actors: set[str],
 ) -> None:
-    subjects = [f"customer:{i}" for i in customer_ids] + [f"conversation:{i}" for i in conversation_ids]
+    subjects = [f"customer:{i}" for i in customer_ids] + [
+        f"conversation:{i}" for i in conversation_ids
+    ]
     for batch in _batches(subjects, 500):
         entries = await session.scalars(select(AuditEntry).where(AuditEntry.subject.in_(batch)))
         for entry in entries:
             # Who did what stays (a staff id, the action); what they wrote or saw does not.
-            kept = {k: v for k, v in (entry.detail or {}).items() if k in ("staff_id", "role", "status", "previous")}
+            kept = {
+                k: v
+                for k, v in (entry.detail or {}).items()
+                if k in ("staff_id", "role", "status", "previous")
+            }
             if kept != entry.detail:
                 entry.detail = {**kept, "erased": True}
     if actors:
         await session.execute(
-            update(AuditEntry).where(AuditEntry.actor.in_(sorted(actors))).values(actor=ERASED, detail={"erased": True})
+            update(AuditEntry)
+            .where(AuditEntry.actor.in_(sorted(actors)))
+            .values(actor=ERASED, detail={"erased": True})
         )
 
 
@@ -424,13 +475,16 @@ async def _unshared(session: AsyncSession, files: Sequence[str]) -> list[str]:
     for batch in _batches(names, 100):
         hit = or_(*[cast(Interaction.meta, Text).contains(n) for n in batch],
                   *[cast(Interaction.attachments, Text).contains(n) for n in batch])
-        for attachments, meta in (await session.execute(select(Interaction.attachments, Interaction.meta).where(hit))).all():
+        for attachments, meta in (
+            await session.execute(select(Interaction.attachments, Interaction.meta).where(hit))
+        ).all():
             shared |= {Path(f).name for f in _files_of(attachments, meta)}
     return sorted({f for f in files if f and Path(f).name not in shared})
 
 
 def remove_files(paths: Iterable[str], root: str | Path) -> list[str]:
-    """Deletes the given files that lie under `root` (the mail store); returns those it could not."""
+    """Deletes the given files that lie under `root` (the mail store); returns those it could
+    not."""
     base = Path(root).resolve()
     failed = []
     for name in paths:

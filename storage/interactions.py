@@ -56,7 +56,9 @@ async def export(
         }
 
 
-async def history(session: AsyncSession, conversation_id: int, limit: int = 20) -> list[Interaction]:
+async def history(
+    session: AsyncSession, conversation_id: int, limit: int = 20
+) -> list[Interaction]:
     rows = await session.scalars(
         select(Interaction)
         .where(Interaction.conversation_id == conversation_id)

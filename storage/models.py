@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import uuid
-
-from datetime import date, datetime, timezone
-from typing import Any
+from datetime import UTC, date, datetime
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -37,20 +36,24 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError(f"naive datetime {value!r} given; kefu stores UTC only")
-        return value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value.astimezone(UTC).replace(tzinfo=None)
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=timezone.utc)
+        return value.replace(tzinfo=UTC)
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime,
+        dict[str, Any]: JSON,
+        list[Any]: JSON,
+    }
 
 
 # Integer primary keys: BIGINT on PostgreSQL, but INTEGER on SQLite so it stays the rowid alias.
@@ -158,7 +161,8 @@ class Interaction(Base):
     channel: Mapped[str] = mapped_column(String(32))
     direction: Mapped[str] = mapped_column(String(8))  # in | out | note | event
     author_kind: Mapped[str] = mapped_column(String(8))  # customer | agent | bot | system
-    # Text: a channel's ids (a 600-character Message-ID, a long webhook user id) fit on every database.
+    # Text: a channel's ids (a 600-character Message-ID, a long webhook user id) fit on every
+    # database.
     author_id: Mapped[str | None] = mapped_column(Text)
     text: Mapped[str] = mapped_column(Text, default="")
     attachments: Mapped[list[Any]] = mapped_column(JSON, default=list)
@@ -236,7 +240,8 @@ class AuditEntry(Base):
 
 
 class ChannelState(Base):
-    """Small durable state a channel keeps between runs (an IMAP folder's UIDVALIDITY and last UID)."""
+    """Small durable state a channel keeps between runs (an IMAP folder's UIDVALIDITY and last
+    UID)."""
 
     __tablename__ = "channel_state"
     __table_args__ = (UniqueConstraint("channel", "key", name="uq_channel_state"),)
@@ -260,7 +265,7 @@ class SchedulerTick(Base):
     claimed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-# --- Telegram channel (issue #3) -------------------------------------------------------------------
+# --- Telegram channel (issue #3) ------------------------------------------------------------
 
 
 class TelegramLink(Base):
@@ -293,7 +298,7 @@ class ProcessedMessage(Base):
     at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-# --- complaints: routing, SLA, survey (issue #5) ---------------------------------------------------
+# --- complaints: routing, SLA, survey (issue #5) --------------------------------------------
 
 
 class RoutingCursor(Base):

@@ -32,7 +32,11 @@ async def prune(db: Database, now: datetime, *, keep: timedelta, batch: int = BA
     # next_attempt_at) index instead of every sent row; sent_at decides.
     old = (
         select(OutboxRow.id)
-        .where(OutboxRow.status == "sent", OutboxRow.next_attempt_at < cutoff, OutboxRow.sent_at < cutoff)
+        .where(
+            OutboxRow.status == "sent",
+            OutboxRow.next_attempt_at < cutoff,
+            OutboxRow.sent_at < cutoff,
+        )
         .order_by(OutboxRow.next_attempt_at)
         .limit(batch)
     )
@@ -44,7 +48,9 @@ async def prune(db: Database, now: datetime, *, keep: timedelta, batch: int = BA
                 await session.execute(
                     update(CampaignDelivery).where(CampaignDelivery.outbox_id.in_(ids)).values(outbox_id=None)
                 )
-                await session.execute(delete(OutboxRow).where(OutboxRow.id.in_(ids), OutboxRow.status == "sent"))
+                await session.execute(
+                    delete(OutboxRow).where(OutboxRow.id.in_(ids), OutboxRow.status == "sent")
+                )
         total += len(ids)
         if len(ids) < batch:
             break

@@ -30,7 +30,9 @@ async def add(
     if await session.scalar(select(Staff).where(Staff.name == name)) is not None:
         raise StaffError(f"staff member {name!r} already exists")
     if telegram_user_id is not None:
-        holder = await session.scalar(select(Staff).where(Staff.telegram_user_id == telegram_user_id))
+        holder = await session.scalar(
+            select(Staff).where(Staff.telegram_user_id == telegram_user_id)
+        )
         if holder is not None:
             raise StaffError(f"Telegram id {telegram_user_id} already belongs to {holder.name!r}")
     member = Staff(name=name, telegram_user_id=telegram_user_id, email=email, role=role)

@@ -9,6 +9,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import Survey
+from storage.rows import rowcount
 
 
 async def create(
@@ -23,7 +24,7 @@ async def create(
     expires_at: datetime,
 ) -> Survey | None:
     """The survey of this resolution, or None if it exists already (a resolve run twice)."""
-    insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     new_id = (
         await session.execute(
             insert(Survey)
@@ -69,4 +70,4 @@ async def erase_for_customer(session: AsyncSession, customer_id: int) -> int:
         .where(Survey.customer_id == customer_id, Survey.answered_at.is_(None))
         .values(expires_at=Survey.asked_at)
     )
-    return result.rowcount or 0
+    return rowcount(result)
