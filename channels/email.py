@@ -58,6 +58,7 @@ T = TypeVar("T")
 
 FETCH_CHUNK = 200
 STUCK_PASSES = 3
+MAX_TEXT = 64 * 1024  # characters of a mail's text in the log, as a webhook's 64 KiB body
 MIN_BACKOFF = 0.2
 MAX_BACKOFF = 60.0
 
@@ -253,6 +254,11 @@ def _to_inbound(
         return _malformed(raw, raw_path, f"unreadable: {type(exc).__name__}: {exc}", received, uid)
     meta = _mail_meta(mail, raw_path, uid)
     kind, text = "message", mail.text
+    if len(text) > MAX_TEXT:
+        # The log holds what a person reads; a newsletter's megabytes stay in the raw message.
+        # Classifying and storing them ran on the event loop beside every other channel.
+        text = text[:MAX_TEXT].rstrip() + "\n[…]"
+        meta["defects"] = [*meta.get("defects", []), "text_truncated"]
     if mail.noise == "bounce":
         kind = "event"
         meta.update(kind="bounce", failed_recipients=list(mail.failed_recipients))

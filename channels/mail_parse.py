@@ -356,7 +356,7 @@ _BLOCKS = (
 _BLOCK_SET = frozenset(_BLOCKS)
 # What kefu converts of an HTML part: the customer's words are at its top, the raw message is kept
 # whole, and Python's HTML parser takes seconds a megabyte.
-MAX_HTML = 512 * 1024
+MAX_HTML = 256 * 1024
 
 
 def _is_quote(tag: Tag) -> bool:

@@ -182,3 +182,21 @@ def test_language_follows_meta_then_the_agents_text() -> None:
 def test_gbk_under_a_latin1_label_is_recognised() -> None:
     data = "您好，我的订单还没有收到，请帮忙查一下物流。".encode("gbk")
     assert decode_bytes(data, "iso-8859-1")[0] == "您好，我的订单还没有收到，请帮忙查一下物流。"
+
+
+def test_a_huge_html_mail_is_logged_in_bounded_time_and_size(tmp_path: Path) -> None:
+    """A 1 MB newsletter: the text kept is bounded (the raw message keeps everything) and the
+    repairs say so; converting it once took minutes (inserting before each table row)."""
+    from channels.email import MAX_TEXT
+
+    rows = "".join(f"<tr><td><p>Item <b>{i}</b> of the catalogue</p></td></tr>\r\n" for i in range(20000))
+    raw = (
+        "From: shop@example.com\r\nTo: support@kefu.test\r\nSubject: catalogue\r\n"
+        "Message-ID: <huge-1@example.com>\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+        f"<html><body><p>Dear customer,</p><table>{rows}</table></body></html>\r\n"
+    ).encode()
+    inbound = to_inbound(raw, MailStore(tmp_path, 1 << 20), own_address=ADDRESS)
+    assert len(raw) > 1_000_000
+    assert inbound.text.startswith("Dear customer,\n\nItem 0 of the catalogue")
+    assert len(inbound.text) <= MAX_TEXT + 4
+    assert "html_truncated" in inbound.meta["defects"]
