@@ -254,14 +254,13 @@ def prefill(path: Path, n: int) -> None:
 
 
 def outside_hours_config() -> str:
-    """One team, open only for a minute on a day three days from now: every message is outside."""
-    from datetime import UTC, datetime, timedelta
+    """A team open 09:00-18:00 UTC every day but today: every message of the run is outside."""
+    from datetime import UTC, datetime
 
-    day = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[(datetime.now(UTC) + timedelta(days=3)).weekday()]
-    return (
-        '[[routing.teams]]\nname = "night"\ntimezone = "UTC"\n'
-        f'hours = {{ {day} = "00:00-00:01" }}\n'
-    )
+    days = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+    today = days[datetime.now(UTC).weekday()]
+    hours = ", ".join(f'{d} = "09:00-18:00"' for d in days if d != today)
+    return f'[[routing.teams]]\nname = "night"\ntimezone = "UTC"\nhours = {{ {hours} }}\n'
 
 
 def prefill_mode(n_customers: int, messages: int, concurrency: int, extra_config: str = "") -> None:

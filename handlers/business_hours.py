@@ -14,6 +14,9 @@ from bot.config import WEEKDAYS, TeamConfig, parse_day, parse_hours
 
 # Far enough for any real calendar (a week of holidays after a closed weekend); a bound, not a guess.
 LOOKAHEAD_DAYS = 60
+# How far a due time is searched for at all: a team open a minute a week with a 72 h target would
+# otherwise walk decades of days for every message. Beyond it the caller uses the wall clock.
+HORIZON_DAYS = 400
 
 Spans = tuple[tuple[int, int], ...]
 
@@ -112,14 +115,15 @@ class BusinessHours:
     def add(self, start: datetime, duration: timedelta) -> datetime | None:
         """The moment `duration` of business time after `start` (a due time: a 4 h target on Friday
         17:30 for a 09-18 team is Monday 12:30). None if the team never opens again within
-        LOOKAHEAD_DAYS."""
+        LOOKAHEAD_DAYS, or the moment lies beyond HORIZON_DAYS."""
         if self.wall_clock:
             return start + duration
         at = start.astimezone(UTC)
         left = duration
         day = start.astimezone(self.zone).date()
         closed_run = 0
-        while closed_run <= LOOKAHEAD_DAYS + 1:
+        last = day + timedelta(days=HORIZON_DAYS)
+        while closed_run <= LOOKAHEAD_DAYS + 1 and day <= last:
             spans = self._open(day)
             closed_run = 0 if spans else closed_run + 1
             for opens, closes in spans:

@@ -192,3 +192,10 @@ def test_business_clock_adds_and_counts_open_time_only() -> None:
     ])
     assert hours.add(friday_1600 + timedelta(hours=1, minutes=30), timedelta(0)) == datetime(2027, 3, 29, 8, 0, tzinfo=UTC)
     assert never.add(friday_1600, timedelta(hours=1)) is None
+
+
+def test_a_team_open_a_minute_a_week_gets_a_due_time_without_walking_decades() -> None:
+    hours = BusinessHours("UTC", {"sun": "00:00-00:01"})
+    monday = datetime(2027, 3, 1, 12, 0, tzinfo=UTC)
+    assert hours.add(monday, timedelta(minutes=2)) == datetime(2027, 3, 14, 0, 1, tzinfo=UTC)
+    assert hours.add(monday, timedelta(hours=72)) is None  # beyond the horizon: the caller's wall clock
