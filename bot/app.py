@@ -24,9 +24,9 @@ from starlette.routing import BaseRoute
 from bot import outbox
 from bot.access_log import AccessLog
 from bot.care import build_care
-from bot.insight import build_insight
 from bot.config import Config, ConfigError, EmailConfig, require_secret, secret
 from bot.http import build_app
+from bot.insight import build_insight
 from bot.leader import election_for
 from bot.messages import Inbound, Receipt
 from bot.metrics import Metrics
@@ -147,7 +147,9 @@ def build_telegram(kefu: Kefu) -> Channel | None:
     token = require_secret(tg.token_env, "[telegram]", kefu.env)
     webhook_secret: str | None = None
     if tg.mode == "webhook":
-        webhook_secret = require_secret(tg.webhook_secret_env, '[telegram] mode = "webhook"', kefu.env)
+        webhook_secret = require_secret(
+            tg.webhook_secret_env, '[telegram] mode = "webhook"', kefu.env
+        )
         if not TELEGRAM_SECRET.match(webhook_secret):
             raise ConfigError(
                 f"environment variable {tg.webhook_secret_env} must be 1-256 characters of "
@@ -167,7 +169,11 @@ def build_telegram(kefu: Kefu) -> Channel | None:
         log.info("telegram.staff_chat.off: set [telegram] staff_chat_id to mirror conversations")
     else:
         desk = staff_group.StaffDesk(
-            kefu.db, tg.staff_chat_id, config=kefu.config, on_commit=lambda: kefu.worker.wake()
+            kefu.db,
+            tg.staff_chat_id,
+            config=kefu.config,
+            # kefu.worker is read when a commit happens: it is made after the channels.
+            on_commit=lambda: kefu.worker.wake(),  # noqa: PLW0108
         )
         hooks = dataclasses.replace(
             hooks,
@@ -261,7 +267,10 @@ def email_channel(em: EmailConfig, env: Mapping[str, str], db: Database) -> Emai
             ca_file=em.ca_file,
         ),
         store=MailStore(em.store_dir, em.max_attachment_bytes),
-        composer=Composer(Path(email_events.__file__).parent / "templates", MailSender(address=em.address, name=em.from_name)),
+        composer=Composer(
+            Path(email_events.__file__).parent / "templates",
+            MailSender(address=em.address, name=em.from_name),
+        ),
         load_state=state.load,
         save_state=state.save,
         auth=AuthSettings(authserv_ids=tuple(em.authserv_id), verify_dkim=em.dkim_verify),
@@ -289,7 +298,8 @@ class Kefu:
             channel = build(self)
             if channel is not None:
                 self.channels[channel.name] = channel
-        # Checks every greeting template (a broken one stops start-up) and adds the opt-out observer.
+        # Checks every greeting template (a broken one stops start-up) and adds the opt-out
+        # observer.
         self.scheduler = build_campaigns(self)
         # Complaint care: the router, flags, acknowledgements, surveys, SLA and auto-close jobs.
         self.care = build_care(self)
@@ -317,7 +327,12 @@ class Kefu:
                 depth = await outbox.depth(session)
         except Exception as exc:  # noqa: BLE001 - health reports, it does not raise
             return {"status": "degraded", "database": f"error: {type(exc).__name__}"}
-        return {"status": "ok", "database": "ok", "channels": sorted(self.channels), "outbox": depth}
+        return {
+            "status": "ok",
+            "database": "ok",
+            "channels": sorted(self.channels),
+            "outbox": depth,
+        }
 
     async def refresh_metrics(self) -> None:
         async with self.db.sessions() as session:

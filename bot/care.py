@@ -34,7 +34,9 @@ class Care:
         tg = config.telegram
         # Staff-group posts need the Telegram channel running to go anywhere; without it the event
         # in the conversation's log is the notification.
-        self.staff_chat_id = tg.staff_chat_id if tg.enabled and "telegram" in kefu.channels else None
+        self.staff_chat_id = (
+            tg.staff_chat_id if tg.enabled and "telegram" in kefu.channels else None
+        )
 
     async def check_sla(self) -> list[sla.Breach]:
         return await sla.check(self.db, self.clock(), self.router, staff_chat_id=self.staff_chat_id)
@@ -44,8 +46,16 @@ class Care:
 
     def jobs(self) -> list[tuple[str, Callable[[], Awaitable[object]], float]]:
         return [
-            ("care.sla", _guarded("sla.check", self.check_sla), self.config.sla.check_every.total_seconds()),
-            ("care.auto_close", _guarded("lifecycle.auto_close", self.auto_close), AUTO_CLOSE_EVERY_SECONDS),
+            (
+                "care.sla",
+                _guarded("sla.check", self.check_sla),
+                self.config.sla.check_every.total_seconds(),
+            ),
+            (
+                "care.auto_close",
+                _guarded("lifecycle.auto_close", self.auto_close),
+                AUTO_CLOSE_EVERY_SECONDS,
+            ),
         ]
 
 

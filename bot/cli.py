@@ -401,8 +401,8 @@ async def _after_erasure(db: Database, erasure: customers.Erasure, cfg: Config) 
     await db.scrub()
     if failed:
         raise customers.CustomerError(
-            f"erased in the database, but could not delete {len(failed)} stored files, e.g. {failed[0]}: "
-            "check their permissions and delete them by hand"
+            f"erased in the database, but could not delete {len(failed)} stored files, "
+            f"e.g. {failed[0]}: check their permissions and delete them by hand"
         )
 
 
@@ -413,7 +413,8 @@ def conversations_forget(
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
     as_name: AsOption = None,
 ) -> None:
-    """Erase one conversation's messages, files and staff-group copies; the customer stays (admin)."""
+    """Erase one conversation's messages, files and staff-group copies; the customer stays
+    (admin)."""
     if not yes and sys.stdin.isatty():
         typer.confirm(f"Erase everything written in conversation {conversation_id}?", abort=True)
     cfg = load(config)
@@ -423,7 +424,9 @@ def conversations_forget(
             actor = await roles.cli_actor(session, as_name)
             roles.require(actor, "customers.forget", f"conversation {conversation_id}")
             erasure = await customers.forget_conversation(session, conversation_id)
-            audit.record(session, actor.name, "conversations.forget", f"conversation:{conversation_id}")
+            audit.record(
+                session, actor.name, "conversations.forget", f"conversation:{conversation_id}"
+            )
         await _after_erasure(db, erasure, cfg)
         return erasure
 

@@ -6,7 +6,6 @@ this command logs what came before, on request. Registered on bot/cli.py's app.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from datetime import date
@@ -35,7 +34,12 @@ def _day(value: str) -> date:
 
 @email_app.command("backfill")
 def backfill(
-    since: Annotated[str, typer.Option("--since", help="Log mail the server received on or after this date (YYYY-MM-DD).")],
+    since: Annotated[
+        str,
+        typer.Option(
+            "--since", help="Log mail the server received on or after this date (YYYY-MM-DD)."
+        ),
+    ],
     config_path: ConfigOption = DEFAULT_CONFIG,
 ) -> None:
     """Log the folder's mail received since DATE as history: nothing is answered, surveyed or
@@ -55,9 +59,10 @@ def backfill(
         pipeline = Pipeline(db)  # history is an event: no classifier, router or observer runs
         try:
             return await channel.backfill(day, pipeline.receive)
-        except (ImapDown, AioImapException, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, ImapDown, AioImapException, OSError) as exc:
             raise ValueError(
-                f"cannot read {config.email.folder} on {config.email.imap_host}: {type(exc).__name__}: {exc}"
+                f"cannot read {config.email.folder} on {config.email.imap_host}: "
+                f"{type(exc).__name__}: {exc}"
             ) from exc
         finally:
             await pipeline.close()

@@ -1,4 +1,5 @@
-"""config.toml, validated at start. Secrets never live in the file: it names environment variables."""
+"""config.toml, validated at start. Secrets never live in the file: it names environment
+variables."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from pathlib import Path
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -255,7 +256,10 @@ class HolidayCampaignConfig(Section):
     send_time: str = "09:00"
     # Holiday name (zh or en) -> template; unnamed holidays use `template`.
     templates: dict[str, str] = Field(
-        default_factory=lambda: {"春节": "greeting_spring_festival", "中秋节": "greeting_mid_autumn"}
+        default_factory=lambda: {
+            "春节": "greeting_spring_festival",
+            "中秋节": "greeting_mid_autumn",
+        }
     )
     template: str = "greeting_holiday"
     segment: SegmentConfig = SegmentConfig()
@@ -273,7 +277,8 @@ class FollowUpConfig(Section):
     # asking whether the problem is really solved; the answer lands in the same conversation.
     enabled: bool = True
     after: Duration = timedelta(days=3)
-    # Also after a survey answered 1 or 2, this long after the answer (one follow-up per resolution).
+    # Also after a survey answered 1 or 2, this long after the answer (one follow-up per
+    # resolution).
     low_csat: bool = True
     low_csat_after: Duration = timedelta(days=1)
     # "service": everyone except customers who opted out (退订); "marketing": only customers with
@@ -287,7 +292,7 @@ class FollowUpConfig(Section):
 class CampaignsConfig(Section):
     birthday: BirthdayCampaignConfig = BirthdayCampaignConfig()
     holidays: HolidayCampaignConfig = HolidayCampaignConfig()
-    followup: FollowUpConfig = Field(default_factory=lambda: FollowUpConfig())
+    followup: FollowUpConfig = Field(default_factory=FollowUpConfig)
     quiet_hours: QuietHoursConfig = QuietHoursConfig()
     # When a customer has no preferred channel and has never written: the first reachable of these.
     channel_order: list[str] = Field(default_factory=lambda: ["telegram", "email", "webhook"])
@@ -356,7 +361,8 @@ def parse_duration(value: object) -> timedelta:
 
 
 def parse_hours(value: str) -> tuple[tuple[int, int], ...]:
-    """'09:00-18:00' or '09:00-12:00,13:00-18:00' -> ((540, 1080), ...) in minutes; 'closed' -> ()."""
+    """'09:00-18:00' or '09:00-12:00,13:00-18:00' -> ((540, 1080), ...) in minutes;
+    'closed' -> ()."""
     text = value.strip().lower()
     if text in ("", "closed"):
         return ()
@@ -364,7 +370,9 @@ def parse_hours(value: str) -> tuple[tuple[int, int], ...]:
     for part in text.split(","):
         found = _RANGE.match(part.strip())
         if found is None:
-            raise ValueError("use HH:MM-HH:MM, several joined by ',' (e.g. 09:00-12:00,13:00-18:00), or closed")
+            raise ValueError(
+                "use HH:MM-HH:MM, several joined by ',' (e.g. 09:00-12:00,13:00-18:00), or closed"
+            )
         start_s, end_s = part.strip().split("-")
         start = int(start_s[:2]) * 60 + int(start_s[3:])
         end = int(end_s[:2]) * 60 + int(end_s[3:])
@@ -430,7 +438,9 @@ class TeamConfig(Section):
             try:
                 parse_day(text)
             except ValueError:
-                raise ValueError(f"{text!r} is not a day: use YYYY-MM-DD, or MM-DD for every year") from None
+                raise ValueError(
+                    f"{text!r} is not a day: use YYYY-MM-DD, or MM-DD for every year"
+                ) from None
         return v
 
     @field_validator("holidays")
@@ -472,7 +482,8 @@ class RoutingConfig(Section):
     # First match wins; no match: the default team and priority (complaint high, severe urgent).
     rules: list[RuleConfig] = Field(default_factory=list)
     default_team: str | None = None
-    # round_robin: the on-duty member assigned least recently; least_open: fewest open conversations.
+    # round_robin: the on-duty member assigned least recently; least_open: fewest open
+    # conversations.
     assignment: Literal["round_robin", "least_open", "none"] = "round_robin"
     # Acknowledge new complaints, and messages outside business hours, at most this often per
     # conversation and per address.
@@ -483,15 +494,25 @@ class RoutingConfig(Section):
     business_name: str = Field("kefu", min_length=1, max_length=100)
 
 
-def _targets(first: str, second: str, third: str, fourth: str) -> dict[str, timedelta]:
-    return dict(zip(("urgent", "high", "normal", "low"), map(parse_duration, (first, second, third, fourth)), strict=True))
+def _targets(urgent: str, high: str, normal: str, low: str) -> dict[Priority, timedelta]:
+    return {
+        "urgent": parse_duration(urgent),
+        "high": parse_duration(high),
+        "normal": parse_duration(normal),
+        "low": parse_duration(low),
+    }
 
 
 class SlaConfig(Section):
-    # Targets count the team's business hours only ([[routing.teams]] hours, holidays, closed_dates).
+    # Targets count the team's business hours only ([[routing.teams]] hours, holidays,
+    # closed_dates).
     # Per priority (urgent, high, normal, low); a priority left out has no target.
-    first_response: dict[Priority, Duration] = Field(default_factory=lambda: _targets("1h", "4h", "24h", "72h"))
-    resolution: dict[Priority, Duration] = Field(default_factory=lambda: _targets("8h", "24h", "72h", "7d"))
+    first_response: dict[Priority, Duration] = Field(
+        default_factory=lambda: _targets("1h", "4h", "24h", "72h")
+    )
+    resolution: dict[Priority, Duration] = Field(
+        default_factory=lambda: _targets("8h", "24h", "72h", "7d")
+    )
     check_every: Duration = timedelta(minutes=1)
     # Stop both clocks while a conversation is pending on the customer; their answer restarts them.
     pause_while_pending: bool = False
@@ -516,8 +537,12 @@ class SurveyConfig(Section):
 class InsightWeights(Section):
     # Points each signal adds to a customer's churn-risk score (0-100, capped); 0 turns it off.
     open_complaint: float = Field(20, ge=0, le=100)  # each unresolved complaint, at most 2
-    repeat_complaint: float = Field(10, ge=0, le=100)  # each complaint after the first in `window`, at most 3
-    high_severity: float = Field(30, ge=0, le=100)  # 12315, chargeback, lawyer, media, safety, lost money
+    repeat_complaint: float = Field(
+        10, ge=0, le=100
+    )  # each complaint after the first in `window`, at most 3
+    high_severity: float = Field(
+        30, ge=0, le=100
+    )  # 12315, chargeback, lawyer, media, safety, lost money
     low_csat: float = Field(25, ge=0, le=100)  # a 1/5 in `window`; a 2/5 counts half
     sla_breach: float = Field(10, ge=0, le=100)  # each breach on their conversations, at most 3
     rising_contact: float = Field(10, ge=0, le=100)
@@ -578,7 +603,9 @@ class InsightConfig(Section):
         if self.watch > self.threshold:
             raise ValueError(f"watch ({self.watch}) must not be above threshold ({self.threshold})")
         if self.rearm_below > self.threshold:
-            raise ValueError(f"rearm_below ({self.rearm_below}) must not be above threshold ({self.threshold})")
+            raise ValueError(
+                f"rearm_below ({self.rearm_below}) must not be above threshold ({self.threshold})"
+            )
         if self.recompute_every < timedelta(minutes=1):
             raise ValueError("recompute_every must be at least 1m")
         return self

@@ -77,12 +77,14 @@ def build_app(
         except Rejected as exc:
             metrics.inbound.labels("webhook", "rejected").inc()
             return JSONResponse({"error": "unprocessable", "message": str(exc)}, 422)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure is logged and answered 500
             # The kind and where, not the message: an error's text can quote what the customer
             # wrote (a handler's ValueError); database errors come without their parameters.
             log.error(
                 "webhook.receive.failure source=%s error=%s\n%s",
-                source, type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)).rstrip(),
+                source,
+                type(exc).__name__,
+                "".join(traceback.format_tb(exc.__traceback__)).rstrip(),
             )
             metrics.failures.labels("pipeline").inc()
             return JSONResponse(

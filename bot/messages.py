@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -31,13 +31,14 @@ class Inbound:
     external_id: str  # unique within the channel: the idempotency key of the message
     address: str  # who wrote, in the channel's terms (telegram user id, email, "source:user")
     text: str
-    received_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     kind: str = "message"  # message | complaint | edit | event
     display_name: str | None = None
     language: str | None = None
     attachments: tuple[Attachment, ...] = ()
     # Threading hints, strongest first: external ids this message answers (email In-Reply-To and
-    # References, a Telegram reply), then a conversation id the sender named (a "[#42]" subject token).
+    # References, a Telegram reply), then a conversation id the sender named (a "[#42]" subject
+    # token).
     reply_to: tuple[str, ...] = ()
     conversation_hint: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)

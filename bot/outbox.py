@@ -8,6 +8,7 @@ through their channel, and records the outcome. Delivery is at-least-once with a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import uuid
@@ -31,6 +32,7 @@ from storage.models import (
     OutboxRow,
     utcnow,
 )
+from storage.rows import rowcount
 
 log = logging.getLogger("kefu.outbox")
 
@@ -61,7 +63,7 @@ async def enqueue(
         "conversation_id": out.conversation_id,
         "created_at": utcnow(),
     }
-    insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     stmt = (
         insert(OutboxRow)
         .values(**values)
@@ -88,7 +90,8 @@ async def say(
     not_before: datetime | None = None,
 ) -> int:
     """kefu's own message to a customer (an acknowledgement, a survey, a confirmation): logged in
-    the unified log as the bot's, and queued, in the caller's transaction. Returns the log row id."""
+    the unified log as the bot's, and queued, in the caller's transaction. Returns the log row
+    id."""
     logged = Interaction(
         conversation_id=out.conversation_id,
         customer_id=out.customer_id,
@@ -107,7 +110,7 @@ async def say(
 
 def backoff(attempts: int, cfg: OutboxConfig, rng: Callable[[], float] = random.random) -> float:
     """Exponential with equal jitter: at least half the step, so retries never bunch at zero."""
-    step = min(cfg.max_delay_seconds, cfg.base_delay_seconds * 2 ** max(attempts - 1, 0))
+    step = min(cfg.max_delay_seconds, cfg.base_delay_seconds * 2.0 ** max(attempts - 1, 0))
     return step / 2 + rng() * step / 2
 
 
@@ -153,7 +156,7 @@ class OutboxWorker:
                     attempts=OutboxRow.attempts + 1,
                 )
             )
-        return result.rowcount or 0
+        return rowcount(result)
 
     async def run(self) -> None:
         await self.release_orphans()
@@ -170,10 +173,8 @@ class OutboxWorker:
                 claimed = 0
             if claimed:
                 continue
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.cfg.poll_interval_seconds)
-            except TimeoutError:
-                pass
 
     def stop(self) -> None:
         self._stopping = True
@@ -314,7 +315,7 @@ class OutboxWorker:
         except PermanentError as exc:
             error = str(exc) or type(exc).__name__
             return await self._dead(row, error, unreachable=exc.unreachable)
-        except Exception as exc:  # noqa: BLE001 - a channel bug must not kill the worker
+        except Exception as exc:
             log.exception("outbox.send.unexpected id=%s channel=%s", row.id, row.channel)
             return await self._failed(row, f"unexpected {type(exc).__name__}: {exc}", None)
         await self._finish(row, "sent", external_id=result.external_id, thread=result.thread)
@@ -392,7 +393,7 @@ class OutboxWorker:
                 .where(OutboxRow.id == row.id, OutboxRow.claim_token == row.claim_token)
                 .values(**values)
             )
-            if not done.rowcount:
+            if not rowcount(done):
                 log.warning(
                     "outbox.claim.lost id=%s outcome=%s: another worker holds it", row.id, status
                 )
@@ -402,7 +403,9 @@ class OutboxWorker:
             if thread is not None and row.conversation_id is not None:
                 await session.execute(
                     update(Conversation)
-                    .where(Conversation.id == row.conversation_id, Conversation.staff_thread.is_(None))
+                    .where(
+                        Conversation.id == row.conversation_id, Conversation.staff_thread.is_(None)
+                    )
                     .values(staff_thread=thread)
                 )
 

@@ -14,6 +14,7 @@ raises Unavailable too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -42,6 +43,7 @@ from storage.models import (
     OutboxRow,
     utcnow,
 )
+from storage.rows import table_of
 
 log = logging.getLogger("kefu.pipeline")
 
@@ -99,7 +101,9 @@ class Rejected(Exception):
 @dataclass
 class _Pending:
     inbound: Inbound
-    future: asyncio.Future[Receipt] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    future: asyncio.Future[Receipt] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 class Pipeline:
@@ -147,10 +151,8 @@ class Pipeline:
     async def close(self) -> None:
         if self._writer is not None:
             self._writer.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
-            except asyncio.CancelledError:
-                pass
             self._writer = None
 
     async def _write_loop(self) -> None:
@@ -268,8 +270,12 @@ async def _receive(
         # delivers one again (an IMAP folder re-read) still finds it logged.
         erased = {customers.erased_id(pipeline.erasure_key, channel, i): i for i in ids}
         rows = await session.execute(_LOGGED, {"channel": channel, "keys": [*ids, *erased]})
-        for external_id, *ids_ in rows:
-            logged[(channel, erased.get(external_id, external_id))] = Receipt("duplicate", *ids_)
+        for external_id, interaction_id, customer_id, conversation_id in rows:
+            if external_id is None:  # never: matched by external_id IN (...); for the type checker
+                continue
+            logged[(channel, erased.get(external_id, external_id))] = Receipt(
+                "duplicate", interaction_id, customer_id, conversation_id
+            )
     first_of: dict[tuple[str, str], int] = {}
     fresh: list[int] = []
     for n, inbound in enumerate(inbounds):
@@ -289,7 +295,9 @@ async def _receive(
         if receipts[n] is None:
             first = receipts[first_of[(inbound.channel, inbound.external_id)]]
             assert first is not None
-            receipts[n] = Receipt("duplicate", first.interaction_id, first.customer_id, first.conversation_id)
+            receipts[n] = Receipt(
+                "duplicate", first.interaction_id, first.customer_id, first.conversation_id
+            )
     return [r for r in receipts if r is not None]
 
 
@@ -304,7 +312,10 @@ _LOGGED = select(
 _OWNERS = (
     select(Identity.address, Customer)
     .join(Customer, Customer.id == Identity.customer_id)
-    .where(Identity.channel == bindparam("channel"), Identity.address.in_(bindparam("keys", expanding=True)))
+    .where(
+        Identity.channel == bindparam("channel"),
+        Identity.address.in_(bindparam("keys", expanding=True)),
+    )
 )
 _LIVE = (
     select(Conversation)
@@ -317,7 +328,7 @@ _LIVE = (
 
 
 @functools.cache
-def _top_id(table: Table) -> Select[tuple[int | None]]:
+def _top_id(table: Table) -> Select[int | None]:
     return select(func.max(table.c.id))
 
 
@@ -361,7 +372,13 @@ async def _log_fresh(
         await _insert(session, Customer, list(new_customers.values()))
         now = utcnow()
         fresh = [
-            {"customer_id": c.id, "channel": ch, "address": addr, "reachable": True, "created_at": now}
+            {
+                "customer_id": c.id,
+                "channel": ch,
+                "address": addr,
+                "reachable": True,
+                "created_at": now,
+            }
             for (ch, addr), c in new_customers.items()
         ]
         await _insert_rows(session, Identity, fresh)
@@ -371,7 +388,7 @@ async def _log_fresh(
 
     # 3. thread: a conversation the message points at, else the customer's latest live one
     customer_ids = {owner[(i.channel, i.address)] for i in inbounds}
-    if session.bind.dialect.name != "sqlite":
+    if session.get_bind().dialect.name != "sqlite":
         # Several kefu processes may receive one customer's messages at once: lock the customers
         # (in id order, so two batches cannot deadlock) so only one of them opens a conversation.
         await session.execute(
@@ -401,21 +418,31 @@ async def _log_fresh(
             new_conversations.append(conversation)
             latest[customer.id] = conversation
             created.add(id(conversation))
-        elif conversation is not None and inbound.kind in SPOKEN and conversation.status == "resolved":
+        elif (
+            conversation is not None
+            and inbound.kind in SPOKEN
+            and conversation.status == "resolved"
+        ):
             answer = await survey.as_answer(session, conversation, inbound)
             if answer is not None:
                 # "5" after a survey is its answer, an event: it does not reopen the conversation.
-                inbound = inbounds[n] = answer
+                inbounds[n] = answer
             else:
                 conversation.status = "open"
                 conversation.resolved_at = None
-                session.add(_event(conversation, inbound, "reopened", "reopened by a new customer message"))
-        elif conversation is not None and inbound.kind in SPOKEN and conversation.status == "pending":
+                session.add(
+                    _event(conversation, inbound, "reopened", "reopened by a new customer message")
+                )
+        elif (
+            conversation is not None and inbound.kind in SPOKEN and conversation.status == "pending"
+        ):
             conversation.status = "open"  # pending waits on the customer; they answered
             clock = getattr(pipeline.route, "clock", None)
             if conversation.sla_paused_at is not None and clock is not None:
                 sla.resume(conversation, inbound.received_at, clock(conversation.team))
-            session.add(_event(conversation, inbound, "status", "open again: the customer answered"))
+            session.add(
+                _event(conversation, inbound, "status", "open again: the customer answered")
+            )
         threads.append(conversation)
     await _insert(session, Conversation, new_conversations)
 
@@ -470,10 +497,18 @@ async def _log_fresh(
     for n, inbound, interaction_id, (customer, conversation, verdict, decision) in zip(
         positions, inbounds, ids, notes, strict=True
     ):
-        receipts[n] = Receipt("accepted", interaction_id, customer.id, conversation.id if conversation else None)
+        receipts[n] = Receipt(
+            "accepted", interaction_id, customer.id, conversation.id if conversation else None
+        )
         if pipeline.observers:
             note = Logged(
-                inbound, interaction_id, customer, conversation, id(conversation) in created, verdict, decision
+                inbound,
+                interaction_id,
+                customer,
+                conversation,
+                id(conversation) in created,
+                verdict,
+                decision,
             )
             for observer in pipeline.observers:
                 await observer(session, note)
@@ -488,7 +523,7 @@ async def _insert(session: AsyncSession, model: type[Base], rows: Sequence[Base]
     """
     if not rows:
         return
-    columns = [c for c in model.__table__.columns if c.key != "id"]  # type: ignore[attr-defined]
+    columns = [c for c in table_of(model).columns if c.key != "id"]
     values = []
     for row in rows:
         given = row.__dict__
@@ -496,11 +531,15 @@ async def _insert(session: AsyncSession, model: type[Base], rows: Sequence[Base]
         for column in columns:
             v = given.get(column.key)
             if v is None and column.default is not None:
+                # Every default on these models is a ColumnDefault (a value or a callable), which
+                # has .arg; the stubs type column.default as any DefaultGenerator.
                 default = column.default
                 v = default.arg(None) if default.is_callable else default.arg  # type: ignore[attr-defined]
             value[column.key] = v
         values.append(value)
-    for row, value, new_id in zip(rows, values, await _insert_rows(session, model, values), strict=True):
+    for row, value, new_id in zip(
+        rows, values, await _insert_rows(session, model, values), strict=True
+    ):
         # Written into the instance directly, every column included: the object now holds what
         # the row holds, with no history to flush (a setattr per column would record each as a
         # change, and a column left out would come back expired, to be loaded by IO outside
@@ -520,13 +559,15 @@ async def _insert_rows(
     """
     if not rows:
         return []
-    table = model.__table__  # type: ignore[attr-defined]
-    if session.bind.dialect.name == "sqlite":
+    table = table_of(model)
+    if session.get_bind().dialect.name == "sqlite":
         await session.flush()
         with session.no_autoflush:
             top = (await session.scalar(_top_id(table))) or 0
         ids = list(range(top + 1, top + 1 + len(rows)))
-        await session.execute(_insert_into(table), [{"id": i, **r} for i, r in zip(ids, rows, strict=True)])
+        await session.execute(
+            _insert_into(table), [{"id": i, **r} for i, r in zip(ids, rows, strict=True)]
+        )
         return ids
     result = await session.execute(
         insert(table).returning(table.c.id, sort_by_parameter_order=True), rows

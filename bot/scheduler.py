@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -41,7 +41,7 @@ Job = Callable[[], Awaitable[object]]
 PLAN_JOB = "campaigns.plan"
 # Interval jobs fire on multiples of their period since the epoch: every process, whenever it
 # started, computes the same ticks, so a new leader continues the old leader's rhythm.
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class CampaignScheduler:
@@ -51,7 +51,8 @@ class CampaignScheduler:
         self.clock = clock  # tests inject a fixed or stepped clock; no test waits for real time
         self._scheduler: AsyncIOScheduler | None = None
         self.election: Election = SoleProcess()
-        # Other periodic jobs (SLA checks, auto-close): (id, job, every seconds), added before start().
+        # Other periodic jobs (SLA checks, auto-close): (id, job, every seconds), added before
+        # start().
         self.jobs: list[tuple[str, Callable[[], Awaitable[object]], float]] = []
 
     async def run_once(self, *, catch_up: bool = False) -> Outcome:
@@ -104,12 +105,12 @@ class CampaignScheduler:
             election.join(PLAN_JOB, on_elected=self._catch_up)
             for job_id, _, _ in self.jobs:
                 election.join(job_id)
-        scheduler = AsyncIOScheduler(timezone=timezone.utc)
+        scheduler = AsyncIOScheduler(timezone=UTC)
         minutes = self.planner.cfg.plan_interval_minutes
         # One job for all campaigns: each run plans every enabled campaign and expires stale rows.
         scheduler.add_job(
             self._elected_job(PLAN_JOB, minutes * 60, self._job),
-            CronTrigger(minute=f"*/{minutes}", timezone=timezone.utc),
+            CronTrigger(minute=f"*/{minutes}", timezone=UTC),
             id=PLAN_JOB,
             name="plan greetings: " + (", ".join(self.planner.enabled()) or "expiry only"),
             replace_existing=True,
@@ -120,9 +121,13 @@ class CampaignScheduler:
         for job_id, job, seconds in self.jobs:
             scheduler.add_job(
                 self._elected_job(job_id, seconds, job),
-                IntervalTrigger(seconds=seconds, start_date=EPOCH, timezone=timezone.utc),
-                id=job_id, name=job_id,
-                replace_existing=True, coalesce=True, max_instances=1, misfire_grace_time=int(seconds) + 60,
+                IntervalTrigger(seconds=seconds, start_date=EPOCH, timezone=UTC),
+                id=job_id,
+                name=job_id,
+                replace_existing=True,
+                coalesce=True,
+                max_instances=1,
+                misfire_grace_time=int(seconds) + 60,
             )
         scheduler.start()
         self._scheduler = scheduler
@@ -136,7 +141,9 @@ class CampaignScheduler:
 RETENTION_EVERY_SECONDS = 3600.0
 
 
-def retention_jobs(config: Config, db: Database) -> list[tuple[str, Callable[[], Awaitable[object]], float]]:
+def retention_jobs(
+    config: Config, db: Database
+) -> list[tuple[str, Callable[[], Awaitable[object]], float]]:
     """[outbox] keep_sent_days: an hourly job deleting sent rows older than that (none for 0)."""
     days = config.outbox.keep_sent_days
     if not days:
