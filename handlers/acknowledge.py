@@ -34,7 +34,10 @@ SPOKEN = ("message", "complaint")
 # Two lookups, each served by its own index (an OR of both would make SQLite read the table).
 _BY_CONVERSATION = (
     select(Acknowledgement.id)
-    .where(Acknowledgement.conversation_id == bindparam("conversation"), Acknowledgement.at > bindparam("since"))
+    .where(
+        Acknowledgement.conversation_id == bindparam("conversation"),
+        Acknowledgement.at > bindparam("since"),
+    )
     .limit(1)
 )
 _BY_ADDRESS = (
@@ -48,11 +51,18 @@ _BY_ADDRESS = (
 )
 
 
-async def acked_since(session: AsyncSession, conversation_id: int, channel: str, address: str, since: datetime) -> bool:
+async def acked_since(
+    session: AsyncSession, conversation_id: int, channel: str, address: str, since: datetime
+) -> bool:
     # Autoflush on: an acknowledgement queued earlier in the same batch counts.
-    if await session.scalar(_BY_CONVERSATION, {"conversation": conversation_id, "since": since}) is not None:
+    if (
+        await session.scalar(_BY_CONVERSATION, {"conversation": conversation_id, "since": since})
+        is not None
+    ):
         return True
-    found = await session.scalar(_BY_ADDRESS, {"channel": channel, "address": address, "since": since})
+    found = await session.scalar(
+        _BY_ADDRESS, {"channel": channel, "address": address, "since": since}
+    )
     return found is not None
 
 
@@ -65,10 +75,16 @@ class Acknowledger:
     async def __call__(self, session: AsyncSession, note: Logged) -> None:
         inbound, conversation, decision = note.inbound, note.conversation, note.decision
         cfg = self.config.routing
-        if inbound.kind not in SPOKEN or conversation is None or note.customer.forgotten_at is not None:
+        if (
+            inbound.kind not in SPOKEN
+            or conversation is None
+            or note.customer.forgotten_at is not None
+        ):
             return
         if inbound.meta.get("no_ack"):  # a channel's word: e.g. mail received days ago
-            log.info("ack.skipped conversation=%s reason=%s", conversation.id, inbound.meta["no_ack"])
+            log.info(
+                "ack.skipped conversation=%s reason=%s", conversation.id, inbound.meta["no_ack"]
+            )
             return
         complaint = cfg.acknowledge_complaints and decision.new_complaint
         outside = cfg.acknowledge_outside_hours and decision.outside_hours
@@ -81,7 +97,9 @@ class Acknowledger:
             log.info("ack.skipped conversation=%s reason=recently acknowledged", conversation.id)
             return
         customer = note.customer
-        language = language_of(customer.language or inbound.language, self.config.campaigns.default_language)
+        language = language_of(
+            customer.language or inbound.language, self.config.campaigns.default_language
+        )
         expected_at = (
             conversation.first_response_due_at if complaint else None
         ) or decision.expected_response_by or now
@@ -117,9 +135,18 @@ class Acknowledger:
                     },
                 },
             ),
-            log_meta={"kind": "ack", "reason": reason, "expected_response_by": expected_at.isoformat()},
+            log_meta={
+                "kind": "ack",
+                "reason": reason,
+                "expected_response_by": expected_at.isoformat(),
+            },
             at=now,
         )
         session.add(Acknowledgement(conversation_id=conversation.id, channel=inbound.channel,
                                     address=inbound.address, at=now))
-        log.info("ack.queued conversation=%s reason=%s expected=%s", conversation.id, reason, expected_at.isoformat())
+        log.info(
+            "ack.queued conversation=%s reason=%s expected=%s",
+            conversation.id,
+            reason,
+            expected_at.isoformat(),
+        )

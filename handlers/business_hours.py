@@ -12,7 +12,8 @@ import holidays as holiday_calendars
 
 from bot.config import WEEKDAYS, TeamConfig, parse_day, parse_hours
 
-# Far enough for any real calendar (a week of holidays after a closed weekend); a bound, not a guess.
+# Far enough for any real calendar (a week of holidays after a closed weekend); a bound, not a
+# guess.
 LOOKAHEAD_DAYS = 60
 # How far a due time is searched for at all: a team open a minute a week with a 72 h target would
 # otherwise walk decades of days for every message. Beyond it the caller uses the wall clock.
@@ -42,7 +43,9 @@ class BusinessHours:
         self.zone = ZoneInfo(timezone)
         # An empty week means around the clock; a day left out of a non-empty week is closed.
         self.always = not weekly
-        self.week: list[Spans] = [parse_hours((weekly or {}).get(day, "closed")) for day in WEEKDAYS]
+        self.week: list[Spans] = [
+            parse_hours((weekly or {}).get(day, "closed")) for day in WEEKDAYS
+        ]
         # A make-up working day replaces some weekday; it keeps the first working weekday's hours.
         self.workday: Spans = next((s for s in self.week[:5] if s), ((0, 24 * 60),))
         self.country = holidays

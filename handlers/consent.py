@@ -36,7 +36,9 @@ def normalise(text: str) -> str:
 class ConsentObserver:
     """A pipeline observer: runs inside the transaction that logs the message."""
 
-    def __init__(self, templates: Templates, extra_words: Iterable[str] = (), business: str = "kefu") -> None:
+    def __init__(
+        self, templates: Templates, extra_words: Iterable[str] = (), business: str = "kefu"
+    ) -> None:
         self.templates = templates
         self.words = {normalise(w) for w in (*OPT_OUT_WORDS, *extra_words) if normalise(w)}
         self.business = business
@@ -55,7 +57,9 @@ class ConsentObserver:
             # Anyone can write any From: an unauthenticated mail does not speak for the customer.
             session.add(
                 Interaction(
-                    conversation_id=logged.conversation.id if logged.conversation is not None else None,
+                    conversation_id=logged.conversation.id
+                    if logged.conversation is not None
+                    else None,
                     customer_id=customer.id,
                     channel=inbound.channel,
                     direction="event",
@@ -66,7 +70,11 @@ class ConsentObserver:
                     created_at=now,
                 )
             )
-            log.warning("consent.unverified customer=%s channel=%s: not withdrawn", customer.id, inbound.channel)
+            log.warning(
+                "consent.unverified customer=%s channel=%s: not withdrawn",
+                customer.id,
+                inbound.channel,
+            )
             return
         had_consent = customer.marketing_consent
         customer.marketing_consent = False
@@ -82,7 +90,11 @@ class ConsentObserver:
                 direction="event",
                 author_kind="system",
                 text=f"marketing consent withdrawn: the customer wrote {word!r}",
-                meta={"kind": "consent_withdrawn", "had_consent": had_consent, "cancelled": cancelled},
+                meta={
+                    "kind": "consent_withdrawn",
+                    "had_consent": had_consent,
+                    "cancelled": cancelled,
+                },
                 created_at=now,
             )
         )

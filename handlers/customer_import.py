@@ -134,7 +134,9 @@ def read_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, list[Any]]], i
     elif suffix == ".xlsx":
         header, rows = _read_xlsx(path)
     else:
-        raise FileProblem(f"{path.name}: use a .csv or .xlsx file (got {suffix or 'no extension'!r})")
+        raise FileProblem(
+            f"{path.name}: use a .csv or .xlsx file (got {suffix or 'no extension'!r})"
+        )
     keys = [normalise_header(h) for h in header]
     if not any(k in IDENTITY_COLUMNS for k in keys):
         raise FileProblem(
@@ -354,7 +356,9 @@ def _birthday(cell: Any, settings: Settings) -> tuple[date | None, str | None]:
     if m := _XYZ.match(raw):
         first, second = int(m[1]), int(m[2])
         day, month = (first, second) if settings.day_first else (second, first)
-        return _full(int(m[3]), month, day, raw, settings, hint=f"read as {order} (customers.day_first)")
+        return _full(
+            int(m[3]), month, day, raw, settings, hint=f"read as {order} (customers.day_first)"
+        )
     if m := _CN.match(raw):
         if m[1]:
             return _full(int(m[1]), int(m[2]), int(m[3]), raw, settings)

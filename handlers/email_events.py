@@ -55,7 +55,10 @@ async def on_bounce(session: AsyncSession, logged: Logged) -> None:
         identity.unreachable_reason = f"bounced ({status})"
         conversation = await session.scalar(
             select(Conversation)
-            .where(Conversation.customer_id == identity.customer_id, Conversation.status.in_(REOPENABLE))
+            .where(
+                Conversation.customer_id == identity.customer_id,
+                Conversation.status.in_(REOPENABLE),
+            )
             .order_by(Conversation.id.desc())
             .limit(1)
         )
@@ -67,7 +70,10 @@ async def on_bounce(session: AsyncSession, logged: Logged) -> None:
                     channel=CHANNEL,
                     direction="event",
                     author_kind="system",
-                    text=f"mail to {identity.address} bounced ({status}); the address is marked unreachable",
+                    text=(
+                        f"mail to {identity.address} bounced ({status}); "
+                        "the address is marked unreachable"
+                    ),
                     meta={"kind": "bounced", "bounce_interaction_id": logged.interaction_id},
                     created_at=inbound.received_at,
                 )

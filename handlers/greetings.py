@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -26,10 +26,11 @@ import holidays as holiday_calendars
 from bot.config import CampaignsConfig, Config, ConfigError, QuietHoursConfig, SegmentConfig
 from bot.messages import Outbound
 from handlers import segments
-from handlers.templating import LANGUAGES, Templates, TemplateProblem, language_of
+from handlers.templating import LANGUAGES, TemplateProblem, Templates, language_of
 from storage import campaigns as store
 from storage.db import Database
 from storage.models import Interaction, OutboxRow
+from storage.rows import table_of
 
 log = logging.getLogger("kefu.greetings")
 
@@ -106,7 +107,13 @@ def holidays_on(config: CampaignsConfig, day: date) -> list[dict[str, str]]:
     md = day.strftime("%m-%d")
     for custom in cfg.custom:
         if custom.date == md:
-            found.append({"zh": custom.name, "en": custom.name_en or custom.name, "template": custom.template or ""})
+            found.append(
+                {
+                    "zh": custom.name,
+                    "en": custom.name_en or custom.name,
+                    "template": custom.template or "",
+                }
+            )
     if cfg.holidays:
         rank = {name: n for n, name in enumerate(cfg.holidays)}
         found.sort(key=lambda h: min(rank.get(h["zh"], 999), rank.get(h["en"], 999)))
@@ -170,22 +177,24 @@ def timing(
 ) -> Timing:
     """When the greeting for local `day` goes out. lead=None: plan it whatever the hour (preview,
     `campaigns run`); else only once send_at - lead has come (the scheduler)."""
-    end = datetime.combine(day + timedelta(days=1), time(0), zone).astimezone(timezone.utc)
+    end = datetime.combine(day + timedelta(days=1), time(0), zone).astimezone(UTC)
     if now >= end:
         return Timing("late", reason=f"the day {day} is over in {zone.key}")
-    at = datetime.combine(day, send_time, zone).astimezone(timezone.utc)
+    at = datetime.combine(day, send_time, zone).astimezone(UTC)
     at = max(at, now)  # catch-up: kefu was down at send time, and it is still the same day
     if quiet.enabled:
         local = at.astimezone(zone)
         start, stop = _hhmm(quiet.start), _hhmm(quiet.end)
         if _in_quiet(local.time().replace(tzinfo=None), start, stop):
             if local.time().replace(tzinfo=None) < stop:
-                at = datetime.combine(local.date(), stop, zone).astimezone(timezone.utc)
+                at = datetime.combine(local.date(), stop, zone).astimezone(UTC)
             else:
                 return Timing(
                     "skip",
                     expires_at=end,
-                    reason=f"quiet hours {quiet.start}-{quiet.end} in {zone.key} until the day ends",
+                    reason=(
+                        f"quiet hours {quiet.start}-{quiet.end} in {zone.key} until the day ends"
+                    ),
                 )
     if at >= end:
         return Timing("late", reason=f"the day {day} is over in {zone.key}")
@@ -249,7 +258,8 @@ def choose_channel(
         mine = [i for i in usable if i.channel == channel]
         # On the channel they last wrote from, the very address they wrote from.
         exact = [i for i in mine if last is not None and (i.channel, i.address) == last]
-        return (exact or mine or [None])[0]
+        found = exact or mine
+        return found[0] if found else None
 
     for channel in (preferred, last[0] if last else None, *reach.order):
         if channel is not None and (hit := on(channel)) is not None:
@@ -357,7 +367,8 @@ def validate(config: Config, templates: Templates, today: date | None = None) ->
             sample = sorted(n for n in every if "(" not in n and "（" not in n)[:12]
             raise ConfigError(
                 f"[campaigns.holidays] holidays has value {wanted!r}: not a holiday of "
-                f"{', '.join(cfg.holidays.countries)} in {year}-{year + 1}; known: {', '.join(sample)}"
+                f"{', '.join(cfg.holidays.countries)} in {year}-{year + 1}; "
+                f"known: {', '.join(sample)}"
             )
 
 
@@ -417,14 +428,20 @@ class Planner:
         self._zones: dict[str | None, ZoneInfo] = {None: self.default_zone}
 
     def enabled(self) -> list[Campaign]:
-        return [c for c in CAMPAIGNS if (self.cfg.birthday if c == "birthday" else self.cfg.holidays).enabled]
+        return [
+            c
+            for c in CAMPAIGNS
+            if (self.cfg.birthday if c == "birthday" else self.cfg.holidays).enabled
+        ]
 
     def zone(self, name: str | None) -> ZoneInfo:
         if name not in self._zones:
             try:
                 self._zones[name] = ZoneInfo(name or "")
             except (ZoneInfoNotFoundError, ValueError):
-                log.warning("campaigns.timezone.invalid timezone=%r using=%s", name, self.default_zone.key)
+                log.warning(
+                    "campaigns.timezone.invalid timezone=%r using=%s", name, self.default_zone.key
+                )
                 self._zones[name] = self.default_zone
         return self._zones[name]
 
@@ -455,8 +472,11 @@ class Planner:
             wanted = set(occ.segment.tags)
             named = occ.segment.segment
             inside = (
-                await segments.members_in(session, self.config, named, now, among=[c.id for c in page])
-                if named else None
+                await segments.members_in(
+                    session, self.config, named, now, among=[c.id for c in page]
+                )
+                if named
+                else None
             )
             due: list[tuple[store.Candidate, Timing]] = []
             for c in page:
@@ -464,7 +484,14 @@ class Planner:
                     continue
                 if inside is not None and c.id not in inside:
                     continue
-                t = timing(occ.day, self.zone(c.timezone), occ.send_time, now, self.cfg.quiet_hours, lead=lead)
+                t = timing(
+                    occ.day,
+                    self.zone(c.timezone),
+                    occ.send_time,
+                    now,
+                    self.cfg.quiet_hours,
+                    lead=lead,
+                )
                 if t.kind == "late":
                     outcome.late += 1
                 elif t.kind == "wait":
@@ -480,29 +507,39 @@ class Planner:
             if t.kind == "skip":
                 out.append(self._skip(occ, c, lang, t, t.reason or "skipped"))
                 continue
-            where = choose_channel(self.reach, c.preferred_channel, last.get(c.id), reach.get(c.id, []))
+            where = choose_channel(
+                self.reach, c.preferred_channel, last.get(c.id), reach.get(c.id, [])
+            )
             if isinstance(where, str):
                 out.append(self._skip(occ, c, lang, t, where))
                 continue
-            text = self.templates.render(occ.template, lang, context(c, occ, lang, self.cfg.business_name))
+            text = self.templates.render(
+                occ.template, lang, context(c, occ, lang, self.cfg.business_name)
+            )
             out.append(
                 Greeting(occ.campaign, occ.key, c.id, c.display_name, lang, where[0], where[1],
                          t.send_at, t.expires_at, text)
             )
         return out, page[-1].id, outcome
 
-    def _skip(self, occ: Occasion, c: store.Candidate, lang: str, t: Timing, reason: str) -> Greeting:
+    def _skip(
+        self, occ: Occasion, c: store.Candidate, lang: str, t: Timing, reason: str
+    ) -> Greeting:
         log.info(
             "campaigns.plan.skipped campaign=%s occasion=%s customer=%s reason=%s",
             occ.campaign, occ.key, c.id, reason,
         )
         # The text is rendered all the same: a preview shows what a greeting will say before
         # its channel is set up (sending never uses a skipped greeting's text).
-        text = self.templates.render(occ.template, lang, context(c, occ, lang, self.cfg.business_name))
+        text = self.templates.render(
+            occ.template, lang, context(c, occ, lang, self.cfg.business_name)
+        )
         return Greeting(occ.campaign, occ.key, c.id, c.display_name, lang, None, None,
                         t.send_at, t.expires_at, text, reason)
 
-    async def preview(self, db: Database, campaign: Campaign, day: date, now: datetime) -> list[Greeting]:
+    async def preview(
+        self, db: Database, campaign: Campaign, day: date, now: datetime
+    ) -> list[Greeting]:
         """What plan() would do for the whole day, whatever the hour; writes nothing."""
         occ = occasion(self.cfg, campaign, day)
         if occ is None:
@@ -544,8 +581,14 @@ class Planner:
                 on_progress(total.planned + total.skipped + total.already)
         if total.planned or total.skipped:
             log.info(
-                "campaigns.plan.done campaign=%s occasion=%s planned=%d skipped=%d already=%d late=%d",
-                campaign, occ.key, total.planned, total.skipped, total.already, total.late,
+                "campaigns.plan.done campaign=%s occasion=%s planned=%d skipped=%d already=%d "
+                "late=%d",
+                campaign,
+                occ.key,
+                total.planned,
+                total.skipped,
+                total.already,
+                total.late,
             )
         return total
 
@@ -577,8 +620,8 @@ class Planner:
             # Ids first, then one executemany per table (the slow alternative is a RETURNING
             # round trip per greeting). The outbox rows have exactly the shape bot.outbox.enqueue
             # writes; a dedupe-key clash cannot happen once the delivery row was claimed.
-            log_ids = await store.reserve_ids(session, Interaction.__table__, len(sending))
-            out_ids = await store.reserve_ids(session, OutboxRow.__table__, len(sending))
+            log_ids = await store.reserve_ids(session, table_of(Interaction), len(sending))
+            out_ids = await store.reserve_ids(session, table_of(OutboxRow), len(sending))
             logged: list[dict[str, Any]] = []
             queued: list[dict[str, Any]] = []
             links: list[tuple[int, int]] = []
@@ -626,8 +669,8 @@ class Planner:
                     }
                 )
                 links.append((claimed[g.customer_id], out_id))
-            await store.insert_many(session, Interaction.__table__, logged)
-            await store.insert_many(session, OutboxRow.__table__, queued)
+            await store.insert_many(session, table_of(Interaction), logged)
+            await store.insert_many(session, table_of(OutboxRow), queued)
             await store.link_outbox(session, links)
             outcome.planned = len(sending)
         return outcome
@@ -637,7 +680,7 @@ class Planner:
         right now (UTC-12 to UTC+14 spans yesterday, today and tomorrow in UTC)."""
         total = Outcome()
         lead = timedelta(minutes=self.cfg.plan_interval_minutes + 5)
-        today = now.astimezone(timezone.utc).date()
+        today = now.astimezone(UTC).date()
         for campaign in self.enabled():
             for day in (today - timedelta(days=1), today, today + timedelta(days=1)):
                 total.add(await self.plan(db, campaign, day, now, lead=lead))
@@ -650,5 +693,7 @@ class Planner:
         async with db.transaction() as session:
             n = await store.expire(session, now, margin_until=margin, since=since)
         if n:
-            log.warning("campaigns.expired count=%d: their local day ended before they were sent", n)
+            log.warning(
+                "campaigns.expired count=%d: their local day ended before they were sent", n
+            )
         return n

@@ -72,7 +72,9 @@ async def change(
 ) -> Change:
     if to not in STATUSES:
         raise LifecycleError(f"status has value {to!r}: use one of {', '.join(STATUSES)}")
-    conversation = await session.get(Conversation, conversation_id, with_for_update=not _sqlite(session))
+    conversation = await session.get(
+        Conversation, conversation_id, with_for_update=not _sqlite(session)
+    )
     if conversation is None:
         raise LifecycleError(f"no conversation {conversation_id}")
     _check_role(actor, to, conversation)
@@ -80,8 +82,12 @@ async def change(
     if before == to:
         raise LifecycleError(f"conversation {conversation_id} is already {to}")
     if to not in MOVES[before]:
-        hint = " (the customer's next message starts a new conversation)" if before == "closed" else ""
-        raise LifecycleError(f"conversation {conversation_id} is {before}: it cannot become {to}{hint}")
+        hint = (
+            " (the customer's next message starts a new conversation)" if before == "closed" else ""
+        )
+        raise LifecycleError(
+            f"conversation {conversation_id} is {before}: it cannot become {to}{hint}"
+        )
     now = now or utcnow()
     conversation.status = to
     conversation.updated_at = now
@@ -129,7 +135,12 @@ def record(
             author_kind="system" if actor is roles.SYSTEM else "agent",
             author_id=actor.name,
             text=text,
-            meta={"kind": "status", "from": before, "to": after, **({"staff_id": actor.staff_id} if actor.staff_id else {})},
+            meta={
+                "kind": "status",
+                "from": before,
+                "to": after,
+                **({"staff_id": actor.staff_id} if actor.staff_id else {}),
+            },
             created_at=now,
         )
     )
@@ -137,24 +148,54 @@ def record(
         session, actor.name, f"conversation.{verb}", f"conversation:{conversation.id}",
         previous=before, status=after, role=actor.role, **({"reason": reason} if reason else {}),
     )
-    log.info("lifecycle.%s conversation=%s from=%s actor=%s", verb, conversation.id, before, actor.name)
+    log.info(
+        "lifecycle.%s conversation=%s from=%s actor=%s", verb, conversation.id, before, actor.name
+    )
 
 
-async def resolve(session: AsyncSession, conversation_id: int, actor: Actor, config: Config, *, now: datetime | None = None) -> Change:
+async def resolve(
+    session: AsyncSession,
+    conversation_id: int,
+    actor: Actor,
+    config: Config,
+    *,
+    now: datetime | None = None,
+) -> Change:
     """Resolved: the survey goes out ([survey]); the customer's next message reopens it."""
     return await change(session, conversation_id, "resolved", actor, config, now=now)
 
 
-async def reopen(session: AsyncSession, conversation_id: int, actor: Actor, config: Config, *, now: datetime | None = None) -> Change:
+async def reopen(
+    session: AsyncSession,
+    conversation_id: int,
+    actor: Actor,
+    config: Config,
+    *,
+    now: datetime | None = None,
+) -> Change:
     return await change(session, conversation_id, "open", actor, config, now=now)
 
 
-async def pending(session: AsyncSession, conversation_id: int, actor: Actor, config: Config, *, now: datetime | None = None) -> Change:
+async def pending(
+    session: AsyncSession,
+    conversation_id: int,
+    actor: Actor,
+    config: Config,
+    *,
+    now: datetime | None = None,
+) -> Change:
     """Waiting on the customer; their next message makes it open again."""
     return await change(session, conversation_id, "pending", actor, config, now=now)
 
 
-async def close(session: AsyncSession, conversation_id: int, actor: Actor, config: Config, *, now: datetime | None = None) -> Change:
+async def close(
+    session: AsyncSession,
+    conversation_id: int,
+    actor: Actor,
+    config: Config,
+    *,
+    now: datetime | None = None,
+) -> Change:
     return await change(session, conversation_id, "closed", actor, config, now=now)
 
 
@@ -170,7 +211,8 @@ async def auto_close(db: Database, now: datetime, config: Config) -> int:
                     select(Conversation)
                     .where(
                         Conversation.status == "resolved",
-                        func.coalesce(Conversation.resolved_at, Conversation.updated_at) <= quiet_since,
+                        func.coalesce(Conversation.resolved_at, Conversation.updated_at)
+                        <= quiet_since,
                         Conversation.updated_at <= quiet_since,
                     )
                     .order_by(Conversation.id)
@@ -189,4 +231,4 @@ async def auto_close(db: Database, now: datetime, config: Config) -> int:
 
 
 def _sqlite(session: AsyncSession) -> bool:
-    return session.bind.dialect.name == "sqlite"
+    return session.get_bind().dialect.name == "sqlite"

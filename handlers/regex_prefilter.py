@@ -15,10 +15,11 @@ import re
 from typing import Any
 
 try:
-    from re import _constants as C
-    from re import _parser as P
+    # typeshed has no stubs for re's private modules
+    from re import _constants as C  # type: ignore[attr-defined]
+    from re import _parser as P  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - a Python that moved them: no prefilter
-    C = P = None  # type: ignore[assignment]
+    C = P = None
 
 _SPAN_LIMIT = 5000  # a range wider than this is not worth a character class
 DIGIT = r"\d"  # stands for the whole category (any Unicode decimal digit), kept as it is

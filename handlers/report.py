@@ -20,10 +20,10 @@ from storage.models import ComplaintReason, Conversation, SlaBreach, Staff, Surv
 
 
 def _sqlite(session: AsyncSession) -> bool:
-    return session.bind.dialect.name == "sqlite"
+    return session.get_bind().dialect.name == "sqlite"
 
 
-def _seconds(session: AsyncSession, end: Any, start: Any) -> ColumnElement[float]:
+def _seconds(session: AsyncSession, end: Any, start: Any) -> ColumnElement[Any]:
     if _sqlite(session):
         return (func.julianday(end) - func.julianday(start)) * 86400.0
     return func.extract("epoch", end - start)
@@ -105,13 +105,19 @@ class Report:
 
 def _spread_json(spread: Spread | None) -> dict[str, Any]:
     spread = spread or Spread()
-    return {"count": spread.count, "median_seconds": spread.median_seconds, "p90_seconds": spread.p90_seconds}
+    return {
+        "count": spread.count,
+        "median_seconds": spread.median_seconds,
+        "p90_seconds": spread.p90_seconds,
+    }
 
 
 class Builder:
     """One report, section by section: the CLI advances its progress bar after each step."""
 
-    def __init__(self, session: AsyncSession, since: datetime | None, now: datetime | None = None) -> None:
+    def __init__(
+        self, session: AsyncSession, since: datetime | None, now: datetime | None = None
+    ) -> None:
         self.session = session
         self.since = since
         self.report = Report(now or utcnow(), since)
@@ -133,15 +139,24 @@ class Builder:
         where = [Conversation.is_complaint.is_(True), *self._created()]
         total = await s.scalar(select(func.count()).select_from(Conversation).where(*where)) or 0
         week = _week(s, Conversation.created_at)
-        by_week = await s.execute(select(week, func.count()).where(*where).group_by(week).order_by(week))
+        by_week = await s.execute(
+            select(week, func.count()).where(*where).group_by(week).order_by(week)
+        )
         severity = func.coalesce(Conversation.severity, "normal")
-        by_severity = await s.execute(select(severity, func.count()).where(*where).group_by(severity))
+        by_severity = await s.execute(
+            select(severity, func.count()).where(*where).group_by(severity)
+        )
         by_cue = await s.execute(
-            select(ComplaintReason.reason, func.count(func.distinct(ComplaintReason.conversation_id)))
+            select(
+                ComplaintReason.reason, func.count(func.distinct(ComplaintReason.conversation_id))
+            )
             .join(Conversation, Conversation.id == ComplaintReason.conversation_id)
             .where(*where)
             .group_by(ComplaintReason.reason)
-            .order_by(func.count(func.distinct(ComplaintReason.conversation_id)).desc(), ComplaintReason.reason)
+            .order_by(
+                func.count(func.distinct(ComplaintReason.conversation_id)).desc(),
+                ComplaintReason.reason,
+            )
         )
         self.report.complaints = {
             "total": int(total),
@@ -161,8 +176,12 @@ class Builder:
             "first_response": _spread_json((await spreads(s, first, answered)).get(None)),
             "resolution": _spread_json((await spreads(s, resolution, resolved)).get(None)),
             "complaints": {
-                "first_response": _spread_json((await spreads(s, first, [*answered, complaint])).get(None)),
-                "resolution": _spread_json((await spreads(s, resolution, [*resolved, complaint])).get(None)),
+                "first_response": _spread_json(
+                    (await spreads(s, first, [*answered, complaint])).get(None)
+                ),
+                "resolution": _spread_json(
+                    (await spreads(s, resolution, [*resolved, complaint])).get(None)
+                ),
             },
         }
 
@@ -176,10 +195,13 @@ class Builder:
         ).one()
         distribution = dict.fromkeys(range(1, 6), 0)
         rows = await s.execute(
-            select(Survey.score, func.count()).where(Survey.score.is_not(None), *where).group_by(Survey.score)
+            select(Survey.score, func.count())
+            .where(Survey.score.is_not(None), *where)
+            .group_by(Survey.score)
         )
         for score, n in rows:
-            distribution[int(score)] = int(n)
+            if score is not None:  # always so (score IS NOT NULL); for the type checker
+                distribution[int(score)] = int(n)
         self.report.csat = {
             "asked": int(asked),
             "answered": int(answered),
@@ -192,8 +214,12 @@ class Builder:
         s = self.session
         where = [SlaBreach.breached_at >= self.since] if self.since else []
         total = await s.scalar(select(func.count()).select_from(SlaBreach).where(*where)) or 0
-        by_target = await s.execute(select(SlaBreach.target, func.count()).where(*where).group_by(SlaBreach.target))
-        by_priority = await s.execute(select(SlaBreach.priority, func.count()).where(*where).group_by(SlaBreach.priority))
+        by_target = await s.execute(
+            select(SlaBreach.target, func.count()).where(*where).group_by(SlaBreach.target)
+        )
+        by_priority = await s.execute(
+            select(SlaBreach.priority, func.count()).where(*where).group_by(SlaBreach.priority)
+        )
         team = func.coalesce(SlaBreach.team, "—")
         by_team = await s.execute(select(team, func.count()).where(*where).group_by(team))
         self.report.sla = {
@@ -220,29 +246,51 @@ class Builder:
         per: dict[int, dict[str, Any]] = {}
         for staff_id, assigned, resolved, complaints in rows:
             per[staff_id] = {
-                "assigned": int(assigned), "resolved": int(resolved or 0), "complaints": int(complaints or 0),
+                "assigned": int(assigned),
+                "resolved": int(resolved or 0),
+                "complaints": int(complaints or 0),
             }
         first = _seconds(s, Conversation.first_response_at, Conversation.created_at)
         times = await spreads(
-            s, first, [Conversation.first_response_at.is_not(None), Conversation.assignee.is_not(None), *created],
+            s,
+            first,
+            [
+                Conversation.first_response_at.is_not(None),
+                Conversation.assignee.is_not(None),
+                *created,
+            ],
             Conversation.assignee,
         )
-        survey_where = [Survey.assignee.is_not(None), Survey.score.is_not(None)]
+        survey_where: list[ColumnElement[bool]] = [
+            Survey.assignee.is_not(None),
+            Survey.score.is_not(None),
+        ]
         if self.since:
             survey_where.append(Survey.asked_at >= self.since)
         scores = await s.execute(
-            select(Survey.assignee, func.count(), func.avg(Survey.score)).where(*survey_where).group_by(Survey.assignee)
+            select(Survey.assignee, func.count(), func.avg(Survey.score))
+            .where(*survey_where)
+            .group_by(Survey.assignee)
         )
-        csat = {a: (int(n), float(avg)) for a, n, avg in scores}
-        breach_where = [SlaBreach.assignee.is_not(None)]
+        csat = {a: (int(n), float(avg)) for a, n, avg in scores if a is not None}
+        breach_where: list[ColumnElement[bool]] = [SlaBreach.assignee.is_not(None)]
         if self.since:
             breach_where.append(SlaBreach.breached_at >= self.since)
         breach_rows = await s.execute(
-            select(SlaBreach.assignee, func.count()).where(*breach_where).group_by(SlaBreach.assignee)
+            select(SlaBreach.assignee, func.count())
+            .where(*breach_where)
+            .group_by(SlaBreach.assignee)
         )
-        breaches = {a: int(n) for a, n in breach_rows}
+        breaches = {a: int(n) for a, n in breach_rows if a is not None}
         ids = set(per) | set(csat) | set(breaches)
-        names = {i: n for i, n in await s.execute(select(Staff.id, Staff.name).where(Staff.id.in_(ids)))} if ids else {}
+        names = (
+            {
+                i: n
+                for i, n in await s.execute(select(Staff.id, Staff.name).where(Staff.id.in_(ids)))
+            }
+            if ids
+            else {}
+        )
         agents = []
         for staff_id in sorted(ids, key=lambda i: names.get(i, "")):
             entry = per.get(staff_id, {"assigned": 0, "resolved": 0, "complaints": 0})
@@ -262,7 +310,9 @@ class Builder:
         self.report.agents = agents
 
 
-async def build(session: AsyncSession, since: datetime | None = None, *, now: datetime | None = None) -> Report:
+async def build(
+    session: AsyncSession, since: datetime | None = None, *, now: datetime | None = None
+) -> Report:
     builder = Builder(session, since, now)
     for _, step in builder.steps():
         await step()

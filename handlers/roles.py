@@ -81,7 +81,8 @@ def require(actor: Actor, action: str, subject: str = "") -> None:
     if not allowed(actor.role, action):
         where = f" on {subject}" if subject else ""
         raise Forbidden(
-            f"{actor.name} ({actor.role}) may not {action}{where}: it needs role {PERMISSIONS[action]}"
+            f"{actor.name} ({actor.role}) may not {action}{where}: "
+            f"it needs role {PERMISSIONS[action]}"
         )
 
 

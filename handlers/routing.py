@@ -15,6 +15,7 @@ start on Monday morning (or on the next working day after a holiday).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,8 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import PRIORITIES, Config, ConfigError, RuleConfig, TeamConfig
 from bot.messages import Inbound
-from handlers.business_hours import BusinessHours
 from handlers import segments
+from handlers.business_hours import BusinessHours
 from handlers.complaints import Verdict
 from handlers.templating import language_of
 from storage.models import OPEN_STATUSES, Conversation, Customer, RoutingCursor, Staff, utcnow
@@ -79,9 +80,9 @@ def matches(
         return False
     if rule.complaint is not None and verdict.is_complaint != rule.complaint:
         return False
-    if rule.severity is not None and (not verdict.is_complaint or verdict.severity != rule.severity):
-        return False
-    return True
+    return rule.severity is None or (
+        verdict.is_complaint and verdict.severity == rule.severity
+    )
 
 
 def default_priority(verdict: Verdict, customer: Customer) -> str:
@@ -113,7 +114,9 @@ class Router:
         self.teams: dict[str, TeamConfig] = {}
         for n, team in enumerate(teams):
             if team.name in self.teams:
-                raise ConfigError(f"[routing.teams.{n}] name has value {team.name!r}: a team of that name exists")
+                raise ConfigError(
+                    f"[routing.teams.{n}] name has value {team.name!r}: a team of that name exists"
+                )
             self.teams[team.name] = team
         self.default_team = cfg.default_team or teams[0].name
         segments.check_names(config)
@@ -156,14 +159,21 @@ class Router:
         inbound: Inbound,
     ) -> Decision:
         in_segments = (
-            await segments.of_customer(session, self.config, customer, inbound.channel, inbound.received_at)
-            if self.uses_segments else frozenset()
+            await segments.of_customer(
+                session, self.config, customer, inbound.channel, inbound.received_at
+            )
+            if self.uses_segments
+            else frozenset()
         )
         n, rule = self.pick_rule(verdict, customer, inbound, in_segments)
-        priority = (rule.priority if rule and rule.priority else None) or default_priority(verdict, customer)
+        priority = (rule.priority if rule and rule.priority else None) or default_priority(
+            verdict, customer
+        )
         priority = higher(priority, floor(verdict, customer))
         wanted = (rule.team if rule else None) or self.default_team
-        new_complaint = verdict.is_complaint and not (conversation is not None and conversation.is_complaint)
+        new_complaint = verdict.is_complaint and not (
+            conversation is not None and conversation.is_complaint
+        )
         team_name = wanted
         reassign = False
         if conversation is not None and conversation.team is not None:
@@ -198,13 +208,20 @@ class Router:
         )
         if verdict.is_complaint or reassign:
             log.info(
-                "routing.decision conversation=%s team=%s priority=%s assignee=%s rule=%s outside_hours=%s",
-                conversation.id if conversation else None, team.name, priority, assignee, n,
+                "routing.decision conversation=%s team=%s priority=%s assignee=%s rule=%s "
+                "outside_hours=%s",
+                conversation.id if conversation else None,
+                team.name,
+                priority,
+                assignee,
+                n,
                 decision.outside_hours,
             )
         return decision
 
-    async def members(self, session: AsyncSession, team: TeamConfig, *, on_duty: bool) -> list[Staff]:
+    async def members(
+        self, session: AsyncSession, team: TeamConfig, *, on_duty: bool
+    ) -> list[Staff]:
         # Asked for every message of a batch: read the team once per transaction, and without
         # autoflush (which would write the batch's pending rows each time).
         cache = _per_transaction(session, "members")
@@ -217,7 +234,8 @@ class Router:
                 query = query.where(Staff.name.in_(team.members))
             with session.no_autoflush:
                 cache[key] = list(await session.scalars(query))
-        return cache[key]
+        members: list[Staff] = cache[key]
+        return members
 
     async def leads(self, session: AsyncSession, team: TeamConfig) -> list[Staff]:
         query = select(Staff).where(Staff.active.is_(True)).order_by(Staff.id)
@@ -283,7 +301,6 @@ def _per_transaction(session: AsyncSession, name: str) -> dict[Any, Any]:
     return session.info.setdefault(f"kefu.routing.{name}", {})  # type: ignore[no-any-return]
 
 
-_default: Router | None = None
 
 
 async def route(
@@ -294,7 +311,9 @@ async def route(
     inbound: Inbound,
 ) -> Decision:
     """The router of the default config (one team of all staff, around the clock)."""
-    global _default
-    if _default is None:
-        _default = Router(Config())
-    return await _default(session, verdict, customer, conversation, inbound)
+    return await _default_router()(session, verdict, customer, conversation, inbound)
+
+
+@functools.cache
+def _default_router() -> Router:
+    return Router(Config())

@@ -16,13 +16,12 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from handlers.business_hours import BusinessHours
-
 from sqlalchemy import ColumnElement, and_, exists, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handlers import staff_alerts
+from handlers.business_hours import BusinessHours
 from handlers.routing import Router
 from storage.db import Database
 from storage.models import Conversation, Customer, Interaction, SlaBreach
@@ -81,11 +80,15 @@ def resume(conversation: Conversation, now: datetime, clock: BusinessHours) -> N
         left = clock.between(paused, due)
         setattr(conversation, name, clock.add(now, left) or now + left)
     conversation.sla_due_at = (
-        conversation.first_response_due_at if conversation.first_response_at is None else conversation.resolution_due_at
+        conversation.first_response_due_at
+        if conversation.first_response_at is None
+        else conversation.resolution_due_at
     )
 
 
-async def check(db: Database, now: datetime, router: Router, *, staff_chat_id: int | None = None) -> list[Breach]:
+async def check(
+    db: Database, now: datetime, router: Router, *, staff_chat_id: int | None = None
+) -> list[Breach]:
     """Records and escalates every breach due at `now`; returns the new ones."""
     found: list[Breach] = []
     for target in TARGETS:
@@ -93,11 +96,16 @@ async def check(db: Database, now: datetime, router: Router, *, staff_chat_id: i
             async with db.transaction() as session:
                 batch = list(
                     await session.scalars(
-                        select(Conversation).where(_overdue(target, now)).order_by(Conversation.id).limit(BATCH)
+                        select(Conversation)
+                        .where(_overdue(target, now))
+                        .order_by(Conversation.id)
+                        .limit(BATCH)
                     )
                 )
                 for conversation in batch:
-                    breach = await _breach(session, conversation, target, now, router, staff_chat_id)
+                    breach = await _breach(
+                        session, conversation, target, now, router, staff_chat_id
+                    )
                     if breach is not None:
                         found.append(breach)
             if len(batch) < BATCH:
@@ -113,9 +121,13 @@ async def _breach(
     router: Router,
     staff_chat_id: int | None,
 ) -> Breach | None:
-    due_at = conversation.first_response_due_at if target == "first_response" else conversation.resolution_due_at
+    due_at = (
+        conversation.first_response_due_at
+        if target == "first_response"
+        else conversation.resolution_due_at
+    )
     assert due_at is not None
-    insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     breach_id = (
         await session.execute(
             insert(SlaBreach)
@@ -146,7 +158,12 @@ async def _breach(
             f"({_minutes(late)} late) · priority {conversation.priority}"
             + (" · complaint" if conversation.is_complaint else ""),
             f"team {team.name} · assignee: {'@' + assignee if assignee else 'nobody'}",
-            "leads: " + (", ".join("@" + n for n in leads) if leads else "none configured — see [routing.teams] leads"),
+            "leads: "
+            + (
+                ", ".join("@" + n for n in leads)
+                if leads
+                else "none configured — see [routing.teams] leads"
+            ),
         ]
     )
     session.add(
@@ -175,15 +192,31 @@ async def _breach(
         session,
         staff_chat_id,
         conversation,
-        staff_alerts.name_of(customer) if customer is not None else f"customer {conversation.customer_id}",
+        staff_alerts.name_of(customer)
+        if customer is not None
+        else f"customer {conversation.customer_id}",
         text,
         f"sla:{breach_id}",
     )
     log.warning(
         "sla.breach conversation=%s target=%s due=%s priority=%s team=%s assignee=%s leads=%s",
-        conversation.id, target, due_at.isoformat(), conversation.priority, team.name, assignee, ",".join(leads),
+        conversation.id,
+        target,
+        due_at.isoformat(),
+        conversation.priority,
+        team.name,
+        assignee,
+        ",".join(leads),
     )
-    return Breach(breach_id, conversation.id, target, due_at, conversation.priority, team.name, conversation.assignee)
+    return Breach(
+        breach_id,
+        conversation.id,
+        target,
+        due_at,
+        conversation.priority,
+        team.name,
+        conversation.assignee,
+    )
 
 
 def _minutes(delta: timedelta) -> str:

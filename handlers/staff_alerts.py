@@ -36,7 +36,8 @@ async def post(
     text: str,
     dedupe_key: str,
 ) -> int | None:
-    """Queues `text` for the staff group, in the conversation's topic; None without a staff group."""
+    """Queues `text` for the staff group, in the conversation's topic; None without a staff
+    group."""
     if staff_chat_id is None:
         return None
     from handlers.staff_group import topic_name
@@ -75,15 +76,22 @@ async def staff_name(session: AsyncSession, staff_id: int | None) -> str | None:
     return member.name if member is not None else None
 
 
-async def save_reasons(session: AsyncSession, conversation_id: int, reasons: tuple[str, ...]) -> None:
+async def save_reasons(
+    session: AsyncSession, conversation_id: int, reasons: tuple[str, ...]
+) -> None:
     from sqlalchemy.dialects import postgresql, sqlite
 
     if not reasons:
         return
-    insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     await session.execute(
         insert(ComplaintReason)
-        .values([{"conversation_id": conversation_id, "reason": r[:120], "at": utcnow()} for r in dict.fromkeys(reasons)])
+        .values(
+            [
+                {"conversation_id": conversation_id, "reason": r[:120], "at": utcnow()}
+                for r in dict.fromkeys(reasons)
+            ]
+        )
         .on_conflict_do_nothing(index_elements=["conversation_id", "reason"])
     )
 
@@ -112,14 +120,18 @@ class ComplaintAlerts:
         reasons = ", ".join(verdict.reasons) or "—"
         lines = [
             (
-                f"⚠️ Complaint #{conversation.id} · {SEVERITY_MARK.get(verdict.severity, verdict.severity)}"
+                f"⚠️ Complaint #{conversation.id} · "
+                f"{SEVERITY_MARK.get(verdict.severity, verdict.severity)}"
                 f" · priority {conversation.priority}"
             ),
             f"reasons: {reasons}",
-            f"team {team} · assignee: {'@' + assignee if assignee else 'nobody on duty — leads, please assign'}",
+            f"team {team} · assignee: "
+            + (f"@{assignee}" if assignee else "nobody on duty — leads, please assign"),
         ]
         if note.decision.first_response_due is not None and conversation.first_response_at is None:
-            lines.append(f"first response due {conversation.first_response_due_at:%Y-%m-%d %H:%M} UTC")
+            lines.append(
+                f"first response due {conversation.first_response_due_at:%Y-%m-%d %H:%M} UTC"
+            )
         text = "\n".join(lines)
         session.add(
             Interaction(

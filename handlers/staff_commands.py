@@ -168,7 +168,11 @@ async def resolve(ctx: Context) -> str:
 
 async def pending(ctx: Context) -> str:
     change = await _move(ctx, lifecycle.pending)
-    return change if isinstance(change, str) else f"⏳ #{ctx.conversation.id} pending: waiting on the customer."
+    return (
+        change
+        if isinstance(change, str)
+        else f"⏳ #{ctx.conversation.id} pending: waiting on the customer."
+    )
 
 
 async def reopen(ctx: Context) -> str:
@@ -220,7 +224,8 @@ async def history(ctx: Context) -> str:
         text = row.text if len(row.text) <= LINE_LIMIT else row.text[:LINE_LIMIT] + "…"
         who = row.author_id if row.author_kind == "agent" else row.author_kind
         lines.append(
-            f"{row.created_at:%m-%d %H:%M} {ARROWS.get(row.direction, '?')} {row.channel} {who}: {text}"
+            f"{row.created_at:%m-%d %H:%M} {ARROWS.get(row.direction, '?')} {row.channel} "
+            f"{who}: {text}"
         )
     return "\n".join(lines)
 

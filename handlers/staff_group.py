@@ -9,10 +9,10 @@ limits). The group gets one line per conversation that is handled in a private c
 
 StaffDesk.handle() takes a staff post, in the group or in a staff member's private chat: a plain
 message in a conversation's topic (or a reply to a mirrored message) is an answer to the customer;
-a /command acts on the conversation. Only
-active staff may do either, each within their role (handlers/roles.py: status changes go through
-handlers/lifecycle.py, so /resolve asks the satisfaction survey); everything they do is audited. One transaction per post, keyed by the
-post's id, so a redelivered update does nothing twice.
+a /command acts on the conversation. Only active staff may do either, each within their role
+(handlers/roles.py: status changes go through handlers/lifecycle.py, so /resolve asks the
+satisfaction survey); everything they do is audited. One transaction per post, keyed by the post's
+id, so a redelivered update does nothing twice.
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ PRIVATE_HINT = (
 )
 PREVIEW_LIMIT = 3500  # leaves room for the header inside Telegram's 4096
 REFUSAL = "⛔ Only registered kefu staff can answer customers or use commands here."
-REFUSAL_EVERY_SECONDS = 600.0  # one refusal per person per ten minutes is enough; the group is rate-limited
+REFUSAL_EVERY_SECONDS = (
+    600.0  # one refusal per person per ten minutes is enough; the group is rate-limited
+)
 
 PRIORITY_MARK = {"urgent": "🔴 urgent", "high": "🟠 high", "low": "⚪ low"}
 
@@ -146,7 +148,9 @@ def mirror_observer(staff_chat_id: int) -> Observer:
         # Inside the pipeline's transaction some attributes may be expired; run_sync may load them.
         seen = await session.run_sync(lambda _: _seen(note))
         # Telegram file ids work for this bot only: media from Telegram is copied into the topic.
-        media = tuple(a for a in note.inbound.attachments if a.file_id and note.inbound.channel == CHANNEL)
+        media = tuple(
+            a for a in note.inbound.attachments if a.file_id and note.inbound.channel == CHANNEL
+        )
         name = topic_name(seen.conversation_id, seen.name, note.inbound.channel)
         out = Outbound(
             channel=CHANNEL,
@@ -230,7 +234,7 @@ async def first_time(
     session: AsyncSession, key: str, conversation_id: int | None, channel: str = CHANNEL
 ) -> bool:
     """Claims the idempotency key inside the caller's transaction; False if it was seen before."""
-    insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     stmt = (
         insert(ProcessedMessage)
         .values(channel=channel, key=key, conversation_id=conversation_id)
@@ -318,11 +322,16 @@ class StaffDesk:
             # Every role may reply today; a staff row with an unknown role may not.
             audit.record(session, member.name, "staff.forbidden", f"conversation:{conversation.id}",
                          staff_id=member.id, message=post.key, command="reply", role=member.role)
-            await self._notice(session, post, conversation, f"⛔ {member.name} ({member.role}) may not reply.")
+            await self._notice(
+                session, post, conversation, f"⛔ {member.name} ({member.role}) may not reply."
+            )
             return "forbidden"
         if not post.text.strip():
             await self._notice(
-                session, post, conversation, "📎 Attachments are not forwarded to customers yet: send text."
+                session,
+                post,
+                conversation,
+                "📎 Attachments are not forwarded to customers yet: send text.",
             )
             return "no_text"
         try:
@@ -339,7 +348,10 @@ class StaffDesk:
             return "answer_failed"
         if post.has_media:
             await self._notice(
-                session, post, conversation, "📎 The text was sent; attachments are not forwarded yet."
+                session,
+                post,
+                conversation,
+                "📎 The text was sent; attachments are not forwarded yet.",
             )
         return f"answer:{answer.interaction_id}"
 

@@ -19,7 +19,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -75,7 +75,9 @@ def parse_answer(text: str) -> tuple[int, str | None] | None:
     return None
 
 
-async def as_answer(session: AsyncSession, conversation: Conversation, inbound: Inbound) -> Inbound | None:
+async def as_answer(
+    session: AsyncSession, conversation: Conversation, inbound: Inbound
+) -> Inbound | None:
     """The pipeline asks before reopening a resolved conversation: is this message a survey answer?
     Then it is logged as an event of kind "survey" and left to record() below."""
     if inbound.meta.get("sender_verified") is False:
@@ -95,7 +97,11 @@ async def as_answer(session: AsyncSession, conversation: Conversation, inbound: 
 
 
 async def ask(
-    session: AsyncSession, conversation: Conversation, config: Config, *, now: datetime | None = None
+    session: AsyncSession,
+    conversation: Conversation,
+    config: Config,
+    *,
+    now: datetime | None = None,
 ) -> Survey | None:
     """Queues the survey of the conversation's latest resolution; None when none is due (surveys
     off, a forgotten customer, no channel to ask on, or this resolution was surveyed already)."""
@@ -142,7 +148,12 @@ async def ask(
         at=now,
         not_before=asked_at,
     )
-    log.info("survey.asked survey=%s conversation=%s at=%s", survey.id, conversation.id, asked_at.isoformat())
+    log.info(
+        "survey.asked survey=%s conversation=%s at=%s",
+        survey.id,
+        conversation.id,
+        asked_at.isoformat(),
+    )
     return survey
 
 
@@ -213,7 +224,7 @@ async def survey_observer(session: AsyncSession, note: Logged) -> None:
     if inbound.kind != "survey":
         return
     given = inbound.meta.get("survey") or {}
-    score = given.get("score")
+    score: Any = given.get("score")  # as the channel sent it: record_answer checks it
     survey_id = given.get("id")
     conversation_id = note.conversation.id if note.conversation is not None else None
     try:

@@ -26,7 +26,8 @@ TELEGRAM = "telegram"
 
 
 async def handle(db: Database, config: Config, press: SurveyPress) -> PressAnswer:
-    """Returns after the commit; a refused press (twice, expired, someone else's) changes nothing."""
+    """Returns after the commit; a refused press (twice, expired, someone else's) changes
+    nothing."""
     async with db.transaction() as session:
         customer = await _customer_of(session, press.user_id)
         language = language_of(
@@ -44,9 +45,16 @@ async def handle(db: Database, config: Config, press: SurveyPress) -> PressAnswe
             )
         except survey.SurveyError as exc:
             reason = await _refusal(session, press, customer)
-            log.info("telegram_survey.refused survey=%s user=%s reason=%s detail=%s",
-                     press.survey_id, press.user_id, reason, exc)
-            return PressAnswer(care.texts(config).render("survey_refused", language, {"reason": reason}))
+            log.info(
+                "telegram_survey.refused survey=%s user=%s reason=%s detail=%s",
+                press.survey_id,
+                press.user_id,
+                reason,
+                exc,
+            )
+            return PressAnswer(
+                care.texts(config).render("survey_refused", language, {"reason": reason})
+            )
     return PressAnswer(
         care.texts(config).render("survey_thanks", language, {"score": answered.score}),
         chosen=answered.score,
@@ -63,7 +71,8 @@ async def _customer_of(session: AsyncSession, user_id: str) -> Customer | None:
 
 
 async def _refusal(session: AsyncSession, press: SurveyPress, customer: Customer | None) -> str:
-    """Which polite refusal fits: answered already, closed (expired or a bad score), or not theirs."""
+    """Which polite refusal fits: answered already, closed (expired or a bad score), or not
+    theirs."""
     asked = await session.get(Survey, press.survey_id)
     if asked is None or customer is None or asked.customer_id != customer.id:
         return "other"

@@ -31,7 +31,9 @@ def language_of(value: str | None, default: str = "zh") -> str:
 
 
 class Templates:
-    def __init__(self, override_dir: str | Path | None = None, default_language: str = "zh") -> None:
+    def __init__(
+        self, override_dir: str | Path | None = None, default_language: str = "zh"
+    ) -> None:
         loaders = [FileSystemLoader(str(BUILTIN))]
         if override_dir is not None:
             loaders.insert(0, FileSystemLoader(str(override_dir)))
