@@ -70,6 +70,8 @@ class Logged:
 
 # Observers add their own rows (staff notifications, acknowledgements) to the same transaction:
 # if one raises, the message is not logged and the channel gets no acknowledgement.
+# An observer may also have `observe_batch(session, notes)`: then it is called once per batch
+# with all the batch's messages in order, instead of once per message.
 Observer = Callable[[AsyncSession, Logged], Awaitable[None]]
 
 # Inbound kinds that are a customer speaking; the rest (edits, channel events) are logged as events.
@@ -494,6 +496,13 @@ async def _log_fresh(
     # The log is the hot path: plain executemany, not the ORM's unit of work.
     ids = await _insert_rows(session, Interaction, logged)
     await session.flush()  # the conversations touched above
+    # An observer with observe_batch sees the whole batch at once, after the per-message ones:
+    # it can read and write for all its messages in a statement or two instead of per message.
+    batched: list[Callable[[AsyncSession, Sequence[Logged]], Awaitable[None]]] = [
+        b for o in pipeline.observers if (b := getattr(o, "observe_batch", None)) is not None
+    ]
+    each = [o for o in pipeline.observers if not hasattr(o, "observe_batch")]
+    seen: list[Logged] = []
     for n, inbound, interaction_id, (customer, conversation, verdict, decision) in zip(
         positions, inbounds, ids, notes, strict=True
     ):
@@ -510,8 +519,11 @@ async def _log_fresh(
                 verdict,
                 decision,
             )
-            for observer in pipeline.observers:
+            seen.append(note)
+            for observer in each:
                 await observer(session, note)
+    for observe_batch in batched:
+        await observe_batch(session, seen)
 
 
 async def _insert(session: AsyncSession, model: type[Base], rows: Sequence[Base]) -> None:

@@ -121,10 +121,10 @@ def _sqlite_value(value: Any) -> Any:
 async def _write(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
     """A chunk's changed rows in one executemany. On SQLite straight to the driver: at a million
     customers SQLAlchemy's per-row parameter processing is most of the recompute's time."""
-    if session.get_bind().dialect.name != "sqlite":
-        await session.execute(_upsert(session), rows)
-        return
     conn = await session.connection()
+    if conn.dialect.name != "sqlite":
+        await conn.execute(_upsert(session), rows)
+        return
     await conn.exec_driver_sql(
         _SQLITE_UPSERT,
         [tuple(_sqlite_value(r[c]) for c in ("customer_id", *HEALTH_COLUMNS)) for r in rows],
@@ -153,23 +153,63 @@ class Churn:
     # --- the pipeline's observer ---------------------------------------------------------------
 
     async def __call__(self, session: AsyncSession, note: Logged) -> None:
-        customer = note.customer
-        if (
-            not self.cfg.enabled
-            or customer.forgotten_at is not None
-            or customer.merged_into is not None
-        ):
+        await self.observe_batch(session, [note])
+
+    async def observe_batch(self, session: AsyncSession, notes: Sequence[Logged]) -> None:
+        """A pipeline batch's messages, in order: the stored rows of all their customers read in
+        one statement, every new row written in one executemany at the end. A message from a
+        customer with no row yet, or one that may change more than when they write (a complaint,
+        an opt-out), reads that customer's signals (one statement)."""
+        if not self.cfg.enabled:
             return
-        now = note.inbound.received_at
-        spoken = note.inbound.kind in ("message", "complaint") and note.interaction_id is not None
-        plain = (
-            spoken
+        live = [
+            n for n in notes if n.customer.forgotten_at is None and n.customer.merged_into is None
+        ]
+        if not live:
+            return
+        known = await health.stored_rows(session, list({n.customer.id for n in live}))
+        pending: dict[int, dict[str, Any]] = {}
+        for note in live:
+            cid = note.customer.id
+            found = known.get(cid) if self._is_plain(note) else None
+            if found is not None and not (found[1].opted_out and note.customer.marketing_consent):
+                values = await self._plain(session, note, found)
+            else:
+                if cid in pending:  # the full path reads the stored row: it must be there
+                    await _write(session, list(pending.values()))
+                    pending.clear()
+                values = await self._full(session, note)
+            pending[cid] = {"customer_id": cid, **values}
+            known[cid] = (
+                list(values["reasons"]),
+                health.Stored(
+                    values["rate_fast"],
+                    values["rate_slow"],
+                    values["rate_at"],
+                    values["last_contact_at"],
+                    values["opted_out"],
+                    values["alerted_at"],
+                    values["crossings"],
+                ),
+            )
+        if pending:
+            await _write(session, list(pending.values()))
+
+    def _is_plain(self, note: Logged) -> bool:
+        """No complaint, not in a complaint conversation, not an opt-out: only when the customer
+        writes changes."""
+        return (
+            note.inbound.kind in ("message", "complaint")
+            and note.interaction_id is not None
             and not note.verdict.is_complaint
             and not (note.conversation is not None and note.conversation.is_complaint)
             and not (self.is_opt_out is not None and self.is_opt_out(note.inbound.text))
         )
-        if plain and await self._plain(session, note, now):
-            return
+
+    async def _full(self, session: AsyncSession, note: Logged) -> dict[str, Any]:
+        customer = note.customer
+        now = note.inbound.received_at
+        spoken = note.inbound.kind in ("message", "complaint") and note.interaction_id is not None
         signals, row = await health.one(session, customer.id, now, self.cfg)
         if row is not None:
             signals.rate_fast = health.decay(row.rate_fast, row.rate_at, now, FAST_DAYS)
@@ -191,28 +231,20 @@ class Churn:
         values = self._values(
             result, signals, now, alerted_at, row.crossings if row is not None else 0
         )
-        await session.execute(_upsert(session), [{"customer_id": customer.id, **values}])
         if values["alerted_at"] is not None and alerted_at is None:
-            # The conversation to open and its owner, read only for the (rare) warning.
-            full = (
-                await health.gather(
-                    session, customer.id, customer.id, now, self.cfg, from_log=False
-                )
-            ).get(customer.id)
-            if full is not None:
-                signals.conversation_id, signals.owner = full.conversation_id, full.owner
-            await self.warn(session, customer, result, signals, now, values["crossings"])
+            await self._warn_full(session, customer, result, signals, now, values["crossings"])
+        return values
 
-    async def _plain(self, session: AsyncSession, note: Logged, now: datetime) -> bool:
-        """The common case, in two statements (read the row, write it): a plain message changes
-        only the reasons about when the customer writes. False: take the full path."""
-        customer = note.customer
-        found = await health.stored_row(session, customer.id)
-        if found is None:
-            return False
+    async def _plain(
+        self,
+        session: AsyncSession,
+        note: Logged,
+        found: tuple[list[dict[str, Any]], health.Stored],
+    ) -> dict[str, Any]:
+        """The common case, from the stored row alone: a plain message changes only the reasons
+        about when the customer writes."""
+        now = note.inbound.received_at
         reasons, row = found
-        if row.opted_out and customer.marketing_consent:
-            return False  # consent given again since: the full path drops the opt-out
         fast = health.decay(row.rate_fast, row.rate_at, now, FAST_DAYS) + 1.0
         slow = health.decay(row.rate_slow, row.rate_at, now, SLOW_DAYS) + 1.0
         result = health.after_message(reasons, fast, slow, now, self.cfg)
@@ -224,17 +256,28 @@ class Churn:
             opted_out=row.opted_out,
         )
         values = self._values(result, signals, now, row.alerted_at, row.crossings)
-        await session.execute(_upsert(session), [{"customer_id": customer.id, **values}])
         if values["alerted_at"] is not None and row.alerted_at is None:
-            full = (
-                await health.gather(
-                    session, customer.id, customer.id, now, self.cfg, from_log=False
-                )
-            ).get(customer.id)
-            if full is not None:
-                signals.conversation_id, signals.owner = full.conversation_id, full.owner
-            await self.warn(session, customer, result, signals, now, values["crossings"])
-        return True
+            await self._warn_full(
+                session, note.customer, result, signals, now, values["crossings"]
+            )
+        return values
+
+    async def _warn_full(
+        self,
+        session: AsyncSession,
+        customer: Customer,
+        result: Health,
+        signals: Signals,
+        now: datetime,
+        crossing: int,
+    ) -> None:
+        # The conversation to open and its owner, read only for the (rare) warning.
+        full = (
+            await health.gather(session, customer.id, customer.id, now, self.cfg, from_log=False)
+        ).get(customer.id)
+        if full is not None:
+            signals.conversation_id, signals.owner = full.conversation_id, full.owner
+        await self.warn(session, customer, result, signals, now, crossing)
 
     # --- everyone ------------------------------------------------------------------------------
 

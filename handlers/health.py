@@ -468,33 +468,39 @@ class Stored:
     crossings: int
 
 
-_STORED_ROW = select(
+_STORED_ROWS = select(
+    CustomerHealth.customer_id,
     CustomerHealth.reasons,
     CustomerHealth.rate_fast,
     CustomerHealth.rate_slow,
     CustomerHealth.rate_at,
+    CustomerHealth.last_contact_at,
     CustomerHealth.opted_out,
     CustomerHealth.alerted_at,
     CustomerHealth.crossings,
-).where(CustomerHealth.customer_id == bindparam("cid"))
+).where(CustomerHealth.customer_id.in_(bindparam("ids", expanding=True)))
 
 
-async def stored_row(
-    session: AsyncSession, customer_id: int
-) -> tuple[list[dict[str, Any]], Stored] | None:
+async def stored_rows(
+    session: AsyncSession, customer_ids: list[int]
+) -> dict[int, tuple[list[dict[str, Any]], Stored]]:
+    """The stored rows of several customers in one statement (a pipeline batch's)."""
     conn = await session.connection()
-    r = (await conn.execute(_STORED_ROW, {"cid": customer_id})).first()
-    if r is None:
-        return None
-    return list(r.reasons or []), Stored(
-        float(r.rate_fast or 0.0),
-        float(r.rate_slow or 0.0),
-        _parse(r.rate_at),
-        None,
-        bool(r.opted_out),
-        _parse(r.alerted_at),
-        int(r.crossings or 0),
-    )
+    return {
+        int(r.customer_id): (
+            list(r.reasons or []),
+            Stored(
+                float(r.rate_fast or 0.0),
+                float(r.rate_slow or 0.0),
+                _parse(r.rate_at),
+                _parse(r.last_contact_at),
+                bool(r.opted_out),
+                _parse(r.alerted_at),
+                int(r.crossings or 0),
+            ),
+        )
+        for r in await conn.execute(_STORED_ROWS, {"ids": customer_ids})
+    }
 
 
 @functools.cache

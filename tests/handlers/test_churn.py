@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 
 from handlers import health, lifecycle, sla
 from handlers.churn import Churn
@@ -282,6 +282,46 @@ async def test_a_plain_message_updates_like_a_full_recompute(db: Database) -> No
         assert ([r["code"] for r in again[ids[name]].reasons], again[ids[name]].score) == observed[
             name
         ]
+
+
+async def test_a_batch_of_plain_messages_reads_and_writes_scores_once(db: Database) -> None:
+    """The observer costs the batch two statements on customer_health, however many messages
+    (issue 14: ingest no slower), and scores a customer who writes twice in one batch as if the
+    messages had come one by one."""
+    churn, ids = await seeded(db)
+    now = T0 + timedelta(days=21, hours=6)
+    await churn.recompute(db, now)
+    pipeline, router = care_pipeline(db, CFG)
+    pipeline.observers.append(Churn(CFG, router, staff_chat_id=STAFF_CHAT))
+    statements: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if "customer_health" in statement:
+            statements.append(statement)
+
+    batch = [
+        message(f"{user}-{n}", f"and order {n}?", now + timedelta(minutes=n), user=user)
+        for n in range(3)
+        for user in ("busy", "content")
+    ]
+    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        await pipeline.receive_many(batch)
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
+    await pipeline.close()
+    assert len(statements) == 2
+    after = await scores(db)
+    assert [r["code"] for r in after[ids["busy"]].reasons] == ["rising_contact"]
+    assert after[ids["busy"]].last_contact_at == now + timedelta(minutes=2)
+    # The full recompute at the same moment agrees with what the observer wrote.
+    await churn.recompute(db, now + timedelta(minutes=2))
+    again = await scores(db)
+    for name in ("busy", "content"):
+        assert (again[ids[name]].reasons, again[ids[name]].score) == (
+            after[ids[name]].reasons,
+            after[ids[name]].score,
+        )
 
 
 async def test_first_scoring_of_an_install_marks_without_announcing(db: Database) -> None:
