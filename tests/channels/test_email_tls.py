@@ -209,6 +209,8 @@ async def test_smtp_with_an_untrusted_certificate_is_not_sent(
     try:
         # IMAP stays plain here; only the SMTP side distrusts the server.
         config = email_config(tmp_path, mailbox, server.port, smtp_security=security, ca_file=str(wrong_ca))
+        # Retried, not given up, until the row is looked at (reads do not wait behind the worker).
+        config["outbox"]["max_attempts"] = 1000
         async with running_kefu(config, env_for(mailbox)) as kefu:
             conversation = await customer_writes(kefu, mailbox)
             await kefu_cli(tmp_path, config, "reply", str(conversation), "Never leaves.")
