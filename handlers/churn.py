@@ -168,6 +168,16 @@ class Churn:
         if not live:
             return
         known = await health.stored_rows(session, list({n.customer.id for n in live}))
+        # Customers without a row yet (first contact: the batch's new customers, numbered in a
+        # run) have their signals read for all of them at once when their ids are close together.
+        unscored = sorted({n.customer.id for n in live} - known.keys())
+        first: dict[int, Signals] = {}
+        if unscored and unscored[-1] - unscored[0] < 2 * len(unscored):
+            at = min(n.inbound.received_at for n in live if n.customer.id in unscored)
+            read = await health.gather(
+                session, unscored[0], unscored[-1], at, self.cfg, from_log=False, owners=False
+            )
+            first = {cid: read.get(cid) or Signals() for cid in unscored}
         pending: dict[int, dict[str, Any]] = {}
         for note in live:
             cid = note.customer.id
@@ -178,7 +188,8 @@ class Churn:
                 if cid in pending:  # the full path reads the stored row: it must be there
                     await _write(session, list(pending.values()))
                     pending.clear()
-                values = await self._full(session, note)
+                fresh = first.pop(cid, None)
+                values = await self._full(session, note, None if fresh is None else (fresh, None))
             pending[cid] = {"customer_id": cid, **values}
             known[cid] = (
                 list(values["reasons"]),
@@ -206,11 +217,16 @@ class Churn:
             and not (self.is_opt_out is not None and self.is_opt_out(note.inbound.text))
         )
 
-    async def _full(self, session: AsyncSession, note: Logged) -> dict[str, Any]:
+    async def _full(
+        self,
+        session: AsyncSession,
+        note: Logged,
+        read: tuple[Signals, health.Stored | None] | None = None,
+    ) -> dict[str, Any]:
         customer = note.customer
         now = note.inbound.received_at
         spoken = note.inbound.kind in ("message", "complaint") and note.interaction_id is not None
-        signals, row = await health.one(session, customer.id, now, self.cfg)
+        signals, row = read or await health.one(session, customer.id, now, self.cfg)
         if row is not None:
             signals.rate_fast = health.decay(row.rate_fast, row.rate_at, now, FAST_DAYS)
             signals.rate_slow = health.decay(row.rate_slow, row.rate_at, now, SLOW_DAYS)

@@ -324,6 +324,44 @@ async def test_a_batch_of_plain_messages_reads_and_writes_scores_once(db: Databa
         )
 
 
+async def test_first_contacts_in_a_batch_are_scored_without_a_statement_each(db: Database) -> None:
+    """New customers (no stored score yet) have their signals read for the whole batch at once;
+    a severe complaint among them is scored as the full recompute scores it."""
+    pipeline, router = care_pipeline(db, CFG)
+    churn = Churn(CFG, router, staff_chat_id=STAFF_CHAT)
+    pipeline.observers.append(churn)
+    statements: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if "customer_health" in statement:
+            statements.append(statement)
+
+    batch = [
+        message(
+            f"new-{n}",
+            "再不退款我就去12315投诉你们！" if n == 0 else f"where is order {n}?",
+            T0 + timedelta(seconds=n),
+            user=f"new{n}",
+        )
+        for n in range(9)
+    ]
+    event.listen(db.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        receipts = await pipeline.receive_many(batch)
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", count)
+    await pipeline.close()
+    assert len(statements) == 2
+    after = await scores(db)
+    assert {r.customer_id for r in receipts} == set(after)
+    angry = after[receipts[0].customer_id]
+    assert "high_severity" in {r["code"] for r in angry.reasons}
+    await churn.recompute(db, T0 + timedelta(seconds=8))
+    again = await scores(db)
+    for cid, row in after.items():
+        assert (again[cid].score, again[cid].reasons) == (row.score, row.reasons)
+
+
 async def test_first_scoring_of_an_install_marks_without_announcing(db: Database) -> None:
     """An install with history (no scores yet): its at-risk customers are marked and listed, not
     posted one by one; the next crossing is announced."""
