@@ -17,7 +17,7 @@ import re
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -37,8 +37,8 @@ from channels.mail_auth import AuthSettings, authenticate
 from channels.mail_compose import Composer
 from channels.mail_compose import Identity as Sender
 from channels.mail_parse import (
-    MailSystemError,
     UNKNOWN_SENDER,
+    MailSystemError,
     MalformedMail,
     ParsedMail,
     Part,
@@ -144,9 +144,14 @@ class MailStore:
         kind = "photo" if part.mime_type.startswith("image/") else "file"
         if size > self.max_attachment_bytes:
             return Attachment(
-                kind=kind, name=part.name, mime_type=part.mime_type, size=size,
+                kind=kind,
+                name=part.name,
+                mime_type=part.mime_type,
+                size=size,
                 file_id=f"sha256:{digest}",
-                caption=f"not kept: over {self.max_attachment_bytes} bytes (it is in the raw message)",
+                caption=(
+                    f"not kept: over {self.max_attachment_bytes} bytes (it is in the raw message)"
+                ),
             )
         suffix = Path(part.name).suffix[:16] if part.name else ""
         path = self.root / "attachments" / f"{digest}{suffix}"
@@ -212,14 +217,19 @@ def to_inbound(
     an event of kind "history": no conversation, nothing answered, dated when it arrived.
     `meta["sender_verified"]` says whether the From domain is authenticated (channels/mail_auth.py);
     without `auth` settings nothing is verified, so it is False."""
-    received = now or datetime.now(timezone.utc)
-    inbound = _to_inbound(raw, store, own_address=own_address, uid=uid, received=received, auth=auth)
+    received = now or datetime.now(UTC)
+    inbound = _to_inbound(
+        raw, store, own_address=own_address, uid=uid, received=received, auth=auth
+    )
     if history:
         return _as_history(inbound, arrived)
     if arrived is not None and max_age is not None and received - arrived > max_age:
         days = max_age.total_seconds() / 86400
-        meta = {**inbound.meta, "no_ack": f"received {arrived.isoformat()}: older than {days:g} days",
-                "arrived_at": arrived.isoformat()}
+        meta = {
+            **inbound.meta,
+            "no_ack": f"received {arrived.isoformat()}: older than {days:g} days",
+            "arrived_at": arrived.isoformat(),
+        }
         return replace(inbound, meta=meta)
     return inbound
 
@@ -249,7 +259,7 @@ def _to_inbound(
         raise
     except MalformedMail as exc:
         return _malformed(raw, raw_path, str(exc), received, uid)
-    except Exception as exc:  # noqa: BLE001 - a parser bug on odd input must not stop the channel
+    except Exception as exc:
         log.exception("email.parse.failure uid=%s", uid)
         return _malformed(raw, raw_path, f"unreadable: {type(exc).__name__}: {exc}", received, uid)
     meta = _mail_meta(mail, raw_path, uid)
@@ -264,12 +274,19 @@ def _to_inbound(
         meta.update(kind="bounce", failed_recipients=list(mail.failed_recipients))
         if mail.dsn_status:
             meta["status"] = mail.dsn_status
-        text = f"delivery failed to {', '.join(mail.failed_recipients)} ({mail.dsn_status or 'no status'})"
+        text = (
+            f"delivery failed to {', '.join(mail.failed_recipients)} "
+            f"({mail.dsn_status or 'no status'})"
+        )
         if mail.text:
-            text = f"{text}\n\n{mail.text}"  # the server's own explanation, as a mail client shows it
+            text = (
+                f"{text}\n\n{mail.text}"  # the server's own explanation, as a mail client shows it
+            )
     elif mail.noise is not None:
         kind = "event"
-        meta.update(kind="auto_reply" if mail.noise != "own_address" else "own_address", noise=mail.noise)
+        meta.update(
+            kind="auto_reply" if mail.noise != "own_address" else "own_address", noise=mail.noise
+        )
         text = f"{NOISE_TEXT.get(mail.noise, mail.noise)}: {mail.subject}\n\n{mail.text}".strip()
     if mail.sender == UNKNOWN_SENDER:
         meta["no_ack"] = "no sender address in From, Reply-To or Sender"
@@ -284,7 +301,9 @@ def _to_inbound(
         text=text,
         received_at=received,
         kind=kind,
-        display_name=mail.display_name[:200] if mail.display_name else None,  # customers.display_name
+        display_name=mail.display_name[:200]
+        if mail.display_name
+        else None,  # customers.display_name
         language=mail.language if kind == "message" else None,
         attachments=attachments,
         reply_to=reply_ids(mail) if kind == "message" else (),
@@ -305,23 +324,33 @@ def external_id(message_id: str, raw: bytes) -> str:
     return f"sha256-{digest}@long-message-id.kefu.invalid"
 
 
-_FROM = re.compile(rb"^From:[^\r\n]*?([A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+)", re.IGNORECASE | re.MULTILINE)
+_FROM = re.compile(
+    rb"^From:[^\r\n]*?([A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+)", re.IGNORECASE | re.MULTILINE
+)
 
 
-def _malformed(raw: bytes, raw_path: Path, reason: str, received: datetime, uid: int | None) -> Inbound:
+def _malformed(
+    raw: bytes, raw_path: Path, reason: str, received: datetime, uid: int | None
+) -> Inbound:
     log.warning("email.parse.malformed uid=%s reason=%s raw=%s", uid, reason, raw_path.name)
     found = _FROM.search(raw[:16384])
     address = found.group(1).decode("ascii").lower() if found else "unknown@kefu.invalid"
     msgid = re.search(rb"^Message-ID:\s*<([^<>\s]+)>", raw[:16384], re.IGNORECASE | re.MULTILINE)
     return Inbound(
         channel=CHANNEL,
-        external_id=external_id(msgid.group(1).decode("ascii", "replace"), raw) if msgid else synthetic_msgid(raw),
+        external_id=external_id(msgid.group(1).decode("ascii", "replace"), raw)
+        if msgid
+        else synthetic_msgid(raw),
         address=address,
         text=f"malformed email: {reason}",
         received_at=received,
         kind="event",
-        meta={"kind": "malformed", "reason": reason, "raw_path": str(raw_path),
-              **({"imap_uid": uid} if uid is not None else {})},
+        meta={
+            "kind": "malformed",
+            "reason": reason,
+            "raw_path": str(raw_path),
+            **({"imap_uid": uid} if uid is not None else {}),
+        },
     )
 
 
@@ -419,11 +448,15 @@ def _uid_set(uids: Sequence[int]) -> str:
 _EXISTS = re.compile(rb"^\* \d+ EXISTS")
 
 
-class _Protocol(IMAP4ClientProtocol):
+class _Protocol(IMAP4ClientProtocol):  # type: ignore[misc]  # aioimaplib has no type information
     """Counts EXISTS announcements (RFC 3501 7.3.1), which aioimaplib drops when they arrive
     inside another command's answer: mail that arrives during a SEARCH is not missed."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, conn_lost_cb: Callable[[Exception | None], None] | None) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        conn_lost_cb: Callable[[Exception | None], None] | None,
+    ) -> None:
         super().__init__(loop, conn_lost_cb)
         self.exists_seen = 0
 
@@ -433,7 +466,7 @@ class _Protocol(IMAP4ClientProtocol):
         return super()._untagged_response(line)
 
 
-class _Client(IMAP4):
+class _Client(IMAP4):  # type: ignore[misc]  # aioimaplib has no type information
     protocol: _Protocol
 
     def create_client(
@@ -474,14 +507,17 @@ class ImapReader:
         self.move = False
         self.failures: dict[int, int] = {}  # uid -> passes in a row whose commit failed
 
-    async def _call(self, aw: Awaitable[T], timeout: float | None = None) -> T:
+    # The timeout races the call against a dropped connection, which asyncio.timeout around the
+    # call cannot do.
+    async def _call(self, aw: Awaitable[T], timeout: float | None = None) -> T:  # noqa: ASYNC109
         """Awaits an aioimaplib call, failing fast when the connection drops (aioimaplib itself
         would wait for its own timeout)."""
         task: asyncio.Future[T] = asyncio.ensure_future(aw)
         lost = asyncio.ensure_future(self._lost.wait())
+        waiters: set[asyncio.Future[Any]] = {task, lost}
         try:
             done, _ = await asyncio.wait(
-                {task, lost}, timeout=timeout or self.s.timeout, return_when=asyncio.FIRST_COMPLETED
+                waiters, timeout=timeout or self.s.timeout, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
             lost.cancel()
@@ -492,7 +528,12 @@ class ImapReader:
             await task
         raise ImapDown("connection lost" if lost in done else "timed out")
 
-    async def _ok(self, aw: Awaitable[Response], what: str, timeout: float | None = None) -> Response:
+    async def _ok(
+        self,
+        aw: Awaitable[Response],
+        what: str,
+        timeout: float | None = None,  # noqa: ASYNC109 - passed on to _call
+    ) -> Response:
         response = await self._call(aw, timeout)
         if response.result != "OK":
             detail = b" ".join(bytes(x) for x in response.lines[-1:]).decode("utf-8", "replace")
@@ -512,11 +553,12 @@ class ImapReader:
         self.client = client
         await self._call(client.wait_hello_from_server())
         if self.s.security == "starttls":
+            assert context is not None  # made above for every security but "none"
             await self._starttls(client, context)
         await self._ok(client.login(self.s.username, self.s.password), "LOGIN")
         return client
 
-    async def _starttls(self, client: _Client, context: ssl.SSLContext | None) -> None:
+    async def _starttls(self, client: _Client, context: ssl.SSLContext) -> None:
         # RFC 3501 6.2.1; aioimaplib 2 has the command but no helper: upgrade the transport here.
         protocol = client.protocol
         if "STARTTLS" not in protocol.capabilities:
@@ -546,13 +588,19 @@ class ImapReader:
             # what is already there is history, not mail to answer. Start at the current end;
             # `kefu email backfill` logs the rest as history on request.
             uidnext = _UIDNEXT.search(lines)
-            self.last_uid = int(uidnext.group(1)) - 1 if uidnext else await self._highest_uid(client)
+            self.last_uid = (
+                int(uidnext.group(1)) - 1 if uidnext else await self._highest_uid(client)
+            )
             await self.save(self.key, {"uidvalidity": uidvalidity, "last_uid": self.last_uid})
             log.warning(
-                "email.imap.first_contact folder=%s uidvalidity=%s old_uidvalidity=%s start_after_uid=%d: "
+                "email.imap.first_contact folder=%s uidvalidity=%s old_uidvalidity=%s "
+                "start_after_uid=%d: "
                 "mail already in the folder is not read or answered; "
                 "`kefu email backfill --since DATE` logs it as history",
-                self.s.folder, uidvalidity, state.get("uidvalidity"), self.last_uid,
+                self.s.folder,
+                uidvalidity,
+                state.get("uidvalidity"),
+                self.last_uid,
             )
         if self.s.processed_folder:
             created = await self._call(client.create(self.s.processed_folder))
@@ -656,7 +704,9 @@ class ImapReader:
                 await self._ok(client.uid("move", uid_set, self.s.processed_folder), "UID MOVE")
                 return
             await self._ok(client.uid("copy", uid_set, self.s.processed_folder), "UID COPY")
-            await self._ok(client.uid("store", uid_set, "+FLAGS.SILENT", r"(\Seen \Deleted)"), "UID STORE")
+            await self._ok(
+                client.uid("store", uid_set, "+FLAGS.SILENT", r"(\Seen \Deleted)"), "UID STORE"
+            )
             if client.has_capability("UIDPLUS"):
                 await self._ok(client.uid("expunge", uid_set), "UID EXPUNGE")
             return
@@ -673,7 +723,8 @@ class ImapReader:
         try:
             while True:
                 push = await self._call(
-                    client.wait_server_push(timeout=self.s.idle_recheck + 5), self.s.idle_recheck + 10
+                    client.wait_server_push(timeout=self.s.idle_recheck + 5),
+                    self.s.idle_recheck + 10,
                 )
                 if push == STOP_WAIT_SERVER_PUSH or any(b"EXISTS" in bytes(x) for x in push):
                     return
@@ -734,7 +785,10 @@ def _smtp_error(exc: Exception) -> TransientError | PermanentError:
         codes = [r.code for r in refusals]
         detail = "; ".join(f"{r.code} {r.message}" for r in refusals)
         if codes and all(500 <= c < 600 for c in codes):
-            return PermanentError(f"recipient refused: {detail}", unreachable=all(_gone(r.code, r.message) for r in refusals))
+            return PermanentError(
+                f"recipient refused: {detail}",
+                unreachable=all(_gone(r.code, r.message) for r in refusals),
+            )
         return TransientError(f"recipient deferred: {detail}")
     config = smtp_config_error(exc)
     if config is not None:
@@ -743,7 +797,9 @@ def _smtp_error(exc: Exception) -> TransientError | PermanentError:
         detail = f"{exc.code} {exc.message}"
         # RFC 5321 4.2.1: 4yz transient negative completion, 5yz permanent
         if 500 <= exc.code < 600:
-            return PermanentError(f"SMTP refused: {detail}", unreachable=_gone(exc.code, exc.message))
+            return PermanentError(
+                f"SMTP refused: {detail}", unreachable=_gone(exc.code, exc.message)
+            )
         return TransientError(f"SMTP deferred: {detail}")
     return TransientError(f"SMTP {type(exc).__name__}: {exc}")
 
@@ -757,12 +813,15 @@ class SmtpConfigError(PermanentError):
         self.setting = setting
 
 
-_NO_AUTH = re.compile(r"AUTH extension (is )?not supported|No suitable authentication method", re.IGNORECASE)
+_NO_AUTH = re.compile(
+    r"AUTH extension (is )?not supported|No suitable authentication method", re.IGNORECASE
+)
 
 
 def smtp_config_error(exc: Exception) -> SmtpConfigError | None:
     if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
-        # RFC 4954 6: 535 is the credentials, 534/538 the mechanism or TLS; none is the message's fault.
+        # RFC 4954 6: 535 is the credentials, 534/538 the mechanism or TLS; none is the message's
+        # fault.
         return SmtpConfigError(
             f"SMTP login refused ({exc.code} {exc.message}): check [email] smtp_username (or "
             "username) and the password variable, or set smtp_username = \"\" for a relay that "
@@ -778,7 +837,11 @@ def smtp_config_error(exc: Exception) -> SmtpConfigError | None:
     return None
 
 
-_GONE = re.compile(r"\b5\.1\.[0-3]\b|user unknown|no such (user|mailbox)|does not exist|unknown (user|recipient)|mailbox unavailable", re.IGNORECASE)
+_GONE = re.compile(
+    r"\b5\.1\.[0-3]\b|user unknown|no such (user|mailbox)|does not exist"
+    r"|unknown (user|recipient)|mailbox unavailable",
+    re.IGNORECASE,
+)
 
 
 def _gone(code: int, message: str) -> bool:
@@ -807,7 +870,7 @@ class EmailChannel:
         composer: Composer,
         load_state: LoadState,
         save_state: SaveState,
-        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         auth: AuthSettings | None = None,
     ) -> None:
         self.address = address.lower()
@@ -827,7 +890,12 @@ class EmailChannel:
             auth=None if history else self.auth,
         )
 
-    async def backfill(self, since: date, sink: Callable[[Inbound], Awaitable[Receipt]]) -> Backfilled:
+    def _convert_history(self, batch: list[Fetched]) -> list[Inbound]:
+        return [self._convert(m, history=True) for m in batch]
+
+    async def backfill(
+        self, since: date, sink: Callable[[Inbound], Awaitable[Receipt]]
+    ) -> Backfilled:
         """Logs the folder's mail that arrived since `since` and lies before the reader's
         checkpoint as history: no conversation, no answer, flags untouched. Sets the checkpoint
         first if kefu never read this folder, so `kefu run` and the backfill never overlap."""
@@ -847,9 +915,7 @@ class EmailChannel:
             uids = sorted(u for u in _search_uids(response) if u <= upto)
             for start in range(0, len(uids), FETCH_CHUNK):
                 messages = await reader._fetch(client, uids[start : start + FETCH_CHUNK])
-                inbounds = await asyncio.to_thread(
-                    lambda: [self._convert(m, history=True) for m in messages]
-                )
+                inbounds = await asyncio.to_thread(self._convert_history, messages)
                 for receipt in await asyncio.gather(*(sink(i) for i in inbounds)):
                     if receipt.status == "duplicate":
                         found.already += 1
@@ -882,11 +948,18 @@ class EmailChannel:
                 await self.reader.session(sink, progressed)
             except asyncio.CancelledError:
                 raise
-            except (ImapDown, SinkFailed, MailSystemError, AioImapException, OSError, TimeoutError) as exc:
+            except (
+                ImapDown,
+                SinkFailed,
+                MailSystemError,
+                AioImapException,
+                OSError,
+                TimeoutError,
+            ) as exc:
                 log.warning(
                     "email.imap.reconnect in=%.1fs error=%s: %s", delay, type(exc).__name__, exc
                 )
-            except Exception:  # noqa: BLE001 - the channel must outlive any bug in one pass
+            except Exception:
                 log.exception("email.imap.failure in=%.1fs", delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_BACKOFF)
@@ -914,7 +987,7 @@ class EmailChannel:
                 username=s.username if login else None,
                 password=s.password if login else None,
                 use_tls=s.security == "tls",
-                start_tls=True if s.security == "starttls" else False,
+                start_tls=s.security == "starttls",
                 tls_context=tls_context(s.ca_file) if s.security != "none" else None,
                 timeout=s.timeout,
             )
@@ -923,7 +996,9 @@ class EmailChannel:
             if isinstance(error, SmtpConfigError):
                 if not self._config_error_logged:
                     # Once per process, not once per message: the one line the operator needs.
-                    log.error("email.smtp.config_error setting=[email] %s: %s", error.setting, error)
+                    log.error(
+                        "email.smtp.config_error setting=[email] %s: %s", error.setting, error
+                    )
                     self._config_error_logged = True
             else:
                 log.warning(

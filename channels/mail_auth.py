@@ -37,7 +37,9 @@ class AuthSettings:
 
 
 _HEADERS_END = re.compile(rb"\r?\n\r?\n")
-_AR = re.compile(rb"^Authentication-Results:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+_AR = re.compile(
+    rb"^Authentication-Results:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE
+)
 _RESULT = re.compile(r"\b(dmarc|dkim)\s*=\s*(\w+)([^;]*)", re.IGNORECASE)
 _PROP = re.compile(r"\bheader\.(from|d|i)\s*=\s*\"?([^\s;\"]+)", re.IGNORECASE)
 _COMMENT = re.compile(r"\([^()]*\)")
@@ -59,7 +61,9 @@ def from_results(raw: bytes, from_domain: str, trusted: tuple[str, ...]) -> str 
     wanted = {t.lower() for t in trusted}
     passed: list[str] = []
     for match in _AR.finditer(head):
-        value = _COMMENT.sub(" ", re.sub(r"\r?\n[ \t]+", " ", match.group(1).decode("utf-8", "replace")))
+        value = _COMMENT.sub(
+            " ", re.sub(r"\r?\n[ \t]+", " ", match.group(1).decode("utf-8", "replace"))
+        )
         authserv, _, results = value.partition(";")
         authserv_id = authserv.split()[0].lower() if authserv.split() else ""
         if authserv_id not in wanted:
@@ -68,7 +72,9 @@ def from_results(raw: bytes, from_domain: str, trusted: tuple[str, ...]) -> str 
             if result.lower() != "pass":
                 continue
             found = dict((k.lower(), v) for k, v in _PROP.findall(props))
-            domain = found.get("from") if method.lower() == "dmarc" else found.get("d") or found.get("i")
+            domain = (
+                found.get("from") if method.lower() == "dmarc" else found.get("d") or found.get("i")
+            )
             if domain and aligned(domain, from_domain):
                 passed.append(f"{method.lower()}=pass ({authserv_id})")
     # DMARC is the verdict about the From domain itself; an aligned DKIM pass is enough too.

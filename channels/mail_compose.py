@@ -1,4 +1,5 @@
-"""Outbound -> an RFC 5322 message: threading headers, subject token, text and HTML from templates."""
+"""Outbound -> an RFC 5322 message: threading headers, subject token, text and HTML from
+templates."""
 
 from __future__ import annotations
 
@@ -18,8 +19,11 @@ from bot.messages import Outbound
 from channels.mail_parse import _CJK, normalize_msgid
 
 LANGUAGES = ("zh", "en")
-# Reply prefixes and kefu's own token, stripped before a new "Re: … [#id]" is put on (RFC 5322 3.6.5).
-_PREFIX = re.compile(r"^\s*((re|fw|fwd|aw|sv|回复|答复|回覆|转发)\s*(\[\d+\])?\s*[:：]\s*)+", re.IGNORECASE)
+# Reply prefixes and kefu's own token, stripped before a new "Re: … [#id]" is put on
+# (RFC 5322 3.6.5).
+_PREFIX = re.compile(
+    r"^\s*((re|fw|fwd|aw|sv|回复|答复|回覆|转发)\s*(\[\d+\])?\s*[:：]\s*)+", re.IGNORECASE
+)
 _TOKEN = re.compile(r"\s*\[#\d+\]")
 
 
@@ -57,7 +61,9 @@ class Composer:
         self.sender = sender
         self.env = SandboxedEnvironment(
             loader=FileSystemLoader(str(templates)),
-            autoescape=select_autoescape(enabled_extensions=("html", "html.j2"), default_for_string=False),
+            autoescape=select_autoescape(
+                enabled_extensions=("html", "html.j2"), default_for_string=False
+            ),
             undefined=StrictUndefined,
             keep_trailing_newline=False,
         )
@@ -98,9 +104,13 @@ class Composer:
         # RFC 3834 5: kefu's answers are replies written by a person, not auto-generated;
         # acknowledgements and notices are marked so the customer's autoresponder stays quiet.
         # A greeting answers nothing: "auto-generated"; acknowledgements answer a message.
-        msg["Auto-Submitted"] = {"reply": "no", "greeting": "auto-generated"}.get(out.kind, "auto-replied")
+        msg["Auto-Submitted"] = {"reply": "no", "greeting": "auto-generated"}.get(
+            out.kind, "auto-replied"
+        )
         msg.set_content(self._render(lang, "email_reply.txt.j2", context) + "\n", charset="utf-8")
-        msg.add_alternative(self._render(lang, "email_reply.html.j2", context), subtype="html", charset="utf-8")
+        msg.add_alternative(
+            self._render(lang, "email_reply.html.j2", context), subtype="html", charset="utf-8"
+        )
         # After the body: set_content() drops any Content-* header set before it (RFC 3282).
         msg["Content-Language"] = "zh-CN" if lang == "zh" else "en"
         return msg, msgid

@@ -26,11 +26,12 @@ from email.errors import (
 from email.header import decode_header
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
-from email.utils import getaddresses, parseaddr
+from email.utils import getaddresses
 
 import chardet
 import chardetng_py
-from bs4 import BeautifulSoup, CData, NavigableString, PageElement, Tag
+from bs4 import BeautifulSoup
+from bs4.element import CData, NavigableString, PageElement, Tag
 
 from channels.mail_quotes import strip_reply
 
@@ -167,7 +168,11 @@ def codec_for(label: str | None) -> str | None:
     label = label.strip().strip('"').strip("'").lower()
     if label in _UNKNOWN:
         return None
-    for name in (CHARSET_ALIASES.get(label, label), label.removeprefix("x-"), label.replace("_", "-")):
+    for name in (
+        CHARSET_ALIASES.get(label, label),
+        label.removeprefix("x-"),
+        label.replace("_", "-"),
+    ):
         try:
             return codecs.lookup(CHARSET_ALIASES.get(name, name)).name
         except LookupError:
@@ -191,7 +196,9 @@ def guess_codec(data: bytes, tld: str | None = None) -> str | None:
         return "utf-8"
     except UnicodeDecodeError:
         pass
-    hint = tld.encode("ascii") if tld and tld.isascii() and tld.isalpha() and tld.islower() else None
+    hint = (
+        tld.encode("ascii") if tld and tld.isascii() and tld.isalpha() and tld.islower() else None
+    )
     ng = _norm(chardetng_py.detect(data, allow_utf8=False, tld=hint))
     if hint in _CJK_TLDS:
         return ng
@@ -310,7 +317,11 @@ def decode_words(raw: str, tld: str | None = None) -> str:
     for value, label in parts:
         if isinstance(value, str):
             data = value.encode("utf-8", "surrogateescape")
-            out.append(decode_bytes(data, None, tld)[0] if not data.isascii() or b"\x1b" in data or b"~{" in data else value)
+            out.append(
+                decode_bytes(data, None, tld)[0]
+                if not data.isascii() or b"\x1b" in data or b"~{" in data
+                else value
+            )
         else:
             out.append(decode_bytes(value, label, tld)[0])
     text = "".join(out)
@@ -326,7 +337,9 @@ def _lenient_word(match: re.Match[str]) -> str:
         if kind in "Bb":
             data = base64.b64decode(payload + "=" * (-len(payload) % 4))
         else:
-            data = quopri.decodestring(payload.replace("_", " ").encode("ascii", "replace"), header=True)
+            data = quopri.decodestring(
+                payload.replace("_", " ").encode("ascii", "replace"), header=True
+            )
     except (ValueError, binascii.Error):
         return match.group(0)
     return decode_bytes(data, label)[0]
@@ -385,7 +398,9 @@ def _visible_text(root: Tag) -> str:
             if leaving:
                 if name == "a":
                     href = str(node.get("href", ""))
-                    if href.startswith(("http://", "https://")) and node.get_text(strip=True) not in (href, ""):
+                    if href.startswith(("http://", "https://")) and node.get_text(
+                        strip=True
+                    ) not in (href, ""):
                         out.append(f" ({href})")
                 if name in _BLOCK_SET:
                     out.append("\n")
@@ -419,7 +434,10 @@ def html_to_text(html: str, *, drop_quotes: bool = True) -> str:
         for tag in soup.find_all(_is_quote):
             if not tag.decomposed:
                 tag.decompose()
-    lines = [re.sub(r"[ \t\u00a0\u3000]+", " ", line).strip() for line in _visible_text(soup).splitlines()]
+    lines = [
+        re.sub(r"[ \t\u00a0\u3000]+", " ", line).strip()
+        for line in _visible_text(soup).splitlines()
+    ]
     text = "\n".join(lines)
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
@@ -448,7 +466,11 @@ _CHUNK = 256 * 1024
 
 def _payload(part: Message) -> bytes:
     raw = part.get_payload()
-    if isinstance(raw, str) and len(raw) > _CHUNK and part.get("Content-Transfer-Encoding", "").strip().lower() == "base64":
+    if (
+        isinstance(raw, str)
+        and len(raw) > _CHUNK
+        and part.get("Content-Transfer-Encoding", "").strip().lower() == "base64"
+    ):
         return _b64_in_chunks(raw)
     try:
         payload = part.get_payload(decode=True)
@@ -530,7 +552,9 @@ def _is_attachment(part: Message, ctype: str, disposition: str) -> bool:
     if disposition == "attachment":
         return True
     return ctype.split("/")[0] not in ("text", "multipart") or (
-        disposition == "inline" and ctype not in ("text/plain", "text/html") and _filename(part) is not None
+        disposition == "inline"
+        and ctype not in ("text/plain", "text/html")
+        and _filename(part) is not None
     )
 
 
@@ -548,30 +572,41 @@ def _alternative(children: list[Message], tld: str | None) -> list[Message]:
     return rich[-1:] or children[-1:]
 
 
+def _subparts(part: Message) -> list[Message] | None:
+    """The parts of a multipart or message/* part (typeshed types a payload list as holding
+    strings too; the parser puts only messages there)."""
+    payload = part.get_payload()
+    if not isinstance(payload, list):
+        return None
+    return [p for p in payload if isinstance(p, Message)]
+
+
 def _walk(part: Message, body: _Body) -> None:
     ctype = part.get_content_type()
     if ctype == "message/delivery-status":
         # RFC 3464: per-recipient fields; the package parses each block as headers
-        payload = part.get_payload()
-        if isinstance(payload, list):
-            body.dsn.extend(payload)
+        blocks = _subparts(part)
+        if blocks is not None:
+            body.dsn.extend(blocks)
         return
     if ctype in ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers"):
-        inner = part.get_payload()
-        if isinstance(inner, list) and inner:
+        inner = _subparts(part)
+        if inner:
             body.original_headers = inner[0]
         elif ctype != "message/rfc822":
             raw = _payload(part)
             if raw:
-                body.original_headers = BytesParser(policy=policy.compat32).parsebytes(raw, headersonly=True)
-        if ctype == "message/rfc822" and isinstance(inner, list) and inner:
+                body.original_headers = BytesParser(policy=policy.compat32).parsebytes(
+                    raw, headersonly=True
+                )
+        if ctype == "message/rfc822" and inner:
             body.attachments.append(
                 Part(_filename(part) or "message.eml", ctype, inner[0].as_bytes(policy=policy.SMTP))
             )
         return
     if part.is_multipart():
-        children = part.get_payload()
-        assert isinstance(children, list)
+        children = _subparts(part)
+        assert children is not None
         if ctype == "multipart/alternative":
             children = _alternative(children, body.tld)
         # multipart/mixed, related, report, ...: every inline text part, in order (RFC 2046 5.1.3)
@@ -644,7 +679,9 @@ def _repair_headers(raw: bytes) -> tuple[bytes, list[str]]:
     return b"\n".join(lines) + rest, repaired
 
 
-_DELIMITER = re.compile(r"^--([0-9A-Za-z'()+_,./:=?\- ]{1,69}[0-9A-Za-z'()+_,./:=?\-])[ \t]*\r?$", re.MULTILINE)
+_DELIMITER = re.compile(
+    r"^--([0-9A-Za-z'()+_,./:=?\- ]{1,69}[0-9A-Za-z'()+_,./:=?\-])[ \t]*\r?$", re.MULTILINE
+)
 
 
 def _boundary_in_body(msg: Message) -> Message | None:
@@ -665,7 +702,9 @@ def _boundary_in_body(msg: Message) -> Message | None:
     head = "\r\n".join(lines).encode("utf-8", "surrogateescape")
     raw = head + b"\r\n\r\n" + payload.encode("utf-8", "surrogateescape")
     reparsed = BytesParser(policy=policy.compat32).parsebytes(raw)
-    if not reparsed.is_multipart() or any(isinstance(d, _BROKEN_MULTIPART) for d in reparsed.defects):
+    if not reparsed.is_multipart() or any(
+        isinstance(d, _BROKEN_MULTIPART) for d in reparsed.defects
+    ):
         return None
     return reparsed
 
@@ -675,10 +714,12 @@ def _single_part(msg: Message) -> EmailMessage:
     raw = msg.get_payload()
     text = raw if isinstance(raw, str) else ""
     if isinstance(raw, list):
-        text = "\n".join(p.as_string() for p in raw)
+        text = "\n".join(p.as_string() if isinstance(p, Message) else p for p in raw)
     charset = msg.get_param("charset") if isinstance(msg.get_param("charset"), str) else None
     part = EmailMessage(policy=policy.default)
-    subtype = "html" if re.search(r"<(html|body|div|p|br)\b", text[:4096], re.IGNORECASE) else "plain"
+    subtype = (
+        "html" if re.search(r"<(html|body|div|p|br)\b", text[:4096], re.IGNORECASE) else "plain"
+    )
     part["Content-Type"] = f"text/{subtype}" + (f'; charset="{charset}"' if charset else "")
     cte = msg.get("Content-Transfer-Encoding")
     if cte:
@@ -691,7 +732,12 @@ _ANY_ADDRESS = re.compile(r"[A-Za-z0-9._%+\-!#$&'*/=?^`{|}~]+@[A-Za-z0-9\-]+(?:\
 
 
 def _usable(address: str) -> bool:
-    return "@" in address and " " not in address and not address.startswith("@") and not address.endswith("@")
+    return (
+        "@" in address
+        and " " not in address
+        and not address.startswith("@")
+        and not address.endswith("@")
+    )
 
 
 def _sender(msg: Message) -> tuple[str, str, str | None]:
@@ -702,12 +748,18 @@ def _sender(msg: Message) -> tuple[str, str, str | None]:
     first = True
     for name in ("From", "Reply-To", "Sender"):
         values = _all_headers(msg, name)
-        for index, value in enumerate(values):
-            decoded = _ENCODED_WORD.sub(_lenient_word, value) if "=?" in value and "@" in value else value
-            for display, address in getaddresses([decoded]):
-                address = address.strip().lower()
+        for value in values:
+            decoded = (
+                _ENCODED_WORD.sub(_lenient_word, value) if "=?" in value and "@" in value else value
+            )
+            for display, given in getaddresses([decoded]):
+                address = given.strip().lower()
                 if _usable(address):
-                    how = None if first else ("from_second_address" if name == "From" else name.lower())
+                    how = (
+                        None
+                        if first
+                        else ("from_second_address" if name == "From" else name.lower())
+                    )
                     if name == "From" and len(values) > 1 and how is None:
                         how = "from_header_twice"
                     return address, display, how
@@ -715,7 +767,11 @@ def _sender(msg: Message) -> tuple[str, str, str | None]:
             found = _ANY_ADDRESS.search(decoded)
             if found:
                 display = decoded[: found.start()].strip().strip('"<').strip()
-                return found.group(0).lower().strip("."), display, "from_text" if name == "From" else name.lower()
+                return (
+                    found.group(0).lower().strip("."),
+                    display,
+                    "from_text" if name == "From" else name.lower(),
+                )
             first = False
     return "", "", None
 
@@ -790,10 +846,16 @@ def parse_message(raw: bytes, *, own_address: str | None = None) -> ParsedMail:
         raise MalformedMail("no header section")
     addr, name, source = _sender(msg)
     if source is not None:
-        notes.append(f"sender_{source.replace('-', '_')}" if source.startswith("from_") else f"sender_from_{source.replace('-', '_')}")
+        notes.append(
+            f"sender_{source.replace('-', '_')}"
+            if source.startswith("from_")
+            else f"sender_from_{source.replace('-', '_')}"
+        )
     tld = addr.rsplit(".", 1)[-1] if "@" in addr else None
     body = _Body(tld=tld)
-    if msg.get_content_maintype() == "multipart" and any(isinstance(d, _BROKEN_MULTIPART) for d in msg.defects):
+    if msg.get_content_maintype() == "multipart" and any(
+        isinstance(d, _BROKEN_MULTIPART) for d in msg.defects
+    ):
         found = _boundary_in_body(msg)
         if found is not None:
             notes.append("boundary_found_in_body")

@@ -16,14 +16,19 @@ QUOTE_HEADERS: dict[str, re.Pattern[str]] = {
     # Gmail / Thunderbird / Apple Mail (en): "On Mon, 1 Jan 2024 at 10:00, Ann <a@b.c> wrote:"
     "on_wrote": re.compile(r"^\s*On\b.{4,300}\bwrote\s*:\s*$", re.IGNORECASE),
     # Thunderbird (older): "Ann wrote on 01/01/2024 10:00:"; "Ann <a@b.c> wrote:"
-    "wrote_on": re.compile(r"^\s*\S.{0,200}(<[^<>\s]+@[^<>\s]+>|\d).{0,200}\bwrote( on .{4,80})?:\s*$"),
+    "wrote_on": re.compile(
+        r"^\s*\S.{0,200}(<[^<>\s]+@[^<>\s]+>|\d).{0,200}\bwrote( on .{4,80})?:\s*$"
+    ),
     # Gmail zh: "张三 <a@b.c> 于2024年1月1日周一 10:00写道：";
     # Apple Mail zh: "2024年1月1日 10:00，张三 <a@b.c> 写道：";
     # Thunderbird zh: "在 2024/1/1 10:00, 张三 写道:"
     "zh_wrote": re.compile(r"^\s*\S.{0,300}写道\s*[:：]\s*$"),
-    # Outlook (en): "-----Original Message-----"; Thunderbird forward "-------- Original Message --------"
+    # Outlook (en): "-----Original Message-----";
+    # Thunderbird forward "-------- Original Message --------"
     # Foxmail (en): "------------------ Original ------------------"
-    "original_message": re.compile(r"^\s*-{2,}[\s\u00a0]*Original( Message)?[\s\u00a0]*-{2,}\s*$", re.IGNORECASE),
+    "original_message": re.compile(
+        r"^\s*-{2,}[\s\u00a0]*Original( Message)?[\s\u00a0]*-{2,}\s*$", re.IGNORECASE
+    ),
     # Foxmail / QQ Mail / NetEase / Outlook zh: "------------------ 原始邮件 ------------------",
     # "-----原始邮件-----"
     "zh_original": re.compile(r"^\s*-{2,}[\s\u00a0]*原始邮件[\s\u00a0]*-{2,}\s*$"),
@@ -32,12 +37,16 @@ QUOTE_HEADERS: dict[str, re.Pattern[str]] = {
     # Outlook without a rule, Foxmail: the header block itself
     "from_block": re.compile(r"^\s*\*?(From|发件人|寄件者)\s*\*?\s*[:：].+$"),
     # Forwarded blocks
-    "forwarded": re.compile(r"^\s*-{2,}\s*(Forwarded message|转发的邮件|Begin forwarded message)\s*-{0,}\s*:?\s*$", re.IGNORECASE),
+    "forwarded": re.compile(
+        r"^\s*-{2,}\s*(Forwarded message|转发的邮件|Begin forwarded message)\s*-{0,}\s*:?\s*$",
+        re.IGNORECASE,
+    ),
 }
 
 # A "From:" line only starts the history when a "Sent:/Date:/发送时间:" line follows it closely.
 _HEADER_FOLLOW = re.compile(
-    r"^\s*\*?(Sent|Date|To|Subject|发送时间|时间|日期|收件人|主题|寄件日期)\s*\*?\s*[:：]", re.IGNORECASE
+    r"^\s*\*?(Sent|Date|To|Subject|发送时间|时间|日期|收件人|主题|寄件日期)\s*\*?\s*[:：]",
+    re.IGNORECASE,
 )
 
 # Signatures and client boilerplate: cut from the line on.
@@ -47,12 +56,15 @@ SIGNATURES: dict[str, re.Pattern[str]] = {
     # QQ Mail / Foxmail put a rule of dashes above the signature
     "qq_rule": re.compile(r"^\s*-{10,}\s*$"),
     "sent_from": re.compile(
-        r"^\s*(Sent from (my )?(iPhone|iPad|Android|Samsung|Huawei|Mail for Windows|Outlook|Yahoo Mail)"
+        r"^\s*(Sent from (my )?"
+        r"(iPhone|iPad|Android|Samsung|Huawei|Mail for Windows|Outlook|Yahoo Mail)"
         r"|Get Outlook for (iOS|Android))\b.*$",
         re.IGNORECASE,
     ),
-    "zh_sent_from": re.compile(r"^\s*(发自我的\s*(iPhone|iPad|手机|华为|小米)|从我的\s*(iPhone|iPad)\s*发送"
-                               r"|发自\s*(网易邮箱|QQ邮箱|手机QQ邮箱|Foxmail|WPS)|来自\s*(网易|QQ邮箱)).*$"),
+    "zh_sent_from": re.compile(
+        r"^\s*(发自我的\s*(iPhone|iPad|手机|华为|小米)|从我的\s*(iPhone|iPad)\s*发送"
+        r"|发自\s*(网易邮箱|QQ邮箱|手机QQ邮箱|Foxmail|WPS)|来自\s*(网易|QQ邮箱)).*$"
+    ),
 }
 
 
@@ -74,19 +86,29 @@ def _quote_start(lines: list[str]) -> tuple[int, str] | None:
             continue
         for name, pattern in QUOTE_HEADERS.items():
             if name == "from_block":
-                if pattern.match(line) and any(_HEADER_FOLLOW.match(x) for x in lines[i + 1 : i + 4]):
+                if pattern.match(line) and any(
+                    _HEADER_FOLLOW.match(x) for x in lines[i + 1 : i + 4]
+                ):
                     return i, name
                 continue
             if name == "outlook_rule":
                 following = [x for x in lines[i + 1 : i + 4] if x.strip()]
-                if pattern.match(line) and following and QUOTE_HEADERS["from_block"].match(following[0]):
+                if (
+                    pattern.match(line)
+                    and following
+                    and QUOTE_HEADERS["from_block"].match(following[0])
+                ):
                     return i, name
                 continue
             if pattern.match(line):
                 return i, name
-            if name in ("on_wrote", "zh_wrote") and i + 1 < len(lines) and pattern.match(_joined(lines, i)):
-                if not lines[i + 1].lstrip().startswith(">"):
-                    return i, name
+            if (
+                name in ("on_wrote", "zh_wrote")
+                and i + 1 < len(lines)
+                and pattern.match(_joined(lines, i))
+                and not lines[i + 1].lstrip().startswith(">")
+            ):
+                return i, name
         if line.lstrip().startswith(">") and all(
             not x.strip() or x.lstrip().startswith(">") for x in lines[i:]
         ):

@@ -1,10 +1,11 @@
-"""Telegram channel: python-telegram-bot's Bot, wrapped; customers in private chats, staff in a group.
+"""Telegram channel: python-telegram-bot's Bot, wrapped; customers in private chats, staff in a
+group.
 
 Inbound, polling: kefu runs its own getUpdates loop rather than PTB's Updater, because the Updater
 confirms an update (the next offset) before kefu's handlers have committed it. Here the offset moves
 past an update only after the sink (the pipeline) or the staff desk has returned, i.e. committed.
-Inbound, webhook: Telegram POSTs to kefu's own HTTP server (channels/telegram_webhook.py); the answer
-is 200 only after the commit, so Telegram retries anything not stored.
+Inbound, webhook: Telegram POSTs to kefu's own HTTP server (channels/telegram_webhook.py); the
+answer is 200 only after the commit, so Telegram retries anything not stored.
 
 Outbound: customers get text (split at 4096 characters) and media by file id; the staff group gets
 mirrored messages, each conversation in its own forum topic (created on first use). Sends keep to
@@ -94,7 +95,9 @@ class Hooks:
     link: Callable[[LinkRequest], Awaitable[object]] | None = None
     thread_of: Callable[[int], Awaitable[str | None]] | None = None  # conversation -> topic id
     save_thread: Callable[[int, str], Awaitable[None]] | None = None
-    survey: Callable[[SurveyPress], Awaitable[PressAnswer]] | None = None  # returns after its commit
+    survey: Callable[[SurveyPress], Awaitable[PressAnswer]] | None = (
+        None  # returns after its commit
+    )
     # Telegram user ids of active staff: their private messages to the bot are staff posts.
     staff_ids: Callable[[], Awaitable[Collection[int]]] | None = None
     # A staff feed post is about to go on the wire: its text as of now, final from here on (it
@@ -251,6 +254,11 @@ class TelegramChannel:
             self._stopping = False
             self._poller = asyncio.create_task(self._poll(), name="kefu-telegram-poll")
 
+    def _stop_requested(self) -> bool:
+        # A call, not the attribute: the polling loop's `while not self._stopping` would have the
+        # type checker believe it still False after an await.
+        return self._stopping
+
     async def stop_polling(self) -> None:
         self._stopping = True
         self._stop_pause.set()
@@ -284,7 +292,7 @@ class TelegramChannel:
                 self._long_polling = True
                 updates = await self._get_updates()
             except asyncio.CancelledError:
-                if self._stopping:
+                if self._stop_requested():
                     return
                 raise
             except (InvalidToken, Conflict, TelegramError) as exc:
@@ -414,7 +422,9 @@ class TelegramChannel:
                 update.update_id, item.reason.partition(":")[0],  # not the error: it may quote text
             )
         else:
-            log.debug("telegram.update.ignored update_id=%s reason=%s", update.update_id, item.reason)
+            log.debug(
+                "telegram.update.ignored update_id=%s reason=%s", update.update_id, item.reason
+            )
 
     async def _survey_press(self, press: SurveyPress) -> None:
         """Records a survey button press (the hook commits), then tells the customer. The answer to
@@ -443,7 +453,9 @@ class TelegramChannel:
         try:
             await self._call(
                 chat_id,
-                lambda: self.bot.edit_message_reply_markup(chat_id, message_id, reply_markup=markup),
+                lambda: self.bot.edit_message_reply_markup(
+                    chat_id, message_id, reply_markup=markup
+                ),
                 group=False,
             )
         except ChannelError as exc:
@@ -599,7 +611,9 @@ class TelegramChannel:
             raise TransientError("cannot tell whether the staff group has topics (getChat failed)")
         return self._forum
 
-    async def _thread_for(self, out: Outbound, chat_id: int, staff: Mapping[str, Any]) -> int | None:
+    async def _thread_for(
+        self, out: Outbound, chat_id: int, staff: Mapping[str, Any]
+    ) -> int | None:
         conversation_id = out.conversation_id
         assert conversation_id is not None
         known = self._threads.get(conversation_id)
@@ -620,7 +634,9 @@ class TelegramChannel:
             try:
                 await self.hooks.save_thread(conversation_id, str(thread))
             except Exception as exc:  # noqa: BLE001 - the outbox stores it with the result too
-                log.warning("telegram.topic.save.failure conversation=%s error=%r", conversation_id, exc)
+                log.warning(
+                    "telegram.topic.save.failure conversation=%s error=%r", conversation_id, exc
+                )
         return thread
 
     def _steps(
@@ -641,14 +657,16 @@ class TelegramChannel:
         for n, part in enumerate(parts):
             extra = dict(common)
             if n == 0 and reply_to is not None:
-                extra["reply_parameters"] = ReplyParameters(reply_to, allow_sending_without_reply=True)
+                extra["reply_parameters"] = ReplyParameters(
+                    reply_to, allow_sending_without_reply=True
+                )
             if n == len(parts) - 1 and markup is not None:
                 # Buttons under the last part: the customer reads the question, then answers.
                 extra["reply_markup"] = markup
             steps.append(_bound(self.bot.send_message, chat_id, part, **extra))
         for attachment in attachments:
             if attachment.file_id:
-                steps.append(_media(self.bot, chat_id, attachment, common))
+                steps.append(_media(self.bot, chat_id, attachment, attachment.file_id, common))
         if not steps:
             raise PermanentError("nothing to send: the message has no text and no Telegram media")
         return steps
@@ -729,7 +747,9 @@ class TelegramChannel:
             gone = any(w in exc.message.lower() for w in ("blocked", "deactivated"))
             return PermanentError(detail, unreachable=gone and not group)
         if isinstance(exc, ChatMigrated):
-            return PermanentError(f"{detail} (the group is now chat {exc.new_chat_id}: update config)")
+            return PermanentError(
+                f"{detail} (the group is now chat {exc.new_chat_id}: update config)"
+            )
         if isinstance(exc, BadRequest):
             return PermanentError(detail)
         if isinstance(exc, InvalidToken):
@@ -765,18 +785,18 @@ def _bound(
 
 
 def _media(
-    bot: Bot, chat_id: int, attachment: Attachment, common: Mapping[str, Any]
+    bot: Bot, chat_id: int, attachment: Attachment, file_id: str, common: Mapping[str, Any]
 ) -> Callable[[], Awaitable[Message]]:
     caption = (attachment.caption or "")[:1024] or None
     senders: dict[str, Callable[..., Awaitable[Message]]] = {
-        "photo": lambda: bot.send_photo(chat_id, attachment.file_id, caption=caption, **common),
-        "voice": lambda: bot.send_voice(chat_id, attachment.file_id, caption=caption, **common),
-        "video": lambda: bot.send_video(chat_id, attachment.file_id, caption=caption, **common),
-        "sticker": lambda: bot.send_sticker(chat_id, attachment.file_id, **common),
+        "photo": lambda: bot.send_photo(chat_id, file_id, caption=caption, **common),
+        "voice": lambda: bot.send_voice(chat_id, file_id, caption=caption, **common),
+        "video": lambda: bot.send_video(chat_id, file_id, caption=caption, **common),
+        "sticker": lambda: bot.send_sticker(chat_id, file_id, **common),
     }
     return senders.get(
         attachment.kind,
-        lambda: bot.send_document(chat_id, attachment.file_id, caption=caption, **common),
+        lambda: bot.send_document(chat_id, file_id, caption=caption, **common),
     )
 
 
@@ -785,10 +805,14 @@ def survey_keyboard(
 ) -> InlineKeyboardMarkup:
     """One row, one button per score; after an answer the chosen one is ticked."""
     return InlineKeyboardMarkup(
-        [[
-            InlineKeyboardButton(f"✅ {n}" if n == chosen else str(n), callback_data=survey_data(survey_id, n))
-            for n in choices
-        ]]
+        [
+            [
+                InlineKeyboardButton(
+                    f"✅ {n}" if n == chosen else str(n), callback_data=survey_data(survey_id, n)
+                )
+                for n in choices
+            ]
+        ]
     )
 
 

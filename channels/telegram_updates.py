@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Container
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from telegram import CallbackQuery, Chat, ChatMemberUpdated, Message, Update
 
@@ -40,7 +40,7 @@ class StaffPost:
     thread_id: int | None = None  # forum topic, when the group has topics
     reply_to_message_id: int | None = None  # the message it answers, when not just the topic root
     has_media: bool = False
-    sent_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    sent_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     private: bool = False  # in the staff member's own chat with the bot, not the group
 
     @property
@@ -188,11 +188,19 @@ def _message(
         kind = "event"
         meta["kind"] = "start"
         if payload:
-            link = LinkRequest("start", str(user.id), payload, user.full_name, language_of(user.language_code))
+            link = LinkRequest(
+                "start", str(user.id), payload, user.full_name, language_of(user.language_code)
+            )
     contact = message.contact
     if contact is not None and contact.user_id == user.id and contact.phone_number:
         # Only the sender's own contact proves a phone number; anyone can share someone else's.
-        link = LinkRequest("phone", str(user.id), contact.phone_number, user.full_name, language_of(user.language_code))
+        link = LinkRequest(
+            "phone",
+            str(user.id),
+            contact.phone_number,
+            user.full_name,
+            language_of(user.language_code),
+        )
     reply = message.reply_to_message
     return CustomerUpdate(
         Inbound(
@@ -309,7 +317,7 @@ def _command(text: str) -> str | None:
 
 
 def _utc(when: datetime) -> datetime:
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 # --- attachments: one small function per content type ---------------------------------------------
@@ -427,13 +435,14 @@ def fallback(raw: dict[str, object], error: str) -> Translated:
             address=str(user_id),
             text=str(text) if text else "[Telegram message kefu could not read]",
             received_at=(
-                datetime.fromtimestamp(date, timezone.utc)
-                if isinstance(date, int)
-                else datetime.now(timezone.utc)
+                datetime.fromtimestamp(date, UTC) if isinstance(date, int) else datetime.now(UTC)
             ),
             kind="message" if text else "event",
             display_name=name,
             language=language_of(str(user.get("language_code") or "")),
-            meta={"telegram": {"chat_id": chat_id, "message_id": message_id}, "unparsed": error[:300]},
+            meta={
+                "telegram": {"chat_id": chat_id, "message_id": message_id},
+                "unparsed": error[:300],
+            },
         )
     )

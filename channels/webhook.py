@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import httpx
@@ -127,11 +127,11 @@ def _when(value: float | datetime | None, now: float, signed_at: float, window: 
     """The message's own time, trusted only within the signature window of the signed header
     time: a timestamp years away would drive created_at, business hours and SLA."""
     if value is None:
-        return datetime.fromtimestamp(now, timezone.utc)
+        return datetime.fromtimestamp(now, UTC)
     if isinstance(value, datetime):
-        when = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        when = value if value.tzinfo else value.replace(tzinfo=UTC)
         try:
-            offset = (when - datetime.fromtimestamp(signed_at, timezone.utc)).total_seconds()
+            offset = (when - datetime.fromtimestamp(signed_at, UTC)).total_seconds()
         except OverflowError:  # year 1 or 9999 in a far time zone
             offset = math.inf
     else:
@@ -143,7 +143,7 @@ def _when(value: float | datetime | None, now: float, signed_at: float, window: 
         )
     if isinstance(value, datetime):
         return when
-    return datetime.fromtimestamp(value, timezone.utc)
+    return datetime.fromtimestamp(value, UTC)
 
 
 def _signed_time(headers: Mapping[str, str], now: float) -> float:
@@ -199,7 +199,11 @@ def parse(
         if payload.score is None:
             raise ValueError("score: a survey answer needs a score from 1 to 5")
         # An event, not the customer speaking: it never reopens the conversation it rates.
-        meta["survey"] = {"id": payload.survey_id, "score": payload.score, "comment": payload.comment or payload.text or None}
+        meta["survey"] = {
+            "id": payload.survey_id,
+            "score": payload.score,
+            "comment": payload.comment or payload.text or None,
+        }
     elif not payload.text and not payload.attachments:
         raise ValueError("text: must not be empty unless attachments are given")
     return Inbound(
@@ -256,7 +260,9 @@ class WebhookChannel:
         if source in self.sources:
             return None
         if source in self.disabled:
-            return _error(404, "source_disabled", f"webhook source '{source}' is off: {self.disabled[source]}")
+            return _error(
+                404, "source_disabled", f"webhook source '{source}' is off: {self.disabled[source]}"
+            )
         return _error(404, "unknown_source", f"no webhook source named '{source}'")
 
     async def handle(self, source_name: str, headers: Mapping[str, str], body: bytes) -> Reply:
@@ -282,7 +288,9 @@ class WebhookChannel:
         except ValueError as exc:
             return _error(422, "malformed", str(exc))
         except Exception as exc:  # noqa: BLE001 - whatever a payload provokes is the payload's fault
-            log.warning("webhook.parse.unexpected source=%s error=%s", source_name, type(exc).__name__)
+            log.warning(
+                "webhook.parse.unexpected source=%s error=%s", source_name, type(exc).__name__
+            )
             return _error(422, "malformed", f"body: cannot be read ({type(exc).__name__})")
         if self._sink is None:
             return _error(503, "not_ready", "kefu is starting; try again")
@@ -307,7 +315,9 @@ class WebhookChannel:
         source_name, _, user_id = out.address.partition(":")
         source = self.sources.get(source_name)
         if source is None:
-            raise TransientError(f"webhook source '{source_name}' is not configured or has no secret")
+            raise TransientError(
+                f"webhook source '{source_name}' is not configured or has no secret"
+            )
         if not source.callback_url:
             raise PermanentError(f"webhook source '{source_name}' has no callback_url")
         message: dict[str, Any] = {
@@ -338,7 +348,9 @@ class WebhookChannel:
             return SendResult(external_id=response.headers.get("x-request-id"))
         detail = f"callback answered {response.status_code}: {response.text[:200]}"
         if response.status_code in (408, 425, 429) or response.status_code >= 500:
-            raise TransientError(detail, retry_after=_retry_after(response.headers.get("retry-after")))
+            raise TransientError(
+                detail, retry_after=_retry_after(response.headers.get("retry-after"))
+            )
         raise PermanentError(detail)
 
 
