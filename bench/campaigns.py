@@ -19,24 +19,24 @@ import resource
 import sys
 import tempfile
 import time
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from sqlalchemy import func, insert, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bot.cli_campaigns import import_customers  # noqa: E402
-from bot.config import parse_config  # noqa: E402
-from handlers.customer_import import Settings  # noqa: E402
-from handlers.greetings import Planner, Reach  # noqa: E402
-from handlers.templating import Templates  # noqa: E402
-from storage.db import Database  # noqa: E402
-from storage.models import Customer, Identity  # noqa: E402
+from bot.cli_campaigns import import_customers
+from bot.config import parse_config
+from handlers.customer_import import Settings
+from handlers.greetings import Planner, Reach
+from handlers.templating import Templates
+from storage.db import Database
+from storage.models import Customer, Identity
 
 DAY = date(2099, 3, 14)  # a day to come: every birthday customer is due, whenever this runs
 ZONES = ["Asia/Shanghai", "Pacific/Auckland", "America/Los_Angeles", "Europe/Berlin", None]
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 
 
 def rss_mb() -> float:
@@ -65,7 +65,13 @@ async def fill(db: Database, n: int) -> None:
                 }
             )
             identities.append(
-                {"customer_id": i, "channel": "webhook", "address": f"shop:u{i}", "reachable": True, "created_at": NOW}
+                {
+                    "customer_id": i,
+                    "channel": "webhook",
+                    "address": f"shop:u{i}",
+                    "reachable": True,
+                    "created_at": NOW,
+                }
             )
         async with db.transaction() as session:
             await session.execute(insert(Customer.__table__), customers)
@@ -85,7 +91,11 @@ async def bench_plan(url: str, n: int) -> None:
     t = time.perf_counter()
     async with db.sessions() as session:
         baseline_rows = len(
-            (await session.execute(select(Customer.id, Customer.timezone).where(Customer.birthday_md == md))).all()
+            (
+                await session.execute(
+                    select(Customer.id, Customer.timezone).where(Customer.birthday_md == md)
+                )
+            ).all()
         )
     baseline = time.perf_counter() - t
     cfg = parse_config(
@@ -107,9 +117,15 @@ async def bench_plan(url: str, n: int) -> None:
     print(f"customers: {n:,}; birthdays on {md}: {baseline_rows:,}; planned {outcome.planned:,}, "
           f"skipped {outcome.skipped:,}")
     print(f"baseline indexed SELECT of the day's customers: {baseline * 1000:.0f} ms")
-    print(f"plan (claim + log + outbox for each): {plan:.2f} s = {plan / baseline:.0f}x baseline  (target <= 5 s)")
-    print(f"second plan of the same day (nothing to do, {again.planned} planned): {replan * 1000:.0f} ms "
-          f"= {replan / baseline:.1f}x baseline")
+    print(
+        f"plan (claim + log + outbox for each): {plan:.2f} s = {plan / baseline:.0f}x baseline  "
+        "(target <= 5 s)"
+    )
+    print(
+        f"second plan of the same day (nothing to do, {again.planned} planned): "
+        f"{replan * 1000:.0f} ms "
+        f"= {replan / baseline:.1f}x baseline"
+    )
     print(f"peak RSS: {rss_mb():.0f} MB (before planning {rss_before:.0f} MB)  (target <= 400 MB)")
 
 
@@ -117,19 +133,52 @@ async def bench_import(rows: int, tmp: Path) -> None:
     path = tmp / "customers.csv"
     with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["name", "email", "phone", "telegram_id", "birthday", "timezone", "language", "tags", "marketing_consent"])
+        w.writerow(
+            [
+                "name",
+                "email",
+                "phone",
+                "telegram_id",
+                "birthday",
+                "timezone",
+                "language",
+                "tags",
+                "marketing_consent",
+            ]
+        )
         for i in range(rows):
-            w.writerow([f"客户{i}", f"c{i}@example.com", f"+86138{i:08d}", "", f"19{i % 90 + 10:02d}-{i % 12 + 1:02d}-{i % 28 + 1:02d}",
-                        "Asia/Shanghai", "zh", "retail", "yes"])
+            w.writerow(
+                [
+                    f"客户{i}",
+                    f"c{i}@example.com",
+                    f"+86138{i:08d}",
+                    "",
+                    f"19{i % 90 + 10:02d}-{i % 12 + 1:02d}-{i % 28 + 1:02d}",
+                    "Asia/Shanghai",
+                    "zh",
+                    "retail",
+                    "yes",
+                ]
+            )
     base_db = Database(f"sqlite+aiosqlite:///{tmp}/baseline.db")
     await base_db.upgrade()
     t = time.perf_counter()
     async with base_db.transaction() as session:
         for start in range(0, rows, 1000):
-            await session.execute(insert(Customer.__table__), [
-                {"id": i + 1, "display_name": f"客户{i}", "tags": [], "vip": False, "marketing_consent": True, "created_at": NOW}
-                for i in range(start, min(start + 1000, rows))
-            ])
+            await session.execute(
+                insert(Customer.__table__),
+                [
+                    {
+                        "id": i + 1,
+                        "display_name": f"客户{i}",
+                        "tags": [],
+                        "vip": False,
+                        "marketing_consent": True,
+                        "created_at": NOW,
+                    }
+                    for i in range(start, min(start + 1000, rows))
+                ],
+            )
     baseline = time.perf_counter() - t
     await base_db.dispose()
     db = Database(f"sqlite+aiosqlite:///{tmp}/import.db")
@@ -141,17 +190,24 @@ async def bench_import(rows: int, tmp: Path) -> None:
     again = await import_customers(db, path, Settings())
     second = time.perf_counter() - t
     await db.dispose()
-    print(f"import {rows:,} rows (SQLite): {first:.1f} s = {first / baseline:.0f}x a bare INSERT of the "
-          f"customers ({baseline:.2f} s)  (target < 60 s); created {report.created:,}")
+    print(
+        f"import {rows:,} rows (SQLite): {first:.1f} s = {first / baseline:.0f}x a bare INSERT of "
+        "the "
+        f"customers ({baseline:.2f} s)  (target < 60 s); created {report.created:,}"
+    )
     print(f"re-import of the same file: {second:.1f} s; unchanged {again.unchanged:,}, "
           f"created {again.created}, updated {again.updated}")
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--url", help="database for the planning bench (default: a temporary SQLite file)")
+    parser.add_argument(
+        "--url", help="database for the planning bench (default: a temporary SQLite file)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         url = args.url or f"sqlite+aiosqlite:///{tmp}/bench.db"

@@ -28,7 +28,9 @@ def configure(db: str, wal: bool) -> None:
         SECRET_KEY="bench-only",
         USE_TZ=True,
         SITE_ID=1,
-        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": db, "OPTIONS": options}},
+        DATABASES={
+            "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": db, "OPTIONS": options}
+        },
         INSTALLED_APPS=[
             "django.contrib.auth",
             "django.contrib.contenttypes",
@@ -39,7 +41,9 @@ def configure(db: str, wal: bool) -> None:
             "rest_framework",
             "helpdesk",
         ],
-        TEMPLATES=[{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True}],
+        TEMPLATES=[
+            {"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True}
+        ],
         # its acknowledgement to each new ticket's submitter is rendered and "sent" in memory
         EMAIL_BACKEND="django.core.mail.backends.locmem.EmailBackend",
         MEDIA_ROOT=db + ".media",

@@ -60,7 +60,7 @@ TEXTS = (
 )
 
 
-def floor_app(db_path: str):  # noqa: ANN201
+def floor_app(db_path: str):
     from sqlalchemy import text
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -156,7 +156,7 @@ async def drive(port: int, reqs: list[tuple[bytes, dict[str, str]]], concurrency
         return time.perf_counter() - started, latencies
 
 
-def run(name: str, start, n: int, concurrency: int) -> float:  # noqa: ANN001
+def run(name: str, start, n: int, concurrency: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         proc = start(port, Path(tmp))
@@ -190,7 +190,10 @@ def compare(ref: str, rounds: int, n: int, concurrency: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         commit = export(ref, Path(tmp))
         head = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
         ).stdout.strip()
         floors, befores, afters = [], [], []
         for r in range(1, rounds + 1):
@@ -271,7 +274,7 @@ def prefill_mode(n_customers: int, messages: int, concurrency: int, extra_config
         print(f"prefilled {n_customers} customers in {time.perf_counter() - started:.0f} s "
               f"({filled.stat().st_size / 1e6:.0f} MB)")
 
-        def starter(source: Path | None, extra: str):  # noqa: ANN202
+        def starter(source: Path | None, extra: str):
             def start(port: int, workdir: Path) -> subprocess.Popen[bytes]:
                 if source is not None:
                     shutil.copy(source, workdir / "kefu.db")

@@ -4,8 +4,8 @@ limit and answers 429 when it is broken.
 
 Prints the achieved rate as a share of the limit (target >= 95%) and the number of 429s (target 0).
 
-    .venv/bin/python bench/telegram_send.py                      # 3,000 to 300 chats at 30/s: ~100 s
-    .venv/bin/python bench/telegram_send.py --rate 150           # same shape, 5x the limit: ~20 s
+    .venv/bin/python bench/telegram_send.py               # 3,000 to 300 chats at 30/s: ~100 s
+    .venv/bin/python bench/telegram_send.py --rate 150    # same shape, 5x the limit: ~20 s
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import func, select  # noqa: E402
+from sqlalchemy import func, select
 
-from bot import outbox  # noqa: E402
-from bot.config import OutboxConfig  # noqa: E402
-from bot.messages import Outbound  # noqa: E402
-from bot.outbox import OutboxWorker  # noqa: E402
-from channels.telegram import TelegramChannel, make_bot  # noqa: E402
-from storage.db import Database  # noqa: E402
-from storage.models import OutboxRow  # noqa: E402
-from tests.servers.botapi import TOKEN, BotApiServer  # noqa: E402
+from bot import outbox
+from bot.config import OutboxConfig
+from bot.messages import Outbound
+from bot.outbox import OutboxWorker
+from channels.telegram import TelegramChannel, make_bot
+from storage.db import Database
+from storage.models import OutboxRow
+from tests.servers.botapi import TOKEN, BotApiServer
 
 
 async def run(messages: int, chats: int, rate: float, latency: float) -> int:
@@ -61,12 +61,16 @@ async def run(messages: int, chats: int, rate: float, latency: float) -> int:
                 worker.stop()
                 await task
             first, last = botapi.sent[0].at, botapi.sent[-1].at
-            # A perfect sender fits `rate` sends in each second: n sends take (n - 1) / rate seconds.
+            # A perfect sender fits `rate` sends in each second: n sends take (n - 1) / rate
+            # seconds.
             ideal = (len(botapi.sent) - 1) / rate
             share = ideal / (last - first) if last > first else 0.0
             print(f"messages          {messages} to {chats} chats")
             print(f"limit             {rate:g}/s (stand-in enforces it over any 1 s window)")
-            print(f"delivered         {len(botapi.sent)} (distinct chats {len({s.chat_id for s in botapi.sent})})")
+            print(
+                f"delivered         {len(botapi.sent)} (distinct chats "
+                f"{len({s.chat_id for s in botapi.sent})})"
+            )
             print(f"first -> last     {last - first:.2f} s   (ideal {ideal:.2f} s)")
             print(f"achieved rate     {(len(botapi.sent) - 1) / (last - first):.2f}/s")
             print(f"share of limit    {share:.1%}   (target >= 95%)")
@@ -77,13 +81,23 @@ async def run(messages: int, chats: int, rate: float, latency: float) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--messages", type=int, default=3000)
     parser.add_argument("--chats", type=int, default=300)
-    parser.add_argument("--rate", type=float, default=30.0,
-                        help="messages per second, both the stand-in's limit and kefu's (default 30)")
-    parser.add_argument("--latency", type=float, default=0.02,
-                        help="seconds the stand-in takes per request, like a real network (default 0.02)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=30.0,
+        help="messages per second, both the stand-in's limit and kefu's (default 30)",
+    )
+    parser.add_argument(
+        "--latency",
+        type=float,
+        default=0.02,
+        help="seconds the stand-in takes per request, like a real network (default 0.02)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     sys.exit(asyncio.run(run(args.messages, args.chats, args.rate, args.latency)))

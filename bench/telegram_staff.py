@@ -100,7 +100,7 @@ async def run(
                 load_end = time.monotonic()
                 deadline = load_end + drain
                 # Polled, not awaited: `seen` fills from the stand-in's send hook.
-                while len(seen.keys() & pushed.keys()) < total and time.monotonic() < deadline:  # noqa: ASYNC110
+                while len(seen.keys() & pushed.keys()) < total and time.monotonic() < deadline:
                     await asyncio.sleep(0.5)
                 async with kefu.db.sessions() as session:
                     statuses = dict((await session.execute(

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import re
 import tempfile
-from pathlib import Path
 
 from alembic import command
 

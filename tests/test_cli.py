@@ -42,7 +42,9 @@ def kefu(config: Path, *args: str) -> tuple[int, str, str]:
 
 def seed(config: Path, *messages: tuple[str, str, str]) -> None:
     """(external id, user, text) messages through the real pipeline."""
-    url = next(line.split('"')[1] for line in config.read_text().splitlines() if line.startswith("url"))
+    url = next(
+        line.split('"')[1] for line in config.read_text().splitlines() if line.startswith("url")
+    )
 
     async def go() -> None:
         db = Database(url)
@@ -51,7 +53,14 @@ def seed(config: Path, *messages: tuple[str, str, str]) -> None:
         for ext, user, text in messages:
             kind = "complaint" if "broken" in text else "message"
             await pipeline.receive(
-                Inbound("webhook", f"shop:{ext}", f"shop:{user}", text, kind=kind, display_name=user.title())
+                Inbound(
+                    "webhook",
+                    f"shop:{ext}",
+                    f"shop:{user}",
+                    text,
+                    kind=kind,
+                    display_name=user.title(),
+                )
             )
         await pipeline.close()
         await db.dispose()
@@ -63,8 +72,8 @@ def db_of(config: Path) -> Database:
     return Database(f"sqlite+aiosqlite:///{config.parent}/kefu.db")
 
 
-def query(config: Path, stmt):  # noqa: ANN001, ANN201
-    async def go():  # noqa: ANN202
+def query(config: Path, stmt):
+    async def go():
         db = db_of(config)
         async with db.sessions() as s:
             rows = list(await s.scalars(stmt))
@@ -86,7 +95,17 @@ def test_log_export_jsonl_and_csv(config: Path) -> None:
     assert code == 0
     rows = [json.loads(line) for line in out.splitlines()]
     assert [r["text"] for r in rows] == ["hello 你好", "it arrived broken"]
-    required = {"id", "created_at", "customer_id", "conversation_id", "channel", "direction", "author_kind", "text", "is_complaint"}
+    required = {
+        "id",
+        "created_at",
+        "customer_id",
+        "conversation_id",
+        "channel",
+        "direction",
+        "author_kind",
+        "text",
+        "is_complaint",
+    }
     assert required <= set(rows[0])
     assert [r["is_complaint"] for r in rows] == [False, True]
     code, out, _ = kefu(config, "log", "export", "--format", "csv")
@@ -136,7 +155,11 @@ def test_reply_logs_and_queues_on_the_customer_channel(config: Path) -> None:
     assert code == 0, err
     assert "queued for webhook" in out
     [row] = query(config, select(OutboxRow))
-    assert (row.channel, row.address, row.payload["text"]) == ("webhook", "shop:amy", "您好，已处理")
+    assert (row.channel, row.address, row.payload["text"]) == (
+        "webhook",
+        "shop:amy",
+        "您好，已处理",
+    )
     [logged] = query(config, select(Interaction).where(Interaction.direction == "out"))
     assert logged.author_kind == "agent" and logged.text == "您好，已处理"
     assert [a.action for a in query(config, select(AuditEntry))] == ["reply"]
@@ -153,7 +176,9 @@ def test_reply_logs_and_queues_on_the_customer_channel(config: Path) -> None:
         (("customers", "forget", "42", "--yes"), "no customer with id 42"),
     ],
 )
-def test_errors_are_one_line_and_non_zero(config: Path, args: tuple[str, ...], message: str) -> None:
+def test_errors_are_one_line_and_non_zero(
+    config: Path, args: tuple[str, ...], message: str
+) -> None:
     seed(config, ("1", "amy", "hello"))
     code, out, err = kefu(config, *args)
     assert code == 1
@@ -193,14 +218,20 @@ def test_customers_forget_erases_personal_data_keeps_counts(config: Path) -> Non
     texts = query(config, select(Interaction.text).where(Interaction.customer_id == 1))
     assert len(texts) >= 2 and set(texts) == {"[erased]"}
     [row] = query(config, select(OutboxRow))
-    assert row.status == "dead" and "thanks" not in json.dumps(row.payload) and row.address == "[erased]"
+    assert (
+        row.status == "dead"
+        and "thanks" not in json.dumps(row.payload)
+        and row.address == "[erased]"
+    )
     code, out, _ = kefu(config, "log", "export")
     assert "Main St" not in out and "thanks Amy" not in out
     assert kefu(config, "reply", "1", "more")[0] == 1
 
 
 def test_staff_add_list_and_audit(config: Path) -> None:
-    code, out, err = kefu(config, "staff", "add", "--name", "Alice", "--telegram-id", "4242", "--role", "lead")
+    code, out, err = kefu(
+        config, "staff", "add", "--name", "Alice", "--telegram-id", "4242", "--role", "lead"
+    )
     assert code == 0, err
     code, _, err = kefu(config, "staff", "add", "--name", "Alice")
     assert code == 1 and "already exists" in err
@@ -221,7 +252,10 @@ def test_staff_add_list_and_audit(config: Path) -> None:
         ("[http]\nprot = 80\n", "[http] prot is not a known setting"),
         ("[storage]\nurl = 'mysql://x'\n", "[storage] url has value 'mysql://x'"),
         ("[http\nport = 1\n", "not valid TOML"),
-        ("[webhook.sources.shop]\ncallback_url = 'x'\n", "[webhook.sources.shop] secret_env is required"),
+        (
+            "[webhook.sources.shop]\ncallback_url = 'x'\n",
+            "[webhook.sources.shop] secret_env is required",
+        ),
     ],
 )
 def test_config_errors_name_the_key_and_value(tmp_path: Path, content: str, message: str) -> None:

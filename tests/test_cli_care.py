@@ -23,10 +23,14 @@ def seed(config: Path) -> int:
         db = Database(f"sqlite+aiosqlite:///{config.parent}/kefu.db")
         await db.upgrade()
         pipeline = Pipeline(db, route=Router(parse_config({})))
-        receipt = await pipeline.receive(Inbound("webhook", "shop:1", "shop:u1", "the parcel arrived broken, unacceptable"))
+        receipt = await pipeline.receive(
+            Inbound("webhook", "shop:1", "shop:u1", "the parcel arrived broken, unacceptable")
+        )
         await pipeline.close()
         async with db.sessions() as s:
-            assignee = await s.scalar(select(Conversation.assignee).where(Conversation.id == receipt.conversation_id))
+            assignee = await s.scalar(
+                select(Conversation.assignee).where(Conversation.id == receipt.conversation_id)
+            )
         await db.dispose()
         assert assignee is not None  # amy, the only agent on duty when it arrived
         return receipt.conversation_id or 0
@@ -57,9 +61,13 @@ def test_lifecycle_commands_enforce_roles_and_are_audited(tmp_path: Path) -> Non
     assert code == 1 and "needs role admin" in err
     code, out, _ = kefu(config, "audit")
     assert code == 0 and "lou" in out
-    actions = [(e.actor, e.action) for e in query(config, select(AuditEntry).order_by(AuditEntry.id))]
+    actions = [
+        (e.actor, e.action) for e in query(config, select(AuditEntry).order_by(AuditEntry.id))
+    ]
     assert [a for a in actions if a[1].startswith("conversation.")] == [
-        ("amy", "conversation.resolve"), ("lou", "conversation.reopen"), (getpass.getuser(), "conversation.close"),
+        ("amy", "conversation.resolve"),
+        ("lou", "conversation.reopen"),
+        (getpass.getuser(), "conversation.close"),
     ]
 
     code, out, _ = kefu(config, "report", "--as", "lou")

@@ -16,7 +16,8 @@ from tests.test_cli import kefu
 def setup(tmp_path: Path, language: str = "en") -> tuple[Path, dict[str, int]]:
     config = tmp_path / "config.toml"
     config.write_text(
-        f'[storage]\nurl = "sqlite+aiosqlite:///{tmp_path}/kefu.db"\n[insight]\nlanguage = "{language}"\n'
+        f'[storage]\nurl = "sqlite+aiosqlite:///{tmp_path}/kefu.db"\n[insight]\nlanguage = '
+        f'"{language}"\n'
     )
 
     async def go() -> dict[str, int]:
@@ -59,7 +60,7 @@ def test_report_html_written(tmp_path: Path) -> None:
     config, _ = setup(tmp_path, "zh")
     kefu(config, "customers", "rescore")
     target = tmp_path / "report.html"
-    code, out, _ = kefu(config, "report", "--format", "html", "--out", str(target))
+    code, _, _ = kefu(config, "report", "--format", "html", "--out", str(target))
     assert code == 0 and target.exists()
     text = target.read_text(encoding="utf-8")
     assert text.count('<figure class="chart"') == 9 and "客户服务报告" in text

@@ -1,4 +1,5 @@
-"""The whole complaint path over real HTTP: a webhook complaint -> acknowledgement on the callback ->
+"""The whole complaint path over real HTTP: a webhook complaint -> acknowledgement on the callback
+->
 staff flagged with severity, reasons and assignee -> agent answers and resolves -> survey POSTed ->
 score posted back, signed -> `kefu report --format json` shows it all."""
 
@@ -79,7 +80,11 @@ async def test_complaint_acknowledged_flagged_resolved_surveyed_reported(
         (ack,) = await callback.wait_for(1)
         body = ack.json
         assert body["type"] == "ack" and body["user"] == {"id": "u-7"}
-        assert f"#{conversation_id}" in body["text"] and "投诉" in body["text"] and "好物商城" in body["text"]
+        assert (
+            f"#{conversation_id}" in body["text"]
+            and "投诉" in body["text"]
+            and "好物商城" in body["text"]
+        )
         assert body["ticket"] == conversation_id and body["reason"] == "complaint"
         assert ack.key == body["id"] and body["id"].startswith(f"ack:{conversation_id}:")
 
@@ -89,7 +94,11 @@ async def test_complaint_acknowledged_flagged_resolved_surveyed_reported(
             flags = list(await s.scalars(select(Interaction).where(
                 Interaction.conversation_id == conversation_id, Interaction.direction == "event")))
         assert conversation is not None
-        assert (conversation.team, conversation.assignee, conversation.priority) == ("care", alice_id, "urgent")
+        assert (conversation.team, conversation.assignee, conversation.priority) == (
+            "care",
+            alice_id,
+            "urgent",
+        )
         assert conversation.is_complaint and conversation.severity == "high"
         assert conversation.first_response_due_at is not None
         (flag,) = [f for f in flags if f.meta.get("kind") == "complaint_flagged"]
@@ -98,9 +107,13 @@ async def test_complaint_acknowledged_flagged_resolved_surveyed_reported(
 
         # 4. The agent answers (first response) and resolves.
         async with kefu.db.transaction() as s:
-            await agents.answer(s, conversation_id, "非常抱歉，我们马上为您补发。", agent="alice", staff_id=alice_id)
+            await agents.answer(
+                s, conversation_id, "非常抱歉，我们马上为您补发。", agent="alice", staff_id=alice_id
+            )
         async with kefu.db.transaction() as s:
-            change = await lifecycle.resolve(s, conversation_id, Actor("alice", "agent", alice_id), kefu.config)
+            change = await lifecycle.resolve(
+                s, conversation_id, Actor("alice", "agent", alice_id), kefu.config
+            )
         assert change.survey_id is not None
         kefu.worker.wake()
 
@@ -110,20 +123,32 @@ async def test_complaint_acknowledged_flagged_resolved_surveyed_reported(
         assert survey_post["survey"] == {"id": change.survey_id, "choices": [1, 2, 3, 4, 5]}
         assert "1 到 5" in survey_post["text"]
 
-        # 6. The customer's score comes back as a signed webhook; it does not reopen the conversation.
+        # 6. The customer's score comes back as a signed webhook; it does not reopen the
+        # conversation.
         r = await post_signed(client, endpoint, SECRET, {
             "id": "s-1", "type": "survey", "user": {"id": "u-7"},
             "survey_id": change.survey_id, "score": 4, "comment": "补发很快，谢谢",
         })
         assert r.status_code == 202, r.text
-        again = await post_signed(client, endpoint, SECRET, {
-            "id": "s-2", "type": "survey", "user": {"id": "u-7"}, "survey_id": change.survey_id, "score": 1,
-        })
+        again = await post_signed(
+            client,
+            endpoint,
+            SECRET,
+            {
+                "id": "s-2",
+                "type": "survey",
+                "user": {"id": "u-7"},
+                "survey_id": change.survey_id,
+                "score": 1,
+            },
+        )
         assert again.status_code == 202  # logged, but a survey is answered once
         async with kefu.db.sessions() as s:
             survey = await s.get(Survey, change.survey_id)
             conversation = await s.get(Conversation, conversation_id)
-            staff_rows = list(await s.scalars(select(OutboxRow).where(OutboxRow.channel == "telegram")))
+            staff_rows = list(
+                await s.scalars(select(OutboxRow).where(OutboxRow.channel == "telegram"))
+            )
         assert survey is not None and (survey.score, survey.comment) == (4, "补发很快，谢谢")
         assert conversation is not None and conversation.status == "resolved"
         assert staff_rows == []  # Telegram is off: the logged event is the staff notification
@@ -132,7 +157,9 @@ async def test_complaint_acknowledged_flagged_resolved_surveyed_reported(
     cfg_file = tmp_path / "config.toml"
     cfg_file.write_text(f'[storage]\nurl = "sqlite+aiosqlite:///{db_path}"\n')
     result = await asyncio.to_thread(
-        CliRunner().invoke, app, ["report", "--format", "json", "--as", "lena", "--config", str(cfg_file)]
+        CliRunner().invoke,
+        app,
+        ["report", "--format", "json", "--as", "lena", "--config", str(cfg_file)],
     )
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
@@ -140,7 +167,9 @@ async def test_complaint_acknowledged_flagged_resolved_surveyed_reported(
     assert data["complaints"]["by_severity"] == {"high": 1}
     assert {"reason": "threat to escalate: media", "count": 1} in data["complaints"]["by_cue"]
     first = data["response_times"]["first_response"]
-    assert first["count"] == 1 and first["median_seconds"] is not None and first["median_seconds"] >= 0
+    assert (
+        first["count"] == 1 and first["median_seconds"] is not None and first["median_seconds"] >= 0
+    )
     assert data["response_times"]["resolution"]["count"] == 1
     assert data["csat"]["average"] == 4.0 and data["csat"]["distribution"]["4"] == 1
     assert data["csat"]["answered"] == data["csat"]["asked"] == 1
@@ -169,7 +198,9 @@ async def test_staff_group_gets_the_flag_and_the_escalation_in_the_topic(
         config = flow_config(f"sqlite+aiosqlite:///{tmp_path}/kefu.db", callback)
         config["telegram"] = {"enabled": True, "base_url": botapi.base_url, "staff_chat_id": FORUM,
                               "poll_timeout_seconds": 1}
-        async with running_kefu(config, {"SHOP_SECRET": SECRET, "KEFU_TELEGRAM_TOKEN": TOKEN}) as kefu:
+        async with running_kefu(
+            config, {"SHOP_SECRET": SECRET, "KEFU_TELEGRAM_TOKEN": TOKEN}
+        ) as kefu:
             async with kefu.db.transaction() as s:
                 await staff.add(s, "alice")
                 await staff.add(s, "lena", role="lead")
@@ -180,7 +211,8 @@ async def test_staff_group_gets_the_flag_and_the_escalation_in_the_topic(
             assert r.status_code == 202, r.text
             conversation_id = r.json()["conversation_id"]
             await botapi.wait_for(
-                lambda b: any("Complaint #" in (x.text or "") for x in b.to(FORUM)), what="the complaint flag"
+                lambda b: any("Complaint #" in (x.text or "") for x in b.to(FORUM)),
+                what="the complaint flag",
             )
             # Same topic; waiting together, the mirror and the flag are merged into one post.
             flag = next(x for x in botapi.to(FORUM) if "Complaint #" in (x.text or ""))
@@ -198,7 +230,8 @@ async def test_staff_group_gets_the_flag_and_the_escalation_in_the_topic(
             assert await kefu.care.check_sla() == []
             kefu.worker.wake()
             await botapi.wait_for(
-                lambda b: any("SLA breach" in (x.text or "") for x in b.to(FORUM)), what="the escalation"
+                lambda b: any("SLA breach" in (x.text or "") for x in b.to(FORUM)),
+                what="the escalation",
             )
             escalation = next(x for x in botapi.to(FORUM) if "SLA breach" in (x.text or ""))
             assert escalation.thread_id == mirror.thread_id and "@lena" in (escalation.text or "")

@@ -1,4 +1,5 @@
-"""`kefu run` as a real process, SIGKILLed mid-stream: nothing acknowledged is lost, nothing doubles."""
+"""`kefu run` as a real process, SIGKILLed mid-stream: nothing acknowledged is lost, nothing
+doubles."""
 
 from __future__ import annotations
 
@@ -85,7 +86,9 @@ callback_url = "{callback.url}"
                     )
                 if conversation_id is not None:
                     async with db.transaction() as s:
-                        result = await answer(s, conversation_id, f"reply {len(replies)}", agent="cli")
+                        result = await answer(
+                            s, conversation_id, f"reply {len(replies)}", agent="cli"
+                        )
                     replies.add(f"reply-{result.interaction_id}")
                 await asyncio.sleep(0.01)
 
@@ -108,9 +111,17 @@ callback_url = "{callback.url}"
         assert kefu.terminate() == 0
 
         async with db.sessions() as s:
-            ids = list(await s.scalars(select(Interaction.external_id).where(Interaction.direction == "in")))
+            ids = list(
+                await s.scalars(
+                    select(Interaction.external_id).where(Interaction.direction == "in")
+                )
+            )
             statuses = dict(
-                (await s.execute(select(OutboxRow.status, func.count()).group_by(OutboxRow.status))).all()
+                (
+                    await s.execute(
+                        select(OutboxRow.status, func.count()).group_by(OutboxRow.status)
+                    )
+                ).all()
             )
         await db.dispose()
         assert len(ids) == len(set(ids)) == TOTAL

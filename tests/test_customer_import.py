@@ -15,7 +15,17 @@ from storage.db import Database
 from storage.models import Customer, Identity
 
 FIXTURES = Path(__file__).parent / "fixtures" / "import"
-HEADER = ["name", "email", "phone", "telegram_id", "birthday", "timezone", "language", "tags", "marketing_consent"]
+HEADER = [
+    "name",
+    "email",
+    "phone",
+    "telegram_id",
+    "birthday",
+    "timezone",
+    "language",
+    "tags",
+    "marketing_consent",
+]
 TODAY = date(2026, 6, 1)
 
 
@@ -41,7 +51,7 @@ def row(settings: Settings | None = None, **cells: object) -> Record | Rejected:
         ("1月5日", True, None, "01-05"),
         ("02-29", True, None, "02-29"),
     ],
-    ids=lambda v: str(v),
+    ids=str,
 )
 def test_birthdays_in_the_formats_people_type(
     typed: str, day_first: bool, birthday: date | None, md: str
@@ -67,7 +77,7 @@ def test_birthdays_in_the_formats_people_type(
         ({"language": "12"}, "language '12'"),
         ({"marketing_consent": "maybe"}, "marketing_consent 'maybe': use yes/no"),
     ],
-    ids=lambda v: str(v),
+    ids=str,
 )
 def test_bad_cells_are_rejected_with_a_reason_naming_column_and_value(
     cells: dict[str, str], reason: str
@@ -230,8 +240,17 @@ async def test_a_large_file_imports_whole_and_reimports_unchanged(tmp_path: Path
         writer.writerow(HEADER)
         for n in range(rows):
             writer.writerow(
-                [f"客户{n}", f"c{n}@example.com", f"+86138{n:08d}", "", f"19{n % 90 + 10:02d}-{n % 12 + 1:02d}-{n % 28 + 1:02d}",
-                 "Asia/Shanghai", "zh", "retail", "yes"]
+                [
+                    f"客户{n}",
+                    f"c{n}@example.com",
+                    f"+86138{n:08d}",
+                    "",
+                    f"19{n % 90 + 10:02d}-{n % 12 + 1:02d}-{n % 28 + 1:02d}",
+                    "Asia/Shanghai",
+                    "zh",
+                    "retail",
+                    "yes",
+                ]
             )
     db = Database(f"sqlite+aiosqlite:///{tmp_path}/kefu.db")
     await db.upgrade()

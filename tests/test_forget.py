@@ -9,7 +9,6 @@ import json
 from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import Date, String, Text, cast, func, or_, select
@@ -26,7 +25,7 @@ from handlers.acknowledge import Acknowledger
 from handlers.roles import SYSTEM
 from handlers.routing import Router
 from handlers.staff_alerts import ComplaintAlerts
-from storage import customers, staff
+from storage import staff
 from storage.db import Database
 from storage.models import Base, Customer, Interaction, OutboxRow, Survey
 from tests.handlers.care_helpers import STAFF_CHAT, config
@@ -48,10 +47,15 @@ def mail(store: MailStore) -> Inbound:
     message["To"] = "support@example.com"
     message["Subject"] = "parcel"
     message["Message-ID"] = f"<{NAME.lower()}-{PHONE}@example.org>"
-    # Long enough to spill onto SQLite overflow pages, which a delete frees without zeroing by default.
+    # Long enough to spill onto SQLite overflow pages, which a delete frees without zeroing by
+    # default.
     story = " ".join(f"Day {n}: still no zorblax." for n in range(400))
-    message.set_content(f"My parcel zorblax arrived broken, this is unacceptable! Call me on +86 {PHONE}.\n{story}")
-    message.add_attachment(b"receipt glimmerfax 2027", maintype="text", subtype="plain", filename="glimmerfax.txt")
+    message.set_content(
+        f"My parcel zorblax arrived broken, this is unacceptable! Call me on +86 {PHONE}.\n{story}"
+    )
+    message.add_attachment(
+        b"receipt glimmerfax 2027", maintype="text", subtype="plain", filename="glimmerfax.txt"
+    )
     return to_inbound(message.as_bytes(), store, own_address="support@example.com", now=T0)
 
 
@@ -62,16 +66,32 @@ async def seed(db: Database, store: MailStore) -> dict[str, int]:
         await staff.add(s, "amy", telegram_user_id=3003)
     router = Router(CFG)
     observers = [
-        staff_group.mirror_observer(STAFF_CHAT), ComplaintAlerts(router, STAFF_CHAT), Acknowledger(CFG),
+        staff_group.mirror_observer(STAFF_CHAT),
+        ComplaintAlerts(router, STAFF_CHAT),
+        Acknowledger(CFG),
         survey.survey_observer,
     ]
     pipeline = Pipeline(db, route=router, observers=observers)
     by_mail = await pipeline.receive(mail(store))
     by_telegram = await pipeline.receive(
-        Inbound("telegram", f"{TG}:12", TG, "quixotrel 包裹坏了，我要投诉", received_at=T0, display_name=NAME_ZH)
+        Inbound(
+            "telegram",
+            f"{TG}:12",
+            TG,
+            "quixotrel 包裹坏了，我要投诉",
+            received_at=T0,
+            display_name=NAME_ZH,
+        )
     )
     bystander = await pipeline.receive(
-        Inbound("webhook", "shop:9", "shop:bo", "wombatique is late", received_at=T0, display_name=BYSTANDER[1])
+        Inbound(
+            "webhook",
+            "shop:9",
+            "shop:bo",
+            "wombatique is late",
+            received_at=T0,
+            display_name=BYSTANDER[1],
+        )
     )
     assert by_mail.customer_id != by_telegram.customer_id
     async with db.transaction() as s:
@@ -80,21 +100,37 @@ async def seed(db: Database, store: MailStore) -> dict[str, int]:
         telegram_customer.birthday = BIRTHDAY
     # The Telegram user shares their phone, then opens a link made for the email customer: the two
     # records merge (the Telegram one stays behind as a pointer) and the audit log names them.
-    assert (await telegram_links.handle(db, LinkRequest("phone", TG, f"+86 {PHONE}"))).outcome == "recorded"
+    assert (
+        await telegram_links.handle(db, LinkRequest("phone", TG, f"+86 {PHONE}"))
+    ).outcome == "recorded"
     async with db.transaction() as s:
         token = await telegram_links.create_link(s, by_mail.customer_id)
     assert (await telegram_links.handle(db, LinkRequest("start", TG, token))).outcome == "merged"
     async with db.transaction() as s:
-        await agents.answer(s, by_mail.conversation_id, f"Sorry {NAME}, a new one ships today", agent="amy")
+        await agents.answer(
+            s, by_mail.conversation_id, f"Sorry {NAME}, a new one ships today", agent="amy"
+        )
     await sla.check(db, T0 + timedelta(days=30), router, staff_chat_id=STAFF_CHAT)
     async with db.transaction() as s:
-        change = await lifecycle.resolve(s, by_telegram.conversation_id, SYSTEM, CFG, now=T0 + timedelta(hours=1))
+        change = await lifecycle.resolve(
+            s, by_telegram.conversation_id, SYSTEM, CFG, now=T0 + timedelta(hours=1)
+        )
         assert change.survey_id is not None
-        await survey.record_answer(s, survey_id=change.survey_id, score=2, comment="flumberine was rude",
-                                   channel="telegram", now=T0 + timedelta(hours=2))
+        await survey.record_answer(
+            s,
+            survey_id=change.survey_id,
+            score=2,
+            comment="flumberine was rude",
+            channel="telegram",
+            now=T0 + timedelta(hours=2),
+        )
     await pipeline.close()
-    return {"customer": by_mail.customer_id, "mail_conversation": by_mail.conversation_id,
-            "telegram_conversation": by_telegram.conversation_id, "bystander": bystander.customer_id}
+    return {
+        "customer": by_mail.customer_id,
+        "mail_conversation": by_mail.conversation_id,
+        "telegram_conversation": by_telegram.conversation_id,
+        "bystander": bystander.customer_id,
+    }
 
 
 def forms(needle: str) -> list[bytes]:
@@ -121,13 +157,17 @@ async def found_in_columns(db: Database, needles: tuple[str, ...]) -> set[str]:
                     continue
                 as_text = cast(column, Text)
                 for needle in needles:
-                    hit = or_(*[as_text.contains(f.decode(), autoescape=True) for f in forms(needle)])
+                    hit = or_(
+                        *[as_text.contains(f.decode(), autoescape=True) for f in forms(needle)]
+                    )
                     if await s.scalar(select(func.count()).select_from(table).where(hit)):
                         found.add(needle)
     return found
 
 
-async def found_anywhere(db: Database, db_url: str, store_dir: Path, needles: tuple[str, ...]) -> set[str]:
+async def found_anywhere(
+    db: Database, db_url: str, store_dir: Path, needles: tuple[str, ...]
+) -> set[str]:
     found = found_in_files(sorted(store_dir.rglob("*")), needles)
     if db.is_sqlite:
         path = Path(db.url.database or "")
@@ -152,7 +192,9 @@ async def test_forget_leaves_nothing_in_the_database_files_or_the_mail_store(
     before = await found_anywhere(db, db_url, store_dir, (*NEEDLES, *BYSTANDER))
     assert before == {*NEEDLES, *BYSTANDER}  # the search finds what is there
 
-    code, out = await asyncio.to_thread(cli, tmp_path, db_url, store_dir, "customers", "forget", str(ids["customer"]), "--yes")
+    code, out = await asyncio.to_thread(
+        cli, tmp_path, db_url, store_dir, "customers", "forget", str(ids["customer"]), "--yes"
+    )
     assert code == 0, out
     assert await found_anywhere(db, db_url, store_dir, (*NEEDLES, *BYSTANDER)) == set(BYSTANDER)
 
@@ -160,15 +202,23 @@ async def test_forget_leaves_nothing_in_the_database_files_or_the_mail_store(
         # Rows stay, without content: counts and reports stay true.
         assert await s.scalar(select(func.count()).select_from(Interaction).where(
             Interaction.customer_id == ids["customer"])) >= 4
-        answered = await s.scalar(select(Survey).where(Survey.conversation_id == ids["telegram_conversation"]))
-        assert answered is not None and answered.score == 2 and answered.customer_id == ids["customer"]
+        answered = await s.scalar(
+            select(Survey).where(Survey.conversation_id == ids["telegram_conversation"])
+        )
+        assert (
+            answered is not None and answered.score == 2 and answered.customer_id == ids["customer"]
+        )
         staff_rows = list(await s.scalars(select(OutboxRow).where(
             OutboxRow.address == str(STAFF_CHAT),
             OutboxRow.conversation_id.in_([ids["mail_conversation"], ids["telegram_conversation"]]),
         )))
         assert staff_rows and all(r.payload == {"erased": True} for r in staff_rows)
-        merged_away = list(await s.scalars(select(Customer).where(Customer.merged_into == ids["customer"])))
-        assert merged_away and all(c.forgotten_at is not None and c.display_name is None for c in merged_away)
+        merged_away = list(
+            await s.scalars(select(Customer).where(Customer.merged_into == ids["customer"]))
+        )
+        assert merged_away and all(
+            c.forgotten_at is not None and c.display_name is None for c in merged_away
+        )
 
     # A channel delivering one of the forgotten messages again (an IMAP folder re-read, a webhook
     # retry) is still a duplicate: nothing comes back.
@@ -182,10 +232,19 @@ async def test_forget_one_conversation(db: Database, db_url: str, tmp_path: Path
     store_dir = tmp_path / "mail"
     ids = await seed(db, MailStore(store_dir, 1 << 20))
     code, out = await asyncio.to_thread(
-        cli, tmp_path, db_url, store_dir, "conversations", "forget", str(ids["mail_conversation"]), "--yes"
+        cli,
+        tmp_path,
+        db_url,
+        store_dir,
+        "conversations",
+        "forget",
+        str(ids["mail_conversation"]),
+        "--yes",
     )
     assert code == 0, out
-    found = await found_anywhere(db, db_url, store_dir, ("zorblax", "glimmerfax", "quixotrel", *BYSTANDER))
+    found = await found_anywhere(
+        db, db_url, store_dir, ("zorblax", "glimmerfax", "quixotrel", *BYSTANDER)
+    )
     # The mail conversation's words and files are gone; the Telegram conversation's stay.
     assert found == {"quixotrel", *BYSTANDER}
     async with db.sessions() as s:
@@ -193,7 +252,11 @@ async def test_forget_one_conversation(db: Database, db_url: str, tmp_path: Path
     assert customer is not None and customer.forgotten_at is None and customer.display_name
 
 
-@pytest.mark.parametrize("args", [("customers", "forget", "999", "--yes"), ("conversations", "forget", "999", "--yes")])
-async def test_forgetting_what_is_not_there_is_one_line(db: Database, db_url: str, tmp_path: Path, args: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    "args", [("customers", "forget", "999", "--yes"), ("conversations", "forget", "999", "--yes")]
+)
+async def test_forgetting_what_is_not_there_is_one_line(
+    db: Database, db_url: str, tmp_path: Path, args: tuple[str, ...]
+) -> None:
     code, out = await asyncio.to_thread(cli, tmp_path, db_url, tmp_path / "mail", *args)
     assert code == 1 and len(out.strip().splitlines()) == 1 and "999" in out

@@ -1,4 +1,5 @@
-"""Two `kefu run` processes sharing one PostgreSQL: each message logged once, each reply sent once."""
+"""Two `kefu run` processes sharing one PostgreSQL: each message logged once, each reply sent
+once."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ SECRET = "pg-secret"
 pytestmark = pytest.mark.postgres
 
 
-async def test_two_processes_share_the_log_and_the_outbox(tmp_path: Path, postgres: PostgresServer) -> None:
+async def test_two_processes_share_the_log_and_the_outbox(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
     url = postgres.create_database()
     async with CallbackServer(SECRET) as callback, contextlib.AsyncExitStack() as stack:
         processes = []
@@ -32,7 +35,8 @@ async def test_two_processes_share_the_log_and_the_outbox(tmp_path: Path, postgr
             (tmp_path / f"kefu{n}.toml").write_text(
                 f'[storage]\nurl = "{url}"\n[http]\nport = {port}\n'
                 "[outbox]\npoll_interval_seconds = 0.05\nbatch_size = 5\n"
-                f'[webhook.sources.shop]\nsecret_env = "SHOP_SECRET"\ncallback_url = "{callback.url}"\n'
+                '[webhook.sources.shop]\nsecret_env = "SHOP_SECRET"\ncallback_url = '
+                f'"{callback.url}"\n'
             )
             processes.append(KefuProcess(tmp_path, port, {"SHOP_SECRET": SECRET}, f"kefu{n}.toml"))
         # Both migrate at start: the second must find the schema in place, not fail.
@@ -42,11 +46,17 @@ async def test_two_processes_share_the_log_and_the_outbox(tmp_path: Path, postgr
         await asyncio.gather(*(p.ready() for p in processes))
 
         async with httpx.AsyncClient(timeout=120) as client:
-            # Every message goes to both processes at once, as a retrying sender behind a balancer would.
+            # Every message goes to both processes at once, as a retrying sender behind a balancer
+            # would.
             async def both(n: int) -> list[int]:
                 payload = {"id": f"m{n}", "user": {"id": f"u{n % 20}"}, "text": f"message {n}"}
                 rs = await asyncio.gather(
-                    *(post_signed(client, f"http://127.0.0.1:{p.port}/webhooks/shop", SECRET, payload) for p in processes)
+                    *(
+                        post_signed(
+                            client, f"http://127.0.0.1:{p.port}/webhooks/shop", SECRET, payload
+                        )
+                        for p in processes
+                    )
                 )
                 return sorted(r.status_code for r in rs)
 
@@ -62,7 +72,8 @@ async def test_two_processes_share_the_log_and_the_outbox(tmp_path: Path, postgr
         keys = set()
         for conversation_id in conversations:
             async with db.transaction() as s:
-                keys.add(f"reply-{(await answer(s, conversation_id, 'on it', agent='amy')).interaction_id}")
+                answered = await answer(s, conversation_id, "on it", agent="amy")
+                keys.add(f"reply-{answered.interaction_id}")
         await callback.wait_for(len(keys), timeout=20)
 
         async def all_sent() -> None:  # a row is marked sent just after its callback answers

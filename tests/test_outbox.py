@@ -79,7 +79,9 @@ async def wait_status(db: Database, status: str, timeout: float = 10) -> OutboxR
     return await asyncio.wait_for(poll(), timeout)
 
 
-async def test_503_twice_then_delivered_once_with_a_stable_key(kefu: Kefu, callback: CallbackServer) -> None:
+async def test_503_twice_then_delivered_once_with_a_stable_key(
+    kefu: Kefu, callback: CallbackServer
+) -> None:
     callback.script = [503, 503]
     conversation_id = await conversation_with_customer(kefu)
     interaction_id = await reply(kefu, conversation_id, "明天送达，请留意短信")
@@ -106,7 +108,9 @@ async def test_503_twice_then_delivered_once_with_a_stable_key(kefu: Kefu, callb
     assert callback.delivered_keys()[row.idempotency_key] == 1
 
 
-async def test_400_is_dead_with_the_error_kept_and_visible(kefu: Kefu, callback: CallbackServer) -> None:
+async def test_400_is_dead_with_the_error_kept_and_visible(
+    kefu: Kefu, callback: CallbackServer
+) -> None:
     callback.script = [400]
     conversation_id = await conversation_with_customer(kefu)
     await reply(kefu, conversation_id, "hello")
@@ -114,7 +118,9 @@ async def test_400_is_dead_with_the_error_kept_and_visible(kefu: Kefu, callback:
     assert row.attempts == 1 and row.last_error is not None and "400" in row.last_error
     async with kefu.db.sessions() as s:
         event = await s.scalar(
-            select(Interaction).where(Interaction.conversation_id == conversation_id, Interaction.direction == "event")
+            select(Interaction).where(
+                Interaction.conversation_id == conversation_id, Interaction.direction == "event"
+            )
         )
     assert event is not None and "delivery failed" in event.text
 
@@ -129,7 +135,9 @@ async def test_gives_up_after_max_attempts(kefu: Kefu, callback: CallbackServer)
     assert len(callback.requests) == 4
 
 
-async def test_replies_to_one_customer_arrive_in_order(kefu: Kefu, callback: CallbackServer) -> None:
+async def test_replies_to_one_customer_arrive_in_order(
+    kefu: Kefu, callback: CallbackServer
+) -> None:
     conversation_id = await conversation_with_customer(kefu)
     for n in range(5):
         await reply(kefu, conversation_id, f"part {n}")
@@ -153,7 +161,9 @@ async def test_enqueue_is_idempotent_by_dedupe_key(db: Database) -> None:
 
 
 @pytest.mark.postgres
-async def test_two_workers_on_postgres_never_send_a_row_twice(postgres, callback: CallbackServer) -> None:  # noqa: ANN001
+async def test_two_workers_on_postgres_never_send_a_row_twice(
+    postgres, callback: CallbackServer
+) -> None:
     db = Database(postgres.create_database())
     await db.upgrade()
     async with db.transaction() as s:
@@ -164,11 +174,18 @@ async def test_two_workers_on_postgres_never_send_a_row_twice(postgres, callback
     for _ in range(2):
         channel = WebhookChannel({"shop": Source("shop", SECRET, callback.url)})
         await channel.start(lambda inbound: asyncio.sleep(0))  # type: ignore[arg-type,return-value]
-        workers.append((OutboxWorker(Database(db.url.render_as_string(False)), {"webhook": channel}, cfg), channel))
+        workers.append(
+            (
+                OutboxWorker(Database(db.url.render_as_string(False)), {"webhook": channel}, cfg),
+                channel,
+            )
+        )
     counts = await asyncio.gather(*(drain(w) for w, _ in workers))
     assert sum(counts) == 200 and all(counts), counts  # both took part
     assert set(callback.delivered_keys().values()) == {1} and len(callback.delivered_keys()) == 200
-    assert {key.partition(".")[0] for key in callback.delivered_keys()} == {f"k{n}" for n in range(200)}
+    assert {key.partition(".")[0] for key in callback.delivered_keys()} == {
+        f"k{n}" for n in range(200)
+    }
     for worker, channel in workers:
         await channel.stop()
         await worker.db.dispose()

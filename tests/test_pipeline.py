@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 
@@ -14,7 +14,9 @@ from storage.models import Conversation, Customer, Identity, Interaction, Outbox
 
 
 def msg(n: int | str, user: str = "u1", text: str = "hello", **kw: object) -> Inbound:
-    return Inbound(channel="webhook", external_id=f"shop:{n}", address=f"shop:{user}", text=text, **kw)  # type: ignore[arg-type]
+    return Inbound(
+        channel="webhook", external_id=f"shop:{n}", address=f"shop:{user}", text=text, **kw
+    )  # type: ignore[arg-type]
 
 
 async def count(db: Database, model: type) -> int:
@@ -35,7 +37,11 @@ async def test_first_contact_creates_customer_identity_conversation(db: Database
     assert identity is not None and (identity.channel, identity.address) == ("webhook", "shop:u1")
     assert conversation is not None and conversation.status == "open"
     assert conversation.reply_channel == "webhook" and conversation.reply_address == "shop:u1"
-    assert row is not None and (row.direction, row.author_kind, row.text) == ("in", "customer", "hello")
+    assert row is not None and (row.direction, row.author_kind, row.text) == (
+        "in",
+        "customer",
+        "hello",
+    )
     await pipeline.close()
 
 
@@ -69,7 +75,7 @@ async def test_concurrent_copies_in_one_batch_log_once(db: Database) -> None:
 
 
 async def test_a_bad_message_does_not_sink_its_batch(db: Database) -> None:
-    def classify(text: str, language: str | None):  # noqa: ANN202
+    def classify(text: str, language: str | None):
         if text == "boom":
             raise RuntimeError("classifier crashed")
         from handlers.complaints import NOT_A_COMPLAINT
@@ -78,7 +84,10 @@ async def test_a_bad_message_does_not_sink_its_batch(db: Database) -> None:
 
     pipeline = Pipeline(db, classify=classify)
     results = await asyncio.gather(
-        *(pipeline.receive(msg(n, user=f"u{n}", text="boom" if n == 3 else "ok")) for n in range(6)),
+        *(
+            pipeline.receive(msg(n, user=f"u{n}", text="boom" if n == 3 else "ok"))
+            for n in range(6)
+        ),
         return_exceptions=True,
     )
     failed = [r for r in results if isinstance(r, Exception)]
@@ -110,11 +119,17 @@ async def test_observer_enqueues_in_the_same_transaction(db: Database) -> None:
     from bot import outbox
     from bot.messages import Outbound
 
-    async def ack(session, logged: Logged) -> None:  # noqa: ANN001
+    async def ack(session, logged: Logged) -> None:
         await outbox.enqueue(
             session,
-            Outbound("webhook", logged.inbound.address, "got it", f"ack-{logged.interaction_id}",
-                     kind="ack", conversation_id=logged.conversation.id if logged.conversation else None),
+            Outbound(
+                "webhook",
+                logged.inbound.address,
+                "got it",
+                f"ack-{logged.interaction_id}",
+                kind="ack",
+                conversation_id=logged.conversation.id if logged.conversation else None,
+            ),
         )
 
     pipeline = Pipeline(db, observers=[ack])
@@ -134,9 +149,13 @@ async def test_attachments_and_explicit_complaint(db: Database) -> None:
     async with db.sessions() as s:
         row = await s.get(Interaction, receipt.interaction_id)
         conversation = await s.get(Conversation, receipt.conversation_id)
-    assert row is not None and row.attachments == [{"kind": "file", "url": "https://x/y.png", "name": "y.png"}]
+    assert row is not None and row.attachments == [
+        {"kind": "file", "url": "https://x/y.png", "name": "y.png"}
+    ]
     assert row.meta["complaint"]["reasons"] == ["explicit: webhook marked it a complaint"]
-    assert conversation is not None and conversation.is_complaint and conversation.priority == "high"
+    assert (
+        conversation is not None and conversation.is_complaint and conversation.priority == "high"
+    )
     await pipeline.close()
 
 
@@ -158,14 +177,20 @@ async def test_threading_hints_and_reopen(db: Database) -> None:
         conversation = await s.get(Conversation, first.conversation_id)
         assert conversation is not None
         conversation.status = "resolved"
-        conversation.resolved_at = datetime.now(timezone.utc)
+        conversation.resolved_at = datetime.now(UTC)
     # A reply naming the first message threads into that conversation and reopens it.
     reply = await pipeline.receive(msg(2, reply_to=("shop:1",)))
     assert reply.conversation_id == first.conversation_id
     async with db.sessions() as s:
         conversation = await s.get(Conversation, first.conversation_id)
-        events = list(await s.scalars(select(Interaction.meta).where(Interaction.direction == "event")))
-    assert conversation is not None and conversation.status == "open" and conversation.resolved_at is None
+        events = list(
+            await s.scalars(select(Interaction.meta).where(Interaction.direction == "event"))
+        )
+    assert (
+        conversation is not None
+        and conversation.status == "open"
+        and conversation.resolved_at is None
+    )
     assert events == [{"kind": "reopened"}]
     # A hint to somebody else's conversation is ignored.
     other = await pipeline.receive(msg(3, user="u2", conversation_hint=first.conversation_id))
@@ -180,7 +205,9 @@ async def test_threading_hints_and_reopen(db: Database) -> None:
     await pipeline.close()
 
 
-async def test_a_reply_to_a_closed_thread_joins_the_customers_open_conversation(db: Database) -> None:
+async def test_a_reply_to_a_closed_thread_joins_the_customers_open_conversation(
+    db: Database,
+) -> None:
     pipeline = Pipeline(db)
     first = await pipeline.receive(msg(1))
     async with db.transaction() as s:
@@ -203,7 +230,7 @@ async def test_a_reply_to_a_closed_thread_joins_the_customers_open_conversation(
 
 async def test_received_at_is_the_channel_time(db: Database) -> None:
     pipeline = Pipeline(db)
-    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     receipt = await pipeline.receive(msg(1, received_at=when))
     async with db.sessions() as s:
         row = await s.get(Interaction, receipt.interaction_id)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from datetime import datetime
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -25,7 +25,9 @@ FIXTURES = Path(__file__).parent / "fixtures" / "webhook"
 async def kefu(db_url: str) -> AsyncIterator[Kefu]:
     config = base_config(
         db_url,  # SQLite and PostgreSQL
-        webhook={"sources": {"shop": {"secret_env": "SHOP_SECRET"}, "crm": {"secret_env": "CRM_SECRET"}}},
+        webhook={
+            "sources": {"shop": {"secret_env": "SHOP_SECRET"}, "crm": {"secret_env": "CRM_SECRET"}}
+        },
     )
     async with running_kefu(config, {"SHOP_SECRET": SECRET}) as k:
         yield k
@@ -49,7 +51,9 @@ async def logged(kefu: Kefu) -> int:
 
 
 @pytest.mark.parametrize("fixture", sorted(p.name for p in FIXTURES.glob("message__*.json")))
-async def test_fixture_payloads_are_accepted(kefu: Kefu, client: httpx.AsyncClient, fixture: str) -> None:
+async def test_fixture_payloads_are_accepted(
+    kefu: Kefu, client: httpx.AsyncClient, fixture: str
+) -> None:
     body = (FIXTURES / fixture).read_bytes()
     data = json.loads(body)
     # Posted as it was sent, at the time it carries: a payload timestamp must lie within the
@@ -71,8 +75,12 @@ async def test_fixture_payloads_are_accepted(kefu: Kefu, client: httpx.AsyncClie
 
 
 @pytest.mark.parametrize("fixture", sorted(p.name for p in FIXTURES.glob("malformed__*.json")))
-async def test_malformed_fixtures_get_422(kefu: Kefu, client: httpx.AsyncClient, fixture: str) -> None:
-    r = await post_signed(client, url(kefu, "/webhooks/shop"), SECRET, (FIXTURES / fixture).read_bytes())
+async def test_malformed_fixtures_get_422(
+    kefu: Kefu, client: httpx.AsyncClient, fixture: str
+) -> None:
+    r = await post_signed(
+        client, url(kefu, "/webhooks/shop"), SECRET, (FIXTURES / fixture).read_bytes()
+    )
     assert r.status_code == 422, r.text
     assert r.json()["error"] == "malformed" and r.json()["message"]
     assert await logged(kefu) == 0
@@ -87,9 +95,14 @@ async def test_accept_then_duplicate(kefu: Kefu, client: httpx.AsyncClient) -> N
     assert await logged(kefu) == 1
 
 
-async def test_hundred_concurrent_posts_of_one_id_log_once(kefu: Kefu, client: httpx.AsyncClient) -> None:
+async def test_hundred_concurrent_posts_of_one_id_log_once(
+    kefu: Kefu, client: httpx.AsyncClient
+) -> None:
     responses = await asyncio.gather(
-        *(post_signed(client, url(kefu, "/webhooks/shop"), SECRET, payload("same")) for _ in range(100))
+        *(
+            post_signed(client, url(kefu, "/webhooks/shop"), SECRET, payload("same"))
+            for _ in range(100)
+        )
     )
     codes = sorted(r.status_code for r in responses)
     assert codes == [200] * 99 + [202]
@@ -97,10 +110,14 @@ async def test_hundred_concurrent_posts_of_one_id_log_once(kefu: Kefu, client: h
     assert await logged(kefu) == 1
 
 
-async def test_same_user_same_customer_same_conversation(kefu: Kefu, client: httpx.AsyncClient) -> None:
+async def test_same_user_same_customer_same_conversation(
+    kefu: Kefu, client: httpx.AsyncClient
+) -> None:
     a = (await post_signed(client, url(kefu, "/webhooks/shop"), SECRET, payload(1))).json()
     b = (await post_signed(client, url(kefu, "/webhooks/shop"), SECRET, payload(2))).json()
-    c = (await post_signed(client, url(kefu, "/webhooks/shop"), SECRET, payload(3, user="u-2"))).json()
+    c = (
+        await post_signed(client, url(kefu, "/webhooks/shop"), SECRET, payload(3, user="u-2"))
+    ).json()
     assert a["conversation_id"] == b["conversation_id"] != c["conversation_id"]
     async with kefu.db.sessions() as s:
         assert await s.scalar(select(func.count()).select_from(Customer)) == 2
@@ -133,7 +150,9 @@ async def test_bad_signatures_are_401(kefu: Kefu, client: httpx.AsyncClient, cas
 
 
 async def test_timestamp_inside_the_window_is_fine(kefu: Kefu, client: httpx.AsyncClient) -> None:
-    r = await post_signed(client, url(kefu, "/webhooks/shop"), SECRET, payload(), ts=int(time.time()) - 290)
+    r = await post_signed(
+        client, url(kefu, "/webhooks/shop"), SECRET, payload(), ts=int(time.time()) - 290
+    )
     assert r.status_code == 202
 
 
@@ -145,7 +164,9 @@ async def test_unknown_and_disabled_sources_are_404(kefu: Kefu, client: httpx.As
     assert "CRM_SECRET" in disabled.json()["message"]
 
 
-async def test_oversized_body_is_413_declared_or_streamed(kefu: Kefu, client: httpx.AsyncClient) -> None:
+async def test_oversized_body_is_413_declared_or_streamed(
+    kefu: Kefu, client: httpx.AsyncClient
+) -> None:
     big = payload(text="x" * (64 * 1024))
     r = await post_signed(client, url(kefu, "/webhooks/shop"), SECRET, big)
     assert r.status_code == 413 and r.json()["error"] == "too_large"

@@ -4,6 +4,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.channels.email_fixtures import dovecot, mailbox  # noqa: F401 - fixtures for this folder
 from tests.servers.botapi import BotApiServer
 
 FORUM = -1001234567890

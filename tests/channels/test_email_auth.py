@@ -50,9 +50,13 @@ class Key:
 
 def make_key(tmp: Path, name: str) -> Key:
     private = tmp / f"{name}.pem"
-    subprocess.run(["openssl", "genrsa", "-out", str(private), "2048"], check=True, capture_output=True)
+    subprocess.run(
+        ["openssl", "genrsa", "-out", str(private), "2048"], check=True, capture_output=True
+    )
     der = subprocess.run(
-        ["openssl", "rsa", "-in", str(private), "-pubout", "-outform", "DER"], check=True, capture_output=True
+        ["openssl", "rsa", "-in", str(private), "-pubout", "-outform", "DER"],
+        check=True,
+        capture_output=True,
     ).stdout
     return Key(private.read_bytes(), b"v=DKIM1; k=rsa; p=" + base64.b64encode(der))
 
@@ -73,7 +77,13 @@ def opt_out(sender: str, n: int, *, headers: str = "") -> bytes:
 
 
 def signed(raw: bytes, key: Key, domain: bytes) -> bytes:
-    signature = dkim.sign(raw, SELECTOR, domain, key.private, include_headers=[b"from", b"subject", b"message-id", b"to"])
+    signature = dkim.sign(
+        raw,
+        SELECTOR,
+        domain,
+        key.private,
+        include_headers=[b"from", b"subject", b"message-id", b"to"],
+    )
     return signature + raw
 
 
@@ -96,7 +106,9 @@ async def consent(kefu: Kefu, customer_id: int) -> bool:
 
 async def confirmations(kefu: Kefu) -> list[OutboxRow]:
     async with kefu.db.sessions() as session:
-        return list(await session.scalars(select(OutboxRow).where(OutboxRow.dedupe_key.like("optout:%"))))
+        return list(
+            await session.scalars(select(OutboxRow).where(OutboxRow.dedupe_key.like("optout:%")))
+        )
 
 
 def auth_config(tmp_path: Path, box: Mailbox) -> dict[str, Any]:
@@ -117,16 +129,30 @@ async def test_a_forged_opt_out_leaves_consent_and_an_authenticated_one_withdraw
         forged = [
             opt_out("alice@example.org", 1),  # nothing vouches for it
             # a verdict from a server the operator does not trust
-            opt_out("alice@example.org", 2, headers="Authentication-Results: evil.example; dmarc=pass header.from=example.org\r\n"),
+            opt_out(
+                "alice@example.org",
+                2,
+                headers="Authentication-Results: evil.example; dmarc=pass header.from=example.org\r\n",
+            ),
             # the trusted server, but a failed check or another domain
-            opt_out("alice@example.org", 3, headers=f"Authentication-Results: {MX}; dmarc=fail header.from=example.org\r\n"),
-            opt_out("alice@example.org", 4, headers=f"Authentication-Results: {MX}; dkim=pass header.d=attacker.example\r\n"),
+            opt_out(
+                "alice@example.org",
+                3,
+                headers=f"Authentication-Results: {MX}; dmarc=fail header.from=example.org\r\n",
+            ),
+            opt_out(
+                "alice@example.org",
+                4,
+                headers=f"Authentication-Results: {MX}; dkim=pass header.d=attacker.example\r\n",
+            ),
             # signed with a key that is not the one the domain publishes
             signed(opt_out("alice@example.org", 5), other, b"example.org"),
         ]
         await mailbox.append(*forged)
         found = await wait_for(
-            kefu, lambda r: sum(x.meta.get("kind") == "consent_unverified" for x in r) == 5, timeout=15
+            kefu,
+            lambda r: sum(x.meta.get("kind") == "consent_unverified" for x in r) == 5,
+            timeout=15,
         )
         assert await consent(kefu, alice) is True
         assert await confirmations(kefu) == []
@@ -134,7 +160,11 @@ async def test_a_forged_opt_out_leaves_consent_and_an_authenticated_one_withdraw
         assert len(logged) == 5 and all(x.text == "退订" for x in logged)  # still in the log
         # Authenticated: the receiving server's DMARC pass, and a signature kefu checks itself.
         await mailbox.append(
-            opt_out("bob@example.org", 6, headers=f"Authentication-Results: {MX};\r\n\tdkim=pass header.d=example.org;\r\n\tdmarc=pass (p=reject) header.from=example.org\r\n"),
+            opt_out(
+                "bob@example.org",
+                6,
+                headers=f"Authentication-Results: {MX};\r\n\tdkim=pass header.d=example.org;\r\n\tdmarc=pass (p=reject) header.from=example.org\r\n",
+            ),
             signed(opt_out("carol@example.org", 7), good, b"example.org"),
         )
         deadline = time.monotonic() + 10
@@ -146,7 +176,9 @@ async def test_a_forged_opt_out_leaves_consent_and_an_authenticated_one_withdraw
         async with kefu.db.sessions() as session:
             rows = {
                 r.external_id: r.meta
-                for r in await session.scalars(select(Interaction).where(Interaction.external_id.like("optout-%")))
+                for r in await session.scalars(
+                    select(Interaction).where(Interaction.external_id.like("optout-%"))
+                )
             }
     assert rows["optout-6@example.org"]["auth"] == f"dmarc=pass ({MX})"
     assert rows["optout-7@example.org"]["auth"] == "dkim=pass (d=example.org, verified by kefu)"
@@ -178,5 +210,7 @@ async def test_an_unauthenticated_mail_is_never_a_survey_answer(db: Any) -> None
         conversation = Conversation(customer_id=customer.id, status="resolved")
         session.add(conversation)
         await session.flush()
-        forged = Inbound("email", "s-1@example.org", "alice@example.org", "5", meta={"sender_verified": False})
+        forged = Inbound(
+            "email", "s-1@example.org", "alice@example.org", "5", meta={"sender_verified": False}
+        )
         assert await survey.as_answer(session, conversation, forged) is None

@@ -13,22 +13,20 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from bot.app import Kefu
 from bot.messages import Inbound
 from storage.models import ChannelState, Identity, Interaction, OutboxRow
 from tests.channels.email_fixtures import (
     EXPECT,
     Mailbox,
-    dovecot,  # noqa: F401 - pytest fixture
     email_config,
     env_for,
     fixture_bytes,
     fixture_names,
-    mailbox,  # noqa: F401 - pytest fixture
     rows,
     wait_connected,
     wait_for,
 )
-from bot.app import Kefu
 from tests.servers.dovecot import DovecotServer
 from tests.servers.kefu import running_kefu
 from tests.servers.ports import free_port
@@ -49,7 +47,9 @@ async def checkpoint(kefu: Kefu, last_uid: int, timeout: float = 5.0) -> dict[st
     deadline = time.monotonic() + timeout
     while True:
         async with kefu.db.sessions() as session:
-            state = await session.scalar(select(ChannelState).where(ChannelState.channel == "email"))
+            state = await session.scalar(
+                select(ChannelState).where(ChannelState.channel == "email")
+            )
         if state is not None and state.value.get("last_uid") == last_uid:
             return dict(state.value)
         assert time.monotonic() < deadline, f"checkpoint is {state.value if state else None}"
@@ -104,7 +104,9 @@ async def test_fixture_is_logged(name: str, mailbox: Mailbox, tmp_path: Path) ->
 
 
 async def test_idle_push_is_logged_within_two_seconds(mailbox: Mailbox, tmp_path: Path) -> None:
-    config = email_config(tmp_path, mailbox, free_port(), poll_interval_seconds=60, idle_recheck_seconds=60)
+    config = email_config(
+        tmp_path, mailbox, free_port(), poll_interval_seconds=60, idle_recheck_seconds=60
+    )
     async with running_kefu(config, env_for(mailbox)) as kefu:
         await wait_connected(kefu)
         await asyncio.sleep(0.3)  # let it settle into IDLE
@@ -132,7 +134,7 @@ async def test_polling_when_the_server_has_no_idle(tmp_path: Path) -> None:
 
 
 async def test_dovecot_restart_loses_nothing_and_repeats_nothing(
-    dovecot: DovecotServer, mailbox: Mailbox, tmp_path: Path  # noqa: F811
+    dovecot: DovecotServer, mailbox: Mailbox, tmp_path: Path
 ) -> None:
     config = email_config(tmp_path, mailbox, free_port())
     async with running_kefu(config, env_for(mailbox)) as kefu:
@@ -167,7 +169,9 @@ async def test_restarted_kefu_resumes_from_its_checkpoint(
     assert [r.external_id for r in found] == [f"msg-{n}-ann@example.com" for n in (1, 2, 3)]
 
 
-async def test_uidvalidity_change_starts_at_the_end_without_duplicates(mailbox: Mailbox, tmp_path: Path) -> None:
+async def test_uidvalidity_change_starts_at_the_end_without_duplicates(
+    mailbox: Mailbox, tmp_path: Path
+) -> None:
     config = email_config(tmp_path, mailbox, free_port(), folder="Support")
     client = await mailbox.client()
     assert (await client.create("Support")).result == "OK"
@@ -214,7 +218,10 @@ async def test_malformed_mail_does_not_stop_the_channel(
     async with running_kefu(config, env_for(mailbox)) as kefu:
         await wait_connected(kefu)
         await mailbox.append(
-            simple(1), fixture_bytes("malformed__no_sender_no_text"), b"\x00\xff garbage\r\n", simple(2)
+            simple(1),
+            fixture_bytes("malformed__no_sender_no_text"),
+            b"\x00\xff garbage\r\n",
+            simple(2),
         )
         found = await wait_for(kefu, lambda r: len(r) == 4)
     assert [r.direction for r in found] == ["in", "event", "event", "in"]
@@ -250,7 +257,9 @@ async def test_replies_thread_into_the_conversation(
         await mailbox.append(first)
         found = await wait_for(kefu, lambda r: len(r) == 1)
         # a second conversation for Ann, so "her open conversation" alone would pick the wrong one
-        await kefu.receive(Inbound("email", "other-1@example.com", "ann@example.com", "x", kind="message"))
+        await kefu.receive(
+            Inbound("email", "other-1@example.com", "ann@example.com", "x", kind="message")
+        )
         async with kefu.db.transaction() as session:
             rows_ = list(await session.scalars(select(Interaction).order_by(Interaction.id)))
             assert rows_[-1].conversation_id == rows_[0].conversation_id
@@ -266,8 +275,13 @@ async def kefu_wrote(kefu: Kefu, address: str, message_id: str) -> None:
     async with kefu.db.transaction() as session:
         session.add(
             OutboxRow(
-                channel="email", address=address, payload={"text": "hello"}, dedupe_key=f"sent-{message_id}",
-                status="sent", attempts=1, external_id=message_id,
+                channel="email",
+                address=address,
+                payload={"text": "hello"},
+                dedupe_key=f"sent-{message_id}",
+                status="sent",
+                attempts=1,
+                external_id=message_id,
             )
         )
 
@@ -278,7 +292,9 @@ async def test_bounce_marks_the_identity_unreachable(
     config = email_config(tmp_path, mailbox, free_port(), db_url=db_url)
     async with running_kefu(config, env_for(mailbox)) as kefu:
         await wait_connected(kefu)
-        await kefu.receive(Inbound("email", "q-1@example.org", "gone.customer@example.org", "question"))
+        await kefu.receive(
+            Inbound("email", "q-1@example.org", "gone.customer@example.org", "question")
+        )
         await kefu_wrote(kefu, "gone.customer@example.org", "kefu.0bad0bad@kefu.test")
         await mailbox.append(fixture_bytes("bounce__dsn"))
         found = await wait_for(kefu, lambda r: any(x.meta.get("kind") == "bounced" for x in r))
@@ -299,11 +315,15 @@ async def test_a_bounce_for_mail_kefu_never_sent_marks_nothing(
     config = email_config(tmp_path, mailbox, free_port(), db_url=db_url)
     async with running_kefu(config, env_for(mailbox)) as kefu:
         await wait_connected(kefu)
-        await kefu.receive(Inbound("email", "q-1@example.org", "gone.customer@example.org", "question"))
+        await kefu.receive(
+            Inbound("email", "q-1@example.org", "gone.customer@example.org", "question")
+        )
         # kefu did write to them, but not the mail this bounce quotes
         await kefu_wrote(kefu, "gone.customer@example.org", "kefu.another@kefu.test")
         await mailbox.append(fixture_bytes("bounce__dsn"))
-        found = await wait_for(kefu, lambda r: any(x.meta.get("kind") == "bounce_ignored" for x in r))
+        found = await wait_for(
+            kefu, lambda r: any(x.meta.get("kind") == "bounce_ignored" for x in r)
+        )
         async with kefu.db.sessions() as session:
             identity = await session.scalar(
                 select(Identity).where(Identity.address == "gone.customer@example.org")
@@ -348,9 +368,13 @@ async def test_a_mail_that_never_commits_does_not_hold_the_folder_up(
         await wait_connected(kefu)
         kefu.pipeline.observers.append(refuse)
         await mailbox.append(simple(1), simple(2), simple(3))
-        found = await wait_for(kefu, lambda r: any(x.meta.get("kind") == "unloggable" for x in r), timeout=20)
+        found = await wait_for(
+            kefu, lambda r: any(x.meta.get("kind") == "unloggable" for x in r), timeout=20
+        )
         await mailbox.append(simple(4))
-        found = await wait_for(kefu, lambda r: any(x.external_id == "msg-4-ann@example.com" for x in r))
+        found = await wait_for(
+            kefu, lambda r: any(x.external_id == "msg-4-ann@example.com" for x in r)
+        )
         flags = await mailbox.flags()
     [stuck] = [r for r in found if r.meta.get("kind") == "unloggable"]
     assert "ValueError: this one cannot be stored" in stuck.text

@@ -20,10 +20,8 @@ from storage.models import Identity, Interaction, OutboxRow
 from tests.channels.email_fixtures import (
     ADDRESS,
     Mailbox,
-    dovecot,  # noqa: F401 - pytest fixture
     email_config,
     env_for,
-    mailbox,  # noqa: F401 - pytest fixture
     smtp,  # noqa: F401 - pytest fixture
     wait_connected,
     wait_for,
@@ -89,7 +87,9 @@ async def test_answer_is_threaded_and_the_reply_comes_back_to_the_conversation(
     config = email_config(tmp_path, mailbox, smtp.port)
     async with running_kefu(config, env_for(mailbox)) as kefu:
         conversation = await customer_writes(kefu, mailbox)
-        out = await kefu_cli(tmp_path, config, "reply", str(conversation), "我们马上给您补寄一个新的杯子。")
+        out = await kefu_cli(
+            tmp_path, config, "reply", str(conversation), "我们马上给您补寄一个新的杯子。"
+        )
         assert "queued for email" in out
         await delivered(smtp, 1)
         sent = await outbox_row(kefu, "sent")
@@ -115,7 +115,9 @@ async def test_answer_is_threaded_and_the_reply_comes_back_to_the_conversation(
             b"Message-ID: <cust-2@example.com>\r\nIn-Reply-To: " + message["Message-ID"].encode()
             + b"\r\n\r\nThank you!\r\n\r\nOn Mon, 1 Apr 2024 at 11:00, support wrote:\r\n> old\r\n"
         )
-        found = await wait_for(kefu, lambda r: any(x.external_id == "cust-2@example.com" for x in r))
+        found = await wait_for(
+            kefu, lambda r: any(x.external_id == "cust-2@example.com" for x in r)
+        )
     reply = next(x for x in found if x.external_id == "cust-2@example.com")
     assert reply.conversation_id == conversation
     assert reply.text == "Thank you!"
@@ -134,7 +136,12 @@ async def test_451_then_250_is_delivered_once(
     assert smtp.handler.attempts == 2
     assert len(smtp.handler.delivered) == 1
     assert row.attempts == 2
-    assert smtp.handler.delivered[0].message.get_body(("plain",)).get_content().startswith("We are on it.")  # type: ignore[union-attr]
+    assert (
+        smtp.handler.delivered[0]
+        .message.get_body(("plain",))
+        .get_content()
+        .startswith("We are on it.")
+    )  # type: ignore[union-attr]
 
 
 async def test_550_is_dead_and_staff_see_it(
@@ -150,7 +157,8 @@ async def test_550_is_dead_and_staff_see_it(
             events = list(
                 await session.scalars(
                     select(Interaction).where(
-                        Interaction.conversation_id == conversation, Interaction.direction == "event"
+                        Interaction.conversation_id == conversation,
+                        Interaction.direction == "event",
                     )
                 )
             )
@@ -164,7 +172,9 @@ async def test_550_is_dead_and_staff_see_it(
 async def test_unknown_recipient_is_dead_and_unreachable(
     mailbox: Mailbox, smtp: SmtpServer, tmp_path: Path  # noqa: F811
 ) -> None:
-    smtp.handler.rcpt_replies["zhangsan@example.com"] = "550 5.1.1 <zhangsan@example.com>: User unknown"
+    smtp.handler.rcpt_replies["zhangsan@example.com"] = (
+        "550 5.1.1 <zhangsan@example.com>: User unknown"
+    )
     config = email_config(tmp_path, mailbox, smtp.port)
     async with running_kefu(config, env_for(mailbox)) as kefu:
         conversation = await customer_writes(kefu, mailbox)
@@ -190,16 +200,30 @@ async def test_unreachable_smtp_server_is_retried(mailbox: Mailbox, tmp_path: Pa
 
 @pytest.mark.parametrize("missing", ["address", "imap_host", "smtp_host"])
 def test_missing_required_key_names_it(missing: str, tmp_path: Path) -> None:
-    section = {"enabled": True, "address": ADDRESS, "imap_host": "imap.example.com", "smtp_host": "smtp.example.com"}
+    section = {
+        "enabled": True,
+        "address": ADDRESS,
+        "imap_host": "imap.example.com",
+        "smtp_host": "smtp.example.com",
+    }
     del section[missing]
-    config = parse_config({"storage": {"url": f"sqlite+aiosqlite:///{tmp_path}/k.db"}, "email": section})
+    config = parse_config(
+        {"storage": {"url": f"sqlite+aiosqlite:///{tmp_path}/k.db"}, "email": section}
+    )
     with pytest.raises(ConfigError, match=f"\\[email\\] {missing} is not set"):
         Kefu(config, {"KEFU_EMAIL_PASSWORD": "x"})
 
 
 def test_missing_password_stops_start_up(tmp_path: Path) -> None:
-    section = {"enabled": True, "address": ADDRESS, "imap_host": "imap.example.com", "smtp_host": "smtp.example.com"}
-    config = parse_config({"storage": {"url": f"sqlite+aiosqlite:///{tmp_path}/k.db"}, "email": section})
+    section = {
+        "enabled": True,
+        "address": ADDRESS,
+        "imap_host": "imap.example.com",
+        "smtp_host": "smtp.example.com",
+    }
+    config = parse_config(
+        {"storage": {"url": f"sqlite+aiosqlite:///{tmp_path}/k.db"}, "email": section}
+    )
     with pytest.raises(ConfigError, match="KEFU_EMAIL_PASSWORD is not set"):
         Kefu(config, {})
 
@@ -227,7 +251,7 @@ def refusing() -> Iterator[SmtpServer]:
 
 
 async def test_a_relay_without_auth_delivers_when_no_smtp_username_is_set(
-    mailbox: Mailbox, relay: SmtpServer, tmp_path: Path  # noqa: F811
+    mailbox: Mailbox, relay: SmtpServer, tmp_path: Path
 ) -> None:
     config = email_config(tmp_path, mailbox, relay.port, smtp_username="")
     async with running_kefu(config, env_for(mailbox)) as kefu:
@@ -239,7 +263,11 @@ async def test_a_relay_without_auth_delivers_when_no_smtp_username_is_set(
 
 
 async def config_error_case(
-    kefu: Kefu, tmp_path: Path, config: dict[str, Any], box: Mailbox, caplog: pytest.LogCaptureFixture
+    kefu: Kefu,
+    tmp_path: Path,
+    config: dict[str, Any],
+    box: Mailbox,
+    caplog: pytest.LogCaptureFixture,
 ) -> tuple[OutboxRow, list[Interaction], list[str]]:
     conversation = await customer_writes(kefu, box)
     await kefu_cli(tmp_path, config, "reply", str(conversation), "We are on it.")
@@ -247,7 +275,9 @@ async def config_error_case(
     deadline = time.monotonic() + 10
     while True:
         async with kefu.db.sessions() as session:
-            outbox = list(await session.scalars(select(OutboxRow).where(OutboxRow.channel == "email")))
+            outbox = list(
+                await session.scalars(select(OutboxRow).where(OutboxRow.channel == "email"))
+            )
         if len(outbox) == 2 and all(r.status == "dead" for r in outbox):
             break
         assert time.monotonic() < deadline, [(r.status, r.attempts, r.last_error) for r in outbox]
@@ -266,7 +296,7 @@ async def config_error_case(
 
 
 async def test_a_server_without_auth_is_a_configuration_error_not_a_retry(
-    mailbox: Mailbox, relay: SmtpServer, tmp_path: Path, caplog: pytest.LogCaptureFixture  # noqa: F811
+    mailbox: Mailbox, relay: SmtpServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="kefu")
     config = email_config(tmp_path, mailbox, relay.port)  # a username: kefu would log in
@@ -280,7 +310,7 @@ async def test_a_server_without_auth_is_a_configuration_error_not_a_retry(
 
 
 async def test_a_refused_login_is_a_configuration_error_not_a_retry(
-    mailbox: Mailbox, refusing: SmtpServer, tmp_path: Path, caplog: pytest.LogCaptureFixture  # noqa: F811
+    mailbox: Mailbox, refusing: SmtpServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="kefu")
     config = email_config(tmp_path, mailbox, refusing.port)

@@ -2,7 +2,8 @@
 on an implicit-TLS port, kefu trusting the servers' self-signed certificate through [email] ca_file.
 
 The certificates are made at test time with openssl (no network): Dovecot's own (CN=localhost,
-SAN 127.0.0.1) is the trusted one, and a second, unrelated self-signed certificate plays the wrong CA.
+SAN 127.0.0.1) is the trusted one, and a second, unrelated self-signed certificate plays the wrong
+CA.
 """
 
 from __future__ import annotations
@@ -100,7 +101,9 @@ def tls_logins(server: DovecotServer, username: str) -> list[str]:
 async def test_imap_over_tls_with_a_private_ca(
     security: str, mailbox: Mailbox, tmp_path: Path  # noqa: F811
 ) -> None:
-    config = email_config(tmp_path, mailbox, free_port(), **tls_imap(mailbox, security, mailbox.server.cert))
+    config = email_config(
+        tmp_path, mailbox, free_port(), **tls_imap(mailbox, security, mailbox.server.cert)
+    )
     async with running_kefu(config, env_for(mailbox)) as kefu:
         await wait_connected(kefu)
         await mailbox.append(mail(1))
@@ -158,7 +161,9 @@ async def test_imap_with_an_untrusted_certificate_fails_cleanly_and_retries(
     for message in warnings:
         assert "CERTIFICATE_VERIFY_FAILED" in message, message
         assert "certificate verify failed" in message, message
-    assert not any(r.levelno >= logging.ERROR for r in caplog.records if r.name.startswith("kefu.email"))
+    assert not any(
+        r.levelno >= logging.ERROR for r in caplog.records if r.name.startswith("kefu.email")
+    )
     assert not any("email.imap.connected" in r.getMessage() for r in caplog.records)
     # Nothing was acknowledged: the mail is still unread in Dovecot for when the CA is fixed.
     flags = await mailbox.flags()
@@ -169,7 +174,9 @@ def reconnects(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if "email.imap.reconnect" in r.getMessage()]
 
 
-async def answer_over(server: SmtpServer, security: str, box: Mailbox, tmp_path: Path, ca: Path) -> Kefu:
+async def answer_over(
+    server: SmtpServer, security: str, box: Mailbox, tmp_path: Path, ca: Path
+) -> Kefu:
     config = email_config(
         tmp_path, box, server.port, smtp_security=security, ca_file=str(ca)
     )
@@ -208,7 +215,9 @@ async def test_smtp_with_an_untrusted_certificate_is_not_sent(
     server.start()
     try:
         # IMAP stays plain here; only the SMTP side distrusts the server.
-        config = email_config(tmp_path, mailbox, server.port, smtp_security=security, ca_file=str(wrong_ca))
+        config = email_config(
+            tmp_path, mailbox, server.port, smtp_security=security, ca_file=str(wrong_ca)
+        )
         # Retried, not given up, until the row is looked at (reads do not wait behind the worker).
         config["outbox"]["max_attempts"] = 1000
         async with running_kefu(config, env_for(mailbox)) as kefu:
@@ -217,5 +226,7 @@ async def test_smtp_with_an_untrusted_certificate_is_not_sent(
             row = await outbox_row(kefu, "failed")
     finally:
         server.stop()
-    assert row.last_error is not None and "certificate verify failed" in row.last_error.lower(), row.last_error
+    assert row.last_error is not None and "certificate verify failed" in row.last_error.lower(), (
+        row.last_error
+    )
     assert server.handler.delivered == [] and server.handler.logins == []

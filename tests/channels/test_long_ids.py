@@ -63,7 +63,10 @@ async def test_an_overlong_message_id_is_kept_as_its_hash(tmp_path: Path, db: Da
     store = MailStore(tmp_path, 1 << 20)
     inbound = to_inbound(long_mail(3, msgid), store, own_address=ADDRESS)
     assert len(inbound.external_id) <= MAX_EXTERNAL_ID
-    assert to_inbound(long_mail(3, msgid), store, own_address=ADDRESS).external_id == inbound.external_id
+    assert (
+        to_inbound(long_mail(3, msgid), store, own_address=ADDRESS).external_id
+        == inbound.external_id
+    )
     pipeline = Pipeline(db)
     try:
         assert (await pipeline.receive(inbound)).status == "accepted"
@@ -78,7 +81,9 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-async def test_a_260_character_webhook_user_id_is_logged(db_url: str, client: httpx.AsyncClient) -> None:
+async def test_a_260_character_webhook_user_id_is_logged(
+    db_url: str, client: httpx.AsyncClient
+) -> None:
     user = "u" * 260
     config = base_config(db_url, webhook={"sources": {"shop": {"secret_env": "SHOP_SECRET"}}})
     async with running_kefu(config, {"SHOP_SECRET": SECRET}) as kefu:
@@ -88,15 +93,21 @@ async def test_a_260_character_webhook_user_id_is_logged(db_url: str, client: ht
         too_long = {"id": "m-2", "user": {"id": "u" * 513}, "text": "x"}
         refused = await post_signed(client, url(kefu, "/webhooks/shop"), SECRET, too_long)
         async with kefu.db.sessions() as session:
-            row = await session.scalar(select(Interaction).where(Interaction.author_id == f"shop:{user}"))
-            identity = await session.scalar(select(Identity).where(Identity.address == f"shop:{user}"))
+            row = await session.scalar(
+                select(Interaction).where(Interaction.author_id == f"shop:{user}")
+            )
+            identity = await session.scalar(
+                select(Identity).where(Identity.address == f"shop:{user}")
+            )
     assert row is not None and row.external_id == "shop:" + "m" * 300
     assert identity is not None
     assert refused.status_code == 422 and "512" in refused.text
 
 
 @pytest.mark.parametrize("name", fixture_names())
-async def test_every_fixture_is_logged_on_both_databases(name: str, tmp_path: Path, db: Database) -> None:
+async def test_every_fixture_is_logged_on_both_databases(
+    name: str, tmp_path: Path, db: Database
+) -> None:
     expect = EXPECT[name]
     inbound = to_inbound(fixture_bytes(name), MailStore(tmp_path, 1 << 20), own_address=ADDRESS)
     pipeline = Pipeline(db)

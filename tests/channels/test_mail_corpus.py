@@ -29,10 +29,18 @@ from channels.mail_parse import html_to_text
 
 ROOT = Path(__file__).resolve().parents[2]
 # ../shared beside the repository; a git worktree under wt/ finds it one level further up.
-CORPUS = next(
-    (p for p in (ROOT.parent / "shared", ROOT.parent.parent / "shared") if (p / "corpora").is_dir()),
-    ROOT.parent / "shared",
-) / "corpora" / "zammad-mail"
+CORPUS = (
+    next(
+        (
+            p
+            for p in (ROOT.parent / "shared", ROOT.parent.parent / "shared")
+            if (p / "corpora").is_dir()
+        ),
+        ROOT.parent / "shared",
+    )
+    / "corpora"
+    / "zammad-mail"
+)
 OWN = "support@kefu.test"
 PREFIX = 40
 _NON_LATIN = re.compile(r"[\u0400-\u04ff\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")

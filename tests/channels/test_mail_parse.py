@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email import policy
 from email.parser import BytesParser
 from pathlib import Path
@@ -53,7 +53,9 @@ def test_fixture_parses(name: str, tmp_path: Path) -> None:
 
 
 def test_oversized_attachment_is_described_not_kept(tmp_path: Path) -> None:
-    inbound = to_inbound(fixture_bytes("attachment__rfc2047_filename"), MailStore(tmp_path, 10), own_address=ADDRESS)
+    inbound = to_inbound(
+        fixture_bytes("attachment__rfc2047_filename"), MailStore(tmp_path, 10), own_address=ADDRESS
+    )
     (attachment,) = inbound.attachments
     assert attachment.url is None and attachment.size == 70
     assert attachment.caption is not None and "not kept" in attachment.caption
@@ -65,7 +67,9 @@ def test_unwritable_store_is_a_system_error(tmp_path: Path) -> None:
     from channels.mail_parse import MailSystemError
 
     with pytest.raises(MailSystemError):
-        to_inbound(fixture_bytes("plain__utf8_qp"), MailStore(blocker / "sub", 100), own_address=ADDRESS)
+        to_inbound(
+            fixture_bytes("plain__utf8_qp"), MailStore(blocker / "sub", 100), own_address=ADDRESS
+        )
 
 
 @pytest.mark.parametrize(
@@ -76,7 +80,7 @@ def test_unwritable_store_is_a_system_error(tmp_path: Path) -> None:
         ("香港".encode("big5hkscs"), "big5", "香港"),
         ("café".encode(), "iso-8859-1", "café"),  # UTF-8 under a Latin-1 label
         ("café".encode("cp1252"), "iso-8859-1", "café"),
-        ("plain".encode(), None, "plain"),
+        (b"plain", None, "plain"),
         # 7-bit charsets: the label is read before the bytes are taken for ASCII
         ("注文について".encode("iso2022_jp"), "iso-2022-jp", "注文について"),
         ("Überfällig".encode("utf-7"), "utf-7", "Überfällig"),
@@ -132,18 +136,39 @@ def test_conversation_token() -> None:
 
 
 def test_parse_fetch_pairs_uids_with_bodies() -> None:
-    lines = [b"1 FETCH (UID 7 BODY[] {3}", bytearray(b"abc"), b")", b"2 FETCH (BODY[] {2}", bytearray(b"de"), b" UID 9)", b"Fetch completed."]
+    lines = [
+        b"1 FETCH (UID 7 BODY[] {3}",
+        bytearray(b"abc"),
+        b")",
+        b"2 FETCH (BODY[] {2}",
+        bytearray(b"de"),
+        b" UID 9)",
+        b"Fetch completed.",
+    ]
     assert parse_fetch(lines) == [(7, b"abc"), (9, b"de")]
 
 
 def _outbound(text: str, **meta: object) -> Outbound:
-    return Outbound("email", "ann@example.com", text, "reply-1", conversation_id=12, customer_id=3, meta=dict(meta))
+    return Outbound(
+        "email",
+        "ann@example.com",
+        text,
+        "reply-1",
+        conversation_id=12,
+        customer_id=3,
+        meta=dict(meta),
+    )
 
 
 def test_composed_answer_threads_and_has_both_parts() -> None:
     composer = Composer(TEMPLATES, Identity(ADDRESS, "Acme Support"))
-    out = _outbound("Your refund is on its way.", in_reply_to="c2@x", references=["c1@x", "c2@x"], subject="Re: Refund? [#12]")
-    message, msgid = composer.compose(out, now=datetime(2024, 4, 1, tzinfo=timezone.utc))
+    out = _outbound(
+        "Your refund is on its way.",
+        in_reply_to="c2@x",
+        references=["c1@x", "c2@x"],
+        subject="Re: Refund? [#12]",
+    )
+    message, msgid = composer.compose(out, now=datetime(2024, 4, 1, tzinfo=UTC))
     parsed = BytesParser(policy=policy.default).parsebytes(message.as_bytes())
     assert parsed["Subject"] == "Re: Refund? [#12]"
     assert parsed["In-Reply-To"] == "<c2@x>"
@@ -155,19 +180,24 @@ def test_composed_answer_threads_and_has_both_parts() -> None:
     assert plain is not None and "keep [#12] in the subject" in plain.get_content()
     assert html is not None and "Your refund is on its way." in html.get_content()
     # the same outbox row gives the same Message-ID on a retry
-    assert composer.compose(out, now=datetime(2024, 4, 2, tzinfo=timezone.utc))[1] == msgid
+    assert composer.compose(out, now=datetime(2024, 4, 2, tzinfo=UTC))[1] == msgid
 
 
 def test_html_part_escapes_the_agents_text() -> None:
     composer = Composer(TEMPLATES, Identity(ADDRESS, "Acme"))
-    message, _ = composer.compose(_outbound("<script>x</script> & co"), now=datetime.now(timezone.utc))
+    message, _ = composer.compose(_outbound("<script>x</script> & co"), now=datetime.now(UTC))
     html = message.get_body(("html",))
     assert html is not None and "&lt;script&gt;" in html.get_content()
 
 
 @pytest.mark.parametrize(
     ("subject", "base"),
-    [("Re: RE: Fwd: order [#3]", "order"), ("回复：答复: 退款 [#9]", "退款"), ("AW: Frage", "Frage"), ("", "")],
+    [
+        ("Re: RE: Fwd: order [#3]", "order"),
+        ("回复：答复: 退款 [#9]", "退款"),
+        ("AW: Frage", "Frage"),
+        ("", ""),
+    ],
 )
 def test_base_subject(subject: str, base: str) -> None:
     assert base_subject(subject) == base
@@ -189,7 +219,9 @@ def test_a_huge_html_mail_is_logged_in_bounded_time_and_size(tmp_path: Path) -> 
     repairs say so; converting it once took minutes (inserting before each table row)."""
     from channels.email import MAX_TEXT
 
-    rows = "".join(f"<tr><td><p>Item <b>{i}</b> of the catalogue</p></td></tr>\r\n" for i in range(20000))
+    rows = "".join(
+        f"<tr><td><p>Item <b>{i}</b> of the catalogue</p></td></tr>\r\n" for i in range(20000)
+    )
     raw = (
         "From: shop@example.com\r\nTo: support@kefu.test\r\nSubject: catalogue\r\n"
         "Message-ID: <huge-1@example.com>\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"

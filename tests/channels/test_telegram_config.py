@@ -13,7 +13,9 @@ from tests.servers.botapi import TOKEN, BotApiServer, fixture
 from tests.servers.kefu import base_config, running_kefu
 
 
-def telegram(tmp_path: Path, botapi: BotApiServer | None = None, **extra: object) -> dict[str, object]:
+def telegram(
+    tmp_path: Path, botapi: BotApiServer | None = None, **extra: object
+) -> dict[str, object]:
     section = {"enabled": True, "poll_timeout_seconds": 1, **extra}
     if botapi is not None:
         section["base_url"] = botapi.base_url
@@ -64,6 +66,8 @@ async def test_the_token_never_reaches_the_log(
         botapi.push(fixture("message__private_text"))
         await botapi.wait_for(lambda b: b.pending() == 0 and len(b.offsets) > 1, what="a poll")
     # The stand-in's own access log (aiohttp) shows request paths; kefu's side must not.
-    kefu_side = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("aiohttp"))
+    kefu_side = "\n".join(
+        r.getMessage() for r in caplog.records if not r.name.startswith("aiohttp")
+    )
     assert "telegram.started" in kefu_side  # the run did log
     assert TOKEN.split(":")[1] not in kefu_side

@@ -49,7 +49,9 @@ def config(db_path: Path, botapi: BotApiServer, **sections: Any) -> dict[str, An
     # Nobody assigned on arrival: conversations stay in the group's topics (the agent's private
     # chat has tests of its own in test_telegram_agent_chat.py).
     sections.setdefault("routing", {"assignment": "none"})
-    return base_config(f"sqlite+aiosqlite:///{db_path}", telegram=telegram_config(botapi), **sections)
+    return base_config(
+        f"sqlite+aiosqlite:///{db_path}", telegram=telegram_config(botapi), **sections
+    )
 
 
 async def add_staff(kefu: Kefu, name: str, telegram_id: int) -> None:
@@ -59,12 +61,19 @@ async def add_staff(kefu: Kefu, name: str, telegram_id: int) -> None:
 
 async def count(kefu: Kefu, *where: Any) -> int:
     async with kefu.db.sessions() as session:
-        return await session.scalar(select(func.count()).select_from(Interaction).where(*where)) or 0
+        return (
+            await session.scalar(select(func.count()).select_from(Interaction).where(*where)) or 0
+        )
 
 
-def staff_message(thread: int, text: str, *, user: int = ALICE, message_id: int = 58) -> dict[str, Any]:
+def staff_message(
+    thread: int, text: str, *, user: int = ALICE, message_id: int = 58
+) -> dict[str, Any]:
     # The topic's first message has the topic's id: 57 in the stored update stands for both.
-    return fixture("message__staff_topic", {57: thread, 58: message_id, ALICE: user, "您好，包裹明天送到。": text})
+    return fixture(
+        "message__staff_topic",
+        {57: thread, 58: message_id, ALICE: user, "您好，包裹明天送到。": text},
+    )
 
 
 async def mirrored_topic(botapi: BotApiServer, needle: str) -> int:
@@ -136,14 +145,30 @@ async def test_customer_to_staff_topic_to_agent_to_customer(
     assert {r["conversation_id"] for r in log} == {conversation.id}
 
 
-async def test_webhook_customer_answered_from_the_staff_group(db_path: Path, botapi: BotApiServer) -> None:
+async def test_webhook_customer_answered_from_the_staff_group(
+    db_path: Path, botapi: BotApiServer
+) -> None:
     async with CallbackServer(SHOP_SECRET) as callback:
-        cfg = config(db_path, botapi, webhook={"sources": {"shop": {"secret_env": "SHOP_SECRET",
-                                                                      "callback_url": callback.url}}})
+        cfg = config(
+            db_path,
+            botapi,
+            webhook={
+                "sources": {"shop": {"secret_env": "SHOP_SECRET", "callback_url": callback.url}}
+            },
+        )
         async with running_kefu(cfg, ENV) as kefu, httpx.AsyncClient() as client:
             await add_staff(kefu, "alice", ALICE)
-            sent = await post_signed(client, url(kefu, "/webhooks/shop"), SHOP_SECRET, {
-                "id": "m-1", "user": {"id": "u-17", "name": "李四"}, "text": "退货怎么办理？", "type": "complaint"})
+            sent = await post_signed(
+                client,
+                url(kefu, "/webhooks/shop"),
+                SHOP_SECRET,
+                {
+                    "id": "m-1",
+                    "user": {"id": "u-17", "name": "李四"},
+                    "text": "退货怎么办理？",
+                    "type": "complaint",
+                },
+            )
             assert sent.status_code == 202
             thread = await mirrored_topic(botapi, "退货怎么办理？")
             mirror = botapi.to(FORUM)[0]
@@ -163,7 +188,9 @@ async def test_webhook_customer_answered_from_the_staff_group(db_path: Path, bot
         assert botapi.to(CUSTOMER) == []
 
 
-async def test_a_non_staff_message_in_the_group_reaches_nobody(db_path: Path, botapi: BotApiServer) -> None:
+async def test_a_non_staff_message_in_the_group_reaches_nobody(
+    db_path: Path, botapi: BotApiServer
+) -> None:
     async with running_kefu(config(db_path, botapi), ENV) as kefu:
         await add_staff(kefu, "alice", ALICE)
         botapi.push(customer_text())
@@ -177,11 +204,20 @@ async def test_a_non_staff_message_in_the_group_reaches_nobody(db_path: Path, bo
         assert botapi.to(CUSTOMER) == []
         assert await count(kefu, Interaction.direction == "out") == 0
         async with kefu.db.sessions() as session:
-            actors = list(await session.scalars(select(AuditEntry.actor).where(AuditEntry.action == "staff.refused")))
+            actors = list(
+                await session.scalars(
+                    select(AuditEntry.actor).where(AuditEntry.action == "staff.refused")
+                )
+            )
             assert actors == ["telegram:4004"]
-            assert await session.scalar(
-                select(func.count()).select_from(OutboxRow).where(OutboxRow.address == str(CUSTOMER))
-            ) == 0
+            assert (
+                await session.scalar(
+                    select(func.count())
+                    .select_from(OutboxRow)
+                    .where(OutboxRow.address == str(CUSTOMER))
+                )
+                == 0
+            )
 
 
 async def test_blocked_customer_is_marked_unreachable(db_path: Path, botapi: BotApiServer) -> None:
@@ -194,7 +230,9 @@ async def test_blocked_customer_is_marked_unreachable(db_path: Path, botapi: Bot
 
         async def dead() -> bool:
             async with kefu.db.sessions() as session:
-                identity = await session.scalar(select(Identity).where(Identity.channel == "telegram"))
+                identity = await session.scalar(
+                    select(Identity).where(Identity.channel == "telegram")
+                )
                 return identity is not None and not identity.reachable
 
         for _ in range(200):
@@ -202,7 +240,8 @@ async def test_blocked_customer_is_marked_unreachable(db_path: Path, botapi: Bot
                 break
             await asyncio.sleep(0.05)
         assert await dead()
-        assert botapi.calls["sendmessage"] == 2  # the mirror, and one try at the customer: no retries
+        # the mirror, and one try at the customer: no retries
+        assert (botapi.calls["sendmessage"] == 2)
         assert await count(kefu, Interaction.meta["kind"].as_string() == "delivery_failed") == 1
 
 
@@ -213,7 +252,12 @@ async def test_restart_in_the_middle_of_a_burst(db_path: Path, botapi: BotApiSer
                       telegram={**telegram_config(botapi), "staff_chat_id": None})
     for n in range(500):
         user = 10_000 + n % 50
-        botapi.push(fixture("message__private_text", {1001: user, 1365: 5000 + n, "你好，我的订单还没到": f"burst {n}"}))
+        botapi.push(
+            fixture(
+                "message__private_text",
+                {1001: user, 1365: 5000 + n, "你好，我的订单还没到": f"burst {n}"},
+            )
+        )
     async with running_kefu(cfg, ENV) as kefu:
         while await count(kefu) < 120:
             await asyncio.sleep(0.005)
@@ -221,7 +265,9 @@ async def test_restart_in_the_middle_of_a_burst(db_path: Path, botapi: BotApiSer
     async with running_kefu(cfg, ENV) as kefu:
         await botapi.wait_for(lambda b: b.pending() == 0, timeout=30, what="every update confirmed")
         async with kefu.db.sessions() as session:
-            texts = list(await session.scalars(select(Interaction.text).where(Interaction.direction == "in")))
+            texts = list(
+                await session.scalars(select(Interaction.text).where(Interaction.direction == "in"))
+            )
     assert 0 < logged_first - 500_000_001 < 500, "the first run should stop mid-burst"
     assert sorted(texts) == sorted(f"burst {n}" for n in range(500))
 
@@ -236,7 +282,9 @@ async def test_webhook_mode_through_kefus_http_server(db_path: Path, botapi: Bot
         assert botapi.webhook["url"] == "https://kefu.example.com/telegram/webhook"
         assert botapi.webhook["secret_token"] == "s3cret-token_1"
         endpoint = url(kefu, "/telegram/webhook")
-        wrong = await client.post(endpoint, content=body, headers={"X-Telegram-Bot-Api-Secret-Token": "nope"})
+        wrong = await client.post(
+            endpoint, content=body, headers={"X-Telegram-Bot-Api-Secret-Token": "nope"}
+        )
         missing = await client.post(endpoint, content=body)
         assert (wrong.status_code, missing.status_code) == (403, 403)
         assert await count(kefu) == 0

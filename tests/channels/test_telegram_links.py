@@ -53,29 +53,38 @@ async def known_customer(kefu: Kefu, *, phone: str | None = None) -> int:
 async def telegram_owner(kefu: Kefu, user_id: str = "1001") -> int | None:
     async with kefu.db.sessions() as session:
         return await session.scalar(
-            select(Identity.customer_id).where(Identity.channel == "telegram", Identity.address == user_id)
+            select(Identity.customer_id).where(
+                Identity.channel == "telegram", Identity.address == user_id
+            )
         )
 
 
 async def wait_logged(kefu: Kefu, external_id: str) -> Interaction:
     for _ in range(300):
         async with kefu.db.sessions() as session:
-            row = await session.scalar(select(Interaction).where(Interaction.external_id == external_id))
+            row = await session.scalar(
+                select(Interaction).where(Interaction.external_id == external_id)
+            )
         if row is not None:
             return row
         await asyncio.sleep(0.02)
     raise AssertionError(f"{external_id} was never logged")
 
 
-async def test_deep_link_from_the_cli_ties_the_user_once(tmp_path: Path, botapi: BotApiServer) -> None:
+async def test_deep_link_from_the_cli_ties_the_user_once(
+    tmp_path: Path, botapi: BotApiServer
+) -> None:
     db_path = tmp_path / "kefu.db"
     config_path = tmp_path / "config.toml"
     config_path.write_text(
-        f'[storage]\nurl = "sqlite+aiosqlite:///{db_path}"\n[telegram]\nbot_username = "kefu_test_bot"\n'
+        f'[storage]\nurl = "sqlite+aiosqlite:///{db_path}"\n[telegram]\nbot_username = '
+        '"kefu_test_bot"\n'
     )
     async with running_kefu(cfg(db_path, botapi), ENV) as kefu:
         customer_id = await known_customer(kefu)
-        code, stdout, stderr = await kefu_cli(config_path, "customers", "link-telegram", str(customer_id))
+        code, stdout, stderr = await kefu_cli(
+            config_path, "customers", "link-telegram", str(customer_id)
+        )
         assert code == 0, stderr
         link = stdout.strip()
         prefix = "https://t.me/kefu_test_bot?start="
@@ -83,11 +92,14 @@ async def test_deep_link_from_the_cli_ties_the_user_once(tmp_path: Path, botapi:
         token = link.removeprefix(prefix)
         assert 20 <= len(token) <= 64 and all(c.isalnum() or c in "-_" for c in token)
 
-        # The user wrote before: they have a record of their own, which is merged into the known one.
+        # The user wrote before: they have a record of their own, which is merged into the known
+        # one.
         botapi.push(fixture("message__private_text"))
         first = await wait_logged(kefu, "1001:1365")
         assert first.customer_id != customer_id
-        botapi.push(fixture("message__private_start_payload", {"/start LINKTOKEN": f"/start {token}"}))
+        botapi.push(
+            fixture("message__private_start_payload", {"/start LINKTOKEN": f"/start {token}"})
+        )
         start = await wait_logged(kefu, "1001:2")
         assert start.customer_id == customer_id
         assert await telegram_owner(kefu) == customer_id
@@ -109,7 +121,9 @@ async def test_deep_link_from_the_cli_ties_the_user_once(tmp_path: Path, botapi:
     assert code == 1 and "no customer with id 999" in stderr
 
 
-async def test_unknown_or_forged_payload_links_nothing(tmp_path: Path, botapi: BotApiServer) -> None:
+async def test_unknown_or_forged_payload_links_nothing(
+    tmp_path: Path, botapi: BotApiServer
+) -> None:
     async with running_kefu(cfg(tmp_path / "kefu.db", botapi), ENV) as kefu:
         customer_id = await known_customer(kefu)
         botapi.push(fixture("message__private_start_payload"))
@@ -118,7 +132,9 @@ async def test_unknown_or_forged_payload_links_nothing(tmp_path: Path, botapi: B
         assert start.direction == "event"
 
 
-async def test_shared_contact_joins_the_record_with_that_phone(tmp_path: Path, botapi: BotApiServer) -> None:
+async def test_shared_contact_joins_the_record_with_that_phone(
+    tmp_path: Path, botapi: BotApiServer
+) -> None:
     async with running_kefu(cfg(tmp_path / "kefu.db", botapi), ENV) as kefu:
         customer_id = await known_customer(kefu, phone="+8613800138000")
         botapi.push(fixture("message__private_text"))
@@ -144,7 +160,9 @@ async def test_someone_elses_contact_links_nobody(tmp_path: Path, botapi: BotApi
         assert row.customer_id != customer_id
 
 
-async def test_a_new_phone_is_kept_on_the_telegram_record(tmp_path: Path, botapi: BotApiServer) -> None:
+async def test_a_new_phone_is_kept_on_the_telegram_record(
+    tmp_path: Path, botapi: BotApiServer
+) -> None:
     async with running_kefu(cfg(tmp_path / "kefu.db", botapi), ENV) as kefu:
         botapi.push(fixture("message__private_contact"))
         row = await wait_logged(kefu, "1001:1371")

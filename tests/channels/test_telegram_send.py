@@ -17,13 +17,21 @@ from tests.servers.ports import free_port
 CUSTOMER = 1001
 
 
-def out(text: str = "您好", *, address: int = CUSTOMER, key: str = "reply-1", **kw: object) -> Outbound:
+def out(
+    text: str = "您好", *, address: int = CUSTOMER, key: str = "reply-1", **kw: object
+) -> Outbound:
     return Outbound(channel="telegram", address=str(address), text=text, dedupe_key=key, **kw)  # type: ignore[arg-type]
 
 
 def mirror(conversation_id: int, key: str, text: str = "📨 #1 · 张三 · telegram\nhi") -> Outbound:
-    return out(text, address=FORUM, key=key, kind="notice", conversation_id=conversation_id,
-               meta={"staff": {"mirror": True, "topic_name": f"#{conversation_id} 张三 · telegram"}})
+    return out(
+        text,
+        address=FORUM,
+        key=key,
+        kind="notice",
+        conversation_id=conversation_id,
+        meta={"staff": {"mirror": True, "topic_name": f"#{conversation_id} 张三 · telegram"}},
+    )
 
 
 @pytest.fixture
@@ -36,12 +44,18 @@ async def channel(botapi: BotApiServer) -> AsyncIterator[TelegramChannel]:
 async def test_text_to_a_customer(channel: TelegramChannel, botapi: BotApiServer) -> None:
     result = await channel.send(out("您好，包裹明天送到。"))
     [sent] = botapi.sent
-    assert (sent.method, sent.chat_id, sent.text) == ("sendmessage", CUSTOMER, "您好，包裹明天送到。")
+    assert (sent.method, sent.chat_id, sent.text) == (
+        "sendmessage",
+        CUSTOMER,
+        "您好，包裹明天送到。",
+    )
     assert result.external_id == f"{CUSTOMER}:{sent.message_id}"
     assert result.thread is None
 
 
-async def test_answer_replies_to_the_customers_message(channel: TelegramChannel, botapi: BotApiServer) -> None:
+async def test_answer_replies_to_the_customers_message(
+    channel: TelegramChannel, botapi: BotApiServer
+) -> None:
     await channel.send(out(meta={"in_reply_to": f"{CUSTOMER}:1365"}))
     await channel.send(out(key="reply-2", meta={"in_reply_to": "999:1365"}))  # another chat's id
     assert [s.reply_to for s in botapi.sent] == [1365, None]
@@ -56,7 +70,9 @@ async def test_long_text_is_split_at_4096(channel: TelegramChannel, botapi: BotA
     assert "\n".join(parts) == text  # cut at line breaks, nothing lost
 
 
-async def test_a_retry_does_not_resend_delivered_parts(channel: TelegramChannel, botapi: BotApiServer) -> None:
+async def test_a_retry_does_not_resend_delivered_parts(
+    channel: TelegramChannel, botapi: BotApiServer
+) -> None:
     text = "\n".join("x" * 100 for _ in range(100))  # 3 parts
     botapi.fail_next(500, "Internal Server Error", method="sendMessage", after=1)
     with pytest.raises(TransientError):
@@ -67,7 +83,9 @@ async def test_a_retry_does_not_resend_delivered_parts(channel: TelegramChannel,
     assert "\n".join(s.text or "" for s in botapi.sent) == text
 
 
-async def test_blocked_user_is_unreachable_and_permanent(channel: TelegramChannel, botapi: BotApiServer) -> None:
+async def test_blocked_user_is_unreachable_and_permanent(
+    channel: TelegramChannel, botapi: BotApiServer
+) -> None:
     botapi.blocked.add(CUSTOMER)
     with pytest.raises(PermanentError) as caught:
         await channel.send(out())
@@ -75,7 +93,9 @@ async def test_blocked_user_is_unreachable_and_permanent(channel: TelegramChanne
     assert "blocked" in str(caught.value)
 
 
-async def test_bad_request_is_permanent_but_not_unreachable(channel: TelegramChannel, botapi: BotApiServer) -> None:
+async def test_bad_request_is_permanent_but_not_unreachable(
+    channel: TelegramChannel, botapi: BotApiServer
+) -> None:
     botapi.fail_next(400, "Bad Request: chat not found")
     with pytest.raises(PermanentError) as caught:
         await channel.send(out())
@@ -95,7 +115,9 @@ async def test_address_that_is_not_a_chat_id_is_permanent(channel: TelegramChann
         await channel.send(Outbound("telegram", "shop:17", "hi", "k"))
 
 
-async def test_media_by_file_id_and_links_for_urls(channel: TelegramChannel, botapi: BotApiServer) -> None:
+async def test_media_by_file_id_and_links_for_urls(
+    channel: TelegramChannel, botapi: BotApiServer
+) -> None:
     await channel.send(out("see", attachments=(
         Attachment(kind="photo", file_id="AgAC-photo", caption="破损"),
         Attachment(kind="file", url="https://shop.example/i/1.png"),
@@ -121,7 +143,10 @@ async def test_first_mirror_creates_the_topic_once(botapi: BotApiServer) -> None
         first = await ch.send(mirror(1, "mirror-1"))
         second = await ch.send(mirror(1, "mirror-2"))
         other = await ch.send(mirror(2, "mirror-3"))
-    assert [name for _, name in botapi.topics[FORUM]] == ["#1 张三 · telegram", "#2 张三 · telegram"]
+    assert [name for _, name in botapi.topics[FORUM]] == [
+        "#1 张三 · telegram",
+        "#2 张三 · telegram",
+    ]
     assert first.thread == second.thread == saved[1]
     assert other.thread == saved[2] != saved[1]
     assert [s.thread_id for s in botapi.sent] == [int(saved[1]), int(saved[1]), int(saved[2])]
@@ -143,9 +168,16 @@ async def test_a_known_topic_is_reused_after_restart(botapi: BotApiServer) -> No
 async def test_group_without_topics_gets_plain_messages(botapi: BotApiServer) -> None:
     ch = TelegramChannel(make_bot(TOKEN, botapi.base_url), staff_chat_id=GROUP, mode="webhook")
     async with ch.bot:
-        result = await ch.send(Outbound(
-            channel="telegram", address=str(GROUP), text="📨 #1", dedupe_key="m-1", conversation_id=1,
-            meta={"staff": {"mirror": True, "topic_name": "#1"}}))
+        result = await ch.send(
+            Outbound(
+                channel="telegram",
+                address=str(GROUP),
+                text="📨 #1",
+                dedupe_key="m-1",
+                conversation_id=1,
+                meta={"staff": {"mirror": True, "topic_name": "#1"}},
+            )
+        )
     assert botapi.topics == {}
     assert result.thread is None
     assert botapi.sent[0].thread_id is None

@@ -101,16 +101,29 @@ async def test_resolve_in_the_topic_surveys_and_a_button_press_scores(
             conversation = await session.get(Conversation, asked.conversation_id)
         assert conversation is not None and conversation.status == "resolved"
         assert asked.assignee == alice_id
-        assert sent.text is not None and f"#{conversation.id}" in sent.text and "1 到 5" in sent.text
+        assert (
+            sent.text is not None and f"#{conversation.id}" in sent.text and "1 到 5" in sent.text
+        )
         assert buttons(sent) == [(str(n), f"survey:{asked.id}:{n}") for n in range(1, 6)]
 
         # bob is an agent: reopening alice's conversation needs a lead. Refused, audited, unchanged.
         await command(botapi, thread, "/reopen", user=BOB)
         refusal = last_reply(botapi)
-        assert refusal.startswith("⛔ /reopen: bob (agent) may not reopen") and "needs role lead" in refusal
+        assert (
+            refusal.startswith("⛔ /reopen: bob (agent) may not reopen")
+            and "needs role lead" in refusal
+        )
         async with kefu.db.sessions() as session:
-            [entry] = list(await session.scalars(select(AuditEntry).where(AuditEntry.action == "staff.forbidden")))
-            assert (entry.actor, entry.subject, entry.detail["command"]) == ("bob", f"conversation:{conversation.id}", "reopen")
+            [entry] = list(
+                await session.scalars(
+                    select(AuditEntry).where(AuditEntry.action == "staff.forbidden")
+                )
+            )
+            assert (entry.actor, entry.subject, entry.detail["command"]) == (
+                "bob",
+                f"conversation:{conversation.id}",
+                "reopen",
+            )
             assert (await session.get(Conversation, conversation.id)).status == "resolved"  # type: ignore[union-attr]
 
         # Someone else presses the customer's button (a forwarded message): refused, nothing stored.
@@ -155,22 +168,29 @@ async def test_a_press_through_the_webhook_is_stored_before_the_200(
     cfg = base_config(f"sqlite+aiosqlite:///{db_path}", telegram=telegram_config(
         botapi, mode="webhook", webhook_url="https://kefu.example.com/telegram/webhook"))
     headers = {"X-Telegram-Bot-Api-Secret-Token": "s3cret-token_1"}
-    async with running_kefu(cfg, {**ENV, "KEFU_TELEGRAM_WEBHOOK_SECRET": "s3cret-token_1"}) as kefu, \
-            httpx.AsyncClient() as client:
+    async with (
+        running_kefu(cfg, {**ENV, "KEFU_TELEGRAM_WEBHOOK_SECRET": "s3cret-token_1"}) as kefu,
+        httpx.AsyncClient() as client,
+    ):
         assert botapi.webhook is not None and "callback_query" in botapi.webhook["allowed_updates"]
         endpoint = url(kefu, "/telegram/webhook")
-        first = await client.post(endpoint, content=json.dumps(customer_text()).encode(), headers=headers)
+        first = await client.post(
+            endpoint, content=json.dumps(customer_text()).encode(), headers=headers
+        )
         assert first.status_code == 200
         async with kefu.db.transaction() as session:
             conversation_id = await session.scalar(select(Conversation.id))
             assert conversation_id is not None
-            change = await lifecycle.resolve(session, conversation_id, Actor("lena", "lead"), kefu.config)
+            change = await lifecycle.resolve(
+                session, conversation_id, Actor("lena", "lead"), kefu.config
+            )
         assert change.survey_id is not None
         kefu.worker.wake()
         sent = await survey_message(botapi)
 
         update = press(sent, change.survey_id, 5)
-        botapi.open_queries.add(update["callback_query"]["id"])  # posted to kefu, not pulled from the stand-in
+        # posted to kefu, not pulled from the stand-in
+        botapi.open_queries.add(update["callback_query"]["id"])
         ok = await client.post(endpoint, content=json.dumps(update).encode(), headers=headers)
         assert ok.status_code == 200
         async with kefu.db.sessions() as session:

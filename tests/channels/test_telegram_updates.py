@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from telegram import Bot, Update
@@ -40,12 +40,16 @@ def customer(name: str) -> CustomerUpdate:
 def test_private_text() -> None:
     item = customer("message__private_text")
     inbound = item.inbound
-    assert (inbound.channel, inbound.address, inbound.external_id) == ("telegram", "1001", "1001:1365")
+    assert (inbound.channel, inbound.address, inbound.external_id) == (
+        "telegram",
+        "1001",
+        "1001:1365",
+    )
     assert inbound.text == "你好，我的订单还没到"
     assert inbound.kind == "message"
     assert inbound.display_name == "张三"
     assert inbound.language == "zh"
-    assert inbound.received_at == datetime.fromtimestamp(1763890000, timezone.utc)
+    assert inbound.received_at == datetime.fromtimestamp(1763890000, UTC)
     assert inbound.meta["telegram"] == {"chat_id": 1001, "message_id": 1365, "username": "zhangsan"}
     assert item.link is None
 
@@ -62,13 +66,36 @@ def test_photo_with_caption_keeps_the_largest_size() -> None:
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("message__private_document", Attachment(kind="document", file_id="BQACAgUAAxkBAAIBX2dTyB2-doc",
-                                                  name="发票-2026-11.pdf", mime_type="application/pdf",
-                                                  size=183204, caption="invoice attached")),
-        ("message__private_voice", Attachment(kind="voice", file_id="AwACAgUAAxkBAAIBYGdTyC3-voice",
-                                              mime_type="audio/ogg", size=24012)),
-        ("message__private_video", Attachment(kind="video", file_id="BAACAgUAAxkBAAIBYWdTyEQ-video",
-                                              name="unboxing.mp4", mime_type="video/mp4", size=2281934)),
+        (
+            "message__private_document",
+            Attachment(
+                kind="document",
+                file_id="BQACAgUAAxkBAAIBX2dTyB2-doc",
+                name="发票-2026-11.pdf",
+                mime_type="application/pdf",
+                size=183204,
+                caption="invoice attached",
+            ),
+        ),
+        (
+            "message__private_voice",
+            Attachment(
+                kind="voice",
+                file_id="AwACAgUAAxkBAAIBYGdTyC3-voice",
+                mime_type="audio/ogg",
+                size=24012,
+            ),
+        ),
+        (
+            "message__private_video",
+            Attachment(
+                kind="video",
+                file_id="BAACAgUAAxkBAAIBYWdTyEQ-video",
+                name="unboxing.mp4",
+                mime_type="video/mp4",
+                size=2281934,
+            ),
+        ),
         ("message__private_location", Attachment(kind="location", url="geo:31.230416,121.473701")),
     ],
     ids=["document", "voice", "video", "location"],
@@ -81,7 +108,9 @@ def test_attachments(name: str, expected: Attachment) -> None:
 
 def test_own_contact_asks_for_a_phone_link() -> None:
     item = customer("message__private_contact")
-    assert item.inbound.attachments == (Attachment(kind="contact", url="tel:8613800138000", name="张三"),)
+    assert item.inbound.attachments == (
+        Attachment(kind="contact", url="tel:8613800138000", name="张三"),
+    )
     assert item.link == LinkRequest("phone", "1001", "8613800138000", "张三", "zh")
 
 
@@ -134,9 +163,15 @@ def test_blocked_by_the_user() -> None:
 def test_staff_topic_message() -> None:
     post = parsed("message__staff_topic")
     assert post == StaffPost(
-        chat_id=FORUM, message_id=58, user_id=2002, user_name="Alice Wang", text="您好，包裹明天送到。",
-        thread_id=57, reply_to_message_id=None, has_media=False,
-        sent_at=datetime.fromtimestamp(1763890120, timezone.utc),
+        chat_id=FORUM,
+        message_id=58,
+        user_id=2002,
+        user_name="Alice Wang",
+        text="您好，包裹明天送到。",
+        thread_id=57,
+        reply_to_message_id=None,
+        has_media=False,
+        sent_at=datetime.fromtimestamp(1763890120, UTC),
     )
 
 
@@ -184,7 +219,9 @@ def test_survey_press_on_a_message_too_old_to_show() -> None:
     assert (item.survey_id, item.score, item.choices) == (17, 4, ())
 
 
-@pytest.mark.parametrize("data", ["rate:5", "survey:17", "survey:x:4", "survey:17:4:1", "", "survey::4"])
+@pytest.mark.parametrize(
+    "data", ["rate:5", "survey:17", "survey:x:4", "survey:17:4:1", "", "survey::4"]
+)
 def test_other_callback_data_is_not_a_survey(data: str) -> None:
     assert parse_survey_data(data) is None
 
@@ -222,4 +259,6 @@ def test_a_shape_ptb_cannot_parse_is_still_logged() -> None:
 
 def test_fallback_ignores_what_it_cannot_place() -> None:
     assert isinstance(fallback({"update_id": 1, "poll": {}}, "x"), Ignored)
-    assert isinstance(fallback({"update_id": 1, "message": {"chat": {"type": "private"}}}, "x"), Ignored)
+    assert isinstance(
+        fallback({"update_id": 1, "message": {"chat": {"type": "private"}}}, "x"), Ignored
+    )

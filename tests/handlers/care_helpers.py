@@ -17,9 +17,15 @@ from storage.db import Database
 STAFF_CHAT = -1001234567890
 
 
-def care_pipeline(db: Database, config: Config, *, staff_chat_id: int | None = STAFF_CHAT) -> tuple[Pipeline, Router]:
+def care_pipeline(
+    db: Database, config: Config, *, staff_chat_id: int | None = STAFF_CHAT
+) -> tuple[Pipeline, Router]:
     router = Router(config)
-    observers = [ComplaintAlerts(router, staff_chat_id), Acknowledger(config), survey.survey_observer]
+    observers = [
+        ComplaintAlerts(router, staff_chat_id),
+        Acknowledger(config),
+        survey.survey_observer,
+    ]
     return Pipeline(db, route=router, observers=observers), router
 
 
@@ -27,7 +33,9 @@ def config(**sections: Any) -> Config:
     return parse_config(sections)
 
 
-def message(n: int | str, text: str, at: datetime, *, user: str = "u1", kind: str = "message", **kw: Any) -> Inbound:
+def message(
+    n: int | str, text: str, at: datetime, *, user: str = "u1", kind: str = "message", **kw: Any
+) -> Inbound:
     return Inbound(
         channel="webhook", external_id=f"shop:{n}", address=f"shop:{user}", text=text,
         received_at=at, kind=kind, **kw,

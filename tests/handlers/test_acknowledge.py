@@ -45,7 +45,9 @@ async def test_outside_hours_check_uses_an_index(db: Database) -> None:
     capturing = False
 
     @event.listens_for(db.engine.sync_engine, "before_cursor_execute")
-    def capture(_conn: Any, _cursor: Any, statement: str, params: Any, _ctx: Any, _many: bool) -> None:
+    def capture(
+        _conn: Any, _cursor: Any, statement: str, params: Any, _ctx: Any, _many: bool
+    ) -> None:
         if capturing and statement.lstrip().upper().startswith("SELECT"):
             captured.append((statement, params))
 
@@ -61,7 +63,8 @@ async def test_outside_hours_check_uses_an_index(db: Database) -> None:
 
     pipeline = Pipeline(db, route=Router(CFG), observers=[watched])
     await pipeline.receive(message(1, "are you open?", NIGHT))
-    await pipeline.receive(message(2, "hello?", NIGHT + timedelta(minutes=10)))  # within the hour: no ack
+    # within the hour: no ack
+    await pipeline.receive(message(2, "hello?", NIGHT + timedelta(minutes=10)))
     await pipeline.receive(message(3, "still there?", NIGHT + timedelta(hours=2)))
     await pipeline.close()
     assert captured, "the acknowledger looked nothing up"
@@ -73,5 +76,9 @@ async def test_outside_hours_check_uses_an_index(db: Database) -> None:
             assert "Seq Scan" not in plan and "Index" in plan, plan
 
     async with db.sessions() as s:
-        acks = await s.scalar(select(func.count()).select_from(OutboxRow).where(OutboxRow.payload["kind"].as_string() == "ack"))
+        acks = await s.scalar(
+            select(func.count())
+            .select_from(OutboxRow)
+            .where(OutboxRow.payload["kind"].as_string() == "ack")
+        )
     assert acks == 2

@@ -32,7 +32,8 @@ CFG = config(
 
 
 async def seeded(db: Database) -> tuple[Churn, dict[str, int]]:
-    """Five customers a lead would rank: angry (12315, unanswered, breached) > burnt (complaint, CSAT 1,
+    """Five customers a lead would rank: angry (12315, unanswered, breached) > burnt (complaint,
+    CSAT 1,
     silent since) > busy (writing every day this week) > content (CSAT 5) > quiet (one hello)."""
     async with db.transaction() as s:
         amy = Actor.of(await staff.add(s, "amy"))

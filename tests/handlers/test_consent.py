@@ -3,7 +3,7 @@ sent cancelled, confirmation logged and queued in the customer's language."""
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import pytest
 from sqlalchemy import select
@@ -54,7 +54,7 @@ async def customer(db: Database, address: str, language: str | None) -> int:
 
 def inbound(n: int, address: str, text: str) -> Inbound:
     return Inbound(channel="webhook", external_id=f"shop:m{n}", address=address, text=text,
-                   received_at=datetime(2027, 1, 5, 0, 30, tzinfo=timezone.utc))
+                   received_at=datetime(2027, 1, 5, 0, 30, tzinfo=UTC))
 
 
 async def test_opt_out_cancels_the_waiting_greeting_and_confirms(db: Database) -> None:
@@ -64,17 +64,26 @@ async def test_opt_out_cancels_the_waiting_greeting_and_confirms(db: Database) -
     zh = await customer(db, "shop:zh", None)
     en = await customer(db, "shop:en", "en")
     planner = Planner(cfg, templates, Reach.of(cfg, ["webhook"]))
-    assert (await planner.plan(db, "birthday", date(2027, 1, 5), datetime(2027, 1, 5, 0, 0, tzinfo=timezone.utc), lead=None)).planned == 2
+    assert (
+        await planner.plan(
+            db, "birthday", date(2027, 1, 5), datetime(2027, 1, 5, 0, 0, tzinfo=UTC), lead=None
+        )
+    ).planned == 2
 
     pipeline = Pipeline(db, observers=[ConsentObserver(templates)])
     try:
-        await pipeline.receive_many([inbound(1, "shop:zh", "退订"), inbound(2, "shop:en", "Unsubscribe")])
-        await pipeline.receive_many([inbound(3, "shop:en", "stop")])  # again: confirmed again, no harm
+        await pipeline.receive_many(
+            [inbound(1, "shop:zh", "退订"), inbound(2, "shop:en", "Unsubscribe")]
+        )
+        # again: confirmed again, no harm
+        await pipeline.receive_many([inbound(3, "shop:en", "stop")])
     finally:
         await pipeline.close()
 
     async with db.sessions() as session:
-        consent = dict((await session.execute(select(Customer.id, Customer.marketing_consent))).all())
+        consent = dict(
+            (await session.execute(select(Customer.id, Customer.marketing_consent))).all()
+        )
         rows = {d.customer_id: d for d in await session.scalars(select(CampaignDelivery))}
         outbox = list(await session.scalars(select(OutboxRow).order_by(OutboxRow.id)))
         events = list(await session.scalars(
@@ -84,11 +93,19 @@ async def test_opt_out_cancels_the_waiting_greeting_and_confirms(db: Database) -
     greetings = [o for o in outbox if o.payload.get("kind") == "greeting"]
     assert [o.status for o in greetings] == ["dead", "dead"]
     assert all("consent withdrawn" in (o.last_error or "") for o in greetings)
-    confirmations = {o.address: o.payload["text"] for o in outbox if o.payload.get("kind") == "notice"}
+    confirmations = {
+        o.address: o.payload["text"] for o in outbox if o.payload.get("kind") == "notice"
+    }
     assert "已为您退订" in confirmations["shop:zh"]  # no language on record: the word was Chinese
     assert "You are unsubscribed" in confirmations["shop:en"]
     assert sum(1 for o in outbox if o.payload.get("kind") == "notice") == 3
-    assert [e.meta["had_consent"] for e in events if e.meta.get("kind") == "consent_withdrawn"] == [True, True, False]
+    assert [e.meta["had_consent"] for e in events if e.meta.get("kind") == "consent_withdrawn"] == [
+        True,
+        True,
+        False,
+    ]
     # and nobody without consent is planned again
-    again = await planner.plan(db, "birthday", date(2028, 1, 5), datetime(2028, 1, 5, 0, 0, tzinfo=timezone.utc), lead=None)
+    again = await planner.plan(
+        db, "birthday", date(2028, 1, 5), datetime(2028, 1, 5, 0, 0, tzinfo=UTC), lead=None
+    )
     assert again.planned == 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -19,7 +19,6 @@ from storage.campaigns import Reachable
 from storage.db import Database
 from storage.models import CampaignDelivery, Customer, Identity, Interaction, OutboxRow
 
-UTC = timezone.utc
 QUIET = QuietHoursConfig()
 NO_QUIET = QuietHoursConfig(enabled=False)
 
@@ -39,7 +38,9 @@ def config(**campaigns: Any) -> Any:
     )
 
 
-def planner(cfg: Any | None = None, channels: Sequence[str] = ("webhook", "telegram", "email")) -> Planner:
+def planner(
+    cfg: Any | None = None, channels: Sequence[str] = ("webhook", "telegram", "email")
+) -> Planner:
     cfg = cfg or config()
     return Planner(cfg, Templates(), Reach.of(cfg, channels))
 
@@ -76,7 +77,9 @@ async def add_customer(
 
 async def deliveries(db: Database) -> list[CampaignDelivery]:
     async with db.sessions() as session:
-        return list(await session.scalars(select(CampaignDelivery).order_by(CampaignDelivery.customer_id)))
+        return list(
+            await session.scalars(select(CampaignDelivery).order_by(CampaignDelivery.customer_id))
+        )
 
 
 async def count(db: Database, model: Any) -> int:
@@ -134,7 +137,10 @@ def test_quiet_hours_push_to_the_same_day_or_drop() -> None:
 def test_the_scheduler_plans_only_shortly_before_the_send_time() -> None:
     shanghai = ZoneInfo("Asia/Shanghai")
     lead = timedelta(minutes=20)
-    assert timing(date(2027, 1, 5), shanghai, time(9), utc(2027, 1, 5, 0, 30), QUIET, lead=lead).kind == "wait"
+    assert (
+        timing(date(2027, 1, 5), shanghai, time(9), utc(2027, 1, 5, 0, 30), QUIET, lead=lead).kind
+        == "wait"
+    )
     due = timing(date(2027, 1, 5), shanghai, time(9), utc(2027, 1, 5, 0, 45), QUIET, lead=lead)
     assert (due.kind, due.send_at) == ("send", utc(2027, 1, 5, 1))
 
@@ -161,7 +167,9 @@ def test_born_on_29_february(rule: str, day: date, month_days: tuple[str, ...]) 
 
 def test_lunar_holidays_on_their_first_day_only() -> None:
     cfg = config().campaigns
-    assert holidays_on(cfg, date(2027, 2, 6)) == [{"zh": "春节", "en": "Chinese New Year (Spring Festival)"}]
+    assert holidays_on(cfg, date(2027, 2, 6)) == [
+        {"zh": "春节", "en": "Chinese New Year (Spring Festival)"}
+    ]
     assert holidays_on(cfg, date(2027, 2, 7)) == []  # the second day of 春节
     assert holidays_on(cfg, date(2027, 2, 5)) == []  # 除夕 was not chosen
     assert holidays_on(cfg, date(2027, 9, 15)) == [{"zh": "中秋节", "en": "Mid-Autumn Festival"}]
@@ -171,9 +179,16 @@ def test_lunar_holidays_on_their_first_day_only() -> None:
 
 
 def test_every_public_holiday_when_none_are_chosen_and_custom_dates() -> None:
-    cfg = config(holidays={"enabled": True, "holidays": [], "custom": [{"date": "11-11", "name": "店庆", "name_en": "Our anniversary"}]}).campaigns
+    cfg = config(
+        holidays={
+            "enabled": True,
+            "holidays": [],
+            "custom": [{"date": "11-11", "name": "店庆", "name_en": "Our anniversary"}],
+        }
+    ).campaigns
     assert [h["zh"] for h in holidays_on(cfg, date(2027, 2, 5))] == ["农历除夕"]
-    assert holidays_on(cfg, date(2027, 2, 9)) == []  # observed (补假) days are not holidays to greet
+    # observed (补假) days are not holidays to greet
+    assert (holidays_on(cfg, date(2027, 2, 9)) == [])
     assert [h["zh"] for h in holidays_on(cfg, date(2027, 10, 1))] == ["国庆节"]
     custom = occasion(cfg, "holiday", date(2027, 11, 11))
     assert custom is not None and custom.names == {"zh": "店庆", "en": "Our anniversary"}
@@ -181,21 +196,33 @@ def test_every_public_holiday_when_none_are_chosen_and_custom_dates() -> None:
 
 
 def test_holidays_by_english_name_and_in_another_country() -> None:
-    cfg = config(holidays={"enabled": True, "countries": ["US"], "holidays": ["Thanksgiving Day"]}).campaigns
-    assert holidays_on(cfg, date(2027, 11, 25)) == [{"zh": "Thanksgiving Day", "en": "Thanksgiving Day"}]
+    cfg = config(
+        holidays={"enabled": True, "countries": ["US"], "holidays": ["Thanksgiving Day"]}
+    ).campaigns
+    assert holidays_on(cfg, date(2027, 11, 25)) == [
+        {"zh": "Thanksgiving Day", "en": "Thanksgiving Day"}
+    ]
 
 
 @pytest.mark.parametrize(
     ("campaigns", "message"),
     [
-        ({"holidays": {"holidays": ["春季节"]}}, "[campaigns.holidays] holidays has value '春季节': not a holiday of CN"),
+        (
+            {"holidays": {"holidays": ["春季节"]}},
+            "[campaigns.holidays] holidays has value '春季节': not a holiday of CN",
+        ),
         ({"holidays": {"countries": ["XX"]}}, "[campaigns.holidays] countries has value 'XX'"),
-        ({"birthday": {"template": "nope"}}, "[campaigns.birthday] template has value 'nope': template zh/nope.j2"),
+        (
+            {"birthday": {"template": "nope"}},
+            "[campaigns.birthday] template has value 'nope': template zh/nope.j2",
+        ),
         ({"channel_order": ["sms"]}, "[campaigns] channel_order has value 'sms'"),
     ],
     ids=str,
 )
-def test_bad_config_stops_start_up_with_a_clear_message(campaigns: dict[str, Any], message: str) -> None:
+def test_bad_config_stops_start_up_with_a_clear_message(
+    campaigns: dict[str, Any], message: str
+) -> None:
     with pytest.raises(ConfigError) as caught:
         greetings.validate(config(**campaigns), Templates(), today=date(2027, 1, 1))
     assert message in str(caught.value)
@@ -221,7 +248,11 @@ def test_templates_are_sandboxed(tmp_path: Any) -> None:
 # --- where -----------------------------------------------------------------------------------
 
 
-REACH = Reach(frozenset({"telegram", "email", "webhook"}), frozenset({"shop"}), ("telegram", "email", "webhook"))
+REACH = Reach(
+    frozenset({"telegram", "email", "webhook"}),
+    frozenset({"shop"}),
+    ("telegram", "email", "webhook"),
+)
 TG = Reachable("telegram", "1001", True, None)
 MAIL = Reachable("email", "ann@example.com", True, None)
 HOOK = Reachable("webhook", "shop:ann", True, None)
@@ -230,12 +261,21 @@ PHONE = Reachable("phone", "+8613800138000", True, None)
 
 def test_channel_choice_order() -> None:
     everything = [TG, MAIL, HOOK, PHONE]
-    assert choose_channel(REACH, "email", ("webhook", "shop:ann"), everything) == ("email", "ann@example.com")
-    assert choose_channel(REACH, None, ("webhook", "shop:ann"), everything) == ("webhook", "shop:ann")
+    assert choose_channel(REACH, "email", ("webhook", "shop:ann"), everything) == (
+        "email",
+        "ann@example.com",
+    )
+    assert choose_channel(REACH, None, ("webhook", "shop:ann"), everything) == (
+        "webhook",
+        "shop:ann",
+    )
     assert choose_channel(REACH, None, None, everything) == ("telegram", "1001")
     # preferred channel unreachable: fall back to the last one they wrote from
     blocked = Reachable("telegram", "1001", False, "bot was blocked by the user")
-    assert choose_channel(REACH, "telegram", ("email", "ann@example.com"), [blocked, MAIL]) == ("email", "ann@example.com")
+    assert choose_channel(REACH, "telegram", ("email", "ann@example.com"), [blocked, MAIL]) == (
+        "email",
+        "ann@example.com",
+    )
 
 
 def test_unreachable_customers_get_a_reason() -> None:
@@ -264,14 +304,20 @@ async def test_plan_once_never_twice_and_only_with_consent(db: Database) -> None
     second = await p.plan(db, "birthday", date(2027, 1, 5), now, lead=None)
     assert (first.planned, second.planned) == (1, 0)
     rows = await deliveries(db)
-    assert [(d.customer_id, d.campaign, d.occasion, d.status) for d in rows] == [(yes, "birthday", "2027", "planned")]
+    assert [(d.customer_id, d.campaign, d.occasion, d.status) for d in rows] == [
+        (yes, "birthday", "2027", "planned")
+    ]
     async with db.sessions() as session:
         out = await session.scalar(select(OutboxRow))
         logged = await session.scalar(select(Interaction).where(Interaction.direction == "out"))
     assert out is not None and logged is not None
     assert out.id == rows[0].outbox_id and out.dedupe_key == f"greeting:birthday:2027:{yes}"
     assert out.next_attempt_at == utc(2027, 1, 5, 1) and out.payload["kind"] == "greeting"
-    assert out.interaction_id == logged.id and logged.author_kind == "bot" and logged.customer_id == yes
+    assert (
+        out.interaction_id == logged.id
+        and logged.author_kind == "bot"
+        and logged.customer_id == yes
+    )
     assert "生日快乐" in out.payload["text"] and "37" in out.payload["text"]
 
 
@@ -283,7 +329,10 @@ async def test_leap_day_birthdays_in_2027_and_2028(db: Database) -> None:
     assert (await p.plan(db, "birthday", date(2027, 3, 1), now, lead=None)).planned == 0
     assert (await p.plan(db, "birthday", date(2028, 2, 28), now, lead=None)).planned == 0
     assert (await p.plan(db, "birthday", date(2028, 2, 29), now, lead=None)).planned == 1
-    assert [(d.customer_id, d.occasion) for d in await deliveries(db)] == [(leap, "2027"), (leap, "2028")]
+    assert [(d.customer_id, d.occasion) for d in await deliveries(db)] == [
+        (leap, "2027"),
+        (leap, "2028"),
+    ]
     mar1 = planner(config(birthday={"enabled": True, "leap_day": "mar1"}))
     other = await add_customer(db, name="leap2", birthday=None, md="02-29")
     assert (await mar1.plan(db, "birthday", date(2027, 2, 28), now, lead=None)).planned == 0
@@ -305,7 +354,9 @@ async def test_holiday_segments_by_tag_and_vip(db: Database) -> None:
 
 async def test_unreachable_customer_is_skipped_with_the_reason_recorded(db: Database) -> None:
     p = planner(channels=("webhook",))
-    cid = await add_customer(db, name="tg", identities=[("telegram", "42"), ("phone", "+8613800138000")])
+    cid = await add_customer(
+        db, name="tg", identities=[("telegram", "42"), ("phone", "+8613800138000")]
+    )
     outcome = await p.plan(db, "birthday", date(2027, 1, 5), utc(2027, 1, 4), lead=None)
     assert (outcome.planned, outcome.skipped) == (0, 1)
     (row,) = await deliveries(db)
@@ -316,10 +367,20 @@ async def test_unreachable_customer_is_skipped_with_the_reason_recorded(db: Data
 
 async def test_channel_follows_where_the_customer_last_wrote(db: Database) -> None:
     p = planner()
-    cid = await add_customer(db, name="mixed", identities=[("telegram", "42"), ("email", "m@example.com")])
+    cid = await add_customer(
+        db, name="mixed", identities=[("telegram", "42"), ("email", "m@example.com")]
+    )
     async with db.transaction() as session:
-        session.add(Interaction(customer_id=cid, channel="email", direction="in", author_kind="customer",
-                                author_id="m@example.com", text="hi"))
+        session.add(
+            Interaction(
+                customer_id=cid,
+                channel="email",
+                direction="in",
+                author_kind="customer",
+                author_id="m@example.com",
+                text="hi",
+            )
+        )
     await p.plan(db, "birthday", date(2027, 1, 5), utc(2027, 1, 4), lead=None)
     async with db.sessions() as session:
         out = await session.scalar(select(OutboxRow))

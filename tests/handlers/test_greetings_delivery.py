@@ -11,7 +11,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ ROOT = Path(__file__).parent.parent.parent
 SECRET = "shop-secret-0123"
 ENV = {"SHOP_SECRET": SECRET, "KEFU_TELEGRAM_TOKEN": TOKEN}
 SPRING = date(2027, 2, 6)
-SHANGHAI_NINE = datetime(2027, 2, 6, 1, 0, tzinfo=timezone.utc)  # 09:00 in Shanghai on 春节
+SHANGHAI_NINE = datetime(2027, 2, 6, 1, 0, tzinfo=UTC)  # 09:00 in Shanghai on 春节
 SPRING_2099 = "2099-01-21"  # 春节 still to come whenever the test runs: every customer is due
 
 
@@ -49,7 +49,9 @@ def campaign_config(db_url: str, callback: str, **sections: Any) -> dict[str, An
 
 
 @asynccontextmanager
-async def kefu_at(config: dict[str, Any], clock: Callable[[], datetime], env: Mapping[str, str] = ENV) -> AsyncIterator[Kefu]:
+async def kefu_at(
+    config: dict[str, Any], clock: Callable[[], datetime], env: Mapping[str, str] = ENV
+) -> AsyncIterator[Kefu]:
     async with running_kefu(config, env, clock=clock) as kefu:
         yield kefu
 
@@ -87,9 +89,25 @@ async def test_spring_festival_greetings_delivered_once_through_the_webhook(tmp_
     await seed(
         db_url,
         [
-            {"display_name": "王小明", "timezone": "Asia/Shanghai", "language": "zh", "identities": [("webhook", "shop:u1")]},
-            {"display_name": "Alice", "timezone": "America/Los_Angeles", "language": "en", "identities": [("webhook", "shop:u2")]},
-            {"display_name": "无同意", "timezone": "Asia/Shanghai", "language": "zh", "consent": False, "identities": [("webhook", "shop:u3")]},
+            {
+                "display_name": "王小明",
+                "timezone": "Asia/Shanghai",
+                "language": "zh",
+                "identities": [("webhook", "shop:u1")],
+            },
+            {
+                "display_name": "Alice",
+                "timezone": "America/Los_Angeles",
+                "language": "en",
+                "identities": [("webhook", "shop:u2")],
+            },
+            {
+                "display_name": "无同意",
+                "timezone": "Asia/Shanghai",
+                "language": "zh",
+                "consent": False,
+                "identities": [("webhook", "shop:u3")],
+            },
         ],
     )
     now = [SHANGHAI_NINE]
@@ -101,11 +119,11 @@ async def test_spring_festival_greetings_delivered_once_through_the_webhook(tmp_
             assert "新春快乐" in got.json["text"] and "王小明" in got.json["text"]
             assert got.row_key == "greeting:holiday:2027-02-06:1"
             # Los Angeles' 09:00 on the 6th is 17:00 UTC: the planner run shortly before it
-            now[0] = datetime(2027, 2, 6, 16, 45, tzinfo=timezone.utc)
+            now[0] = datetime(2027, 2, 6, 16, 45, tzinfo=UTC)
             await kefu.scheduler.run_once()
             await kefu.worker.run_once()
             assert len(receiver.delivered()) == 1  # planned, held by the outbox until 17:00
-            now[0] = datetime(2027, 2, 6, 17, 0, tzinfo=timezone.utc)
+            now[0] = datetime(2027, 2, 6, 17, 0, tzinfo=UTC)
             kefu.worker.wake()
             await receiver.wait_for(2)
             assert "Happy Chinese New Year, Alice" in receiver.delivered()[1].json["text"]
@@ -124,10 +142,20 @@ async def test_spring_festival_greetings_delivered_once_through_the_webhook(tmp_
 
 async def test_birthday_greeting_delivered_through_telegram(tmp_path: Path) -> None:
     db_url = f"sqlite+aiosqlite:///{tmp_path}/kefu.db"
-    await seed(db_url, [{"display_name": "张三", "birthday": date(1990, 3, 14), "birthday_md": "03-14",
-                         "timezone": "Asia/Shanghai", "language": "zh",
-                         "identities": [("telegram", "1001"), ("phone", "+8613800138000")]}])
-    now = datetime(2027, 3, 14, 1, 0, tzinfo=timezone.utc)
+    await seed(
+        db_url,
+        [
+            {
+                "display_name": "张三",
+                "birthday": date(1990, 3, 14),
+                "birthday_md": "03-14",
+                "timezone": "Asia/Shanghai",
+                "language": "zh",
+                "identities": [("telegram", "1001"), ("phone", "+8613800138000")],
+            }
+        ],
+    )
+    now = datetime(2027, 3, 14, 1, 0, tzinfo=UTC)
     async with BotApiServer() as botapi, CallbackServer(SECRET) as receiver:
         config = campaign_config(db_url, receiver.url, telegram={
             "enabled": True, "base_url": botapi.base_url, "poll_timeout_seconds": 1})
@@ -137,15 +165,34 @@ async def test_birthday_greeting_delivered_through_telegram(tmp_path: Path) -> N
     assert sent.text is not None and "张三，生日快乐" in sent.text and "37 岁" in sent.text
 
 
-async def test_opt_out_in_chinese_and_english_withdraws_consent_and_confirms(tmp_path: Path) -> None:
+async def test_opt_out_in_chinese_and_english_withdraws_consent_and_confirms(
+    tmp_path: Path,
+) -> None:
     db_url = f"sqlite+aiosqlite:///{tmp_path}/kefu.db"
-    zh, en, chatty = await seed(db_url, [
-        {"display_name": "李四", "timezone": "Asia/Shanghai", "identities": [("webhook", "shop:zh")]},
-        {"display_name": "Bob", "timezone": "America/Los_Angeles", "language": "en", "identities": [("webhook", "shop:en")]},
-        {"display_name": "Carol", "timezone": "America/Los_Angeles", "language": "en", "identities": [("webhook", "shop:chatty")]},
-    ])
+    zh, en, chatty = await seed(
+        db_url,
+        [
+            {
+                "display_name": "李四",
+                "timezone": "Asia/Shanghai",
+                "identities": [("webhook", "shop:zh")],
+            },
+            {
+                "display_name": "Bob",
+                "timezone": "America/Los_Angeles",
+                "language": "en",
+                "identities": [("webhook", "shop:en")],
+            },
+            {
+                "display_name": "Carol",
+                "timezone": "America/Los_Angeles",
+                "language": "en",
+                "identities": [("webhook", "shop:chatty")],
+            },
+        ],
+    )
     # 16:45 UTC on 春节: Los Angeles' greetings (17:00 UTC) are planned and waiting in the outbox
-    now = datetime(2027, 2, 6, 16, 45, tzinfo=timezone.utc)
+    now = datetime(2027, 2, 6, 16, 45, tzinfo=UTC)
     async with CallbackServer(SECRET) as receiver:
         config = campaign_config(db_url, receiver.url)
         async with kefu_at(config, lambda: now) as kefu:
@@ -154,11 +201,20 @@ async def test_opt_out_in_chinese_and_english_withdraws_consent_and_confirms(tmp
 
             async with httpx.AsyncClient() as client:
                 endpoint = url(kefu, "/webhooks/shop")
-                for user, text in (("zh", " 退订 "), ("en", "STOP!"), ("chatty", "please don't stop my order")):
-                    r = await post_signed(client, endpoint, SECRET, {"id": f"m-{user}", "user": {"id": user}, "text": text})
+                for user, text in (
+                    ("zh", " 退订 "),
+                    ("en", "STOP!"),
+                    ("chatty", "please don't stop my order"),
+                ):
+                    r = await post_signed(
+                        client,
+                        endpoint,
+                        SECRET,
+                        {"id": f"m-{user}", "user": {"id": user}, "text": text},
+                    )
                     assert r.status_code == 202, r.text
             await receiver.wait_for(2)
-            now = datetime(2027, 2, 6, 17, 0, tzinfo=timezone.utc)
+            now = datetime(2027, 2, 6, 17, 0, tzinfo=UTC)
             kefu.worker.wake()
             await receiver.wait_for(3)
             await kefu.worker.run_once()
@@ -171,24 +227,52 @@ async def test_opt_out_in_chinese_and_english_withdraws_consent_and_confirms(tmp
     db = Database(db_url)
     try:
         async with db.sessions() as session:
-            consent = dict((await session.execute(select(Customer.id, Customer.marketing_consent))).all())
-            bob = await session.scalar(select(CampaignDelivery).where(CampaignDelivery.customer_id == en))
-            events = list(await session.scalars(select(Interaction.meta).where(Interaction.direction == "event")))
+            consent = dict(
+                (await session.execute(select(Customer.id, Customer.marketing_consent))).all()
+            )
+            bob = await session.scalar(
+                select(CampaignDelivery).where(CampaignDelivery.customer_id == en)
+            )
+            events = list(
+                await session.scalars(
+                    select(Interaction.meta).where(Interaction.direction == "event")
+                )
+            )
     finally:
         await db.dispose()
     assert consent == {zh: False, en: False, chatty: True}
     assert bob is not None and bob.status == "cancelled" and "'STOP!'" in (bob.reason or "")
-    assert sorted(e["kind"] for e in events if e.get("kind") == "consent_withdrawn") == ["consent_withdrawn"] * 2
+    assert (
+        sorted(e["kind"] for e in events if e.get("kind") == "consent_withdrawn")
+        == ["consent_withdrawn"] * 2
+    )
 
 
 def test_cli_preview_run_report(tmp_path: Path) -> None:
     db_url = f"sqlite+aiosqlite:///{tmp_path}/kefu.db"
-    asyncio.run(seed(db_url, [
-        {"display_name": "王小明", "birthday": date(1990, 9, 15), "birthday_md": "09-15", "timezone": "Asia/Shanghai",
-         "language": "zh", "identities": [("webhook", "shop:u1")]},
-        {"display_name": "Tg Only", "birthday": date(1990, 9, 15), "birthday_md": "09-15", "timezone": "Asia/Shanghai",
-         "language": "en", "identities": [("telegram", "42")]},
-    ]))
+    asyncio.run(
+        seed(
+            db_url,
+            [
+                {
+                    "display_name": "王小明",
+                    "birthday": date(1990, 9, 15),
+                    "birthday_md": "09-15",
+                    "timezone": "Asia/Shanghai",
+                    "language": "zh",
+                    "identities": [("webhook", "shop:u1")],
+                },
+                {
+                    "display_name": "Tg Only",
+                    "birthday": date(1990, 9, 15),
+                    "birthday_md": "09-15",
+                    "timezone": "Asia/Shanghai",
+                    "language": "en",
+                    "identities": [("telegram", "42")],
+                },
+            ],
+        )
+    )
     config = tmp_path / "config.toml"
     config.write_text(
         f'[storage]\nurl = "{db_url}"\n'
@@ -198,22 +282,47 @@ def test_cli_preview_run_report(tmp_path: Path) -> None:
     )
     runner = CliRunner()
     # 2099: whatever day the test runs, the greetings are in the future
-    preview = runner.invoke(cli, ["campaigns", "preview", "birthday", "--date", "2099-09-15", "--format", "jsonl", "-c", str(config)])
+    preview = runner.invoke(
+        cli,
+        [
+            "campaigns",
+            "preview",
+            "birthday",
+            "--date",
+            "2099-09-15",
+            "--format",
+            "jsonl",
+            "-c",
+            str(config),
+        ],
+    )
     assert preview.exit_code == 0, preview.output
     rows = [json.loads(line) for line in preview.stdout.splitlines()]
-    assert rows[0]["customer_id"] == 1 and rows[0]["channel"] == "webhook" and rows[0]["address"] == "shop:u1"
-    assert rows[0]["send_at"] == "2099-09-15T01:00:00+00:00" and rows[0]["occasion"] == "birthday:2099"
+    assert (
+        rows[0]["customer_id"] == 1
+        and rows[0]["channel"] == "webhook"
+        and rows[0]["address"] == "shop:u1"
+    )
+    assert (
+        rows[0]["send_at"] == "2099-09-15T01:00:00+00:00" and rows[0]["occasion"] == "birthday:2099"
+    )
     assert "王小明，生日快乐" in rows[0]["text"] and "109 岁" in rows[0]["text"]
     assert "the telegram channel is off" in rows[1]["skipped"]
     assert asyncio.run(scalar(db_url, select(func.count()).select_from(CampaignDelivery))) == 0
 
-    table = runner.invoke(cli, ["campaigns", "preview", "birthday", "--date", "2099-09-15", "-c", str(config)])
+    table = runner.invoke(
+        cli, ["campaigns", "preview", "birthday", "--date", "2099-09-15", "-c", str(config)]
+    )
     assert table.exit_code == 0 and "1 greetings, 1 skipped (nothing was sent)" in table.output
-    none = runner.invoke(cli, ["campaigns", "preview", "holiday", "--date", "2099-09-15", "-c", str(config)])
+    none = runner.invoke(
+        cli, ["campaigns", "preview", "holiday", "--date", "2099-09-15", "-c", str(config)]
+    )
     assert none.exit_code == 0 and "no selected holiday on 2099-09-15 in CN" in none.output
 
     for _ in range(2):
-        run = runner.invoke(cli, ["campaigns", "run", "birthday", "--date", "2099-09-15", "-c", str(config)])
+        run = runner.invoke(
+            cli, ["campaigns", "run", "birthday", "--date", "2099-09-15", "-c", str(config)]
+        )
         assert run.exit_code == 0, run.output
     assert "queued 0, skipped 0, already planned 0" in run.output
     assert asyncio.run(scalar(db_url, select(func.count()).select_from(OutboxRow))) == 1
@@ -221,11 +330,18 @@ def test_cli_preview_run_report(tmp_path: Path) -> None:
     report = runner.invoke(cli, ["campaigns", "report", "-c", str(config)])
     assert report.exit_code == 0
     flat = " ".join(report.output.replace("│", " ").split())
-    assert "birthday planned 1" in flat and "birthday skipped 1 no reachable channel: telegram 42" in flat
+    assert (
+        "birthday planned 1" in flat
+        and "birthday skipped 1 no reachable channel: telegram 42" in flat
+    )
 
-    bad = runner.invoke(cli, ["campaigns", "preview", "easter", "--date", "2099-09-15", "-c", str(config)])
+    bad = runner.invoke(
+        cli, ["campaigns", "preview", "easter", "--date", "2099-09-15", "-c", str(config)]
+    )
     assert bad.exit_code == 2 and "CAMPAIGN has value 'easter'" in bad.output
-    bad = runner.invoke(cli, ["campaigns", "run", "birthday", "--date", "15.09.2099", "-c", str(config)])
+    bad = runner.invoke(
+        cli, ["campaigns", "run", "birthday", "--date", "15.09.2099", "-c", str(config)]
+    )
     assert bad.exit_code == 2 and "--date has value '15.09.2099'" in bad.output
 
 
@@ -234,15 +350,35 @@ async def bulk_customers(db_url: str, n: int) -> None:
     await db.upgrade()
     try:
         async with db.transaction() as session:
-            await session.execute(insert(Customer.__table__), [
-                {"id": i, "display_name": f"c{i}", "timezone": "Asia/Shanghai", "language": "zh", "tags": [],
-                 "marketing_consent": True, "vip": False, "created_at": SHANGHAI_NINE}
-                for i in range(1, n + 1)
-            ])
-            await session.execute(insert(Identity.__table__), [
-                {"customer_id": i, "channel": "webhook", "address": f"shop:u{i}", "reachable": True, "created_at": SHANGHAI_NINE}
-                for i in range(1, n + 1)
-            ])
+            await session.execute(
+                insert(Customer.__table__),
+                [
+                    {
+                        "id": i,
+                        "display_name": f"c{i}",
+                        "timezone": "Asia/Shanghai",
+                        "language": "zh",
+                        "tags": [],
+                        "marketing_consent": True,
+                        "vip": False,
+                        "created_at": SHANGHAI_NINE,
+                    }
+                    for i in range(1, n + 1)
+                ],
+            )
+            await session.execute(
+                insert(Identity.__table__),
+                [
+                    {
+                        "customer_id": i,
+                        "channel": "webhook",
+                        "address": f"shop:u{i}",
+                        "reachable": True,
+                        "created_at": SHANGHAI_NINE,
+                    }
+                    for i in range(1, n + 1)
+                ],
+            )
     finally:
         await db.dispose()
 
@@ -252,10 +388,20 @@ async def assert_exactly_once(db_url: str, n: int) -> None:
     try:
         async with db.sessions() as session:
             deliveries = await session.scalar(select(func.count()).select_from(CampaignDelivery))
-            customers = await session.scalar(select(func.count(func.distinct(CampaignDelivery.customer_id))))
+            customers = await session.scalar(
+                select(func.count(func.distinct(CampaignDelivery.customer_id)))
+            )
             outbox = await session.scalar(select(func.count()).select_from(OutboxRow))
-            linked = await session.scalar(select(func.count()).select_from(CampaignDelivery).where(CampaignDelivery.outbox_id.is_not(None)))
-            logged = await session.scalar(select(func.count()).select_from(Interaction).where(Interaction.author_kind == "bot"))
+            linked = await session.scalar(
+                select(func.count())
+                .select_from(CampaignDelivery)
+                .where(CampaignDelivery.outbox_id.is_not(None))
+            )
+            logged = await session.scalar(
+                select(func.count())
+                .select_from(Interaction)
+                .where(Interaction.author_kind == "bot")
+            )
     finally:
         await db.dispose()
     assert (deliveries, customers, outbox, linked, logged) == (n, n, n, n, n)
@@ -300,12 +446,16 @@ def kefu_cli(config: Path, *args: str) -> subprocess.Popen[str]:
 
 
 @pytest.mark.postgres
-async def test_two_kefu_processes_running_the_same_campaign(postgres: PostgresServer, tmp_path: Path) -> None:
+async def test_two_kefu_processes_running_the_same_campaign(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
     db_url = postgres.create_database()
     n = 4000
     await bulk_customers(db_url, n)
     config = cli_config(tmp_path, db_url)
-    procs = [kefu_cli(config, "campaigns", "run", "holiday", "--date", SPRING_2099) for _ in range(2)]
+    procs = [
+        kefu_cli(config, "campaigns", "run", "holiday", "--date", SPRING_2099) for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
     queued = [int(out.split("queued ")[1].split(",")[0]) for out, _ in outputs]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 from sqlalchemy import select
@@ -31,9 +31,9 @@ NO_CONSENT = "lisi@example.cn"
 ENGLISH = "chen.alice@example.com"  # writes in English, her name in Chinese characters
 # 09:00 in Shanghai on 14 March 2027 is 01:00 UTC; the planner wakes every 15 minutes and plans
 # what is due within plan_interval + 5 minutes.
-BEFORE = datetime(2027, 3, 14, 0, 30, tzinfo=timezone.utc)  # 08:30 local: too early to plan
-PLANNER_RUN = datetime(2027, 3, 14, 0, 45, tzinfo=timezone.utc)  # 08:45 local: planned, held
-NINE = datetime(2027, 3, 14, 1, 0, tzinfo=timezone.utc)  # 09:00 local: sent
+BEFORE = datetime(2027, 3, 14, 0, 30, tzinfo=UTC)  # 08:30 local: too early to plan
+PLANNER_RUN = datetime(2027, 3, 14, 0, 45, tzinfo=UTC)  # 08:45 local: planned, held
+NINE = datetime(2027, 3, 14, 1, 0, tzinfo=UTC)  # 09:00 local: sent
 
 
 async def delivered(server: SmtpServer, count: int, timeout: float = 10) -> None:
@@ -49,12 +49,28 @@ async def test_birthday_greeting_delivered_once_by_email(
     config = email_config(tmp_path, mailbox, smtp.port)
     config["campaigns"] = {"birthday": {"enabled": True}}
     db_url = config["storage"]["url"]
-    greeted, refused = await seed(db_url, [
-        {"display_name": "张三", "birthday": BIRTHDAY, "birthday_md": "03-14", "timezone": "Asia/Shanghai",
-         "language": "zh", "identities": [("email", CUSTOMER)]},
-        {"display_name": "李四", "birthday": BIRTHDAY, "birthday_md": "03-14", "timezone": "Asia/Shanghai",
-         "language": "zh", "consent": False, "identities": [("email", NO_CONSENT)]},
-    ])
+    greeted, refused = await seed(
+        db_url,
+        [
+            {
+                "display_name": "张三",
+                "birthday": BIRTHDAY,
+                "birthday_md": "03-14",
+                "timezone": "Asia/Shanghai",
+                "language": "zh",
+                "identities": [("email", CUSTOMER)],
+            },
+            {
+                "display_name": "李四",
+                "birthday": BIRTHDAY,
+                "birthday_md": "03-14",
+                "timezone": "Asia/Shanghai",
+                "language": "zh",
+                "consent": False,
+                "identities": [("email", NO_CONSENT)],
+            },
+        ],
+    )
     now = [BEFORE]
     async with kefu_at(config, lambda: now[0], env_for(mailbox)) as kefu:
         assert "email" in kefu.channels
@@ -73,7 +89,9 @@ async def test_birthday_greeting_delivered_once_by_email(
         async with kefu.db.sessions() as session:
             row = await session.scalar(select(OutboxRow).where(OutboxRow.channel == "email"))
             deliveries = list(await session.scalars(select(CampaignDelivery)))
-            logged = list(await session.scalars(select(Interaction).where(Interaction.direction == "out")))
+            logged = list(
+                await session.scalars(select(Interaction).where(Interaction.direction == "out"))
+            )
     # and so does a restart later the same day
     async with kefu_at(config, lambda: now[0], env_for(mailbox)) as kefu:
         assert (await kefu.scheduler.run_once()).planned == 0
@@ -113,12 +131,21 @@ async def test_english_customer_with_a_chinese_name_gets_an_english_email(
     """The email's own wording follows the customer's language, not the script of their name."""
     config = email_config(tmp_path, mailbox, smtp.port)
     config["campaigns"] = {"birthday": {"enabled": True}}
-    await seed(config["storage"]["url"], [
-        {"display_name": "陈爱丽", "birthday": BIRTHDAY, "birthday_md": "03-14", "timezone": "America/Los_Angeles",
-         "language": "en", "identities": [("email", ENGLISH)]},
-    ])
+    await seed(
+        config["storage"]["url"],
+        [
+            {
+                "display_name": "陈爱丽",
+                "birthday": BIRTHDAY,
+                "birthday_md": "03-14",
+                "timezone": "America/Los_Angeles",
+                "language": "en",
+                "identities": [("email", ENGLISH)],
+            },
+        ],
+    )
     # 09:00 in Los Angeles on 14 March 2027 (daylight saving time from that morning) is 16:00 UTC
-    async with kefu_at(config, lambda: datetime(2027, 3, 14, 16, 0, tzinfo=timezone.utc), env_for(mailbox)):
+    async with kefu_at(config, lambda: datetime(2027, 3, 14, 16, 0, tzinfo=UTC), env_for(mailbox)):
         await delivered(smtp, 1)
     [got] = smtp.handler.delivered
     assert got.recipients == [ENGLISH]

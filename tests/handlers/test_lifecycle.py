@@ -66,7 +66,9 @@ async def test_roles_decide_who_may_move_a_conversation(db: Database) -> None:
         events = [i.meta["to"] for i in await s.scalars(
             select(Interaction).where(Interaction.direction == "event").order_by(Interaction.id)
         ) if i.meta.get("kind") == "status"]
-        audits = [(a.actor, a.action) for a in await s.scalars(select(AuditEntry).order_by(AuditEntry.id))]
+        audits = [
+            (a.actor, a.action) for a in await s.scalars(select(AuditEntry).order_by(AuditEntry.id))
+        ]
     assert events == ["pending", "resolved", "open", "closed"]
     assert audits == [
         ("amy", "conversation.pending"), ("amy", "conversation.resolve"),

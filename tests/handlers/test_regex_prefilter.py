@@ -42,12 +42,19 @@ def test_unknown_or_possibly_empty_starts_give_no_prefilter(pattern: str) -> Non
 def test_digits_stay_a_category_so_every_unicode_digit_passes() -> None:
     assert first_chars(r"\d+次|第") == {r"\d", "第"}
     prefiltered = re.compile(with_prefilter(r"\d+次|第"))
-    assert [m.group() for m in prefiltered.finditer("3次 ٣次 ३次 第")] == ["3次", "٣次", "३次", "第"]
+    assert [m.group() for m in prefiltered.finditer("3次 ٣次 ३次 第")] == [
+        "3次",
+        "٣次",
+        "३次",
+        "第",
+    ]
 
 
 def test_the_complaint_scanners_find_exactly_the_same_matches_with_and_without_it() -> None:
     lexicon = load_classifier(ComplaintsConfig()).lexicon
-    texts = [normalize(json.loads(line)["text"]) for line in DATA.read_text("utf-8").splitlines() if line]
+    texts = [
+        normalize(json.loads(line)["text"]) for line in DATA.read_text("utf-8").splitlines() if line
+    ]
     rng = random.Random(7)
     alphabet = "退款投诉差评快递两三次再又没收到了等天周 abcdefghijklmnoprstuvwy0123456789٣,.!?"
     texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 80))) for _ in range(3000)]

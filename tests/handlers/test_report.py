@@ -24,29 +24,73 @@ async def seed(db: Database) -> tuple[int, int]:
         # First responses of 1..10 minutes: median (nearest rank) 5 min, p90 9 min.
         for n in range(1, 11):
             created = MON + timedelta(hours=n)
-            s.add(Conversation(
-                customer_id=customer.id, created_at=created, updated_at=created, assignee=amy.id if n <= 6 else bob.id,
-                first_response_at=created + timedelta(minutes=n),
-                resolved_at=created + timedelta(hours=n) if n <= 4 else None,
-                status="resolved" if n <= 4 else "open",
-            ))
+            s.add(
+                Conversation(
+                    customer_id=customer.id,
+                    created_at=created,
+                    updated_at=created,
+                    assignee=amy.id if n <= 6 else bob.id,
+                    first_response_at=created + timedelta(minutes=n),
+                    resolved_at=created + timedelta(hours=n) if n <= 4 else None,
+                    status="resolved" if n <= 4 else "open",
+                )
+            )
         complaints = [
-            Conversation(customer_id=customer.id, created_at=MON, updated_at=MON, is_complaint=True, severity="high", assignee=amy.id),
-            Conversation(customer_id=customer.id, created_at=SUN, updated_at=SUN, is_complaint=True, severity="normal"),
-            Conversation(customer_id=customer.id, created_at=NEXT, updated_at=NEXT, is_complaint=True, severity="normal"),
+            Conversation(
+                customer_id=customer.id,
+                created_at=MON,
+                updated_at=MON,
+                is_complaint=True,
+                severity="high",
+                assignee=amy.id,
+            ),
+            Conversation(
+                customer_id=customer.id,
+                created_at=SUN,
+                updated_at=SUN,
+                is_complaint=True,
+                severity="normal",
+            ),
+            Conversation(
+                customer_id=customer.id,
+                created_at=NEXT,
+                updated_at=NEXT,
+                is_complaint=True,
+                severity="normal",
+            ),
         ]
         s.add_all(complaints)
         await s.flush()
-        for conversation, reasons in zip(complaints, (["delay", "rude"], ["delay"], ["defect", "delay"]), strict=True):
+        for conversation, reasons in zip(
+            complaints, (["delay", "rude"], ["delay"], ["defect", "delay"]), strict=True
+        ):
             s.add_all(ComplaintReason(conversation_id=conversation.id, reason=r) for r in reasons)
         for n, score in enumerate((5, 4, 4, None)):
-            s.add(Survey(
-                conversation_id=complaints[0].id, customer_id=customer.id, resolution=n + 1, assignee=amy.id,
-                channel="webhook", asked_at=MON, expires_at=MON + timedelta(days=7), score=score,
-                answered_at=MON if score else None,
-            ))
-        s.add(SlaBreach(conversation_id=complaints[0].id, target="first_response", cycle=0, priority="urgent",
-                        team="care", assignee=amy.id, due_at=MON, breached_at=MON + timedelta(hours=1)))
+            s.add(
+                Survey(
+                    conversation_id=complaints[0].id,
+                    customer_id=customer.id,
+                    resolution=n + 1,
+                    assignee=amy.id,
+                    channel="webhook",
+                    asked_at=MON,
+                    expires_at=MON + timedelta(days=7),
+                    score=score,
+                    answered_at=MON if score else None,
+                )
+            )
+        s.add(
+            SlaBreach(
+                conversation_id=complaints[0].id,
+                target="first_response",
+                cycle=0,
+                priority="urgent",
+                team="care",
+                assignee=amy.id,
+                due_at=MON,
+                breached_at=MON + timedelta(hours=1),
+            )
+        )
         return amy.id, bob.id
 
 
@@ -58,7 +102,11 @@ async def test_report_figures(db: Database) -> None:
     assert c["total"] == 3
     assert c["by_week"] == [{"week": "2027-03-01", "count": 2}, {"week": "2027-03-08", "count": 1}]
     assert c["by_severity"] == {"high": 1, "normal": 2}
-    assert c["by_cue"] == [{"reason": "delay", "count": 3}, {"reason": "defect", "count": 1}, {"reason": "rude", "count": 1}]
+    assert c["by_cue"] == [
+        {"reason": "delay", "count": 3},
+        {"reason": "defect", "count": 1},
+        {"reason": "rude", "count": 1},
+    ]
     first = data["response_times"]["first_response"]
     assert first == {"count": 10, "median_seconds": 300.0, "p90_seconds": 540.0}
     resolution = data["response_times"]["resolution"]
@@ -70,7 +118,12 @@ async def test_report_figures(db: Database) -> None:
     assert (amy["name"], amy["assigned"], amy["resolved"], amy["complaints"]) == ("amy", 7, 4, 1)
     assert amy["first_response_median_seconds"] == 180.0  # 1..6 minutes: 3rd of 6
     assert (amy["csat_average"], amy["sla_breaches"]) == (4.33, 1)
-    assert (bob["name"], bob["assigned"], bob["first_response_median_seconds"], bob["csat_average"]) == ("bob", 4, 480.0, None)
+    assert (
+        bob["name"],
+        bob["assigned"],
+        bob["first_response_median_seconds"],
+        bob["csat_average"],
+    ) == ("bob", 4, 480.0, None)
 
 
 async def test_since_limits_every_section(db: Database) -> None:

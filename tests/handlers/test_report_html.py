@@ -94,7 +94,8 @@ async def test_page_in_headless_chromium(db: Database, tmp_path: Path) -> None:
                     "[...document.querySelectorAll('figure.chart svg.pygal-chart')].filter(svg => {"
                     " const box = svg.getBoundingClientRect();"
                     " return box.width > 800 && box.height > 300 &&"
-                    " svg.querySelectorAll('.plot rect, .plot path, .plot circle').length > 0; }).length"
+                    " svg.querySelectorAll('.plot rect, .plot path, .plot circle').length > 0; "
+                    "}).length"
                 )
                 assert drawn == CHARTS
                 if language == "zh":

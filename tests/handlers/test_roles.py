@@ -8,15 +8,34 @@ from handlers import roles
 from handlers.roles import Actor, Forbidden
 
 CASES = [
-    ("agent", "reply", True), ("agent", "note", True), ("agent", "claim", True),
-    ("agent", "resolve.own", True), ("agent", "resolve.any", False), ("agent", "assign", False),
-    ("agent", "reopen", False), ("agent", "vip", False), ("agent", "tag", False),
-    ("agent", "report", False), ("agent", "audit", False), ("agent", "staff.add", False),
-    ("lead", "assign", True), ("lead", "reopen", True), ("lead", "vip", True), ("lead", "tag", True),
-    ("lead", "resolve.any", True), ("lead", "report", True), ("lead", "close", True),
-    ("lead", "staff.add", False), ("lead", "audit", False), ("lead", "config", False),
-    ("admin", "staff.add", True), ("admin", "staff.remove", True), ("admin", "audit", True),
-    ("admin", "config", True), ("admin", "reply", True), ("nobody", "reply", False),
+    ("agent", "reply", True),
+    ("agent", "note", True),
+    ("agent", "claim", True),
+    ("agent", "resolve.own", True),
+    ("agent", "resolve.any", False),
+    ("agent", "assign", False),
+    ("agent", "reopen", False),
+    ("agent", "vip", False),
+    ("agent", "tag", False),
+    ("agent", "report", False),
+    ("agent", "audit", False),
+    ("agent", "staff.add", False),
+    ("lead", "assign", True),
+    ("lead", "reopen", True),
+    ("lead", "vip", True),
+    ("lead", "tag", True),
+    ("lead", "resolve.any", True),
+    ("lead", "report", True),
+    ("lead", "close", True),
+    ("lead", "staff.add", False),
+    ("lead", "audit", False),
+    ("lead", "config", False),
+    ("admin", "staff.add", True),
+    ("admin", "staff.remove", True),
+    ("admin", "audit", True),
+    ("admin", "config", True),
+    ("admin", "reply", True),
+    ("nobody", "reply", False),
 ]
 
 
@@ -28,7 +47,9 @@ def test_matrix(role: str, action: str, ok: bool) -> None:
 def test_own_versus_any() -> None:
     amy = Actor("amy", "agent", 7)
     roles.require_on(amy, "resolve", 7)
-    with pytest.raises(Forbidden, match=r"amy \(agent\) may not resolve.any on conversation 3: it needs role lead"):
+    with pytest.raises(
+        Forbidden, match=r"amy \(agent\) may not resolve.any on conversation 3: it needs role lead"
+    ):
         roles.require_on(amy, "resolve", 8, "conversation 3")
     roles.require_on(Actor("lou", "lead", 9), "resolve", None)
 

@@ -1,4 +1,5 @@
-"""Routing decisions, table-driven from tests/fixtures/routing/*.toml; assignment on a real database."""
+"""Routing decisions, table-driven from tests/fixtures/routing/*.toml; assignment on a real
+database."""
 
 from __future__ import annotations
 
@@ -36,9 +37,14 @@ def when(text: str) -> datetime:
 def inputs(case: dict[str, Any]) -> tuple[Verdict, Customer, Inbound]:
     severity = case.get("complaint")
     verdict = Verdict(True, severity, 0.9, ("test",)) if severity else NOT_A_COMPLAINT
-    customer = Customer(id=1, language=case.get("language"), tags=case.get("tags", []), vip=case.get("vip", False))
+    customer = Customer(
+        id=1, language=case.get("language"), tags=case.get("tags", []), vip=case.get("vip", False)
+    )
     inbound = Inbound(
-        channel=case.get("channel", "webhook"), external_id="x", address="shop:u", text=case.get("text", "hi"),
+        channel=case.get("channel", "webhook"),
+        external_id="x",
+        address="shop:u",
+        text=case.get("text", "hi"),
         received_at=when(case["at"]),
     )
     return verdict, customer, inbound
@@ -55,9 +61,10 @@ async def test_decision(case: dict[str, Any], tmp_path: Path) -> None:
     await db.dispose()
     for key, want in case["expect"].items():
         got = getattr(decision, key)
+        expected = want
         if key.endswith(("_due", "_by")):
-            want = None if want == "none" else when(want)
-        assert got == want, f"{key}: {got!r} != {want!r}"
+            expected = None if want == "none" else when(want)
+        assert got == expected, f"{key}: {got!r} != {expected!r}"
     assert decision.notify_staff == verdict.is_complaint
 
 
@@ -77,13 +84,28 @@ def test_router_config_errors_name_the_key(section: dict[str, Any], message: str
 @pytest.mark.parametrize(
     ("section", "message"),
     [
-        ({"routing": {"teams": [{"name": "a", "hours": {"mon": "9-18"}}]}}, "[routing.teams.0] hours"),
-        ({"routing": {"teams": [{"name": "a", "hours": {"funday": "09:00-18:00"}}]}}, "'funday' is not a day"),
-        ({"routing": {"teams": [{"name": "a", "timezone": "Mars/Base"}]}}, "[routing.teams.0] timezone has value 'Mars/Base'"),
+        (
+            {"routing": {"teams": [{"name": "a", "hours": {"mon": "9-18"}}]}},
+            "[routing.teams.0] hours",
+        ),
+        (
+            {"routing": {"teams": [{"name": "a", "hours": {"funday": "09:00-18:00"}}]}},
+            "'funday' is not a day",
+        ),
+        (
+            {"routing": {"teams": [{"name": "a", "timezone": "Mars/Base"}]}},
+            "[routing.teams.0] timezone has value 'Mars/Base'",
+        ),
         ({"routing": {"assignment": "random"}}, "[routing] assignment has value 'random'"),
-        ({"sla": {"first_response": {"urgent": "soon"}}}, "[sla.first_response] urgent has value 'soon'"),
+        (
+            {"sla": {"first_response": {"urgent": "soon"}}},
+            "[sla.first_response] urgent has value 'soon'",
+        ),
         ({"sla": {"first_response": {"asap": "1h"}}}, "[sla.first_response.asap]"),
-        ({"lifecycle": {"auto_close_after": "7 days"}}, "[lifecycle] auto_close_after has value '7 days'"),
+        (
+            {"lifecycle": {"auto_close_after": "7 days"}},
+            "[lifecycle] auto_close_after has value '7 days'",
+        ),
     ],
 )
 def test_config_errors_name_the_key_and_value(section: dict[str, Any], message: str) -> None:
@@ -117,7 +139,14 @@ async def _conversation(session: Any, customer_id: int) -> Conversation:
 
 @pytest.mark.parametrize("assignment", ["round_robin", "least_open"])
 async def test_assignment_among_on_duty_team_members(db: Database, assignment: str) -> None:
-    config = parse_config({"routing": {"assignment": assignment, "teams": [{"name": "care", "members": ["ann", "ben", "cat", "dov"]}]}})
+    config = parse_config(
+        {
+            "routing": {
+                "assignment": assignment,
+                "teams": [{"name": "care", "members": ["ann", "ben", "cat", "dov"]}],
+            }
+        }
+    )
     router = Router(config)
     inbound = Inbound("webhook", "x", "shop:u", "hi")
     async with db.transaction() as s:
@@ -156,11 +185,15 @@ async def test_least_open_prefers_the_lighter_load(db: Database) -> None:
             (await _conversation(s, customer.id)).assignee = ann.id
         closed = await _conversation(s, customer.id)
         closed.assignee, closed.status = ben.id, "closed"
-        decision = await router(s, NOT_A_COMPLAINT, customer, await _conversation(s, customer.id), inbound)
+        decision = await router(
+            s, NOT_A_COMPLAINT, customer, await _conversation(s, customer.id), inbound
+        )
     assert decision.assignee_id == ben.id
 
 
-async def test_a_conversation_that_turns_into_a_complaint_moves_to_the_complaints_team(db: Database) -> None:
+async def test_a_conversation_that_turns_into_a_complaint_moves_to_the_complaints_team(
+    db: Database,
+) -> None:
     router = Router(parse_config({"routing": {
         "teams": [{"name": "sales", "members": ["sam"]}, {"name": "care", "members": ["carol"]}],
         "rules": [{"complaint": True, "team": "care"}],
@@ -175,13 +208,22 @@ async def test_a_conversation_that_turns_into_a_complaint_moves_to_the_complaint
         conversation = await _conversation(s, customer.id)
         first = await router(s, NOT_A_COMPLAINT, customer, conversation, inbound)
         conversation.team, conversation.assignee = first.team, first.assignee_id
-        second = await router(s, Verdict(True, "normal", 0.8, ("delay",)), customer, conversation, inbound)
+        second = await router(
+            s, Verdict(True, "normal", 0.8, ("delay",)), customer, conversation, inbound
+        )
     assert (first.team, first.assignee_id) == ("sales", sam.id)
-    assert (second.team, second.assignee_id, second.reassign, second.new_complaint) == ("care", carol.id, True, True)
+    assert (second.team, second.assignee_id, second.reassign, second.new_complaint) == (
+        "care",
+        carol.id,
+        True,
+        True,
+    )
 
 
 def test_business_clock_adds_and_counts_open_time_only() -> None:
-    hours = BusinessHours("Europe/London", {d: "09:00-17:00" for d in ("mon", "tue", "wed", "thu", "fri")})
+    hours = BusinessHours(
+        "Europe/London", {d: "09:00-17:00" for d in ("mon", "tue", "wed", "thu", "fri")}
+    )
     friday_1600 = datetime(2027, 3, 26, 16, 0, tzinfo=UTC)  # GMT; the clocks go forward on Sunday
     monday_1100_bst = datetime(2027, 3, 29, 10, 0, tzinfo=UTC)
     assert hours.add(friday_1600, timedelta(hours=3)) == monday_1100_bst
@@ -190,7 +232,9 @@ def test_business_clock_adds_and_counts_open_time_only() -> None:
     never = BusinessHours("UTC", {"mon": "09:00-10:00"}, closed_dates=["2027-03-29"] + [
         f"{m:02d}-{d:02d}" for m in range(1, 13) for d in range(1, 29)
     ])
-    assert hours.add(friday_1600 + timedelta(hours=1, minutes=30), timedelta(0)) == datetime(2027, 3, 29, 8, 0, tzinfo=UTC)
+    assert hours.add(friday_1600 + timedelta(hours=1, minutes=30), timedelta(0)) == datetime(
+        2027, 3, 29, 8, 0, tzinfo=UTC
+    )
     assert never.add(friday_1600, timedelta(hours=1)) is None
 
 
@@ -198,4 +242,5 @@ def test_a_team_open_a_minute_a_week_gets_a_due_time_without_walking_decades() -
     hours = BusinessHours("UTC", {"sun": "00:00-00:01"})
     monday = datetime(2027, 3, 1, 12, 0, tzinfo=UTC)
     assert hours.add(monday, timedelta(minutes=2)) == datetime(2027, 3, 14, 0, 1, tzinfo=UTC)
-    assert hours.add(monday, timedelta(hours=72)) is None  # beyond the horizon: the caller's wall clock
+    # beyond the horizon: the caller's wall clock
+    assert (hours.add(monday, timedelta(hours=72)) is None)

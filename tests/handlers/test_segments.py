@@ -1,4 +1,5 @@
-"""Segments: SQL membership and the per-customer check agree; routing rules and campaigns use them."""
+"""Segments: SQL membership and the per-customer check agree; routing rules and campaigns use
+them."""
 
 from __future__ import annotations
 

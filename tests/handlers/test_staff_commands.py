@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -26,9 +26,15 @@ ids = iter(range(100, 10_000))
 def post(text: str, *, user: int = ALICE, thread: int | None = THREAD, reply_to: int | None = None,
          media: bool = False, message_id: int | None = None) -> StaffPost:
     return StaffPost(
-        chat_id=STAFF_CHAT, message_id=message_id or next(ids), user_id=user, user_name=f"user {user}",
-        text=text, thread_id=thread, reply_to_message_id=reply_to, has_media=media,
-        sent_at=datetime.now(timezone.utc),
+        chat_id=STAFF_CHAT,
+        message_id=message_id or next(ids),
+        user_id=user,
+        user_name=f"user {user}",
+        text=text,
+        thread_id=thread,
+        reply_to_message_id=reply_to,
+        has_media=media,
+        sent_at=datetime.now(UTC),
     )
 
 
@@ -73,7 +79,10 @@ async def test_the_mirror_row_names_the_topic(db: Database, world: dict[str, Any
     [row] = await rows(db, OutboxRow, OutboxRow.dedupe_key.like("mirror-%"))
     assert row.address == str(STAFF_CHAT)
     assert row.conversation_id == world["conversation_id"]
-    assert row.payload["meta"]["staff"] == {"mirror": True, "topic_name": f"#{world['conversation_id']} 张三 · telegram"}
+    assert row.payload["meta"]["staff"] == {
+        "mirror": True,
+        "topic_name": f"#{world['conversation_id']} 张三 · telegram",
+    }
     assert row.payload["text"].startswith(f"📨 #{world['conversation_id']} · 张三 · telegram\n")
     assert "请问营业时间" in row.payload["text"]
 
@@ -86,7 +95,11 @@ async def test_staff_answer_goes_to_the_customer(db: Database, world: dict[str, 
     assert (answer.author_kind, answer.author_id, answer.channel) == ("agent", "alice", "telegram")
     assert answer.meta["staff_id"] == world["alice"]
     [row] = await rows(db, OutboxRow, OutboxRow.interaction_id == answer.id)
-    assert (row.channel, row.address, row.payload["text"]) == ("telegram", "1001", "您好，包裹明天送到。")
+    assert (row.channel, row.address, row.payload["text"]) == (
+        "telegram",
+        "1001",
+        "您好，包裹明天送到。",
+    )
     assert row.payload["meta"]["in_reply_to"] == "1001:1365"
     [entry] = await rows(db, AuditEntry, AuditEntry.action == "reply")
     assert entry.actor == "alice"
@@ -100,7 +113,9 @@ async def test_a_redelivered_post_acts_once(db: Database, world: dict[str, Any])
     assert len(await rows(db, Interaction, Interaction.direction == "out")) == 1
 
 
-async def test_reply_to_a_mirrored_message_in_a_group_without_topics(db: Database, world: dict[str, Any]) -> None:
+async def test_reply_to_a_mirrored_message_in_a_group_without_topics(
+    db: Database, world: dict[str, Any]
+) -> None:
     async with db.transaction() as session:
         row = await session.scalar(select(OutboxRow).where(OutboxRow.dedupe_key.like("mirror-%")))
         assert row is not None
@@ -128,7 +143,9 @@ async def test_non_staff_reach_nobody(db: Database, world: dict[str, Any], user:
     assert conversation is not None and conversation.status == "open"
 
 
-async def test_chatter_outside_conversations_is_ignored(db: Database, world: dict[str, Any]) -> None:
+async def test_chatter_outside_conversations_is_ignored(
+    db: Database, world: dict[str, Any]
+) -> None:
     desk = StaffDesk(db, STAFF_CHAT)
     assert await desk.handle(post("lunch?", user=STRANGER, thread=None)) == "ignored"
     assert await desk.handle(post("lunch!", thread=None)) == "ignored"
@@ -142,7 +159,9 @@ async def status_of(db: Database, conversation_id: int) -> tuple[int | None, str
     return conversation.assignee, conversation.status
 
 
-async def test_claim_assign_resolve_pending_reopen_close(db: Database, world: dict[str, Any]) -> None:
+async def test_claim_assign_resolve_pending_reopen_close(
+    db: Database, world: dict[str, Any]
+) -> None:
     desk = StaffDesk(db, STAFF_CHAT)
     cid = world["conversation_id"]
     await desk.handle(post("/claim"))
@@ -172,12 +191,21 @@ async def test_claim_assign_resolve_pending_reopen_close(db: Database, world: di
         f"⏳ #{cid} pending: waiting on the customer.",
         f"🔒 #{cid} closed.",
     ]
-    actions = [(e.actor, e.action) for e in await rows(db, AuditEntry, AuditEntry.subject == f"conversation:{cid}")]
-    assert actions == [
-        ("alice", "staff.claim"), ("lena", "staff.assign"), ("bob", "conversation.resolve"),
-        ("lena", "conversation.reopen"), ("bob", "conversation.pending"), ("lena", "conversation.close"),
+    actions = [
+        (e.actor, e.action)
+        for e in await rows(db, AuditEntry, AuditEntry.subject == f"conversation:{cid}")
     ]
-    events = await rows(db, Interaction, Interaction.direction == "event", Interaction.author_kind == "agent")
+    assert actions == [
+        ("alice", "staff.claim"),
+        ("lena", "staff.assign"),
+        ("bob", "conversation.resolve"),
+        ("lena", "conversation.reopen"),
+        ("bob", "conversation.pending"),
+        ("lena", "conversation.close"),
+    ]
+    events = await rows(
+        db, Interaction, Interaction.direction == "event", Interaction.author_kind == "agent"
+    )
     assert [(e.meta["kind"], e.meta.get("to")) for e in events] == [
         ("assigned", None), ("assigned", None), ("status", "resolved"), ("status", "open"),
         ("status", "pending"), ("status", "closed"),
@@ -230,7 +258,9 @@ async def test_agents_are_refused_lead_commands(
     assert await rows(db, Interaction, Interaction.direction == "event") == []
 
 
-async def test_a_lead_may_claim_a_colleagues_conversation(db: Database, world: dict[str, Any]) -> None:
+async def test_a_lead_may_claim_a_colleagues_conversation(
+    db: Database, world: dict[str, Any]
+) -> None:
     cid = world["conversation_id"]
     async with db.transaction() as session:
         conversation = await session.get(Conversation, cid)
@@ -250,7 +280,9 @@ async def test_note_is_logged_and_never_sent(db: Database, world: dict[str, Any]
     [note] = await rows(db, Interaction, Interaction.direction == "note")
     assert (note.text, note.author_id) == ("客户打了两次电话\nsecond line", "alice")
     assert await rows(db, OutboxRow, OutboxRow.address == "1001") == []
-    assert [e.action for e in await rows(db, AuditEntry, AuditEntry.action == "staff.note")] == ["staff.note"]
+    assert [e.action for e in await rows(db, AuditEntry, AuditEntry.action == "staff.note")] == [
+        "staff.note"
+    ]
 
 
 async def test_history_whois_vip_tag(db: Database, world: dict[str, Any]) -> None:
@@ -277,14 +309,23 @@ async def test_history_whois_vip_tag(db: Database, world: dict[str, Any]) -> Non
         customer = await session.get(Customer, world["customer_id"])
     assert customer is not None and customer.vip and customer.tags == ["批发"]
     async with db.sessions() as session:
-        n = await session.scalar(select(func.count()).select_from(AuditEntry).where(AuditEntry.actor.in_(["alice", "lena"])))
-    assert n == 5  # note, history, vip, tag, whois; a repeated tag, bad usage and unknown commands change nothing
+        n = await session.scalar(
+            select(func.count())
+            .select_from(AuditEntry)
+            .where(AuditEntry.actor.in_(["alice", "lena"]))
+        )
+    # note, history, vip, tag, whois; a repeated tag, bad usage and unknown commands change nothing
+    assert n == 5
 
 
-async def test_commands_outside_a_conversation_explain_themselves(db: Database, world: dict[str, Any]) -> None:
+async def test_commands_outside_a_conversation_explain_themselves(
+    db: Database, world: dict[str, Any]
+) -> None:
     desk = StaffDesk(db, STAFF_CHAT)
     await desk.handle(post("/resolve", thread=None))
-    assert await notices(db) == ["/resolve works inside a conversation's topic, or as a reply to its message."]
+    assert await notices(db) == [
+        "/resolve works inside a conversation's topic, or as a reply to its message."
+    ]
 
 
 async def test_media_without_text_is_not_sent(db: Database, world: dict[str, Any]) -> None:

@@ -64,7 +64,9 @@ async def resolved(db: Database, *, language: str = "en") -> tuple[int, int, Act
     await pipeline.close()
     assert receipt.conversation_id is not None
     async with db.transaction() as s:
-        change = await lifecycle.resolve(s, receipt.conversation_id, amy, CFG, now=T0 + timedelta(hours=1))
+        change = await lifecycle.resolve(
+            s, receipt.conversation_id, amy, CFG, now=T0 + timedelta(hours=1)
+        )
     assert change.survey_id is not None
     return receipt.conversation_id, change.survey_id, amy
 
@@ -90,25 +92,37 @@ async def test_digit_reply_answers_without_reopening(db: Database) -> None:
         answer = await s.get(Survey, sid)
         conversation = await s.get(Conversation, cid)
         row = await s.scalar(select(Interaction).where(Interaction.external_id == "shop:2"))
-    assert answer is not None and (answer.score, answer.comment, answer.answer_channel) == (5, None, "webhook")
+    assert answer is not None and (answer.score, answer.comment, answer.answer_channel) == (
+        5,
+        None,
+        "webhook",
+    )
     assert row is not None and row.direction == "event" and row.meta["survey"]["score"] == 5
     assert conversation is not None and conversation.status == "open"  # reopened by "1", not by "5"
 
 
-async def test_a_message_starting_with_a_digit_reopens_is_classified_and_reaches_staff(db: Database) -> None:
+async def test_a_message_starting_with_a_digit_reopens_is_classified_and_reaches_staff(
+    db: Database,
+) -> None:
     cid, sid, _ = await resolved(db, language="zh")
     pipeline, _ = care_pipeline(db, CFG)
     pipeline.observers.insert(0, staff_group.mirror_observer(STAFF_CHAT))
-    receipt = await pipeline.receive(message(2, "1 个包裹丢了，我要投诉，退款！", T0 + timedelta(hours=2)))
+    receipt = await pipeline.receive(
+        message(2, "1 个包裹丢了，我要投诉，退款！", T0 + timedelta(hours=2))
+    )
     await pipeline.close()
     assert receipt.conversation_id == cid
     async with db.sessions() as s:
         answer = await s.get(Survey, sid)
         conversation = await s.get(Conversation, cid)
         row = await s.scalar(select(Interaction).where(Interaction.external_id == "shop:2"))
-        staff_rows = (await s.scalars(
-            select(OutboxRow).where(OutboxRow.channel == "telegram", OutboxRow.conversation_id == cid)
-        )).all()
+        staff_rows = (
+            await s.scalars(
+                select(OutboxRow).where(
+                    OutboxRow.channel == "telegram", OutboxRow.conversation_id == cid
+                )
+            )
+        ).all()
     assert answer is not None and answer.score is None and answer.answered_at is None
     assert conversation is not None and conversation.status == "open" and conversation.is_complaint
     assert row is not None and row.direction == "in" and "complaint" in row.meta
@@ -119,16 +133,28 @@ async def test_one_answer_per_survey_and_none_after_expiry(db: Database) -> None
     cid, sid, _ = await resolved(db)
     async with db.transaction() as s:
         with pytest.raises(SurveyError, match="is closed"):
-            await survey.record_answer(s, survey_id=sid, score=3, channel="telegram", now=T0 + timedelta(hours=1, minutes=5))
+            await survey.record_answer(
+                s,
+                survey_id=sid,
+                score=3,
+                channel="telegram",
+                now=T0 + timedelta(hours=1, minutes=5),
+            )
     async with db.transaction() as s:
-        await survey.record_answer(s, conversation_id=cid, score=3, channel="telegram", now=T0 + timedelta(hours=2))
+        await survey.record_answer(
+            s, conversation_id=cid, score=3, channel="telegram", now=T0 + timedelta(hours=2)
+        )
     async with db.transaction() as s:
         with pytest.raises(SurveyError, match="answered already"):
-            await survey.record_answer(s, survey_id=sid, score=4, channel="telegram", now=T0 + timedelta(hours=3))
+            await survey.record_answer(
+                s, survey_id=sid, score=4, channel="telegram", now=T0 + timedelta(hours=3)
+            )
         with pytest.raises(SurveyError, match="score has value 9"):
             await survey.record_answer(s, survey_id=sid, score=9, channel="telegram")
         with pytest.raises(SurveyError, match="belongs to another customer"):
-            await survey.record_answer(s, survey_id=sid, score=4, channel="telegram", customer_id=999)
+            await survey.record_answer(
+                s, survey_id=sid, score=4, channel="telegram", customer_id=999
+            )
 
 
 async def test_one_survey_per_resolution(db: Database) -> None:
@@ -136,7 +162,8 @@ async def test_one_survey_per_resolution(db: Database) -> None:
     async with db.transaction() as s:
         conversation = await s.get(Conversation, cid)
         assert conversation is not None
-        assert await survey.ask(s, conversation, CFG, now=T0 + timedelta(hours=2)) is None  # same resolution
+        # same resolution
+        assert (await survey.ask(s, conversation, CFG, now=T0 + timedelta(hours=2)) is None)
         conversation.status = "open"
     async with db.transaction() as s:
         change = await lifecycle.resolve(s, cid, amy, CFG, now=T0 + timedelta(hours=3))
@@ -146,8 +173,14 @@ async def test_one_survey_per_resolution(db: Database) -> None:
 async def test_forget_erases_comments_and_stops_surveys(db: Database) -> None:
     cid, sid, amy = await resolved(db)
     async with db.transaction() as s:
-        await survey.record_answer(s, survey_id=sid, score=2, comment="rude agent", channel="webhook",
-                                   now=T0 + timedelta(hours=2))
+        await survey.record_answer(
+            s,
+            survey_id=sid,
+            score=2,
+            comment="rude agent",
+            channel="webhook",
+            now=T0 + timedelta(hours=2),
+        )
         conversation = await s.get(Conversation, cid)
         assert conversation is not None
         conversation.status = "open"

@@ -1,4 +1,5 @@
-"""A Telegram Bot API stand-in over HTTP (aiohttp), for python-telegram-bot pointed at it by base_url.
+"""A Telegram Bot API stand-in over HTTP (aiohttp), for python-telegram-bot pointed at it by
+base_url.
 
 Requests arrive as POST /bot<TOKEN>/<method> with form-encoded bodies (non-string values
 JSON-encoded). Answers are real Bot API shapes: {"ok": true, "result": ...} or {"ok": false,
@@ -13,6 +14,7 @@ getUpdates that arrives while another is still open (two pollers for one bot), a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import itertools
 import json
@@ -106,7 +108,9 @@ class BotApiServer:
         self.conflicts = 0  # getUpdates refused with 409 because another one was open
         self._polling = 0
         self.webhook: dict[str, Any] | None = None
-        self.allowed_updates: list[str] = []  # as Telegram: kept from the last getUpdates that set it
+        self.allowed_updates: list[
+            str
+        ] = []  # as Telegram: kept from the last getUpdates that set it
         self.open_queries: set[str] = set()  # callback queries pushed and not answered yet
         self.callback_answers: list[dict[str, Any]] = []
         self.edits: list[dict[str, Any]] = []
@@ -162,7 +166,9 @@ class BotApiServer:
         deadline = time.monotonic() + timeout
         while not predicate(self):
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what or predicate}; sent={self.sent!r}")
+                raise AssertionError(
+                    f"timed out waiting for {what or predicate}; sent={self.sent!r}"
+                )
             await asyncio.sleep(0.02)
 
     # --- the HTTP side ------------------------------------------------------------------------
@@ -240,17 +246,18 @@ class BotApiServer:
         deadline = time.monotonic() + float(data.get("timeout") or 0)
         limit = int(data.get("limit") or self.updates_per_poll)
         while True:
-            ready = [u for u in self.updates if u["update_id"] >= self.confirmed and self._allowed(u)][:limit]
+            ready = [
+                u for u in self.updates if u["update_id"] >= self.confirmed and self._allowed(u)
+            ][:limit]
             if ready or time.monotonic() >= deadline:
                 return ready
             self._arrived.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), deadline - time.monotonic())
-            except TimeoutError:
-                pass
 
     def _allowed(self, update: dict[str, Any]) -> bool:
-        """Telegram withholds update types the bot did not ask for (an empty list: the usual ones)."""
+        """Telegram withholds update types the bot did not ask for (an empty list: the usual
+        ones)."""
         kind = next(k for k in update if k != "update_id")
         return not self.allowed_updates or kind in self.allowed_updates
 
@@ -276,15 +283,30 @@ class BotApiServer:
         return self._send("sendphoto", data, {"photo": [photo], **_caption(data)})
 
     async def _m_senddocument(self, data: dict[str, Any]) -> Any:
-        return self._send("senddocument", data,
-                          {"document": {"file_id": data["document"], "file_unique_id": "d"}, **_caption(data)})
+        return self._send(
+            "senddocument",
+            data,
+            {"document": {"file_id": data["document"], "file_unique_id": "d"}, **_caption(data)},
+        )
 
     async def _m_sendvoice(self, data: dict[str, Any]) -> Any:
-        return self._send("sendvoice", data,
-                          {"voice": {"file_id": data["voice"], "file_unique_id": "v", "duration": 1}, **_caption(data)})
+        return self._send(
+            "sendvoice",
+            data,
+            {
+                "voice": {"file_id": data["voice"], "file_unique_id": "v", "duration": 1},
+                **_caption(data),
+            },
+        )
 
     async def _m_sendvideo(self, data: dict[str, Any]) -> Any:
-        video = {"file_id": data["video"], "file_unique_id": "w", "width": 1, "height": 1, "duration": 1}
+        video = {
+            "file_id": data["video"],
+            "file_unique_id": "w",
+            "width": 1,
+            "height": 1,
+            "duration": 1,
+        }
         return self._send("sendvideo", data, {"video": video, **_caption(data)})
 
     async def _m_answercallbackquery(self, data: dict[str, Any]) -> Any:
@@ -298,17 +320,29 @@ class BotApiServer:
     async def _m_editmessagereplymarkup(self, data: dict[str, Any]) -> Any:
         chat_id, message_id = int(data["chat_id"]), int(data["message_id"])
         self._check_send("editmessagereplymarkup", chat_id)
-        sent = next((s for s in self.sent if (s.chat_id, s.message_id) == (chat_id, message_id)), None)
+        sent = next(
+            (s for s in self.sent if (s.chat_id, s.message_id) == (chat_id, message_id)), None
+        )
         if sent is None:
             raise _ApiError(_error(400, "Bad Request: message to edit not found"))
         markup = data.get("reply_markup")
         if markup == sent.data.get("reply_markup"):
-            raise _ApiError(_error(400, "Bad Request: message is not modified: specified new message "
-                                        "content and reply markup are exactly the same"))
+            raise _ApiError(
+                _error(
+                    400,
+                    "Bad Request: message is not modified: specified new message "
+                    "content and reply markup are exactly the same",
+                )
+            )
         sent.data["reply_markup"] = markup
         self.edits.append(data)
-        message: dict[str, Any] = {"message_id": message_id, "from": BOT_USER, "date": int(time.time()),
-                                   "chat": self._chat(chat_id), "text": sent.text or ""}
+        message: dict[str, Any] = {
+            "message_id": message_id,
+            "from": BOT_USER,
+            "date": int(time.time()),
+            "chat": self._chat(chat_id),
+            "text": sent.text or "",
+        }
         if markup:
             message["reply_markup"] = markup
         return message
@@ -362,8 +396,13 @@ class BotApiServer:
         self.sent.append(sent)
         if self.on_send is not None:
             self.on_send(sent)
-        message: dict[str, Any] = {"message_id": message_id, "from": BOT_USER, "date": int(time.time()),
-                                   "chat": self._chat(chat_id), **content}
+        message: dict[str, Any] = {
+            "message_id": message_id,
+            "from": BOT_USER,
+            "date": int(time.time()),
+            "chat": self._chat(chat_id),
+            **content,
+        }
         if thread is not None:
             message.update(message_thread_id=int(thread), is_topic_message=True)
         return message

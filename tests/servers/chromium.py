@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import os
@@ -97,10 +98,8 @@ class Chromium:
     async def __aexit__(self, *exc: object) -> None:
         await self.http.close()
         if self.proc is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.proc.wait(timeout=10)
         shutil.rmtree(self.profile, ignore_errors=True)
 

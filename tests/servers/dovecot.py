@@ -6,6 +6,7 @@ for its own mailbox with new_user(), so tests never see each other's mail.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -34,7 +35,9 @@ def _wait_port(port: int, timeout: float = 10.0) -> None:
 
 class DovecotServer:
     def __init__(self, *, idle: bool = True) -> None:
-        binary = shutil.which("dovecot") or ("/usr/sbin/dovecot" if Path("/usr/sbin/dovecot").exists() else None)
+        binary = shutil.which("dovecot") or (
+            "/usr/sbin/dovecot" if Path("/usr/sbin/dovecot").exists() else None
+        )
         if binary is None:
             raise RuntimeError(
                 "Dovecot is not installed: apt-get install dovecot-core dovecot-imapd"
@@ -89,7 +92,8 @@ class DovecotServer:
             f"userdb {{\n  driver = passwd-file\n  args = {self.users}\n}}",
             "service imap-login {",
             f"  inet_listener imap {{\n    address = 127.0.0.1\n    port = {self.port}\n  }}",
-            f"  inet_listener imaps {{\n    address = 127.0.0.1\n    port = {self.tls_port}\n    ssl = yes\n  }}",
+            "  inet_listener imaps "
+            f"{{\n    address = 127.0.0.1\n    port = {self.tls_port}\n    ssl = yes\n  }}",
             "" if self.root else "  chroot =",
             "}",
         ]
@@ -102,10 +106,12 @@ class DovecotServer:
             ]
         if not self.idle:
             # A server without IDLE (RFC 2177): kefu must fall back to polling.
-            lines.append("imap_capability = IMAP4rev1 LITERAL+ SASL-IR LOGIN-REFERRALS ID ENABLE "
-                         "SORT SORT=DISPLAY THREAD=REFERENCES MULTIAPPEND UNSELECT CHILDREN NAMESPACE "
-                         "UIDPLUS LIST-EXTENDED I18NLEVEL=1 CONDSTORE QRESYNC ESEARCH ESORT SEARCHRES "
-                         "WITHIN CONTEXT=SEARCH LIST-STATUS BINARY MOVE")
+            lines.append(
+                "imap_capability = IMAP4rev1 LITERAL+ SASL-IR LOGIN-REFERRALS ID ENABLE "
+                "SORT SORT=DISPLAY THREAD=REFERENCES MULTIAPPEND UNSELECT CHILDREN NAMESPACE "
+                "UIDPLUS LIST-EXTENDED I18NLEVEL=1 CONDSTORE QRESYNC ESEARCH ESORT SEARCHRES "
+                "WITHIN CONTEXT=SEARCH LIST-STATUS BINARY MOVE"
+            )
         path = self.tmp / "dovecot.conf"
         path.write_text("\n".join(lines) + "\n")
         return path
@@ -127,21 +133,22 @@ class DovecotServer:
         except RuntimeError:
             self.stop(cleanup=False)
             log = self.tmp / "dovecot.log"
-            raise RuntimeError(log.read_text() if log.exists() else "dovecot failed to start") from None
+            raise RuntimeError(
+                log.read_text() if log.exists() else "dovecot failed to start"
+            ) from None
 
     def stop(self, *, cleanup: bool = True) -> None:
         if self._proc is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self._proc.wait(timeout=10)
             self._proc = None
         if cleanup:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     def restart(self) -> None:
-        """Kills the server (every client connection drops) and starts it again on the same ports."""
+        """Kills the server (every client connection drops) and starts it again on the same
+        ports."""
         self.stop(cleanup=False)
         # Kill leaves its pid file and sockets behind; a fresh start wants them gone.
         shutil.rmtree(self.tmp / "run", ignore_errors=True)

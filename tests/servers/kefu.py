@@ -22,7 +22,11 @@ def base_config(db_url: str, **sections: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
         "storage": {"url": db_url},
         "http": {"host": "127.0.0.1", "port": free_port()},
-        "outbox": {"base_delay_seconds": 0.05, "max_delay_seconds": 0.5, "poll_interval_seconds": 0.05},
+        "outbox": {
+            "base_delay_seconds": 0.05,
+            "max_delay_seconds": 0.5,
+            "poll_interval_seconds": 0.05,
+        },
     }
     for name, value in sections.items():
         config[name] = value
@@ -58,7 +62,9 @@ def url(kefu: Kefu, path: str) -> str:
 
 
 def signed(secret: str, payload: Any, *, ts: int | None = None) -> tuple[bytes, dict[str, str]]:
-    body = payload if isinstance(payload, bytes) else json.dumps(payload, ensure_ascii=False).encode()
+    body = (
+        payload if isinstance(payload, bytes) else json.dumps(payload, ensure_ascii=False).encode()
+    )
     stamp = str(int(time.time()) if ts is None else ts)
     return body, {
         "Content-Type": "application/json",

@@ -13,7 +13,9 @@ import httpx
 
 
 class KefuProcess:
-    def __init__(self, workdir: Path, port: int, env: dict[str, str], config: str = "config.toml") -> None:
+    def __init__(
+        self, workdir: Path, port: int, env: dict[str, str], config: str = "config.toml"
+    ) -> None:
         self.workdir = workdir
         self.port = port
         self.env = env
@@ -36,7 +38,9 @@ class KefuProcess:
             for _ in range(int(timeout / 0.05)):
                 assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
                 try:
-                    if (await client.get(f"http://127.0.0.1:{self.port}/healthz")).status_code == 200:
+                    if (
+                        await client.get(f"http://127.0.0.1:{self.port}/healthz")
+                    ).status_code == 200:
                         return
                 except httpx.TransportError:
                     pass

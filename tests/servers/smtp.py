@@ -108,7 +108,9 @@ class SmtpServer:
             ssl_context=self.context if self.tls == "tls" else None,
         )
 
-    def _authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
+    def _authenticate(
+        self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+    ) -> AuthResult:
         if isinstance(auth_data, LoginPassword):
             self.handler.logins.append((auth_data.login.decode(), auth_data.password.decode()))
         return AuthResult(success=self.auth == "any", handled=False)

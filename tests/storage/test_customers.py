@@ -12,7 +12,15 @@ from bot.pipeline import Pipeline
 from handlers.agents import answer
 from storage import customers
 from storage.db import Database
-from storage.models import CampaignDelivery, Conversation, Customer, Identity, Interaction, OutboxRow, Survey
+from storage.models import (
+    CampaignDelivery,
+    Conversation,
+    Customer,
+    Identity,
+    Interaction,
+    OutboxRow,
+    Survey,
+)
 
 
 async def seed(db: Database, *messages: tuple[str, str, str]) -> None:
@@ -66,7 +74,11 @@ async def test_merge_moves_everything_and_never_widens_consent(db: Database) -> 
 
 
 async def test_forget_erases_personal_data_and_keeps_counts(db: Database) -> None:
-    await seed(db, ("m1", "email/amy@example.com", "my card ends 4242"), ("m2", "email/bob@example.com", "hi"))
+    await seed(
+        db,
+        ("m1", "email/amy@example.com", "my card ends 4242"),
+        ("m2", "email/bob@example.com", "hi"),
+    )
     async with db.transaction() as s:
         await answer(s, 1, "Thanks Amy, refund on its way", agent="alice")
     async with db.transaction() as s:

@@ -30,7 +30,10 @@ def write_lock(path: Path) -> Iterator[None]:
     """Another process's writer, mid-transaction."""
     other = sqlite3.connect(path, isolation_level=None, timeout=0)
     other.execute("BEGIN IMMEDIATE")
-    other.execute("INSERT INTO customers (tags, vip, marketing_consent, created_at) VALUES ('[]', 0, 0, '2027-01-01')")
+    other.execute(
+        "INSERT INTO customers (tags, vip, marketing_consent, created_at) VALUES ('[]', 0, 0, "
+        "'2027-01-01')"
+    )
     try:
         yield
     finally:
@@ -52,7 +55,9 @@ async def test_a_read_only_session_does_not_wait_for_the_write_lock(tmp_path: Pa
     try:
         with write_lock(tmp_path / "kefu.db"):
             async with db.sessions() as s:
-                count = await asyncio.wait_for(s.scalar(select(func.count()).select_from(Customer)), 5)
+                count = await asyncio.wait_for(
+                    s.scalar(select(func.count()).select_from(Customer)), 5
+                )
         assert count == 1  # the other writer's row is not committed, so not seen
     finally:
         await db.dispose()
@@ -72,15 +77,19 @@ async def test_read_only_statements_run_off_the_event_loop(tmp_path: Path) -> No
         loop_thread = threading.get_ident()
         async with db.sessions() as s:
             reader_thread = await s.scalar(text("SELECT kefu_thread()"))
-        assert reader_thread != loop_thread  # a long scan (the greetings planner) cannot stall the loop
+        # a long scan (the greetings planner) cannot stall the loop
+        assert reader_thread != loop_thread
     finally:
         await db.dispose()
 
 
-async def test_healthz_and_metrics_answer_while_another_connection_holds_the_write_lock(tmp_path: Path) -> None:
+async def test_healthz_and_metrics_answer_while_another_connection_holds_the_write_lock(
+    tmp_path: Path,
+) -> None:
     config = base_config(f"sqlite+aiosqlite:///{tmp_path}/kefu.db")
     async with running_kefu(config, {}) as kefu, httpx.AsyncClient(timeout=10) as client:
-        assert (await client.get(url(kefu, "/healthz"))).status_code == 200  # warm: connections open
+        # warm: connections open
+        assert (await client.get(url(kefu, "/healthz"))).status_code == 200
         with write_lock(tmp_path / "kefu.db"):
             for path in ("/healthz", "/metrics", "/healthz"):
                 started = time.perf_counter()
@@ -92,17 +101,27 @@ async def test_healthz_and_metrics_answer_while_another_connection_holds_the_wri
                 assert elapsed < 0.1, f"{path} took {elapsed * 1000:.0f} ms behind a writer"
 
 
-def test_read_only_commands_run_while_another_connection_holds_the_write_lock(tmp_path: Path) -> None:
+def test_read_only_commands_run_while_another_connection_holds_the_write_lock(
+    tmp_path: Path,
+) -> None:
     asyncio.run(seeded(tmp_path)).engine  # noqa: B018 - seeded and migrated
     config = tmp_path / "config.toml"
     config.write_text(f'[storage]\nurl = "sqlite+aiosqlite:///{tmp_path}/kefu.db"\n')
     with write_lock(tmp_path / "kefu.db"):
         # (`kefu report` is not among them: reading a report is itself an audited action.)
-        for args in (("log", "export"), ("conversations", "list"), ("customers", "show", "1"), ("staff", "list"),
-                     ("audit",), ("db", "upgrade")):
+        for args in (
+            ("log", "export"),
+            ("conversations", "list"),
+            ("customers", "show", "1"),
+            ("staff", "list"),
+            ("audit",),
+            ("db", "upgrade"),
+        ):
             result: list[Any] = []
             worker = threading.Thread(
-                target=lambda a=args: result.append(CliRunner().invoke(app, [*a, "--config", str(config)])),
+                target=lambda a=args, result=result: result.append(
+                    CliRunner().invoke(app, [*a, "--config", str(config)])
+                ),
                 daemon=True,
             )
             worker.start()

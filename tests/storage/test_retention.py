@@ -19,8 +19,14 @@ NOW = datetime(2027, 6, 1, tzinfo=UTC)
 def row(n: int, status: str, age_days: float) -> OutboxRow:
     at = NOW - timedelta(days=age_days)
     return OutboxRow(
-        channel="webhook", address="shop:u1", payload={"text": f"m{n}"}, dedupe_key=f"k{n}", status=status,
-        next_attempt_at=at, created_at=at, sent_at=at if status == "sent" else None,
+        channel="webhook",
+        address="shop:u1",
+        payload={"text": f"m{n}"},
+        dedupe_key=f"k{n}",
+        status=status,
+        next_attempt_at=at,
+        created_at=at,
+        sent_at=at if status == "sent" else None,
     )
 
 
@@ -31,13 +37,38 @@ async def test_old_sent_rows_go_the_rest_stays(db: Database) -> None:
         await s.flush()
         conversation = Conversation(customer_id=customer.id)
         s.add(conversation)
-        rows = [row(1, "sent", 100), row(2, "sent", 91), row(3, "sent", 89), row(4, "pending", 200),
-                row(5, "dead", 200), row(6, "failed", 200), *(row(10 + n, "sent", 120) for n in range(25))]
+        rows = [
+            row(1, "sent", 100),
+            row(2, "sent", 91),
+            row(3, "sent", 89),
+            row(4, "pending", 200),
+            row(5, "dead", 200),
+            row(6, "failed", 200),
+            *(row(10 + n, "sent", 120) for n in range(25)),
+        ]
         s.add_all(rows)
         await s.flush()
-        s.add(CampaignDelivery(campaign="birthday", occasion="2027", customer_id=customer.id, outbox_id=rows[0].id))
-        s.add(Acknowledgement(conversation_id=conversation.id, channel="webhook", address="shop:u1", at=NOW - timedelta(days=100)))
-        s.add(Acknowledgement(conversation_id=conversation.id, channel="webhook", address="shop:u1", at=NOW - timedelta(hours=1)))
+        s.add(
+            CampaignDelivery(
+                campaign="birthday", occasion="2027", customer_id=customer.id, outbox_id=rows[0].id
+            )
+        )
+        s.add(
+            Acknowledgement(
+                conversation_id=conversation.id,
+                channel="webhook",
+                address="shop:u1",
+                at=NOW - timedelta(days=100),
+            )
+        )
+        s.add(
+            Acknowledgement(
+                conversation_id=conversation.id,
+                channel="webhook",
+                address="shop:u1",
+                at=NOW - timedelta(hours=1),
+            )
+        )
     deleted = await retention.prune(db, NOW, keep=timedelta(days=90), batch=10)
     assert deleted == 27
     async with db.sessions() as s:

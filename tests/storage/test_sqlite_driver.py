@@ -14,10 +14,13 @@ from storage.db import Database
 from storage.models import Customer
 
 
-async def test_a_transaction_waiting_for_the_write_lock_leaves_the_loop_running(tmp_path: Path) -> None:
+async def test_a_transaction_waiting_for_the_write_lock_leaves_the_loop_running(
+    tmp_path: Path,
+) -> None:
     db = Database(f"sqlite+aiosqlite:///{tmp_path}/kefu.db")
     await db.upgrade()
-    other = sqlite3.connect(tmp_path / "kefu.db", isolation_level=None)  # another process, say `kefu reply`
+    # another process, say `kefu reply`
+    other = sqlite3.connect(tmp_path / "kefu.db", isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
 
     async def write() -> None:
@@ -51,7 +54,9 @@ async def test_statements_inside_a_transaction_run_on_the_loop_thread(tmp_path: 
     async with db.transaction() as session:
         conn = await session.connection()
         raw = (await conn.get_raw_connection()).driver_connection
-        raw._conn.create_function("whose_thread", 0, lambda: threads.append(threading.get_ident()) or 1)
+        raw._conn.create_function(
+            "whose_thread", 0, lambda: threads.append(threading.get_ident()) or 1
+        )
         await session.execute(text("SELECT whose_thread()"))
     assert threads == [threading.get_ident()]
 
