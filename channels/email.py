@@ -13,9 +13,14 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import logging.handlers
+import multiprocessing
+import os
+import pickle
 import re
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -57,6 +62,11 @@ SaveState = Callable[[str, dict[str, Any]], Awaitable[None]]
 T = TypeVar("T")
 
 FETCH_CHUNK = 200
+# Mail above this size is parsed in a worker process: compat32 parsing and HTML conversion hold
+# the GIL, so a thread stalled the loop for 0.2-1.5 s on a 5 MB mail. Smaller mail stays in a
+# thread (pickling it to a process costs more than parsing it).
+PROCESS_PARSE_BYTES = 256 * 1024
+PARSE_WORKERS = 2
 STUCK_PASSES = 3
 MAX_TEXT = 64 * 1024  # characters of a mail's text in the log, as a webhook's 64 KiB body
 MIN_BACKOFF = 0.2
@@ -232,6 +242,35 @@ def to_inbound(
         }
         return replace(inbound, meta=meta)
     return inbound
+
+
+class _Captured(logging.Handler):
+    """Keeps a worker's log records so that the channel's process logs them where kefu logs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # QueueHandler.prepare: the message formatted and the traceback as text, so it pickles
+        self.records.append(logging.handlers.QueueHandler(None).prepare(record))  # type: ignore[arg-type]
+
+
+def _worker_init(level: int) -> None:
+    logging.getLogger().setLevel(level)
+
+
+def to_inbound_in_process(
+    raw: bytes, store: MailStore, kwargs: dict[str, Any]
+) -> tuple[Inbound, list[logging.LogRecord]]:
+    """to_inbound in a parse worker process; returns its log records with it."""
+    captured = _Captured()
+    root = logging.getLogger()
+    root.addHandler(captured)
+    try:
+        return to_inbound(raw, store, **kwargs), captured.records
+    finally:
+        root.removeHandler(captured)
 
 
 def _as_history(inbound: Inbound, arrived: datetime | None) -> Inbound:
@@ -490,7 +529,7 @@ class ImapReader:
     def __init__(
         self,
         settings: ImapSettings,
-        convert: Callable[[Fetched], Inbound],
+        convert: Callable[[list[Fetched]], Awaitable[list[Inbound]]],
         load: LoadState,
         save: SaveState,
     ) -> None:
@@ -642,9 +681,7 @@ class ImapReader:
 
     async def _batch(self, client: _Client, uids: list[int], sink: Sink) -> int:
         messages = await self._fetch(client, uids)
-        # MIME parsing and disk writes in a thread: one large mail must not stall the loop
-        # (webhooks, Telegram and the outbox share it).
-        inbounds = await asyncio.to_thread(lambda: [self.convert(m) for m in messages])
+        inbounds = await self.convert(messages)
         results = await asyncio.gather(*(sink(i) for i in inbounds), return_exceptions=True)
         outcome: dict[int, BaseException | None] = {}
         for message, inbound, result in zip(messages, inbounds, results, strict=True):
@@ -879,19 +916,77 @@ class EmailChannel:
         self.store = store
         self.composer = composer
         self.clock = clock
-        self.reader = ImapReader(imap, self._convert, load_state, save_state)
+        self.reader = ImapReader(imap, self._convert_all, load_state, save_state)
         self._task: asyncio.Task[None] | None = None
         self._config_error_logged = False
+        self._pool: ProcessPoolExecutor | None = None
 
-    def _convert(self, fetched: Fetched, *, history: bool = False) -> Inbound:
-        return to_inbound(
-            fetched.raw, self.store, own_address=self.address, uid=fetched.uid, now=self.clock(),
-            arrived=fetched.arrived, max_age=self.reader.s.acknowledge_max_age, history=history,
+    def _kwargs(self, fetched: Fetched, history: bool) -> dict[str, Any]:
+        return dict(
+            own_address=self.address, uid=fetched.uid, now=self.clock(), arrived=fetched.arrived,
+            max_age=self.reader.s.acknowledge_max_age, history=history,
             auth=None if history else self.auth,
         )
 
-    def _convert_history(self, batch: list[Fetched]) -> list[Inbound]:
-        return [self._convert(m, history=True) for m in batch]
+    def _convert(self, fetched: Fetched, *, history: bool = False) -> Inbound:
+        return to_inbound(fetched.raw, self.store, **self._kwargs(fetched, history))
+
+    async def _convert_all(
+        self, messages: list[Fetched], *, history: bool = False
+    ) -> list[Inbound]:
+        """MIME parsing and disk writes off the event loop (webhooks, Telegram and the outbox
+        share it): large mail in the worker processes, the rest in one thread."""
+        pool = self._pool
+        loop = asyncio.get_running_loop()
+        large = {
+            i: loop.run_in_executor(
+                pool, to_inbound_in_process, m.raw, self.store, self._kwargs(m, history)
+            )
+            for i, m in enumerate(messages)
+            if pool is not None and len(m.raw) > PROCESS_PARSE_BYTES
+        }
+        small = [m for i, m in enumerate(messages) if i not in large]
+        thread = asyncio.ensure_future(
+            asyncio.to_thread(lambda: [self._convert(m, history=history) for m in small])
+        )
+        for result in await asyncio.gather(thread, *large.values(), return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
+        converted = iter(thread.result())
+        processed = {i: future.result() for i, future in large.items()}
+        inbounds: list[Inbound] = []
+        for i in range(len(messages)):
+            if i not in processed:
+                inbounds.append(next(converted))
+                continue
+            inbound, records = processed[i]
+            for record in records:
+                logging.getLogger(record.name).handle(record)
+            inbounds.append(inbound)
+        return inbounds
+
+    def _start_pool(self) -> None:
+        try:
+            pickle.dumps(self.auth)
+        except Exception:  # noqa: BLE001 - an injected DNS resolver: parse in the thread
+            log.info("email.parse.no_pool reason=auth settings cannot go to a worker process")
+            return
+        # forkserver: forking kefu's process (event loop, database threads) is unsafe
+        self._pool = ProcessPoolExecutor(
+            PARSE_WORKERS, mp_context=multiprocessing.get_context("forkserver"),
+            initializer=_worker_init, initargs=(logging.getLogger().getEffectiveLevel(),),
+        )
+
+    @staticmethod
+    def _warm(pool: ProcessPoolExecutor) -> None:
+        # Starting a worker waits on the fork server: done here, not on the loop at the first mail.
+        for future in [pool.submit(os.getpid) for _ in range(PARSE_WORKERS)]:
+            future.result()
+
+    async def _stop_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
 
     async def backfill(
         self, since: date, sink: Callable[[Inbound], Awaitable[Receipt]]
@@ -915,7 +1010,7 @@ class EmailChannel:
             uids = sorted(u for u in _search_uids(response) if u <= upto)
             for start in range(0, len(uids), FETCH_CHUNK):
                 messages = await reader._fetch(client, uids[start : start + FETCH_CHUNK])
-                inbounds = await asyncio.to_thread(self._convert_history, messages)
+                inbounds = await self._convert_all(messages, history=True)
                 for receipt in await asyncio.gather(*(sink(i) for i in inbounds)):
                     if receipt.status == "duplicate":
                         found.already += 1
@@ -926,6 +1021,7 @@ class EmailChannel:
         return found
 
     async def start(self, sink: Sink) -> None:
+        self._start_pool()
         self._task = asyncio.create_task(self._run(sink), name="kefu-email-imap")
 
     async def stop(self) -> None:
@@ -935,9 +1031,12 @@ class EmailChannel:
                 await self._task
             self._task = None
         await self.reader.close()
+        await self._stop_pool()
 
     async def _run(self, sink: Sink) -> None:
         delay = MIN_BACKOFF
+        if self._pool is not None:
+            await asyncio.to_thread(self._warm, self._pool)
 
         def progressed() -> None:
             nonlocal delay

@@ -383,3 +383,28 @@ async def test_a_mail_that_never_commits_does_not_hold_the_folder_up(
         f"msg-{n}-ann@example.com" for n in (1, 3, 4)
     ]
     assert set(flags.values()) == {"\\Seen"}
+
+
+async def test_large_mail_is_parsed_in_another_process(
+    mailbox: Mailbox, tmp_path: Path, db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Parsing holds the GIL, so a thread stalls the event loop on a large mail (figures:
+    bench/email_loop_stall.py). The malformed-mail warning is logged where the parse ran: in a
+    worker process, and forwarded to kefu's log. Stopping kefu ends the workers."""
+    from channels.email import PROCESS_PARSE_BYTES, EmailChannel
+
+    large = b"\x00\xff garbage\r\n" + b"x" * (PROCESS_PARSE_BYTES + 1) + b"\r\n"
+    config = email_config(tmp_path, mailbox, free_port(), db_url=db_url)
+    caplog.set_level("WARNING", logger="kefu.email")
+    async with running_kefu(config, env_for(mailbox)) as kefu:
+        await wait_connected(kefu)
+        await mailbox.append(simple(1), large)
+        found = await wait_for(kefu, lambda r: len(r) == 2)
+        [channel] = [c for c in kefu.channels.values() if isinstance(c, EmailChannel)]
+        assert channel._pool is not None
+        workers = list(channel._pool._processes.values())  # type: ignore[union-attr]
+    assert [r.direction for r in found] == ["in", "event"]
+    [record] = [r for r in caplog.records if r.getMessage().startswith("email.parse.malformed")]
+    assert record.process != os.getpid()
+    assert record.process in {w.pid for w in workers}
+    assert channel._pool is None and not any(w.is_alive() for w in workers)
