@@ -42,7 +42,9 @@ class Mailbox:
     password: str
 
     async def client(self) -> IMAP4:
-        client = IMAP4("127.0.0.1", self.server.port, timeout=10)
+        # Right after a Dovecot restart on a loaded machine an APPEND can wait well over 10 s for
+        # the new server's index; the test's own mail must arrive, however slowly.
+        client = IMAP4("127.0.0.1", self.server.port, timeout=60)
         await client.wait_hello_from_server()
         response = await client.login(self.username, self.password)
         assert response.result == "OK", response
