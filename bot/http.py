@@ -15,27 +15,10 @@ from starlette.routing import BaseRoute, Route
 
 from bot.metrics import Metrics
 from bot.pipeline import Rejected, Unavailable
+from channels.http_body import BodyTooLarge, read_body
 from channels.webhook import WebhookChannel
 
 log = logging.getLogger("kefu.http")
-
-
-class _TooLarge(Exception):
-    pass
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise _TooLarge
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def build_app(
@@ -56,7 +39,7 @@ def build_app(
             return JSONResponse(early.body, early.status)
         try:
             body = await read_body(request, webhook.max_body_bytes)
-        except _TooLarge:
+        except BodyTooLarge:
             metrics.inbound.labels("webhook", "rejected").inc()
             return JSONResponse(
                 {"error": "too_large", "message": f"body is over {webhook.max_body_bytes} bytes"},

@@ -11,28 +11,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from channels.http_body import BodyTooLarge, read_body
 from channels.telegram import TelegramChannel
 
 PATH = "/telegram/webhook"
 DEFAULT_MAX_BODY = 64 * 1024  # [http] max_body_bytes
-
-
-class _TooLarge(Exception):
-    pass
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _TooLarge
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def webhook_route(
@@ -43,8 +26,8 @@ def webhook_route(
         if refused is not None:
             return JSONResponse(refused.body, refused.status)
         try:
-            body = await _read_body(request, max_body_bytes)
-        except _TooLarge:
+            body = await read_body(request, max_body_bytes)
+        except BodyTooLarge:
             return JSONResponse(
                 {"error": "too_large", "message": f"body is over {max_body_bytes} bytes"}, 413
             )
