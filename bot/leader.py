@@ -26,6 +26,7 @@ On SQLite kefu runs as one process: every singleton is held from the start, noth
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -74,7 +75,7 @@ class Singleton:
     held: bool = False
 
 
-class Election:
+class Election(abc.ABC):
     """The singletons this process would lead, and which of them it leads now."""
 
     def __init__(self) -> None:
@@ -91,11 +92,13 @@ class Election:
         singleton = self.singletons.get(name)
         return singleton is not None and singleton.held
 
+    @abc.abstractmethod
     async def start(self) -> None:
-        raise NotImplementedError
+        """Begin standing for every joined singleton."""
 
+    @abc.abstractmethod
     async def stop(self) -> None:
-        raise NotImplementedError
+        """Step down from everything held and stop standing."""
 
     async def _elected(self, singleton: Singleton) -> None:
         singleton.held = True

@@ -253,11 +253,10 @@ class OutboxWorker:
         are no longer ours so they are not sent again."""
         interval = self.cfg.lease_seconds / 3
         while not stop.is_set():
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
+            if stop.is_set():
                 return
-            except TimeoutError:
-                pass
             until = self.clock() + timedelta(seconds=self.cfg.lease_seconds)
             try:
                 async with self.db.transaction() as session:

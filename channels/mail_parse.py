@@ -186,16 +186,21 @@ def _norm(name: str | None) -> str | None:
     return codec_for(name)
 
 
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def guess_codec(data: bytes, tld: str | None = None) -> str | None:
     """The codec of unlabelled 8-bit text, by measurement (bench/charset_detect.py): chardetng
     (Firefox's detector) is right on short Western and most short CJK text and never turns Latin
     text into CJK; chardet is right more often when the text is CJK. A CJK answer from chardet
     wins unless the sender's country domain lets chardetng decide."""
-    try:
-        data.decode("utf-8")
+    if _is_utf8(data):
         return "utf-8"
-    except UnicodeDecodeError:
-        pass
     hint = (
         tld.encode("ascii") if tld and tld.isascii() and tld.isalpha() and tld.islower() else None
     )
@@ -284,10 +289,8 @@ def decode_bytes(data: bytes, label: str | None, tld: str | None = None) -> tupl
                 if seven == "iso2022_jp":
                     return decode_iso2022_jp(data), seven
         return data.decode("ascii"), codec or "ascii"
-    try:
+    if _is_utf8(data):
         return data.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        pass
     if codec in _LATIN:
         # RFC 6657 4: text labelled ASCII or Latin-1 with 8-bit bytes is most often Windows-1252;
         # double-byte CJK under such a label needs both detectors to say so.
