@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from bot.config import ComplaintsConfig, ConfigError, parse_config
+from handlers import complaint_corpora as corpora
 from handlers import complaints
 from handlers.complaints import NOT_A_COMPLAINT, Verdict, classify, explicit, load_classifier
 
@@ -33,26 +34,12 @@ NOT_CALLABLE = 42
 
 
 @dataclass
-class Scores:
-    tp: int = 0
-    fp: int = 0
-    fn: int = 0
+class Scores(corpora.Scores):
+    """The corpus tally, plus how often a true positive got the labelled severity."""
+
     severity_right: int = 0
 
-    @property
-    def precision(self) -> float:
-        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 0.0
-
-    @property
-    def recall(self) -> float:
-        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 0.0
-
-    @property
-    def f1(self) -> float:
-        p, r = self.precision, self.recall
-        return 2 * p * r / (p + r) if p + r else 0.0
-
-    def line(self, language: str) -> str:
+    def summary(self, language: str) -> str:
         return (
             f"{language}: precision {self.precision:.3f} recall {self.recall:.3f} F1 {self.f1:.3f} "
             f"(tp {self.tp} fp {self.fp} fn {self.fn}; severity right on "
@@ -93,7 +80,7 @@ def test_labelled_set_is_large_balanced_and_well_formed() -> None:
 
 def test_f1_per_language_on_held_out_split() -> None:
     scores = score([r for r in load_rows() if r["split"] == "test"])
-    report = "; ".join(scores[lang].line(lang) for lang in ("zh", "en"))
+    report = "; ".join(scores[lang].summary(lang) for lang in ("zh", "en"))
     print("\ncomplaints test split:", report)
     assert set(scores) == {"zh", "en"}, report
     assert all(s.f1 >= MIN_F1 for s in scores.values()), report
