@@ -191,7 +191,9 @@ async def test_one_leader_per_singleton_and_failover(
         # flight in a killed process (its row shows a second attempt), never a second ack.
         assert {("telegram", str(c)) for c in telegram_twice} <= resent
         assert {("email", a) for a in mail_twice} <= resent
-        assert len(telegram_twice) + len(mail_twice) <= 8  # at most the sends in flight at the kill
+        # At most what the killed processes had claimed: one outbox batch each (100 rows). A fixed
+        # small number here failed on a loaded machine, where more sends are in flight at once.
+        assert len(telegram_twice) + len(mail_twice) <= 100 * len(killed)
         assert botapi.conflicts == 0
 
         # Each scheduled job ran once per tick, across all processes, before and after the kill.
