@@ -16,13 +16,13 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, func, or_, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import OutboxConfig
 from bot.messages import Outbound
 from bot.metrics import Metrics
 from channels.base import Channel, Deferred, PermanentError, TransientError
+from storage import dialect
 from storage.db import Database
 from storage.models import (
     CampaignDelivery,
@@ -63,9 +63,8 @@ async def enqueue(
         "conversation_id": out.conversation_id,
         "created_at": utcnow(),
     }
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     stmt = (
-        insert(OutboxRow)
+        dialect.insert(session, OutboxRow)
         .values(**values)
         .on_conflict_do_nothing(index_elements=["dedupe_key"])
         .returning(OutboxRow.id)

@@ -27,7 +27,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Text, bindparam, delete, or_, select, type_coerce
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import outbox
@@ -36,7 +35,7 @@ from bot.messages import Outbound
 from handlers import health, staff_alerts
 from handlers.health import FAST_DAYS, SLOW_DAYS, Health, Signals
 from handlers.routing import Router
-from storage import audit
+from storage import audit, dialect
 from storage.db import Database
 from storage.models import Conversation, Customer, CustomerHealth, Interaction, Staff, utcnow
 
@@ -89,9 +88,8 @@ def _upsert(session: AsyncSession) -> Any:
 
 
 @functools.cache
-def _upsert_for(dialect: str) -> Any:
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(CustomerHealth)
+def _upsert_for(dialect_name: str) -> Any:
+    stmt = dialect.insert(dialect_name, CustomerHealth)
     return stmt.on_conflict_do_update(
         index_elements=["customer_id"], set_={c: getattr(stmt.excluded, c) for c in HEALTH_COLUMNS}
     )

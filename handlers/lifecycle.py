@@ -22,7 +22,7 @@ from bot.config import Config
 from handlers import roles, sla, survey
 from handlers.roles import Actor
 from handlers.routing import Router
-from storage import audit
+from storage import audit, dialect
 from storage.db import Database
 from storage.models import Conversation, Interaction, utcnow
 
@@ -231,4 +231,4 @@ async def auto_close(db: Database, now: datetime, config: Config) -> int:
 
 
 def _sqlite(session: AsyncSession) -> bool:
-    return session.get_bind().dialect.name == "sqlite"
+    return dialect.is_sqlite(session)

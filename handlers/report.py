@@ -16,11 +16,12 @@ from typing import Any
 from sqlalchemy import ColumnElement, case, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from storage import dialect
 from storage.models import ComplaintReason, Conversation, SlaBreach, Staff, Survey, utcnow
 
 
 def _sqlite(session: AsyncSession) -> bool:
-    return session.get_bind().dialect.name == "sqlite"
+    return dialect.is_sqlite(session)
 
 
 def _seconds(session: AsyncSession, end: Any, start: Any) -> ColumnElement[Any]:

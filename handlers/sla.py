@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, exists, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handlers import staff_alerts
 from handlers.business_hours import BusinessHours
 from handlers.routing import Router
+from storage import dialect
 from storage.db import Database
 from storage.models import Conversation, Customer, Interaction, SlaBreach
 
@@ -127,10 +127,9 @@ async def _breach(
         else conversation.resolution_due_at
     )
     assert due_at is not None
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     breach_id = (
         await session.execute(
-            insert(SlaBreach)
+            dialect.insert(session, SlaBreach)
             .values(
                 conversation_id=conversation.id,
                 target=target,

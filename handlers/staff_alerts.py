@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.messages import Outbound
 from handlers import staff_feed
 from handlers.routing import Router
+from storage import dialect
 from storage.models import ComplaintReason, Conversation, Customer, Interaction, Staff, utcnow
 
 if TYPE_CHECKING:
@@ -79,13 +80,10 @@ async def staff_name(session: AsyncSession, staff_id: int | None) -> str | None:
 async def save_reasons(
     session: AsyncSession, conversation_id: int, reasons: tuple[str, ...]
 ) -> None:
-    from sqlalchemy.dialects import postgresql, sqlite
-
     if not reasons:
         return
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     await session.execute(
-        insert(ComplaintReason)
+        dialect.insert(session, ComplaintReason)
         .values(
             [
                 {"conversation_id": conversation_id, "reason": r[:120], "at": utcnow()}

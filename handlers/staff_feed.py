@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot import outbox
 from bot.messages import Outbound
 from channels.telegram_limits import utf16_len
+from storage import dialect
 from storage.db import Database
 from storage.models import Conversation, OutboxRow, Staff
 
@@ -83,7 +84,7 @@ async def _append(session: AsyncSession, out: Outbound, addition: str) -> int | 
         .order_by(OutboxRow.id.desc())
         .limit(1)
     )
-    if session.get_bind().dialect.name == "postgresql":
+    if dialect.is_postgresql(session):
         # A row being claimed right now is skipped, not waited for: the text then gets a post of
         # its own. (SQLite has one writer at a time: the claim cannot interleave.)
         query = query.with_for_update(skip_locked=True)
@@ -116,7 +117,7 @@ async def take(db: Database, key: str) -> dict[str, Any] | None:
         which = or_(which, and_(OutboxRow.dedupe_key == dedupe_key, OutboxRow.nonce == nonce))
     async with db.transaction() as session:
         query = select(OutboxRow.id, OutboxRow.payload).where(which)
-        if session.get_bind().dialect.name == "postgresql":
+        if dialect.is_postgresql(session):
             query = query.with_for_update()  # a merge in progress finishes first
         found = (await session.execute(query)).first()
         if found is None:

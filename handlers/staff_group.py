@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import outbox
@@ -33,7 +32,7 @@ from bot.messages import Attachment, Outbound
 from bot.pipeline import Logged, Observer
 from channels.telegram_updates import StaffPost
 from handlers import agents, roles, staff_commands, staff_feed
-from storage import audit
+from storage import audit, dialect
 from storage.db import Database
 from storage.models import Conversation, OutboxRow, ProcessedMessage, Staff
 
@@ -234,9 +233,8 @@ async def first_time(
     session: AsyncSession, key: str, conversation_id: int | None, channel: str = CHANNEL
 ) -> bool:
     """Claims the idempotency key inside the caller's transaction; False if it was seen before."""
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     stmt = (
-        insert(ProcessedMessage)
+        dialect.insert(session, ProcessedMessage)
         .values(channel=channel, key=key, conversation_id=conversation_id)
         .on_conflict_do_nothing(index_elements=["channel", "key"])
         .returning(ProcessedMessage.id)

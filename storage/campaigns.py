@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, exists, func, insert, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from storage import dialect
 from storage.models import CampaignDelivery, Customer, Identity, Interaction, OutboxRow
+from storage.rows import insert_many as insert_many
+from storage.rows import reserve_ids as reserve_ids
 from storage.rows import rowcount
 
 CHUNK = 5000  # ids per IN (...): well under SQLite's bound-parameter limit
@@ -140,10 +142,6 @@ async def last_inbound(session: AsyncSession, ids: Sequence[int]) -> dict[int, t
     return found
 
 
-def _insert(session: AsyncSession) -> Any:
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-
-
 async def claim(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> dict[int, int]:
     """Inserts delivery rows that do not exist yet; returns {customer_id: delivery id} of those.
 
@@ -153,7 +151,7 @@ async def claim(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> dict[i
         return {}
     ordered = sorted(rows, key=lambda r: r["customer_id"])
     stmt = (
-        _insert(session)(CampaignDelivery.__table__)
+        dialect.insert(session, CampaignDelivery.__table__)
         .on_conflict_do_nothing(index_elements=["campaign", "occasion", "customer_id"])
         .returning(CampaignDelivery.__table__.c.customer_id, CampaignDelivery.__table__.c.id)
     )
@@ -161,33 +159,6 @@ async def claim(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> dict[i
     # compiled once, instead of compiling one VALUES clause of a thousand rows per page.
     result = await session.execute(stmt, list(ordered))
     return {cid: did for cid, did in result}
-
-
-async def reserve_ids(session: AsyncSession, table: Table, n: int) -> list[int]:
-    """Primary keys for n rows about to be inserted with one executemany.
-
-    Inserting row by row to learn each id costs ~10x; knowing the ids first lets the log rows,
-    outbox rows and delivery links be written in three statements. SQLite: every write
-    transaction began IMMEDIATE, so this writer holds the lock and max(id) cannot move.
-    PostgreSQL: the table's sequence hands out ids that no other session will get."""
-    if n == 0:
-        return []
-    if session.get_bind().dialect.name == "postgresql":
-        rows = await session.execute(
-            text(
-                f"SELECT nextval(pg_get_serial_sequence('{table.name}', 'id'))"
-                " FROM generate_series(1, :n)"
-            ),
-            {"n": n},
-        )
-        return [int(r[0]) for r in rows]
-    top = await session.scalar(select(func.max(table.c.id))) or 0
-    return list(range(top + 1, top + n + 1))
-
-
-async def insert_many(session: AsyncSession, table: Table, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        await session.execute(insert(table), list(rows))
 
 
 async def link_outbox(session: AsyncSession, links: Sequence[tuple[int, int]]) -> None:

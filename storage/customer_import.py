@@ -12,14 +12,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handlers.customer_import import Record, Rejected
 from storage.db import Database
 from storage.models import Customer, Identity, utcnow
-from storage.rows import table_of
+from storage.rows import reserve_ids, table_of
 
 # Fields a row may set; None in a record leaves the stored value alone.
 FIELDS = (
@@ -149,7 +149,7 @@ async def _upsert(session: AsyncSession, records: Sequence[Record]) -> Counts:
     real: dict[int, int] = {}
     if new_ids:
         now = utcnow()
-        ids = await _reserve_ids(session, len(new_ids))
+        ids = await reserve_ids(session, table_of(Customer), len(new_ids))
         real = dict(zip(new_ids, ids, strict=True))
         await session.execute(
             insert(table_of(Customer)),
@@ -175,26 +175,6 @@ async def _upsert(session: AsyncSession, records: Sequence[Record]) -> Counts:
             ],
         )
     return counts
-
-
-async def _reserve_ids(session: AsyncSession, n: int) -> list[int]:
-    """Customer ids for n new rows, known before the insert so identities can point at them.
-
-    RETURNING with many rows is sent row by row to keep its order (10x slower); reserving ids
-    lets one executemany do the work. SQLite: the transaction began IMMEDIATE, so this writer
-    holds the lock and max(id) cannot move. PostgreSQL: the sequence hands out ids to everyone.
-    """
-    if session.get_bind().dialect.name == "postgresql":
-        rows = await session.execute(
-            text(
-                "SELECT nextval(pg_get_serial_sequence('customers', 'id')) "
-                "FROM generate_series(1, :n)"
-            ),
-            {"n": n},
-        )
-        return [int(r[0]) for r in rows]
-    top = await session.scalar(select(func.max(Customer.id))) or 0
-    return list(range(top + 1, top + n + 1))
 
 
 def _conflict(pairs: list[tuple[str, str]], owner: dict[tuple[str, str], int]) -> str:

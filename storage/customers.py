@@ -13,10 +13,9 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from sqlalchemy import ColumnElement, Text, bindparam, cast, delete, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage import surveys
+from storage import dialect, surveys
 from storage.models import (
     Acknowledgement,
     AuditEntry,
@@ -180,10 +179,8 @@ async def erasure_key(session: AsyncSession) -> bytes:
     where = (ChannelState.channel == _KEY_CHANNEL, ChannelState.key == _KEY_NAME)
     found = await session.scalar(select(ChannelState.value).where(*where))
     if found is None:
-        postgres = session.get_bind().dialect.name == "postgresql"
-        insert = postgresql.insert if postgres else sqlite.insert
         await session.execute(
-            insert(ChannelState)
+            dialect.insert(session, ChannelState)
             .values(channel=_KEY_CHANNEL, key=_KEY_NAME, value={"hex": secrets.token_hex(32)},
                     updated_at=utcnow())
             .on_conflict_do_nothing(index_elements=["channel", "key"])

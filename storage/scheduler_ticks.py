@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete
-from sqlalchemy.dialects import postgresql, sqlite
 
+from storage import dialect
 from storage.db import Database
 from storage.models import SchedulerTick, utcnow
 
@@ -16,10 +16,8 @@ KEEP = timedelta(days=2)  # older ticks are only history: pruned as new ones are
 async def claim(db: Database, job: str, tick: datetime, process: str) -> bool:
     """True if this call claimed the tick (run the job), False if it was claimed before."""
     async with db.transaction() as session:
-        dialect = db.engine.dialect.name
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         stmt = (
-            insert(SchedulerTick)
+            dialect.insert(db.engine, SchedulerTick)
             .values(job=job, tick=tick, process=process[:128], claimed_at=utcnow())
             .on_conflict_do_nothing(index_elements=["job", "tick"])
             .returning(SchedulerTick.job)

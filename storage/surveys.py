@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from storage import dialect
 from storage.models import Survey
 from storage.rows import rowcount
 
@@ -24,10 +24,9 @@ async def create(
     expires_at: datetime,
 ) -> Survey | None:
     """The survey of this resolution, or None if it exists already (a resolve run twice)."""
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     new_id = (
         await session.execute(
-            insert(Survey)
+            dialect.insert(session, Survey)
             .values(
                 conversation_id=conversation_id,
                 customer_id=customer_id,
