@@ -15,35 +15,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Insert, Select, Table, bindparam, func, insert, select
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import make_transient_to_detached
 
 from bot import outbox
 from bot.messages import Inbound, Receipt
 from handlers import complaints, routing, sla, survey
 from handlers.complaints import Verdict
-from storage import customers
+from storage import customers, ingest
 from storage.db import Database
 from storage.models import (
-    REOPENABLE,
-    Base,
     Conversation,
     Customer,
-    Identity,
     Interaction,
-    OutboxRow,
-    utcnow,
 )
-from storage.rows import table_of
 
 log = logging.getLogger("kefu.pipeline")
 
@@ -267,11 +258,11 @@ async def _receive(
 
     # 1. dedupe: against the log, and within the batch itself
     logged: dict[tuple[str, str], Receipt] = {}
-    for channel, ids in _by_channel((i.channel, i.external_id) for i in inbounds).items():
+    for channel, ids in ingest.by_channel((i.channel, i.external_id) for i in inbounds).items():
         # A forgotten customer's messages keep only a keyed token of their id: a channel that
         # delivers one again (an IMAP folder re-read) still finds it logged.
         erased = {customers.erased_id(pipeline.erasure_key, channel, i): i for i in ids}
-        rows = await session.execute(_LOGGED, {"channel": channel, "keys": [*ids, *erased]})
+        rows = await ingest.logged(session, channel, [*ids, *erased])
         for external_id, interaction_id, customer_id, conversation_id in rows:
             if external_id is None:  # never: matched by external_id IN (...); for the type checker
                 continue
@@ -303,51 +294,6 @@ async def _receive(
     return [r for r in receipts if r is not None]
 
 
-# The hot path's statements, built once: building a statement and its cache key costs more than
-# running it on SQLite.
-_LOGGED = select(
-    Interaction.external_id, Interaction.id, Interaction.customer_id, Interaction.conversation_id
-).where(
-    Interaction.channel == bindparam("channel"),
-    Interaction.external_id.in_(bindparam("keys", expanding=True)),
-)
-_OWNERS = (
-    select(Identity.address, Customer)
-    .join(Customer, Customer.id == Identity.customer_id)
-    .where(
-        Identity.channel == bindparam("channel"),
-        Identity.address.in_(bindparam("keys", expanding=True)),
-    )
-)
-_LIVE = (
-    select(Conversation)
-    .where(
-        Conversation.customer_id.in_(bindparam("customers", expanding=True)),
-        Conversation.status.in_(REOPENABLE),
-    )
-    .order_by(Conversation.id)
-)
-
-
-@functools.cache
-def _top_id(table: Table) -> Select[int | None]:
-    return select(func.max(table.c.id))
-
-
-@functools.cache
-def _insert_into(table: Table) -> Insert:
-    return insert(table)
-
-
-def _by_channel(pairs: Iterable[tuple[str, str]]) -> dict[str, set[str]]:
-    """One query per channel: SQLite does not use the (channel, key) unique index for a
-    row-value IN, but does for channel = ? AND key IN (...)."""
-    grouped: dict[str, set[str]] = {}
-    for channel, key in pairs:
-        grouped.setdefault(channel, set()).add(key)
-    return grouped
-
-
 async def _log_fresh(
     session: AsyncSession,
     inbounds: list[Inbound],
@@ -356,51 +302,11 @@ async def _log_fresh(
     pipeline: Pipeline,
 ) -> None:
     # 2. identify: Identity(channel, address) -> Customer, created on first contact
-    owner: dict[tuple[str, str], int] = {}  # (channel, address) -> customer id
-    customers: dict[int, Customer] = {}
-    for channel, addresses in _by_channel((i.channel, i.address) for i in inbounds).items():
-        found = await session.execute(_OWNERS, {"channel": channel, "keys": list(addresses)})
-        for address, customer in found:
-            owner[(channel, address)] = customer.id
-            customers[customer.id] = customer
-    new_customers: dict[tuple[str, str], Customer] = {}
-    for inbound in inbounds:
-        key = (inbound.channel, inbound.address)
-        if key not in owner and key not in new_customers:
-            new_customers[key] = Customer(
-                display_name=inbound.display_name, language=inbound.language, tags=[]
-            )
-    if new_customers:
-        await _insert(session, Customer, list(new_customers.values()))
-        now = utcnow()
-        fresh = [
-            {
-                "customer_id": c.id,
-                "channel": ch,
-                "address": addr,
-                "reachable": True,
-                "created_at": now,
-            }
-            for (ch, addr), c in new_customers.items()
-        ]
-        await _insert_rows(session, Identity, fresh)
-        for (channel, address), customer in new_customers.items():
-            owner[(channel, address)] = customer.id
-            customers[customer.id] = customer
+    owner, customers = await ingest.identify(session, inbounds)
 
     # 3. thread: a conversation the message points at, else the customer's latest live one
     customer_ids = {owner[(i.channel, i.address)] for i in inbounds}
-    if session.get_bind().dialect.name != "sqlite":
-        # Several kefu processes may receive one customer's messages at once: lock the customers
-        # (in id order, so two batches cannot deadlock) so only one of them opens a conversation.
-        await session.execute(
-            select(Customer.id)
-            .where(Customer.id.in_(customer_ids))
-            .order_by(Customer.id)
-            .with_for_update()
-        )
-    live_rows = await session.scalars(_LIVE, {"customers": list(customer_ids)})
-    latest: dict[int, Conversation] = {c.customer_id: c for c in live_rows}
+    latest = await ingest.live_conversations(session, customer_ids)
     threads: list[Conversation | None] = []
     created: set[int] = set()
     new_conversations: list[Conversation] = []
@@ -410,7 +316,7 @@ async def _log_fresh(
             customer.display_name = inbound.display_name
         if customer.language is None and inbound.language:
             customer.language = inbound.language
-        conversation = await _hinted(session, inbound, customer.id)
+        conversation = await ingest.named_conversation(session, inbound, customer.id)
         if conversation is None or conversation.status == "closed":
             # Closed is final: a reply to a closed thread joins the customer's live conversation,
             # and only without one starts a new conversation.
@@ -446,7 +352,7 @@ async def _log_fresh(
                 _event(conversation, inbound, "status", "open again: the customer answered")
             )
         threads.append(conversation)
-    await _insert(session, Conversation, new_conversations)
+    await ingest.add_objects(session, Conversation, new_conversations)
 
     # 4-6. log, classify, route
     logged: list[dict[str, object]] = []
@@ -494,7 +400,7 @@ async def _log_fresh(
             _touch(conversation, inbound, verdict, decision)
         notes.append((customer, conversation, verdict, decision))
     # The log is the hot path: plain executemany, not the ORM's unit of work.
-    ids = await _insert_rows(session, Interaction, logged)
+    ids = await ingest.add_rows(session, Interaction, logged)
     await session.flush()  # the conversations touched above
     # An observer with observe_batch sees the whole batch at once, after the per-message ones:
     # it can read and write for all its messages in a statement or two instead of per message.
@@ -524,100 +430,6 @@ async def _log_fresh(
                 await observer(session, note)
     for observe_batch in batched:
         await observe_batch(session, seen)
-
-
-async def _insert(session: AsyncSession, model: type[Base], rows: Sequence[Base]) -> None:
-    """Inserts new ORM objects with one executemany and adopts them into the session.
-
-    The unit of work would cost more than the database on this path, and SQLite cannot batch
-    INSERT ... RETURNING (SQLAlchemy falls back to one INSERT per row); the adopted objects are
-    persistent, so later changes to them still reach the database as UPDATEs.
-    """
-    if not rows:
-        return
-    columns = [c for c in table_of(model).columns if c.key != "id"]
-    values = []
-    for row in rows:
-        given = row.__dict__
-        value: dict[str, object] = {}
-        for column in columns:
-            v = given.get(column.key)
-            if v is None and column.default is not None:
-                # Every default on these models is a ColumnDefault (a value or a callable), which
-                # has .arg; the stubs type column.default as any DefaultGenerator.
-                default = column.default
-                v = default.arg(None) if default.is_callable else default.arg  # type: ignore[attr-defined]
-            value[column.key] = v
-        values.append(value)
-    for row, value, new_id in zip(
-        rows, values, await _insert_rows(session, model, values), strict=True
-    ):
-        # Written into the instance directly, every column included: the object now holds what
-        # the row holds, with no history to flush (a setattr per column would record each as a
-        # change, and a column left out would come back expired, to be loaded by IO outside
-        # the async bridge: MissingGreenlet).
-        row.__dict__.update(value, id=new_id)
-        make_transient_to_detached(row)
-        session.add(row)
-
-
-async def _insert_rows(
-    session: AsyncSession, model: type[Base], rows: list[dict[str, object]]
-) -> list[int]:
-    """Core executemany; returns the new ids in order.
-
-    On SQLite kefu numbers the rows itself: every write transaction there starts with BEGIN
-    IMMEDIATE and so holds the database's only write lock while it counts.
-    """
-    if not rows:
-        return []
-    table = table_of(model)
-    if session.get_bind().dialect.name == "sqlite":
-        await session.flush()
-        with session.no_autoflush:
-            top = (await session.scalar(_top_id(table))) or 0
-        ids = list(range(top + 1, top + 1 + len(rows)))
-        await session.execute(
-            _insert_into(table), [{"id": i, **r} for i, r in zip(ids, rows, strict=True)]
-        )
-        return ids
-    result = await session.execute(
-        insert(table).returning(table.c.id, sort_by_parameter_order=True), rows
-    )
-    return list(result.scalars())
-
-
-async def _hinted(session: AsyncSession, inbound: Inbound, customer_id: int) -> Conversation | None:
-    """The conversation the message itself names; only ever one of the sender's own."""
-    conversation_id: int | None = None
-    if inbound.reply_to:
-        conversation_id = await session.scalar(
-            select(Interaction.conversation_id)
-            .where(
-                Interaction.channel == inbound.channel,
-                Interaction.external_id.in_(inbound.reply_to),
-                Interaction.conversation_id.is_not(None),
-            )
-            .order_by(Interaction.id.desc())
-            .limit(1)
-        ) or await session.scalar(
-            select(OutboxRow.conversation_id)
-            .where(
-                OutboxRow.channel == inbound.channel,
-                OutboxRow.external_id.in_(inbound.reply_to),
-                OutboxRow.conversation_id.is_not(None),
-            )
-            .order_by(OutboxRow.id.desc())
-            .limit(1)
-        )
-    if conversation_id is None:
-        conversation_id = inbound.conversation_hint
-    if conversation_id is None:
-        return None
-    conversation = await session.get(Conversation, conversation_id)
-    if conversation is None or conversation.customer_id != customer_id:
-        return None
-    return conversation
 
 
 def _event(conversation: Conversation, inbound: Inbound, kind: str, text: str) -> Interaction:

@@ -1,0 +1,238 @@
+"""The pipeline's batch write: the statements one batch of inbound messages runs.
+
+Dedupe against the log, find or create each sender's customer and identity, find the live
+conversations, insert new rows in bulk. The pipeline (bot/pipeline.py) decides what to write;
+this module holds how it is read and written, so a batch costs a handful of statements whatever
+its size.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Insert, Select, Table, bindparam, func, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import make_transient_to_detached
+
+from bot.messages import Inbound
+from storage.models import (
+    REOPENABLE,
+    Base,
+    Conversation,
+    Customer,
+    Identity,
+    Interaction,
+    OutboxRow,
+    utcnow,
+)
+from storage.rows import table_of
+
+# The hot path's statements, built once: building a statement and its cache key costs more than
+# running it on SQLite.
+_LOGGED = select(
+    Interaction.external_id, Interaction.id, Interaction.customer_id, Interaction.conversation_id
+).where(
+    Interaction.channel == bindparam("channel"),
+    Interaction.external_id.in_(bindparam("keys", expanding=True)),
+)
+_OWNERS = (
+    select(Identity.address, Customer)
+    .join(Customer, Customer.id == Identity.customer_id)
+    .where(
+        Identity.channel == bindparam("channel"),
+        Identity.address.in_(bindparam("keys", expanding=True)),
+    )
+)
+_LIVE = (
+    select(Conversation)
+    .where(
+        Conversation.customer_id.in_(bindparam("customers", expanding=True)),
+        Conversation.status.in_(REOPENABLE),
+    )
+    .order_by(Conversation.id)
+)
+
+
+@functools.cache
+def _top_id(table: Table) -> Select[Any]:
+    return select(func.max(table.c.id))
+
+
+@functools.cache
+def _insert_into(table: Table) -> Insert:
+    return insert(table)
+
+
+def by_channel(pairs: Iterable[tuple[str, str]]) -> dict[str, set[str]]:
+    """One query per channel: SQLite does not use the (channel, key) unique index for a
+    row-value IN, but does for channel = ? AND key IN (...)."""
+    grouped: dict[str, set[str]] = {}
+    for channel, key in pairs:
+        grouped.setdefault(channel, set()).add(key)
+    return grouped
+
+
+async def logged(
+    session: AsyncSession, channel: str, keys: Sequence[str]
+) -> list[tuple[str | None, int, int, int | None]]:
+    """(external_id, interaction id, customer id, conversation id) of the keys already logged."""
+    rows = await session.execute(_LOGGED, {"channel": channel, "keys": list(keys)})
+    return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
+async def identify(
+    session: AsyncSession, inbounds: Sequence[Inbound]
+) -> tuple[dict[tuple[str, str], int], dict[int, Customer]]:
+    """Identity(channel, address) -> Customer for every sender, created on first contact.
+
+    Returns (channel, address) -> customer id, and the customers by id (in the session)."""
+    owner: dict[tuple[str, str], int] = {}
+    customers: dict[int, Customer] = {}
+    for channel, addresses in by_channel((i.channel, i.address) for i in inbounds).items():
+        found = await session.execute(_OWNERS, {"channel": channel, "keys": list(addresses)})
+        for address, customer in found:
+            owner[(channel, address)] = customer.id
+            customers[customer.id] = customer
+    new_customers: dict[tuple[str, str], Customer] = {}
+    for inbound in inbounds:
+        key = (inbound.channel, inbound.address)
+        if key not in owner and key not in new_customers:
+            new_customers[key] = Customer(
+                display_name=inbound.display_name, language=inbound.language, tags=[]
+            )
+    if new_customers:
+        await add_objects(session, Customer, list(new_customers.values()))
+        now = utcnow()
+        fresh: list[dict[str, object]] = [
+            {
+                "customer_id": c.id,
+                "channel": ch,
+                "address": addr,
+                "reachable": True,
+                "created_at": now,
+            }
+            for (ch, addr), c in new_customers.items()
+        ]
+        await add_rows(session, Identity, fresh)
+        for (channel, address), customer in new_customers.items():
+            owner[(channel, address)] = customer.id
+            customers[customer.id] = customer
+    return owner, customers
+
+
+async def live_conversations(
+    session: AsyncSession, customer_ids: set[int]
+) -> dict[int, Conversation]:
+    """Each customer's latest conversation that a message may join (open, pending, resolved).
+
+    On PostgreSQL several kefu processes may receive one customer's messages at once: the
+    customers are locked first (in id order, so two batches cannot deadlock) so only one of
+    them opens a conversation."""
+    if session.get_bind().dialect.name != "sqlite":
+        await session.execute(
+            select(Customer.id)
+            .where(Customer.id.in_(customer_ids))
+            .order_by(Customer.id)
+            .with_for_update()
+        )
+    rows = await session.scalars(_LIVE, {"customers": list(customer_ids)})
+    return {c.customer_id: c for c in rows}
+
+
+async def named_conversation(
+    session: AsyncSession, inbound: Inbound, customer_id: int
+) -> Conversation | None:
+    """The conversation the message itself names (a reply to a logged or sent message, or the
+    channel's hint); only ever one of the sender's own."""
+    conversation_id: int | None = None
+    if inbound.reply_to:
+        conversation_id = await session.scalar(
+            select(Interaction.conversation_id)
+            .where(
+                Interaction.channel == inbound.channel,
+                Interaction.external_id.in_(inbound.reply_to),
+                Interaction.conversation_id.is_not(None),
+            )
+            .order_by(Interaction.id.desc())
+            .limit(1)
+        ) or await session.scalar(
+            select(OutboxRow.conversation_id)
+            .where(
+                OutboxRow.channel == inbound.channel,
+                OutboxRow.external_id.in_(inbound.reply_to),
+                OutboxRow.conversation_id.is_not(None),
+            )
+            .order_by(OutboxRow.id.desc())
+            .limit(1)
+        )
+    if conversation_id is None:
+        conversation_id = inbound.conversation_hint
+    if conversation_id is None:
+        return None
+    conversation = await session.get(Conversation, conversation_id)
+    if conversation is None or conversation.customer_id != customer_id:
+        return None
+    return conversation
+
+
+async def add_objects(session: AsyncSession, model: type[Base], rows: Sequence[Base]) -> None:
+    """Inserts new ORM objects with one executemany and adopts them into the session.
+
+    The unit of work would cost more than the database on this path, and SQLite cannot batch
+    INSERT ... RETURNING (SQLAlchemy falls back to one INSERT per row); the adopted objects are
+    persistent, so later changes to them still reach the database as UPDATEs.
+    """
+    if not rows:
+        return
+    columns = [c for c in table_of(model).columns if c.key != "id"]
+    values = []
+    for row in rows:
+        given = row.__dict__
+        value: dict[str, object] = {}
+        for column in columns:
+            v = given.get(column.key)
+            if v is None and column.default is not None:
+                # Every default on these models is a ColumnDefault (a value or a callable), which
+                # has .arg; the stubs type column.default as any DefaultGenerator.
+                default = column.default
+                v = default.arg(None) if default.is_callable else default.arg  # type: ignore[attr-defined]
+            value[column.key] = v
+        values.append(value)
+    for row, value, new_id in zip(
+        rows, values, await add_rows(session, model, values), strict=True
+    ):
+        # Written into the instance directly, every column included: the object now holds what
+        # the row holds, with no history to flush (a setattr per column would record each as a
+        # change, and a column left out would come back expired, to be loaded by IO outside
+        # the async bridge: MissingGreenlet).
+        row.__dict__.update(value, id=new_id)
+        make_transient_to_detached(row)
+        session.add(row)
+
+
+async def add_rows(
+    session: AsyncSession, model: type[Base], rows: list[dict[str, object]]
+) -> list[int]:
+    """Core executemany; returns the new ids in order.
+
+    On SQLite kefu numbers the rows itself: every write transaction there starts with BEGIN
+    IMMEDIATE and so holds the database's only write lock while it counts.
+    """
+    if not rows:
+        return []
+    table = table_of(model)
+    if session.get_bind().dialect.name == "sqlite":
+        await session.flush()
+        with session.no_autoflush:
+            top = (await session.scalar(_top_id(table))) or 0
+        ids = list(range(top + 1, top + 1 + len(rows)))
+        await session.execute(
+            _insert_into(table), [{"id": i, **r} for i, r in zip(ids, rows, strict=True)]
+        )
+        return ids
+    result = await session.execute(
+        insert(table).returning(table.c.id, sort_by_parameter_order=True), rows
+    )
+    return list(result.scalars())
