@@ -338,7 +338,8 @@ class ComplaintsConfig(Section):
 
 # --- complaints: routing, SLA, lifecycle, survey (issue #5) ------------------------------------
 
-PRIORITIES = ("low", "normal", "high", "urgent")
+PRIORITIES = ("low", "normal", "high", "urgent")  # lowest first
+PRIORITY_RANK = {p: n for n, p in enumerate(PRIORITIES)}
 Priority = Literal["low", "normal", "high", "urgent"]
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _DURATION_PART = re.compile(r"(\d+)\s*([smhdw])")

@@ -25,6 +25,11 @@ class Attachment:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
+# Inbound kinds in which the customer says something (not an edit or a channel event): these open
+# and reopen conversations, are acknowledged and can carry an opt-out.
+SPOKEN = frozenset({"message", "complaint"})
+
+
 @dataclass(frozen=True, slots=True)
 class Inbound:
     channel: str

@@ -25,7 +25,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import outbox
-from bot.messages import Inbound, Receipt
+from bot.config import PRIORITY_RANK
+from bot.messages import SPOKEN, Inbound, Receipt
 from handlers import complaints, routing, sla, survey
 from handlers.complaints import Verdict
 from storage import customers, ingest
@@ -66,7 +67,6 @@ class Logged:
 Observer = Callable[[AsyncSession, Logged], Awaitable[None]]
 
 # Inbound kinds that are a customer speaking; the rest (edits, channel events) are logged as events.
-SPOKEN = {"message", "complaint"}
 
 
 # Seconds a sender is asked to wait: a full queue drains in well under a second; a locked or
@@ -445,9 +445,6 @@ def _event(conversation: Conversation, inbound: Inbound, kind: str, text: str) -
     )
 
 
-PRIORITY_ORDER = {"low": 0, "normal": 1, "high": 2, "urgent": 3}
-
-
 def _touch(
     conversation: Conversation, inbound: Inbound, verdict: Verdict, decision: routing.Decision
 ) -> None:
@@ -459,7 +456,7 @@ def _touch(
     }
     if verdict.is_complaint:
         changes["is_complaint"] = True
-    if PRIORITY_ORDER.get(decision.priority, 1) > PRIORITY_ORDER.get(conversation.priority, 1):
+    if PRIORITY_RANK.get(decision.priority, 1) > PRIORITY_RANK.get(conversation.priority, 1):
         changes["priority"] = decision.priority
     if decision.team is not None and (conversation.team is None or decision.reassign):
         changes["team"] = decision.team

@@ -15,10 +15,10 @@ from typing import Any
 from jinja2 import FileSystemLoader, StrictUndefined, select_autoescape
 from jinja2.sandbox import SandboxedEnvironment
 
+from bot.language import CJK, language_of
 from bot.messages import Outbound
-from channels.mail_parse import _CJK, normalize_msgid
+from channels.mail_parse import normalize_msgid
 
-LANGUAGES = ("zh", "en")
 # Reply prefixes and kefu's own token, stripped before a new "Re: … [#id]" is put on
 # (RFC 5322 3.6.5).
 _PREFIX = re.compile(
@@ -37,12 +37,10 @@ def base_subject(subject: str) -> str:
     return _PREFIX.sub("", _TOKEN.sub("", subject)).strip()
 
 
-def language_of(out: Outbound) -> str:
+def reply_language(out: Outbound) -> str:
     """The customer's language if the sender said it, else the language the agent wrote in."""
-    lang = str(out.meta.get("language") or "").split("-")[0].lower()
-    if lang in LANGUAGES:
-        return lang
-    return "zh" if _CJK.search(out.text) else "en"
+    written = "zh" if CJK.search(out.text) else "en"
+    return language_of(str(out.meta.get("language") or ""), written)
 
 
 def message_id_for(out: Outbound, domain: str) -> str:
@@ -73,7 +71,7 @@ class Composer:
 
     def compose(self, out: Outbound, *, now: Any) -> tuple[EmailMessage, str]:
         """(message, its Message-ID without brackets)."""
-        lang = language_of(out)
+        lang = reply_language(out)
         domain = self.sender.address.rsplit("@", 1)[-1]
         msgid = message_id_for(out, domain)
         context = {

@@ -33,6 +33,7 @@ import chardetng_py
 from bs4 import BeautifulSoup
 from bs4.element import CData, NavigableString, PageElement, Tag
 
+from bot.language import text_language
 from channels.mail_quotes import strip_reply
 
 
@@ -148,7 +149,6 @@ CHARSET_ALIASES: dict[str, str] = {
 }
 _UNKNOWN = {"", "unknown-8bit", "x-unknown", "unknown", "default", "8bit", "x-user-defined"}
 _LATIN = {"ascii", "cp1252"}
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff\uac00-\ud7af]")
 # Double-byte East Asian codecs: a guess of one of these for Latin-labelled text needs two votes.
 _MULTIBYTE = {
     "gb18030", "gb2312", "gbk", "big5", "big5hkscs", "cp950", "shift_jis", "cp932", "euc_jp",
@@ -828,14 +828,6 @@ def _bounce(msg: Message, body: _Body) -> tuple[tuple[str, ...], str | None]:
 
 # --- entry --------------------------------------------------------------------------------
 
-def _language(text: str) -> str | None:
-    if _CJK.search(text):
-        return "zh"
-    if re.search(r"[A-Za-z]{3}", text):
-        return "en"
-    return None
-
-
 def parse_message(raw: bytes, *, own_address: str | None = None) -> ParsedMail:
     """Reads mail the way mail clients do, recovering what they recover (the repairs are listed
     in `defects`). Raises MalformedMail only when neither a sender nor any text can be found."""
@@ -911,7 +903,7 @@ def parse_message(raw: bytes, *, own_address: str | None = None) -> ParsedMail:
         noise=noise,
         failed_recipients=failed,
         dsn_status=status,
-        language=_language(stripped.text + " " + subject),
+        language=text_language(stripped.text + " " + subject),
         charset=body.charset,
         defects=tuple(dict.fromkeys(notes)),
     )

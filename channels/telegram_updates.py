@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from telegram import CallbackQuery, Chat, ChatMemberUpdated, Message, Update
 
+from bot.language import primary_tag
 from bot.messages import Attachment, Inbound
 
 CHANNEL = "telegram"
@@ -94,14 +95,6 @@ def message_key(chat_id: int, message_id: int) -> str:
     return f"{chat_id}:{message_id}"
 
 
-def language_of(code: str | None) -> str | None:
-    """Telegram's IETF tag ("zh-hans", "pt-br") -> kefu's primary language ("zh", "pt")."""
-    if not code:
-        return None
-    primary = code.strip().lower().replace("_", "-").split("-")[0]
-    return primary if primary.isalpha() and 2 <= len(primary) <= 3 else None
-
-
 def translate(
     update: Update, *, staff_chat_id: int | None, staff_ids: Container[int] = ()
 ) -> Translated:
@@ -152,7 +145,7 @@ def _message(
         "channel": CHANNEL,
         "address": str(user.id),
         "display_name": user.full_name or None,
-        "language": language_of(user.language_code),
+        "language": primary_tag(user.language_code),
         "attachments": attachments,
     }
     if edited:
@@ -189,7 +182,7 @@ def _message(
         meta["kind"] = "start"
         if payload:
             link = LinkRequest(
-                "start", str(user.id), payload, user.full_name, language_of(user.language_code)
+                "start", str(user.id), payload, user.full_name, primary_tag(user.language_code)
             )
     contact = message.contact
     if contact is not None and contact.user_id == user.id and contact.phone_number:
@@ -199,7 +192,7 @@ def _message(
             str(user.id),
             contact.phone_number,
             user.full_name,
-            language_of(user.language_code),
+            primary_tag(user.language_code),
         )
     reply = message.reply_to_message
     return CustomerUpdate(
@@ -257,7 +250,7 @@ def _membership(change: ChatMemberUpdated) -> Translated:
             received_at=_utc(change.date),
             kind="event",
             display_name=user.full_name or None,
-            language=language_of(user.language_code),
+            language=primary_tag(user.language_code),
             meta={"kind": "blocked" if blocked else "unblocked", "telegram": {"status": status}},
         )
     )
@@ -296,7 +289,7 @@ def _callback(query: CallbackQuery) -> Translated:
         chat_id=chat_id,
         message_id=message_id,
         choices=_choices(message, survey_id) if isinstance(message, Message) else (),
-        language=language_of(query.from_user.language_code),
+        language=primary_tag(query.from_user.language_code),
     )
 
 
@@ -439,7 +432,7 @@ def fallback(raw: dict[str, object], error: str) -> Translated:
             ),
             kind="message" if text else "event",
             display_name=name,
-            language=language_of(str(user.get("language_code") or "")),
+            language=primary_tag(str(user.get("language_code") or "")),
             meta={
                 "telegram": {"chat_id": chat_id, "message_id": message_id},
                 "unparsed": error[:300],

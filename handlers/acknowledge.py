@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import outbox
 from bot.config import Config
-from bot.messages import Outbound
+from bot.messages import SPOKEN, Outbound
 from handlers import care
 from handlers.templating import language_of
 from storage.models import Acknowledgement
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kefu.acknowledge")
 
-SPOKEN = ("message", "complaint")
 
 
 # Two lookups, each served by its own index (an OR of both would make SQLite read the table).

@@ -28,6 +28,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bot.language import CJK, LANGUAGES, primary_tag
 from handlers import complaint_model
 from handlers.complaint_model import Model
 from handlers.regex_prefilter import with_prefilter
@@ -54,7 +55,6 @@ Classify = Callable[[str, str | None], Verdict]
 DATA_DIR = Path(__file__).parent / "data"
 BUILTIN_CUES = tuple(sorted(DATA_DIR.glob("complaint_cues.*.toml")))
 DEFAULT_THRESHOLD = 0.5
-LANGUAGES = ("zh", "en")
 
 # Earlier kinds win when two cues start at the same position.
 KINDS = (
@@ -94,7 +94,6 @@ CLASSIFY_CHARS = 4000
 SHORT_WORDS = 6
 QUESTION_FACTOR = 0.35  # a topic cue's weight inside a question
 CLAUSE_BREAK = re.compile(r"[,.!?;:\n]")
-CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 LATIN = re.compile(r"[a-z]")
 LATIN_ANY_CASE = re.compile(r"[a-zA-Z]")
 
@@ -137,7 +136,7 @@ def normalize(text: str) -> str:
 def resolve_language(text: str, language: str | None) -> str:
     """The caller's language when it is one we have cues for, else the text's own."""
     if language:
-        primary = language.strip().lower().replace("_", "-").split("-")[0]
+        primary = primary_tag(language)
         if primary in ("zh", "cmn", "yue", "wuu"):
             return "zh"
         if primary == "en":

@@ -15,8 +15,9 @@ from collections.abc import Iterable
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import outbox
-from bot.messages import Outbound
-from bot.pipeline import SPOKEN, Logged
+from bot.language import CJK
+from bot.messages import SPOKEN, Outbound
+from bot.pipeline import Logged
 from handlers.templating import Templates, language_of
 from storage import campaigns as store
 from storage.models import Interaction, utcnow
@@ -25,7 +26,6 @@ log = logging.getLogger("kefu.consent")
 
 OPT_OUT_WORDS = ("退订", "取消订阅", "td", "unsubscribe", "stop")
 _EDGES = re.compile(r"^[\s\W_]+|[\s\W_]+$")
-_CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
 def normalise(text: str) -> str:
@@ -99,7 +99,7 @@ class ConsentObserver:
             )
         )
         # Their own language if known, else the language of the word they used.
-        fallback = "zh" if _CJK.search(word) else "en"
+        fallback = "zh" if CJK.search(word) else "en"
         language = language_of(customer.language, fallback) if customer.language else fallback
         text = self.templates.render("optout_confirm", language, {"business": self.business})
         await outbox.say(

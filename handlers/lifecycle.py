@@ -24,11 +24,10 @@ from handlers.roles import Actor
 from handlers.routing import Router
 from storage import audit, dialect
 from storage.db import Database
-from storage.models import Conversation, Interaction, utcnow
+from storage.models import STATUSES, Conversation, Interaction, utcnow
 
 log = logging.getLogger("kefu.lifecycle")
 
-STATUSES = ("open", "pending", "resolved", "closed")
 # status -> the statuses it may move to by hand.
 MOVES: dict[str, tuple[str, ...]] = {
     "open": ("pending", "resolved", "closed"),

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import Staff
+from storage.models import ROLES, Staff
 
-ROLES = ("agent", "lead", "admin")
 RANK = {role: n for n, role in enumerate(ROLES)}
 
 # action -> the lowest role allowed to do it.

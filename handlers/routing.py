@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.config import PRIORITIES, Config, ConfigError, RuleConfig, TeamConfig
+from bot.config import PRIORITY_RANK, Config, ConfigError, RuleConfig, TeamConfig
 from bot.messages import Inbound
 from handlers import segments
 from handlers.business_hours import BusinessHours
@@ -36,7 +36,6 @@ from storage.models import OPEN_STATUSES, Conversation, Customer, RoutingCursor,
 log = logging.getLogger("kefu.routing")
 
 DEFAULT_TEAM = "support"
-RANK = {p: n for n, p in enumerate(PRIORITIES)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +58,7 @@ class Decision:
 
 
 def higher(a: str, b: str) -> str:
-    return a if RANK.get(a, 1) >= RANK.get(b, 1) else b
+    return a if PRIORITY_RANK.get(a, 1) >= PRIORITY_RANK.get(b, 1) else b
 
 
 def matches(

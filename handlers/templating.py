@@ -13,21 +13,14 @@ from typing import Any
 from jinja2 import ChoiceLoader, FileSystemLoader, StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
+from bot.language import LANGUAGES as LANGUAGES
+from bot.language import language_of as language_of
+
 BUILTIN = Path(__file__).parent / "templates"
-LANGUAGES = ("zh", "en")
 
 
 class TemplateProblem(ValueError):
     """A template is missing or does not render; the message names the file and the cause."""
-
-
-def language_of(value: str | None, default: str = "zh") -> str:
-    """'zh-CN', 'zh_Hans', 'ZH' -> 'zh'; 'en-GB' -> 'en'; anything else -> the default."""
-    if value:
-        primary = value.strip().lower().replace("_", "-").split("-")[0]
-        if primary in LANGUAGES:
-            return primary
-    return default if default in LANGUAGES else LANGUAGES[0]
 
 
 class Templates:

@@ -5,9 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import Conversation, Customer
-
-STATUSES = ("open", "pending", "resolved", "closed")
+from storage.models import STATUSES, Conversation, Customer
 
 
 async def listing(

@@ -98,6 +98,10 @@ class Identity(Base):
     customer: Mapped[Customer] = relationship(back_populates="identities")
 
 
+# Staff roles, lowest first: each has everything of the roles before it (handlers/roles.py).
+ROLES = ("agent", "lead", "admin")
+
+
 class Staff(Base):
     __tablename__ = "staff"
 
@@ -111,6 +115,8 @@ class Staff(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+# A conversation's statuses; the open ones are live (a customer's new message joins them).
+STATUSES = ("open", "pending", "resolved", "closed")
 OPEN_STATUSES = ("open", "pending")
 # A customer writing into a resolved conversation reopens it; a closed one stays closed.
 REOPENABLE = ("open", "pending", "resolved")

@@ -5,9 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import Staff
-
-ROLES = ("agent", "lead", "admin")
+from storage.models import ROLES, Staff
 
 
 class StaffError(ValueError):

@@ -11,7 +11,7 @@ import pytest
 
 from bot.messages import Outbound
 from channels.email import MailStore, parse_fetch, to_inbound
-from channels.mail_compose import Composer, Identity, base_subject, language_of
+from channels.mail_compose import Composer, Identity, base_subject, reply_language
 from channels.mail_parse import (
     MalformedMail,
     conversation_token,
@@ -204,9 +204,9 @@ def test_base_subject(subject: str, base: str) -> None:
 
 
 def test_language_follows_meta_then_the_agents_text() -> None:
-    assert language_of(_outbound("hello", language="zh-CN")) == "zh"
-    assert language_of(_outbound("您好")) == "zh"
-    assert language_of(_outbound("hello")) == "en"
+    assert reply_language(_outbound("hello", language="zh-CN")) == "zh"
+    assert reply_language(_outbound("您好")) == "zh"
+    assert reply_language(_outbound("hello")) == "en"
 
 
 def test_gbk_under_a_latin1_label_is_recognised() -> None:

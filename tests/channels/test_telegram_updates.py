@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from telegram import Bot, Update
 
+from bot.language import primary_tag
 from bot.messages import Attachment
 from channels.telegram_updates import (
     CustomerUpdate,
@@ -15,7 +16,6 @@ from channels.telegram_updates import (
     StaffPost,
     SurveyPress,
     fallback,
-    language_of,
     parse_survey_data,
     survey_data,
     translate,
@@ -243,7 +243,7 @@ def test_edit_in_the_staff_group_is_ignored() -> None:
     [("zh-hans", "zh"), ("en", "en"), ("pt-br", "pt"), ("", None), (None, None), ("12", None)],
 )
 def test_language_of(code: str | None, expected: str | None) -> None:
-    assert language_of(code) == expected
+    assert primary_tag(code) == expected
 
 
 def test_a_shape_ptb_cannot_parse_is_still_logged() -> None:
