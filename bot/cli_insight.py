@@ -30,10 +30,9 @@ from bot.cli_common import (
 )
 from bot.config import Config
 from handlers import health, roles, segments
-from handlers import report as reports
 from handlers.churn import Churn
 from handlers.routing import Router
-from storage import audit
+from storage import audit, reports
 from storage.db import Database
 from storage.models import Conversation, Customer, CustomerHealth, Staff, utcnow
 

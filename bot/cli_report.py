@@ -19,9 +19,8 @@ from rich.text import Text
 
 from bot.cli_common import DEFAULT_CONFIG, ConfigOption, err, fail, load, out, table, with_db
 from bot.cli_common import since as parse_since
-from handlers import report as reports
 from handlers import roles
-from storage import audit
+from storage import audit, reports
 from storage.db import Database
 
 

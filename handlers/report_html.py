@@ -5,7 +5,7 @@ script, font, stylesheet or image from anywhere), so it can be mailed, archived 
 Text is left to the viewer's fonts, with CJK fonts named first, so Chinese labels read where any
 CJK font is installed (Debian: fonts-wqy-microhei or fonts-noto-cjk).
 
-The figures come from the same SQL as `kefu report` (handlers/report.py) plus the series the
+The figures come from the same SQL as `kefu report` (storage/reports.py) plus the series the
 charts need: complaints per week by severity, response and resolution times in buckets, CSAT
 per week, breaches per week, customers at risk by segment, per-agent figures.
 """
@@ -26,8 +26,10 @@ from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handlers import health
-from handlers.report import Report, _seconds, _week
 from storage.models import Conversation, Customer, CustomerHealth, SlaBreach, Survey
+from storage.reports import Report
+from storage.reports import seconds_between as _seconds
+from storage.reports import week_start as _week
 
 # pygal puts an import hook on sys.meta_path for its map plugins (pygal.maps.*, unused here); the
 # hook lacks find_spec, so every later import in the process warns (an error under -W error).
@@ -135,7 +137,7 @@ LABELS: dict[str, dict[str, str]] = {
 
 @dataclass
 class Series:
-    """What the charts draw, beyond the figures of handlers/report.py."""
+    """What the charts draw, beyond the figures of storage/reports.py."""
 
     complaints_by_week: dict[str, dict[str, int]] = field(
         default_factory=dict

@@ -13,8 +13,9 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from handlers import lifecycle, report
+from handlers import lifecycle
 from handlers.roles import Actor
+from storage import reports as report
 from storage import staff
 from storage.models import AuditEntry, Conversation, Interaction, Survey
 from tests.channels.conftest import FORUM

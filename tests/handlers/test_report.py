@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from handlers import report
+from storage import reports as report
 from storage import staff
 from storage.db import Database
 from storage.models import ComplaintReason, Conversation, Customer, SlaBreach, Survey

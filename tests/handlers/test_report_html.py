@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from handlers import report as reports
 from handlers import report_html
-from storage import customers
+from storage import customers, reports
 from storage.db import Database
 from tests.handlers.test_churn import T0, seeded
 from tests.servers import chromium

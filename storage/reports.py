@@ -3,7 +3,7 @@
 Every figure is an SQL aggregate; percentiles come from window functions (nearest rank: the median
 of 4 values is the 2nd, the p90 of 10 values the 9th), so a report over a year of conversations
 reads a few rows per figure, not every conversation. SQLite and PostgreSQL differ only in how a
-duration and a week are written (see _seconds and _week).
+duration and a week are written (see seconds_between and week_start).
 """
 
 from __future__ import annotations
@@ -20,19 +20,15 @@ from storage import dialect
 from storage.models import ComplaintReason, Conversation, SlaBreach, Staff, Survey, utcnow
 
 
-def _sqlite(session: AsyncSession) -> bool:
-    return dialect.is_sqlite(session)
-
-
-def _seconds(session: AsyncSession, end: Any, start: Any) -> ColumnElement[Any]:
-    if _sqlite(session):
+def seconds_between(session: AsyncSession, end: Any, start: Any) -> ColumnElement[Any]:
+    if dialect.is_sqlite(session):
         return (func.julianday(end) - func.julianday(start)) * 86400.0
     return func.extract("epoch", end - start)
 
 
-def _week(session: AsyncSession, when: Any) -> ColumnElement[str]:
+def week_start(session: AsyncSession, when: Any) -> ColumnElement[str]:
     """The Monday that starts the (UTC) week of `when`, as YYYY-MM-DD."""
-    if _sqlite(session):
+    if dialect.is_sqlite(session):
         # Back six days, then forward to the next Monday (the same day if it is one).
         return func.date(when, "-6 days", "weekday 1")
     return func.to_char(func.date_trunc("week", when), "YYYY-MM-DD")
@@ -139,7 +135,7 @@ class Builder:
         s = self.session
         where = [Conversation.is_complaint.is_(True), *self._created()]
         total = await s.scalar(select(func.count()).select_from(Conversation).where(*where)) or 0
-        week = _week(s, Conversation.created_at)
+        week = week_start(s, Conversation.created_at)
         by_week = await s.execute(
             select(week, func.count()).where(*where).group_by(week).order_by(week)
         )
@@ -168,8 +164,8 @@ class Builder:
 
     async def response_times(self) -> None:
         s = self.session
-        first = _seconds(s, Conversation.first_response_at, Conversation.created_at)
-        resolution = _seconds(s, Conversation.resolved_at, Conversation.created_at)
+        first = seconds_between(s, Conversation.first_response_at, Conversation.created_at)
+        resolution = seconds_between(s, Conversation.resolved_at, Conversation.created_at)
         answered = [Conversation.first_response_at.is_not(None), *self._created()]
         resolved = [Conversation.resolved_at.is_not(None), *self._created()]
         complaint = Conversation.is_complaint.is_(True)
@@ -251,7 +247,7 @@ class Builder:
                 "resolved": int(resolved or 0),
                 "complaints": int(complaints or 0),
             }
-        first = _seconds(s, Conversation.first_response_at, Conversation.created_at)
+        first = seconds_between(s, Conversation.first_response_at, Conversation.created_at)
         times = await spreads(
             s,
             first,
