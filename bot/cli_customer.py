@@ -18,7 +18,6 @@ from rich.console import RenderableType
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.cli_common import (
@@ -31,11 +30,10 @@ from bot.cli_common import (
     with_db,
 )
 from storage import conversations, customers
+from storage import customer_file as customer_file_rows
 from storage.customers import CustomerError
 from storage.db import Database
-from storage.models import ComplaintReason, Customer, Interaction, Survey
-
-MESSAGE_KINDS = ("in", "out", "note")
+from storage.models import Customer
 
 
 async def find(session: AsyncSession, ref: str, region: str) -> Customer:
@@ -77,37 +75,10 @@ async def customer_file(
     cust = await customers.live(session, found)
     ids = await customers.identities_of(session, cust.id)
     convs = await conversations.of_customer(session, cust.id)
-    conv_ids = [c.id for c in convs]
-    reasons: dict[int, list[str]] = {}
-    if conv_ids:
-        for conv_id, reason in await session.execute(
-            select(ComplaintReason.conversation_id, ComplaintReason.reason)
-            .where(ComplaintReason.conversation_id.in_(conv_ids))
-            .order_by(ComplaintReason.id)
-        ):
-            if reason not in reasons.setdefault(conv_id, []):
-                reasons[conv_id].append(reason)
-    surveys = list(
-        await session.scalars(
-            select(Survey).where(Survey.customer_id == cust.id).order_by(Survey.asked_at, Survey.id)
-        )
-    )
-    consent_events = list(
-        await session.scalars(
-            select(Interaction)
-            .where(Interaction.customer_id == cust.id, Interaction.direction == "event")
-            .order_by(Interaction.created_at, Interaction.id)
-        )
-    )
-    latest = list(
-        await session.scalars(
-            select(Interaction)
-            .where(Interaction.customer_id == cust.id, Interaction.direction.in_(MESSAGE_KINDS))
-            .order_by(Interaction.created_at.desc(), Interaction.id.desc())
-            .limit(messages)
-        )
-    )
-    latest.reverse()
+    reasons = await customer_file_rows.complaint_reasons(session, [c.id for c in convs])
+    surveys = await customer_file_rows.surveys(session, cust.id)
+    consent_events = await customer_file_rows.events(session, cust.id)
+    latest = await customer_file_rows.latest_messages(session, cust.id, messages)
     return {
         "id": cust.id,
         "merged_from": found.id if found.id != cust.id else None,
