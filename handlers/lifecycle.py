@@ -15,14 +15,13 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Config
 from handlers import roles, sla, survey
 from handlers.roles import Actor
 from handlers.routing import Router
-from storage import audit, dialect
+from storage import audit, conversations
 from storage.db import Database
 from storage.models import STATUSES, Conversation, Interaction, utcnow
 
@@ -71,9 +70,7 @@ async def change(
 ) -> Change:
     if to not in STATUSES:
         raise LifecycleError(f"status has value {to!r}: use one of {', '.join(STATUSES)}")
-    conversation = await session.get(
-        Conversation, conversation_id, with_for_update=not _sqlite(session)
-    )
+    conversation = await conversations.for_change(session, conversation_id)
     if conversation is None:
         raise LifecycleError(f"no conversation {conversation_id}")
     _check_role(actor, to, conversation)
@@ -205,18 +202,8 @@ async def auto_close(db: Database, now: datetime, config: Config) -> int:
     closed = 0
     while True:
         async with db.transaction() as session:
-            batch = list(
-                await session.scalars(
-                    select(Conversation)
-                    .where(
-                        Conversation.status == "resolved",
-                        func.coalesce(Conversation.resolved_at, Conversation.updated_at)
-                        <= quiet_since,
-                        Conversation.updated_at <= quiet_since,
-                    )
-                    .order_by(Conversation.id)
-                    .limit(AUTO_CLOSE_BATCH)
-                )
+            batch = await conversations.resolved_quiet_since(
+                session, quiet_since, AUTO_CLOSE_BATCH
             )
             for conversation in batch:
                 conversation.status = "closed"
@@ -227,7 +214,3 @@ async def auto_close(db: Database, now: datetime, config: Config) -> int:
         closed += len(batch)
         if len(batch) < AUTO_CLOSE_BATCH:
             return closed
-
-
-def _sqlite(session: AsyncSession) -> bool:
-    return dialect.is_sqlite(session)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import getpass
 from dataclasses import dataclass
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from storage import staff
 from storage.models import ROLES, Staff
 
 RANK = {role: n for n, role in enumerate(ROLES)}
@@ -102,7 +102,7 @@ async def cli_actor(session: AsyncSession, as_name: str | None) -> Actor:
     """`--as NAME`: that active staff member; without it, the OS user as admin."""
     if as_name is None:
         return Actor(getpass.getuser(), "admin")
-    member = await session.scalar(select(Staff).where(Staff.name == as_name))
+    member = await staff.by_name(session, as_name)
     if member is None:
         raise LookupError(f"--as has value {as_name!r}: no staff member of that name")
     if not member.active:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from datetime import datetime
+
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from storage import dialect
 from storage.models import STATUSES, Conversation, Customer
 
 
@@ -28,6 +31,32 @@ async def listing(
     if complaints_only:
         query = query.where(Conversation.is_complaint.is_(True))
     return [(c, p) for c, p in (await session.execute(query))]
+
+
+async def for_change(session: AsyncSession, conversation_id: int) -> Conversation | None:
+    """The conversation whose status is about to change by hand, row-locked on PostgreSQL so two
+    changes at once take turns (SQLite has one writer at a time)."""
+    return await session.get(
+        Conversation, conversation_id, with_for_update=not dialect.is_sqlite(session)
+    )
+
+
+async def resolved_quiet_since(
+    session: AsyncSession, quiet_since: datetime, limit: int
+) -> list[Conversation]:
+    """Resolved conversations without activity since `quiet_since` (auto-close), oldest id first."""
+    return list(
+        await session.scalars(
+            select(Conversation)
+            .where(
+                Conversation.status == "resolved",
+                func.coalesce(Conversation.resolved_at, Conversation.updated_at) <= quiet_since,
+                Conversation.updated_at <= quiet_since,
+            )
+            .order_by(Conversation.id)
+            .limit(limit)
+        )
+    )
 
 
 async def of_customer(session: AsyncSession, customer_id: int) -> list[Conversation]:
