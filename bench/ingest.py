@@ -15,9 +15,13 @@ exports the git commit REF (e.g. the commit before a change) to a temporary dire
 (wall clock here varies by +-30% between runs); prints each round and the medians, and this
 tree's rate as a share of the baseline's.
 
-  .venv/bin/python bench/ingest.py --postgres --processes 1,2 [--messages 20000]
+  .venv/bin/python bench/ingest.py --postgres --processes 1,2 [--messages 20000] [--rounds 3]
+      [--trips]
 runs the PostgreSQL scale-out bench instead (bench/ingest_scale.py): N `kefu run` processes on one
-throwaway PostgreSQL against one on SQLite, with CPU seconds per message of kefu and of PostgreSQL.
+throwaway PostgreSQL against one on SQLite, with CPU seconds per message of kefu and of PostgreSQL;
+with --rounds, SQLite and each N alternate round after round and the medians are printed; with
+--trips, one extra run first goes through a proxy that counts round trips per transaction
+(bench/pg_trips.py).
 
 With --prefill N (issue 12: big tables): kefu alone, on an empty database and on one already
 holding N customers, conversations, interactions, sent outbox rows and acknowledgements (built
@@ -300,11 +304,14 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--baseline", metavar="REF", help="git commit to compare against, alternately")
-    parser.add_argument("--rounds", type=int, default=3, help="with --baseline: rounds of each")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="with --baseline (default 3) or --postgres (default 1): rounds of each")
     parser.add_argument("--postgres", action="store_true", help="the scale-out bench (see above)")
     parser.add_argument("--processes", default="1,2", help="with --postgres: e.g. 1,2,3")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="with --postgres: a kefu setting, e.g. insight.enabled=false")
+    parser.add_argument("--trips", action="store_true",
+                        help="with --postgres: first count round trips per batch through a proxy")
     parser.add_argument("--prefill", type=int, default=0,
                         help="compare an empty database with one holding this many customers")
     parser.add_argument("--extra-config", default="",
@@ -314,11 +321,14 @@ def main() -> None:
         import ingest_scale
 
         counts = [int(n) for n in args.processes.split(",") if n.strip()]
-        ingest_scale.main(counts, args.messages, args.concurrency, requests, SECRET, args.set)
+        ingest_scale.main(
+            counts, args.messages, args.concurrency, requests, SECRET, args.set, args.trips,
+            args.rounds or 1,
+        )
         return
     print(f"cpus: {os.cpu_count()}  python {sys.version.split()[0]}")
     if args.baseline:
-        compare(args.baseline, args.rounds, args.messages, args.concurrency)
+        compare(args.baseline, args.rounds or 3, args.messages, args.concurrency)
         return
     if args.prefill:
         prefill_mode(args.prefill, args.messages, args.concurrency, args.extra_config)

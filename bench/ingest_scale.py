@@ -28,6 +28,8 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pg_trips import Counts, TripCounter  # noqa: E402
+
 from tests.servers.ports import free_port  # noqa: E402
 from tests.servers.postgres import PostgresServer  # noqa: E402
 
@@ -156,6 +158,7 @@ def measure(
     concurrency: int,
     secret: str,
     postmaster: int | None,
+    counter: TripCounter | None = None,
 ) -> Result:
     with tempfile.TemporaryDirectory() as tmp:
         ports = [free_port() for _ in urls]
@@ -168,9 +171,12 @@ def measure(
             kefu_pids = {p.pid for p in procs}
             pg_pids = tree(postmaster) if postmaster else set()
             kefu0, pg0 = cpu_seconds(kefu_pids), cpu_seconds(pg_pids)
+            trips0 = counter.snapshot() if counter else None
             elapsed, lat = asyncio.run(drive(ports, reqs[500:], concurrency))
             kefu1 = cpu_seconds(kefu_pids)
             pg1 = cpu_seconds(tree(postmaster)) if postmaster else 0.0
+            if counter and trips0:
+                print_trips(counter.snapshot().minus(trips0), len(reqs) - 500)
         finally:
             for proc in procs:
                 proc.send_signal(signal.SIGTERM)
@@ -184,6 +190,18 @@ def measure(
     )
 
 
+def print_trips(c: Counts, messages: int) -> None:
+    per = max(c.commits, 1)
+    print(
+        f"round trips: {c.round_trips / per:.1f} per transaction ({c.commits} transactions, "
+        f"{messages / per:.1f} messages each), {c.round_trips / messages:.2f} per message; "
+        f"statements prepared: {c.parses / per:.1f} per transaction"
+    )
+    print("  per transaction: " + ", ".join(
+        f"{tag} {n / per:.1f}" for tag, n in c.statements.most_common()
+    ))
+
+
 def report(r: Result, baseline: float) -> None:
     pg = f"{r.pg_cpu * 1e6:6.0f}" if r.pg_cpu is not None else "     -"
     print(
@@ -195,7 +213,8 @@ def report(r: Result, baseline: float) -> None:
 
 
 def main(processes: list[int], messages: int, concurrency: int, make_requests: object,
-         secret: str, settings: list[str] = []) -> None:  # noqa: B006 - read only
+         secret: str, settings: list[str] = [], trips: bool = False,  # noqa: B006 - read only
+         rounds: int = 1) -> None:
     for setting in settings:  # "insight.enabled=false" -> [insight]\nenabled = false
         key, _, value = setting.partition("=")
         section, _, name = key.rpartition(".")
@@ -203,27 +222,60 @@ def main(processes: list[int], messages: int, concurrency: int, make_requests: o
     if settings:
         print("kefu settings: " + ", ".join(settings))
     print(f"cpus: {os.cpu_count()}  python {sys.version.split()[0]}  messages {messages}  "
-          f"concurrency {concurrency}")
+          f"concurrency {concurrency}  rounds {rounds}")
     print("PostgreSQL: throwaway server with the defaults a user runs (fsync, synchronous_commit,"
           " full_page_writes on)")
     print(f"{'database':10} {'N':>3}  {'rate':>14}  {'vs SQLite':>6}")
-    with tempfile.TemporaryDirectory() as tmp:
-        sqlite = measure(
-            "sqlite", [f"sqlite+aiosqlite:///{tmp}/kefu.db"], make_requests, messages,
-            concurrency, secret, None,
-        )
-    report(sqlite, sqlite.rate)
     server = PostgresServer(options=USER_LIKE)
     server.start()
+    # Each round measures SQLite and then each N in turn, so all see the same machine load
+    # (wall clock here varies by +-30%); the ratio is taken within each round.
+    results: dict[int, list[Result]] = {0: []}
+    ratios: dict[int, list[float]] = {}
     try:
         postmaster = postmaster_pid(server)
-        for n in processes:
-            url = server.create_database()
-            result = measure(
-                "postgresql", [url] * n, make_requests, messages, concurrency, secret, postmaster
-            )
-            report(result, sqlite.rate)
+        if trips:
+            # One process through a counting proxy (its thread costs the client CPU: a separate
+            # run, not one of the measured ones).
+            counter = TripCounter(server.port)
+            proxy = counter.start()
+            url = server.create_database().replace(f":{server.port}/", f":{proxy}/")
+            measure("via proxy", [url], make_requests, messages, concurrency, secret, None, counter)
+            counter.stop()
+        for r in range(1, rounds + 1):
+            if rounds > 1:
+                print(f"-- round {r}", flush=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                sqlite = measure(
+                    "sqlite", [f"sqlite+aiosqlite:///{tmp}/kefu.db"], make_requests, messages,
+                    concurrency, secret, None,
+                )
+            report(sqlite, sqlite.rate)
+            results[0].append(sqlite)
+            for n in processes:
+                url = server.create_database()
+                result = measure(
+                    "postgresql", [url] * n, make_requests, messages, concurrency, secret,
+                    postmaster,
+                )
+                report(result, sqlite.rate)
+                results.setdefault(n, []).append(result)
+                ratios.setdefault(n, []).append(result.rate / sqlite.rate)
     finally:
         server.stop()
+    if rounds > 1:
+        print(f"-- median of {rounds} rounds (ratio: median of the per-round ratios)")
+        lite = statistics.median(r.rate for r in results[0])
+        print(f"{'sqlite':10} {1:3d}  {lite:8.0f} msg/s  {1:5.2f}x  kefu "
+              f"{statistics.median(r.kefu_cpu for r in results[0]) * 1e6:5.0f} µs/msg")
+        for n in processes:
+            rs = results[n]
+            print(
+                f"{'postgresql':10} {n:3d}  {statistics.median(r.rate for r in rs):8.0f} msg/s  "
+                f"{statistics.median(ratios[n]):5.2f}x  kefu "
+                f"{statistics.median(r.kefu_cpu for r in rs) * 1e6:5.0f} µs/msg  postgres "
+                f"{statistics.median(r.pg_cpu or 0.0 for r in rs) * 1e6:5.0f} µs/msg  "
+                "(per round: " + ", ".join(f"{x:.2f}" for x in ratios[n]) + ")"
+            )
     print("sizing: cores needed = msg/s x (kefu + postgres µs/msg) / 1e6; the client and the "
           "server share these cores, so figures for N > cores are indicative")

@@ -11,13 +11,14 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.util import await_only
 
 from storage import sqlite_driver
 
@@ -106,14 +107,13 @@ class Database:
         elif self.is_sqlite:
             kwargs["connect_args"] = {"timeout": busy_timeout}
         else:
-            # pre_ping costs three round trips per checkout on asyncpg (BEGIN, a ping, ROLLBACK),
-            # but also replaces a connection left mid-operation by a cancelled statement, which
-            # a local is_closed() check does not see: kept (measured: within the bench's noise).
-            kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
+            kwargs.update(pool_size=10, max_overflow=10)
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.is_sqlite:
             _tune_sqlite(self.engine, busy_timeout)
             self._ensure_sqlite_dir()
+        else:
+            _ping_on_checkout(self.engine)
         # Read-only sessions: on SQLite a plain (deferred) BEGIN, which takes no write lock and
         # so never waits behind a writer; their statements run on aiosqlite's thread, off the
         # event loop. Everything that writes goes through transaction().
@@ -209,6 +209,26 @@ def _tune_sqlite(engine: AsyncEngine, busy_timeout: float) -> None:
         driver = conn.connection.driver_connection
         if isinstance(driver, sqlite_driver.Connection):
             driver.inline = writing
+
+
+def _ping_on_checkout(engine: AsyncEngine) -> None:
+    """A pooled connection is checked with one round trip before use, and replaced if it fails:
+    the server closed it (a restart, an idle timeout, pg_terminate_backend), or a cancelled
+    statement left it mid-operation (which a local is_closed() check does not see).
+
+    SQLAlchemy's pool_pre_ping does the same in three round trips on asyncpg (BEGIN, a ping,
+    ROLLBACK: a fifth of an ingest batch's); a simple query needs no transaction and no
+    prepared statement, so it is also safe behind PgBouncer in transaction mode."""
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        raw = getattr(dbapi_conn, "_connection", None)
+        if raw is None:
+            return
+        try:
+            await_only(raw.execute("SELECT 1"))
+        except Exception as exc:
+            raise DisconnectionError(f"pooled connection unusable: {type(exc).__name__}") from exc
 
 
 def alembic_config() -> AlembicConfig:

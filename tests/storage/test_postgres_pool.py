@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import asyncpg
 import pytest
 from sqlalchemy import text
@@ -24,6 +27,22 @@ async def test_a_connection_the_server_ended_is_replaced(postgres: PostgresServe
         )
         await admin.close()
         assert ended == 1
+        for _ in range(3):  # not one failed statement
+            async with db.transaction() as session:
+                assert await session.scalar(text("SELECT 1")) == 1
+    finally:
+        await db.dispose()
+
+
+async def test_a_connection_a_cancelled_statement_left_is_replaced(
+    postgres: PostgresServer,
+) -> None:
+    db = Database(postgres.create_database())
+    try:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.3):
+                async with db.transaction() as session:
+                    await session.execute(text("SELECT pg_sleep(3)"))
         for _ in range(3):  # not one failed statement
             async with db.transaction() as session:
                 assert await session.scalar(text("SELECT 1")) == 1
