@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 
 from bot import outbox
 from bot.config import OutboxConfig
-from bot.messages import Outbound
+from bot.intents import Outbound, Reply
 from bot.outbox import OutboxWorker
 from channels.telegram import TelegramChannel, make_bot
 from storage.db import Database
@@ -40,8 +40,7 @@ async def run(messages: int, chats: int, rate: float, latency: float) -> int:
             for n in range(messages):
                 chat = 100_000 + n % chats  # round-robin, as replies to many customers arrive
                 await outbox.enqueue(session, Outbound(
-                    channel="telegram", address=str(chat), text=f"reply {n} to {chat}",
-                    dedupe_key=f"bench-{n}"))
+                    "telegram", str(chat), Reply(text=f"reply {n} to {chat}"), f"bench-{n}"))
         async with BotApiServer(rate_per_second=rate, latency=latency) as botapi:
             channel = TelegramChannel(make_bot(TOKEN, botapi.base_url), mode="webhook",
                                       messages_per_second=rate)

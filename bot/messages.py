@@ -1,4 +1,6 @@
-"""What flows between channels and the pipeline: normalised, frozen, wire-format free."""
+"""What flows from channels into the pipeline: normalised, frozen, wire-format free.
+
+(What flows out, to channels, is in bot/intents.py.)"""
 
 from __future__ import annotations
 
@@ -47,45 +49,6 @@ class Inbound:
     reply_to: tuple[str, ...] = ()
     conversation_hint: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Outbound:
-    channel: str
-    address: str
-    text: str
-    dedupe_key: str  # the receiver's idempotency key: stable across retries
-    kind: str = "reply"  # reply | ack | greeting | survey | notice
-    conversation_id: int | None = None
-    customer_id: int | None = None
-    attachments: tuple[Attachment, ...] = ()
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def to_payload(self) -> dict[str, Any]:
-        return {
-            "text": self.text,
-            "kind": self.kind,
-            "conversation_id": self.conversation_id,
-            "customer_id": self.customer_id,
-            "attachments": [a.to_json() for a in self.attachments],
-            "meta": self.meta,
-        }
-
-    @classmethod
-    def from_row(
-        cls, channel: str, address: str, dedupe_key: str, payload: dict[str, Any]
-    ) -> Outbound:
-        return cls(
-            channel=channel,
-            address=address,
-            text=payload.get("text", ""),
-            dedupe_key=dedupe_key,
-            kind=payload.get("kind", "reply"),
-            conversation_id=payload.get("conversation_id"),
-            customer_id=payload.get("customer_id"),
-            attachments=tuple(Attachment.from_json(a) for a in payload.get("attachments", [])),
-            meta=payload.get("meta") or {},
-        )
 
 
 @dataclass(frozen=True, slots=True)

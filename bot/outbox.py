@@ -1,7 +1,10 @@
 """The outbox: nothing is sent that is not first committed here.
 
-enqueue() adds rows inside the caller's transaction; OutboxWorker claims due rows, sends them
-through their channel, and records the outcome. Delivery is at-least-once with a stable dedupe key
+enqueue() adds a row inside the caller's transaction: an Outbound envelope (channel, address,
+dedupe key) around a typed intent (bot/intents.py), stored as the intent's JSON. OutboxWorker
+claims due rows, decodes them (rows queued before intents, with "kind" and "meta", decode to the
+intent they meant), hands them to their channel's send(), which renders the intent to its wire
+format, and records the outcome. Delivery is at-least-once with a stable dedupe key
 (the receiver's idempotency key): a crash between a send and its record re-sends the same key.
 """
 
@@ -19,14 +22,14 @@ from sqlalchemy import and_, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import OutboxConfig
-from bot.messages import Outbound
+from bot.intents import Outbound
 from bot.metrics import Metrics
 from channels.base import Channel, Deferred, PermanentError, TransientError
 from storage import dialect
+from storage.conversations import set_staff_place
 from storage.db import Database
 from storage.models import (
     CampaignDelivery,
-    Conversation,
     Identity,
     Interaction,
     OutboxRow,
@@ -316,7 +319,7 @@ class OutboxWorker:
         except Exception as exc:
             log.exception("outbox.send.unexpected id=%s channel=%s", row.id, row.channel)
             return await self._failed(row, f"unexpected {type(exc).__name__}: {exc}", None)
-        await self._finish(row, "sent", external_id=result.external_id, thread=result.thread)
+        await self._finish(row, "sent", external_id=result.external_id, place=result.place)
         if self.metrics:
             self.metrics.outbound.labels(row.channel, "sent").inc()
         return "sent"
@@ -371,7 +374,7 @@ class OutboxWorker:
         external_id: str | None = None,
         next_attempt_at: datetime | None = None,
         unreachable: bool = False,
-        thread: str | None = None,
+        place: str | None = None,
         count: bool = True,
     ) -> None:
         now = self.clock()
@@ -398,14 +401,8 @@ class OutboxWorker:
                 return
             if status == "dead":
                 await _record_dead(session, row, error or "", unreachable, now)
-            if thread is not None and row.conversation_id is not None:
-                await session.execute(
-                    update(Conversation)
-                    .where(
-                        Conversation.id == row.conversation_id, Conversation.staff_thread.is_(None)
-                    )
-                    .values(staff_thread=thread)
-                )
+            if place is not None and row.conversation_id is not None:
+                await set_staff_place(session, row.conversation_id, place)
 
 
 class _Claim:

@@ -1,4 +1,5 @@
-"""The Channel protocol: every channel translates its wire format to and from bot.messages."""
+"""The Channel protocol: every channel turns its wire input into bot.messages.Inbound and renders
+bot.intents (in an Outbound envelope) to its wire format."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from bot.messages import Inbound, Outbound
+from bot.intents import Outbound
+from bot.messages import Inbound
 
 Sink = Callable[[Inbound], Awaitable[object]]
 
@@ -14,9 +16,10 @@ Sink = Callable[[Inbound], Awaitable[object]]
 @dataclass(frozen=True, slots=True)
 class SendResult:
     external_id: str | None = None  # the channel's id of the sent message (email Message-ID)
-    # A thread the channel opened for the conversation (a Telegram forum topic): kept on the
-    # conversation as staff_thread so later messages go to the same place.
-    thread: str | None = None
+    # The place the channel gave the conversation among staff (a Telegram forum topic), opaque to
+    # everyone else: the outbox keeps it on the conversation (storage.conversations.set_staff_place)
+    # and StaffNotice.place carries it back to the channel on later posts.
+    place: str | None = None
 
 
 class ChannelError(Exception):

@@ -36,10 +36,11 @@ from aioimaplib import (
     Response,
 )
 
-from bot.messages import Attachment, Inbound, Outbound, Receipt
+from bot.intents import Outbound
+from bot.messages import Attachment, Inbound, Receipt
 from channels.base import PermanentError, SendResult, Sink, TransientError
 from channels.mail_auth import AuthSettings, authenticate
-from channels.mail_compose import Composer
+from channels.mail_compose import Composer, title_of
 from channels.mail_compose import Identity as Sender
 from channels.mail_parse import (
     UNKNOWN_SENDER,
@@ -1069,7 +1070,7 @@ class EmailChannel:
         if out.address.lower() == self.address:
             raise PermanentError("kefu does not write to its own address")
         message, msgid = self.composer.compose(out, now=self.clock())
-        if out.conversation_id is None and not out.meta.get("subject"):
+        if out.conversation_id is None and not title_of(out):
             # kefu writes first (a greeting): there is no conversation to name and nothing to
             # answer, so the subject is the message's own first line, not "a reply from …" with
             # an empty "[#]" token.

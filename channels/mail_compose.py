@@ -1,5 +1,5 @@
-"""Outbound -> an RFC 5322 message: threading headers, subject token, text and HTML from
-templates."""
+"""An Outbound intent -> an RFC 5322 message: threading headers from the messages it answers,
+the "[#42]" subject token, text and HTML from templates."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from typing import Any
 from jinja2 import FileSystemLoader, StrictUndefined, select_autoescape
 from jinja2.sandbox import SandboxedEnvironment
 
+from bot.intents import Greeting, Outbound, Reply, Threaded
 from bot.language import CJK, language_of
-from bot.messages import Outbound
 from channels.mail_parse import normalize_msgid
 
 # Reply prefixes and kefu's own token, stripped before a new "Re: … [#id]" is put on
@@ -40,7 +40,7 @@ def base_subject(subject: str) -> str:
 def reply_language(out: Outbound) -> str:
     """The customer's language if the sender said it, else the language the agent wrote in."""
     written = "zh" if CJK.search(out.text) else "en"
-    return language_of(str(out.meta.get("language") or ""), written)
+    return language_of(out.intent.language or "", written)
 
 
 def message_id_for(out: Outbound, domain: str) -> str:
@@ -48,6 +48,11 @@ def message_id_for(out: Outbound, domain: str) -> str:
     the customer's client (RFC 5322 3.6.4: the id is unique to one message)."""
     seed = f"{out.dedupe_key}|{out.conversation_id}|{out.customer_id}|{out.text}"
     return f"kefu.{hashlib.sha256(seed.encode()).hexdigest()[:32]}@{domain}"
+
+
+def title_of(out: Outbound) -> str:
+    """The subject the customer gave the thread this message answers ("" when none)."""
+    return (out.intent.title or "") if isinstance(out.intent, Threaded) else ""
 
 
 def _angle(ids: list[str]) -> str:
@@ -78,7 +83,7 @@ class Composer:
             "text": out.text,
             "team": self.sender.name,
             "conversation_id": out.conversation_id if out.conversation_id is not None else "",
-            "subject": base_subject(str(out.meta.get("subject") or "")),
+            "subject": base_subject(title_of(out)),
         }
         msg = EmailMessage()
         msg["From"] = Address(self.sender.name, addr_spec=self.sender.address)
@@ -89,21 +94,23 @@ class Composer:
         msg["Subject"] = subject
         msg["Date"] = format_datetime(now)
         msg["Message-ID"] = f"<{msgid}>"
-        in_reply_to = out.meta.get("in_reply_to")
-        references = [str(r) for r in out.meta.get("references") or []]
-        if in_reply_to:
-            # RFC 5322 3.6.4: In-Reply-To is the parent's id; References is the parent's References
-            # plus the parent's id, which handlers/agents.answer already put together.
-            msg["In-Reply-To"] = f"<{normalize_msgid(str(in_reply_to))}>"
-            if normalize_msgid(str(in_reply_to)) not in {normalize_msgid(r) for r in references}:
-                references.append(str(in_reply_to))
+        answers = out.intent.answers if isinstance(out.intent, Threaded) else ()
+        references = list(answers)
+        if answers:
+            # RFC 5322 3.6.4: In-Reply-To is the parent's id (the last one answered); References
+            # is the parent's References plus the parent's id: the whole chain, oldest first.
+            msg["In-Reply-To"] = f"<{normalize_msgid(answers[-1])}>"
         if references:
             msg["References"] = _angle(references[-20:])
         # RFC 3834 5: kefu's answers are replies written by a person, not auto-generated;
         # acknowledgements and notices are marked so the customer's autoresponder stays quiet.
         # A greeting answers nothing: "auto-generated"; acknowledgements answer a message.
-        msg["Auto-Submitted"] = {"reply": "no", "greeting": "auto-generated"}.get(
-            out.kind, "auto-replied"
+        msg["Auto-Submitted"] = (
+            "no"
+            if isinstance(out.intent, Reply)
+            else "auto-generated"
+            if isinstance(out.intent, Greeting)
+            else "auto-replied"
         )
         msg.set_content(self._render(lang, "email_reply.txt.j2", context) + "\n", charset="utf-8")
         msg.add_alternative(

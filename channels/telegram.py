@@ -47,7 +47,8 @@ from telegram.error import (
 )
 
 from bot.config import ConfigError
-from bot.messages import Attachment, Outbound
+from bot.intents import Intent, Outbound, StaffNotice, Survey, Threaded
+from bot.messages import Attachment
 from channels.base import (
     ChannelError,
     Deferred,
@@ -521,18 +522,21 @@ class TelegramChannel:
     # --- outbound -----------------------------------------------------------------------------
 
     async def send(self, out: Outbound) -> SendResult:
+        """Renders the intent: a StaffNotice to the staff group (in its conversation's topic) or to
+        an agent's private chat; anything else to the customer's chat, as a reply to the message it
+        answers, with a Survey's choices as an inline keyboard."""
         try:
             chat_id = int(out.address)
         except ValueError:
             raise PermanentError(f"Telegram address {out.address!r} is not a chat id") from None
-        staff = out.meta.get("staff")
-        if isinstance(staff, Mapping) and (chat_id == self.staff_chat_id or staff.get("agent")):
+        notice = out.intent if isinstance(out.intent, StaffNotice) else None
+        if notice is not None and (chat_id == self.staff_chat_id or notice.agent):
             out = await self._taken(out)
-            staff = out.meta.get("staff") or {}
+            notice = out.intent if isinstance(out.intent, StaffNotice) else notice
         if chat_id == self.staff_chat_id:
-            return await self._send_staff(out, chat_id)
-        if isinstance(staff, Mapping) and staff.get("agent"):
-            return await self._send_agent(out, chat_id, staff)
+            return await self._send_staff(out, chat_id, notice or _as_staff(out.intent))
+        if notice is not None and notice.agent:
+            return await self._send_agent(out, chat_id, notice)
         return await self._send_customer(out, chat_id)
 
     async def _taken(self, out: Outbound) -> Outbound:
@@ -551,57 +555,60 @@ class TelegramChannel:
             return out
         return Outbound.from_row(out.channel, out.address, out.dedupe_key, dict(payload))
 
-    async def _send_agent(
-        self, out: Outbound, chat_id: int, staff: Mapping[str, Any]
-    ) -> SendResult:
+    async def _send_agent(self, out: Outbound, chat_id: int, notice: StaffNotice) -> SendResult:
         """A staff post in an agent's private chat with the bot, where they answer by replying.
         An agent who never opened that chat (/start) or blocked the bot cannot get it there: a
-        conversation's post then goes to the staff group, so nothing waits on them."""
+        post with a fallback (the staff group) then goes there, so nothing waits on them."""
         steps = self._steps(
-            chat_id, out.text, out.attachments, thread=None, reply_to=_int(staff.get("reply_to"))
+            chat_id, out.text, out.attachments, thread=None,
+            reply_to=_reply_to(_last(notice.answers), chat_id),
         )
         try:
             progress = await self._run(out.dedupe_key, chat_id, steps, group=False)
         except PermanentError as exc:
-            group = _int(staff.get("group"))
-            if group is None or group != self.staff_chat_id or not staff.get("mirror"):
+            group = _int(notice.fallback)
+            if group is None or group != self.staff_chat_id:
                 raise
             log.warning(
                 "telegram.agent_chat.unreachable agent=%s error=%s: posting in the staff group",
-                staff.get("agent"), exc,
+                notice.agent, exc,
             )
             self._progress.pop(out.dedupe_key, None)
-            in_group = {k: v for k, v in staff.items() if k not in ("agent", "group")}
-            moved = dataclasses.replace(
-                out, address=str(group), meta={**out.meta, "staff": in_group}
-            )
-            return await self._send_staff(moved, group)
+            in_group = dataclasses.replace(notice, agent=None, fallback=None)
+            return await self._send_staff(out.with_intent(in_group, address=str(group)), group,
+                                          in_group)
         return SendResult(external_id=progress.first_key)
 
     async def _send_customer(self, out: Outbound, chat_id: int) -> SendResult:
+        intent = out.intent
         text = _with_links(out.text, out.attachments)
-        reply_to = _reply_to(out.meta.get("in_reply_to"), chat_id)
+        answered = intent.answered if isinstance(intent, Threaded) else None
+        markup = (
+            survey_keyboard(intent.survey_id, intent.choices)
+            if isinstance(intent, Survey) and intent.choices
+            else None
+        )
         steps = self._steps(
-            chat_id, text, out.attachments, thread=None, reply_to=reply_to,
-            markup=_survey_markup(out.meta.get("survey")),
+            chat_id, text, out.attachments, thread=None, reply_to=_reply_to(answered, chat_id),
+            markup=markup,
         )
         progress = await self._run(out.dedupe_key, chat_id, steps, group=False)
         return SendResult(external_id=progress.first_key)
 
-    async def _send_staff(self, out: Outbound, chat_id: int) -> SendResult:
-        staff: dict[str, Any] = out.meta.get("staff") or {}
+    async def _send_staff(self, out: Outbound, chat_id: int, notice: StaffNotice) -> SendResult:
         forum = await self._is_forum()
         thread: int | None = None
         if forum:
-            thread = _int(staff.get("thread"))
+            thread = _int(notice.place)
             if thread is None and out.conversation_id is not None:
-                thread = await self._thread_for(out, chat_id, staff)
+                thread = await self._thread_for(out.conversation_id, chat_id, notice)
         steps = self._steps(
-            chat_id, out.text, out.attachments, thread=thread, reply_to=_int(staff.get("reply_to"))
+            chat_id, out.text, out.attachments, thread=thread,
+            reply_to=_reply_to(_last(notice.answers), chat_id),
         )
         progress = await self._run(out.dedupe_key, chat_id, steps, group=True)
         return SendResult(
-            external_id=progress.first_key, thread=str(thread) if thread is not None else None
+            external_id=progress.first_key, place=str(thread) if thread is not None else None
         )
 
     async def _is_forum(self) -> bool:
@@ -612,18 +619,17 @@ class TelegramChannel:
         return self._forum
 
     async def _thread_for(
-        self, out: Outbound, chat_id: int, staff: Mapping[str, Any]
+        self, conversation_id: int, chat_id: int, notice: StaffNotice
     ) -> int | None:
-        conversation_id = out.conversation_id
-        assert conversation_id is not None
+        """The conversation's forum topic: known, or opened now for a post that names one."""
         known = self._threads.get(conversation_id)
         if known is None and self.hooks.thread_of is not None:
             known = _int(await self.hooks.thread_of(conversation_id))
-        if known is not None or not staff.get("mirror"):
+        if known is not None or notice.topic is None:
             if known is not None:
                 self._threads[conversation_id] = known
             return known
-        name = (staff.get("topic_name") or f"#{conversation_id}")[:TOPIC_NAME_LIMIT]
+        name = (notice.topic or f"#{conversation_id}")[:TOPIC_NAME_LIMIT]
         topic = await self._call(
             chat_id, lambda: self.bot.create_forum_topic(chat_id, name), group=True
         )
@@ -816,24 +822,29 @@ def survey_keyboard(
     )
 
 
-def _survey_markup(question: object) -> InlineKeyboardMarkup | None:
-    """meta["survey"] = {"id", "choices"} (handlers/survey.py) -> the buttons; None otherwise."""
-    if not isinstance(question, Mapping):
-        return None
-    survey_id, choices = _int(question.get("id")), question.get("choices")
-    if survey_id is None or not isinstance(choices, list):
-        return None
-    scores = [n for n in choices if isinstance(n, int) and not isinstance(n, bool)]
-    return survey_keyboard(survey_id, scores) if scores else None
-
-
 def _with_links(text: str, attachments: Sequence[Attachment]) -> str:
     """Attachments from other channels have URLs, not Telegram file ids: they travel as links."""
     links = [a.url for a in attachments if a.url and not a.file_id]
     return "\n".join([text, *links]) if links else text
 
 
+def _as_staff(intent: Intent) -> StaffNotice:
+    """Any other intent addressed to the staff group is posted there as it is."""
+    return StaffNotice(
+        text=intent.text,
+        language=intent.language,
+        conversation_id=intent.conversation_id,
+        customer_id=intent.customer_id,
+        attachments=intent.attachments,
+    )
+
+
+def _last(answers: Sequence[str]) -> str | None:
+    return answers[-1] if answers else None
+
+
 def _reply_to(external_id: object, chat_id: int) -> int | None:
+    """The message id of a "chat:message" id, when that message is in this chat."""
     if not isinstance(external_id, str):
         return None
     chat, _, message_id = external_id.rpartition(":")

@@ -17,7 +17,8 @@ from typing import Annotated, Any, Literal
 import httpx
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from bot.messages import Attachment, Inbound, Outbound, Receipt
+from bot.intents import Acknowledgement, Intent, Outbound, Survey
+from bot.messages import Attachment, Inbound, Receipt
 from channels.base import PermanentError, SendResult, Sink, TransientError
 from channels.webhook_signing import Scheme, Signer, sign
 
@@ -329,8 +330,7 @@ class WebhookChannel:
         }
         if out.attachments:
             message["attachments"] = [a.to_json() for a in out.attachments]
-        if out.meta.get("webhook"):
-            message.update(out.meta["webhook"])
+        message.update(callback_fields(out.intent))
         body = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
         headers = {
             "Content-Type": "application/json",
@@ -352,6 +352,22 @@ class WebhookChannel:
                 detail, retry_after=_retry_after(response.headers.get("retry-after"))
             )
         raise PermanentError(detail)
+
+
+def callback_fields(intent: Intent) -> dict[str, Any]:
+    """What the callback body adds for some intents, after the common fields (README, "Replies
+    to a webhook customer"): an acknowledgement's ticket, reason and promised time; a survey's
+    id and choices."""
+    if isinstance(intent, Acknowledgement):
+        expected = intent.expected_response_by
+        return {
+            "ticket": intent.conversation_id,
+            "reason": intent.reason,
+            "expected_response_by": expected.isoformat() if expected is not None else None,
+        }
+    if isinstance(intent, Survey):
+        return {"survey": {"id": intent.survey_id, "choices": list(intent.choices)}}
+    return {}
 
 
 def _retry_after(value: str | None) -> float | None:

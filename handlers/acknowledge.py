@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import outbox
+from bot import intents, outbox
 from bot.config import Config
-from bot.messages import SPOKEN, Outbound
+from bot.intents import Outbound
+from bot.messages import SPOKEN
 from handlers import care
 from handlers.templating import language_of
 from storage.models import Acknowledgement
@@ -118,21 +119,18 @@ class Acknowledger:
         await outbox.say(
             session,
             Outbound(
-                channel=inbound.channel,
-                address=inbound.address,
-                text=text,
-                dedupe_key=f"ack:{conversation.id}:{note.interaction_id}",
-                kind="ack",
-                conversation_id=conversation.id,
-                customer_id=customer.id,
-                meta={
-                    **care.thread_meta(inbound, language),
-                    "webhook": {
-                        "ticket": conversation.id,
-                        "reason": reason,
-                        "expected_response_by": expected_at.isoformat(),
-                    },
-                },
+                inbound.channel,
+                inbound.address,
+                intents.Acknowledgement(
+                    text=text,
+                    language=language,
+                    conversation_id=conversation.id,
+                    customer_id=customer.id,
+                    reason=reason,
+                    expected_response_by=expected_at,
+                    **care.answering(inbound),
+                ),
+                f"ack:{conversation.id}:{note.interaction_id}",
             ),
             log_meta={
                 "kind": "ack",

@@ -9,7 +9,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import outbox
-from bot.messages import Outbound
+from bot.intents import Outbound, Reply
+from handlers import care
 from storage import audit
 from storage.models import Conversation, Customer, Interaction, utcnow
 
@@ -60,14 +61,13 @@ async def answer(
         .order_by(Interaction.id.desc())
         .limit(1)
     )
-    thread: dict[str, object] = {}
+    thread: dict[str, Any] = {}
     if last_in is not None and last_in.external_id:
-        thread = {
-            "in_reply_to": last_in.external_id,
-            "references": [*last_in.meta.get("references", []), last_in.external_id],
-        }
-        if last_in.meta.get("subject"):
-            thread["subject"] = last_in.meta["subject"]
+        thread = care.thread_of(
+            [str(r) for r in last_in.meta.get("references") or ()],
+            last_in.external_id,
+            last_in.meta.get("subject"),
+        )
     logged = Interaction(
         conversation_id=conversation.id,
         customer_id=conversation.customer_id,
@@ -84,14 +84,16 @@ async def answer(
     outbox_id = await outbox.enqueue(
         session,
         Outbound(
-            channel=conversation.reply_channel,
-            address=conversation.reply_address,
-            text=text,
-            dedupe_key=f"reply-{logged.id}",
-            kind="reply",
-            conversation_id=conversation.id,
-            customer_id=conversation.customer_id,
-            meta=thread,
+            conversation.reply_channel,
+            conversation.reply_address,
+            Reply(
+                # No language: the channel's own wording follows the language the agent wrote in.
+                text=text,
+                conversation_id=conversation.id,
+                customer_id=conversation.customer_id,
+                **thread,
+            ),
+            f"reply-{logged.id}",
         ),
         interaction_id=logged.id,
     )

@@ -38,13 +38,20 @@ def local_time(when: datetime, zone: str) -> str:
     return f"{when.astimezone(ZoneInfo(zone)):%Y-%m-%d %H:%M} ({zone})"
 
 
-def thread_meta(inbound: Inbound | None, language: str) -> dict[str, Any]:
-    """What the customer's client needs to thread a bot message under theirs (email, Telegram)."""
-    meta: dict[str, Any] = {"language": language}
+def answering(inbound: Inbound | None) -> dict[str, Any]:
+    """The thread a message answering `inbound` belongs to, as a Threaded intent's fields: the
+    ids that message answered and its own, oldest first, and the title its sender gave it. Each
+    channel threads by them its own way (email headers, a Telegram reply)."""
     if inbound is None:
-        return meta
-    meta["in_reply_to"] = inbound.external_id
-    meta["references"] = [*inbound.meta.get("references", []), inbound.external_id]
-    if inbound.meta.get("subject"):
-        meta["subject"] = inbound.meta["subject"]
-    return meta
+        return {}
+    return thread_of(
+        [str(r) for r in inbound.meta.get("references") or ()],
+        inbound.external_id,
+        inbound.meta.get("subject"),
+    )
+
+
+def thread_of(earlier: list[str], external_id: str, title: object) -> dict[str, Any]:
+    """The Threaded intent's fields for an answer to the message `external_id`, which itself
+    answered `earlier` (oldest first)."""
+    return {"answers": (*earlier, external_id), "title": str(title) if title else None}

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import outbox
 from bot.config import Config
-from bot.messages import Outbound
+from bot.intents import STAFF_CHANNEL, Outbound, StaffNotice
 from handlers import health, staff_alerts
 from handlers.health import FAST_DAYS, SLOW_DAYS, Health, Signals
 from handlers.routing import Router
@@ -496,23 +496,25 @@ class Churn:
         )
         key = f"churn:{customer.id}:{crossing}"
         if self.staff_chat_id is not None and conversation is not None:
+            name = staff_alerts.name_of(customer)
             await staff_alerts.post(
-                session, self.staff_chat_id, conversation, staff_alerts.name_of(customer), text, key
+                session, self.staff_chat_id, conversation, name, text, key, about="churn"
             )
         elif self.lead_chats:
             for lead in leads:
                 if lead.telegram_user_id is None:
                     continue
+                notice = StaffNotice(
+                    text=text,
+                    conversation_id=conversation.id if conversation is not None else None,
+                    customer_id=customer.id,
+                    about="churn",
+                    agent=lead.name,
+                )
                 await outbox.enqueue(
                     session,
                     Outbound(
-                        channel="telegram",
-                        address=str(lead.telegram_user_id),
-                        text=text,
-                        dedupe_key=f"{key}:{lead.id}",
-                        kind="notice",
-                        conversation_id=conversation.id if conversation is not None else None,
-                        customer_id=customer.id,
+                        STAFF_CHANNEL, str(lead.telegram_user_id), notice, f"{key}:{lead.id}"
                     ),
                 )
         log.warning(

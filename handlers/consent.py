@@ -15,8 +15,9 @@ from collections.abc import Iterable
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import outbox
+from bot.intents import Notice, Outbound
 from bot.language import CJK
-from bot.messages import SPOKEN, Outbound
+from bot.messages import SPOKEN
 from bot.pipeline import Logged
 from handlers.templating import Templates, language_of
 from storage import campaigns as store
@@ -105,13 +106,16 @@ class ConsentObserver:
         await outbox.say(
             session,
             Outbound(
-                channel=inbound.channel,
-                address=inbound.address,
-                text=text,
-                dedupe_key=f"optout:{logged.interaction_id}",
-                kind="notice",
-                conversation_id=conversation_id,
-                customer_id=customer.id,
+                inbound.channel,
+                inbound.address,
+                # No language: as before, the channel's own wording follows the text's.
+                Notice(
+                    text=text,
+                    conversation_id=conversation_id,
+                    customer_id=customer.id,
+                    about="optout",
+                ),
+                f"optout:{logged.interaction_id}",
             ),
             log_meta={"kind": "optout_confirm"},
             at=now,

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import outbox
 from bot.config import Config
-from bot.messages import Outbound
+from bot.intents import FollowUp, Outbound
 from handlers.care import zone_of
 from handlers.greetings import Reach, _hhmm, _in_quiet, choose_channel
 from handlers.templating import TemplateProblem, Templates, language_of
@@ -249,14 +249,16 @@ class FollowUps:
         out_id = await outbox.enqueue(
             session,
             Outbound(
-                channel=where[0],
-                address=where[1],
-                text=text,
-                dedupe_key=f"{CAMPAIGN}:{d.occasion}",
-                kind="followup",
-                conversation_id=conversation.id,
-                customer_id=customer.id,
-                meta={"language": language, "campaign": CAMPAIGN},
+                where[0],
+                where[1],
+                FollowUp(
+                    text=text,
+                    language=language,
+                    conversation_id=conversation.id,
+                    customer_id=customer.id,
+                    campaign=CAMPAIGN,
+                ),
+                f"{CAMPAIGN}:{d.occasion}",
             ),
             interaction_id=logged.id,
         )

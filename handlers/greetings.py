@@ -24,7 +24,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import holidays as holiday_calendars
 
 from bot.config import CampaignsConfig, Config, ConfigError, QuietHoursConfig, SegmentConfig
-from bot.messages import Outbound
+from bot.intents import Greeting as GreetingIntent
+from bot.intents import Outbound
 from handlers import segments
 from handlers.templating import LANGUAGES, TemplateProblem, Templates, language_of
 from storage import campaigns as store
@@ -643,15 +644,18 @@ class Planner:
                     }
                 )
                 message = Outbound(
-                    channel=g.channel,
-                    address=g.address,
-                    text=g.text,
-                    dedupe_key=f"greeting:{g.campaign}:{g.occasion}:{g.customer_id}",
-                    kind="greeting",
-                    customer_id=g.customer_id,
-                    # the customer's language: a channel's own wording around the greeting (the
-                    # email footer) follows it, not the script of the customer's name
-                    meta={"campaign": g.campaign, "occasion": g.occasion, "language": g.language},
+                    g.channel,
+                    g.address,
+                    GreetingIntent(
+                        text=g.text,
+                        customer_id=g.customer_id,
+                        # the customer's language: a channel's own wording around the greeting
+                        # (the email footer) follows it, not the script of the customer's name
+                        language=g.language,
+                        campaign=g.campaign,
+                        occasion=g.occasion,
+                    ),
+                    f"greeting:{g.campaign}:{g.occasion}:{g.customer_id}",
                 )
                 queued.append(
                     {

@@ -196,6 +196,7 @@ async def _breach(
         else f"customer {conversation.customer_id}",
         text,
         f"sla:{breach_id}",
+        about="sla",
     )
     log.warning(
         "sla.breach conversation=%s target=%s due=%s priority=%s team=%s assignee=%s leads=%s",

@@ -9,11 +9,11 @@ transaction, later outbox id, and the outbox sends one address's rows in order).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.messages import Outbound
+from bot.intents import STAFF_CHANNEL, Outbound, StaffNotice
 from handlers import staff_feed
 from handlers.routing import Router
 from storage import dialect
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kefu.staff_alerts")
 
-CHANNEL = "telegram"
 SEVERITY_MARK = {"high": "🔴 HIGH", "normal": "🟠 normal"}
 SEVERITY_RANK = {None: 0, "none": 0, "normal": 1, "high": 2}
 
@@ -36,33 +35,27 @@ async def post(
     customer_name: str,
     text: str,
     dedupe_key: str,
+    *,
+    about: str = "complaint",
 ) -> int | None:
     """Queues `text` for the staff group, in the conversation's topic; None without a staff
-    group."""
+    group. `about`: complaint | sla | churn."""
     if staff_chat_id is None:
         return None
     from handlers.staff_group import topic_name
 
-    staff: dict[str, Any] = {
-        "mirror": True,  # creates the conversation's topic if no mirror did yet
-        "topic_name": topic_name(conversation.id, customer_name, conversation.reply_channel or "—"),
-    }
-    if conversation.staff_thread:
-        staff["thread"] = conversation.staff_thread
+    notice = StaffNotice(
+        text=text,
+        conversation_id=conversation.id,
+        customer_id=conversation.customer_id,
+        about=about,
+        # Opens the conversation's topic if no mirror did yet.
+        topic=topic_name(conversation.id, customer_name, conversation.reply_channel or "—"),
+        place=conversation.staff_thread or None,
+    )
     # Merged into the topic's post still waiting, if any: alerts are part of the topic's feed.
     return await staff_feed.queue(
-        session,
-        Outbound(
-            channel=CHANNEL,
-            address=str(staff_chat_id),
-            text=text,
-            dedupe_key=dedupe_key,
-            kind="notice",
-            conversation_id=conversation.id,
-            customer_id=conversation.customer_id,
-            meta={"staff": staff},
-        ),
-        addition=text,
+        session, Outbound(STAFF_CHANNEL, str(staff_chat_id), notice, dedupe_key), addition=text
     )
 
 

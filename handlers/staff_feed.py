@@ -22,7 +22,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import outbox
-from bot.messages import Outbound
+from bot.intents import Outbound, StaffNotice, from_payload, to_payload
 from channels.telegram_limits import utf16_len
 from storage import dialect
 from storage.db import Database
@@ -92,15 +92,15 @@ async def _append(session: AsyncSession, out: Outbound, addition: str) -> int | 
     if found is None:
         return None
     row_id, payload, key = found
-    staff_meta = (payload.get("meta") or {}).get("staff") or {}
-    if not key.startswith(FEED_PREFIXES) or payload.get("attachments") or staff_meta.get("taken"):
+    if not key.startswith(FEED_PREFIXES) or payload.get("attachments") or taken(payload):
         return None
-    text = f"{payload.get('text', '')}\n{addition}"
+    post = from_payload(payload, address=out.address)
+    if not isinstance(post, StaffNotice):
+        return None
+    text = f"{post.text}\n{addition}"
     if utf16_len(text) > POST_LIMIT:
         return None
-    staff: dict[str, Any] = dict((payload.get("meta") or {}).get("staff") or {})
-    staff["merged"] = int(staff.get("merged", 1)) + 1
-    new_payload = {**payload, "text": text, "meta": {**(payload.get("meta") or {}), "staff": staff}}
+    new_payload = to_payload(replace(post, text=text, merged=post.merged + 1))
     await session.execute(
         update(OutboxRow).where(OutboxRow.id == row_id).values(payload=new_payload)
     )
@@ -123,19 +123,25 @@ async def take(db: Database, key: str) -> dict[str, Any] | None:
         if found is None:
             return None
         row_id, payload = found
-        meta = dict(payload.get("meta") or {})
-        staff = dict(meta.get("staff") or {})
-        if staff.get("taken"):
+        if taken(payload):
             return dict(payload)
-        staff["taken"] = True
-        taken = {**payload, "meta": {**meta, "staff": staff}}
-        await session.execute(update(OutboxRow).where(OutboxRow.id == row_id).values(payload=taken))
-        return taken
+        # Delivery state beside the intent, not part of it: nothing is merged into it any more.
+        final = {**payload, "taken": True}
+        await session.execute(update(OutboxRow).where(OutboxRow.id == row_id).values(payload=final))
+        return final
+
+
+def taken(payload: dict[str, Any]) -> bool:
+    """Whether the channel took the post for the wire (rows queued before intents kept the flag
+    in meta.staff)."""
+    legacy = (payload.get("meta") or {}).get("staff") or {}
+    return bool(payload.get("taken") or legacy.get("taken"))
 
 
 def for_agent(out: Outbound, member: Staff) -> Outbound:
     """The same post, to the agent's private chat (the group, with its topic, if that fails)."""
     assert member.telegram_user_id is not None
-    staff = {**(out.meta.get("staff") or {}), "agent": member.name, "group": out.address}
-    staff.pop("thread", None)
-    return replace(out, address=str(member.telegram_user_id), meta={**out.meta, "staff": staff})
+    notice = out.intent
+    assert isinstance(notice, StaffNotice)
+    direct = replace(notice, agent=member.name, fallback=out.address, place=None)
+    return out.with_intent(direct, address=str(member.telegram_user_id))

@@ -21,24 +21,24 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import outbox
 from bot.config import Config
-from bot.messages import Attachment, Outbound
+from bot.intents import STAFF_CHANNEL, Outbound, StaffNotice
+from bot.messages import Attachment
 from bot.pipeline import Logged, Observer
 from channels.telegram_updates import StaffPost
 from handlers import agents, roles, staff_commands, staff_feed
-from storage import audit, dialect
+from storage import audit, conversations, dialect
 from storage.db import Database
 from storage.models import Conversation, OutboxRow, ProcessedMessage, Staff
 
 log = logging.getLogger("kefu.staff_group")
 
-CHANNEL = "telegram"
+CHANNEL = STAFF_CHANNEL  # staff posts arrive, and kefu's answers to them go, on the staff channel
 BOARD = "telegram-board"  # processed_messages channel of the group's "where it is handled" lines
 PRIVATE_HINT = (
     "👋 Conversations assigned to you arrive here. Reply to one of them to answer the customer; "
@@ -146,28 +146,21 @@ def mirror_observer(staff_chat_id: int) -> Observer:
             return
         # Inside the pipeline's transaction some attributes may be expired; run_sync may load them.
         seen = await session.run_sync(lambda _: _seen(note))
-        # Telegram file ids work for this bot only: media from Telegram is copied into the topic.
+        # Media the staff channel itself holds (its own file ids) is copied into the post; the
+        # rest is described in the text.
         media = tuple(
             a for a in note.inbound.attachments if a.file_id and note.inbound.channel == CHANNEL
         )
-        name = topic_name(seen.conversation_id, seen.name, note.inbound.channel)
-        out = Outbound(
-            channel=CHANNEL,
-            address=str(staff_chat_id),
+        notice = StaffNotice(
             text=mirror_text(note, seen),
-            dedupe_key=f"mirror-{note.interaction_id}",
-            kind="notice",
             conversation_id=seen.conversation_id,
             customer_id=seen.customer_id,
             attachments=media,
-            meta={
-                "staff": {
-                    "mirror": True,
-                    "topic_name": name,
-                    **({"thread": seen.staff_thread} if seen.staff_thread else {}),
-                }
-            },
+            about="mirror",
+            topic=topic_name(seen.conversation_id, seen.name, note.inbound.channel),
+            place=seen.staff_thread or None,
         )
+        out = Outbound(CHANNEL, str(staff_chat_id), notice, f"mirror-{note.interaction_id}")
         member = await staff_feed.agent_of(session, note.conversation)
         if member is not None:
             out = staff_feed.for_agent(out, member)
@@ -191,12 +184,10 @@ async def _board(
     await staff_feed.queue(
         session,
         Outbound(
-            channel=CHANNEL,
-            address=str(staff_chat_id),
-            text=line,
-            dedupe_key=f"board-{seen.conversation_id}-{member.id}",
-            kind="notice",
-            meta={"staff": {"board": True}},
+            CHANNEL,
+            str(staff_chat_id),
+            StaffNotice(text=line, about="board"),
+            f"board-{seen.conversation_id}-{member.id}",
         ),
         addition=line,
     )
@@ -214,19 +205,14 @@ async def staff_telegram_ids(db: Database) -> set[int]:
 
 
 async def thread_of(db: Database, conversation_id: int) -> str | None:
+    """The place the staff channel gave the conversation (its topic), for the channel's lookup."""
     async with db.sessions() as session:
-        return await session.scalar(
-            select(Conversation.staff_thread).where(Conversation.id == conversation_id)
-        )
+        return await conversations.staff_place_of(session, conversation_id)
 
 
 async def save_thread(db: Database, conversation_id: int, thread: str) -> None:
     async with db.transaction() as session:
-        await session.execute(
-            update(Conversation)
-            .where(Conversation.id == conversation_id, Conversation.staff_thread.is_(None))
-            .values(staff_thread=thread)
-        )
+        await conversations.set_staff_place(session, conversation_id, thread)
 
 
 async def first_time(
@@ -385,21 +371,15 @@ class StaffDesk:
     async def _notice(
         self, session: AsyncSession, post: StaffPost, conversation: Conversation | None, text: str
     ) -> None:
-        staff: dict[str, Any] = {"reply_to": post.message_id}
-        if post.thread_id is not None:
-            staff["thread"] = str(post.thread_id)
-        if post.private:
-            staff["agent"] = post.user_name
+        notice = StaffNotice(
+            text=text,
+            conversation_id=conversation.id if conversation else None,
+            about="answer",
+            answers=(post.key,),
+            place=str(post.thread_id) if post.thread_id is not None else None,
+            agent=post.user_name if post.private else None,
+        )
+        # Where the post was written: the group, or an agent's private chat with the bot.
         await outbox.enqueue(
-            session,
-            Outbound(
-                channel=CHANNEL,
-                # Where the post was written: the group, or an agent's private chat with the bot.
-                address=str(post.chat_id),
-                text=text,
-                dedupe_key=f"staff-notice-{post.key}",
-                kind="notice",
-                conversation_id=conversation.id if conversation else None,
-                meta={"staff": staff},
-            ),
+            session, Outbound(CHANNEL, str(post.chat_id), notice, f"staff-notice-{post.key}")
         )

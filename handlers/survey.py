@@ -25,7 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import outbox
 from bot.config import Config
-from bot.messages import Inbound, Outbound
+from bot.intents import Outbound
+from bot.intents import Survey as SurveyQuestion
+from bot.messages import Inbound
 from handlers import care
 from handlers.templating import language_of
 from storage import surveys
@@ -135,14 +137,17 @@ async def ask(
     await outbox.say(
         session,
         Outbound(
-            channel=conversation.reply_channel,
-            address=conversation.reply_address,
-            text=text,
-            dedupe_key=f"survey:{survey.id}",
-            kind="survey",
-            conversation_id=conversation.id,
-            customer_id=customer.id,
-            meta={"language": language, "survey": question, "webhook": {"survey": question}},
+            conversation.reply_channel,
+            conversation.reply_address,
+            SurveyQuestion(
+                text=text,
+                language=language,
+                conversation_id=conversation.id,
+                customer_id=customer.id,
+                survey_id=survey.id,
+                choices=tuple(CHOICES),
+            ),
+            f"survey:{survey.id}",
         ),
         log_meta={"kind": "survey", "survey": question},
         at=now,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage import dialect
@@ -62,3 +62,19 @@ async def resolved_quiet_since(
 async def of_customer(session: AsyncSession, customer_id: int) -> list[Conversation]:
     query = select(Conversation).where(Conversation.customer_id == customer_id)
     return list(await session.scalars(query.order_by(Conversation.id)))
+
+
+async def set_staff_place(session: AsyncSession, conversation_id: int, place: str) -> None:
+    """Keeps the place the staff channel gave the conversation (its forum topic), unless it has one
+    already: the first place opened stays, so every later post goes there."""
+    await session.execute(
+        update(Conversation)
+        .where(Conversation.id == conversation_id, Conversation.staff_thread.is_(None))
+        .values(staff_thread=place)
+    )
+
+
+async def staff_place_of(session: AsyncSession, conversation_id: int) -> str | None:
+    return await session.scalar(
+        select(Conversation.staff_thread).where(Conversation.id == conversation_id)
+    )

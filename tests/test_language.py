@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from bot import language
+from bot.intents import Outbound, Reply
 from bot.language import CJK, language_of, primary_tag, text_language
-from bot.messages import Outbound
 from channels import mail_compose
 from handlers import complaints, consent, templating
 
@@ -85,12 +85,11 @@ def test_one_definition_everywhere() -> None:
     [("𠮷野家の牛丼", "zh"), ("？？？", "zh"), ("안녕하세요", "zh"), ("hello", "en")],
 )
 def test_mail_reply_language_follows_the_written_text(text: str, lang: str) -> None:
-    out = Outbound("email", "ann@example.com", text, "reply-1", conversation_id=1)
+    out = Outbound("email", "ann@example.com", Reply(text=text, conversation_id=1), "reply-1")
     assert mail_compose.reply_language(out) == lang
 
 
 def test_mail_reply_language_prefers_the_customers() -> None:
-    out = Outbound(
-        "email", "ann@example.com", "您好", "reply-1", conversation_id=1, meta={"language": "en_US"}
-    )
+    reply = Reply(text="您好", conversation_id=1, language="en_US")
+    out = Outbound("email", "ann@example.com", reply, "reply-1")
     assert mail_compose.reply_language(out) == "en"

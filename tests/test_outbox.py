@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from bot.app import Kefu
 from bot.config import OutboxConfig
-from bot.messages import Outbound
+from bot.intents import Greeting, Outbound, Reply
 from bot.outbox import OutboxWorker, backoff, enqueue
 from channels.webhook import Source, WebhookChannel
 from handlers.agents import answer
@@ -153,7 +153,7 @@ def test_backoff_grows_with_jitter_and_caps() -> None:
 
 
 async def test_enqueue_is_idempotent_by_dedupe_key(db: Database) -> None:
-    out = Outbound("webhook", "shop:u1", "hi", "greeting:birthday:2027-02-28:1", kind="greeting")
+    out = Outbound("webhook", "shop:u1", Greeting(text="hi"), "greeting:birthday:2027-02-28:1")
     async with db.transaction() as s:
         first = await enqueue(s, out)
         second = await enqueue(s, out)
@@ -168,7 +168,7 @@ async def test_two_workers_on_postgres_never_send_a_row_twice(
     await db.upgrade()
     async with db.transaction() as s:
         for n in range(200):
-            await enqueue(s, Outbound("webhook", f"shop:u{n}", f"m{n}", f"k{n}"))
+            await enqueue(s, Outbound("webhook", f"shop:u{n}", Reply(text=f"m{n}"), f"k{n}"))
     cfg = OutboxConfig(batch_size=10, poll_interval_seconds=0.05)
     workers = []
     for _ in range(2):
@@ -204,7 +204,7 @@ async def send_one(db_path: Path, text: str, callback: CallbackServer) -> str:
     db = Database(f"sqlite+aiosqlite:///{db_path}")
     await db.upgrade()
     async with db.transaction() as s:
-        await enqueue(s, Outbound("webhook", "shop:u1", text, "reply-1"))
+        await enqueue(s, Outbound("webhook", "shop:u1", Reply(text=text), "reply-1"))
     channel = WebhookChannel({"shop": Source("shop", SECRET, callback.url)})
     await channel.start(lambda inbound: asyncio.sleep(0))  # type: ignore[arg-type,return-value]
     seen = len(callback.requests)

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from bot.config import OutboxConfig
-from bot.messages import Outbound
+from bot.intents import Greeting, Outbound, Reply, StaffNotice
 from bot.outbox import OutboxWorker, enqueue
 from channels.webhook import Source, WebhookChannel
 from storage.db import Database
@@ -40,7 +40,7 @@ async def webhook(callback: CallbackServer) -> AsyncIterator[WebhookChannel]:
 async def queue(db: Database, *texts: str, address: str = "shop:u1") -> None:
     for text in texts:
         async with db.transaction() as s:
-            await enqueue(s, Outbound("webhook", address, text, f"{address}:{text}"))
+            await enqueue(s, Outbound("webhook", address, Reply(text=text), f"{address}:{text}"))
 
 
 async def statuses(db: Database) -> list[str]:
@@ -107,7 +107,8 @@ async def test_a_scheduled_message_does_not_hold_back_later_ones(
 ) -> None:
     async with db.transaction() as s:
         tomorrow = utcnow() + timedelta(days=1)
-        await enqueue(s, Outbound("webhook", "shop:u1", "greeting", "g1"), not_before=tomorrow)
+        greeting = Outbound("webhook", "shop:u1", Greeting(text="greeting"), "g1")
+        await enqueue(s, greeting, not_before=tomorrow)
     await queue(db, "reply")
     assert await OutboxWorker(db, {"webhook": webhook}, FAST).run_once() == 1
     assert texts(callback) == ["reply"]
@@ -116,7 +117,8 @@ async def test_a_scheduled_message_does_not_hold_back_later_ones(
 async def test_a_deferred_message_holds_back_later_ones(db: Database) -> None:
     async with db.transaction() as s:
         for n in range(3):
-            await enqueue(s, Outbound("deferring", "staff", f"post {n}", f"post-{n}"))
+            post = StaffNotice(text=f"post {n}")
+            await enqueue(s, Outbound("deferring", "staff", post, f"post-{n}"))
     channel = DeferringChannel(times=1)
     sent: list[str] = []
     original = channel.send

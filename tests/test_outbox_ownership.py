@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from bot.config import OutboxConfig
-from bot.messages import Outbound
+from bot.intents import Greeting, Outbound, Reply, StaffNotice
 from bot.outbox import OutboxWorker, enqueue
 from channels.base import Deferred, SendResult, Sink, TransientError
 from channels.webhook import Source, WebhookChannel
@@ -94,7 +94,7 @@ async def test_a_send_that_outlasts_the_lease_is_delivered_once(
     alive, B never takes the row, the receiver gets one delivery and the row ends sent."""
     callback.delays = [4.0]  # the first request hangs almost three leases long
     async with db.transaction() as s:
-        await enqueue(s, Outbound("webhook", "shop:u1", "hello", "reply-1"))
+        await enqueue(s, Outbound("webhook", "shop:u1", Reply(text="hello"), "reply-1"))
     cfg = OutboxConfig(lease_seconds=1.5, poll_interval_seconds=0.02)
     channels, workers, dbs = [], [], []
     for _ in range(2):
@@ -135,7 +135,7 @@ async def test_a_late_outcome_of_a_lost_claim_changes_nothing(db: Database) -> N
     """A's lease ran out (its process froze); B re-claimed. A's late failure must not touch B's
     claim, and B's success must stand: final state sent, nothing left to send again."""
     async with db.transaction() as s:
-        await enqueue(s, Outbound("gated", "u1", "hello", "reply-1"))
+        await enqueue(s, Outbound("gated", "u1", Reply(text="hello"), "reply-1"))
     cfg = OutboxConfig(lease_seconds=60, max_attempts=5)
     a_channel, b_channel = GatedChannel(), GatedChannel()
     a = OutboxWorker(db, {"gated": a_channel}, cfg)
@@ -163,7 +163,8 @@ async def test_a_late_outcome_of_a_lost_claim_changes_nothing(db: Database) -> N
 
 async def test_deferred_many_times_never_makes_a_row_dead(db: Database) -> None:
     async with db.transaction() as s:
-        await enqueue(s, Outbound("deferring", "staff-group", "new complaint", "mirror-1"))
+        mirror = Outbound("deferring", "staff-group", StaffNotice(text="new complaint"), "mirror-1")
+        await enqueue(s, mirror)
     channel = DeferringChannel(times=40)
     worker = OutboxWorker(db, {"deferring": channel}, OutboxConfig(max_attempts=3))
     await worker.run_once()
@@ -184,7 +185,7 @@ async def test_a_deferral_moves_the_next_attempt_by_retry_after(db: Database) ->
             raise Deferred("quiet hours", retry_after=600)
 
     async with db.transaction() as s:
-        await enqueue(s, Outbound("deferring", "u1", "good morning", "greeting-1"))
+        await enqueue(s, Outbound("deferring", "u1", Greeting(text="good morning"), "greeting-1"))
     now = utcnow()
     worker = OutboxWorker(db, {"deferring": Later(0)}, OutboxConfig(), clock=lambda: now)
     assert await worker.run_once() == 1

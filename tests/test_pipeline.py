@@ -117,7 +117,7 @@ async def test_observer_failure_rolls_back_the_message(db: Database) -> None:
 
 async def test_observer_enqueues_in_the_same_transaction(db: Database) -> None:
     from bot import outbox
-    from bot.messages import Outbound
+    from bot.intents import Acknowledgement, Outbound
 
     async def ack(session, logged: Logged) -> None:
         await outbox.enqueue(
@@ -125,10 +125,11 @@ async def test_observer_enqueues_in_the_same_transaction(db: Database) -> None:
             Outbound(
                 "webhook",
                 logged.inbound.address,
-                "got it",
+                Acknowledgement(
+                    text="got it",
+                    conversation_id=logged.conversation.id if logged.conversation else None,
+                ),
                 f"ack-{logged.interaction_id}",
-                kind="ack",
-                conversation_id=logged.conversation.id if logged.conversation else None,
             ),
         )
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.messages import Outbound
+from bot.intents import Outbound, Reply
 from channels.email import MailStore, parse_fetch, to_inbound
 from channels.mail_compose import Composer, Identity, base_subject, reply_language
 from channels.mail_parse import (
@@ -148,25 +148,17 @@ def test_parse_fetch_pairs_uids_with_bodies() -> None:
     assert parse_fetch(lines) == [(7, b"abc"), (9, b"de")]
 
 
-def _outbound(text: str, **meta: object) -> Outbound:
-    return Outbound(
-        "email",
-        "ann@example.com",
-        text,
-        "reply-1",
-        conversation_id=12,
-        customer_id=3,
-        meta=dict(meta),
-    )
+def _outbound(text: str, **fields: object) -> Outbound:
+    reply = Reply(text=text, conversation_id=12, customer_id=3, **fields)  # type: ignore[arg-type]
+    return Outbound("email", "ann@example.com", reply, "reply-1")
 
 
 def test_composed_answer_threads_and_has_both_parts() -> None:
     composer = Composer(TEMPLATES, Identity(ADDRESS, "Acme Support"))
     out = _outbound(
         "Your refund is on its way.",
-        in_reply_to="c2@x",
-        references=["c1@x", "c2@x"],
-        subject="Re: Refund? [#12]",
+        answers=("c1@x", "c2@x"),
+        title="Re: Refund? [#12]",
     )
     message, msgid = composer.compose(out, now=datetime(2024, 4, 1, tzinfo=UTC))
     parsed = BytesParser(policy=policy.default).parsebytes(message.as_bytes())

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from bot import outbox
 from bot.config import OutboxConfig
-from bot.messages import Outbound
+from bot.intents import Outbound, Reply, StaffNotice
 from bot.outbox import OutboxWorker
 from channels.base import Deferred
 from channels.telegram import TelegramChannel, make_bot
@@ -55,8 +55,7 @@ async def test_300_staff_group_posts_behind_the_group_limit_all_arrive_once(db: 
         async with db.transaction() as session:
             for n in range(300):
                 await outbox.enqueue(session, Outbound(
-                    channel="telegram", address=str(GROUP), text=f"post {n}",
-                    dedupe_key=f"post-{n}", kind="notice"))
+                    "telegram", str(GROUP), StaffNotice(text=f"post {n}"), f"post-{n}"))
         cfg = OutboxConfig(
             base_delay_seconds=0.05, max_delay_seconds=0.5, poll_interval_seconds=0.05)
         worker = OutboxWorker(db, {"telegram": channel}, cfg)
@@ -80,9 +79,9 @@ async def test_group_slot_too_far_away_is_a_deferral() -> None:
                              group_messages_per_minute=2)
         async with ch.bot:
             for n in range(2):
-                await ch.send(Outbound("telegram", str(GROUP), f"n{n}", f"g{n}"))
+                await ch.send(Outbound("telegram", str(GROUP), StaffNotice(text=f"n{n}"), f"g{n}"))
             with pytest.raises(Deferred) as caught:
-                await ch.send(Outbound("telegram", str(GROUP), "n2", "g2"))
+                await ch.send(Outbound("telegram", str(GROUP), StaffNotice(text="n2"), "g2"))
     assert 55 < caught.value.retry_after <= 61
     assert len(botapi.sent) == 2
 
@@ -93,7 +92,7 @@ async def test_telegrams_own_429_is_a_deferral_with_its_retry_after() -> None:
         botapi.fail_next(429, "Too Many Requests: retry after 3", retry_after=3)
         async with ch.bot:
             with pytest.raises(Deferred) as caught:
-                await ch.send(Outbound("telegram", str(CUSTOMER), "hi", "r1"))
+                await ch.send(Outbound("telegram", str(CUSTOMER), Reply(text="hi"), "r1"))
     assert caught.value.retry_after == 3
     assert botapi.sent == []
 
@@ -103,7 +102,7 @@ async def test_one_private_chat_gets_at_most_one_message_a_second() -> None:
         ch = TelegramChannel(make_bot(TOKEN, botapi.base_url), mode="webhook")
         async with ch.bot:
             for n in range(3):
-                await ch.send(Outbound("telegram", str(CUSTOMER), f"m{n}", f"r{n}"))
+                await ch.send(Outbound("telegram", str(CUSTOMER), Reply(text=f"m{n}"), f"r{n}"))
     times = [s.at for s in botapi.to(CUSTOMER)]
     assert len(times) == 3 and botapi.too_many == 0
     assert times[2] - times[0] >= 1.9

@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bot.messages import Attachment, Outbound
+from bot.intents import Intent, Outbound, Reply, StaffNotice
+from bot.messages import Attachment
 from channels.base import PermanentError, TransientError
 from channels.telegram import Hooks, TelegramChannel, make_bot
 from channels.telegram_limits import SlidingWindow, split_text, utf16_len
@@ -18,9 +19,14 @@ CUSTOMER = 1001
 
 
 def out(
-    text: str = "您好", *, address: int = CUSTOMER, key: str = "reply-1", **kw: object
+    text: str = "您好",
+    *,
+    address: int = CUSTOMER,
+    key: str = "reply-1",
+    intent: type[Intent] = Reply,
+    **kw: object,
 ) -> Outbound:
-    return Outbound(channel="telegram", address=str(address), text=text, dedupe_key=key, **kw)  # type: ignore[arg-type]
+    return Outbound("telegram", str(address), intent(text=text, **kw), key)  # type: ignore[arg-type]
 
 
 def mirror(conversation_id: int, key: str, text: str = "📨 #1 · 张三 · telegram\nhi") -> Outbound:
@@ -28,9 +34,10 @@ def mirror(conversation_id: int, key: str, text: str = "📨 #1 · 张三 · tel
         text,
         address=FORUM,
         key=key,
-        kind="notice",
+        intent=StaffNotice,
         conversation_id=conversation_id,
-        meta={"staff": {"mirror": True, "topic_name": f"#{conversation_id} 张三 · telegram"}},
+        about="mirror",
+        topic=f"#{conversation_id} 张三 · telegram",
     )
 
 
@@ -50,14 +57,14 @@ async def test_text_to_a_customer(channel: TelegramChannel, botapi: BotApiServer
         "您好，包裹明天送到。",
     )
     assert result.external_id == f"{CUSTOMER}:{sent.message_id}"
-    assert result.thread is None
+    assert result.place is None
 
 
 async def test_answer_replies_to_the_customers_message(
     channel: TelegramChannel, botapi: BotApiServer
 ) -> None:
-    await channel.send(out(meta={"in_reply_to": f"{CUSTOMER}:1365"}))
-    await channel.send(out(key="reply-2", meta={"in_reply_to": "999:1365"}))  # another chat's id
+    await channel.send(out(answers=(f"{CUSTOMER}:1360", f"{CUSTOMER}:1365")))
+    await channel.send(out(key="reply-2", answers=("999:1365",)))  # another chat's id
     assert [s.reply_to for s in botapi.sent] == [1365, None]
 
 
@@ -147,8 +154,8 @@ async def test_first_mirror_creates_the_topic_once(botapi: BotApiServer) -> None
         "#1 张三 · telegram",
         "#2 张三 · telegram",
     ]
-    assert first.thread == second.thread == saved[1]
-    assert other.thread == saved[2] != saved[1]
+    assert first.place == second.place == saved[1]
+    assert other.place == saved[2] != saved[1]
     assert [s.thread_id for s in botapi.sent] == [int(saved[1]), int(saved[1]), int(saved[2])]
 
 
@@ -161,7 +168,7 @@ async def test_a_known_topic_is_reused_after_restart(botapi: BotApiServer) -> No
     async with ch.bot:
         result = await ch.send(mirror(1, "mirror-1"))
     assert FORUM not in botapi.topics
-    assert result.thread == "77"
+    assert result.place == "77"
     assert botapi.sent[0].thread_id == 77
 
 
@@ -170,16 +177,14 @@ async def test_group_without_topics_gets_plain_messages(botapi: BotApiServer) ->
     async with ch.bot:
         result = await ch.send(
             Outbound(
-                channel="telegram",
-                address=str(GROUP),
-                text="📨 #1",
-                dedupe_key="m-1",
-                conversation_id=1,
-                meta={"staff": {"mirror": True, "topic_name": "#1"}},
+                "telegram",
+                str(GROUP),
+                StaffNotice(text="📨 #1", conversation_id=1, about="mirror", topic="#1"),
+                "m-1",
             )
         )
     assert botapi.topics == {}
-    assert result.thread is None
+    assert result.place is None
     assert botapi.sent[0].thread_id is None
 
 

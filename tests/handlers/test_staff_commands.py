@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from bot import intents
+from bot.intents import Reply, StaffNotice, from_payload
 from bot.messages import Inbound
 from bot.pipeline import Pipeline
 from channels.telegram_updates import StaffPost
@@ -79,10 +81,11 @@ async def test_the_mirror_row_names_the_topic(db: Database, world: dict[str, Any
     [row] = await rows(db, OutboxRow, OutboxRow.dedupe_key.like("mirror-%"))
     assert row.address == str(STAFF_CHAT)
     assert row.conversation_id == world["conversation_id"]
-    assert row.payload["meta"]["staff"] == {
-        "mirror": True,
-        "topic_name": f"#{world['conversation_id']} 张三 · telegram",
-    }
+    mirror = from_payload(row.payload)
+    assert isinstance(mirror, StaffNotice)
+    assert (mirror.about, mirror.topic, mirror.place) == (
+        "mirror", f"#{world['conversation_id']} 张三 · telegram", None
+    )
     assert row.payload["text"].startswith(f"📨 #{world['conversation_id']} · 张三 · telegram\n")
     assert "请问营业时间" in row.payload["text"]
 
@@ -100,7 +103,8 @@ async def test_staff_answer_goes_to_the_customer(db: Database, world: dict[str, 
         "1001",
         "您好，包裹明天送到。",
     )
-    assert row.payload["meta"]["in_reply_to"] == "1001:1365"
+    reply = from_payload(row.payload)
+    assert isinstance(reply, Reply) and reply.answered == "1001:1365"
     [entry] = await rows(db, AuditEntry, AuditEntry.action == "reply")
     assert entry.actor == "alice"
 
@@ -215,7 +219,9 @@ async def test_claim_assign_resolve_pending_reopen_close(
     assert (asked.conversation_id, asked.assignee) == (cid, world["bob"])
     [question] = await rows(db, OutboxRow, OutboxRow.dedupe_key == f"survey:{asked.id}")
     assert (question.channel, question.address) == ("telegram", "1001")
-    assert question.payload["meta"]["survey"] == {"id": asked.id, "choices": [1, 2, 3, 4, 5]}
+    survey = from_payload(question.payload)
+    assert isinstance(survey, intents.Survey)
+    assert (survey.survey_id, survey.choices) == (asked.id, (1, 2, 3, 4, 5))
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
+from bot.intents import StaffNotice, from_payload
 from bot.messages import Attachment, Inbound
 from bot.pipeline import Pipeline
 from handlers import routing, staff_feed
@@ -40,7 +41,8 @@ async def test_messages_waiting_for_one_topic_become_one_post(db: Database) -> N
     first, other = rows
     expected = ["📨 #1 · 张三 · telegram", *(f"part {n}" for n in range(5))]
     assert first.payload["text"].splitlines() == expected
-    assert first.payload["meta"]["staff"]["merged"] == 5
+    merged = from_payload(first.payload)
+    assert isinstance(merged, StaffNotice) and merged.merged == 5
     assert "other customer" in other.payload["text"]
 
 
@@ -86,6 +88,8 @@ async def test_an_assigned_conversation_goes_to_the_agents_chat(db: Database) ->
     by_address = {r.address: r for r in rows}
     assert sorted(by_address) == sorted([str(ALICE), str(STAFF_CHAT)]) and len(rows) == 2
     assert by_address[str(ALICE)].payload["text"].splitlines()[1:] == ["part 0", "part 1", "part 2"]
-    assert by_address[str(ALICE)].payload["meta"]["staff"]["agent"] == "alice"
+    direct = from_payload(by_address[str(ALICE)].payload)
+    assert isinstance(direct, StaffNotice) and direct.agent == "alice"
+    assert direct.fallback == str(STAFF_CHAT)  # where it goes if alice's chat cannot take it
     line = by_address[str(STAFF_CHAT)].payload["text"]
     assert line == "👤 #1 张三 · telegram → alice (private chat)"  # the group's one line

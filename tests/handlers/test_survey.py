@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
+from bot import intents
+from bot.intents import from_payload
 from handlers import lifecycle, staff_group, survey
 from handlers.roles import Actor
 from handlers.survey import SurveyError
@@ -78,7 +80,9 @@ async def test_survey_is_queued_in_the_customers_language_after_the_delay(db: Da
     assert row is not None and row.payload["kind"] == "survey"
     assert row.next_attempt_at == T0 + timedelta(hours=1, minutes=10)
     assert "1 到 5" in row.payload["text"] and f"#{cid}" in row.payload["text"]
-    assert row.payload["meta"]["survey"] == {"id": sid, "choices": [1, 2, 3, 4, 5]}
+    question = from_payload(row.payload)
+    assert isinstance(question, intents.Survey) and question.language == "zh"
+    assert (question.survey_id, question.choices) == (sid, (1, 2, 3, 4, 5))
 
 
 async def test_digit_reply_answers_without_reopening(db: Database) -> None:
