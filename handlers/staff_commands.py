@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Config
+from bot.intents import STAFF_CHANNEL
 from channels.telegram_updates import StaffPost
 from handlers import lifecycle, roles
 from handlers.roles import Actor
@@ -75,7 +76,7 @@ class Context:
             Interaction(
                 conversation_id=self.conversation.id,
                 customer_id=self.conversation.customer_id,
-                channel="telegram",
+                channel=STAFF_CHANNEL,  # written where staff work
                 direction="event",
                 author_kind="agent",
                 author_id=self.member.name,
@@ -193,7 +194,7 @@ async def note(ctx: Context) -> str:
     row = Interaction(
         conversation_id=ctx.conversation.id,
         customer_id=ctx.conversation.customer_id,
-        channel="telegram",
+        channel=STAFF_CHANNEL,  # written where staff work
         direction="note",
         author_kind="agent",
         author_id=ctx.member.name,

@@ -325,7 +325,7 @@ class StaffDesk:
                 post.text,
                 agent=member.name,
                 staff_id=member.id,
-                meta={"via": "telegram", "staff_message": post.key},
+                meta={"via": CHANNEL, "staff_message": post.key},
             )
         except agents.AnswerError as exc:
             await self._notice(session, post, conversation, f"❌ Not sent: {exc}")
