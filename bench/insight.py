@@ -1,16 +1,22 @@
 """Customer health benchmark: score 1,000,000 customers with 10,000,000 interactions. Run by hand:
 
-    .venv/bin/python bench/insight.py [--customers 1000000] [--per-customer 10] [--db PATH] [--messages 2000]
+    .venv/bin/python bench/insight.py [--customers 1000000] [--per-customer 10] [--db PATH]
+                                      [--messages 2000]
 
 The history is built with bulk SQL (INSERT ... SELECT over a recursive counter) into a SQLite file
-that later runs reuse (--db; delete it to rebuild). Then, each in a fresh process so that peak RSS
-is the phase's own:
-- full recompute from the log: every customer rescored (handlers/churn.py Churn.recompute with
-  from_log, what a first run or `kefu customers rescore --from-log` does), against a baseline of a
-  bare aggregate over the same interactions (one GROUP BY customer_id);
-- periodic recompute: the same with contact times and rates from the stored rows (the hourly job);
+that later runs reuse (--db; delete it to rebuild, or after a schema change). Then, each in a
+fresh process so that peak RSS is the phase's own, with wall-clock and CPU seconds (user + system,
+every thread; steadier than wall-clock on a shared machine) and the load average:
+- baseline: a bare aggregate over the same interactions (one GROUP BY customer_id streamed), the
+  floor any recompute that reads the log stands on;
+- first scoring: customer_health emptied, then every customer scored from the log and every row
+  written (what the first run of an install with history does);
+- full recompute from the log (`kefu customers rescore --from-log`): rows present, every customer
+  rescored from the log, changed rows written;
+- periodic recompute (the hourly job): contact times and rates from the stored rows;
 - incremental update: messages from existing customers through the real pipeline with and without
-  the churn observer (same run, alternating blocks), and the observer's own time per message.
+  the churn observer (same run, alternating blocks, each message received on its own: no group
+  commit to hide the cost), and the observer's own time per message.
 Targets: full recompute <= 60 s, <= 1 ms added to ingest per message, <= 500 MB peak RSS.
 """
 
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import resource
 import sqlite3
@@ -45,6 +52,15 @@ CONFIG = parse_config({})
 
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+
+
+def cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def load() -> float:
+    return os.getloadavg()[0]
 
 
 def _ts(expr: str) -> str:
@@ -149,7 +165,7 @@ async def phase_baseline(path: Path) -> dict[str, float]:
     from storage.models import Interaction
 
     db = Database(url(path))
-    t = time.perf_counter()
+    t, c, before = time.perf_counter(), cpu_s(), load()
     async with db.sessions() as session:
         result = await session.stream(
             select(
@@ -159,25 +175,32 @@ async def phase_baseline(path: Path) -> dict[str, float]:
         n = 0
         async for _ in result:
             n += 1
-    seconds = time.perf_counter() - t
+    seconds, cpu = time.perf_counter() - t, cpu_s() - c
     await db.dispose()
-    return {"seconds": seconds, "customers": n, "rss_mb": rss_mb()}
+    return {"seconds": seconds, "cpu": cpu, "customers": n, "rss_mb": rss_mb(), "load": before}
 
 
-async def phase_recompute(path: Path, from_log: bool) -> dict[str, float]:
+async def phase_recompute(path: Path, from_log: bool, first: bool) -> dict[str, float]:
     db = Database(url(path))
+    if first:
+        con = sqlite3.connect(path)
+        with con:
+            con.execute("DELETE FROM customer_health")
+        con.close()
     churn = Churn(CONFIG, Router(CONFIG))
-    t = time.perf_counter()
+    t, c, before = time.perf_counter(), cpu_s(), load()
     outcome = await churn.recompute(db, NOW, from_log=from_log)
-    seconds = time.perf_counter() - t
+    seconds, cpu = time.perf_counter() - t, cpu_s() - c
     await db.dispose()
     return {
         "seconds": seconds,
+        "cpu": cpu,
         "scored": outcome.scored,
         "at_risk": outcome.at_risk,
         "changed": outcome.changed,
         "warned": outcome.warned,
         "rss_mb": rss_mb(),
+        "load": before,
     }
 
 
@@ -199,8 +222,10 @@ async def phase_incremental(path: Path, messages: int, customers: int) -> dict[s
     rng = random.Random(14)
     run = f"{time.time_ns():x}"  # a rerun on the same database logs new messages, not duplicates
     totals = {"with": 0.0, "without": 0.0}
+    cpu = {"with": 0.0, "without": 0.0}
     block = 100
     at = NOW
+    before = load()
     for start in range(0, messages, block):
         for name, pipeline in (("with", with_observer), ("without", without)):
             inbounds = []
@@ -216,10 +241,11 @@ async def phase_incremental(path: Path, messages: int, customers: int) -> dict[s
                         received_at=at,
                     )
                 )
-            t = time.perf_counter()
+            t, c = time.perf_counter(), cpu_s()
             for inbound in inbounds:
                 await pipeline.receive_many([inbound])
             totals[name] += time.perf_counter() - t
+            cpu[name] += cpu_s() - c
     await db.dispose()
     n = messages
     return {
@@ -227,9 +253,13 @@ async def phase_incremental(path: Path, messages: int, customers: int) -> dict[s
         "with_ms": totals["with"] / n * 1000,
         "without_ms": totals["without"] / n * 1000,
         "added_ms": (totals["with"] - totals["without"]) / n * 1000,
+        "with_cpu_ms": cpu["with"] / n * 1000,
+        "without_cpu_ms": cpu["without"] / n * 1000,
+        "added_cpu_ms": (cpu["with"] - cpu["without"]) / n * 1000,
         "observer_mean_ms": statistics.fmean(spent) * 1000,
         "observer_p99_ms": sorted(spent)[int(len(spent) * 0.99) - 1] * 1000,
         "rss_mb": rss_mb(),
+        "load": before,
     }
 
 
@@ -250,43 +280,80 @@ def child(phase: str, args: argparse.Namespace) -> dict[str, float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def sizes(path: Path) -> str:
+    """The database file and what the log's tables and indexes take in it (SQLite's dbstat)."""
+    con = sqlite3.connect(path)
+    rows: list[tuple[str, int]] = []
+    try:
+        for name in ("interactions", "ix_interactions_customer", "customer_health"):
+            for (size,) in con.execute(
+                "SELECT pgsize FROM dbstat WHERE name = ? AND aggregate = TRUE", (name,)
+            ):
+                rows.append((name, int(size or 0)))
+    except sqlite3.OperationalError:  # built without SQLITE_ENABLE_DBSTAT_VTAB
+        rows = []
+    finally:
+        con.close()
+    parts = ", ".join(f"{name} {size / 2**20:,.0f} MiB" for name, size in sorted(rows))
+    wal = path.with_name(path.name + "-wal")
+    extra = f" + WAL {wal.stat().st_size / 2**20:,.0f} MiB" if wal.exists() else ""
+    return f"{path.stat().st_size / 2**30:.2f} GiB{extra}" + (f" ({parts})" if parts else "")
+
+
+def show(name: str, r: dict[str, float], base: dict[str, float], target: str) -> None:
+    print(
+        f"{name}: {r['scored']:,} customers in {r['seconds']:.1f} s wall, {r['cpu']:.1f} s CPU "
+        f"({r['seconds'] / base['seconds']:.1f}x / {r['cpu'] / base['cpu']:.1f}x the baseline's "
+        f"wall / CPU){target}; {r['at_risk']:,} at risk, {r['changed']:,} rows written; "
+        f"{r['rss_mb']:.0f} MB peak RSS (target <= 500 MB); load {r['load']:.1f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--per-customer", type=int, default=10)
     parser.add_argument("--db", type=Path, default=Path("/tmp/kefu-bench-insight.db"))
     parser.add_argument("--messages", type=int, default=2000)
-    parser.add_argument("--phase", choices=("baseline", "recompute", "periodic", "incremental"))
+    parser.add_argument(
+        "--phase", choices=("baseline", "first", "recompute", "periodic", "incremental")
+    )
     args = parser.parse_args()
     if args.phase == "baseline":
         print(json.dumps(asyncio.run(phase_baseline(args.db))))
         return
-    if args.phase in ("recompute", "periodic"):
-        print(json.dumps(asyncio.run(phase_recompute(args.db, from_log=args.phase == "recompute"))))
+    if args.phase in ("first", "recompute", "periodic"):
+        from_log = args.phase != "periodic"
+        result = asyncio.run(phase_recompute(args.db, from_log, first=args.phase == "first"))
+        print(json.dumps(result))
         return
     if args.phase == "incremental":
         print(json.dumps(asyncio.run(phase_incremental(args.db, args.messages, args.customers))))
         return
     if not args.db.exists():
         build(args.db, args.customers, args.per_customer)
+    print(f"database: {sizes(args.db)}; {os.cpu_count()} CPUs, load {load():.1f}")
     base = child("baseline", args)
     print(
-        f"baseline: one GROUP BY customer_id over the log: {base['seconds']:.1f} s "
-        f"({base['customers']:,} customers), {base['rss_mb']:.0f} MB peak RSS"
+        f"baseline: one GROUP BY customer_id over the log: {base['seconds']:.1f} s wall, "
+        f"{base['cpu']:.1f} s CPU ({base['customers']:,} customers), "
+        f"{base['rss_mb']:.0f} MB peak RSS; load {base['load']:.1f}"
     )
-    full = child("recompute", args)
-    print(
-        f"full recompute: {full['scored']:,} customers in {full['seconds']:.1f} s "
-        f"({full['seconds'] / base['seconds']:.1f}x the baseline; target <= 60 s), "
-        f"{full['at_risk']:,} at risk, {full['rss_mb']:.0f} MB peak RSS (target <= 500 MB)"
-    )
+    show("first scoring from the log (empty customer_health)", child("first", args), base,
+         "; target <= 60 s")
+    show("full recompute from the log (rescore --from-log)", child("recompute", args), base,
+         "; target <= 60 s")
+    show("periodic recompute (stored rates)", child("periodic", args), base, "")
     inc = child("incremental", args)
     print(
-        f"incremental: {inc['messages']:,} messages each way; ingest {inc['without_ms']:.2f} ms/message "
-        f"without the observer, {inc['with_ms']:.2f} with: +{inc['added_ms']:.2f} ms "
-        f"(target <= 1 ms); the observer itself {inc['observer_mean_ms']:.2f} ms mean, "
-        f"{inc['observer_p99_ms']:.2f} ms p99; {inc['rss_mb']:.0f} MB peak RSS"
+        f"incremental: {inc['messages']:,} messages each way, each received alone; ingest "
+        f"{inc['without_ms']:.2f} ms/message without the observer, {inc['with_ms']:.2f} with: "
+        f"+{inc['added_ms']:.2f} ms wall (target <= 1 ms); CPU {inc['without_cpu_ms']:.2f} -> "
+        f"{inc['with_cpu_ms']:.2f} ms/message: +{inc['added_cpu_ms']:.2f} ms; the observer itself "
+        f"{inc['observer_mean_ms']:.2f} ms mean, {inc['observer_p99_ms']:.2f} ms p99; "
+        f"{inc['rss_mb']:.0f} MB peak RSS; load {inc['load']:.1f}"
     )
+    print(f"database after: {sizes(args.db)}; load {load():.1f}")
 
 
 if __name__ == "__main__":

@@ -18,15 +18,14 @@ message.
 
 from __future__ import annotations
 
-import functools
+import gc
 import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Text, bindparam, delete, or_, select, type_coerce
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import outbox
@@ -35,43 +34,19 @@ from bot.intents import STAFF_CHANNEL, Outbound, StaffNotice
 from handlers import health, staff_alerts
 from handlers.health import FAST_DAYS, SLOW_DAYS, Health, Signals
 from handlers.routing import Router
-from storage import audit, dialect
+from storage import audit
+from storage import insight as store
 from storage.db import Database
-from storage.models import Conversation, Customer, CustomerHealth, Interaction, Staff, utcnow
+from storage.insight import drop_gone
+from storage.models import Conversation, Customer, Interaction, utcnow
 
 if TYPE_CHECKING:
     from bot.pipeline import Logged
 
 log = logging.getLogger("kefu.churn")
 
-CHUNK = 5000
-HEALTH_COLUMNS = (
-    "score",
-    "band",
-    "reasons",
-    "last_contact_at",
-    "rate_fast",
-    "rate_slow",
-    "rate_at",
-    "opted_out",
-    "alerted_at",
-    "crossings",
-    "updated_at",
-)
+CHUNK = 10000
 Progress = Callable[[int], None]
-# The stored rows of a chunk, reasons as the JSON text they were written as (compared as text).
-_STORED = select(
-    CustomerHealth.customer_id,
-    CustomerHealth.score,
-    type_coerce(CustomerHealth.reasons, Text),
-    CustomerHealth.alerted_at,
-    CustomerHealth.crossings,
-    CustomerHealth.last_contact_at,
-    CustomerHealth.opted_out,
-    CustomerHealth.rate_fast,
-    CustomerHealth.rate_slow,
-    CustomerHealth.rate_at,
-).where(CustomerHealth.customer_id.between(bindparam("lo"), bindparam("hi")))
 OptOut = Callable[[str], bool]
 
 
@@ -83,50 +58,7 @@ class Outcome:
     at_risk: int = 0
 
 
-def _upsert(session: AsyncSession) -> Any:
-    return _upsert_for(session.get_bind().dialect.name)
-
-
-@functools.cache
-def _upsert_for(dialect_name: str) -> Any:
-    stmt = dialect.insert(dialect_name, CustomerHealth)
-    return stmt.on_conflict_do_update(
-        index_elements=["customer_id"], set_={c: getattr(stmt.excluded, c) for c in HEALTH_COLUMNS}
-    )
-
-
-_SQLITE_UPSERT = (
-    f"INSERT INTO customer_health (customer_id, {', '.join(HEALTH_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * (len(HEALTH_COLUMNS) + 1))}) "
-    "ON CONFLICT (customer_id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in HEALTH_COLUMNS)
-)
-
-
-def _sqlite_value(value: Any) -> Any:
-    """What kefu's column types write on SQLite: naive UTC text, JSON text, 0/1."""
-    if isinstance(value, datetime):
-        return (
-            value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
-        )
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, list):
-        return json.dumps(value)
-    return value
-
-
-async def _write(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-    """A chunk's changed rows in one executemany. On SQLite straight to the driver: at a million
-    customers SQLAlchemy's per-row parameter processing is most of the recompute's time."""
-    conn = await session.connection()
-    if conn.dialect.name != "sqlite":
-        await conn.execute(_upsert(session), rows)
-        return
-    await conn.exec_driver_sql(
-        _SQLITE_UPSERT,
-        [tuple(_sqlite_value(r[c]) for c in ("customer_id", *HEALTH_COLUMNS)) for r in rows],
-    )
+_write = store.write
 
 
 class Churn:
@@ -315,29 +247,25 @@ class Churn:
             # The first scoring of an install with history finds its at-risk customers all at
             # once: they are marked (and listed by `kefu customers at-risk`), not announced one
             # post each; warnings start with the next crossing.
-            first = await session.scalar(select(CustomerHealth.customer_id).limit(1)) is None
-            self._announce = not first
+            self._announce = await store.any_scored(session)
         after = 0
         while True:
-            async with db.transaction() as session:
-                customers = list(
-                    (
-                        await session.execute(
-                            select(Customer.id, Customer.display_name, Customer.marketing_consent)
-                            .where(
-                                Customer.id > after,
-                                Customer.merged_into.is_(None),
-                                Customer.forgotten_at.is_(None),
-                            )
-                            .order_by(Customer.id)
-                            .limit(CHUNK)
-                        )
-                    ).all()
-                )
-                if not customers:
-                    break
-                after = customers[-1][0]
-                outcome = await self._chunk(session, customers, now, from_log)
+            # A chunk allocates some hundred thousand short-lived objects and no reference
+            # cycles: the cyclic collector, run every few hundred allocations, was a third of the
+            # recompute's time. It is paused for one chunk at a time, so garbage of other tasks
+            # waits at most that long.
+            paused = gc.isenabled()
+            gc.disable()
+            try:
+                async with db.transaction() as session:
+                    customers = await store.chunk(session, after, CHUNK)
+                    if not customers:
+                        break
+                    after = customers[-1].customer_id
+                    outcome = await self._chunk(session, customers, now, from_log)
+            finally:
+                if paused:
+                    gc.enable()
             total.scored += outcome.scored
             total.changed += outcome.changed
             total.warned += outcome.warned
@@ -360,57 +288,77 @@ class Churn:
         return total
 
     async def _chunk(
-        self, session: AsyncSession, customers: Sequence[Any], now: datetime, from_log: bool
+        self,
+        session: AsyncSession,
+        customers: Sequence[store.ChunkRow],
+        now: datetime,
+        from_log: bool,
     ) -> Outcome:
         outcome = Outcome()
-        lo, hi = customers[0][0], customers[-1][0]
-        conn = await session.connection()
-        stored = {r[0]: r for r in (await conn.execute(_STORED, {"lo": lo, "hi": hi})).all()}
-        read_log = from_log or any(c[0] not in stored for c in customers)
+        lo, hi = customers[0].customer_id, customers[-1].customer_id
+        # Contact times, rates and the opt-out come from the stored rows (the observer keeps them
+        # as messages arrive); from the log for a rebuild, or when a customer has none yet.
+        read_log = from_log or any(c.rate_at is None for c in customers)
         signals = await health.gather(session, lo, hi, now, self.cfg, from_log=read_log)
-        if not from_log:
-            for cid, row in stored.items():
-                if row[9] is None:
-                    continue  # never had rates: what the log said (read above) stands
-                s = signals.get(cid)
-                if s is None:
-                    s = signals[cid] = Signals()
-                s.last_contact_at = health._parse(row[5])
-                s.opted_out = bool(row[6])
-                s.rate_fast, s.rate_slow = float(row[7] or 0.0), float(row[8] or 0.0)
-                s.rate_at = health._parse(row[9])
         rows: list[dict[str, Any]] = []
         warnings: list[tuple[int, Health, Signals, int]] = []
-        nothing = Signals()
-        for cid, _name, consent in customers:
-            s = signals.get(cid, nothing)
-            if consent and s.opted_out:
+        threshold, rearm = self.cfg.threshold, self.cfg.rearm_below
+        for c in customers:
+            cid = c.customer_id
+            s = signals.get(cid)
+            if not (from_log or c.rate_at is None):
+                if s is None:
+                    s = Signals()
+                s.last_contact_at, s.opted_out = c.last_contact_at, c.opted_out
+                s.rate_fast, s.rate_slow, s.rate_at = c.rate_fast, c.rate_slow, c.rate_at
+            elif s is None:
+                s = Signals(rate_at=now)
+            else:
+                s.rate_at = now  # rates as of now (none: zero), read from the log
+            if c.consent and s.opted_out:
                 s.opted_out = False
             result = health.score(s, self.cfg, now)
-            old = stored.get(cid)
-            alerted_at, crossings = (
-                (health._parse(old[3]), old[4] or 0) if old is not None else (None, 0)
-            )
-            values = self._values(result, s, now, alerted_at, crossings)
+            alerted_at, crossings = c.alerted_at, c.crossings
+            if result.score >= threshold and alerted_at is None:
+                alerted_at, crossings = now, crossings + 1
+                warnings.append((cid, result, s, crossings))
+            elif result.score < rearm and alerted_at is not None:
+                alerted_at = None
             outcome.scored += 1
             if result.band == "at_risk":
                 outcome.at_risk += 1
-            if values["alerted_at"] is not None and alerted_at is None:
-                warnings.append((cid, result, s, values["crossings"]))
+            reasons_json = json.dumps(result.reasons) if result.reasons else "[]"
             if (
-                old is not None
-                and old[1] == result.score
-                and old[2] == json.dumps(result.reasons)
-                and values["alerted_at"] == alerted_at
-                and health._parse(old[5]) == s.last_contact_at
-                and bool(old[6]) == s.opted_out
+                c.stored
+                and c.rate_at is not None
+                and c.score == result.score
+                and c.reasons_json == reasons_json
+                and alerted_at == c.alerted_at
+                and c.last_contact_at == s.last_contact_at
+                and c.opted_out == s.opted_out
             ):
                 # Rates drift with time but only matter through the score: stale rates are fine,
                 # as every full recompute rebuilds them from the log.
                 continue
-            rows.append({"customer_id": cid, **values})
+            rows.append(
+                {
+                    "customer_id": cid,
+                    "score": result.score,
+                    "band": result.band,
+                    "reasons": result.reasons,
+                    "reasons_json": reasons_json,
+                    "last_contact_at": s.last_contact_at,
+                    "rate_fast": s.rate_fast,
+                    "rate_slow": s.rate_slow,
+                    "rate_at": s.rate_at,
+                    "opted_out": s.opted_out,
+                    "alerted_at": alerted_at,
+                    "crossings": crossings,
+                    "updated_at": now,
+                }
+            )
         if rows:
-            await _write(session, rows)
+            await store.write(session, rows)
             outcome.changed = len(rows)
         for cid, result, s, crossings in warnings if self._announce else ():
             customer = await session.get(Customer, cid)
@@ -563,25 +511,3 @@ def warning_text(
             + (f" · leads: {mentions}" if mentions else "")
         )
     return "\n".join(lines)
-
-
-async def drop_gone(session: AsyncSession, customer_id: int | None = None) -> None:
-    """Forgotten and merged customers have no score: their rows go (one, or all of them)."""
-    if customer_id is not None:
-        await session.execute(
-            delete(CustomerHealth).where(CustomerHealth.customer_id == customer_id)
-        )
-        return
-    gone = select(Customer.id).where(
-        or_(Customer.forgotten_at.is_not(None), Customer.merged_into.is_not(None))
-    )
-    await session.execute(delete(CustomerHealth).where(CustomerHealth.customer_id.in_(gone)))
-
-
-async def staff_names(session: AsyncSession, ids: Sequence[int]) -> dict[int, str]:
-    if not ids:
-        return {}
-    return {
-        i: n
-        for i, n in await session.execute(select(Staff.id, Staff.name).where(Staff.id.in_(ids)))
-    }

@@ -214,7 +214,7 @@ def upgrade() -> None:
     with op.batch_alter_table('interactions', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_interactions_conversation_id'), ['conversation_id'], unique=False)
         batch_op.create_index('ix_interactions_created_at', ['created_at'], unique=False)
-        batch_op.create_index(batch_op.f('ix_interactions_customer_id'), ['customer_id'], unique=False)
+        batch_op.create_index('ix_interactions_customer', ['customer_id', 'direction', 'created_at'], unique=False)
 
     op.create_table('processed_messages',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -345,7 +345,7 @@ def downgrade() -> None:
     op.drop_table('sla_breaches')
     op.drop_table('processed_messages')
     with op.batch_alter_table('interactions', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_interactions_customer_id'))
+        batch_op.drop_index('ix_interactions_customer')
         batch_op.drop_index('ix_interactions_created_at')
         batch_op.drop_index(batch_op.f('ix_interactions_conversation_id'))
 

@@ -1,0 +1,633 @@
+"""The customer-health queries (流失预警): the signals a score is computed from, and the score rows.
+
+Every signal is a set-based aggregate (GROUP BY customer_id) over a range of customer ids
+(lo..hi): the full recompute passes a chunk of consecutive ids, the observer one id as lo = hi.
+The statements are built once per dialect with bound parameters and run on the Core connection:
+building a statement, expanding an IN list of thousands of ids and loading rows through the ORM
+cost more than the queries themselves. Date columns are read as the driver gives them (text on
+SQLite) and parsed here: SQLAlchemy's SQLite date parsing is most of a million-customer read.
+
+The log aggregate reads only ix_interactions_customer (customer_id, direction, created_at), never
+the table, except for the `event` rows an opt-out is looked up in.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    DateTime,
+    Text,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    or_,
+    select,
+    true,
+    type_coerce,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage import dialect
+from storage.models import (
+    OPEN_STATUSES,
+    ComplaintReason,
+    Conversation,
+    Customer,
+    CustomerHealth,
+    Identity,
+    Interaction,
+    SlaBreach,
+    Survey,
+)
+
+FAST_DAYS = 7.0  # half-life of the "recent" message rate
+SLOW_DAYS = 56.0  # half-life of the "usual" message rate
+RATE_HORIZON = timedelta(days=180)  # older messages weigh < 0.11 in the slow rate: not read
+LOW_CSAT = 2  # survey scores at or below this are a bad experience
+
+
+@dataclass(slots=True)
+class Signals:
+    """What the score is computed from, for one customer at one moment."""
+
+    open_complaints: int = 0
+    recent_complaints: int = 0
+    high_severity_cues: list[str] = field(default_factory=list)
+    high_severity: int = 0
+    last_complaint_at: datetime | None = None
+    worst_csat: int | None = None
+    last_low_csat_at: datetime | None = None
+    sla_breaches: int = 0
+    identities: int = 0
+    unreachable: int = 0
+    opted_out: bool = False
+    last_contact_at: datetime | None = None
+    rate_fast: float = 0.0
+    rate_slow: float = 0.0
+    rate_at: datetime | None = None
+    owner: int | None = None  # the assignee of their latest conversation
+    conversation_id: int | None = None  # the conversation a lead should open
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What customer_health holds for one customer, as the observer needs it."""
+
+    rate_fast: float
+    rate_slow: float
+    rate_at: datetime | None
+    last_contact_at: datetime | None
+    opted_out: bool
+    alerted_at: datetime | None
+    crossings: int
+
+
+# Which complaint reasons name a high-severity cue worth showing (handlers.complaints knows).
+IsSevere = Callable[[str], bool]
+
+
+def parse(value: object) -> datetime | None:
+    """A stored date as the driver gives it: text on SQLite (naive UTC), a naive datetime on
+    PostgreSQL; aware UTC out."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    parsed = datetime.fromisoformat(str(value))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def naive(when: datetime) -> datetime:
+    return when.astimezone(UTC).replace(tzinfo=None)
+
+
+def _counted(condition: ColumnElement[bool]) -> ColumnElement[int]:
+    return func.sum(case((condition, 1), else_=0))
+
+
+def _raw(column: Any) -> Any:
+    """The value as the driver returns it (no SQLAlchemy result processing); see parse()."""
+    return type_coerce(column, Text)
+
+
+_LO: BindParameter[int] = bindparam("lo")
+_HI: BindParameter[int] = bindparam("hi")
+_SINCE = bindparam("since", type_=DateTime())
+
+
+def _in_range(column: Any) -> ColumnElement[bool]:
+    between: ColumnElement[bool] = column.between(_LO, _HI)
+    return between
+
+
+@functools.cache
+def _statements(dialect: str) -> dict[str, Any]:
+    complaint = Conversation.is_complaint.is_(True)
+    # A complaint counts while the customer spoke in it within the window (a reopened one too).
+    recent = and_(complaint, Conversation.updated_at >= _SINCE)
+    opened = and_(complaint, Conversation.status.in_(OPEN_STATUSES))
+    conversations = (
+        select(
+            Conversation.customer_id,
+            _counted(opened),
+            _counted(recent),
+            _counted(and_(recent, Conversation.severity == "high")),
+            _raw(func.max(case((complaint, Conversation.updated_at), else_=None))),
+            func.max(Conversation.id),
+            func.max(case((opened, Conversation.id), else_=None)),
+        )
+        .where(_in_range(Conversation.customer_id))
+        .group_by(Conversation.customer_id)
+    )
+    owners = select(Conversation.id, Conversation.assignee).where(
+        Conversation.id.in_(bindparam("ids", expanding=True))
+    )
+    cues = (
+        select(Conversation.customer_id, ComplaintReason.reason)
+        .select_from(ComplaintReason)
+        .join(Conversation, Conversation.id == ComplaintReason.conversation_id)
+        .where(
+            Conversation.customer_id.in_(bindparam("ids", expanding=True)),
+            Conversation.severity == "high",
+            Conversation.updated_at >= _SINCE,
+        )
+        .order_by(ComplaintReason.id)
+    )
+    surveys = (
+        select(
+            Survey.customer_id,
+            func.min(Survey.score),
+            _raw(func.max(case((Survey.score <= LOW_CSAT, Survey.answered_at), else_=None))),
+        )
+        .where(
+            _in_range(Survey.customer_id), Survey.score.is_not(None), Survey.answered_at >= _SINCE
+        )
+        .group_by(Survey.customer_id)
+    )
+    breaches = (
+        select(Conversation.customer_id, func.count())
+        .select_from(SlaBreach)
+        .join(Conversation, Conversation.id == SlaBreach.conversation_id)
+        .where(_in_range(Conversation.customer_id), SlaBreach.breached_at >= _SINCE)
+        .group_by(Conversation.customer_id)
+    )
+    addresses = (
+        select(Identity.customer_id, func.count(), _counted(Identity.reachable.is_(False)))
+        .where(_in_range(Identity.customer_id), Identity.channel != "phone")
+        .group_by(Identity.customer_id)
+    )
+    now = bindparam("now", type_=DateTime())
+    if dialect == "sqlite":
+        age = func.julianday(bindparam("now_text")) - func.julianday(Interaction.created_at)
+    else:
+        age = func.extract("epoch", now - Interaction.created_at) / 86400.0
+    inbound = Interaction.direction == "in"
+    rated = and_(inbound, Interaction.created_at >= bindparam("horizon", type_=DateTime()))
+    # Only the event rows need the table (for meta): the others are read from the index alone.
+    withdrawn = and_(
+        Interaction.direction == "event",
+        Interaction.meta["kind"].as_string() == "consent_withdrawn",
+    )
+    log = (
+        select(
+            Interaction.customer_id,
+            _raw(func.max(case((inbound, Interaction.created_at), else_=None))),
+            func.sum(case((rated, func.power(0.5, age / FAST_DAYS)), else_=0.0)),
+            func.sum(case((rated, func.power(0.5, age / SLOW_DAYS)), else_=0.0)),
+            func.max(case((withdrawn, 1), else_=0)),
+        )
+        .where(
+            _in_range(Interaction.customer_id),
+            Interaction.direction.in_(("in", "event")),
+            # Rows dated after `now` (a recompute for a past moment) are not part of its picture.
+            Interaction.created_at <= now,
+        )
+        .group_by(Interaction.customer_id)
+    )
+    return {
+        "conversations": conversations,
+        "owners": owners,
+        "cues": cues,
+        "surveys": surveys,
+        "breaches": breaches,
+        "addresses": addresses,
+        "log": log,
+    }
+
+
+async def gather(
+    session: AsyncSession,
+    lo: int,
+    hi: int,
+    now: datetime,
+    window: timedelta,
+    severe: IsSevere,
+    *,
+    from_log: bool,
+    owners: bool = True,
+) -> dict[int, Signals]:
+    """Signals of the customers with ids lo..hi that have any rows (a customer with none has
+    nothing against them: Signals()). from_log: also the last contact, the message rates and the
+    opt-out, read from the log (the full recompute); without it the caller keeps those itself.
+    owners: also the conversation to open and its assignee (what a warning names)."""
+    found: dict[int, Signals] = {}
+    conn = await session.connection()
+    st = _statements(conn.dialect.name)
+    params: dict[str, Any] = {"lo": lo, "hi": hi, "since": naive(now - window)}
+
+    latest: dict[int, int] = {}
+    high: list[int] = []
+    for cid, open_n, recent_n, high_n, last_complaint, last_id, open_id in (
+        await conn.execute(st["conversations"], params)
+    ).all():
+        # The conversation to open: their latest open complaint, else their latest conversation.
+        conversation = int(open_id) if open_id is not None else int(last_id)
+        found[cid] = s = Signals(
+            open_complaints=int(open_n or 0),
+            recent_complaints=int(recent_n or 0),
+            high_severity=int(high_n or 0),
+            last_complaint_at=parse(last_complaint),
+            conversation_id=conversation,
+        )
+        latest[cid] = conversation
+        if s.high_severity:
+            high.append(cid)
+    if owners and latest:
+        assignees = {
+            conv: assignee
+            for conv, assignee in await conn.execute(st["owners"], {"ids": list(latest.values())})
+        }
+        for cid, conv in latest.items():
+            found[cid].owner = assignees.get(conv)
+    if high:
+        await _cues(conn, st, found, high, params["since"], severe)
+    for cid, worst, low_at in (await conn.execute(st["surveys"], params)).all():
+        s = found.get(cid) or found.setdefault(cid, Signals())
+        s.worst_csat = int(worst) if worst is not None else None
+        s.last_low_csat_at = parse(low_at)
+    for cid, n in (await conn.execute(st["breaches"], params)).all():
+        (found.get(cid) or found.setdefault(cid, Signals())).sla_breaches = int(n)
+    for cid, total, unreachable in (await conn.execute(st["addresses"], params)).all():
+        if unreachable:  # a customer whose addresses all work: nothing to say
+            s = found.get(cid) or found.setdefault(cid, Signals())
+            s.identities, s.unreachable = int(total), int(unreachable)
+        elif cid in found:
+            found[cid].identities = int(total)
+    if from_log:
+        log_params = {
+            "lo": lo,
+            "hi": hi,
+            "now": naive(now),
+            "now_text": naive(now).isoformat(sep=" "),
+            "horizon": naive(now - RATE_HORIZON),
+        }
+        for cid, last, fast, slow, opted in (await conn.execute(st["log"], log_params)).all():
+            s = found.get(cid) or found.setdefault(cid, Signals())
+            s.last_contact_at = parse(last)
+            s.rate_fast, s.rate_slow = float(fast or 0.0), float(slow or 0.0)
+            s.opted_out = bool(opted)
+            s.rate_at = now
+    return found
+
+
+async def _cues(
+    conn: Any,
+    st: dict[str, Any],
+    found: dict[int, Signals],
+    high: list[int],
+    since: datetime,
+    severe: IsSevere,
+) -> None:
+    other: dict[int, list[str]] = {}
+    for cid, reason in await conn.execute(st["cues"], {"ids": high, "since": since}):
+        listed = found[cid].high_severity_cues if severe(reason) else other.setdefault(cid, [])
+        if reason not in listed:
+            listed.append(reason)
+    for cid, reasons in other.items():
+        if not found[cid].high_severity_cues:  # severe by a cue of the team's own (extra_cues)
+            found[cid].high_severity_cues = reasons
+
+
+_STORED_ROWS = select(
+    CustomerHealth.customer_id,
+    _raw(CustomerHealth.reasons),
+    CustomerHealth.rate_fast,
+    CustomerHealth.rate_slow,
+    _raw(CustomerHealth.rate_at),
+    _raw(CustomerHealth.last_contact_at),
+    CustomerHealth.opted_out,
+    _raw(CustomerHealth.alerted_at),
+    CustomerHealth.crossings,
+).where(CustomerHealth.customer_id.in_(bindparam("ids", expanding=True)))
+
+
+def _reasons(value: object) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        loaded = json.loads(value)
+        return list(loaded) if isinstance(loaded, list) else []
+    return list(value) if isinstance(value, list) else []
+
+
+async def stored_rows(
+    session: AsyncSession, customer_ids: list[int]
+) -> dict[int, tuple[list[dict[str, Any]], Stored]]:
+    """The stored rows of several customers in one statement (a pipeline batch's)."""
+    conn = await session.connection()
+    return {
+        int(r[0]): (
+            _reasons(r[1]),
+            Stored(
+                float(r[2] or 0.0),
+                float(r[3] or 0.0),
+                parse(r[4]),
+                parse(r[5]),
+                bool(r[6]),
+                parse(r[7]),
+                int(r[8] or 0),
+            ),
+        )
+        for r in await conn.execute(_STORED_ROWS, {"ids": customer_ids})
+    }
+
+
+@functools.cache
+def _one_statement(dialect: str) -> Any:
+    """One customer's signals and stored row in one round trip: the observer's path (a message
+    should cost as few statements as possible). Each derived table is an aggregate over that
+    customer's rows by an index, so it is one row even when the customer has none."""
+    cid: BindParameter[int] = bindparam("cid")
+    complaint = Conversation.is_complaint.is_(True)
+    recent = and_(complaint, Conversation.updated_at >= _SINCE)
+    conversations = (
+        select(
+            _counted(and_(complaint, Conversation.status.in_(OPEN_STATUSES))).label("open_n"),
+            _counted(recent).label("recent_n"),
+            _counted(and_(recent, Conversation.severity == "high")).label("high_n"),
+            func.max(case((complaint, Conversation.updated_at), else_=None)).label(
+                "last_complaint"
+            ),
+        )
+        .where(Conversation.customer_id == cid)
+        .subquery()
+    )
+    surveys = (
+        select(
+            func.min(Survey.score).label("worst"),
+            func.max(case((Survey.score <= LOW_CSAT, Survey.answered_at), else_=None)).label(
+                "low_at"
+            ),
+        )
+        .where(Survey.customer_id == cid, Survey.score.is_not(None), Survey.answered_at >= _SINCE)
+        .subquery()
+    )
+    breaches = (
+        select(func.count().label("breaches"))
+        .select_from(SlaBreach)
+        .join(Conversation, Conversation.id == SlaBreach.conversation_id)
+        .where(Conversation.customer_id == cid, SlaBreach.breached_at >= _SINCE)
+        .subquery()
+    )
+    addresses = (
+        select(
+            func.count().label("addresses"),
+            _counted(Identity.reachable.is_(False)).label("unreachable"),
+        )
+        .where(Identity.customer_id == cid, Identity.channel != "phone")
+        .subquery()
+    )
+    row = CustomerHealth
+    stored = (
+        select(
+            func.count().label("stored"),
+            func.max(row.rate_fast).label("rate_fast"),
+            func.max(row.rate_slow).label("rate_slow"),
+            func.max(row.rate_at).label("rate_at"),
+            func.max(row.last_contact_at).label("last_contact_at"),
+            func.max(case((row.opted_out.is_(True), 1), else_=0)).label("opted_out"),
+            func.max(row.alerted_at).label("alerted_at"),
+            func.max(row.crossings).label("crossings"),
+        )
+        .where(row.customer_id == cid)
+        .subquery()
+    )
+    # One-row tables joined on true: the cross product is one row, on purpose.
+    everything = (
+        conversations.join(surveys, true())
+        .join(breaches, true())
+        .join(addresses, true())
+        .join(stored, true())
+    )
+    return select(conversations, surveys, breaches, addresses, stored).select_from(everything)
+
+
+async def one(
+    session: AsyncSession, customer_id: int, now: datetime, window: timedelta, severe: IsSevere
+) -> tuple[Signals, Stored | None]:
+    conn = await session.connection()
+    since = naive(now - window)
+    r = (
+        await conn.execute(
+            _one_statement(conn.dialect.name), {"cid": customer_id, "since": since}
+        )
+    ).one()
+    s = Signals(
+        open_complaints=int(r.open_n or 0),
+        recent_complaints=int(r.recent_n or 0),
+        high_severity=int(r.high_n or 0),
+        last_complaint_at=parse(r.last_complaint),
+        worst_csat=int(r.worst) if r.worst is not None else None,
+        last_low_csat_at=parse(r.low_at),
+        sla_breaches=int(r.breaches or 0),
+        identities=int(r.addresses or 0),
+        unreachable=int(r.unreachable or 0),
+    )
+    if s.high_severity:
+        await _cues(
+            conn, _statements(conn.dialect.name), {customer_id: s}, [customer_id], since, severe
+        )
+    if not r.stored:
+        return s, None
+    return s, Stored(
+        float(r.rate_fast or 0.0),
+        float(r.rate_slow or 0.0),
+        parse(r.rate_at),
+        parse(r.last_contact_at),
+        bool(r.opted_out),
+        parse(r.alerted_at),
+        int(r.crossings or 0),
+    )
+
+
+# --- the full recompute's reads and writes ----------------------------------------------------
+
+# A chunk of live customers with their stored row (None columns without one), by id. The reasons
+# come back as the JSON text they were written as: the recompute compares them as text.
+_CHUNK = (
+    select(
+        Customer.id,
+        Customer.marketing_consent,
+        CustomerHealth.customer_id,
+        CustomerHealth.score,
+        _raw(CustomerHealth.reasons),
+        _raw(CustomerHealth.alerted_at),
+        CustomerHealth.crossings,
+        _raw(CustomerHealth.last_contact_at),
+        CustomerHealth.opted_out,
+        CustomerHealth.rate_fast,
+        CustomerHealth.rate_slow,
+        _raw(CustomerHealth.rate_at),
+    )
+    .outerjoin(CustomerHealth, CustomerHealth.customer_id == Customer.id)
+    .where(
+        Customer.id > bindparam("after"),
+        Customer.merged_into.is_(None),
+        Customer.forgotten_at.is_(None),
+    )
+    .order_by(Customer.id)
+    .limit(bindparam("limit"))
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRow:
+    """A live customer and what their score row holds (stored False: no row yet)."""
+
+    customer_id: int
+    consent: bool
+    stored: bool
+    score: int
+    reasons_json: str | None
+    alerted_at: datetime | None
+    crossings: int
+    last_contact_at: datetime | None
+    opted_out: bool
+    rate_fast: float
+    rate_slow: float
+    rate_at: datetime | None
+
+
+async def chunk(session: AsyncSession, after: int, limit: int) -> list[ChunkRow]:
+    conn = await session.connection()
+    rows = (await conn.execute(_CHUNK, {"after": after, "limit": limit})).all()
+    return [
+        ChunkRow(
+            int(r[0]),
+            bool(r[1]),
+            r[2] is not None,
+            int(r[3] or 0),
+            None if r[4] is None else r[4] if isinstance(r[4], str) else json.dumps(r[4]),
+            parse(r[5]),
+            int(r[6] or 0),
+            parse(r[7]),
+            bool(r[8]),
+            float(r[9] or 0.0),
+            float(r[10] or 0.0),
+            parse(r[11]),
+        )
+        for r in rows
+    ]
+
+
+async def any_scored(session: AsyncSession) -> bool:
+    return await session.scalar(select(CustomerHealth.customer_id).limit(1)) is not None
+
+
+HEALTH_COLUMNS = (
+    "score",
+    "band",
+    "reasons",
+    "last_contact_at",
+    "rate_fast",
+    "rate_slow",
+    "rate_at",
+    "opted_out",
+    "alerted_at",
+    "crossings",
+    "updated_at",
+)
+
+
+@functools.cache
+def _upsert_for(dialect_name: str) -> Any:
+    stmt = dialect.insert(dialect_name, CustomerHealth)
+    return stmt.on_conflict_do_update(
+        index_elements=["customer_id"], set_={c: getattr(stmt.excluded, c) for c in HEALTH_COLUMNS}
+    )
+
+
+_SQLITE_UPSERT = (
+    f"INSERT INTO customer_health (customer_id, {', '.join(HEALTH_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * (len(HEALTH_COLUMNS) + 1))}) "
+    "ON CONFLICT (customer_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in HEALTH_COLUMNS)
+)
+
+
+def _sqlite_time(value: datetime | None) -> str | None:
+    """What UTCDateTime writes on SQLite: naive UTC text with microseconds."""
+    if value is None:
+        return None
+    if value.utcoffset():
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
+async def write(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Score rows in one executemany (customer_id plus HEALTH_COLUMNS each). On SQLite straight to
+    the driver: at a million customers SQLAlchemy's per-row parameter processing is most of the
+    recompute's time."""
+    if not rows:
+        return
+    conn = await session.connection()
+    if not dialect.is_sqlite(conn):
+        columns = ("customer_id", *HEALTH_COLUMNS)
+        await conn.execute(
+            _upsert_for(conn.dialect.name), [{c: r[c] for c in columns} for r in rows]
+        )
+        return
+    t = _sqlite_time
+    await conn.exec_driver_sql(
+        _SQLITE_UPSERT,
+        [
+            (
+                r["customer_id"],
+                r["score"],
+                r["band"],
+                r.get("reasons_json") or json.dumps(r["reasons"]),
+                t(r["last_contact_at"]),
+                r["rate_fast"],
+                r["rate_slow"],
+                t(r["rate_at"]),
+                int(r["opted_out"]),
+                t(r["alerted_at"]),
+                r["crossings"],
+                t(r["updated_at"]),
+            )
+            for r in rows
+        ],
+    )
+
+
+async def drop_gone(session: AsyncSession, customer_id: int | None = None) -> None:
+    """Forgotten and merged customers have no score: their rows go (one, or all of them)."""
+    if customer_id is not None:
+        await session.execute(
+            delete(CustomerHealth).where(CustomerHealth.customer_id == customer_id)
+        )
+        return
+    gone = select(Customer.id).where(
+        or_(Customer.forgotten_at.is_not(None), Customer.merged_into.is_not(None))
+    )
+    await session.execute(delete(CustomerHealth).where(CustomerHealth.customer_id.in_(gone)))
