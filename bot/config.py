@@ -287,6 +287,8 @@ class FollowUpConfig(Section):
     template: str = "followup_care"
     # A follow-up that could not go out within this long of its due time is dropped, not sent late.
     give_up_after: Duration = timedelta(days=2)
+    # Only customers of this [insight.segments] segment (checked when the follow-up is due).
+    segment: str | None = None
 
 
 class CampaignsConfig(Section):

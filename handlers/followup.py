@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot import outbox
 from bot.config import Config
 from bot.intents import FollowUp, Outbound
+from handlers import segments
 from handlers.care import zone_of
 from handlers.greetings import Reach, _hhmm, _in_quiet, choose_channel
 from handlers.templating import TemplateProblem, Templates, language_of
@@ -174,6 +175,13 @@ class FollowUps:
         if customer is None or conversation is None or conversation.status != "resolved":
             return "gone"
         skip = await self._why_not(session, customer)
+        segment = self.cfg.segment
+        if skip is None and segment is not None:
+            inside = await segments.members_in(
+                session, self.config, segment, now, among=[customer.id]
+            )
+            if customer.id not in inside:
+                skip = f"not in segment {segment!r} ([campaigns.followup] segment)"
         zone = ZoneInfo(zone_of(customer, self.config))
         quiet = self.config.campaigns.quiet_hours
         if skip is None and quiet.enabled:
@@ -299,6 +307,7 @@ class FollowUps:
 
 
 def build(config: Config, templates: Templates, reach: Reach) -> FollowUps:
+    segments.check_names(config)
     followups = FollowUps(config, templates, reach)
     if config.campaigns.followup.enabled:
         followups.validate()

@@ -206,6 +206,7 @@ def check_names(config: Config) -> None:
     named.append(
         ("[campaigns.holidays.segment] segment", config.campaigns.holidays.segment.segment)
     )
+    named.append(("[campaigns.followup] segment", config.campaigns.followup.segment))
     for key, name in named:
         if name is not None and name not in known:
             raise ConfigError(

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import select
 
-from bot.config import Config
+from bot.config import Config, ConfigError
 from bot.pipeline import Pipeline
-from handlers import lifecycle
+from handlers import followup, lifecycle
 from handlers.consent import ConsentObserver
 from handlers.followup import FollowUps
 from handlers.greetings import Reach
@@ -149,3 +150,41 @@ async def test_quiet_hours_wait_and_low_csat_counts_once(db: Database) -> None:
     assert (await planner.tick(db, T0 + timedelta(days=3, hours=2))).sent == 0
     rows = [r for r in await followups(db) if r.conversation_id == conversation_id]
     assert len(rows) == 1
+
+
+async def test_a_segment_narrows_who_is_followed_up(db: Database) -> None:
+    """[campaigns.followup] segment: only that segment's customers get a follow-up; the others
+    get a `skipped` row naming it (so the planner does not weigh them again every run)."""
+    cfg = config(
+        webhook=SOURCES,
+        campaigns={"followup": {"segment": "vips"}},
+        insight={"segments": {"vips": {"vip": True}}},
+    )
+    pipeline, _ = care_pipeline(db, cfg, staff_chat_id=None)
+    planner = FollowUps(cfg, Templates(None, "zh"), Reach.of(cfg, {"webhook"}))
+    await complaint_resolved(db, pipeline, cfg, "gold", T0)
+    await complaint_resolved(db, pipeline, cfg, "plain", T0)
+    await pipeline.close()
+    async with db.transaction() as s:
+        for c in await s.scalars(select(Customer)):
+            address = await s.scalar(
+                select(Conversation.reply_address).where(Conversation.customer_id == c.id)
+            )
+            c.vip = address == "shop:gold"
+    outcome = await planner.tick(db, T0 + timedelta(days=3, hours=2))
+    assert (outcome.sent, outcome.skipped) == (1, 1)
+    assert [r.address for r in await followups(db)] == ["shop:gold"]
+    async with db.sessions() as s:
+        (skipped,) = await s.scalars(
+            select(CampaignDelivery).where(CampaignDelivery.status == "skipped")
+        )
+    assert "vips" in (skipped.reason or "")
+    # Nothing more on later runs, for either of them.
+    assert (await planner.tick(db, T0 + timedelta(days=3, hours=5))).sent == 0
+    assert len(await followups(db)) == 1
+
+
+def test_an_unknown_follow_up_segment_stops_start_up() -> None:
+    cfg = config(webhook=SOURCES, campaigns={"followup": {"segment": "vips"}})
+    with pytest.raises(ConfigError, match=r"\[campaigns.followup\] segment has value 'vips'"):
+        followup.build(cfg, Templates(None, "zh"), Reach.of(cfg, {"webhook"}))
