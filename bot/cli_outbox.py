@@ -9,7 +9,6 @@ from typing import Annotated, Any
 
 import typer
 
-from bot import outbox
 from bot.cli_common import (
     DEFAULT_CONFIG,
     ConfigOption,
@@ -23,7 +22,7 @@ from bot.cli_common import (
     with_db,
 )
 from handlers import roles
-from storage import audit
+from storage import audit, outbox
 from storage.db import Database
 from storage.models import utcnow
 

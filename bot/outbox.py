@@ -18,30 +18,26 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import OutboxConfig
 from bot.intents import Outbound
 from bot.metrics import Metrics
 from channels.base import Channel, Deferred, PermanentError, TransientError
-from storage import dialect
+from storage import outbox as outbox_rows
 from storage.conversations import set_staff_place
 from storage.db import Database
 from storage.models import (
-    CampaignDelivery,
-    Identity,
     Interaction,
     OutboxRow,
     utcnow,
 )
-from storage.rows import rowcount
+from storage.outbox import depth as depth
+from storage.outbox import queued as queued
 
 log = logging.getLogger("kefu.outbox")
 
 Clock = Callable[[], datetime]
-QUEUED = "kefu.outbox.queued"
-WAITING = ("pending", "deferred", "failed")  # not sent, not being sent: claimed when due
 
 
 async def enqueue(
@@ -54,33 +50,17 @@ async def enqueue(
     """Adds the row unless its dedupe key is already there; returns the new row id or None.
 
     `not_before` schedules it (a greeting at 09:00 in the customer's time zone)."""
-    values = {
-        "channel": out.channel,
-        "address": out.address,
-        "payload": out.to_payload(),
-        "dedupe_key": out.dedupe_key,
-        "status": "pending",
-        "attempts": 0,
-        "next_attempt_at": not_before or utcnow(),
-        "interaction_id": interaction_id,
-        "conversation_id": out.conversation_id,
-        "created_at": utcnow(),
-    }
-    stmt = (
-        dialect.insert(session, OutboxRow)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["dedupe_key"])
-        .returning(OutboxRow.id)
+    return await outbox_rows.add(
+        session,
+        channel=out.channel,
+        address=out.address,
+        payload=out.to_payload(),
+        dedupe_key=out.dedupe_key,
+        next_attempt_at=not_before or utcnow(),
+        interaction_id=interaction_id,
+        conversation_id=out.conversation_id,
+        created_at=utcnow(),
     )
-    row_id = (await session.execute(stmt)).scalar_one_or_none()
-    if row_id is not None:
-        session.info[QUEUED] = True
-    return row_id
-
-
-def queued(session: AsyncSession) -> bool:
-    """Whether this transaction queued a row: only then is the worker worth waking after it."""
-    return bool(session.info.get(QUEUED))
 
 
 async def say(
@@ -147,18 +127,7 @@ class OutboxWorker:
         if not self.db.is_sqlite:
             return 0  # other processes may hold them; their lease expiry frees them instead
         async with self.db.transaction() as session:
-            result = await session.execute(
-                update(OutboxRow)
-                .where(OutboxRow.status == "sending")
-                # The send it was making may have happened: it counts as an attempt.
-                .values(
-                    status="pending",
-                    claimed_until=None,
-                    claim_token=None,
-                    attempts=OutboxRow.attempts + 1,
-                )
-            )
-        return rowcount(result)
+            return await outbox_rows.release_orphans(session)
 
     async def run(self) -> None:
         await self.release_orphans()
@@ -199,55 +168,20 @@ class OutboxWorker:
         return len(claim.rows)
 
     async def _claim(self) -> _Claim | None:
-        """Claims due rows in id order. One address's messages go out in the order they were
-        queued: while one of them waits for a retry or a deferral, or is being sent, none after
-        it is claimed. A dead row holds nothing back (staff see its failure in the log)."""
-        now = self.clock()
+        """Claims due rows (storage.outbox.claim: one address's rows in the order queued)."""
         if not self.channels:
             return None
-        busy = (
-            select(OutboxRow.channel, OutboxRow.address)
-            .where(
-                OutboxRow.channel.in_(self.channels),
-                or_(
-                    and_(
-                        OutboxRow.status.in_(("failed", "deferred")),
-                        OutboxRow.next_attempt_at > now,
-                    ),
-                    and_(OutboxRow.status == "sending", OutboxRow.claimed_until >= now),
-                ),
-            )
-        )
-        query = (
-            select(OutboxRow)
-            .where(
-                OutboxRow.channel.in_(self.channels),
-                or_(
-                    and_(OutboxRow.status.in_(WAITING), OutboxRow.next_attempt_at <= now),
-                    and_(OutboxRow.status == "sending", OutboxRow.claimed_until < now),
-                ),
-                tuple_(OutboxRow.channel, OutboxRow.address).not_in(busy),
-            )
-            .order_by(OutboxRow.id)
-            .limit(self.cfg.batch_size)
-        )
-        if not self.db.is_sqlite:
-            query = query.with_for_update(skip_locked=True)
         token = uuid.uuid4().hex
         async with self.db.transaction() as session:
-            rows = list(await session.scalars(query))
-            if rows and not self.db.is_sqlite:
-                rows = await _first_in_line(session, rows, now)
-            was: dict[int, str] = {}
-            for row in rows:
-                was[row.id] = "pending" if row.status == "sending" else row.status
-                if row.status == "sending":
-                    # Its worker's lease ran out: that send may have happened, so it counts.
-                    row.attempts += 1
-                row.status = "sending"
-                row.claimed_until = now + timedelta(seconds=self.cfg.lease_seconds)
-                row.claim_token = token
-        return _Claim(token, rows, was) if rows else None
+            claimed = await outbox_rows.claim(
+                session,
+                list(self.channels),
+                self.clock(),
+                limit=self.cfg.batch_size,
+                lease=timedelta(seconds=self.cfg.lease_seconds),
+                token=token,
+            )
+        return _Claim(token, claimed.rows, claimed.was) if claimed.rows else None
 
     async def _keep_claim(self, claim: _Claim, stop: asyncio.Event) -> None:
         """Extends the lease of the claim's unfinished rows while their sends run (an SMTP
@@ -262,14 +196,7 @@ class OutboxWorker:
             until = self.clock() + timedelta(seconds=self.cfg.lease_seconds)
             try:
                 async with self.db.transaction() as session:
-                    held = set(
-                        await session.scalars(
-                            update(OutboxRow)
-                            .where(OutboxRow.claim_token == claim.token)
-                            .values(claimed_until=until)
-                            .returning(OutboxRow.id)
-                        )
-                    )
+                    held = await outbox_rows.extend_lease(session, claim.token, until)
             except Exception as exc:  # noqa: BLE001 - the next beat tries again
                 log.warning("outbox.lease.extend_failed error=%s", type(exc).__name__)
                 continue
@@ -292,15 +219,11 @@ class OutboxWorker:
                     await self._release(claim, rows[n + 1 :])
                     return
 
-    async def _release(self, claim: _Claim, rows: Sequence[OutboxRow]) -> None:
+    async def _release(self, claim: _Claim, unsent: Sequence[OutboxRow]) -> None:
         """Hands claimed rows back untried, as they were, without counting an attempt."""
-        for row in rows:
+        for row in unsent:
             async with self.db.transaction() as session:
-                await session.execute(
-                    update(OutboxRow)
-                    .where(OutboxRow.id == row.id, OutboxRow.claim_token == claim.token)
-                    .values(status=claim.was[row.id], claimed_until=None, claim_token=None)
-                )
+                await outbox_rows.release(session, row.id, claim.token, claim.was[row.id])
             claim.done.add(row.id)
 
     async def _send(self, row: OutboxRow) -> str:
@@ -378,29 +301,19 @@ class OutboxWorker:
         count: bool = True,
     ) -> None:
         now = self.clock()
-        values: dict[str, object] = {"status": status, "claimed_until": None, "claim_token": None}
-        if count:
-            values["attempts"] = OutboxRow.attempts + 1
-        if status == "sent":
-            values.update(sent_at=now, external_id=external_id, last_error=None)
-        else:
-            values["last_error"] = error
-        if next_attempt_at is not None:
-            values["next_attempt_at"] = next_attempt_at
         async with self.db.transaction() as session:
             # Only the claim we hold: a row another worker re-claimed after our lease is theirs.
-            done = await session.execute(
-                update(OutboxRow)
-                .where(OutboxRow.id == row.id, OutboxRow.claim_token == row.claim_token)
-                .values(**values)
+            done = await outbox_rows.finish(
+                session, row.id, row.claim_token, status, now, error=error,
+                external_id=external_id, next_attempt_at=next_attempt_at, count=count,
             )
-            if not rowcount(done):
+            if not done:
                 log.warning(
                     "outbox.claim.lost id=%s outcome=%s: another worker holds it", row.id, status
                 )
                 return
             if status == "dead":
-                await _record_dead(session, row, error or "", unreachable, now)
+                await outbox_rows.record_dead(session, row, error or "", unreachable, now)
             if place is not None and row.conversation_id is not None:
                 await set_staff_place(session, row.conversation_id, place)
 
@@ -414,156 +327,3 @@ class _Claim:
         self.was = was  # each row's status before the claim, to hand it back unchanged
         self.done: set[int] = set()
         self.lost: set[int] = set()
-
-
-async def _first_in_line(
-    session: AsyncSession, rows: list[OutboxRow], now: datetime
-) -> list[OutboxRow]:
-    """Keeps the rows that are first in their address's line. Several workers (PostgreSQL) skip
-    rows another one has locked: a row whose earlier sibling is locked elsewhere must wait."""
-    mine = {row.id for row in rows}
-    top = max(mine)
-    by_channel: dict[str, set[str]] = {}
-    for row in rows:
-        by_channel.setdefault(row.channel, set()).add(row.address)
-    line: dict[tuple[str, str], list[int]] = {}
-    for channel, addresses in by_channel.items():
-        result = await session.execute(
-            select(OutboxRow.address, OutboxRow.id)
-            .where(
-                OutboxRow.channel == channel,
-                OutboxRow.address.in_(sorted(addresses)),
-                OutboxRow.id <= top,
-                or_(
-                    OutboxRow.status.in_(("sending", "failed", "deferred")),
-                    and_(OutboxRow.status == "pending", OutboxRow.next_attempt_at <= now),
-                ),
-            )
-            .order_by(OutboxRow.id)
-        )
-        for address, row_id in result:
-            line.setdefault((channel, address), []).append(row_id)
-    first: set[int] = set()
-    for ids in line.values():
-        for row_id in ids:
-            if row_id not in mine:
-                break
-            first.add(row_id)
-    return [row for row in rows if row.id in first]
-
-
-async def _record_dead(
-    session: AsyncSession, row: OutboxRow, error: str, unreachable: bool, now: datetime
-) -> None:
-    if unreachable:
-        await session.execute(
-            update(Identity)
-            .where(Identity.channel == row.channel, Identity.address == row.address)
-            .values(reachable=False, unreachable_reason=error)
-        )
-    conversation_id = row.payload.get("conversation_id")
-    if conversation_id is not None:
-        # Staff see the failure where they work: in the conversation's own log.
-        session.add(
-            Interaction(
-                conversation_id=conversation_id,
-                customer_id=row.payload.get("customer_id"),
-                channel=row.channel,
-                direction="event",
-                author_kind="system",
-                text=f"delivery failed on {row.channel}: {error}",
-                meta={"kind": "delivery_failed", "outbox_id": row.id},
-                created_at=now,
-            )
-        )
-
-
-STATUSES = ("pending", "sending", "deferred", "failed", "sent", "dead")
-
-
-async def depth(session: AsyncSession) -> dict[str, int]:
-    """Rows per status, sent aside (they only grow): dead ones wait for a person."""
-    rows = await session.execute(
-        select(OutboxRow.status, func.count())
-        .where(OutboxRow.status.in_((*WAITING, "sending", "dead")))
-        .group_by(OutboxRow.status)
-    )
-    counts = {"pending": 0, "sending": 0, "deferred": 0, "failed": 0, "dead": 0}
-    counts.update({status: n for status, n in rows})
-    return counts
-
-
-async def listing(
-    session: AsyncSession, status: str | None, limit: int
-) -> list[dict[str, object]]:
-    """The newest rows first (of one status, or all), for `kefu outbox list`."""
-    query = select(OutboxRow).order_by(OutboxRow.id.desc()).limit(limit)
-    if status is not None:
-        query = query.where(OutboxRow.status == status)
-    return [
-        {
-            "id": row.id,
-            "status": row.status,
-            "channel": row.channel,
-            "address": row.address,
-            "kind": row.payload.get("kind"),
-            "conversation_id": row.conversation_id,
-            "attempts": row.attempts,
-            "last_error": row.last_error,
-            "next_attempt_at": row.next_attempt_at,
-            "created_at": row.created_at,
-            "sent_at": row.sent_at,
-            "key": row.dedupe_key,
-        }
-        for row in await session.scalars(query)
-    ]
-
-
-async def retry_dead(
-    session: AsyncSession, ids: Sequence[int] | None, now: datetime
-) -> tuple[list[int], dict[int, str]]:
-    """Queues dead rows again (the given ids, or every dead row) with a fresh set of attempts
-    and the same idempotency key. Returns the ids queued and, for the rest, why not: a row not
-    dead, or stopped on purpose (the customer was forgotten; a greeting expired or was
-    cancelled after an opt-out), is never sent again."""
-    query = select(OutboxRow).where(OutboxRow.status == "dead")
-    if ids is not None:
-        query = select(OutboxRow).where(OutboxRow.id.in_(list(ids)))
-    rows = {row.id: row for row in await session.scalars(query.order_by(OutboxRow.id))}
-    refused: dict[int, str] = {}
-    for row_id in ids or ():
-        if row_id not in rows:
-            refused[row_id] = "no such outbox row"
-    stopped = set(
-        await session.scalars(
-            select(CampaignDelivery.outbox_id).where(
-                CampaignDelivery.outbox_id.in_(list(rows)),
-                CampaignDelivery.status.in_(("expired", "cancelled")),
-            )
-        )
-    )
-    queued: list[int] = []
-    for row in rows.values():
-        if row.status != "dead":
-            refused[row.id] = f"it is {row.status}, not dead"
-        elif row.payload.get("erased"):
-            refused[row.id] = "the customer was forgotten"
-        elif row.id in stopped:
-            refused[row.id] = f"a greeting stopped on purpose ({row.last_error})"
-        else:
-            queued.append(row.id)
-    for chunk in (queued[n : n + 500] for n in range(0, len(queued), 500)):
-        await session.execute(
-            update(OutboxRow)
-            .where(OutboxRow.id.in_(chunk), OutboxRow.status == "dead")
-            .values(
-                status="pending",
-                attempts=0,
-                next_attempt_at=now,
-                claimed_until=None,
-                claim_token=None,
-            )
-        )
-    if queued:
-        session.info[QUEUED] = True
-    return queued, refused
