@@ -16,20 +16,19 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handlers import staff_alerts
 from handlers.business_hours import BusinessHours
 from handlers.routing import Router
-from storage import dialect
+from storage import customers, sla_breaches
 from storage.db import Database
-from storage.models import Conversation, Customer, Interaction, SlaBreach
+from storage.models import Conversation, Interaction
+from storage.sla_breaches import TARGETS
 
 log = logging.getLogger("kefu.sla")
 
 BATCH = 200
-TARGETS = ("first_response", "resolution")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,23 +40,6 @@ class Breach:
     priority: str
     team: str | None
     assignee: int | None
-
-
-def _overdue(target: str, now: datetime) -> ColumnElement[bool]:
-    already = exists().where(
-        SlaBreach.conversation_id == Conversation.id,
-        SlaBreach.target == target,
-        SlaBreach.cycle == Conversation.resolutions,
-    )
-    if target == "first_response":
-        due = and_(
-            Conversation.status.in_(("open", "pending")),
-            Conversation.first_response_at.is_(None),
-            Conversation.first_response_due_at < now,
-        )
-    else:
-        due = and_(Conversation.status == "open", Conversation.resolution_due_at < now)
-    return and_(due, Conversation.sla_paused_at.is_(None), ~already)
 
 
 def pause(conversation: Conversation, now: datetime) -> None:
@@ -94,14 +76,7 @@ async def check(
     for target in TARGETS:
         while True:
             async with db.transaction() as session:
-                batch = list(
-                    await session.scalars(
-                        select(Conversation)
-                        .where(_overdue(target, now))
-                        .order_by(Conversation.id)
-                        .limit(BATCH)
-                    )
-                )
+                batch = await sla_breaches.overdue(session, target, now, BATCH)
                 for conversation in batch:
                     breach = await _breach(
                         session, conversation, target, now, router, staff_chat_id
@@ -127,23 +102,7 @@ async def _breach(
         else conversation.resolution_due_at
     )
     assert due_at is not None
-    breach_id = (
-        await session.execute(
-            dialect.insert(session, SlaBreach)
-            .values(
-                conversation_id=conversation.id,
-                target=target,
-                cycle=conversation.resolutions or 0,
-                priority=conversation.priority,
-                team=conversation.team,
-                assignee=conversation.assignee,
-                due_at=due_at,
-                breached_at=now,
-            )
-            .on_conflict_do_nothing(index_elements=["conversation_id", "target", "cycle"])
-            .returning(SlaBreach.id)
-        )
-    ).scalar_one_or_none()
+    breach_id = await sla_breaches.record(session, conversation, target, due_at, now)
     if breach_id is None:
         return None  # another process escalated it between our query and our insert
     team = router.team(conversation.team)
@@ -186,7 +145,7 @@ async def _breach(
             created_at=now,
         )
     )
-    customer = await session.get(Customer, conversation.customer_id)
+    customer = await customers.by_id(session, conversation.customer_id)
     await staff_alerts.post(
         session,
         staff_chat_id,

@@ -14,7 +14,6 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Config
@@ -22,7 +21,7 @@ from bot.intents import STAFF_CHANNEL
 from channels.telegram_updates import StaffPost
 from handlers import lifecycle, roles
 from handlers.roles import Actor
-from storage import audit, customers, interactions
+from storage import audit, customers, interactions, staff
 from storage.models import Conversation, Customer, Interaction, Staff, utcnow
 
 log = logging.getLogger("kefu.staff_commands")
@@ -109,7 +108,7 @@ async def run(
         return f"Unknown command /{name}. {USAGE}"
     if conversation is None:
         return f"/{name} works inside a conversation's topic, or as a reply to its message."
-    customer = await session.get(Customer, conversation.customer_id)
+    customer = await customers.by_id(session, conversation.customer_id)
     assert customer is not None
     ctx = Context(session, member, conversation, customer, args, post, config)
     try:
@@ -138,7 +137,7 @@ async def assign(ctx: Context) -> str:
     name = ctx.args.strip().removeprefix("@")
     if not name:
         return "Usage: /assign <staff name>"
-    target = await ctx.session.scalar(select(Staff).where(Staff.name == name))
+    target = await staff.by_name(ctx.session, name)
     if target is None or not target.active:
         return f"No active staff member named {name!r} (see `kefu staff list`)."
     before = ctx.conversation.assignee

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import phonenumbers
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from channels.telegram_updates import LinkRequest
 from storage import audit, customers
+from storage import telegram_links as links
 from storage.db import Database
-from storage.models import Customer, Identity, TelegramLink, utcnow
+from storage.models import Customer, Identity, utcnow
 
 log = logging.getLogger("kefu.telegram_links")
 
@@ -59,7 +59,7 @@ def normalise_phone(raw: str, default_region: str | None = None) -> str | None:
 
 
 async def create_link(session: AsyncSession, customer_id: int, *, ttl_days: int = 30) -> str:
-    customer = await session.get(Customer, customer_id)
+    customer = await customers.by_id(session, customer_id)
     if customer is None:
         raise LinkError(f"no customer with id {customer_id}")
     customer = await customers.live(session, customer)
@@ -67,11 +67,7 @@ async def create_link(session: AsyncSession, customer_id: int, *, ttl_days: int 
         raise LinkError(f"customer {customer_id} was forgotten")
     # 24 random bytes -> 32 URL-safe characters: within Telegram's 64 of [A-Za-z0-9_-], unguessable.
     token = secrets.token_urlsafe(24)
-    now = utcnow()
-    session.add(
-        TelegramLink(token=token, customer_id=customer.id, created_at=now,
-                     expires_at=now + timedelta(days=ttl_days))
-    )
+    links.add(session, token, customer.id, utcnow(), timedelta(days=ttl_days))
     return token
 
 
@@ -89,15 +85,13 @@ async def attach(
     language: str | None = None,
 ) -> Linked:
     """Makes (channel, address) an identity of customer `target_id`, merging if it had another."""
-    target = await session.get(Customer, target_id)
+    target = await customers.by_id(session, target_id)
     if target is None:
         return Linked("rejected", reason=f"no customer {target_id}")
     target = await customers.live(session, target)
     if target.forgotten_at is not None:
         return Linked("rejected", reason=f"customer {target.id} was forgotten")
-    identity = await session.scalar(
-        select(Identity).where(Identity.channel == channel, Identity.address == address)
-    )
+    identity = await customers.identity(session, channel, address)
     if identity is None:
         session.add(Identity(channel=channel, address=address, customer_id=target.id))
         if target.display_name is None:
@@ -106,7 +100,7 @@ async def attach(
             target.language = language
         await session.flush()
         return Linked("linked", target.id)
-    owner = await session.get(Customer, identity.customer_id)
+    owner = await customers.by_id(session, identity.customer_id)
     assert owner is not None
     owner = await customers.live(session, owner)
     if owner.id == target.id:
@@ -117,7 +111,7 @@ async def attach(
 
 async def link_start(session: AsyncSession, request: LinkRequest) -> Linked:
     token = request.value
-    link = await session.scalar(select(TelegramLink).where(TelegramLink.token == token))
+    link = await links.by_token(session, token)
     if link is None:
         return Linked("rejected", reason="unknown link")
     if link.used_at is not None and link.used_by != request.user_id:
@@ -138,9 +132,7 @@ async def link_phone(session: AsyncSession, request: LinkRequest) -> Linked:
     phone = normalise_phone(request.value)
     if phone is None:
         return Linked("rejected", reason="not a valid phone number")
-    holder = await session.scalar(
-        select(Identity).where(Identity.channel == PHONE, Identity.address == phone)
-    )
+    holder = await customers.identity(session, PHONE, phone)
     if holder is not None:
         return await attach(
             session, TELEGRAM, request.user_id, holder.customer_id,
@@ -148,9 +140,7 @@ async def link_phone(session: AsyncSession, request: LinkRequest) -> Linked:
         )
     # No record has this number yet: keep it on the Telegram user's record, so a later import or
     # another channel that knows the number finds them.
-    identity = await session.scalar(
-        select(Identity).where(Identity.channel == TELEGRAM, Identity.address == request.user_id)
-    )
+    identity = await customers.identity(session, TELEGRAM, request.user_id)
     if identity is None:
         customer = Customer(display_name=request.display_name, language=request.language)
         session.add(customer)

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Config
 from channels.telegram_updates import PressAnswer, SurveyPress
 from handlers import care, survey
 from handlers.templating import language_of
-from storage import customers
+from storage import customers, surveys
 from storage.db import Database
-from storage.models import Customer, Identity, Survey, utcnow
+from storage.models import Customer, utcnow
 
 log = logging.getLogger("kefu.telegram_survey")
 
@@ -62,18 +61,14 @@ async def handle(db: Database, config: Config, press: SurveyPress) -> PressAnswe
 
 
 async def _customer_of(session: AsyncSession, user_id: str) -> Customer | None:
-    found = await session.scalar(
-        select(Customer)
-        .join(Identity, Identity.customer_id == Customer.id)
-        .where(Identity.channel == TELEGRAM, Identity.address == user_id)
-    )
+    found = await customers.holder_of(session, TELEGRAM, user_id)
     return await customers.live(session, found) if found is not None else None
 
 
 async def _refusal(session: AsyncSession, press: SurveyPress, customer: Customer | None) -> str:
     """Which polite refusal fits: answered already, closed (expired or a bad score), or not
     theirs."""
-    asked = await session.get(Survey, press.survey_id)
+    asked = await surveys.by_id(session, press.survey_id)
     if asked is None or customer is None or asked.customer_id != customer.id:
         return "other"
     if asked.answered_at is not None:

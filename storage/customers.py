@@ -78,6 +78,26 @@ async def live(session: AsyncSession, customer: Customer) -> Customer:
     return customer
 
 
+async def by_id(session: AsyncSession, customer_id: int) -> Customer | None:
+    return await session.get(Customer, customer_id)
+
+
+async def holder_of(session: AsyncSession, channel: str, address: str) -> Customer | None:
+    """The customer record the identity (channel, address) points at (merged or not)."""
+    return await session.scalar(
+        select(Customer)
+        .join(Identity, Identity.customer_id == Customer.id)
+        .where(Identity.channel == channel, Identity.address == address)
+    )
+
+
+async def identity(session: AsyncSession, channel: str, address: str) -> Identity | None:
+    """The identity (channel, address), whoever holds it."""
+    return await session.scalar(
+        select(Identity).where(Identity.channel == channel, Identity.address == address)
+    )
+
+
 async def identities_of(session: AsyncSession, customer_id: int) -> list[Identity]:
     return list(
         await session.scalars(

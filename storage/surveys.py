@@ -43,6 +43,10 @@ async def create(
     return None if new_id is None else await session.get(Survey, new_id)
 
 
+async def by_id(session: AsyncSession, survey_id: int) -> Survey | None:
+    return await session.get(Survey, survey_id)
+
+
 async def open_for(session: AsyncSession, conversation_id: int, now: datetime) -> Survey | None:
     """The conversation's latest survey still waiting for an answer at `now`."""
     return await session.scalar(
