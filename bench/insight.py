@@ -39,8 +39,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot.config import parse_config
+from bot.effects import Effects, Logged
 from bot.messages import Inbound
-from bot.pipeline import Logged, Pipeline
+from bot.plugins import pipeline as plugged_pipeline
 from handlers.churn import Churn
 from handlers.routing import Router
 from storage.db import Database
@@ -212,13 +213,14 @@ async def phase_incremental(path: Path, messages: int, customers: int) -> dict[s
     churn = Churn(CONFIG, router)
     spent: list[float] = []
 
-    async def timed(session: object, note: Logged) -> None:
+    async def timed(session: object, note: Logged) -> Effects | None:
         t = time.perf_counter()
-        await churn(session, note)  # type: ignore[arg-type]
+        effects = await churn(session, note)  # type: ignore[arg-type]
         spent.append(time.perf_counter() - t)
+        return effects
 
-    with_observer = Pipeline(db, route=router, observers=[timed])
-    without = Pipeline(db, route=router, observers=[])
+    with_observer = plugged_pipeline(db, route=router, observers=[timed])
+    without = plugged_pipeline(db, route=router, observers=[])
     rng = random.Random(14)
     run = f"{time.time_ns():x}"  # a rerun on the same database logs new messages, not duplicates
     totals = {"with": 0.0, "without": 0.0}

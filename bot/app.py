@@ -25,16 +25,19 @@ from bot import outbox
 from bot.access_log import AccessLog
 from bot.care import build_care
 from bot.config import Config, ConfigError, EmailConfig, require_secret, secret
+from bot.effects import Phase
 from bot.http import build_app
 from bot.insight import build_insight
 from bot.leader import election_for
 from bot.messages import Inbound, Receipt
 from bot.metrics import Metrics
 from bot.outbox import OutboxWorker
-from bot.pipeline import Observer, Pipeline
+from bot.pipeline import Pipeline
+from bot.plugins import Observers
+from bot.plugins import pipeline as plugged_pipeline
 from bot.scheduler import build_campaigns
 from channels import telegram, telegram_webhook
-from channels.base import Channel
+from channels.base import Channel, Misconfigured
 from channels.email import EmailChannel, ImapSettings, MailStore, SmtpSettings
 from channels.mail_auth import AuthSettings
 from channels.mail_compose import Composer
@@ -181,7 +184,7 @@ def build_telegram(kefu: Kefu) -> Channel | None:
             staff_ids=functools.partial(staff_group.staff_telegram_ids, kefu.db),
             take=functools.partial(staff_feed.take, kefu.db),
         )
-        kefu.observers.append(staff_group.mirror_observer(tg.staff_chat_id))
+        kefu.observers.add(Phase.MIRROR, staff_group.mirror_observer(tg.staff_chat_id))
     channel = telegram.TelegramChannel(
         telegram.make_bot(token, tg.base_url),
         staff_chat_id=tg.staff_chat_id,
@@ -217,7 +220,7 @@ def build_email(kefu: Kefu) -> Channel | None:
             em.password_env,
         )
         return None
-    kefu.observers.append(email_events.on_bounce)
+    kefu.observers.add(Phase.CHANNEL, email_events.on_bounce)
     channel = email_channel(em, kefu.env, kefu.db)
     # One reader per folder across all processes; every process sends by SMTP.
     folder = f"email.imap:{channel.reader.s.username}@{em.imap_host}:{em.imap_port}/{em.folder}"
@@ -291,8 +294,8 @@ class Kefu:
         self.elected_channels: set[str] = set()  # started by the election, not by start()
         self.webhook = build_webhook(config, self.env)
         self.channels: dict[str, Channel] = {"webhook": self.webhook}
-        # Builders may add pipeline observers (staff notifications) and HTTP routes of their own.
-        self.observers: list[Observer] = []
+        # Builders may add pipeline observers (each in its phase) and HTTP routes of their own.
+        self.observers = Observers()
         self.routes: list[BaseRoute] = []
         for build in (build_telegram, build_email):
             channel = build(self)
@@ -302,14 +305,15 @@ class Kefu:
         # observer.
         self.scheduler = build_campaigns(self)
         # Complaint care: the router, flags, acknowledgements, surveys, SLA and auto-close jobs.
-        self.care = build_care(self)
-        self.insight = build_insight(self)  # churn warning: after care's observers
+        self.care = build_care(self, self.scheduler)
+        # Churn warnings and follow-ups: they route with care's router.
+        self.insight = build_insight(self, self.care, self.scheduler)
         self.worker = OutboxWorker(self.db, self.channels, config.outbox, metrics=self.metrics)
-        self.pipeline = Pipeline(
+        self.pipeline: Pipeline = plugged_pipeline(
             self.db,
             classify=load_classifier(config.complaints),
             route=self.care.router,
-            observers=self.observers,
+            observers=self.observers.ordered(),
             on_commit=self.worker.wake,
             max_queue=config.pipeline.max_queue,
             queue_wait_seconds=config.pipeline.queue_wait_seconds,
@@ -354,7 +358,10 @@ class Kefu:
         await self.db.upgrade()
         for name, channel in self.channels.items():
             if name not in self.elected_channels:
-                await channel.start(self.receive)
+                try:
+                    await channel.start(self.receive)
+                except Misconfigured as exc:
+                    raise ConfigError(str(exc)) from None
         await self.scheduler.start(self.election)
         # The first round of the election runs here: a lone process leads everything before
         # the worker sends (the planner's catch-up and expiry run first).

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from bot.effects import Phase
 from handlers import lifecycle, sla, survey
 from handlers.acknowledge import Acknowledger
 from handlers.routing import Router
@@ -17,6 +18,7 @@ from storage.models import utcnow
 
 if TYPE_CHECKING:
     from bot.app import Kefu
+    from bot.scheduler import CampaignScheduler
 
 log = logging.getLogger("kefu.care")
 
@@ -70,11 +72,12 @@ def _guarded(name: str, job: Callable[[], Awaitable[object]]) -> Callable[[], Aw
     return run
 
 
-def build_care(kefu: Kefu) -> Care:
-    """Call after the channels and the scheduler are built and before the pipeline is."""
+def build_care(kefu: Kefu, scheduler: CampaignScheduler) -> Care:
+    """Needs the channels (staff posts go to Telegram only when it runs); its jobs join the
+    scheduler's."""
     care = Care(kefu)
-    kefu.observers.append(ComplaintAlerts(care.router, care.staff_chat_id))
-    kefu.observers.append(Acknowledger(kefu.config))
-    kefu.observers.append(survey.survey_observer)
-    kefu.scheduler.jobs.extend(care.jobs())
+    kefu.observers.add(Phase.COMPLAINT, ComplaintAlerts(care.router, care.staff_chat_id))
+    kefu.observers.add(Phase.ACKNOWLEDGE, Acknowledger(kefu.config))
+    kefu.observers.add(Phase.SURVEY, survey.survey_observer)
+    scheduler.jobs.extend(care.jobs())
     return care

@@ -17,7 +17,7 @@ from aioimaplib import AioImapException
 from bot.app import email_channel
 from bot.cli_common import DEFAULT_CONFIG, ConfigOption, fail, load, out, with_db
 from bot.config import ConfigError
-from bot.pipeline import Pipeline
+from bot.plugins import pipeline as plugged_pipeline
 from channels.email import Backfilled, ImapDown
 from storage.db import Database
 
@@ -56,7 +56,8 @@ def backfill(
             channel = email_channel(config.email, os.environ, db)
         except ConfigError as exc:
             raise ValueError(str(exc)) from exc
-        pipeline = Pipeline(db)  # history is an event: no classifier, router or observer runs
+        # History is an event: no classifier, router or observer runs.
+        pipeline = plugged_pipeline(db)
         try:
             return await channel.backfill(day, pipeline.receive)
         except (TimeoutError, ImapDown, AioImapException, OSError) as exc:

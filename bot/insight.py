@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from bot.effects import Phase
 from handlers import followup
 from handlers.churn import Churn
 from handlers.consent import ConsentObserver
@@ -14,13 +15,16 @@ from handlers.templating import Templates
 
 if TYPE_CHECKING:
     from bot.app import Kefu
+    from bot.care import Care
+    from bot.scheduler import CampaignScheduler
 
 log = logging.getLogger("kefu.insight")
 
 
-def build_insight(kefu: Kefu) -> Churn | None:
-    """Call after build_care (it needs the router and runs after the complaint observers)."""
-    build_followups(kefu)
+def build_insight(kefu: Kefu, care: Care, scheduler: CampaignScheduler) -> Churn | None:
+    """The churn observer (in Phase.INSIGHT: after care's) routes warnings with care's router;
+    its recompute and the follow-ups join the scheduler's jobs."""
+    build_followups(kefu, care, scheduler)
     cfg = kefu.config.insight
     if not cfg.enabled:
         return None
@@ -28,27 +32,27 @@ def build_insight(kefu: Kefu) -> Churn | None:
     telegram_on = "telegram" in kefu.channels
     churn = Churn(
         kefu.config,
-        kefu.care.router,
-        staff_chat_id=kefu.care.staff_chat_id,
-        lead_chats=telegram_on and kefu.care.staff_chat_id is None,
+        care.router,
+        staff_chat_id=care.staff_chat_id,
+        lead_chats=telegram_on and care.staff_chat_id is None,
         is_opt_out=consent.is_opt_out if consent is not None else None,
     )
-    kefu.observers.append(churn)
+    kefu.observers.add(Phase.INSIGHT, churn)
 
     async def recompute() -> object:
         try:
-            return await churn.recompute(kefu.db, kefu.care.clock())
+            return await churn.recompute(kefu.db, care.clock())
         except Exception:  # logged; the next run starts over
             log.exception("insight.recompute.failure")
             return None
 
-    kefu.scheduler.jobs.append(
-        ("insight.recompute", recompute, cfg.recompute_every.total_seconds())
-    )
+    scheduler.jobs.append(("insight.recompute", recompute, cfg.recompute_every.total_seconds()))
     return churn
 
 
-def build_followups(kefu: Kefu) -> followup.FollowUps:
+def build_followups(
+    kefu: Kefu, care: Care, scheduler: CampaignScheduler
+) -> followup.FollowUps:
     """回访: checks its template at start (a broken one stops start-up) and plans on the
     campaign planner's interval."""
     campaigns = kefu.config.campaigns
@@ -60,13 +64,11 @@ def build_followups(kefu: Kefu) -> followup.FollowUps:
 
     async def tick() -> object:
         try:
-            return await followups.tick(kefu.db, kefu.care.clock())
+            return await followups.tick(kefu.db, care.clock())
         except Exception:  # logged; the next run picks the work up again
             log.exception("followup.plan.failure")
             return None
 
     if campaigns.followup.enabled:
-        kefu.scheduler.jobs.append(
-            ("campaigns.followup", tick, campaigns.plan_interval_minutes * 60.0)
-        )
+        scheduler.jobs.append(("campaigns.followup", tick, campaigns.plan_interval_minutes * 60.0))
     return followups

@@ -1,4 +1,8 @@
-"""receive(inbound): dedupe, identify, thread, log, classify, route, enqueue — in one transaction.
+"""receive(inbound): dedupe, identify, thread, log, classify, route, observe — in one transaction.
+
+The pipeline names no particular handler: the classifier, the router, the survey-answer check and
+the SLA clock are plugged in (bot/plugins.py), and observers return effects (bot/effects.py) that
+it applies here, in the same transaction.
 
 Concurrent receive() calls are coalesced into one transaction per batch (group commit): a batch
 costs a handful of statements whatever its size, and every caller still gets its answer only after
@@ -17,8 +21,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import assert_never
 
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -26,47 +31,46 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import outbox
 from bot.config import PRIORITY_RANK
-from bot.messages import SPOKEN, Inbound, Receipt
-from handlers import complaints, routing, sla, survey
-from handlers.complaints import Verdict
-from storage import customers, ingest
-from storage.db import Database
-from storage.models import (
-    Conversation,
-    Customer,
-    Interaction,
+from bot.effects import (
+    NOT_A_COMPLAINT,
+    Acknowledged,
+    ComplaintReasons,
+    ConversationView,
+    CustomerView,
+    Decision,
+    Effect,
+    Event,
+    Logged,
+    Observer,
+    RaiseSeverity,
+    Say,
+    SurveyAnswered,
+    Unreachable,
+    Verdict,
+    WithdrawConsent,
 )
+from bot.messages import SPOKEN, Inbound, Receipt
+from storage import campaigns, conversations, customers, ingest, surveys
+from storage.db import Database
+from storage.models import Acknowledgement, Conversation, Customer, Interaction
 
 log = logging.getLogger("kefu.pipeline")
 
 Classifier = Callable[[str, str | None], Verdict]
-# route(session, verdict, customer, conversation, inbound) -> Decision, inside the transaction:
-# a router may look at staff on duty and open workloads.
+# route(session, verdict, customer, conversation, inbound) -> Decision: plain data in, a decision
+# out; the session is for reading staff on duty and open workloads (and the assignment cursor).
 Router = Callable[
-    [AsyncSession, Verdict, Customer, Conversation | None, Inbound], Awaitable[routing.Decision]
+    [AsyncSession, Verdict, CustomerView, ConversationView | None, Inbound], Awaitable[Decision]
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Logged:
-    """One fresh inbound message as committed: what observers see, inside the same transaction."""
-
-    inbound: Inbound
-    interaction_id: int
-    customer: Customer
-    conversation: Conversation | None
-    new_conversation: bool
-    verdict: Verdict
-    decision: routing.Decision
-
-
-# Observers add their own rows (staff notifications, acknowledgements) to the same transaction:
-# if one raises, the message is not logged and the channel gets no acknowledgement.
-# An observer may also have `observe_batch(session, notes)`: then it is called once per batch
-# with all the batch's messages in order, instead of once per message.
-Observer = Callable[[AsyncSession, Logged], Awaitable[None]]
-
-# Inbound kinds that are a customer speaking; the rest (edits, channel events) are logged as events.
+# explicit(source) -> the verdict of a message its channel marked a complaint.
+Explicit = Callable[[str], Verdict]
+# answer(session, conversation_id, inbound) -> the message as a survey answer (an event), or None:
+# asked before a customer's message reopens a resolved conversation.
+Answer = Callable[[AsyncSession, int, Inbound], Awaitable[Inbound | None]]
+# resume(conversation, at): a pending conversation's SLA clock restarts as its customer answers.
+Resume = Callable[[Conversation, datetime], None]
 
 
 # Seconds a sender is asked to wait: a full queue drains in well under a second; a locked or
@@ -104,8 +108,11 @@ class Pipeline:
         self,
         db: Database,
         *,
-        classify: Classifier = complaints.classify,
-        route: Router = routing.route,
+        classify: Classifier,
+        route: Router,
+        explicit: Explicit,
+        answer: Answer | None = None,
+        resume: Resume | None = None,
         observers: Sequence[Observer] = (),
         on_commit: Callable[[], None] | None = None,
         max_batch: int = 256,
@@ -115,6 +122,9 @@ class Pipeline:
         self.db = db
         self.classify = classify
         self.route = route
+        self.explicit = explicit
+        self.answer = answer
+        self.resume = resume
         self.observers = list(observers)
         self.on_commit = on_commit
         self.max_batch = max_batch
@@ -331,7 +341,11 @@ async def _log_fresh(
             and inbound.kind in SPOKEN
             and conversation.status == "resolved"
         ):
-            answer = await survey.as_answer(session, conversation, inbound)
+            answer = (
+                await pipeline.answer(session, conversation.id, inbound)
+                if pipeline.answer is not None
+                else None
+            )
             if answer is not None:
                 # "5" after a survey is its answer, an event: it does not reopen the conversation.
                 inbounds[n] = answer
@@ -345,9 +359,8 @@ async def _log_fresh(
             conversation is not None and inbound.kind in SPOKEN and conversation.status == "pending"
         ):
             conversation.status = "open"  # pending waits on the customer; they answered
-            clock = getattr(pipeline.route, "clock", None)
-            if conversation.sla_paused_at is not None and clock is not None:
-                sla.resume(conversation, inbound.received_at, clock(conversation.team))
+            if conversation.sla_paused_at is not None and pipeline.resume is not None:
+                pipeline.resume(conversation, inbound.received_at)
             session.add(
                 _event(conversation, inbound, "status", "open again: the customer answered")
             )
@@ -356,21 +369,27 @@ async def _log_fresh(
 
     # 4-6. log, classify, route
     logged: list[dict[str, object]] = []
-    notes: list[tuple[Customer, Conversation | None, Verdict, routing.Decision]] = []
+    notes: list[tuple[Customer, Conversation | None, Verdict, Decision]] = []
     for inbound, conversation in zip(inbounds, threads, strict=True):
         customer = customers[owner[(inbound.channel, inbound.address)]]
         spoken = inbound.kind in SPOKEN
-        verdict = complaints.NOT_A_COMPLAINT
+        verdict = NOT_A_COMPLAINT
         if spoken:
             verdict = (
-                complaints.explicit(f"{inbound.channel} marked it a complaint")
+                pipeline.explicit(f"{inbound.channel} marked it a complaint")
                 if inbound.kind == "complaint"
                 else pipeline.classify(inbound.text, customer.language)
             )
         decision = (
-            await pipeline.route(session, verdict, customer, conversation, inbound)
+            await pipeline.route(
+                session,
+                verdict,
+                _customer_view(customer),
+                None if conversation is None else _conversation_view(conversation),
+                inbound,
+            )
             if spoken
-            else routing.Decision()
+            else NO_DECISION
         )
         meta = dict(inbound.meta)
         if verdict.is_complaint:
@@ -402,34 +421,191 @@ async def _log_fresh(
     # The log is the hot path: plain executemany, not the ORM's unit of work.
     ids = await ingest.add_rows(session, Interaction, logged)
     await session.flush()  # the conversations touched above
+    if not pipeline.observers:
+        for n, interaction_id, (customer, conversation, _, _) in zip(
+            positions, ids, notes, strict=True
+        ):
+            receipts[n] = Receipt(
+                "accepted", interaction_id, customer.id, conversation.id if conversation else None
+            )
+        return
     # An observer with observe_batch sees the whole batch at once, after the per-message ones:
     # it can read and write for all its messages in a statement or two instead of per message.
-    batched: list[Callable[[AsyncSession, Sequence[Logged]], Awaitable[None]]] = [
+    batched: list[Callable[[AsyncSession, Sequence[Logged]], Awaitable[Sequence[Effect] | None]]]
+    batched = [
         b for o in pipeline.observers if (b := getattr(o, "observe_batch", None)) is not None
     ]
     each = [o for o in pipeline.observers if not hasattr(o, "observe_batch")]
-    seen: list[Logged] = []
+    rows = _Rows(customers, {c.id: c for c in threads if c is not None})
     for n, inbound, interaction_id, (customer, conversation, verdict, decision) in zip(
         positions, inbounds, ids, notes, strict=True
     ):
         receipts[n] = Receipt(
             "accepted", interaction_id, customer.id, conversation.id if conversation else None
         )
-        if pipeline.observers:
-            note = Logged(
-                inbound,
-                interaction_id,
-                customer,
-                conversation,
-                id(conversation) in created,
-                verdict,
-                decision,
+        note = _note(inbound, interaction_id, customer, conversation, created, verdict, decision)
+        for observer in each:
+            effects = await observer(session, note)
+            if effects:
+                await _apply(session, effects, rows)
+                # The next observer sees what this one changed.
+                note = _note(
+                    inbound, interaction_id, customer, conversation, created, verdict, decision
+                )
+    if batched:
+        # Taken after every per-message observer, as the batch left the rows.
+        seen = [
+            _note(inbound, interaction_id, customer, conversation, created, verdict, decision)
+            for inbound, interaction_id, (customer, conversation, verdict, decision) in zip(
+                inbounds, ids, notes, strict=True
             )
-            seen.append(note)
-            for observer in each:
-                await observer(session, note)
-    for observe_batch in batched:
-        await observe_batch(session, seen)
+        ]
+        for observe_batch in batched:
+            effects = await observe_batch(session, seen)
+            if effects:
+                await _apply(session, effects, rows)
+
+
+NO_DECISION = Decision()
+
+
+def _customer_view(c: Customer) -> CustomerView:
+    return CustomerView(
+        c.id,
+        c.display_name,
+        c.language,
+        c.timezone,
+        tuple(c.tags or ()),
+        bool(c.vip),
+        bool(c.marketing_consent),
+        c.birthday_md,
+        c.forgotten_at,
+        c.merged_into,
+        c.created_at,
+    )
+
+
+def _conversation_view(c: Conversation) -> ConversationView:
+    return ConversationView(
+        c.id,
+        c.customer_id,
+        c.status,
+        c.team,
+        c.assignee,
+        c.priority,
+        bool(c.is_complaint),
+        c.severity,
+        c.staff_thread,
+        c.reply_channel,
+        c.reply_address,
+        c.first_response_at,
+        c.first_response_due_at,
+        c.resolution_due_at,
+    )
+
+
+def _note(
+    inbound: Inbound,
+    interaction_id: int,
+    customer: Customer,
+    conversation: Conversation | None,
+    created: set[int],
+    verdict: Verdict,
+    decision: Decision,
+) -> Logged:
+    return Logged(
+        inbound,
+        interaction_id,
+        _customer_view(customer),
+        None if conversation is None else _conversation_view(conversation),
+        id(conversation) in created,
+        verdict,
+        decision,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Rows:
+    """The batch's own customer and conversation rows, changed in place by effects: the session
+    writes them at the flush, and the next observer's snapshot shows the change."""
+
+    customers: dict[int, Customer]
+    conversations: dict[int, Conversation]
+
+
+async def _apply(session: AsyncSession, effects: Sequence[Effect], rows: _Rows) -> None:
+    """Every write an observer asked for, in its order, in the ingest transaction."""
+    for effect in effects:
+        if isinstance(effect, Event):
+            session.add(_event_row(effect))
+        elif isinstance(effect, Say):
+            await outbox.say(
+                session,
+                effect.out,
+                log_meta=effect.log_meta,
+                at=effect.at,
+                not_before=effect.not_before,
+            )
+        elif isinstance(effect, Acknowledged):
+            session.add(
+                Acknowledgement(
+                    conversation_id=effect.conversation_id,
+                    channel=effect.channel,
+                    address=effect.address,
+                    at=effect.at,
+                )
+            )
+        elif isinstance(effect, WithdrawConsent):
+            customer = rows.customers.get(effect.customer_id) or await session.get(
+                Customer, effect.customer_id
+            )
+            if customer is not None:
+                customer.marketing_consent = False
+            cancelled = await campaigns.cancel_for(
+                session, effect.customer_id, effect.reason, effect.at
+            )
+            event = effect.event
+            session.add(
+                _event_row(replace(event, meta={**event.meta, "cancelled": cancelled}))
+            )
+        elif isinstance(effect, RaiseSeverity):
+            conversation = rows.conversations.get(effect.conversation_id) or await session.get(
+                Conversation, effect.conversation_id
+            )
+            if conversation is not None:
+                conversation.severity = effect.severity
+        elif isinstance(effect, ComplaintReasons):
+            await conversations.add_complaint_reasons(
+                session, effect.conversation_id, effect.reasons, effect.at
+            )
+        elif isinstance(effect, Unreachable):
+            await customers.mark_unreachable(
+                session, effect.channel, effect.address, effect.reason
+            )
+        elif isinstance(effect, SurveyAnswered):
+            await surveys.answer(
+                session,
+                effect.survey_id,
+                score=effect.score,
+                comment=effect.comment,
+                channel=effect.channel,
+                at=effect.at,
+            )
+        else:
+            assert_never(effect)
+
+
+def _event_row(event: Event) -> Interaction:
+    return Interaction(
+        conversation_id=event.conversation_id,
+        customer_id=event.customer_id,
+        channel=event.channel,
+        direction="event",
+        author_kind=event.author_kind,
+        text=event.text,
+        meta=event.meta,
+        created_at=event.at,
+    )
 
 
 def _event(conversation: Conversation, inbound: Inbound, kind: str, text: str) -> Interaction:
@@ -446,7 +622,7 @@ def _event(conversation: Conversation, inbound: Inbound, kind: str, text: str) -
 
 
 def _touch(
-    conversation: Conversation, inbound: Inbound, verdict: Verdict, decision: routing.Decision
+    conversation: Conversation, inbound: Inbound, verdict: Verdict, decision: Decision
 ) -> None:
     # Assigned only when changed: every ORM attribute write costs an event, even of the same value.
     changes: dict[str, object] = {

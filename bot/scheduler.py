@@ -22,6 +22,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from bot.config import Config
+from bot.effects import Phase
 from bot.leader import Election, SoleProcess, describe_process
 from handlers import greetings
 from handlers.consent import ConsentObserver
@@ -160,13 +161,15 @@ def retention_jobs(
 
 
 def build_campaigns(kefu: Kefu) -> CampaignScheduler:
-    """Wires campaigns into a Kefu whose channels are built and whose pipeline is not yet:
-    checks every template (a broken one stops start-up with a ConfigError, not a failed greeting
+    """Wires campaigns into a Kefu whose channels are built (greetings go out on them): checks
+    every template (a broken one stops start-up with a ConfigError, not a failed greeting
     at 9 am) and adds the opt-out observer."""
     cfg = kefu.config.campaigns
     templates = Templates(cfg.template_dir, cfg.default_language)
     greetings.validate(kefu.config, templates)
-    kefu.observers.append(ConsentObserver(templates, cfg.opt_out_words, cfg.business_name))
+    kefu.observers.add(
+        Phase.CONSENT, ConsentObserver(templates, cfg.opt_out_words, cfg.business_name)
+    )
     planner = Planner(kefu.config, templates, Reach.of(kefu.config, kefu.channels))
     scheduler = CampaignScheduler(kefu.db, planner)
     scheduler.jobs.extend(retention_jobs(kefu.config, kefu.db))

@@ -26,6 +26,11 @@ class ChannelError(Exception):
     """A send failed; the subclass says whether trying again can help."""
 
 
+class Misconfigured(Exception):
+    """A channel cannot start with the settings it was given (a token the service rejects): the
+    person running kefu must fix them. bot/app.py reports it as a configuration error."""
+
+
 class TransientError(ChannelError):
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)

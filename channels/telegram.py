@@ -46,12 +46,12 @@ from telegram.error import (
     TelegramError,
 )
 
-from bot.config import ConfigError
 from bot.intents import Intent, Outbound, StaffNotice, Survey, Threaded
 from bot.messages import Attachment
 from channels.base import (
     ChannelError,
     Deferred,
+    Misconfigured,
     PermanentError,
     SendResult,
     Sink,
@@ -201,7 +201,7 @@ class TelegramChannel:
             await self.bot.initialize()
         except InvalidToken:
             # PTB's own message repeats the token; ours must not.
-            raise ConfigError(
+            raise Misconfigured(
                 "Telegram rejected the bot token: check the value in [telegram] token_env "
                 "(a token from @BotFather looks like 123456:ABC...)"
             ) from None

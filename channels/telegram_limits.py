@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable
 
+from bot.text import utf16_len as utf16_len
 from channels.base import Deferred
 
 TEXT_LIMIT = 4096
@@ -112,11 +113,6 @@ class SlidingWindow:
                 return self.take()
         finally:
             self._queued -= 1
-
-
-def utf16_len(text: str) -> int:
-    # Telegram measures message length in UTF-16 code units: an emoji outside the BMP counts twice.
-    return len(text.encode("utf-16-le")) // 2
 
 
 def split_text(text: str, limit: int = TEXT_LIMIT) -> list[str]:

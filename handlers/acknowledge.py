@@ -11,24 +11,20 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import intents, outbox
+from bot import intents
 from bot.config import Config
+from bot.effects import Acknowledged, Effect, Effects, Logged, Say
 from bot.intents import Outbound
 from bot.messages import SPOKEN
 from handlers import care
 from handlers.templating import language_of
 from storage.models import Acknowledgement
 
-if TYPE_CHECKING:
-    from bot.pipeline import Logged
-
 log = logging.getLogger("kefu.acknowledge")
-
 
 
 # Two lookups, each served by its own index (an OR of both would make SQLite read the table).
@@ -72,7 +68,7 @@ class Acknowledger:
     def __init__(self, config: Config) -> None:
         self.config = config
 
-    async def __call__(self, session: AsyncSession, note: Logged) -> None:
+    async def __call__(self, session: AsyncSession, note: Logged) -> Effects | None:
         inbound, conversation, decision = note.inbound, note.conversation, note.decision
         cfg = self.config.routing
         if (
@@ -80,22 +76,22 @@ class Acknowledger:
             or conversation is None
             or note.customer.forgotten_at is not None
         ):
-            return
+            return None
         if inbound.meta.get("no_ack"):  # a channel's word: e.g. mail received days ago
             log.info(
                 "ack.skipped conversation=%s reason=%s", conversation.id, inbound.meta["no_ack"]
             )
-            return
+            return None
         complaint = cfg.acknowledge_complaints and decision.new_complaint
         outside = cfg.acknowledge_outside_hours and decision.outside_hours
         if not (complaint or outside):
-            return
+            return None
         now = inbound.received_at
         if not complaint and await acked_since(
             session, conversation.id, inbound.channel, inbound.address, now - cfg.acknowledge_every
         ):
             log.info("ack.skipped conversation=%s reason=recently acknowledged", conversation.id)
-            return
+            return None
         customer = note.customer
         language = language_of(
             customer.language or inbound.language, self.config.campaigns.default_language
@@ -116,34 +112,35 @@ class Acknowledger:
             },
         )
         reason = "complaint" if complaint else "outside_hours"
-        await outbox.say(
-            session,
-            Outbound(
-                inbound.channel,
-                inbound.address,
-                intents.Acknowledgement(
-                    text=text,
-                    language=language,
-                    conversation_id=conversation.id,
-                    customer_id=customer.id,
-                    reason=reason,
-                    expected_response_by=expected_at,
-                    **care.answering(inbound),
+        effects: list[Effect] = [
+            Say(
+                Outbound(
+                    inbound.channel,
+                    inbound.address,
+                    intents.Acknowledgement(
+                        text=text,
+                        language=language,
+                        conversation_id=conversation.id,
+                        customer_id=customer.id,
+                        reason=reason,
+                        expected_response_by=expected_at,
+                        **care.answering(inbound),
+                    ),
+                    f"ack:{conversation.id}:{note.interaction_id}",
                 ),
-                f"ack:{conversation.id}:{note.interaction_id}",
+                {
+                    "kind": "ack",
+                    "reason": reason,
+                    "expected_response_by": expected_at.isoformat(),
+                },
+                now,
             ),
-            log_meta={
-                "kind": "ack",
-                "reason": reason,
-                "expected_response_by": expected_at.isoformat(),
-            },
-            at=now,
-        )
-        session.add(Acknowledgement(conversation_id=conversation.id, channel=inbound.channel,
-                                    address=inbound.address, at=now))
+            Acknowledged(conversation.id, inbound.channel, inbound.address, now),
+        ]
         log.info(
             "ack.queued conversation=%s reason=%s expected=%s",
             conversation.id,
             reason,
             expected_at.isoformat(),
         )
+        return effects

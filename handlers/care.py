@@ -8,6 +8,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bot.config import Config
+from bot.effects import CustomerView
 from bot.messages import Inbound
 from handlers.templating import Templates
 from storage.models import Customer
@@ -23,7 +24,7 @@ def texts(config: Config) -> Templates:
     return _templates(config.campaigns.template_dir, config.campaigns.default_language)
 
 
-def zone_of(customer: Customer | None, config: Config) -> str:
+def zone_of(customer: Customer | CustomerView | None, config: Config) -> str:
     if customer is not None and customer.timezone:
         try:
             ZoneInfo(customer.timezone)

@@ -41,7 +41,7 @@ from storage.insight import drop_gone
 from storage.models import Conversation, Customer, Interaction, utcnow
 
 if TYPE_CHECKING:
-    from bot.pipeline import Logged
+    from bot.effects import CustomerView, Logged
 
 log = logging.getLogger("kefu.churn")
 
@@ -211,7 +211,7 @@ class Churn:
     async def _warn_full(
         self,
         session: AsyncSession,
-        customer: Customer,
+        customer: Customer | CustomerView,
         result: Health,
         signals: Signals,
         now: datetime,
@@ -393,7 +393,7 @@ class Churn:
     async def warn(
         self,
         session: AsyncSession,
-        customer: Customer,
+        customer: Customer | CustomerView,
         result: Health,
         s: Signals,
         now: datetime,
@@ -477,7 +477,7 @@ class Churn:
 
 def warning_text(
     language: str,
-    customer: Customer,
+    customer: Customer | CustomerView,
     result: Health,
     conversation_id: int | None,
     owner: str | None,

@@ -28,6 +28,8 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bot.effects import NOT_A_COMPLAINT as NOT_A_COMPLAINT
+from bot.effects import Verdict as Verdict
 from bot.language import CJK, LANGUAGES, primary_tag
 from handlers import complaint_model
 from handlers.complaint_model import Model
@@ -36,19 +38,6 @@ from handlers.regex_prefilter import with_prefilter
 if TYPE_CHECKING:
     from bot.config import ComplaintsConfig
 
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    is_complaint: bool
-    severity: str = "none"  # none | normal | high
-    score: float = 0.0
-    reasons: tuple[str, ...] = ()  # cue names, never the customer's words: they reach logs
-    # The customer's own words that moved the model most ("失望", "waste"): for the staff view, not
-    # for logs or reports.
-    evidence: tuple[str, ...] = ()
-
-
-NOT_A_COMPLAINT = Verdict(False)
 
 Classify = Callable[[str, str | None], Verdict]
 

@@ -21,6 +21,9 @@ from zoneinfo import available_timezones
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
+from storage.customer_import import Record as Record
+from storage.customer_import import Rejected as Rejected
+
 COLUMNS = (
     "name",
     "email",
@@ -82,35 +85,6 @@ class Settings:
     default_region: str = "CN"
     day_first: bool = True
     today: date | None = None  # birthdays after this are refused; injected by tests
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """A valid row. None means the cell was empty: the stored value stays as it is."""
-
-    row: int
-    name: str | None = None
-    email: str | None = None
-    phone: str | None = None
-    telegram_id: str | None = None
-    birthday: date | None = None
-    birthday_md: str | None = None
-    timezone: str | None = None
-    language: str | None = None
-    tags: tuple[str, ...] | None = None
-    marketing_consent: bool | None = None
-    vip: bool | None = None
-
-    def identities(self) -> list[tuple[str, str]]:
-        pairs = [("email", self.email), ("phone", self.phone), ("telegram", self.telegram_id)]
-        return [(channel, address) for channel, address in pairs if address]
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    row: int
-    reason: str
-    values: Mapping[str, str]
 
 
 class FileProblem(ValueError):

@@ -10,17 +10,17 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.pipeline import Logged
-from storage.models import REOPENABLE, Conversation, Identity, Interaction, OutboxRow
+from bot.effects import Effect, Effects, Event, Logged, Unreachable
+from storage.models import REOPENABLE, Conversation, Identity, OutboxRow
 
 CHANNEL = "email"
 
 
-async def on_bounce(session: AsyncSession, logged: Logged) -> None:
-    """Pipeline observer; runs inside the transaction that logs the bounce."""
+async def on_bounce(session: AsyncSession, logged: Logged) -> Effects | None:
+    """Pipeline observer: reads what the bounce names; the pipeline writes what it returns."""
     inbound = logged.inbound
     if inbound.channel != CHANNEL or inbound.meta.get("kind") != "bounce":
-        return
+        return None
     failed = [str(a).lower() for a in inbound.meta.get("failed_recipients", [])]
     quoted = [str(r) for r in (*inbound.meta.get("references", []), *inbound.reply_to)]
     if failed and quoted:
@@ -34,47 +34,42 @@ async def on_bounce(session: AsyncSession, logged: Logged) -> None:
     else:
         failed = []
     if not failed:
-        session.add(
-            Interaction(
-                customer_id=logged.customer.id,
-                channel=CHANNEL,
-                direction="event",
-                author_kind="system",
-                text="a bounce that names no mail kefu sent to the failed address: ignored",
-                meta={"kind": "bounce_ignored", "bounce_interaction_id": logged.interaction_id},
-                created_at=inbound.received_at,
+        return [
+            Event(
+                logged.customer.id,
+                CHANNEL,
+                "a bounce that names no mail kefu sent to the failed address: ignored",
+                {"kind": "bounce_ignored", "bounce_interaction_id": logged.interaction_id},
+                inbound.received_at,
             )
-        )
-        return
+        ]
     status = inbound.meta.get("status") or "no status"
-    identities = await session.scalars(
-        select(Identity).where(Identity.channel == CHANNEL, Identity.address.in_(failed))
+    effects: list[Effect] = []
+    identities = await session.execute(
+        select(Identity.address, Identity.customer_id).where(
+            Identity.channel == CHANNEL, Identity.address.in_(failed)
+        )
     )
-    for identity in identities:
-        identity.reachable = False
-        identity.unreachable_reason = f"bounced ({status})"
-        conversation = await session.scalar(
-            select(Conversation)
+    for address, customer_id in identities.all():
+        effects.append(Unreachable(CHANNEL, address, f"bounced ({status})"))
+        conversation_id = await session.scalar(
+            select(Conversation.id)
             .where(
-                Conversation.customer_id == identity.customer_id,
+                Conversation.customer_id == customer_id,
                 Conversation.status.in_(REOPENABLE),
             )
             .order_by(Conversation.id.desc())
             .limit(1)
         )
-        if conversation is not None:
-            session.add(
-                Interaction(
-                    conversation_id=conversation.id,
-                    customer_id=identity.customer_id,
-                    channel=CHANNEL,
-                    direction="event",
-                    author_kind="system",
-                    text=(
-                        f"mail to {identity.address} bounced ({status}); "
-                        "the address is marked unreachable"
-                    ),
-                    meta={"kind": "bounced", "bounce_interaction_id": logged.interaction_id},
-                    created_at=inbound.received_at,
+        if conversation_id is not None:
+            effects.append(
+                Event(
+                    customer_id,
+                    CHANNEL,
+                    f"mail to {address} bounced ({status}); the address is marked unreachable",
+                    {"kind": "bounced", "bounce_interaction_id": logged.interaction_id},
+                    inbound.received_at,
+                    conversation_id=conversation_id,
                 )
             )
+    return effects

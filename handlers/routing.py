@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,10 +25,10 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import PRIORITY_RANK, Config, ConfigError, RuleConfig, TeamConfig
+from bot.effects import ConversationView, CustomerView, Decision, Verdict
 from bot.messages import Inbound
 from handlers import segments
 from handlers.business_hours import BusinessHours
-from handlers.complaints import Verdict
 from handlers.templating import language_of
 from storage.models import OPEN_STATUSES, Conversation, Customer, RoutingCursor, Staff, utcnow
 
@@ -38,31 +37,12 @@ log = logging.getLogger("kefu.routing")
 DEFAULT_TEAM = "support"
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    priority: str = "normal"  # low | normal | high | urgent
-    assignee_id: int | None = None
-    notify_staff: bool = False
-    team: str | None = None
-    # The conversation becomes a complaint with this message (it was not one before).
-    new_complaint: bool = False
-    # Move the conversation to `team` and `assignee_id` even though it has them already: it became
-    # a complaint and complaints belong to another team.
-    reassign: bool = False
-    outside_hours: bool = False
-    # When the team next opens (now, inside hours): what an acknowledgement promises at the latest.
-    expected_response_by: datetime | None = None
-    first_response_due: datetime | None = None
-    resolution_due: datetime | None = None
-    rule: int | None = None  # index of the rule that matched, for the log
-
-
 def higher(a: str, b: str) -> str:
     return a if PRIORITY_RANK.get(a, 1) >= PRIORITY_RANK.get(b, 1) else b
 
 
 def matches(
-    rule: RuleConfig, verdict: Verdict, customer: Customer, inbound: Inbound,
+    rule: RuleConfig, verdict: Verdict, customer: Customer | CustomerView, inbound: Inbound,
     in_segments: frozenset[str] = frozenset(),
 ) -> bool:
     if rule.segment is not None and rule.segment not in in_segments:
@@ -84,13 +64,13 @@ def matches(
     )
 
 
-def default_priority(verdict: Verdict, customer: Customer) -> str:
+def default_priority(verdict: Verdict, customer: Customer | CustomerView) -> str:
     if verdict.is_complaint:
         return "urgent" if verdict.severity == "high" else "high"
     return "high" if customer.vip else "normal"
 
 
-def floor(verdict: Verdict, customer: Customer) -> str:
+def floor(verdict: Verdict, customer: Customer | CustomerView) -> str:
     if verdict.is_complaint and verdict.severity == "high":
         return "urgent"
     return "high" if customer.vip else "low"
@@ -141,7 +121,7 @@ class Router:
         return self.teams.get(name or self.default_team) or self.teams[self.default_team]
 
     def pick_rule(
-        self, verdict: Verdict, customer: Customer, inbound: Inbound,
+        self, verdict: Verdict, customer: Customer | CustomerView, inbound: Inbound,
         in_segments: frozenset[str] = frozenset(),
     ) -> tuple[int | None, RuleConfig | None]:
         for n, rule in enumerate(self.config.routing.rules):
@@ -153,8 +133,8 @@ class Router:
         self,
         session: AsyncSession,
         verdict: Verdict,
-        customer: Customer,
-        conversation: Conversation | None,
+        customer: CustomerView,
+        conversation: ConversationView | None,
         inbound: Inbound,
     ) -> Decision:
         in_segments = (
@@ -305,8 +285,8 @@ def _per_transaction(session: AsyncSession, name: str) -> dict[Any, Any]:
 async def route(
     session: AsyncSession,
     verdict: Verdict,
-    customer: Customer,
-    conversation: Conversation | None,
+    customer: CustomerView,
+    conversation: ConversationView | None,
     inbound: Inbound,
 ) -> Decision:
     """The router of the default config (one team of all staff, around the clock)."""

@@ -17,6 +17,7 @@ from sqlalchemy import ColumnElement, and_, exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Config, ConfigError, CustomerSegmentConfig
+from bot.effects import CustomerView
 from handlers.templating import language_of
 from storage.db import Database
 from storage.models import Customer, CustomerHealth, Identity
@@ -136,7 +137,11 @@ async def members_in(
 
 
 async def of_customer(
-    session: AsyncSession, config: Config, customer: Customer, channel: str, now: datetime
+    session: AsyncSession,
+    config: Config,
+    customer: Customer | CustomerView,
+    channel: str,
+    now: datetime,
 ) -> frozenset[str]:
     """The segments one customer is in, the moment they write on `channel`."""
     segs = config.insight.segments
@@ -179,7 +184,10 @@ async def of_customer(
 
 
 def _active(
-    seg: CustomerSegmentConfig, customer: Customer, health: CustomerHealth | None, now: datetime
+    seg: CustomerSegmentConfig,
+    customer: Customer | CustomerView,
+    health: CustomerHealth | None,
+    now: datetime,
 ) -> bool:
     cutoff = now - timedelta(days=days_of(seg))
     # The last contact before this message: the customer writing now is not "active" by it.

@@ -9,18 +9,23 @@ transaction, later outbox id, and the outbox sends one address's rows in order).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.effects import (
+    ComplaintReasons,
+    ConversationView,
+    CustomerView,
+    Effect,
+    Effects,
+    Event,
+    Logged,
+    RaiseSeverity,
+)
 from bot.intents import STAFF_CHANNEL, Outbound, StaffNotice
 from handlers import staff_feed
 from handlers.routing import Router
-from storage import dialect
-from storage.models import ComplaintReason, Conversation, Customer, Interaction, Staff, utcnow
-
-if TYPE_CHECKING:
-    from bot.pipeline import Logged
+from storage.models import Conversation, Customer, Staff, utcnow
 
 log = logging.getLogger("kefu.staff_alerts")
 
@@ -31,7 +36,7 @@ SEVERITY_RANK = {None: 0, "none": 0, "normal": 1, "high": 2}
 async def post(
     session: AsyncSession,
     staff_chat_id: int | None,
-    conversation: Conversation,
+    conversation: Conversation | ConversationView,
     customer_name: str,
     text: str,
     dedupe_key: str,
@@ -59,7 +64,7 @@ async def post(
     )
 
 
-def name_of(customer: Customer) -> str:
+def name_of(customer: Customer | CustomerView) -> str:
     return customer.display_name or f"customer {customer.id}"
 
 
@@ -70,23 +75,6 @@ async def staff_name(session: AsyncSession, staff_id: int | None) -> str | None:
     return member.name if member is not None else None
 
 
-async def save_reasons(
-    session: AsyncSession, conversation_id: int, reasons: tuple[str, ...]
-) -> None:
-    if not reasons:
-        return
-    await session.execute(
-        dialect.insert(session, ComplaintReason)
-        .values(
-            [
-                {"conversation_id": conversation_id, "reason": r[:120], "at": utcnow()}
-                for r in dict.fromkeys(reasons)
-            ]
-        )
-        .on_conflict_do_nothing(index_elements=["conversation_id", "reason"])
-    )
-
-
 class ComplaintAlerts:
     """Pipeline observer: a conversation that becomes a complaint, or whose complaint turns severe,
     is flagged to staff with severity, reasons, team and the assignee."""
@@ -95,17 +83,17 @@ class ComplaintAlerts:
         self.router = router
         self.staff_chat_id = staff_chat_id
 
-    async def __call__(self, session: AsyncSession, note: Logged) -> None:
+    async def __call__(self, session: AsyncSession, note: Logged) -> Effects | None:
         verdict, conversation = note.verdict, note.conversation
         if not verdict.is_complaint or conversation is None:
-            return
-        await save_reasons(session, conversation.id, verdict.reasons)
+            return None
+        effects: list[Effect] = [ComplaintReasons(conversation.id, verdict.reasons, utcnow())]
         before = conversation.severity
         worse = SEVERITY_RANK.get(verdict.severity, 1) > SEVERITY_RANK.get(before, 0)
         if worse:
-            conversation.severity = verdict.severity
+            effects.append(RaiseSeverity(conversation.id, verdict.severity))
         if not (note.decision.new_complaint or worse):
-            return  # the mirror of each further message already carries the complaint mark
+            return effects  # the mirror of each further message already carries the mark
         assignee = await staff_name(session, conversation.assignee)
         team = conversation.team or note.decision.team
         reasons = ", ".join(verdict.reasons) or "—"
@@ -124,15 +112,12 @@ class ComplaintAlerts:
                 f"first response due {conversation.first_response_due_at:%Y-%m-%d %H:%M} UTC"
             )
         text = "\n".join(lines)
-        session.add(
-            Interaction(
-                conversation_id=conversation.id,
-                customer_id=conversation.customer_id,
-                channel=note.inbound.channel,
-                direction="event",
-                author_kind="system",
-                text=text,
-                meta={
+        effects.append(
+            Event(
+                conversation.customer_id,
+                note.inbound.channel,
+                text,
+                {
                     "kind": "complaint_flagged",
                     "severity": verdict.severity,
                     "reasons": list(verdict.reasons),
@@ -141,7 +126,8 @@ class ComplaintAlerts:
                     "priority": conversation.priority,
                     "interaction": note.interaction_id,
                 },
-                created_at=note.inbound.received_at,
+                note.inbound.received_at,
+                conversation_id=conversation.id,
             )
         )
         await post(
@@ -152,3 +138,4 @@ class ComplaintAlerts:
             "complaint.flagged conversation=%s severity=%s reasons=%s team=%s assignee=%s",
             conversation.id, verdict.severity, reasons, team, assignee,
         )
+        return effects

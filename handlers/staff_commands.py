@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.commands import StaffPost
 from bot.config import Config
 from bot.intents import STAFF_CHANNEL
-from channels.telegram_updates import StaffPost
 from handlers import lifecycle, roles
 from handlers.roles import Actor
 from storage import audit, customers, interactions, staff

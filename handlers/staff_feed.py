@@ -22,8 +22,9 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import outbox
+from bot.effects import ConversationView
 from bot.intents import Outbound, StaffNotice, from_payload, to_payload
-from channels.telegram_limits import utf16_len
+from bot.text import utf16_len
 from storage import dialect
 from storage.db import Database
 from storage.models import Conversation, OutboxRow, Staff
@@ -38,7 +39,9 @@ FEED_PREFIXES = ("mirror-", "complaint:", "sla:", "board-")
 OPEN = ("pending", "deferred", "failed", "sending")
 
 
-async def agent_of(session: AsyncSession, conversation: Conversation) -> Staff | None:
+async def agent_of(
+    session: AsyncSession, conversation: Conversation | ConversationView
+) -> Staff | None:
     """The agent whose private chat gets this conversation, or None (then: the staff group)."""
     if conversation.assignee is None:
         return None

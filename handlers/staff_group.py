@@ -26,11 +26,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import outbox
+from bot.commands import StaffPost
 from bot.config import Config
+from bot.effects import Logged, Observer
 from bot.intents import STAFF_CHANNEL, Outbound, StaffNotice
 from bot.messages import Attachment
-from bot.pipeline import Logged, Observer
-from channels.telegram_updates import StaffPost
 from handlers import agents, roles, staff_commands, staff_feed
 from storage import audit, conversations, dialect
 from storage.db import Database

@@ -19,12 +19,13 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import outbox
 from bot.config import Config
+from bot.effects import Effects, Logged, SurveyAnswered
 from bot.intents import Outbound
 from bot.intents import Survey as SurveyQuestion
 from bot.messages import Inbound
@@ -32,9 +33,6 @@ from handlers import care
 from handlers.templating import language_of
 from storage import surveys
 from storage.models import Conversation, Customer, Interaction, Survey, utcnow
-
-if TYPE_CHECKING:
-    from bot.pipeline import Logged
 
 log = logging.getLogger("kefu.survey")
 
@@ -78,7 +76,7 @@ def parse_answer(text: str) -> tuple[int, str | None] | None:
 
 
 async def as_answer(
-    session: AsyncSession, conversation: Conversation, inbound: Inbound
+    session: AsyncSession, conversation_id: int, inbound: Inbound
 ) -> Inbound | None:
     """The pipeline asks before reopening a resolved conversation: is this message a survey answer?
     Then it is logged as an event of kind "survey" and left to record() below."""
@@ -87,7 +85,7 @@ async def as_answer(
     parsed = parse_answer(inbound.text)
     if parsed is None:
         return None
-    open_survey = await surveys.open_for(session, conversation.id, inbound.received_at)
+    open_survey = await surveys.open_for(session, conversation_id, inbound.received_at)
     if open_survey is None:
         return None
     score, comment = parsed
@@ -162,25 +160,21 @@ async def ask(
     return survey
 
 
-async def record_answer(
+async def check_answer(
     session: AsyncSession,
     *,
     score: int,
-    comment: str | None = None,
-    channel: str,
     survey_id: int | None = None,
     conversation_id: int | None = None,
     customer_id: int | None = None,
-    now: datetime | None = None,
-    log_event: bool = True,
-) -> Answered:
-    """Stores a 1-5 answer to a survey (by its id, or the open one of a conversation). Raises
+    now: datetime,
+) -> Survey:
+    """The survey a 1-5 answer counts for (by its id, or the open one of a conversation). Raises
     SurveyError when there is no open survey, it was answered already, or it expired. With
     `customer_id`, the survey must be that customer's (a Telegram button pressed by someone else).
-    `log_event` adds an event line to the conversation's log (the pipeline logs its own)."""
+    """
     if isinstance(score, bool) or score not in CHOICES:
         raise SurveyError(f"score has value {score!r}: use a whole number from 1 to 5")
-    now = now or utcnow()
     survey: Survey | None
     if survey_id is not None:
         survey = await session.get(Survey, survey_id)
@@ -199,50 +193,83 @@ async def record_answer(
     if not survey.asked_at <= now < survey.expires_at:
         raise SurveyError(f"survey {survey.id} is closed (open {survey.asked_at:%Y-%m-%d %H:%M} "
                           f"to {survey.expires_at:%Y-%m-%d %H:%M} UTC)")
-    comment = (comment or "").strip()[:COMMENT_LIMIT] or None
-    survey.score = score
-    survey.comment = comment
-    survey.answered_at = now
-    survey.answer_channel = channel
-    if log_event:
-        session.add(
-            Interaction(
-                conversation_id=survey.conversation_id,
-                customer_id=survey.customer_id,
-                channel=channel,
-                direction="event",
-                author_kind="customer",
-                text=f"survey answered: {score}" + (f" — {comment}" if comment else ""),
-                meta={"kind": "survey_answer", "survey": survey.id, "score": score},
-                created_at=now,
-            )
+    return survey
+
+
+def _comment(comment: str | None) -> str | None:
+    return (comment or "").strip()[:COMMENT_LIMIT] or None
+
+
+async def record_answer(
+    session: AsyncSession,
+    *,
+    score: int,
+    comment: str | None = None,
+    channel: str,
+    survey_id: int | None = None,
+    conversation_id: int | None = None,
+    customer_id: int | None = None,
+    now: datetime | None = None,
+) -> Answered:
+    """Stores a 1-5 answer to a survey (a Telegram button, `kefu survey answer`), with an event
+    line in the conversation's log; check_answer() says which answers count."""
+    now = now or utcnow()
+    survey = await check_answer(
+        session,
+        score=score,
+        survey_id=survey_id,
+        conversation_id=conversation_id,
+        customer_id=customer_id,
+        now=now,
+    )
+    comment = _comment(comment)
+    await surveys.answer(
+        session, survey.id, score=score, comment=comment, channel=channel, at=now
+    )
+    session.add(
+        Interaction(
+            conversation_id=survey.conversation_id,
+            customer_id=survey.customer_id,
+            channel=channel,
+            direction="event",
+            author_kind="customer",
+            text=f"survey answered: {score}" + (f" — {comment}" if comment else ""),
+            meta={"kind": "survey_answer", "survey": survey.id, "score": score},
+            created_at=now,
         )
+    )
     log.info("survey.answered survey=%s conversation=%s score=%d channel=%s",
              survey.id, survey.conversation_id, score, channel)
     return Answered(survey.id, survey.conversation_id, score, comment)
 
 
-async def survey_observer(session: AsyncSession, note: Logged) -> None:
-    """Pipeline observer: records a logged survey answer (kind "survey") in the same transaction.
-    An answer that cannot count (expired, twice, another customer's) stays in the log only."""
+async def survey_observer(session: AsyncSession, note: Logged) -> Effects | None:
+    """Pipeline observer: a logged survey answer (kind "survey") is recorded, in the same
+    transaction (the message itself is its line in the log). An answer that cannot count
+    (expired, twice, another customer's) stays in the log only."""
     inbound = note.inbound
     if inbound.kind != "survey":
-        return
+        return None
     given = inbound.meta.get("survey") or {}
-    score: Any = given.get("score")  # as the channel sent it: record_answer checks it
+    score: Any = given.get("score")  # as the channel sent it: check_answer checks it
     survey_id = given.get("id")
     conversation_id = note.conversation.id if note.conversation is not None else None
     try:
-        await record_answer(
+        survey = await check_answer(
             session,
             score=score,
-            comment=given.get("comment"),
-            channel=inbound.channel,
             survey_id=int(survey_id) if survey_id is not None else None,
             conversation_id=None if survey_id is not None else conversation_id,
             customer_id=note.customer.id,
             now=inbound.received_at,
-            log_event=False,
         )
     except (SurveyError, ValueError, TypeError) as exc:
         log.info("survey.answer.ignored interaction=%s reason=%s", note.interaction_id, exc)
+        return None
+    log.info("survey.answered survey=%s conversation=%s score=%d channel=%s",
+             survey.id, survey.conversation_id, score, inbound.channel)
+    return [
+        SurveyAnswered(
+            survey.id, score, _comment(given.get("comment")), inbound.channel, inbound.received_at
+        )
+    ]

@@ -17,7 +17,7 @@ from datetime import timedelta
 import phonenumbers
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from channels.telegram_updates import LinkRequest
+from bot.commands import LinkRequest
 from storage import audit, customers
 from storage import telegram_links as links
 from storage.db import Database

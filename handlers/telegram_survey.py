@@ -11,8 +11,8 @@ import logging
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.commands import PressAnswer, SurveyPress
 from bot.config import Config
-from channels.telegram_updates import PressAnswer, SurveyPress
 from handlers import care, survey
 from handlers.templating import language_of
 from storage import customers, surveys

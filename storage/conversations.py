@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage import dialect
-from storage.models import STATUSES, Conversation, Customer
+from storage.models import STATUSES, ComplaintReason, Conversation, Customer
 
 
 async def listing(
@@ -77,4 +78,22 @@ async def set_staff_place(session: AsyncSession, conversation_id: int, place: st
 async def staff_place_of(session: AsyncSession, conversation_id: int) -> str | None:
     return await session.scalar(
         select(Conversation.staff_thread).where(Conversation.id == conversation_id)
+    )
+
+
+async def add_complaint_reasons(
+    session: AsyncSession, conversation_id: int, reasons: Sequence[str], at: datetime
+) -> None:
+    """The reasons a conversation was flagged a complaint for, each kept once."""
+    if not reasons:
+        return
+    await session.execute(
+        dialect.insert(session, ComplaintReason)
+        .values(
+            [
+                {"conversation_id": conversation_id, "reason": r[:120], "at": at}
+                for r in dict.fromkeys(reasons)
+            ]
+        )
+        .on_conflict_do_nothing(index_elements=["conversation_id", "reason"])
     )

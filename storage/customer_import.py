@@ -8,18 +8,48 @@ flight, and running the same file again finishes the job without changing what i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from handlers.customer_import import Record, Rejected
 from storage.db import Database
 from storage.models import Customer, Identity, utcnow
 from storage.rows import reserve_ids, table_of
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A valid row. None means the cell was empty: the stored value stays as it is."""
+
+    row: int
+    name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    telegram_id: str | None = None
+    birthday: date | None = None
+    birthday_md: str | None = None
+    timezone: str | None = None
+    language: str | None = None
+    tags: tuple[str, ...] | None = None
+    marketing_consent: bool | None = None
+    vip: bool | None = None
+
+    def identities(self) -> list[tuple[str, str]]:
+        pairs = [("email", self.email), ("phone", self.phone), ("telegram", self.telegram_id)]
+        return [(channel, address) for channel, address in pairs if address]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    row: int
+    reason: str
+    values: Mapping[str, str]
+
 
 # Fields a row may set; None in a record leaves the stored value alone.
 FIELDS = (

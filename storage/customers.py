@@ -513,3 +513,12 @@ def remove_files(paths: Iterable[str], root: str | Path) -> list[str]:
         except OSError:
             failed.append(str(path))
     return failed
+
+
+async def mark_unreachable(session: AsyncSession, channel: str, address: str, reason: str) -> None:
+    """Nothing more can be delivered to this address (a bounce): the identity says so, and why."""
+    await session.execute(
+        update(Identity)
+        .where(Identity.channel == channel, Identity.address == address)
+        .values(reachable=False, unreachable_reason=reason)
+    )

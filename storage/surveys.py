@@ -74,3 +74,20 @@ async def erase_for_customer(session: AsyncSession, customer_id: int) -> int:
         .values(expires_at=Survey.asked_at)
     )
     return rowcount(result)
+
+
+async def answer(
+    session: AsyncSession,
+    survey_id: int,
+    *,
+    score: int,
+    comment: str | None,
+    channel: str,
+    at: datetime,
+) -> None:
+    """Records a checked answer (handlers/survey.py checks it is open, unanswered and 1-5)."""
+    await session.execute(
+        update(Survey)
+        .where(Survey.id == survey_id)
+        .values(score=score, comment=comment, answered_at=at, answer_channel=channel)
+    )

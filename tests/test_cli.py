@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from bot.cli import app
 from bot.messages import Inbound
-from bot.pipeline import Pipeline
+from bot.plugins import pipeline as plugged_pipeline
 from storage.db import Database
 from storage.models import AuditEntry, Customer, Identity, Interaction, OutboxRow
 
@@ -49,7 +49,7 @@ def seed(config: Path, *messages: tuple[str, str, str]) -> None:
     async def go() -> None:
         db = Database(url)
         await db.upgrade()
-        pipeline = Pipeline(db)
+        pipeline = plugged_pipeline(db)
         for ext, user, text in messages:
             kind = "complaint" if "broken" in text else "message"
             await pipeline.receive(

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from bot.config import parse_config
 from bot.messages import Inbound
-from bot.pipeline import Pipeline
+from bot.plugins import pipeline as plugged_pipeline
 from handlers.routing import Router
 from storage.db import Database
 from storage.models import AuditEntry, Conversation
@@ -22,7 +22,7 @@ def seed(config: Path) -> int:
     async def go() -> int:
         db = Database(f"sqlite+aiosqlite:///{config.parent}/kefu.db")
         await db.upgrade()
-        pipeline = Pipeline(db, route=Router(parse_config({})))
+        pipeline = plugged_pipeline(db, route=Router(parse_config({})))
         receipt = await pipeline.receive(
             Inbound("webhook", "shop:1", "shop:u1", "the parcel arrived broken, unacceptable")
         )

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from bot.cli import app
 from bot.messages import Inbound
-from bot.pipeline import Pipeline
+from bot.plugins import pipeline as plugged_pipeline
 from channels.email import MailStore, to_inbound
 from channels.telegram_updates import LinkRequest
 from handlers import agents, lifecycle, sla, staff_group, survey, telegram_links
@@ -71,7 +71,7 @@ async def seed(db: Database, store: MailStore) -> dict[str, int]:
         Acknowledger(CFG),
         survey.survey_observer,
     ]
-    pipeline = Pipeline(db, route=router, observers=observers)
+    pipeline = plugged_pipeline(db, route=router, observers=observers)
     by_mail = await pipeline.receive(mail(store))
     by_telegram = await pipeline.receive(
         Inbound(
@@ -222,7 +222,7 @@ async def test_forget_leaves_nothing_in_the_database_files_or_the_mail_store(
 
     # A channel delivering one of the forgotten messages again (an IMAP folder re-read, a webhook
     # retry) is still a duplicate: nothing comes back.
-    pipeline = Pipeline(db)
+    pipeline = plugged_pipeline(db)
     again = await pipeline.receive(mail(MailStore(tmp_path / "again", 1 << 20)))
     await pipeline.close()
     assert again.status == "duplicate"

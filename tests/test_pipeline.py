@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 
+from bot.effects import Logged
 from bot.messages import Attachment, Inbound
-from bot.pipeline import Logged, Pipeline
+from bot.plugins import pipeline as plugged_pipeline
 from storage.db import Database
 from storage.models import Conversation, Customer, Identity, Interaction, OutboxRow
 
@@ -25,7 +26,7 @@ async def count(db: Database, model: type) -> int:
 
 
 async def test_first_contact_creates_customer_identity_conversation(db: Database) -> None:
-    pipeline = Pipeline(db)
+    pipeline = plugged_pipeline(db)
     receipt = await pipeline.receive(msg(1, display_name="张三", language="zh"))
     assert receipt.status == "accepted"
     async with db.sessions() as s:
@@ -46,7 +47,7 @@ async def test_first_contact_creates_customer_identity_conversation(db: Database
 
 
 async def test_same_user_same_customer_and_conversation(db: Database) -> None:
-    pipeline = Pipeline(db)
+    pipeline = plugged_pipeline(db)
     a = await pipeline.receive(msg(1))
     b = await pipeline.receive(msg(2))
     c = await pipeline.receive(msg(3, user="u2"))
@@ -57,7 +58,7 @@ async def test_same_user_same_customer_and_conversation(db: Database) -> None:
 
 
 async def test_duplicate_is_logged_once_and_answers_with_the_original(db: Database) -> None:
-    pipeline = Pipeline(db)
+    pipeline = plugged_pipeline(db)
     first = await pipeline.receive(msg(1))
     again = await pipeline.receive(msg(1, text="changed in transit"))
     assert again.status == "duplicate" and again.interaction_id == first.interaction_id
@@ -66,7 +67,7 @@ async def test_duplicate_is_logged_once_and_answers_with_the_original(db: Databa
 
 
 async def test_concurrent_copies_in_one_batch_log_once(db: Database) -> None:
-    pipeline = Pipeline(db)
+    pipeline = plugged_pipeline(db)
     receipts = await asyncio.gather(*(pipeline.receive(msg(7)) for _ in range(50)))
     assert sorted(r.status for r in receipts).count("accepted") == 1
     assert len({r.interaction_id for r in receipts}) == 1
@@ -82,7 +83,7 @@ async def test_a_bad_message_does_not_sink_its_batch(db: Database) -> None:
 
         return NOT_A_COMPLAINT
 
-    pipeline = Pipeline(db, classify=classify)
+    pipeline = plugged_pipeline(db, classify=classify)
     results = await asyncio.gather(
         *(
             pipeline.receive(msg(n, user=f"u{n}", text="boom" if n == 3 else "ok"))
@@ -103,7 +104,7 @@ async def test_observer_failure_rolls_back_the_message(db: Database) -> None:
     async def observer(session: object, logged: Logged) -> None:
         raise ValueError("staff notification failed")
 
-    pipeline = Pipeline(db, observers=[observer])
+    pipeline = plugged_pipeline(db, observers=[observer])
     try:
         await pipeline.receive(msg(1))
     except ValueError:
@@ -133,7 +134,7 @@ async def test_observer_enqueues_in_the_same_transaction(db: Database) -> None:
             ),
         )
 
-    pipeline = Pipeline(db, observers=[ack])
+    pipeline = plugged_pipeline(db, observers=[ack])
     receipt = await pipeline.receive(msg(1))
     async with db.sessions() as s:
         row = await s.scalar(select(OutboxRow))
@@ -143,7 +144,7 @@ async def test_observer_enqueues_in_the_same_transaction(db: Database) -> None:
 
 
 async def test_attachments_and_explicit_complaint(db: Database) -> None:
-    pipeline = Pipeline(db)
+    pipeline = plugged_pipeline(db)
     receipt = await pipeline.receive(
         msg(1, kind="complaint", attachments=(Attachment(url="https://x/y.png", name="y.png"),))
     )
@@ -161,7 +162,7 @@ async def test_attachments_and_explicit_complaint(db: Database) -> None:
 
 
 async def test_events_are_logged_without_opening_a_conversation(db: Database) -> None:
-    pipeline = Pipeline(db)
+    pipeline = plugged_pipeline(db)
     receipt = await pipeline.receive(msg(1, kind="event", text="auto-reply: out of office"))
     assert receipt.conversation_id is None
     async with db.sessions() as s:
@@ -172,7 +173,7 @@ async def test_events_are_logged_without_opening_a_conversation(db: Database) ->
 
 
 async def test_threading_hints_and_reopen(db: Database) -> None:
-    pipeline = Pipeline(db)
+    pipeline = plugged_pipeline(db)
     first = await pipeline.receive(msg(1))
     async with db.transaction() as s:
         conversation = await s.get(Conversation, first.conversation_id)
@@ -209,7 +210,7 @@ async def test_threading_hints_and_reopen(db: Database) -> None:
 async def test_a_reply_to_a_closed_thread_joins_the_customers_open_conversation(
     db: Database,
 ) -> None:
-    pipeline = Pipeline(db)
+    pipeline = plugged_pipeline(db)
     first = await pipeline.receive(msg(1))
     async with db.transaction() as s:
         conversation = await s.get(Conversation, first.conversation_id)
@@ -230,7 +231,7 @@ async def test_a_reply_to_a_closed_thread_joins_the_customers_open_conversation(
 
 
 async def test_received_at_is_the_channel_time(db: Database) -> None:
-    pipeline = Pipeline(db)
+    pipeline = plugged_pipeline(db)
     when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     receipt = await pipeline.receive(msg(1, received_at=when))
     async with db.sessions() as s:

@@ -15,7 +15,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.messages import Inbound
-from bot.pipeline import Pipeline, Unavailable
+from bot.pipeline import Unavailable
+from bot.plugins import pipeline as plugged_pipeline
 from storage.db import Database
 from tests.servers.kefu import base_config, post_signed, running_kefu, url
 from tests.servers.ports import free_port
@@ -59,7 +60,7 @@ async def test_a_locked_database_fails_the_batch_once(tmp_path: Path) -> None:
     path = tmp_path / "kefu.db"
     db = CountingDatabase(f"sqlite+aiosqlite:///{path}", busy_timeout=0.3)
     await db.upgrade()
-    pipeline = Pipeline(db)
+    pipeline = plugged_pipeline(db)
     async with write_lock(path):
         results = await asyncio.gather(
             *(pipeline.receive(msg(n)) for n in range(6)), return_exceptions=True
@@ -82,7 +83,7 @@ def dead_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 async def test_a_database_that_is_down_fails_the_batch_once(dead_url: str) -> None:
     db = CountingDatabase(dead_url)
-    pipeline = Pipeline(db)
+    pipeline = plugged_pipeline(db)
     results = await asyncio.gather(
         *(pipeline.receive(msg(n)) for n in range(6)), return_exceptions=True
     )
@@ -96,7 +97,7 @@ async def test_a_full_queue_answers_busy_instead_of_waiting(tmp_path: Path) -> N
     path = tmp_path / "kefu.db"
     db = Database(f"sqlite+aiosqlite:///{path}", busy_timeout=5)
     await db.upgrade()
-    pipeline = Pipeline(db, max_queue=2, queue_wait_seconds=0.1)
+    pipeline = plugged_pipeline(db, max_queue=2, queue_wait_seconds=0.1)
     async with write_lock(path):
         stuck = asyncio.create_task(pipeline.receive(msg(0)))  # the writer waits on the lock
         while pipeline._writer is None or pipeline._queue.qsize():
@@ -182,7 +183,7 @@ async def test_a_value_the_database_refuses_is_that_messages_fault(db: Database)
     Rejected for that message alone, never Unavailable (a sender would retry it forever)."""
     from bot.pipeline import Rejected
 
-    pipeline = Pipeline(db)
+    pipeline = plugged_pipeline(db)
     long_name = Inbound(
         channel="webhook",
         external_id="shop:long",

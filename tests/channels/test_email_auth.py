@@ -213,4 +213,4 @@ async def test_an_unauthenticated_mail_is_never_a_survey_answer(db: Any) -> None
         forged = Inbound(
             "email", "s-1@example.org", "alice@example.org", "5", meta={"sender_verified": False}
         )
-        assert await survey.as_answer(session, conversation, forged) is None
+        assert await survey.as_answer(session, conversation.id, forged) is None

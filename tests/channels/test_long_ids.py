@@ -11,7 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from bot.pipeline import Pipeline
+from bot.plugins import pipeline as plugged_pipeline
 from channels.email import MAX_EXTERNAL_ID, MailStore, to_inbound
 from storage.db import Database
 from storage.models import Identity, Interaction
@@ -67,7 +67,7 @@ async def test_an_overlong_message_id_is_kept_as_its_hash(tmp_path: Path, db: Da
         to_inbound(long_mail(3, msgid), store, own_address=ADDRESS).external_id
         == inbound.external_id
     )
-    pipeline = Pipeline(db)
+    pipeline = plugged_pipeline(db)
     try:
         assert (await pipeline.receive(inbound)).status == "accepted"
         assert (await pipeline.receive(inbound)).status == "duplicate"
@@ -110,7 +110,7 @@ async def test_every_fixture_is_logged_on_both_databases(
 ) -> None:
     expect = EXPECT[name]
     inbound = to_inbound(fixture_bytes(name), MailStore(tmp_path, 1 << 20), own_address=ADDRESS)
-    pipeline = Pipeline(db)
+    pipeline = plugged_pipeline(db)
     try:
         receipt = await pipeline.receive(inbound)
     finally:

@@ -8,6 +8,7 @@ from typing import Any
 from bot.config import Config, parse_config
 from bot.messages import Inbound
 from bot.pipeline import Pipeline
+from bot.plugins import pipeline as plugged_pipeline
 from handlers import survey
 from handlers.acknowledge import Acknowledger
 from handlers.routing import Router
@@ -26,7 +27,7 @@ def care_pipeline(
         Acknowledger(config),
         survey.survey_observer,
     ]
-    return Pipeline(db, route=router, observers=observers), router
+    return plugged_pipeline(db, route=router, observers=observers), router
 
 
 def config(**sections: Any) -> Config:

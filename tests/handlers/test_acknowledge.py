@@ -8,7 +8,8 @@ from typing import Any
 
 from sqlalchemy import event, func, select
 
-from bot.pipeline import Logged, Pipeline
+from bot.effects import Effects, Logged
+from bot.plugins import pipeline as plugged_pipeline
 from handlers.acknowledge import Acknowledger
 from handlers.routing import Router
 from storage.db import Database
@@ -53,15 +54,15 @@ async def test_outside_hours_check_uses_an_index(db: Database) -> None:
 
     acknowledge = Acknowledger(CFG)
 
-    async def watched(session: Any, note: Logged) -> None:
+    async def watched(session: Any, note: Logged) -> Effects | None:
         nonlocal capturing
         capturing = True
         try:
-            await acknowledge(session, note)
+            return await acknowledge(session, note)
         finally:
             capturing = False
 
-    pipeline = Pipeline(db, route=Router(CFG), observers=[watched])
+    pipeline = plugged_pipeline(db, route=Router(CFG), observers=[watched])
     await pipeline.receive(message(1, "are you open?", NIGHT))
     # within the hour: no ack
     await pipeline.receive(message(2, "hello?", NIGHT + timedelta(minutes=10)))

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from bot.config import parse_config
 from bot.messages import Inbound
-from bot.pipeline import Pipeline
+from bot.plugins import pipeline as plugged_pipeline
 from handlers.consent import ConsentObserver, normalise
 from handlers.greetings import Planner, Reach
 from handlers.templating import Templates
@@ -70,7 +70,7 @@ async def test_opt_out_cancels_the_waiting_greeting_and_confirms(db: Database) -
         )
     ).planned == 2
 
-    pipeline = Pipeline(db, observers=[ConsentObserver(templates)])
+    pipeline = plugged_pipeline(db, observers=[ConsentObserver(templates)])
     try:
         await pipeline.receive_many(
             [inbound(1, "shop:zh", "退订"), inbound(2, "shop:en", "Unsubscribe")]

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from bot import intents
 from bot.intents import Reply, StaffNotice, from_payload
 from bot.messages import Inbound
-from bot.pipeline import Pipeline
+from bot.plugins import pipeline as plugged_pipeline
 from channels.telegram_updates import StaffPost
 from handlers import staff_commands
 from handlers.staff_group import REFUSAL, StaffDesk, mirror_observer
@@ -46,7 +46,7 @@ async def world(db: Database) -> dict[str, Any]:
     lena is their lead."""
     # The message arrives before the team is registered: nobody is assigned, so it is mirrored
     # into the group (an assigned one goes to the agent's chat: test_telegram_agent_chat.py).
-    pipeline = Pipeline(db, observers=[mirror_observer(STAFF_CHAT)])
+    pipeline = plugged_pipeline(db, observers=[mirror_observer(STAFF_CHAT)])
     receipt = await pipeline.receive(
         Inbound(channel="telegram", external_id="1001:1365", address="1001", text="请问营业时间",
                 display_name="张三", language="zh")

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from bot.intents import StaffNotice, from_payload
 from bot.messages import Attachment, Inbound
-from bot.pipeline import Pipeline
+from bot.plugins import pipeline as plugged_pipeline
 from handlers import routing, staff_feed
 from handlers.staff_group import mirror_observer
 from storage import staff
@@ -31,7 +31,7 @@ async def staff_rows(db: Database) -> list[OutboxRow]:
 
 
 async def test_messages_waiting_for_one_topic_become_one_post(db: Database) -> None:
-    pipeline = Pipeline(db, observers=[mirror_observer(STAFF_CHAT)])
+    pipeline = plugged_pipeline(db, observers=[mirror_observer(STAFF_CHAT)])
     for n in range(5):
         await pipeline.receive(message(n, f"part {n}"))
     await pipeline.receive(message(9, "other customer", user="1002"))
@@ -47,7 +47,7 @@ async def test_messages_waiting_for_one_topic_become_one_post(db: Database) -> N
 
 
 async def test_a_claimed_post_takes_text_until_the_channel_takes_it(db: Database) -> None:
-    pipeline = Pipeline(db, observers=[mirror_observer(STAFF_CHAT)])
+    pipeline = plugged_pipeline(db, observers=[mirror_observer(STAFF_CHAT)])
     await pipeline.receive(message(0, "first"))
     async with db.transaction() as session:
         row = await session.scalar(select(OutboxRow))
@@ -66,7 +66,7 @@ async def test_a_claimed_post_takes_text_until_the_channel_takes_it(db: Database
 
 
 async def test_media_and_long_texts_get_posts_of_their_own(db: Database) -> None:
-    pipeline = Pipeline(db, observers=[mirror_observer(STAFF_CHAT)])
+    pipeline = plugged_pipeline(db, observers=[mirror_observer(STAFF_CHAT)])
     await pipeline.receive(message(0, "长" * 3000))
     await pipeline.receive(message(1, "长" * 3000))  # both would not fit one Telegram message
     photo = Attachment(kind="photo", file_id="AgAC")
@@ -80,7 +80,7 @@ async def test_media_and_long_texts_get_posts_of_their_own(db: Database) -> None
 async def test_an_assigned_conversation_goes_to_the_agents_chat(db: Database) -> None:
     async with db.transaction() as session:
         await staff.add(session, "alice", telegram_user_id=ALICE)
-    pipeline = Pipeline(db, route=routing.route, observers=[mirror_observer(STAFF_CHAT)])
+    pipeline = plugged_pipeline(db, route=routing.route, observers=[mirror_observer(STAFF_CHAT)])
     for n in range(3):
         await pipeline.receive(message(n, f"part {n}"))
     await pipeline.close()

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from bot.messages import Inbound
-from bot.pipeline import Pipeline
+from bot.plugins import pipeline as plugged_pipeline
 from handlers.agents import answer
 from storage import customers
 from storage.db import Database
@@ -24,7 +24,7 @@ from storage.models import (
 
 
 async def seed(db: Database, *messages: tuple[str, str, str]) -> None:
-    pipeline = Pipeline(db)
+    pipeline = plugged_pipeline(db)
     for ext, address, text in messages:
         channel, _, addr = address.partition("/")
         await pipeline.receive(Inbound(channel, ext, addr, text, display_name=addr.split("@")[0]))

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from bot.cli import app
 from bot.messages import Inbound
-from bot.pipeline import Pipeline
+from bot.plugins import pipeline as plugged_pipeline
 from storage.db import Database
 from storage.models import Customer
 from tests.servers.kefu import base_config, running_kefu, url
@@ -44,7 +44,7 @@ def write_lock(path: Path) -> Iterator[None]:
 async def seeded(tmp_path: Path) -> Database:
     db = Database(f"sqlite+aiosqlite:///{tmp_path}/kefu.db")
     await db.upgrade()
-    pipeline = Pipeline(db)
+    pipeline = plugged_pipeline(db)
     await pipeline.receive(Inbound("webhook", "shop:1", "shop:u1", "hello", display_name="Amy"))
     await pipeline.close()
     return db
