@@ -1,7 +1,8 @@
 """The outbox: nothing is sent that is not first committed here.
 
-enqueue() adds a row inside the caller's transaction: an Outbound envelope (channel, address,
-dedupe key) around a typed intent (bot/intents.py), stored as the intent's JSON. OutboxWorker
+storage/outbox.py's enqueue() adds a row inside the caller's transaction: an Outbound envelope
+(channel, address, dedupe key) around a typed intent (bot/intents.py), stored as the intent's
+JSON (handlers and the pipeline queue there, below this engine module). OutboxWorker
 claims due rows, decodes them (rows queued before intents, with "kind" and "meta", decode to the
 intent they meant), hands them to their channel's send(), which renders the intent to its wire
 format, and records the outcome. Delivery is at-least-once with a stable dedupe key
@@ -18,8 +19,6 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from bot.config import OutboxConfig
 from bot.intents import Outbound
 from bot.metrics import Metrics
@@ -28,66 +27,17 @@ from storage import outbox as outbox_rows
 from storage.conversations import set_staff_place
 from storage.db import Database
 from storage.models import (
-    Interaction,
     OutboxRow,
     utcnow,
 )
 from storage.outbox import depth as depth
+from storage.outbox import enqueue as enqueue
 from storage.outbox import queued as queued
+from storage.outbox import say as say
 
 log = logging.getLogger("kefu.outbox")
 
 Clock = Callable[[], datetime]
-
-
-async def enqueue(
-    session: AsyncSession,
-    out: Outbound,
-    *,
-    interaction_id: int | None = None,
-    not_before: datetime | None = None,
-) -> int | None:
-    """Adds the row unless its dedupe key is already there; returns the new row id or None.
-
-    `not_before` schedules it (a greeting at 09:00 in the customer's time zone)."""
-    return await outbox_rows.add(
-        session,
-        channel=out.channel,
-        address=out.address,
-        payload=out.to_payload(),
-        dedupe_key=out.dedupe_key,
-        next_attempt_at=not_before or utcnow(),
-        interaction_id=interaction_id,
-        conversation_id=out.conversation_id,
-        created_at=utcnow(),
-    )
-
-
-async def say(
-    session: AsyncSession,
-    out: Outbound,
-    *,
-    log_meta: dict[str, object],
-    at: datetime,
-    not_before: datetime | None = None,
-) -> int:
-    """kefu's own message to a customer (an acknowledgement, a survey, a confirmation): logged in
-    the unified log as the bot's, and queued, in the caller's transaction. Returns the log row
-    id."""
-    logged = Interaction(
-        conversation_id=out.conversation_id,
-        customer_id=out.customer_id,
-        channel=out.channel,
-        direction="out",
-        author_kind="bot",
-        text=out.text,
-        meta=log_meta,
-        created_at=at,
-    )
-    session.add(logged)
-    await session.flush()
-    await enqueue(session, out, interaction_id=logged.id, not_before=not_before)
-    return logged.id
 
 
 def backoff(attempts: int, cfg: OutboxConfig, rng: Callable[[], float] = random.random) -> float:

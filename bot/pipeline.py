@@ -29,7 +29,6 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalErr
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import outbox
 from bot.config import PRIORITY_RANK
 from bot.effects import (
     NOT_A_COMPLAINT,
@@ -51,6 +50,7 @@ from bot.effects import (
 )
 from bot.messages import SPOKEN, Inbound, Receipt
 from storage import campaigns, conversations, customers, ingest, surveys
+from storage import outbox as outbox_rows
 from storage.db import Database
 from storage.models import Acknowledgement, Conversation, Customer, Interaction
 
@@ -217,7 +217,7 @@ class Pipeline:
             try:
                 async with self.db.transaction() as session:
                     receipts = await _receive(session, inbounds, self)
-                    queued = outbox.queued(session)
+                    queued = outbox_rows.queued(session)
                 break
             except (IntegrityError, OperationalError) as exc:
                 if attempt == 2 or not _race(exc):
@@ -539,7 +539,7 @@ async def _apply(session: AsyncSession, effects: Sequence[Effect], rows: _Rows) 
         if isinstance(effect, Event):
             session.add(_event_row(effect))
         elif isinstance(effect, Say):
-            await outbox.say(
+            await outbox_rows.say(
                 session,
                 effect.out,
                 log_meta=effect.log_meta,

@@ -8,10 +8,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import outbox
 from bot.intents import Outbound, Reply
 from handlers import care
-from storage import audit
+from storage import audit, outbox
 from storage.models import Conversation, Customer, Interaction, utcnow
 
 

@@ -28,13 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import outbox
 from bot.config import Config
 from bot.intents import STAFF_CHANNEL, Outbound, StaffNotice
 from handlers import health, staff_alerts
 from handlers.health import FAST_DAYS, SLOW_DAYS, Health, Signals
 from handlers.routing import Router
-from storage import audit
+from storage import audit, outbox
 from storage import insight as store
 from storage.db import Database
 from storage.insight import drop_gone

@@ -27,7 +27,6 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import and_, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import outbox
 from bot.config import Config
 from bot.intents import FollowUp, Outbound
 from handlers import segments
@@ -35,6 +34,7 @@ from handlers.care import zone_of
 from handlers.greetings import Reach, _hhmm, _in_quiet, choose_channel
 from handlers.templating import TemplateProblem, Templates, language_of
 from storage import campaigns as store
+from storage import outbox
 from storage.db import Database
 from storage.models import CampaignDelivery, Conversation, Customer, Interaction, Survey
 

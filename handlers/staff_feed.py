@@ -21,11 +21,10 @@ from typing import Any
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import outbox
 from bot.effects import ConversationView
 from bot.intents import Outbound, StaffNotice, from_payload, to_payload
 from bot.text import utf16_len
-from storage import dialect
+from storage import dialect, outbox
 from storage.db import Database
 from storage.models import Conversation, OutboxRow, Staff
 

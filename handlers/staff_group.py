@@ -25,14 +25,13 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import outbox
 from bot.commands import StaffPost
 from bot.config import Config
 from bot.effects import Logged, Observer
 from bot.intents import STAFF_CHANNEL, Outbound, StaffNotice
 from bot.messages import Attachment
 from handlers import agents, roles, staff_commands, staff_feed
-from storage import audit, conversations, dialect
+from storage import audit, conversations, dialect, outbox
 from storage.db import Database
 from storage.models import Conversation, OutboxRow, ProcessedMessage, Staff
 

@@ -23,7 +23,6 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import outbox
 from bot.config import Config
 from bot.effects import Effects, Logged, SurveyAnswered
 from bot.intents import Outbound
@@ -31,7 +30,7 @@ from bot.intents import Survey as SurveyQuestion
 from bot.messages import Inbound
 from handlers import care
 from handlers.templating import language_of
-from storage import surveys
+from storage import outbox, surveys
 from storage.models import Conversation, Customer, Interaction, Survey, utcnow
 
 log = logging.getLogger("kefu.survey")

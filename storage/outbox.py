@@ -15,8 +15,9 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.intents import Outbound
 from storage import dialect
-from storage.models import CampaignDelivery, Identity, Interaction, OutboxRow
+from storage.models import CampaignDelivery, Identity, Interaction, OutboxRow, utcnow
 from storage.rows import rowcount
 
 STATUSES = ("pending", "sending", "deferred", "failed", "sent", "dead")
@@ -60,6 +61,56 @@ async def add(
     if row_id is not None:
         session.info[QUEUED] = True
     return row_id
+
+
+async def enqueue(
+    session: AsyncSession,
+    out: Outbound,
+    *,
+    interaction_id: int | None = None,
+    not_before: datetime | None = None,
+) -> int | None:
+    """Adds the row unless its dedupe key is already there; returns the new row id or None.
+
+    `not_before` schedules it (a greeting at 09:00 in the customer's time zone)."""
+    return await add(
+        session,
+        channel=out.channel,
+        address=out.address,
+        payload=out.to_payload(),
+        dedupe_key=out.dedupe_key,
+        next_attempt_at=not_before or utcnow(),
+        interaction_id=interaction_id,
+        conversation_id=out.conversation_id,
+        created_at=utcnow(),
+    )
+
+
+async def say(
+    session: AsyncSession,
+    out: Outbound,
+    *,
+    log_meta: dict[str, object],
+    at: datetime,
+    not_before: datetime | None = None,
+) -> int:
+    """kefu's own message to a customer (an acknowledgement, a survey, a confirmation): logged in
+    the unified log as the bot's, and queued, in the caller's transaction. Returns the log row
+    id."""
+    logged = Interaction(
+        conversation_id=out.conversation_id,
+        customer_id=out.customer_id,
+        channel=out.channel,
+        direction="out",
+        author_kind="bot",
+        text=out.text,
+        meta=log_meta,
+        created_at=at,
+    )
+    session.add(logged)
+    await session.flush()
+    await enqueue(session, out, interaction_id=logged.id, not_before=not_before)
+    return logged.id
 
 
 def queued(session: AsyncSession) -> bool:
