@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.intents import Outbound, Reply
 from handlers import care
-from storage import audit, outbox
-from storage.models import Conversation, Customer, Interaction, utcnow
+from storage import audit, conversations, customers, interactions, outbox
+from storage.models import Interaction, utcnow
 
 
 class AnswerError(ValueError):
@@ -40,26 +39,17 @@ async def answer(
     text = text.strip()
     if not text:
         raise AnswerError("the answer is empty")
-    conversation = await session.get(Conversation, conversation_id)
+    conversation = await conversations.by_id(session, conversation_id)
     if conversation is None:
         raise AnswerError(f"no conversation {conversation_id}")
-    customer = await session.get(Customer, conversation.customer_id)
+    customer = await customers.by_id(session, conversation.customer_id)
     if customer is None or customer.forgotten_at is not None:
         raise AnswerError(f"the customer of conversation {conversation_id} was forgotten")
     if not conversation.reply_channel or not conversation.reply_address:
         raise AnswerError(f"conversation {conversation_id} has no channel to answer on")
     now = utcnow()
     # What the customer's client needs to thread the answer (email In-Reply-To, Telegram reply).
-    last_in = await session.scalar(
-        select(Interaction)
-        .where(
-            Interaction.conversation_id == conversation.id,
-            Interaction.direction == "in",
-            Interaction.channel == conversation.reply_channel,
-        )
-        .order_by(Interaction.id.desc())
-        .limit(1)
-    )
+    last_in = await interactions.last_inbound(session, conversation.id, conversation.reply_channel)
     thread: dict[str, Any] = {}
     if last_in is not None and last_in.external_id:
         thread = care.thread_of(

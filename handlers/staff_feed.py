@@ -18,15 +18,14 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.effects import ConversationView
 from bot.intents import Outbound, StaffNotice, from_payload, to_payload
 from bot.text import utf16_len
-from storage import dialect, outbox
+from storage import outbox, staff
 from storage.db import Database
-from storage.models import Conversation, OutboxRow, Staff
+from storage.models import Conversation, Staff
 
 # A coalesced post stays one Telegram message (4096 UTF-16 units), with room for the header.
 POST_LIMIT = 4000
@@ -44,7 +43,7 @@ async def agent_of(
     """The agent whose private chat gets this conversation, or None (then: the staff group)."""
     if conversation.assignee is None:
         return None
-    member = await session.get(Staff, conversation.assignee)
+    member = await staff.by_id(session, conversation.assignee)
     if member is None or not member.active or member.telegram_user_id is None:
         return None
     return member
@@ -70,27 +69,10 @@ async def queue(
 
 
 async def _append(session: AsyncSession, out: Outbound, addition: str) -> int | None:
-    place = (
-        OutboxRow.conversation_id == out.conversation_id
-        if out.conversation_id is not None
-        else OutboxRow.conversation_id.is_(None)
+    # A row being claimed right now is skipped: the text then gets a post of its own.
+    found = await outbox.last_open(
+        session, out.channel, out.address, out.conversation_id, OPEN
     )
-    query = (
-        select(OutboxRow.id, OutboxRow.payload, OutboxRow.dedupe_key)
-        .where(
-            OutboxRow.channel == out.channel,
-            OutboxRow.address == out.address,
-            place,
-            OutboxRow.status.in_(OPEN),
-        )
-        .order_by(OutboxRow.id.desc())
-        .limit(1)
-    )
-    if dialect.is_postgresql(session):
-        # A row being claimed right now is skipped, not waited for: the text then gets a post of
-        # its own. (SQLite has one writer at a time: the claim cannot interleave.)
-        query = query.with_for_update(skip_locked=True)
-    found = (await session.execute(query)).first()
     if found is None:
         return None
     row_id, payload, key = found
@@ -103,25 +85,16 @@ async def _append(session: AsyncSession, out: Outbound, addition: str) -> int | 
     if utf16_len(text) > POST_LIMIT:
         return None
     new_payload = to_payload(replace(post, text=text, merged=post.merged + 1))
-    await session.execute(
-        update(OutboxRow).where(OutboxRow.id == row_id).values(payload=new_payload)
-    )
-    return int(row_id)
+    await outbox.set_payload(session, row_id, new_payload)
+    return row_id
 
 
 async def take(db: Database, key: str) -> dict[str, Any] | None:
     """The channel is about to send this staff post (`key`: the row's idempotency key, as the
     channel gets it): from now on its text is final. Returns the post as it is now, with
     everything merged into it so far (None: no such row)."""
-    dedupe_key, _, nonce = key.rpartition(".")
-    which = OutboxRow.dedupe_key == key
-    if dedupe_key:
-        which = or_(which, and_(OutboxRow.dedupe_key == dedupe_key, OutboxRow.nonce == nonce))
     async with db.transaction() as session:
-        query = select(OutboxRow.id, OutboxRow.payload).where(which)
-        if dialect.is_postgresql(session):
-            query = query.with_for_update()  # a merge in progress finishes first
-        found = (await session.execute(query)).first()
+        found = await outbox.by_key_locked(session, key)  # a merge in progress finishes
         if found is None:
             return None
         row_id, payload = found
@@ -129,7 +102,7 @@ async def take(db: Database, key: str) -> dict[str, Any] | None:
             return dict(payload)
         # Delivery state beside the intent, not part of it: nothing is merged into it any more.
         final = {**payload, "taken": True}
-        await session.execute(update(OutboxRow).where(OutboxRow.id == row_id).values(payload=final))
+        await outbox.set_payload(session, row_id, final)
         return final
 
 

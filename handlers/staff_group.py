@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.commands import StaffPost
@@ -31,9 +30,9 @@ from bot.effects import Logged, Observer
 from bot.intents import STAFF_CHANNEL, Outbound, StaffNotice
 from bot.messages import Attachment
 from handlers import agents, roles, staff_commands, staff_feed
-from storage import audit, conversations, dialect, outbox
+from storage import audit, conversations, outbox, processed_messages, staff
 from storage.db import Database
-from storage.models import Conversation, OutboxRow, ProcessedMessage, Staff
+from storage.models import Conversation, Staff
 
 log = logging.getLogger("kefu.staff_group")
 
@@ -195,12 +194,7 @@ async def _board(
 async def staff_telegram_ids(db: Database) -> set[int]:
     """Telegram accounts of active staff: their private messages to the bot are staff posts."""
     async with db.sessions() as session:
-        found = await session.scalars(
-            select(Staff.telegram_user_id).where(
-                Staff.active.is_(True), Staff.telegram_user_id.is_not(None)
-            )
-        )
-        return {int(n) for n in found if n is not None}
+        return await staff.telegram_ids(session)
 
 
 async def thread_of(db: Database, conversation_id: int) -> str | None:
@@ -218,13 +212,7 @@ async def first_time(
     session: AsyncSession, key: str, conversation_id: int | None, channel: str = CHANNEL
 ) -> bool:
     """Claims the idempotency key inside the caller's transaction; False if it was seen before."""
-    stmt = (
-        dialect.insert(session, ProcessedMessage)
-        .values(channel=channel, key=key, conversation_id=conversation_id)
-        .on_conflict_do_nothing(index_elements=["channel", "key"])
-        .returning(ProcessedMessage.id)
-    )
-    return (await session.execute(stmt)).scalar_one_or_none() is not None
+    return await processed_messages.claim(session, channel, key, conversation_id)
 
 
 class StaffDesk:
@@ -273,9 +261,7 @@ class StaffDesk:
             return "ignored"  # people talk in the group too; only threads and commands count
         member = None
         if post.user_id is not None:
-            member = await session.scalar(
-                select(Staff).where(Staff.telegram_user_id == post.user_id, Staff.active.is_(True))
-            )
+            member = await staff.active_by_telegram_id(session, post.user_id)
         subject = f"conversation:{conversation.id}" if conversation else f"telegram:{post.chat_id}"
         if member is None:
             audit.record(
@@ -340,32 +326,19 @@ class StaffDesk:
 
     async def _conversation_of(self, session: AsyncSession, post: StaffPost) -> Conversation | None:
         if post.thread_id is not None:
-            found = await session.scalar(
-                select(Conversation)
-                .where(Conversation.staff_thread == str(post.thread_id))
-                .order_by(Conversation.id.desc())
-                .limit(1)
-            )
+            found = await conversations.by_staff_place(session, str(post.thread_id))
             if found is not None:
                 return found
         if post.reply_to_message_id is None:
             return None
         replied = f"{post.chat_id}:{post.reply_to_message_id}"
-        conversation_id = await session.scalar(
-            select(OutboxRow.conversation_id)
-            .where(
-                OutboxRow.channel == CHANNEL,
-                OutboxRow.external_id == replied,
-                OutboxRow.conversation_id.is_not(None),
-            )
-            .limit(1)
-        ) or await session.scalar(
+        conversation_id = await outbox.conversation_of_sent(
+            session, CHANNEL, replied
+        ) or await processed_messages.conversation_of(
             # A reply to an agent's own earlier answer in the group stays in that conversation.
-            select(ProcessedMessage.conversation_id).where(
-                ProcessedMessage.channel == CHANNEL, ProcessedMessage.key == replied
-            )
+            session, CHANNEL, replied
         )
-        return await session.get(Conversation, conversation_id) if conversation_id else None
+        return await conversations.by_id(session, conversation_id) if conversation_id else None
 
     async def _notice(
         self, session: AsyncSession, post: StaffPost, conversation: Conversation | None, text: str

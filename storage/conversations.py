@@ -34,6 +34,20 @@ async def listing(
     return [(c, p) for c, p in (await session.execute(query))]
 
 
+async def by_id(session: AsyncSession, conversation_id: int) -> Conversation | None:
+    return await session.get(Conversation, conversation_id)
+
+
+async def by_staff_place(session: AsyncSession, place: str) -> Conversation | None:
+    """The newest conversation the staff channel gave this place (a forum topic)."""
+    return await session.scalar(
+        select(Conversation)
+        .where(Conversation.staff_thread == place)
+        .order_by(Conversation.id.desc())
+        .limit(1)
+    )
+
+
 async def for_change(session: AsyncSession, conversation_id: int) -> Conversation | None:
     """The conversation whose status is about to change by hand, row-locked on PostgreSQL so two
     changes at once take turns (SQLite has one writer at a time)."""

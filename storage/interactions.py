@@ -66,3 +66,19 @@ async def history(
         .limit(limit)
     )
     return list(reversed(list(rows)))
+
+
+async def last_inbound(
+    session: AsyncSession, conversation_id: int, channel: str
+) -> Interaction | None:
+    """The customer's latest message in the conversation on `channel` (an answer threads to it)."""
+    return await session.scalar(
+        select(Interaction)
+        .where(
+            Interaction.conversation_id == conversation_id,
+            Interaction.direction == "in",
+            Interaction.channel == channel,
+        )
+        .order_by(Interaction.id.desc())
+        .limit(1)
+    )

@@ -311,6 +311,69 @@ async def record_dead(
         )
 
 
+async def conversation_of_sent(session: AsyncSession, channel: str, external_id: str) -> int | None:
+    """The conversation of the row sent as `external_id` on `channel` (a staff reply's target)."""
+    return await session.scalar(
+        select(OutboxRow.conversation_id)
+        .where(
+            OutboxRow.channel == channel,
+            OutboxRow.external_id == external_id,
+            OutboxRow.conversation_id.is_not(None),
+        )
+        .limit(1)
+    )
+
+
+async def last_open(
+    session: AsyncSession,
+    channel: str,
+    address: str,
+    conversation_id: int | None,
+    statuses: Sequence[str],
+) -> tuple[int, dict[str, Any], str] | None:
+    """(id, payload, dedupe key) of the newest unsent row to this place, locked for a change.
+    On PostgreSQL a row being claimed right now is skipped, not waited for. (SQLite has one
+    writer at a time: the claim cannot interleave.)"""
+    place = (
+        OutboxRow.conversation_id == conversation_id
+        if conversation_id is not None
+        else OutboxRow.conversation_id.is_(None)
+    )
+    query = (
+        select(OutboxRow.id, OutboxRow.payload, OutboxRow.dedupe_key)
+        .where(
+            OutboxRow.channel == channel,
+            OutboxRow.address == address,
+            place,
+            OutboxRow.status.in_(statuses),
+        )
+        .order_by(OutboxRow.id.desc())
+        .limit(1)
+    )
+    if dialect.is_postgresql(session):
+        query = query.with_for_update(skip_locked=True)
+    found = (await session.execute(query)).first()
+    return None if found is None else (int(found[0]), found[1], found[2])
+
+
+async def by_key_locked(session: AsyncSession, key: str) -> tuple[int, dict[str, Any]] | None:
+    """(id, payload) of the row a channel knows by `key` (its idempotency key: the dedupe key,
+    or "dedupe_key.nonce"), locked on PostgreSQL so a change in progress finishes first."""
+    dedupe_key, _, nonce = key.rpartition(".")
+    which = OutboxRow.dedupe_key == key
+    if dedupe_key:
+        which = or_(which, and_(OutboxRow.dedupe_key == dedupe_key, OutboxRow.nonce == nonce))
+    query = select(OutboxRow.id, OutboxRow.payload).where(which)
+    if dialect.is_postgresql(session):
+        query = query.with_for_update()
+    found = (await session.execute(query)).first()
+    return None if found is None else (int(found[0]), found[1])
+
+
+async def set_payload(session: AsyncSession, row_id: int, payload: dict[str, Any]) -> None:
+    await session.execute(update(OutboxRow).where(OutboxRow.id == row_id).values(payload=payload))
+
+
 async def depth(session: AsyncSession) -> dict[str, int]:
     """Rows per status, sent aside (they only grow): dead ones wait for a person."""
     rows = await session.execute(

@@ -45,3 +45,23 @@ async def all_staff(session: AsyncSession) -> list[Staff]:
 
 async def by_name(session: AsyncSession, name: str) -> Staff | None:
     return await session.scalar(select(Staff).where(Staff.name == name))
+
+
+async def by_id(session: AsyncSession, staff_id: int) -> Staff | None:
+    return await session.get(Staff, staff_id)
+
+
+async def active_by_telegram_id(session: AsyncSession, telegram_user_id: str | int) -> Staff | None:
+    return await session.scalar(
+        select(Staff).where(Staff.telegram_user_id == telegram_user_id, Staff.active.is_(True))
+    )
+
+
+async def telegram_ids(session: AsyncSession) -> set[int]:
+    """Telegram accounts of active staff."""
+    found = await session.scalars(
+        select(Staff.telegram_user_id).where(
+            Staff.active.is_(True), Staff.telegram_user_id.is_not(None)
+        )
+    )
+    return {int(n) for n in found if n is not None}
