@@ -14,7 +14,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
-from sqlalchemy import func, select
 
 from bot.cli_common import (
     DEFAULT_CONFIG,
@@ -32,9 +31,9 @@ from bot.config import Config
 from handlers import health, roles, segments
 from handlers.churn import Churn
 from handlers.routing import Router
-from storage import audit, reports
+from storage import audit, insight_report, reports
 from storage.db import Database
-from storage.models import Conversation, Customer, CustomerHealth, Staff, utcnow
+from storage.models import utcnow
 
 AsOption = Annotated[
     str | None, typer.Option("--as", help="Staff name to act as (default: your login, as admin).")
@@ -45,55 +44,23 @@ async def at_risk_rows(
     db: Database, *, min_score: int, limit: int, language: str, segment_ids: set[int] | None = None
 ) -> list[dict[str, Any]]:
     async with db.sessions() as session:
-        query = (
-            select(CustomerHealth, Customer.display_name)
-            .join(Customer, Customer.id == CustomerHealth.customer_id)
-            .where(
-                CustomerHealth.score >= min_score,
-                Customer.forgotten_at.is_(None),
-                Customer.merged_into.is_(None),
-            )
-            .order_by(CustomerHealth.score.desc(), CustomerHealth.customer_id)
+        found = await insight_report.at_risk(
+            session, min_score=min_score, limit=limit, among=segment_ids
         )
-        if segment_ids is not None:
-            query = query.where(CustomerHealth.customer_id.in_(segment_ids))
-        found = list((await session.execute(query.limit(limit))).all())
-        ids = [h.customer_id for h, _ in found]
-        latest = (
-            select(Conversation.customer_id, func.max(Conversation.id).label("id"))
-            .where(Conversation.customer_id.in_(ids))
-            .group_by(Conversation.customer_id)
-            .subquery()
-        )
-        owners = (
-            {
-                cid: (conv, name)
-                for cid, conv, name in await session.execute(
-                    select(latest.c.customer_id, latest.c.id, Staff.name)
-                    .join(Conversation, Conversation.id == latest.c.id)
-                    .outerjoin(Staff, Staff.id == Conversation.assignee)
-                )
-            }
-            if ids
-            else {}
-        )
-    rows = []
-    for h, name in found:
-        conversation, owner = owners.get(h.customer_id, (None, None))
-        rows.append(
-            {
-                "customer_id": h.customer_id,
-                "name": name,
-                "score": h.score,
-                "band": h.band,
-                "reasons": health.explain_all(h.reasons or [], language, 3),
-                "reason_codes": [r.get("code") for r in h.reasons or []],
-                "last_contact": h.last_contact_at.isoformat() if h.last_contact_at else None,
-                "owner": owner,
-                "conversation_id": conversation,
-            }
-        )
-    return rows
+    return [
+        {
+            "customer_id": r["customer_id"],
+            "name": r["name"],
+            "score": r["score"],
+            "band": r["band"],
+            "reasons": health.explain_all(r["reasons"], language, 3),
+            "reason_codes": [x.get("code") for x in r["reasons"]],
+            "last_contact": r["last_contact_at"].isoformat() if r["last_contact_at"] else None,
+            "owner": r["owner"],
+            "conversation_id": r["conversation_id"],
+        }
+        for r in found
+    ]
 
 
 def at_risk(
@@ -330,28 +297,7 @@ def segments_show(
             roles.require(await roles.cli_actor(session, as_name), "report")
         inside = sorted(await segments.members(db, cfg, name, utcnow()))
         async with db.sessions() as session:
-            rows = await session.execute(
-                select(
-                    Customer.id,
-                    Customer.display_name,
-                    CustomerHealth.score,
-                    CustomerHealth.band,
-                    CustomerHealth.last_contact_at,
-                )
-                .outerjoin(CustomerHealth, CustomerHealth.customer_id == Customer.id)
-                .where(Customer.id.in_(inside[:limit]))
-                .order_by(Customer.id)
-            )
-            return len(inside), [
-                {
-                    "customer_id": cid,
-                    "name": n,
-                    "score": sc or 0,
-                    "band": b or "ok",
-                    "last_contact": lc.isoformat() if lc else None,
-                }
-                for cid, n, sc, b, lc in rows
-            ]
+            return len(inside), await insight_report.scores_of(session, inside[:limit])
 
     total, rows = with_db(cfg, work)
     if fmt == "json":

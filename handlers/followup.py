@@ -24,7 +24,6 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Config
@@ -34,9 +33,10 @@ from handlers.care import zone_of
 from handlers.greetings import Reach, _hhmm, _in_quiet, choose_channel
 from handlers.templating import TemplateProblem, Templates, language_of
 from storage import campaigns as store
+from storage import insight_followup as queries
 from storage import outbox
 from storage.db import Database
-from storage.models import CampaignDelivery, Conversation, Customer, Interaction, Survey
+from storage.models import Customer
 
 log = logging.getLogger("kefu.followup")
 
@@ -88,61 +88,20 @@ class FollowUps:
         """Resolved complaints and low scores whose follow-up is due now and not yet claimed."""
         cfg = self.cfg
         found: dict[str, Due] = {}
-        resolved = await session.execute(
-            select(
-                Conversation.id,
-                Conversation.customer_id,
-                Conversation.resolutions,
-                Conversation.resolved_at,
-            )
-            .where(
-                Conversation.is_complaint.is_(True),
-                Conversation.status == "resolved",
-                Conversation.resolved_at <= now - cfg.after,
-                Conversation.resolved_at > now - cfg.after - cfg.give_up_after,
-            )
-            .order_by(Conversation.id)
-            .limit(BATCH)
-        )
-        for conv_id, cid, n, at in resolved:
-            assert at is not None  # resolved_at <= ... held in SQL
-            d = Due(conv_id, cid, n or 0, at + cfg.after, "resolved")
+        for conv_id, cid, n, at in await queries.resolved_complaints(
+            session, now, cfg.after, cfg.give_up_after, BATCH
+        ):
+            d = Due(conv_id, cid, n, at + cfg.after, "resolved")
             found[d.occasion] = d
         if cfg.low_csat:
-            low = await session.execute(
-                select(
-                    Survey.conversation_id,
-                    Survey.customer_id,
-                    Survey.resolution,
-                    Survey.answered_at,
-                )
-                .join(Conversation, Conversation.id == Survey.conversation_id)
-                .where(
-                    Survey.score <= LOW_CSAT,
-                    Conversation.status == "resolved",
-                    Conversation.resolutions == Survey.resolution,
-                    Survey.answered_at <= now - cfg.low_csat_after,
-                    Survey.answered_at > now - cfg.low_csat_after - cfg.give_up_after,
-                )
-                .order_by(Survey.id)
-                .limit(BATCH)
-            )
-            for conv_id, cid, n, at in low:
-                assert at is not None
+            for conv_id, cid, n, at in await queries.low_scores(
+                session, now, cfg.low_csat_after, cfg.give_up_after, LOW_CSAT, BATCH
+            ):
                 d = Due(conv_id, cid, n, at + cfg.low_csat_after, "low_csat")
                 found.setdefault(d.occasion, d)
         if not found:
             return []
-        taken = set(
-            (
-                await session.scalars(
-                    select(CampaignDelivery.occasion).where(
-                        CampaignDelivery.campaign == CAMPAIGN,
-                        CampaignDelivery.occasion.in_(list(found)),
-                    )
-                )
-            ).all()
-        )
+        taken = await queries.claimed(session, CAMPAIGN, list(found))
         return [d for key, d in found.items() if key not in taken]
 
     async def tick(self, db: Database, now: datetime) -> Outcome:
@@ -170,8 +129,9 @@ class FollowUps:
         return outcome
 
     async def _one(self, session: AsyncSession, d: Due, now: datetime) -> str:
-        customer = await session.get(Customer, d.customer_id)
-        conversation = await session.get(Conversation, d.conversation_id)
+        customer, conversation = await queries.customer_and_conversation(
+            session, d.customer_id, d.conversation_id
+        )
         if customer is None or conversation is None or conversation.status != "resolved":
             return "gone"
         skip = await self._why_not(session, customer)
@@ -241,19 +201,16 @@ class FollowUps:
             "trigger": d.trigger,
             "resolution": d.resolution,
         }
-        logged = Interaction(
+        logged_id = await queries.log_sent(
+            session,
             conversation_id=conversation.id,
             customer_id=customer.id,
             channel=where[0],
-            direction="out",
-            author_kind="bot",
             author_id=f"campaign:{CAMPAIGN}",
             text=text,
             meta=meta,
-            created_at=now,
+            at=now,
         )
-        session.add(logged)
-        await session.flush()
         out_id = await outbox.enqueue(
             session,
             Outbound(
@@ -268,7 +225,7 @@ class FollowUps:
                 ),
                 f"{CAMPAIGN}:{d.occasion}",
             ),
-            interaction_id=logged.id,
+            interaction_id=logged_id,
         )
         if out_id is not None:
             await store.link_outbox(session, [(claimed[customer.id], out_id)])
@@ -292,18 +249,9 @@ class FollowUps:
             )
         if customer.marketing_consent:
             return None
-        opted_out = await session.scalar(
-            select(
-                exists().where(
-                    and_(
-                        Interaction.customer_id == customer.id,
-                        Interaction.direction == "event",
-                        Interaction.meta["kind"].as_string() == "consent_withdrawn",
-                    )
-                )
-            )
-        )
-        return "the customer opted out" if opted_out else None
+        if await queries.opted_out(session, customer.id):
+            return "the customer opted out"
+        return None
 
 
 def build(config: Config, templates: Templates, reach: Reach) -> FollowUps:

@@ -6,8 +6,9 @@ Text is left to the viewer's fonts, with CJK fonts named first, so Chinese label
 CJK font is installed (Debian: fonts-wqy-microhei or fonts-noto-cjk).
 
 The figures come from the same SQL as `kefu report` (storage/reports.py) plus the series the
-charts need: complaints per week by severity, response and resolution times in buckets, CSAT
-per week, breaches per week, customers at risk by segment, per-agent figures.
+charts need (storage/insight_report.py): complaints per week by severity, response and resolution
+times in buckets, CSAT per week, breaches per week, customers at risk by segment, per-agent
+figures.
 """
 
 from __future__ import annotations
@@ -15,21 +16,16 @@ from __future__ import annotations
 import html
 import re
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import pygal
 from pygal.style import Style
-from sqlalchemy import ColumnElement, case, func, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from handlers import health
-from storage.models import Conversation, Customer, CustomerHealth, SlaBreach, Survey
+from storage.insight_report import BOUNDS, Series, series
 from storage.reports import Report
-from storage.reports import seconds_between as _seconds
-from storage.reports import week_start as _week
+
+__all__ = ["Series", "series"]
 
 # pygal puts an import hook on sys.meta_path for its map plugins (pygal.maps.*, unused here); the
 # hook lacks find_spec, so every later import in the process warns (an error under -W error).
@@ -39,14 +35,14 @@ FONTS = (
     "'WenQuanYi Micro Hei', 'Noto Sans CJK SC', 'Source Han Sans SC', 'PingFang SC',"
     " 'Microsoft YaHei', sans-serif"
 )
-# (upper bound in seconds, label en, label zh); None: everything above the last bound.
-BUCKETS: tuple[tuple[float | None, str, str], ...] = (
-    (15 * 60, "< 15 min", "< 15 分钟"),
-    (3600, "15-60 min", "15-60 分钟"),
-    (4 * 3600, "1-4 h", "1-4 小时"),
-    (24 * 3600, "4-24 h", "4-24 小时"),
-    (3 * 86400, "1-3 d", "1-3 天"),
-    (None, "> 3 d", "> 3 天"),
+# (upper bound in seconds, label en, label zh), for storage.insight_report.BOUNDS in order.
+BUCKETS: tuple[tuple[float | None, str, str], ...] = tuple(
+    zip(
+        BOUNDS,
+        ("< 15 min", "15-60 min", "1-4 h", "4-24 h", "1-3 d", "> 3 d"),
+        ("< 15 分钟", "15-60 分钟", "1-4 小时", "4-24 小时", "1-3 天", "> 3 天"),
+        strict=True,
+    )
 )
 
 LABELS: dict[str, dict[str, str]] = {
@@ -133,129 +129,6 @@ LABELS: dict[str, dict[str, str]] = {
         "median": "首次响应中位数",
     },
 }
-
-
-@dataclass
-class Series:
-    """What the charts draw, beyond the figures of storage/reports.py."""
-
-    complaints_by_week: dict[str, dict[str, int]] = field(
-        default_factory=dict
-    )  # week -> severity -> n
-    first_response: list[int] = field(default_factory=list)  # count per bucket
-    resolution: list[int] = field(default_factory=list)
-    csat_by_week: list[tuple[str, float, int]] = field(
-        default_factory=list
-    )  # week, average, answers
-    breaches_by_week: dict[str, dict[str, int]] = field(default_factory=dict)  # week -> target -> n
-    bands: dict[str, int] = field(default_factory=dict)
-    at_risk_by_segment: list[tuple[str, int]] = field(default_factory=list)
-    top: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _buckets(session: AsyncSession, value: ColumnElement[float]) -> ColumnElement[int]:
-    # SQLite's julianday arithmetic puts exactly an hour at 3599.9999 s: bounds get 10 ms of slack.
-    whens = [
-        (value < bound - 0.01, n) for n, (bound, _, _) in enumerate(BUCKETS) if bound is not None
-    ]
-    return case(*whens, else_=len(BUCKETS) - 1)
-
-
-async def series(
-    session: AsyncSession,
-    since: datetime | None,
-    *,
-    threshold: int,
-    segments: Sequence[tuple[str, set[int] | None]] = (),
-    top: int = 10,
-) -> Series:
-    out = Series()
-    created = [Conversation.created_at >= since] if since else []
-    week = _week(session, Conversation.created_at)
-    severity = func.coalesce(Conversation.severity, "normal")
-    rows = await session.execute(
-        select(week, severity, func.count())
-        .where(Conversation.is_complaint.is_(True), *created)
-        .group_by(week, severity)
-        .order_by(week)
-    )
-    for w, sev, n in rows:
-        out.complaints_by_week.setdefault(str(w), {})[str(sev)] = int(n)
-    for name, end in (
-        ("first_response", Conversation.first_response_at),
-        ("resolution", Conversation.resolved_at),
-    ):
-        bucket = _buckets(session, _seconds(session, end, Conversation.created_at))
-        counts = [0] * len(BUCKETS)
-        for b, n in await session.execute(
-            select(bucket, func.count()).where(end.is_not(None), *created).group_by(bucket)
-        ):
-            counts[int(b)] = int(n)
-        setattr(out, name, counts)
-    answered: list[ColumnElement[bool]] = [
-        Survey.score.is_not(None),
-        Survey.answered_at.is_not(None),
-    ]
-    if since:
-        answered.append(Survey.answered_at >= since)
-    sweek = _week(session, Survey.answered_at)
-    out.csat_by_week = [
-        (str(w), round(float(avg), 2), int(n))
-        for w, avg, n in await session.execute(
-            select(sweek, func.avg(Survey.score), func.count())
-            .where(*answered)
-            .group_by(sweek)
-            .order_by(sweek)
-        )
-    ]
-    bweek = _week(session, SlaBreach.breached_at)
-    bwhere = [SlaBreach.breached_at >= since] if since else []
-    for w, target, n in await session.execute(
-        select(bweek, SlaBreach.target, func.count())
-        .where(*bwhere)
-        .group_by(bweek, SlaBreach.target)
-        .order_by(bweek)
-    ):
-        out.breaches_by_week.setdefault(str(w), {})[str(target)] = int(n)
-    live = [Customer.forgotten_at.is_(None), Customer.merged_into.is_(None)]
-    for band, n in await session.execute(
-        select(CustomerHealth.band, func.count())
-        .join(Customer, Customer.id == CustomerHealth.customer_id)
-        .where(*live)
-        .group_by(CustomerHealth.band)
-    ):
-        out.bands[str(band)] = int(n)
-    at_risk_ids = set(
-        (
-            await session.scalars(
-                select(CustomerHealth.customer_id)
-                .join(Customer, Customer.id == CustomerHealth.customer_id)
-                .where(CustomerHealth.score >= threshold, *live)
-            )
-        ).all()
-    )
-    for name, members in segments:
-        out.at_risk_by_segment.append(
-            (name, len(at_risk_ids if members is None else at_risk_ids & members))
-        )
-    rows2 = await session.execute(
-        select(CustomerHealth, Customer.display_name)
-        .join(Customer, Customer.id == CustomerHealth.customer_id)
-        .where(CustomerHealth.score >= threshold, *live)
-        .order_by(CustomerHealth.score.desc(), CustomerHealth.customer_id)
-        .limit(top)
-    )
-    out.top = [
-        {
-            "customer_id": h.customer_id,
-            "name": name,
-            "score": h.score,
-            "reasons": h.reasons or [],
-            "last_contact": h.last_contact_at,
-        }
-        for h, name in rows2
-    ]
-    return out
 
 
 # --- drawing ---------------------------------------------------------------------------------
