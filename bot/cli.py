@@ -333,6 +333,7 @@ def customers_merge(
 @customers_app.command("link-telegram")
 def customers_link_telegram(customer_id: int, config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Print a single-use t.me link that ties the Telegram user who opens it to this customer."""
+    from channels import telegram_updates
     from handlers import telegram_links
 
     cfg = load(config)
@@ -355,7 +356,7 @@ def customers_link_telegram(customer_id: int, config: ConfigOption = DEFAULT_CON
             return token
 
     token = with_db(load(config), work)
-    out.print(telegram_links.deep_link(username, token), highlight=False, soft_wrap=True)
+    out.print(telegram_updates.deep_link(username, token), highlight=False, soft_wrap=True)
     err.print(
         f"single use, valid for {cfg.telegram.link_ttl_days} days: send it to the customer; "
         "when they open it and press Start, their Telegram account joins this record",

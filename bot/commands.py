@@ -18,6 +18,8 @@ class LinkRequest:
     value: str  # the start payload, or the phone number as Telegram gave it
     display_name: str | None = None
     language: str | None = None
+    # The channel user_id belongs to (the one that received the request): whose identity it is.
+    channel: str = "telegram"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +54,7 @@ class SurveyPress:
     message_id: int | None = None
     choices: tuple[int, ...] = ()  # the scores on that keyboard, in order
     language: str | None = None
+    channel: str = "telegram"  # the channel user_id belongs to: whose identity pressed
 
 
 @dataclass(frozen=True, slots=True)

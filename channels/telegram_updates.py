@@ -133,7 +133,8 @@ def _message(
         meta["kind"] = "start"
         if payload:
             link = LinkRequest(
-                "start", str(user.id), payload, user.full_name, primary_tag(user.language_code)
+                "start", str(user.id), payload, user.full_name, primary_tag(user.language_code),
+                channel=CHANNEL,
             )
     contact = message.contact
     if contact is not None and contact.user_id == user.id and contact.phone_number:
@@ -144,6 +145,7 @@ def _message(
             contact.phone_number,
             user.full_name,
             primary_tag(user.language_code),
+            channel=CHANNEL,
         )
     reply = message.reply_to_message
     return CustomerUpdate(
@@ -241,7 +243,13 @@ def _callback(query: CallbackQuery) -> Translated:
         message_id=message_id,
         choices=_choices(message, survey_id) if isinstance(message, Message) else (),
         language=primary_tag(query.from_user.language_code),
+        channel=CHANNEL,
     )
+
+
+def deep_link(bot_username: str, token: str) -> str:
+    """The t.me link that opens the bot with /start TOKEN, which comes back as a LinkRequest."""
+    return f"https://t.me/{bot_username}?start={token}"
 
 
 def _choices(message: Message, survey_id: int) -> tuple[int, ...]:

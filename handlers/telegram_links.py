@@ -25,7 +25,6 @@ from storage.models import Customer, Identity, utcnow
 
 log = logging.getLogger("kefu.telegram_links")
 
-TELEGRAM = "telegram"
 PHONE = "phone"
 
 
@@ -69,10 +68,6 @@ async def create_link(session: AsyncSession, customer_id: int, *, ttl_days: int 
     token = secrets.token_urlsafe(24)
     links.add(session, token, customer.id, utcnow(), timedelta(days=ttl_days))
     return token
-
-
-def deep_link(bot_username: str, token: str) -> str:
-    return f"https://t.me/{bot_username}?start={token}"
 
 
 async def attach(
@@ -119,7 +114,7 @@ async def link_start(session: AsyncSession, request: LinkRequest) -> Linked:
     if link.used_at is None and link.expires_at < utcnow():
         return Linked("rejected", reason="link expired")
     result = await attach(
-        session, TELEGRAM, request.user_id, link.customer_id,
+        session, request.channel, request.user_id, link.customer_id,
         display_name=request.display_name, language=request.language,
     )
     if result.outcome != "rejected" and link.used_at is None:
@@ -135,17 +130,19 @@ async def link_phone(session: AsyncSession, request: LinkRequest) -> Linked:
     holder = await customers.identity(session, PHONE, phone)
     if holder is not None:
         return await attach(
-            session, TELEGRAM, request.user_id, holder.customer_id,
+            session, request.channel, request.user_id, holder.customer_id,
             display_name=request.display_name, language=request.language,
         )
     # No record has this number yet: keep it on the Telegram user's record, so a later import or
     # another channel that knows the number finds them.
-    identity = await customers.identity(session, TELEGRAM, request.user_id)
+    identity = await customers.identity(session, request.channel, request.user_id)
     if identity is None:
         customer = Customer(display_name=request.display_name, language=request.language)
         session.add(customer)
         await session.flush()
-        session.add(Identity(channel=TELEGRAM, address=request.user_id, customer_id=customer.id))
+        session.add(
+            Identity(channel=request.channel, address=request.user_id, customer_id=customer.id)
+        )
         customer_id = customer.id
     else:
         customer_id = identity.customer_id

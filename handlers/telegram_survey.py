@@ -21,14 +21,13 @@ from storage.models import Customer, utcnow
 
 log = logging.getLogger("kefu.telegram_survey")
 
-TELEGRAM = "telegram"
 
 
 async def handle(db: Database, config: Config, press: SurveyPress) -> PressAnswer:
     """Returns after the commit; a refused press (twice, expired, someone else's) changes
     nothing."""
     async with db.transaction() as session:
-        customer = await _customer_of(session, press.user_id)
+        customer = await _customer_of(session, press.channel, press.user_id)
         language = language_of(
             (customer.language if customer else None) or press.language,
             config.campaigns.default_language,
@@ -38,7 +37,7 @@ async def handle(db: Database, config: Config, press: SurveyPress) -> PressAnswe
                 session,
                 survey_id=press.survey_id,
                 score=press.score,
-                channel=TELEGRAM,
+                channel=press.channel,
                 # No customer yet for this user: -1 matches no survey, so the press is refused.
                 customer_id=customer.id if customer is not None else -1,
             )
@@ -60,8 +59,8 @@ async def handle(db: Database, config: Config, press: SurveyPress) -> PressAnswe
     )
 
 
-async def _customer_of(session: AsyncSession, user_id: str) -> Customer | None:
-    found = await customers.holder_of(session, TELEGRAM, user_id)
+async def _customer_of(session: AsyncSession, channel: str, user_id: str) -> Customer | None:
+    found = await customers.holder_of(session, channel, user_id)
     return await customers.live(session, found) if found is not None else None
 
 
