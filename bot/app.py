@@ -308,7 +308,9 @@ class Kefu:
         self.care = build_care(self, self.scheduler)
         # Churn warnings and follow-ups: they route with care's router.
         self.insight = build_insight(self, self.care, self.scheduler)
-        self.worker = OutboxWorker(self.db, self.channels, config.outbox, metrics=self.metrics)
+        # The outbox sends through each channel's sending side: the webhook's is its callbacks.
+        senders: dict[str, Channel] = {**self.channels, "webhook": self.webhook.callbacks}
+        self.worker = OutboxWorker(self.db, senders, config.outbox, metrics=self.metrics)
         self.pipeline: Pipeline = plugged_pipeline(
             self.db,
             classify=load_classifier(config.complaints),

@@ -1,4 +1,5 @@
-"""Webhook channel: signed JSON in over HTTP, signed JSON replies out to the source's callback_url.
+"""Webhook channel: signed JSON in over HTTP; signed JSON replies go out to the source's
+callback_url through channels/webhook_callback.py.
 
 Signature: X-Kefu-Signature = "sha256=" + hex HMAC-SHA256(secret, "<X-Kefu-Timestamp>.<raw body>").
 """
@@ -17,30 +18,17 @@ from typing import Annotated, Any, Literal
 import httpx
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from bot.intents import Acknowledgement, Intent, Outbound, Survey
+from bot.intents import Outbound
 from bot.messages import Attachment, Inbound, Receipt
-from channels.base import PermanentError, SendResult, Sink, TransientError
-from channels.webhook_signing import Scheme, Signer, sign
+from channels.base import SendResult, Sink
+from channels.webhook_callback import Callbacks, Source
+from channels.webhook_signing import sign
 
 __all__ = ["Source", "WebhookChannel", "parse", "sign"]
 
 log = logging.getLogger("kefu.webhook")
 
 CHANNEL = "webhook"
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    name: str
-    secret: str
-    callback_url: str | None = None
-    signing: Scheme = "kefu"
-    # During a secret rotation: still accepted on requests, and callbacks carry both signatures.
-    previous_secret: str | None = None
-
-    def signer(self, max_skew_seconds: int) -> Signer:
-        secrets = (self.secret, *((self.previous_secret,) if self.previous_secret else ()))
-        return Signer(self.signing, secrets, max_skew_seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,19 +230,21 @@ class WebhookChannel:
         self.max_skew_seconds = max_skew_seconds
         self.max_body_bytes = max_body_bytes
         self.clock = clock
-        self._http = http
-        self._owns_http = http is None
         self._sink: Sink | None = None
+        # Replies go out through the sources' callback URLs, signed with the same secrets.
+        self.callbacks = Callbacks(
+            self.sources,
+            max_skew_seconds=max_skew_seconds,
+            clock=lambda: self.clock(),  # noqa: PLW0108 - read at each send: tests set it later
+            http=http,
+        )
 
     async def start(self, sink: Sink) -> None:
         self._sink = sink
-        if self._http is None:
-            self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
+        await self.callbacks.start(sink)
 
     async def stop(self) -> None:
-        if self._http is not None and self._owns_http:
-            await self._http.aclose()
-            self._http = None
+        await self.callbacks.stop()
 
     def knows(self, source: str) -> Reply | None:
         """The early answer for a source that cannot accept anything, before reading the body."""
@@ -313,67 +303,6 @@ class WebhookChannel:
         return source.signer(self.max_skew_seconds).verify(headers, body, now)
 
     async def send(self, out: Outbound) -> SendResult:
-        source_name, _, user_id = out.address.partition(":")
-        source = self.sources.get(source_name)
-        if source is None:
-            raise TransientError(
-                f"webhook source '{source_name}' is not configured or has no secret"
-            )
-        if not source.callback_url:
-            raise PermanentError(f"webhook source '{source_name}' has no callback_url")
-        message: dict[str, Any] = {
-            "id": out.dedupe_key,
-            "conversation_id": out.conversation_id,
-            "user": {"id": user_id},
-            "type": out.kind,
-            "text": out.text,
-        }
-        if out.attachments:
-            message["attachments"] = [a.to_json() for a in out.attachments]
-        message.update(callback_fields(out.intent))
-        body = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
-        headers = {
-            "Content-Type": "application/json",
-            **source.signer(self.max_skew_seconds).headers(
-                out.dedupe_key, int(self.clock()), body
-            ),
-            "Idempotency-Key": out.dedupe_key,
-        }
-        assert self._http is not None, "start() the channel before sending"
-        try:
-            response = await self._http.post(source.callback_url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
-            raise TransientError(f"{type(exc).__name__}: {exc}") from exc
-        if response.is_success:
-            return SendResult(external_id=response.headers.get("x-request-id"))
-        detail = f"callback answered {response.status_code}: {response.text[:200]}"
-        if response.status_code in (408, 425, 429) or response.status_code >= 500:
-            raise TransientError(
-                detail, retry_after=_retry_after(response.headers.get("retry-after"))
-            )
-        raise PermanentError(detail)
-
-
-def callback_fields(intent: Intent) -> dict[str, Any]:
-    """What the callback body adds for some intents, after the common fields (README, "Replies
-    to a webhook customer"): an acknowledgement's ticket, reason and promised time; a survey's
-    id and choices."""
-    if isinstance(intent, Acknowledgement):
-        expected = intent.expected_response_by
-        return {
-            "ticket": intent.conversation_id,
-            "reason": intent.reason,
-            "expected_response_by": expected.isoformat() if expected is not None else None,
-        }
-    if isinstance(intent, Survey):
-        return {"survey": {"id": intent.survey_id, "choices": list(intent.choices)}}
-    return {}
-
-
-def _retry_after(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # an HTTP date: fall back to the outbox's own backoff
+        """The channel's sending half (channels/webhook_callback.py), for callers that hold the
+        whole channel; kefu's outbox is given the sending half itself (bot/app.py)."""
+        return await self.callbacks.send(out)
