@@ -20,7 +20,7 @@ tree's rate as a share of the baseline's.
 runs the PostgreSQL scale-out bench instead (bench/ingest_scale.py): N `kefu run` processes on one
 throwaway PostgreSQL against one on SQLite, with CPU seconds per message of kefu and of PostgreSQL;
 with --rounds, SQLite and each N alternate round after round and the medians are printed; with
---trips, one extra run first goes through a proxy that counts round trips per transaction
+--baseline REF, each N also runs the kefu of commit REF (on its own fresh database); with --trips, one extra run first goes through a proxy that counts round trips per transaction
 (bench/pg_trips.py).
 
 With --prefill N (issue 12: big tables): kefu alone, on an empty database and on one already
@@ -321,10 +321,12 @@ def main() -> None:
         import ingest_scale
 
         counts = [int(n) for n in args.processes.split(",") if n.strip()]
-        ingest_scale.main(
-            counts, args.messages, args.concurrency, requests, SECRET, args.set, args.trips,
-            args.rounds or 1,
-        )
+        with tempfile.TemporaryDirectory() as tmp:
+            label = export(args.baseline, Path(tmp)) if args.baseline else ""
+            ingest_scale.main(
+                counts, args.messages, args.concurrency, requests, SECRET, args.set, args.trips,
+                args.rounds or 1, Path(tmp) if args.baseline else None, label,
+            )
         return
     print(f"cpus: {os.cpu_count()}  python {sys.version.split()[0]}")
     if args.baseline:

@@ -88,7 +88,9 @@ def postmaster_pid(server: PostgresServer) -> int:
 EXTRA: list[str] = []  # --set SECTION.KEY=VALUE, as TOML lines per section
 
 
-def start_kefu(url: str, port: int, workdir: Path, secret: str) -> subprocess.Popen[bytes]:
+def start_kefu(
+    url: str, port: int, workdir: Path, secret: str, code: Path = ROOT
+) -> subprocess.Popen[bytes]:
     config = workdir / f"kefu-{port}.toml"
     config.write_text(
         f'[storage]\nurl = "{url}"\n[http]\nport = {port}\n'
@@ -97,7 +99,7 @@ def start_kefu(url: str, port: int, workdir: Path, secret: str) -> subprocess.Po
     )
     return subprocess.Popen(
         [sys.executable, "-m", "bot", "run", "--config", str(config)],
-        cwd=ROOT,
+        cwd=code,  # `-m bot` imports the tree it runs in, ahead of the installed one
         env={**os.environ, "SHOP_SECRET": secret},
         stderr=(workdir / f"kefu-{port}.log").open("wb"),
     )
@@ -159,10 +161,13 @@ def measure(
     secret: str,
     postmaster: int | None,
     counter: TripCounter | None = None,
+    code: Path = ROOT,
 ) -> Result:
     with tempfile.TemporaryDirectory() as tmp:
         ports = [free_port() for _ in urls]
-        procs = [start_kefu(u, p, Path(tmp), secret) for u, p in zip(urls, ports, strict=True)]
+        procs = [
+            start_kefu(u, p, Path(tmp), secret, code) for u, p in zip(urls, ports, strict=True)
+        ]
         try:
             reqs = make_requests(n + 500)  # type: ignore[operator]
             asyncio.run(drive(ports, reqs[:500], concurrency))  # warm-up: imports, caches, pools
@@ -214,7 +219,7 @@ def report(r: Result, baseline: float) -> None:
 
 def main(processes: list[int], messages: int, concurrency: int, make_requests: object,
          secret: str, settings: list[str] = [], trips: bool = False,  # noqa: B006 - read only
-         rounds: int = 1) -> None:
+         rounds: int = 1, baseline: Path | None = None, label: str = "") -> None:
     for setting in settings:  # "insight.enabled=false" -> [insight]\nenabled = false
         key, _, value = setting.partition("=")
         section, _, name = key.rpartition(".")
@@ -253,6 +258,15 @@ def main(processes: list[int], messages: int, concurrency: int, make_requests: o
             report(sqlite, sqlite.rate)
             results[0].append(sqlite)
             for n in processes:
+                if baseline is not None:
+                    # The same N with the baseline commit's kefu, on its own fresh database.
+                    base = measure(
+                        f"pg {label}"[:10], [server.create_database()] * n, make_requests,
+                        messages, concurrency, secret, postmaster, code=baseline,
+                    )
+                    report(base, sqlite.rate)
+                    results.setdefault(-n, []).append(base)
+                    ratios.setdefault(-n, []).append(base.rate / sqlite.rate)
                 url = server.create_database()
                 result = measure(
                     "postgresql", [url] * n, make_requests, messages, concurrency, secret,
@@ -268,10 +282,11 @@ def main(processes: list[int], messages: int, concurrency: int, make_requests: o
         lite = statistics.median(r.rate for r in results[0])
         print(f"{'sqlite':10} {1:3d}  {lite:8.0f} msg/s  {1:5.2f}x  kefu "
               f"{statistics.median(r.kefu_cpu for r in results[0]) * 1e6:5.0f} µs/msg")
-        for n in processes:
+        for n in [m for k in processes for m in ((-k, k) if baseline else (k,))]:
             rs = results[n]
+            name = f"pg {label}"[:10] if n < 0 else "postgresql"
             print(
-                f"{'postgresql':10} {n:3d}  {statistics.median(r.rate for r in rs):8.0f} msg/s  "
+                f"{name:10} {abs(n):3d}  {statistics.median(r.rate for r in rs):8.0f} msg/s  "
                 f"{statistics.median(ratios[n]):5.2f}x  kefu "
                 f"{statistics.median(r.kefu_cpu for r in rs) * 1e6:5.0f} µs/msg  postgres "
                 f"{statistics.median(r.pg_cpu or 0.0 for r in rs) * 1e6:5.0f} µs/msg  "
