@@ -132,6 +132,31 @@ class Say:
 
 
 @dataclass(frozen=True, slots=True)
+class Feed:
+    """How a staff feed post joins the post still waiting for the same place (channel, address,
+    conversation): `text` is what it adds there, if that post's dedupe key starts with one of
+    `into`, it has no attachments, the channel has not taken it for the wire yet, and the two
+    together stay within `limit` UTF-16 units. Otherwise the post is queued on its own."""
+
+    text: str
+    into: tuple[str, ...]
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Post:
+    """A staff post to queue (not a message in the customer's log): a mirror, an alert, a board
+    line. `feed`: first offered to the post waiting for the same place (see Feed). `once`: a
+    (channel, key, conversation id) claimed in processed_messages in the same transaction; the
+    post is queued only by the first claim (the board line of a conversation and agent)."""
+
+    out: Outbound
+    interaction_id: int | None = None
+    feed: Feed | None = None
+    once: tuple[str, str, int | None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Acknowledged:
     """An acknowledgement went to (channel, address) about the conversation: the rate limit
     counts it."""
@@ -193,6 +218,7 @@ class SurveyAnswered:
 Effect = (
     Event
     | Say
+    | Post
     | Acknowledged
     | WithdrawConsent
     | RaiseSeverity

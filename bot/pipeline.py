@@ -41,6 +41,7 @@ from bot.effects import (
     Event,
     Logged,
     Observer,
+    Post,
     RaiseSeverity,
     Say,
     SurveyAnswered,
@@ -49,7 +50,7 @@ from bot.effects import (
     WithdrawConsent,
 )
 from bot.messages import SPOKEN, Inbound, Receipt
-from storage import campaigns, conversations, customers, ingest, surveys
+from storage import campaigns, conversations, customers, ingest, processed_messages, surveys
 from storage import outbox as outbox_rows
 from storage.db import Database
 from storage.models import Acknowledgement, Conversation, Customer, Interaction
@@ -546,6 +547,8 @@ async def _apply(session: AsyncSession, effects: Sequence[Effect], rows: _Rows) 
                 at=effect.at,
                 not_before=effect.not_before,
             )
+        elif isinstance(effect, Post):
+            await _post(session, effect)
         elif isinstance(effect, Acknowledged):
             session.add(
                 Acknowledgement(
@@ -593,6 +596,19 @@ async def _apply(session: AsyncSession, effects: Sequence[Effect], rows: _Rows) 
             )
         else:
             assert_never(effect)
+
+
+async def _post(session: AsyncSession, post: Post) -> None:
+    out = post.out
+    if post.once is not None:
+        channel, key, conversation_id = post.once
+        if not await processed_messages.claim(session, channel, key, conversation_id):
+            return
+    if post.feed is not None:
+        feed = post.feed
+        if await outbox_rows.append_to_waiting(session, out, feed.text, feed.into, feed.limit):
+            return
+    await outbox_rows.enqueue(session, out, interaction_id=post.interaction_id)
 
 
 def _event_row(event: Event) -> Interaction:

@@ -20,6 +20,7 @@ from bot.effects import (
     Effects,
     Event,
     Logged,
+    Post,
     RaiseSeverity,
 )
 from bot.intents import STAFF_CHANNEL, Outbound, StaffNotice
@@ -43,10 +44,37 @@ async def post(
     *,
     about: str = "complaint",
 ) -> int | None:
-    """Queues `text` for the staff group, in the conversation's topic; None without a staff
-    group. `about`: complaint | sla | churn."""
+    """Queues `text` for the staff group now, in the conversation's topic, in the caller's
+    transaction (a job's: SLA, churn); None without a staff group. `about`: complaint | sla |
+    churn. Observers return alert() instead."""
     if staff_chat_id is None:
         return None
+    out = _alert(staff_chat_id, conversation, customer_name, text, dedupe_key, about)
+    # Merged into the topic's post still waiting, if any: alerts are part of the topic's feed.
+    return await staff_feed.queue(session, out, addition=text)
+
+
+def alert(
+    staff_chat_id: int,
+    conversation: Conversation | ConversationView,
+    customer_name: str,
+    text: str,
+    dedupe_key: str,
+    about: str = "complaint",
+) -> Post:
+    """The effect for an alert in the conversation's topic (merged into its waiting post)."""
+    out = _alert(staff_chat_id, conversation, customer_name, text, dedupe_key, about)
+    return staff_feed.post(out, addition=text)
+
+
+def _alert(
+    staff_chat_id: int,
+    conversation: Conversation | ConversationView,
+    customer_name: str,
+    text: str,
+    dedupe_key: str,
+    about: str,
+) -> Outbound:
     from handlers.staff_group import topic_name
 
     notice = StaffNotice(
@@ -58,10 +86,7 @@ async def post(
         topic=topic_name(conversation.id, customer_name, conversation.reply_channel or "—"),
         place=conversation.staff_thread or None,
     )
-    # Merged into the topic's post still waiting, if any: alerts are part of the topic's feed.
-    return await staff_feed.queue(
-        session, Outbound(STAFF_CHANNEL, str(staff_chat_id), notice, dedupe_key), addition=text
-    )
+    return Outbound(STAFF_CHANNEL, str(staff_chat_id), notice, dedupe_key)
 
 
 def name_of(customer: Customer | CustomerView) -> str:
@@ -130,10 +155,13 @@ class ComplaintAlerts:
                 conversation_id=conversation.id,
             )
         )
-        await post(
-            session, self.staff_chat_id, conversation, name_of(note.customer), text,
-            f"complaint:{conversation.id}:{note.interaction_id}",
-        )
+        if self.staff_chat_id is not None:
+            effects.append(
+                alert(
+                    self.staff_chat_id, conversation, name_of(note.customer), text,
+                    f"complaint:{conversation.id}:{note.interaction_id}",
+                )
+            )
         log.info(
             "complaint.flagged conversation=%s severity=%s reasons=%s team=%s assignee=%s",
             conversation.id, verdict.severity, reasons, team, assignee,

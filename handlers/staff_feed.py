@@ -20,9 +20,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.effects import ConversationView
-from bot.intents import Outbound, StaffNotice, from_payload, to_payload
-from bot.text import utf16_len
+from bot.effects import ConversationView, Feed, Post
+from bot.intents import Outbound, StaffNotice
 from storage import outbox, staff
 from storage.db import Database
 from storage.models import Conversation, Staff
@@ -31,10 +30,6 @@ from storage.models import Conversation, Staff
 POST_LIMIT = 4000
 # Rows that may take more text: staff posts that are a feed, not an answer to someone.
 FEED_PREFIXES = ("mirror-", "complaint:", "sla:", "board-")
-# Claimed rows ("sending") still take text until the channel takes them for the wire (take()):
-# the outbox sends a claimed batch in order, and a message arriving meanwhile would otherwise wait
-# for the next batch.
-OPEN = ("pending", "deferred", "failed", "sending")
 
 
 async def agent_of(
@@ -56,37 +51,27 @@ async def queue(
     addition: str,
     interaction_id: int | None = None,
 ) -> int | None:
-    """Queues a feed post, or appends `addition` to the one still waiting for the same place (not
-    yet taken for the wire, see take()).
-
-    Returns the id of the row the text went into. Posts with attachments are never merged: a
-    partly sent one (text sent, photo deferred) must not change under the channel's feet."""
-    if not out.attachments:
-        merged = await _append(session, out, addition)
-        if merged is not None:
-            return merged
+    """Queues a feed post now, in the caller's transaction (a job's: SLA, churn), or appends
+    `addition` to the one still waiting for the same place (not yet taken for the wire, see
+    take()). Returns the id of the row the text went into. Observers return post() instead."""
+    merged = await outbox.append_to_waiting(session, out, addition, FEED_PREFIXES, POST_LIMIT)
+    if merged is not None:
+        return merged
     return await outbox.enqueue(session, out, interaction_id=interaction_id)
 
 
-async def _append(session: AsyncSession, out: Outbound, addition: str) -> int | None:
-    # A row being claimed right now is skipped: the text then gets a post of its own.
-    found = await outbox.last_open(
-        session, out.channel, out.address, out.conversation_id, OPEN
+def post(
+    out: Outbound,
+    *,
+    addition: str,
+    interaction_id: int | None = None,
+    once: tuple[str, str, int | None] | None = None,
+) -> Post:
+    """The effect an observer returns for a feed post: queued, or merged into the post waiting
+    for the same place, by the pipeline in its transaction."""
+    return Post(
+        out, interaction_id, Feed(addition, FEED_PREFIXES, POST_LIMIT), once=once
     )
-    if found is None:
-        return None
-    row_id, payload, key = found
-    if not key.startswith(FEED_PREFIXES) or payload.get("attachments") or taken(payload):
-        return None
-    post = from_payload(payload, address=out.address)
-    if not isinstance(post, StaffNotice):
-        return None
-    text = f"{post.text}\n{addition}"
-    if utf16_len(text) > POST_LIMIT:
-        return None
-    new_payload = to_payload(replace(post, text=text, merged=post.merged + 1))
-    await outbox.set_payload(session, row_id, new_payload)
-    return row_id
 
 
 async def take(db: Database, key: str) -> dict[str, Any] | None:
@@ -98,19 +83,12 @@ async def take(db: Database, key: str) -> dict[str, Any] | None:
         if found is None:
             return None
         row_id, payload = found
-        if taken(payload):
+        if outbox.taken(payload):
             return dict(payload)
         # Delivery state beside the intent, not part of it: nothing is merged into it any more.
         final = {**payload, "taken": True}
         await outbox.set_payload(session, row_id, final)
         return final
-
-
-def taken(payload: dict[str, Any]) -> bool:
-    """Whether the channel took the post for the wire (rows queued before intents kept the flag
-    in meta.staff)."""
-    legacy = (payload.get("meta") or {}).get("staff") or {}
-    return bool(payload.get("taken") or legacy.get("taken"))
 
 
 def for_agent(out: Outbound, member: Staff) -> Outbound:

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.commands import StaffPost
 from bot.config import Config
-from bot.effects import Logged, Observer
+from bot.effects import Effect, Effects, Logged, Observer, Post
 from bot.intents import STAFF_CHANNEL, Outbound, StaffNotice
 from bot.messages import Attachment
 from handlers import agents, roles, staff_commands, staff_feed
@@ -139,9 +139,9 @@ def mirror_observer(staff_chat_id: int) -> Observer:
     the same transaction: to the assigned agent's private chat, else the conversation's topic in
     the staff group; merged into the post still waiting there, if there is one (staff_feed)."""
 
-    async def observe(session: AsyncSession, note: Logged) -> None:
+    async def observe(session: AsyncSession, note: Logged) -> Effects | None:
         if note.conversation is None or note.inbound.kind not in ("message", "complaint", "edit"):
-            return
+            return None
         # Inside the pipeline's transaction some attributes may be expired; run_sync may load them.
         seen = await session.run_sync(lambda _: _seen(note))
         # Media the staff channel itself holds (its own file ids) is copied into the post; the
@@ -159,28 +159,23 @@ def mirror_observer(staff_chat_id: int) -> Observer:
             place=seen.staff_thread or None,
         )
         out = Outbound(CHANNEL, str(staff_chat_id), notice, f"mirror-{note.interaction_id}")
+        effects: list[Effect] = []
         member = await staff_feed.agent_of(session, note.conversation)
         if member is not None:
             out = staff_feed.for_agent(out, member)
-            await _board(session, staff_chat_id, seen, note.inbound.channel, member)
-        await staff_feed.queue(
-            session, out, addition=mirror_body(note, seen), interaction_id=note.interaction_id
-        )
+            effects.append(_board(staff_chat_id, seen, note.inbound.channel, member))
+        addition = mirror_body(note, seen)
+        effects.append(staff_feed.post(out, addition=addition, interaction_id=note.interaction_id))
+        return effects
 
     return observe
 
 
-async def _board(
-    session: AsyncSession, staff_chat_id: int, seen: _Seen, channel: str, member: Staff
-) -> None:
+def _board(staff_chat_id: int, seen: _Seen, channel: str, member: Staff) -> Post:
     """Once per conversation and agent: a line in the group saying where it is handled. Lines
     waiting together go out as one post, so this costs the group almost nothing at any rate."""
-    key = f"board:{seen.conversation_id}:{member.id}"
-    if not await first_time(session, key, seen.conversation_id, channel=BOARD):
-        return
     line = board_line(seen, channel, member.name)
-    await staff_feed.queue(
-        session,
+    return staff_feed.post(
         Outbound(
             CHANNEL,
             str(staff_chat_id),
@@ -188,6 +183,7 @@ async def _board(
             f"board-{seen.conversation_id}-{member.id}",
         ),
         addition=line,
+        once=(BOARD, f"board:{seen.conversation_id}:{member.id}", seen.conversation_id),
     )
 
 

@@ -8,14 +8,15 @@ ran out is left to that worker."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.intents import Outbound
+from bot.intents import Outbound, StaffNotice, from_payload, to_payload
+from bot.text import utf16_len
 from storage import dialect
 from storage.models import CampaignDelivery, Identity, Interaction, OutboxRow, utcnow
 from storage.rows import rowcount
@@ -354,6 +355,47 @@ async def last_open(
         query = query.with_for_update(skip_locked=True)
     found = (await session.execute(query)).first()
     return None if found is None else (int(found[0]), found[1], found[2])
+
+
+# Rows that still take text: unsent, or claimed but not yet taken for the wire by the channel
+# (the outbox sends a claimed batch in order; a message arriving meanwhile would otherwise wait
+# for the next batch).
+OPEN = ("pending", "deferred", "failed", "sending")
+
+
+async def append_to_waiting(
+    session: AsyncSession, out: Outbound, text: str, into: Sequence[str], limit: int
+) -> int | None:
+    """Appends `text` to the staff post still waiting for out's place (channel, address,
+    conversation) instead of queueing `out`: if that post's dedupe key starts with one of `into`,
+    it has no attachments, the channel has not taken it, and the result stays within `limit`
+    UTF-16 units. Returns the id of the row the text went into, or None (queue `out` itself).
+    A post with attachments never takes text, nor is merged: a partly sent one (text sent, photo
+    deferred) must not change under the channel's feet."""
+    if out.attachments:
+        return None
+    found = await last_open(session, out.channel, out.address, out.conversation_id, OPEN)
+    if found is None:
+        return None
+    row_id, payload, key = found
+    if not key.startswith(tuple(into)) or payload.get("attachments") or taken(payload):
+        return None
+    post = from_payload(payload, address=out.address)
+    if not isinstance(post, StaffNotice):
+        return None
+    merged = f"{post.text}\n{text}"
+    if utf16_len(merged) > limit:
+        return None
+    grown = replace(post, text=merged, merged=post.merged + 1)
+    await set_payload(session, row_id, to_payload(grown))
+    return row_id
+
+
+def taken(payload: dict[str, Any]) -> bool:
+    """Whether the channel took the post for the wire: its text is final (rows queued before
+    intents kept the flag in meta.staff)."""
+    legacy = (payload.get("meta") or {}).get("staff") or {}
+    return bool(payload.get("taken") or legacy.get("taken"))
 
 
 async def by_key_locked(session: AsyncSession, key: str) -> tuple[int, dict[str, Any]] | None:
