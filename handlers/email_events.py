@@ -7,11 +7,10 @@ that address). kefu's Message-IDs are random, so only the server that got kefu's
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.effects import Effect, Effects, Event, Logged, Unreachable
-from storage.models import REOPENABLE, Conversation, Identity, OutboxRow
+from storage import conversations, customers, outbox
 
 CHANNEL = "email"
 
@@ -24,11 +23,7 @@ async def on_bounce(session: AsyncSession, logged: Logged) -> Effects | None:
     failed = [str(a).lower() for a in inbound.meta.get("failed_recipients", [])]
     quoted = [str(r) for r in (*inbound.meta.get("references", []), *inbound.reply_to)]
     if failed and quoted:
-        sent_to = await session.scalars(
-            select(OutboxRow.address).where(
-                OutboxRow.channel == CHANNEL, OutboxRow.external_id.in_(quoted)
-            )
-        )
+        sent_to = await outbox.addresses_sent(session, CHANNEL, quoted)
         ours = {a.lower() for a in sent_to}
         failed = [a for a in failed if a in ours]
     else:
@@ -45,22 +40,9 @@ async def on_bounce(session: AsyncSession, logged: Logged) -> Effects | None:
         ]
     status = inbound.meta.get("status") or "no status"
     effects: list[Effect] = []
-    identities = await session.execute(
-        select(Identity.address, Identity.customer_id).where(
-            Identity.channel == CHANNEL, Identity.address.in_(failed)
-        )
-    )
-    for address, customer_id in identities.all():
+    for address, customer_id in await customers.holders(session, CHANNEL, failed):
         effects.append(Unreachable(CHANNEL, address, f"bounced ({status})"))
-        conversation_id = await session.scalar(
-            select(Conversation.id)
-            .where(
-                Conversation.customer_id == customer_id,
-                Conversation.status.in_(REOPENABLE),
-            )
-            .order_by(Conversation.id.desc())
-            .limit(1)
-        )
+        conversation_id = await conversations.latest_reopenable(session, customer_id)
         if conversation_id is not None:
             effects.append(
                 Event(

@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import PRIORITY_RANK, Config, ConfigError, RuleConfig, TeamConfig
@@ -30,7 +29,8 @@ from bot.messages import Inbound
 from handlers import segments
 from handlers.business_hours import BusinessHours
 from handlers.templating import language_of
-from storage.models import OPEN_STATUSES, Conversation, Customer, RoutingCursor, Staff, utcnow
+from storage import conversations, routing_cursors, staff
+from storage.models import Customer, Staff, utcnow
 
 log = logging.getLogger("kefu.routing")
 
@@ -206,25 +206,13 @@ class Router:
         cache = _per_transaction(session, "members")
         key = (team.name, on_duty)
         if key not in cache:
-            query = select(Staff).where(Staff.active.is_(True)).order_by(Staff.id)
-            if on_duty:
-                query = query.where(Staff.on_duty.is_(True))
-            if team.members:
-                query = query.where(Staff.name.in_(team.members))
             with session.no_autoflush:
-                cache[key] = list(await session.scalars(query))
+                cache[key] = await staff.active(session, on_duty=on_duty, names=team.members)
         members: list[Staff] = cache[key]
         return members
 
     async def leads(self, session: AsyncSession, team: TeamConfig) -> list[Staff]:
-        query = select(Staff).where(Staff.active.is_(True)).order_by(Staff.id)
-        if team.leads:
-            query = query.where(Staff.name.in_(team.leads))
-        else:
-            query = query.where(Staff.role.in_(("lead", "admin")))
-            if team.members:
-                query = query.where(Staff.name.in_(team.members))
-        return list(await session.scalars(query))
+        return await staff.leads(session, named=team.leads, among=team.members)
 
     async def assign(self, session: AsyncSession, team: TeamConfig) -> int | None:
         method = self.config.routing.assignment
@@ -243,11 +231,7 @@ async def round_robin(session: AsyncSession, team: str, candidates: Sequence[Sta
     cursors = _per_transaction(session, "cursors")
     cursor = cursors.get(team)
     if cursor is None:
-        with session.no_autoflush:
-            cursor = await session.scalar(select(RoutingCursor).where(RoutingCursor.team == team))
-        if cursor is None:
-            cursor = RoutingCursor(team=team, last_staff_id=None)
-            session.add(cursor)
+        cursor = await routing_cursors.of_team(session, team)
         cursors[team] = cursor
     last = cursor.last_staff_id or 0
     chosen = next((s for s in candidates if s.id > last), candidates[0])
@@ -262,13 +246,9 @@ async def least_open(session: AsyncSession, candidates: Sequence[Staff]) -> int:
     missing = [i for i in ids if i not in counts]
     if missing:
         with session.no_autoflush:
-            rows = await session.execute(
-                select(Conversation.assignee, func.count())
-                .where(Conversation.assignee.in_(missing), Conversation.status.in_(OPEN_STATUSES))
-                .group_by(Conversation.assignee)
-            )
+            found = await conversations.open_counts(session, missing)
         counts.update({i: 0 for i in missing})
-        counts.update({staff_id: n for staff_id, n in rows})
+        counts.update(found)
     chosen = min(ids, key=lambda i: (counts[i], i))
     counts[chosen] += 1  # this batch's own assignments count before they are flushed
     return chosen

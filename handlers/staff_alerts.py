@@ -26,7 +26,8 @@ from bot.effects import (
 from bot.intents import STAFF_CHANNEL, Outbound, StaffNotice
 from handlers import staff_feed
 from handlers.routing import Router
-from storage.models import Conversation, Customer, Staff, utcnow
+from storage import staff
+from storage.models import Conversation, Customer, utcnow
 
 log = logging.getLogger("kefu.staff_alerts")
 
@@ -96,7 +97,7 @@ def name_of(customer: Customer | CustomerView) -> str:
 async def staff_name(session: AsyncSession, staff_id: int | None) -> str | None:
     if staff_id is None:
         return None
-    member = await session.get(Staff, staff_id)
+    member = await staff.by_id(session, staff_id)
     return member.name if member is not None else None
 
 

@@ -30,8 +30,8 @@ from bot.intents import Survey as SurveyQuestion
 from bot.messages import Inbound
 from handlers import care
 from handlers.templating import language_of
-from storage import outbox, surveys
-from storage.models import Conversation, Customer, Interaction, Survey, utcnow
+from storage import customers, outbox, surveys
+from storage.models import Conversation, Interaction, Survey, utcnow
 
 log = logging.getLogger("kefu.survey")
 
@@ -107,7 +107,7 @@ async def ask(
     cfg = config.survey
     if not cfg.enabled or not conversation.reply_channel or not conversation.reply_address:
         return None
-    customer = await session.get(Customer, conversation.customer_id)
+    customer = await customers.by_id(session, conversation.customer_id)
     if customer is None or customer.forgotten_at is not None:
         return None
     now = now or utcnow()
@@ -176,7 +176,7 @@ async def check_answer(
         raise SurveyError(f"score has value {score!r}: use a whole number from 1 to 5")
     survey: Survey | None
     if survey_id is not None:
-        survey = await session.get(Survey, survey_id)
+        survey = await surveys.by_id(session, survey_id)
         if survey is None:
             raise SurveyError(f"no survey {survey_id}")
     elif conversation_id is not None:

@@ -9,7 +9,14 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage import dialect
-from storage.models import STATUSES, ComplaintReason, Conversation, Customer
+from storage.models import (
+    OPEN_STATUSES,
+    REOPENABLE,
+    STATUSES,
+    ComplaintReason,
+    Conversation,
+    Customer,
+)
 
 
 async def listing(
@@ -43,6 +50,29 @@ async def by_staff_place(session: AsyncSession, place: str) -> Conversation | No
     return await session.scalar(
         select(Conversation)
         .where(Conversation.staff_thread == place)
+        .order_by(Conversation.id.desc())
+        .limit(1)
+    )
+
+
+async def open_counts(session: AsyncSession, staff_ids: Sequence[int]) -> dict[int, int]:
+    """Open (and pending) conversations per assignee, for those of `staff_ids` that have any."""
+    rows = await session.execute(
+        select(Conversation.assignee, func.count())
+        .where(Conversation.assignee.in_(staff_ids), Conversation.status.in_(OPEN_STATUSES))
+        .group_by(Conversation.assignee)
+    )
+    return {staff_id: int(n) for staff_id, n in rows if staff_id is not None}
+
+
+async def latest_reopenable(session: AsyncSession, customer_id: int) -> int | None:
+    """The id of the customer's newest conversation that a message of theirs would reopen."""
+    return await session.scalar(
+        select(Conversation.id)
+        .where(
+            Conversation.customer_id == customer_id,
+            Conversation.status.in_(REOPENABLE),
+        )
         .order_by(Conversation.id.desc())
         .limit(1)
     )

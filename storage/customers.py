@@ -98,6 +98,18 @@ async def identity(session: AsyncSession, channel: str, address: str) -> Identit
     )
 
 
+async def holders(
+    session: AsyncSession, channel: str, addresses: Sequence[str]
+) -> list[tuple[str, int]]:
+    """(address, customer id) of each of `addresses` that is an identity on `channel`."""
+    rows = await session.execute(
+        select(Identity.address, Identity.customer_id).where(
+            Identity.channel == channel, Identity.address.in_(addresses)
+        )
+    )
+    return [(address, customer_id) for address, customer_id in rows.all()]
+
+
 async def identities_of(session: AsyncSession, customer_id: int) -> list[Identity]:
     return list(
         await session.scalars(

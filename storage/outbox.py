@@ -312,6 +312,19 @@ async def record_dead(
         )
 
 
+async def addresses_sent(
+    session: AsyncSession, channel: str, external_ids: Sequence[str]
+) -> list[str]:
+    """The addresses kefu sent the messages `external_ids` to (a bounce names them)."""
+    return list(
+        await session.scalars(
+            select(OutboxRow.address).where(
+                OutboxRow.channel == channel, OutboxRow.external_id.in_(external_ids)
+            )
+        )
+    )
+
+
 async def conversation_of_sent(session: AsyncSession, channel: str, external_id: str) -> int | None:
     """The conversation of the row sent as `external_id` on `channel` (a staff reply's target)."""
     return await session.scalar(

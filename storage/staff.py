@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -65,3 +67,29 @@ async def telegram_ids(session: AsyncSession) -> set[int]:
         )
     )
     return {int(n) for n in found if n is not None}
+
+
+async def active(
+    session: AsyncSession, *, on_duty: bool = False, names: Sequence[str] = ()
+) -> list[Staff]:
+    """Active staff by id (only those on duty; only those named, when names are given)."""
+    query = select(Staff).where(Staff.active.is_(True)).order_by(Staff.id)
+    if on_duty:
+        query = query.where(Staff.on_duty.is_(True))
+    if names:
+        query = query.where(Staff.name.in_(names))
+    return list(await session.scalars(query))
+
+
+async def leads(
+    session: AsyncSession, *, named: Sequence[str] = (), among: Sequence[str] = ()
+) -> list[Staff]:
+    """Active leads by id: those named, or else every lead and admin (of `among`, if given)."""
+    query = select(Staff).where(Staff.active.is_(True)).order_by(Staff.id)
+    if named:
+        query = query.where(Staff.name.in_(named))
+    else:
+        query = query.where(Staff.role.in_(("lead", "admin")))
+        if among:
+            query = query.where(Staff.name.in_(among))
+    return list(await session.scalars(query))
