@@ -215,6 +215,14 @@ class SurveyAnswered:
     at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class HealthScores:
+    """Customers' churn-risk rows to store in customer_health (handlers/churn.py): one dict per
+    customer, with customer_id and every column of storage.insight.HEALTH_COLUMNS."""
+
+    rows: tuple[dict[str, Any], ...]
+
+
 Effect = (
     Event
     | Say
@@ -225,6 +233,7 @@ Effect = (
     | ComplaintReasons
     | Unreachable
     | SurveyAnswered
+    | HealthScores
 )
 Effects = Sequence[Effect]
 

@@ -39,6 +39,7 @@ from bot.effects import (
     Decision,
     Effect,
     Event,
+    HealthScores,
     Logged,
     Observer,
     Post,
@@ -50,7 +51,15 @@ from bot.effects import (
     WithdrawConsent,
 )
 from bot.messages import SPOKEN, Inbound, Receipt
-from storage import campaigns, conversations, customers, ingest, processed_messages, surveys
+from storage import (
+    campaigns,
+    conversations,
+    customers,
+    ingest,
+    insight,
+    processed_messages,
+    surveys,
+)
 from storage import outbox as outbox_rows
 from storage.db import Database
 from storage.models import Acknowledgement, Conversation, Customer, Interaction
@@ -594,6 +603,8 @@ async def _apply(session: AsyncSession, effects: Sequence[Effect], rows: _Rows) 
                 channel=effect.channel,
                 at=effect.at,
             )
+        elif isinstance(effect, HealthScores):
+            await insight.write(session, effect.rows)
         else:
             assert_never(effect)
 

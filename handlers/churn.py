@@ -29,15 +29,17 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Config
+from bot.effects import Effect, Event, HealthScores
 from bot.intents import STAFF_CHANNEL, Outbound, StaffNotice
 from handlers import health, staff_alerts
 from handlers.health import FAST_DAYS, SLOW_DAYS, Health, Signals
 from handlers.routing import Router
-from storage import audit, outbox
+from storage import audit, conversations, outbox
+from storage import customers as customer_rows
 from storage import insight as store
 from storage.db import Database
 from storage.insight import drop_gone
-from storage.models import Conversation, Customer, Interaction, utcnow
+from storage.models import Customer, utcnow
 
 if TYPE_CHECKING:
     from bot.effects import CustomerView, Logged
@@ -55,9 +57,6 @@ class Outcome:
     changed: int = 0
     warned: int = 0
     at_risk: int = 0
-
-
-_write = store.write
 
 
 class Churn:
@@ -81,21 +80,24 @@ class Churn:
 
     # --- the pipeline's observer ---------------------------------------------------------------
 
-    async def __call__(self, session: AsyncSession, note: Logged) -> None:
-        await self.observe_batch(session, [note])
+    async def __call__(self, session: AsyncSession, note: Logged) -> list[Effect] | None:
+        return await self.observe_batch(session, [note])
 
-    async def observe_batch(self, session: AsyncSession, notes: Sequence[Logged]) -> None:
+    async def observe_batch(
+        self, session: AsyncSession, notes: Sequence[Logged]
+    ) -> list[Effect] | None:
         """A pipeline batch's messages, in order: the stored rows of all their customers read in
-        one statement, every new row written in one executemany at the end. A message from a
+        one statement; what it hands back is every new row (one HealthScores, stored by the
+        pipeline in one executemany) and a warning's log line for each crossing. A message from a
         customer with no row yet, or one that may change more than when they write (a complaint,
         an opt-out), reads that customer's signals (one statement)."""
         if not self.cfg.enabled:
-            return
+            return None
         live = [
             n for n in notes if n.customer.forgotten_at is None and n.customer.merged_into is None
         ]
         if not live:
-            return
+            return None
         known = await health.stored_rows(session, list({n.customer.id for n in live}))
         # Customers without a row yet (first contact: the batch's new customers, numbered in a
         # run) have their signals read for all of them at once when their ids are close together.
@@ -108,17 +110,26 @@ class Churn:
             )
             first = {cid: read.get(cid) or Signals() for cid in unscored}
         pending: dict[int, dict[str, Any]] = {}
+        effects: list[Effect] = []
         for note in live:
             cid = note.customer.id
-            found = known.get(cid) if self._is_plain(note) else None
-            if found is not None and not (found[1].opted_out and note.customer.marketing_consent):
-                values = await self._plain(session, note, found)
+            found = known.get(cid)
+            if (
+                found is not None
+                and self._is_plain(note)
+                and not (found[1].opted_out and note.customer.marketing_consent)
+            ):
+                values = await self._plain(session, note, found, effects)
             else:
-                if cid in pending:  # the full path reads the stored row: it must be there
-                    await _write(session, list(pending.values()))
-                    pending.clear()
+                # This batch's own rows are not stored yet: the latest row is the one in `known`.
                 fresh = first.pop(cid, None)
-                values = await self._full(session, note, None if fresh is None else (fresh, None))
+                values = await self._full(
+                    session,
+                    note,
+                    None if fresh is None else (fresh, None),
+                    None if found is None else found[1],
+                    effects,
+                )
             pending[cid] = {"customer_id": cid, **values}
             known[cid] = (
                 list(values["reasons"]),
@@ -132,8 +143,8 @@ class Churn:
                     values["crossings"],
                 ),
             )
-        if pending:
-            await _write(session, list(pending.values()))
+        effects.append(HealthScores(tuple(pending.values())))
+        return effects
 
     def _is_plain(self, note: Logged) -> bool:
         """No complaint, not in a complaint conversation, not an opt-out: only when the customer
@@ -150,12 +161,16 @@ class Churn:
         self,
         session: AsyncSession,
         note: Logged,
-        read: tuple[Signals, health.Stored | None] | None = None,
+        read: tuple[Signals, health.Stored | None] | None,
+        latest: health.Stored | None,
+        effects: list[Effect],
     ) -> dict[str, Any]:
         customer = note.customer
         now = note.inbound.received_at
         spoken = note.inbound.kind in ("message", "complaint") and note.interaction_id is not None
         signals, row = read or await health.one(session, customer.id, now, self.cfg)
+        if latest is not None:
+            row = latest
         if row is not None:
             signals.rate_fast = health.decay(row.rate_fast, row.rate_at, now, FAST_DAYS)
             signals.rate_slow = health.decay(row.rate_slow, row.rate_at, now, SLOW_DAYS)
@@ -177,7 +192,9 @@ class Churn:
             result, signals, now, alerted_at, row.crossings if row is not None else 0
         )
         if values["alerted_at"] is not None and alerted_at is None:
-            await self._warn_full(session, customer, result, signals, now, values["crossings"])
+            effects.append(
+                await self._warn_full(session, customer, result, signals, now, values["crossings"])
+            )
         return values
 
     async def _plain(
@@ -185,6 +202,7 @@ class Churn:
         session: AsyncSession,
         note: Logged,
         found: tuple[list[dict[str, Any]], health.Stored],
+        effects: list[Effect],
     ) -> dict[str, Any]:
         """The common case, from the stored row alone: a plain message changes only the reasons
         about when the customer writes."""
@@ -202,8 +220,10 @@ class Churn:
         )
         values = self._values(result, signals, now, row.alerted_at, row.crossings)
         if values["alerted_at"] is not None and row.alerted_at is None:
-            await self._warn_full(
-                session, note.customer, result, signals, now, values["crossings"]
+            effects.append(
+                await self._warn_full(
+                    session, note.customer, result, signals, now, values["crossings"]
+                )
             )
         return values
 
@@ -215,14 +235,14 @@ class Churn:
         signals: Signals,
         now: datetime,
         crossing: int,
-    ) -> None:
+    ) -> Event:
         # The conversation to open and its owner, read only for the (rare) warning.
         full = (
             await health.gather(session, customer.id, customer.id, now, self.cfg, from_log=False)
         ).get(customer.id)
         if full is not None:
             signals.conversation_id, signals.owner = full.conversation_id, full.owner
-        await self.warn(session, customer, result, signals, now, crossing)
+        return await self.warn(session, customer, result, signals, now, crossing)
 
     # --- everyone ------------------------------------------------------------------------------
 
@@ -360,9 +380,9 @@ class Churn:
             await store.write(session, rows)
             outcome.changed = len(rows)
         for cid, result, s, crossings in warnings if self._announce else ():
-            customer = await session.get(Customer, cid)
+            customer = await customer_rows.by_id(session, cid)
             assert customer is not None
-            await self.warn(session, customer, result, s, now, crossings)
+            store.add_event(session, await self.warn(session, customer, result, s, now, crossings))
             outcome.warned += 1
         return outcome
 
@@ -397,9 +417,11 @@ class Churn:
         s: Signals,
         now: datetime,
         crossing: int,
-    ) -> None:
+    ) -> Event:
+        """Tells the leads (the staff group's post, or their private chats) and audits it; the
+        warning's line in the customer's log is returned, for the caller to store."""
         conversation = (
-            await session.get(Conversation, s.conversation_id) if s.conversation_id else None
+            await conversations.by_id(session, s.conversation_id) if s.conversation_id else None
         )
         team = self.router.team(conversation.team if conversation is not None else None)
         leads = await self.router.leads(session, team)
@@ -412,24 +434,19 @@ class Churn:
             owner,
             [m.name for m in leads],
         )
-        session.add(
-            Interaction(
-                conversation_id=conversation.id if conversation is not None else None,
-                customer_id=customer.id,
-                channel=(conversation.reply_channel if conversation is not None else None)
-                or "system",
-                direction="event",
-                author_kind="system",
-                text=text,
-                meta={
-                    "kind": "churn_warning",
-                    "score": result.score,
-                    "reasons": result.reasons,
-                    "crossing": crossing,
-                    "leads": [m.name for m in leads],
-                },
-                created_at=now,
-            )
+        event = Event(
+            customer.id,
+            (conversation.reply_channel if conversation is not None else None) or "system",
+            text,
+            {
+                "kind": "churn_warning",
+                "score": result.score,
+                "reasons": result.reasons,
+                "crossing": crossing,
+                "leads": [m.name for m in leads],
+            },
+            now,
+            conversation_id=conversation.id if conversation is not None else None,
         )
         audit.record(
             session,
@@ -472,6 +489,7 @@ class Churn:
             conversation.id if conversation is not None else None,
             ",".join(m.name for m in leads),
         )
+        return event
 
 
 def warning_text(

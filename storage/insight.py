@@ -37,6 +37,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.effects import Event
 from storage import dialect
 from storage.models import (
     OPEN_STATUSES,
@@ -631,3 +632,19 @@ async def drop_gone(session: AsyncSession, customer_id: int | None = None) -> No
         or_(Customer.forgotten_at.is_not(None), Customer.merged_into.is_not(None))
     )
     await session.execute(delete(CustomerHealth).where(CustomerHealth.customer_id.in_(gone)))
+
+
+def add_event(session: AsyncSession, event: Event) -> None:
+    """A line in the customer's log that is nobody's message (the recompute's churn warning)."""
+    session.add(
+        Interaction(
+            conversation_id=event.conversation_id,
+            customer_id=event.customer_id,
+            channel=event.channel,
+            direction="event",
+            author_kind=event.author_kind,
+            text=event.text,
+            meta=event.meta,
+            created_at=event.at,
+        )
+    )
