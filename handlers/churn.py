@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Config
-from bot.effects import Effect, Event, HealthScores
+from bot.effects import Effect, Event, HealthScores, Post
 from bot.intents import STAFF_CHANNEL, Outbound, StaffNotice
-from handlers import health, staff_alerts
+from handlers import health, staff_alerts, staff_feed
 from handlers.health import FAST_DAYS, SLOW_DAYS, Health, Signals
 from handlers.routing import Router
 from storage import audit, conversations, outbox
@@ -192,7 +192,7 @@ class Churn:
             result, signals, now, alerted_at, row.crossings if row is not None else 0
         )
         if values["alerted_at"] is not None and alerted_at is None:
-            effects.append(
+            effects.extend(
                 await self._warn_full(session, customer, result, signals, now, values["crossings"])
             )
         return values
@@ -220,7 +220,7 @@ class Churn:
         )
         values = self._values(result, signals, now, row.alerted_at, row.crossings)
         if values["alerted_at"] is not None and row.alerted_at is None:
-            effects.append(
+            effects.extend(
                 await self._warn_full(
                     session, note.customer, result, signals, now, values["crossings"]
                 )
@@ -235,14 +235,15 @@ class Churn:
         signals: Signals,
         now: datetime,
         crossing: int,
-    ) -> Event:
+    ) -> list[Effect]:
         # The conversation to open and its owner, read only for the (rare) warning.
         full = (
             await health.gather(session, customer.id, customer.id, now, self.cfg, from_log=False)
         ).get(customer.id)
         if full is not None:
             signals.conversation_id, signals.owner = full.conversation_id, full.owner
-        return await self.warn(session, customer, result, signals, now, crossing)
+        event, posts = await self.warn(session, customer, result, signals, now, crossing)
+        return [event, *posts]
 
     # --- everyone ------------------------------------------------------------------------------
 
@@ -382,7 +383,14 @@ class Churn:
         for cid, result, s, crossings in warnings if self._announce else ():
             customer = await customer_rows.by_id(session, cid)
             assert customer is not None
-            store.add_event(session, await self.warn(session, customer, result, s, now, crossings))
+            event, posts = await self.warn(session, customer, result, s, now, crossings)
+            store.add_event(session, event)
+            # A job, not an observer: its posts are queued here, in its transaction.
+            for post in posts:
+                if post.feed is not None:
+                    await staff_feed.queue(session, post.out, addition=post.feed.text)
+                else:
+                    await outbox.enqueue(session, post.out)
             outcome.warned += 1
         return outcome
 
@@ -417,9 +425,10 @@ class Churn:
         s: Signals,
         now: datetime,
         crossing: int,
-    ) -> Event:
-        """Tells the leads (the staff group's post, or their private chats) and audits it; the
-        warning's line in the customer's log is returned, for the caller to store."""
+    ) -> tuple[Event, list[Post]]:
+        """Audits the warning; returns its line in the customer's log and the posts that tell
+        the leads (in the staff group, the conversation's topic; else each lead's private
+        chat), for the caller to store and queue."""
         conversation = (
             await conversations.by_id(session, s.conversation_id) if s.conversation_id else None
         )
@@ -459,10 +468,13 @@ class Churn:
             conversation=conversation.id if conversation is not None else None,
         )
         key = f"churn:{customer.id}:{crossing}"
+        posts: list[Post] = []
         if self.staff_chat_id is not None and conversation is not None:
             name = staff_alerts.name_of(customer)
-            await staff_alerts.post(
-                session, self.staff_chat_id, conversation, name, text, key, about="churn"
+            posts.append(
+                staff_alerts.alert(
+                    self.staff_chat_id, conversation, name, text, key, about="churn"
+                )
             )
         elif self.lead_chats:
             for lead in leads:
@@ -475,11 +487,12 @@ class Churn:
                     about="churn",
                     agent=lead.name,
                 )
-                await outbox.enqueue(
-                    session,
-                    Outbound(
-                        STAFF_CHANNEL, str(lead.telegram_user_id), notice, f"{key}:{lead.id}"
-                    ),
+                posts.append(
+                    Post(
+                        Outbound(
+                            STAFF_CHANNEL, str(lead.telegram_user_id), notice, f"{key}:{lead.id}"
+                        )
+                    )
                 )
         log.warning(
             "insight.churn_warning customer=%s score=%d reasons=%s conversation=%s leads=%s",
@@ -489,7 +502,7 @@ class Churn:
             conversation.id if conversation is not None else None,
             ",".join(m.name for m in leads),
         )
-        return event
+        return event, posts
 
 
 def warning_text(
