@@ -24,7 +24,7 @@ from bot.cli_common import (
 from handlers import roles
 from storage import audit, outbox
 from storage.db import Database
-from storage.models import utcnow
+from storage.models import OUTBOX_STATUSES, OUTBOX_WAITING, utcnow
 
 outbox_app = typer.Typer(
     help="Outgoing messages: list them; send dead ones again.", no_args_is_help=True
@@ -48,7 +48,7 @@ SHOWN = ("id", "status", "channel", "address", "kind", "attempts", "last error",
 
 
 def _shown(row: Any) -> list[object]:
-    due = row["next_attempt_at"] if row["status"] in ("pending", "deferred", "failed") else None
+    due = row["next_attempt_at"] if row["status"] in OUTBOX_WAITING else None
     return [
         row["id"],
         row["status"],
@@ -73,8 +73,8 @@ def list_rows(
 ) -> None:
     """Outbox rows, newest first: status, attempts and the last error."""
     check_format(fmt)
-    if status is not None and status not in outbox.STATUSES:
-        fail(f"--status has value {status!r}: use one of {', '.join(outbox.STATUSES)}", 2)
+    if status is not None and status not in OUTBOX_STATUSES:
+        fail(f"--status has value {status!r}: use one of {', '.join(OUTBOX_STATUSES)}", 2)
     if limit < 1:
         fail(f"--limit has value {limit}: use 1 or more", 2)
     cfg = load(config)

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.config import Config
 from bot.effects import Effect, Event, HealthScores, Post
 from bot.intents import STAFF_CHANNEL, Outbound, StaffNotice
+from bot.messages import SPOKEN
 from handlers import health, staff_alerts, staff_feed
 from handlers.health import FAST_DAYS, SLOW_DAYS, Health, Signals
 from handlers.routing import Router
@@ -150,7 +151,7 @@ class Churn:
         """No complaint, not in a complaint conversation, not an opt-out: only when the customer
         writes changes."""
         return (
-            note.inbound.kind in ("message", "complaint")
+            note.inbound.kind in SPOKEN
             and note.interaction_id is not None
             and not note.verdict.is_complaint
             and not (note.conversation is not None and note.conversation.is_complaint)
@@ -167,7 +168,7 @@ class Churn:
     ) -> dict[str, Any]:
         customer = note.customer
         now = note.inbound.received_at
-        spoken = note.inbound.kind in ("message", "complaint") and note.interaction_id is not None
+        spoken = note.inbound.kind in SPOKEN and note.interaction_id is not None
         signals, row = read or await health.one(session, customer.id, now, self.cfg)
         if latest is not None:
             row = latest

@@ -28,7 +28,7 @@ from bot.commands import StaffPost
 from bot.config import Config
 from bot.effects import Effect, Effects, Logged, Observer, Post
 from bot.intents import STAFF_CHANNEL, Outbound, StaffNotice
-from bot.messages import Attachment
+from bot.messages import SPOKEN, Attachment
 from handlers import agents, roles, staff_commands, staff_feed
 from storage import audit, conversations, outbox, processed_messages, staff
 from storage.db import Database
@@ -140,7 +140,7 @@ def mirror_observer(staff_chat_id: int) -> Observer:
     the staff group; merged into the post still waiting there, if there is one (staff_feed)."""
 
     async def observe(session: AsyncSession, note: Logged) -> Effects | None:
-        if note.conversation is None or note.inbound.kind not in ("message", "complaint", "edit"):
+        if note.conversation is None or note.inbound.kind not in (*SPOKEN, "edit"):
             return None
         # Inside the pipeline's transaction some attributes may be expired; run_sync may load them.
         seen = await session.run_sync(lambda _: _seen(note))

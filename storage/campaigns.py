@@ -16,13 +16,19 @@ from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage import dialect
-from storage.models import CampaignDelivery, Customer, Identity, Interaction, OutboxRow
+from storage.models import (
+    OUTBOX_WAITING,
+    CampaignDelivery,
+    Customer,
+    Identity,
+    Interaction,
+    OutboxRow,
+)
 from storage.rows import insert_many as insert_many
 from storage.rows import reserve_ids as reserve_ids
 from storage.rows import rowcount
 
 CHUNK = 5000  # ids per IN (...): well under SQLite's bound-parameter limit
-WAITING = ("pending", "deferred", "failed")  # outbox rows not sent yet and not being sent right now
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +183,9 @@ async def _stop_waiting(
         await session.execute(
             select(CampaignDelivery.id, CampaignDelivery.outbox_id)
             .join(OutboxRow, OutboxRow.id == CampaignDelivery.outbox_id)
-            .where(CampaignDelivery.status == "planned", OutboxRow.status.in_(WAITING), where)
+            .where(
+                CampaignDelivery.status == "planned", OutboxRow.status.in_(OUTBOX_WAITING), where
+            )
         )
     ).all()
     if not rows:
@@ -186,7 +194,7 @@ async def _stop_waiting(
     for chunk in _chunks([r[1] for r in rows if r[1] is not None]):
         result = await session.execute(
             update(OutboxRow)
-            .where(OutboxRow.id.in_(chunk), OutboxRow.status.in_(WAITING))
+            .where(OutboxRow.id.in_(chunk), OutboxRow.status.in_(OUTBOX_WAITING))
             .values(status="dead", last_error=reason, claimed_until=None)
         )
         stopped += rowcount(result)

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage import dialect, surveys
 from storage.models import (
+    OUTBOX_UNSENT,
     Acknowledgement,
     AuditEntry,
     CampaignDelivery,
@@ -203,7 +204,6 @@ async def _move(session: AsyncSession, model: type, src: int, dst: int) -> int:
 ERASED = "[erased]"
 ERASED_PREFIX = "erased:"
 _KEY_CHANNEL, _KEY_NAME = "kefu", "erasure_key"
-_PENDING = ("pending", "deferred", "failed", "sending")
 
 
 async def erasure_key(session: AsyncSession) -> bytes:
@@ -439,7 +439,7 @@ async def _erase_outbox(
     where = or_(*conditions)
     await session.execute(
         update(OutboxRow)
-        .where(where, OutboxRow.status.in_(_PENDING))
+        .where(where, OutboxRow.status.in_(OUTBOX_UNSENT))
         .values(status="dead", last_error="customer forgotten")
         .execution_options(synchronize_session=False)
     )

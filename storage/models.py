@@ -180,6 +180,13 @@ class Interaction(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+# An outbox row's statuses. WAITING: not sent and not being sent (claimed when due); UNSENT: those
+# and the rows being sent (claimed, not yet confirmed).
+OUTBOX_STATUSES = ("pending", "sending", "deferred", "failed", "sent", "dead")
+OUTBOX_WAITING = ("pending", "deferred", "failed")
+OUTBOX_UNSENT = (*OUTBOX_WAITING, "sending")
+
+
 class OutboxRow(Base):
     __tablename__ = "outbox"
     __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)

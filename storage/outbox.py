@@ -18,11 +18,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.intents import Outbound, StaffNotice, from_payload, to_payload
 from bot.text import utf16_len
 from storage import dialect
-from storage.models import CampaignDelivery, Identity, Interaction, OutboxRow, utcnow
+from storage.models import (
+    OUTBOX_UNSENT,
+    OUTBOX_WAITING,
+    CampaignDelivery,
+    Identity,
+    Interaction,
+    OutboxRow,
+    utcnow,
+)
 from storage.rows import rowcount
 
-STATUSES = ("pending", "sending", "deferred", "failed", "sent", "dead")
-WAITING = ("pending", "deferred", "failed")  # not sent, not being sent: claimed when due
 # session.info key: this transaction queued a row (the worker is worth waking after its commit).
 QUEUED = "kefu.outbox.queued"
 
@@ -172,7 +178,7 @@ async def claim(
         .where(
             OutboxRow.channel.in_(channels),
             or_(
-                and_(OutboxRow.status.in_(WAITING), OutboxRow.next_attempt_at <= now),
+                and_(OutboxRow.status.in_(OUTBOX_WAITING), OutboxRow.next_attempt_at <= now),
                 and_(OutboxRow.status == "sending", OutboxRow.claimed_until < now),
             ),
             tuple_(OutboxRow.channel, OutboxRow.address).not_in(busy),
@@ -370,10 +376,6 @@ async def last_open(
     return None if found is None else (int(found[0]), found[1], found[2])
 
 
-# Rows that still take text: unsent, or claimed but not yet taken for the wire by the channel
-# (the outbox sends a claimed batch in order; a message arriving meanwhile would otherwise wait
-# for the next batch).
-OPEN = ("pending", "deferred", "failed", "sending")
 
 
 async def append_to_waiting(
@@ -387,7 +389,12 @@ async def append_to_waiting(
     deferred) must not change under the channel's feet."""
     if out.attachments:
         return None
-    found = await last_open(session, out.channel, out.address, out.conversation_id, OPEN)
+    # Rows still take text while unsent, or claimed but not yet taken for the wire by the channel
+    # (the outbox sends a claimed batch in order; a message arriving meanwhile would otherwise
+    # wait for the next batch).
+    found = await last_open(
+        session, out.channel, out.address, out.conversation_id, OUTBOX_UNSENT
+    )
     if found is None:
         return None
     row_id, payload, key = found
@@ -433,7 +440,7 @@ async def depth(session: AsyncSession) -> dict[str, int]:
     """Rows per status, sent aside (they only grow): dead ones wait for a person."""
     rows = await session.execute(
         select(OutboxRow.status, func.count())
-        .where(OutboxRow.status.in_((*WAITING, "sending", "dead")))
+        .where(OutboxRow.status.in_((*OUTBOX_UNSENT, "dead")))
         .group_by(OutboxRow.status)
     )
     counts = {"pending": 0, "sending": 0, "deferred": 0, "failed": 0, "dead": 0}
