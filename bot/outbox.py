@@ -23,7 +23,7 @@ from bot.config import OutboxConfig
 from bot.intents import Outbound
 from bot.metrics import Metrics
 from channels.base import Channel, Deferred, PermanentError, TransientError
-from storage import outbox as outbox_rows
+from storage import deliveries
 from storage.conversations import set_staff_place
 from storage.db import Database
 from storage.models import (
@@ -77,7 +77,7 @@ class OutboxWorker:
         if not self.db.is_sqlite:
             return 0  # other processes may hold them; their lease expiry frees them instead
         async with self.db.transaction() as session:
-            return await outbox_rows.release_orphans(session)
+            return await deliveries.release_orphans(session)
 
     async def run(self) -> None:
         await self.release_orphans()
@@ -123,7 +123,7 @@ class OutboxWorker:
             return None
         token = uuid.uuid4().hex
         async with self.db.transaction() as session:
-            claimed = await outbox_rows.claim(
+            claimed = await deliveries.claim(
                 session,
                 list(self.channels),
                 self.clock(),
@@ -146,7 +146,7 @@ class OutboxWorker:
             until = self.clock() + timedelta(seconds=self.cfg.lease_seconds)
             try:
                 async with self.db.transaction() as session:
-                    held = await outbox_rows.extend_lease(session, claim.token, until)
+                    held = await deliveries.extend_lease(session, claim.token, until)
             except Exception as exc:  # noqa: BLE001 - the next beat tries again
                 log.warning("outbox.lease.extend_failed error=%s", type(exc).__name__)
                 continue
@@ -173,7 +173,7 @@ class OutboxWorker:
         """Hands claimed rows back untried, as they were, without counting an attempt."""
         for row in unsent:
             async with self.db.transaction() as session:
-                await outbox_rows.release(session, row.id, claim.token, claim.was[row.id])
+                await deliveries.release(session, row.id, claim.token, claim.was[row.id])
             claim.done.add(row.id)
 
     async def _send(self, row: OutboxRow) -> str:
@@ -253,7 +253,7 @@ class OutboxWorker:
         now = self.clock()
         async with self.db.transaction() as session:
             # Only the claim we hold: a row another worker re-claimed after our lease is theirs.
-            done = await outbox_rows.finish(
+            done = await deliveries.finish(
                 session, row.id, row.claim_token, status, now, error=error,
                 external_id=external_id, next_attempt_at=next_attempt_at, count=count,
             )
@@ -263,7 +263,7 @@ class OutboxWorker:
                 )
                 return
             if status == "dead":
-                await outbox_rows.record_dead(session, row, error or "", unreachable, now)
+                await deliveries.record_dead(session, row, error or "", unreachable, now)
             if place is not None and row.conversation_id is not None:
                 await set_staff_place(session, row.conversation_id, place)
 

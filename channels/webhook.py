@@ -21,8 +21,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from bot.intents import Outbound
 from bot.messages import Attachment, Inbound, Receipt
 from channels.base import SendResult, Sink
-from channels.webhook_callback import Callbacks, Source
-from channels.webhook_signing import sign
+from channels.webhook_callback import Callbacks
+from channels.webhook_signing import Source, sign
 
 __all__ = ["Source", "WebhookChannel", "parse", "sign"]
 

@@ -8,30 +8,15 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from bot.intents import Acknowledgement, Intent, Outbound, Survey
 from channels.base import PermanentError, SendResult, Sink, TransientError
-from channels.webhook_signing import Scheme, Signer
+from channels.webhook_signing import Source
 
 CHANNEL = "webhook"
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    name: str
-    secret: str
-    callback_url: str | None = None
-    signing: Scheme = "kefu"
-    # During a secret rotation: still accepted on requests, and callbacks carry both signatures.
-    previous_secret: str | None = None
-
-    def signer(self, max_skew_seconds: int) -> Signer:
-        secrets = (self.secret, *((self.previous_secret,) if self.previous_secret else ()))
-        return Signer(self.signing, secrets, max_skew_seconds)
 
 
 class Callbacks:

@@ -146,3 +146,17 @@ def _any_match(expected: Sequence[str], given: Sequence[str]) -> bool:
         for got in given:
             found |= hmac.compare_digest(want.encode(), got.encode())
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    name: str
+    secret: str
+    callback_url: str | None = None
+    signing: Scheme = "kefu"
+    # During a secret rotation: still accepted on requests, and callbacks carry both signatures.
+    previous_secret: str | None = None
+
+    def signer(self, max_skew_seconds: int) -> Signer:
+        secrets = (self.secret, *((self.previous_secret,) if self.previous_secret else ()))
+        return Signer(self.signing, secrets, max_skew_seconds)

@@ -1,18 +1,15 @@
-"""The outbox table's queries: queueing a row, claiming due rows under a lease token, recording
-each outcome, and the listing, depth and retry behind `kefu outbox` and /healthz.
-
-The delivery loop that uses them (timers, channels, backoff, metrics) is bot/outbox.py. Every
-change to a claimed row names the claim token, so a row another worker re-claimed after a lease
-ran out is left to that worker."""
+"""The outbox table's queries on the queueing side: queueing a row (with the bot's line in the
+log), the staff feed's look-ups and merges of queued rows, and the listing, depth and retry behind
+`kefu outbox` and /healthz. Claiming and recording sends is storage/deliveries.py."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, tuple_, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.intents import Outbound, StaffNotice, from_payload, to_payload
@@ -20,14 +17,11 @@ from bot.text import utf16_len
 from storage import dialect
 from storage.models import (
     OUTBOX_UNSENT,
-    OUTBOX_WAITING,
     CampaignDelivery,
-    Identity,
     Interaction,
     OutboxRow,
     utcnow,
 )
-from storage.rows import rowcount
 
 # session.info key: this transaction queued a row (the worker is worth waking after its commit).
 QUEUED = "kefu.outbox.queued"
@@ -123,199 +117,6 @@ async def say(
 def queued(session: AsyncSession) -> bool:
     """Whether this transaction queued a row: only then is the worker worth waking after it."""
     return bool(session.info.get(QUEUED))
-
-
-async def release_orphans(session: AsyncSession) -> int:
-    """Rows left 'sending' by a process that died are due now (SQLite: one kefu process)."""
-    result = await session.execute(
-        update(OutboxRow)
-        .where(OutboxRow.status == "sending")
-        # The send it was making may have happened: it counts as an attempt.
-        .values(
-            status="pending",
-            claimed_until=None,
-            claim_token=None,
-            attempts=OutboxRow.attempts + 1,
-        )
-    )
-    return rowcount(result)
-
-
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    rows: list[OutboxRow]
-    was: dict[int, str]  # each row's status before the claim, to hand it back unchanged
-
-
-async def claim(
-    session: AsyncSession,
-    channels: Sequence[str],
-    now: datetime,
-    *,
-    limit: int,
-    lease: timedelta,
-    token: str,
-) -> Claimed:
-    """Claims due rows in id order. One address's messages go out in the order they were
-    queued: while one of them waits for a retry or a deferral, or is being sent, none after
-    it is claimed. A dead row holds nothing back (staff see its failure in the log)."""
-    sqlite = dialect.is_sqlite(session)
-    busy = (
-        select(OutboxRow.channel, OutboxRow.address)
-        .where(
-            OutboxRow.channel.in_(channels),
-            or_(
-                and_(
-                    OutboxRow.status.in_(("failed", "deferred")),
-                    OutboxRow.next_attempt_at > now,
-                ),
-                and_(OutboxRow.status == "sending", OutboxRow.claimed_until >= now),
-            ),
-        )
-    )
-    query = (
-        select(OutboxRow)
-        .where(
-            OutboxRow.channel.in_(channels),
-            or_(
-                and_(OutboxRow.status.in_(OUTBOX_WAITING), OutboxRow.next_attempt_at <= now),
-                and_(OutboxRow.status == "sending", OutboxRow.claimed_until < now),
-            ),
-            tuple_(OutboxRow.channel, OutboxRow.address).not_in(busy),
-        )
-        .order_by(OutboxRow.id)
-        .limit(limit)
-    )
-    if not sqlite:
-        query = query.with_for_update(skip_locked=True)
-    rows = list(await session.scalars(query))
-    if rows and not sqlite:
-        rows = await _first_in_line(session, rows, now)
-    was: dict[int, str] = {}
-    for row in rows:
-        was[row.id] = "pending" if row.status == "sending" else row.status
-        if row.status == "sending":
-            # Its worker's lease ran out: that send may have happened, so it counts.
-            row.attempts += 1
-        row.status = "sending"
-        row.claimed_until = now + lease
-        row.claim_token = token
-    return Claimed(rows, was)
-
-
-async def _first_in_line(
-    session: AsyncSession, rows: list[OutboxRow], now: datetime
-) -> list[OutboxRow]:
-    """Keeps the rows that are first in their address's line. Several workers (PostgreSQL) skip
-    rows another one has locked: a row whose earlier sibling is locked elsewhere must wait."""
-    mine = {row.id for row in rows}
-    top = max(mine)
-    by_channel: dict[str, set[str]] = {}
-    for row in rows:
-        by_channel.setdefault(row.channel, set()).add(row.address)
-    line: dict[tuple[str, str], list[int]] = {}
-    for channel, addresses in by_channel.items():
-        result = await session.execute(
-            select(OutboxRow.address, OutboxRow.id)
-            .where(
-                OutboxRow.channel == channel,
-                OutboxRow.address.in_(sorted(addresses)),
-                OutboxRow.id <= top,
-                or_(
-                    OutboxRow.status.in_(("sending", "failed", "deferred")),
-                    and_(OutboxRow.status == "pending", OutboxRow.next_attempt_at <= now),
-                ),
-            )
-            .order_by(OutboxRow.id)
-        )
-        for address, row_id in result:
-            line.setdefault((channel, address), []).append(row_id)
-    first: set[int] = set()
-    for ids in line.values():
-        for row_id in ids:
-            if row_id not in mine:
-                break
-            first.add(row_id)
-    return [row for row in rows if row.id in first]
-
-
-async def extend_lease(session: AsyncSession, token: str, until: datetime) -> set[int]:
-    """Moves the lease of the claim's rows still held; returns their ids."""
-    return set(
-        await session.scalars(
-            update(OutboxRow)
-            .where(OutboxRow.claim_token == token)
-            .values(claimed_until=until)
-            .returning(OutboxRow.id)
-        )
-    )
-
-
-async def release(session: AsyncSession, row_id: int, token: str, status: str) -> None:
-    """Hands a claimed row back untried, with the status it had, without counting an attempt."""
-    await session.execute(
-        update(OutboxRow)
-        .where(OutboxRow.id == row_id, OutboxRow.claim_token == token)
-        .values(status=status, claimed_until=None, claim_token=None)
-    )
-
-
-async def finish(
-    session: AsyncSession,
-    row_id: int,
-    token: str | None,
-    status: str,
-    now: datetime,
-    *,
-    error: str | None = None,
-    external_id: str | None = None,
-    next_attempt_at: datetime | None = None,
-    count: bool = True,
-) -> bool:
-    """Records a send's outcome on the row, if the claim is still ours (False: another worker
-    re-claimed it after our lease, and it is theirs)."""
-    values: dict[str, object] = {"status": status, "claimed_until": None, "claim_token": None}
-    if count:
-        values["attempts"] = OutboxRow.attempts + 1
-    if status == "sent":
-        values.update(sent_at=now, external_id=external_id, last_error=None)
-    else:
-        values["last_error"] = error
-    if next_attempt_at is not None:
-        values["next_attempt_at"] = next_attempt_at
-    done = await session.execute(
-        update(OutboxRow)
-        .where(OutboxRow.id == row_id, OutboxRow.claim_token == token)
-        .values(**values)
-    )
-    return bool(rowcount(done))
-
-
-async def record_dead(
-    session: AsyncSession, row: OutboxRow, error: str, unreachable: bool, now: datetime
-) -> None:
-    """A dead row: the address marked unreachable if the channel said so, and the failure logged
-    in the conversation's own log, where staff work."""
-    if unreachable:
-        await session.execute(
-            update(Identity)
-            .where(Identity.channel == row.channel, Identity.address == row.address)
-            .values(reachable=False, unreachable_reason=error)
-        )
-    conversation_id = row.payload.get("conversation_id")
-    if conversation_id is not None:
-        session.add(
-            Interaction(
-                conversation_id=conversation_id,
-                customer_id=row.payload.get("customer_id"),
-                channel=row.channel,
-                direction="event",
-                author_kind="system",
-                text=f"delivery failed on {row.channel}: {error}",
-                meta={"kind": "delivery_failed", "outbox_id": row.id},
-                created_at=now,
-            )
-        )
 
 
 async def addresses_sent(
