@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
+from bot.effects import ConversationView, CustomerView, Decision, Logged, Post, Verdict
 from bot.intents import StaffNotice, from_payload
 from bot.messages import Attachment, Inbound
 from bot.plugins import pipeline as plugged_pipeline
@@ -93,3 +94,28 @@ async def test_an_assigned_conversation_goes_to_the_agents_chat(db: Database) ->
     assert direct.fallback == str(STAFF_CHAT)  # where it goes if alice's chat cannot take it
     line = by_address[str(STAFF_CHAT)].payload["text"]
     assert line == "👤 #1 张三 · telegram → alice (private chat)"  # the group's one line
+
+
+async def test_the_mirror_observer_returns_its_post_and_writes_nothing(db: Database) -> None:
+    """Writes go back as effects: the pipeline queues (or merges) the post, not the observer."""
+    note = Logged(
+        inbound=message(0, "hi"),
+        interaction_id=7,
+        customer=CustomerView(id=1, display_name="张三"),
+        conversation=ConversationView(id=3, customer_id=1, staff_thread="77"),
+        new_conversation=True,
+        verdict=Verdict(False),
+        decision=Decision(),
+    )
+    async with db.sessions() as session:
+        effects = await mirror_observer(STAFF_CHAT)(session, note)
+    assert await staff_rows(db) == []
+    [post] = effects or []
+    assert isinstance(post, Post) and post.feed is not None and post.interaction_id == 7
+    assert (post.out.channel, post.out.address, post.out.dedupe_key) == (
+        "telegram", str(STAFF_CHAT), "mirror-7"
+    )
+    notice = post.out.intent
+    assert isinstance(notice, StaffNotice)
+    assert (notice.about, notice.place, notice.topic) == ("mirror", "77", "#3 张三 · telegram")
+    assert post.feed.text == "hi" and notice.text == "📨 #3 · 张三 · telegram\nhi"
