@@ -53,6 +53,8 @@ class Decision:
     first_response_due: datetime | None = None
     resolution_due: datetime | None = None
     rule: int | None = None  # index of the rule that matched, for the log
+    # The team's round-robin cursor moves to this staff member (the pipeline stores it).
+    round_robin: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,11 +58,12 @@ from storage import (
     ingest,
     insight,
     processed_messages,
+    routing_cursors,
     surveys,
 )
 from storage import outbox as outbox_rows
 from storage.db import Database
-from storage.models import Acknowledgement, Conversation, Customer, Interaction
+from storage.models import Acknowledgement, Conversation, Customer, Interaction, utcnow
 
 log = logging.getLogger("kefu.pipeline")
 
@@ -380,6 +381,7 @@ async def _log_fresh(
     # 4-6. log, classify, route
     logged: list[dict[str, object]] = []
     notes: list[tuple[Customer, Conversation | None, Verdict, Decision]] = []
+    cursors: dict[str, int] = {}
     for inbound, conversation in zip(inbounds, threads, strict=True):
         customer = customers[owner[(inbound.channel, inbound.address)]]
         spoken = inbound.kind in SPOKEN
@@ -427,7 +429,12 @@ async def _log_fresh(
         )
         if conversation is not None and spoken:
             _touch(conversation, inbound, verdict, decision)
+        if decision.round_robin is not None and decision.team is not None:
+            cursors[decision.team] = decision.round_robin
         notes.append((customer, conversation, verdict, decision))
+    # Round-robin cursors, once per team and batch: the router kept the batch's own moves.
+    for team, staff_id in cursors.items():
+        await routing_cursors.advance(session, team, staff_id, utcnow())
     # The log is the hot path: plain executemany, not the ORM's unit of work.
     ids = await ingest.add_rows(session, Interaction, logged)
     await session.flush()  # the conversations touched above

@@ -30,7 +30,7 @@ from handlers import segments
 from handlers.business_hours import BusinessHours
 from handlers.templating import language_of
 from storage import conversations, routing_cursors, staff
-from storage.models import Customer, Staff, utcnow
+from storage.models import Customer, Staff
 
 log = logging.getLogger("kefu.routing")
 
@@ -184,6 +184,9 @@ class Router:
             first_response_due=first_due,
             resolution_due=_due(hours, now, resolution_target),
             rule=n,
+            round_robin=(
+                assignee if self.config.routing.assignment == "round_robin" else None
+            ),
         )
         if verdict.is_complaint or reassign:
             log.info(
@@ -228,15 +231,14 @@ class Router:
 
 
 async def round_robin(session: AsyncSession, team: str, candidates: Sequence[Staff]) -> int:
+    """The on-duty member after the team's last assignment. The cursor moves in the pipeline,
+    which stores Decision.round_robin; within one transaction this cache has the latest."""
     cursors = _per_transaction(session, "cursors")
-    cursor = cursors.get(team)
-    if cursor is None:
-        cursor = await routing_cursors.of_team(session, team)
-        cursors[team] = cursor
-    last = cursor.last_staff_id or 0
+    if team not in cursors:
+        cursors[team] = await routing_cursors.last_of(session, team)
+    last = cursors[team] or 0
     chosen = next((s for s in candidates if s.id > last), candidates[0])
-    cursor.last_staff_id = chosen.id
-    cursor.updated_at = utcnow()
+    cursors[team] = chosen.id
     return chosen.id
 
 

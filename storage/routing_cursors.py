@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from storage import dialect
 from storage.models import RoutingCursor
 
 
-async def of_team(session: AsyncSession, team: str) -> RoutingCursor:
-    """The team's cursor, added (unsaved until the flush) when the team has none yet. Read
-    without autoflush: the batch's pending rows are not written for it."""
+async def last_of(session: AsyncSession, team: str) -> int | None:
+    """The staff id the team's last assignment went to. Read without autoflush: the batch's
+    pending rows are not written for it."""
     with session.no_autoflush:
-        cursor = await session.scalar(select(RoutingCursor).where(RoutingCursor.team == team))
-    if cursor is None:
-        cursor = RoutingCursor(team=team, last_staff_id=None)
-        session.add(cursor)
-    return cursor
+        return await session.scalar(
+            select(RoutingCursor.last_staff_id).where(RoutingCursor.team == team)
+        )
+
+
+async def advance(session: AsyncSession, team: str, staff_id: int, at: datetime) -> None:
+    """The team's next round-robin assignment starts after `staff_id`."""
+    statement = dialect.insert(session, RoutingCursor).values(
+        team=team, last_staff_id=staff_id, updated_at=at
+    )
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["team"],
+            set_={"last_staff_id": staff_id, "updated_at": at},
+        )
+    )

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from bot.config import ConfigError, parse_config
 from bot.messages import Inbound
@@ -244,3 +245,28 @@ def test_a_team_open_a_minute_a_week_gets_a_due_time_without_walking_decades() -
     assert hours.add(monday, timedelta(minutes=2)) == datetime(2027, 3, 14, 0, 1, tzinfo=UTC)
     # beyond the horizon: the caller's wall clock
     assert (hours.add(monday, timedelta(hours=72)) is None)
+
+
+async def test_round_robin_continues_across_pipeline_transactions(db: Database) -> None:
+    """The router only decides; the pipeline stores the cursor it moved (Decision.round_robin),
+    so the next batch, in a new transaction, carries on where this one stopped."""
+    from bot.plugins import pipeline as plugged_pipeline
+    from storage.models import RoutingCursor
+
+    config = parse_config({"routing": {"teams": [{"name": "care", "members": ["ann", "ben"]}]}})
+    async with db.transaction() as s:
+        ann = await staff.add(s, "ann")
+        ben = await staff.add(s, "ben")
+    pipeline = plugged_pipeline(db, route=Router(config))
+    picks = []
+    for n in range(3):  # one message at a time: each is its own batch and transaction
+        receipt = await pipeline.receive(Inbound("webhook", f"m{n}", f"shop:u{n}", "hello"))
+        async with db.sessions() as s:
+            conversation = await s.get(Conversation, receipt.conversation_id)
+            assert conversation is not None
+            picks.append(conversation.assignee)
+    await pipeline.close()
+    assert picks == [ann.id, ben.id, ann.id]
+    async with db.sessions() as s:
+        cursor = (await s.scalars(select(RoutingCursor))).one()
+    assert (cursor.team, cursor.last_staff_id) == ("care", ann.id)
