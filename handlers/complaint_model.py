@@ -5,12 +5,13 @@ handlers/complaint_corpora.py) and shipped as handlers/data/complaint_model.json
 pure Python, so nothing is downloaded and no numeric library is needed at run time.
 
 - Chinese: the set of character 1-, 2- and 3-grams of the normalised text ("不好", "太低", "失望").
-- English: the set of word unigrams and bigrams ("not worth", "waste") and of 3- to 5-character
-  pieces of words ("<disap", "ing>"), plus three lexicon figures
-  from VADER's human-rated word list (MIT; vader_lexicon.txt, exported into the model file): the
-  sum of negative and of positive word valences, each flipped when a negator comes within three
-  words before, and their squashed total. The lexicon carries the model to words the training
-  sentences never had.
+- English: the set of word unigrams and bigrams ("not worth", "waste"), of "~word" for each word a
+  negator governs within its clause ("couldn't be easier": ~be, ~easier), and of 3- to 5-character
+  pieces of words ("<disap", "ing>"), plus five lexicon figures from VADER's human-rated word list
+  (MIT; vader_lexicon.txt, exported into the model file): the sum of negative and of positive word
+  valences, each flipped when a negator comes within three words before in the same clause, their
+  squashed total, that total with what follows a "but" outweighing what precedes it, and the most
+  negative word. The lexicon carries the model to words the training sentences never had.
 
 The n-gram part is length-normalised (the sum of the weights that fired over the square root of the
 number of n-grams), so a long review and a short chat message are on one scale. `explain` returns
@@ -34,6 +35,11 @@ MODEL_PATH = Path(__file__).parent / "data" / "complaint_model.json.gz"
 FORMAT = 1
 MAX_CHARS = 1000  # the start of a long email says enough; the cue scanner still reads all of it
 WORD = re.compile(r"[a-z#]+(?:'[a-z]+)*|[!?]")
+# Tokens with the punctuation that ends a clause, which ends a negator's reach.
+TOKEN = re.compile(r"[a-z#]+(?:'[a-z]+)*|[!?.,;:]")
+SILENT = frozenset(".,;:")  # clause marks that are no word of their own
+BREAKS = frozenset((*SILENT, "!", "?", "but", "however", "although", "though", "yet"))
+CONTRASTS = frozenset(("but", "however", "yet"))
 DIGITS = re.compile(r"[0-9]+")
 NEGATORS = frozenset(
     (
@@ -71,6 +77,7 @@ NEGATORS = frozenset(
 )
 STRONG_GRAM = 4.0  # see Model.plainly_unhappy
 NEGATION_REACH = 3
+NEGATION_SCOPE = 4  # words a negator governs for the "~word" features
 NEGATION_SCALE = -0.74  # VADER's: a negated word keeps part of its strength, the other way round
 
 
@@ -92,15 +99,36 @@ def zh_features(text: str) -> set[str]:
 
 
 def en_tokens(text: str) -> list[str]:
-    return WORD.findall(text)
+    return TOKEN.findall(text)
+
+
+def _negator(token: str) -> bool:
+    return token in NEGATORS or token.endswith("n't")
 
 
 def en_words(tokens: list[str]) -> set[str]:
-    return set(tokens) | {f"{a} {b}" for a, b in pairwise(tokens)}
+    words = [t for t in tokens if t not in SILENT]
+    return set(words) | {f"{a} {b}" for a, b in pairwise(words)}
+
+
+def negated(tokens: list[str]) -> set[str]:
+    """A "~word" for each word a negator governs: up to NEGATION_SCOPE words, within its clause.
+    "couldn't be easier" gives ~be, ~easier: the model weighs a negated word apart from the word."""
+    out: set[str] = set()
+    left = 0
+    for token in tokens:
+        if token in BREAKS:
+            left = 0
+        elif _negator(token):
+            left = NEGATION_SCOPE
+        elif left:
+            out.add(f"~{token}")
+            left -= 1
+    return out
 
 
 def en_features(tokens: list[str]) -> set[str]:
-    grams = en_words(tokens)
+    grams = en_words(tokens) | negated(tokens)
     for token in tokens:
         if len(token) > 2:
             grams |= _pieces(token)
@@ -114,22 +142,47 @@ def _pieces(token: str) -> frozenset[str]:
     return frozenset(word[i : i + k] for k in (3, 4, 5) for i in range(len(word) - k + 1))
 
 
-def lexicon_figures(tokens: list[str], lexicon: Mapping[str, float]) -> tuple[float, float, float]:
-    """(negative sum, positive sum, squashed total) of the tokens' valences, negation applied."""
+def lexicon_figures(tokens: list[str], lexicon: Mapping[str, float]) -> tuple[float, ...]:
+    """The tokens' valences, negation applied (a negator up to NEGATION_REACH words before, in the
+    same clause): (negative sum, positive sum, squashed total, the same total with the words after
+    a "but" counting three times those before it (VADER's rule), the most negative word)."""
     negative = positive = 0.0
-    for i, token in enumerate(tokens):
-        valence = lexicon.get(token)
-        if valence is None:
+    before = after = 0.0
+    lowest = 0.0
+    reach = 0
+    for token in tokens:
+        if token in BREAKS:
+            reach = 0
+            if token in CONTRASTS:
+                before, after = before + after, 0.0
             continue
-        window = tokens[max(0, i - NEGATION_REACH) : i]
-        if any(w in NEGATORS or w.endswith("n't") for w in window):
-            valence *= NEGATION_SCALE
-        if valence < 0:
-            negative += valence
-        else:
-            positive += valence
+        valence = lexicon.get(token)
+        if valence is not None:
+            if reach:
+                valence *= NEGATION_SCALE
+            if valence < 0:
+                negative += valence
+                lowest = min(lowest, valence)
+            else:
+                positive += valence
+            after += valence
+        if _negator(token):
+            reach = NEGATION_REACH
+        elif reach:
+            reach -= 1
     total = negative + positive
-    return negative / 4, positive / 4, total / math.sqrt(total * total + 15)
+    turned = 0.5 * before + 1.5 * after if before else after
+    return (
+        negative / 4,
+        positive / 4,
+        _squash(total),
+        _squash(turned),
+        lowest / 4,
+    )
+
+
+def _squash(total: float) -> float:
+    return total / math.sqrt(total * total + 15)
 
 
 def scale(count: int) -> float:
@@ -144,7 +197,7 @@ class Side:
 
     bias: float
     weights: dict[str, float]
-    dense: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    dense: tuple[float, ...] = ()
     lexicon: Mapping[str, float] | None = None
 
     def parts(self, text: str, language: str) -> tuple[float, set[str]]:
@@ -182,7 +235,7 @@ class Model:
         lexicon = self.sides[language].lexicon
         if lexicon is None:
             return True
-        negative, positive, _ = lexicon_figures(en_tokens(model_text(text)), lexicon)
+        negative, positive = lexicon_figures(en_tokens(model_text(text)), lexicon)[:2]
         # figures are valence / 4: net praise of at least one plainly positive word ("good" is 1.9,
         # "want" 0.3)
         return positive + negative >= 0.25
@@ -192,7 +245,7 @@ class Model:
         applied: "not good"), in Chinese an n-gram of weight STRONG_GRAM or more ("不好")."""
         side = self.sides[language]
         if side.lexicon is not None:
-            negative, _, _ = lexicon_figures(en_tokens(model_text(text)), side.lexicon)
+            negative = lexicon_figures(en_tokens(model_text(text)), side.lexicon)[0]
             return negative < 0
         get = side.weights.get
         return any(get(g, 0.0) >= STRONG_GRAM for g in grams)
@@ -225,11 +278,10 @@ class Model:
 
 
 def side_from_json(data: Mapping[str, Any]) -> Side:
-    dense = data.get("dense", [0.0, 0.0, 0.0])
     return Side(
         float(data["bias"]),
         {str(k): float(v) for k, v in data["weights"].items()},
-        (float(dense[0]), float(dense[1]), float(dense[2])),
+        tuple(float(d) for d in data.get("dense", ())),
         {str(k): float(v) for k, v in data["lexicon"].items()} if data.get("lexicon") else None,
     )
 

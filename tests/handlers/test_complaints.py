@@ -142,6 +142,56 @@ def test_plain_support_lines_are_not_complaints(text: str) -> None:
     assert not classify(text, None).is_complaint, classify(text, None)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Piece of junk.",
+        "Don't buy this kettle!",
+        "It has never worked.",
+        "Stopped working after a week.",
+    ],
+)
+def test_short_english_grievances_are_complaints(text: str) -> None:
+    """Under six words and no word the lexicon calls unhappy: the model alone must be sure."""
+    verdict = classify(text, None)
+    assert verdict.is_complaint, verdict
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "It couldn't be easier to set up.",
+        "It doesn't get any better than this.",
+        "I would not hesitate to buy it again.",
+        "You will not be disappointed.",
+    ],
+)
+def test_negated_praise_is_not_a_complaint(text: str) -> None:
+    """A negator before praise or before a grievance word: the model weighs "~easier" apart."""
+    verdict = classify(text, None)
+    assert not verdict.is_complaint, verdict
+
+
+def test_negation_reaches_to_the_end_of_its_clause_only() -> None:
+    from handlers import complaint_model as cm
+
+    tokens = cm.en_tokens("it couldn't be easier, and the case is sturdy")
+    assert cm.negated(tokens) == {"~be", "~easier"}
+    assert cm.negated(cm.en_tokens("not bad but not great either")) == {"~bad", "~great", "~either"}
+
+
+def test_after_but_the_lexicon_hears_the_second_half_louder() -> None:
+    from handlers import complaint_model as cm
+
+    lexicon = {"good": 1.9, "terrible": -2.1}
+    figures = cm.lexicon_figures(cm.en_tokens("good screen but terrible battery"), lexicon)
+    negative, positive, total, turned, lowest = figures
+    assert (negative, positive, lowest) == (-2.1 / 4, 1.9 / 4, -2.1 / 4)
+    assert turned < total < 0  # "but" makes the grievance count for more
+    assert cm.lexicon_figures(cm.en_tokens("not good"), lexicon)[0] < 0  # negation flips
+    assert cm.lexicon_figures(cm.en_tokens("not here. good"), lexicon)[1] > 0  # not past a "."
+
+
 def test_the_model_names_a_fixed_reason_and_keeps_the_words_apart() -> None:
     verdict = classify("结果大失所望", "zh")
     assert verdict.reasons[0] == complaints.MODEL_REASON
