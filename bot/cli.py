@@ -7,7 +7,7 @@ import csv
 import getpass
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.cli_campaigns import campaigns_app, customers_import
 from bot.cli_common import (
@@ -375,24 +376,40 @@ def customers_forget(
     if not yes and sys.stdin.isatty():
         typer.confirm(f"Erase all personal data of customer {customer_id}?", abort=True)
 
-    cfg = load(config)
-
-    async def work(db: Database) -> customers.Erasure:
-        async with db.transaction() as session:
-            actor = await roles.cli_actor(session, as_name)
-            roles.require(actor, "customers.forget", f"customer {customer_id}")
-            erasure = await customers.forget(session, customer_id)
-            audit.record(session, actor.name, "customers.forget", f"customer:{customer_id}")
-        await _after_erasure(db, erasure, cfg)
-        return erasure
-
-    erasure = with_db(cfg, work)
+    erasure = _erase(
+        load(config),
+        as_name,
+        f"customer {customer_id}",
+        ("customers.forget", f"customer:{customer_id}"),
+        lambda session: customers.forget(session, customer_id),
+    )
     out.print(
         f"customer {customer_id} forgotten: {erasure.identities} identities removed, "
         f"{erasure.interactions} log rows and {erasure.outbox} outbox rows erased, "
         f"{len(erasure.files)} stored files deleted"
         + (f" ({erasure.customers - 1} merged records too)" if erasure.customers > 1 else "")
     )
+
+
+def _erase(
+    cfg: Config,
+    as_name: str | None,
+    what: str,
+    audited: tuple[str, str],
+    erase: Callable[[AsyncSession], Awaitable[customers.Erasure]],
+) -> customers.Erasure:
+    """One erasure (admin): checked, done and audited in one transaction, then its files."""
+
+    async def work(db: Database) -> customers.Erasure:
+        async with db.transaction() as session:
+            actor = await roles.cli_actor(session, as_name)
+            roles.require(actor, "customers.forget", what)
+            erasure = await erase(session)
+            audit.record(session, actor.name, *audited)
+        await _after_erasure(db, erasure, cfg)
+        return erasure
+
+    return with_db(cfg, work)
 
 
 async def _after_erasure(db: Database, erasure: customers.Erasure, cfg: Config) -> None:
@@ -418,20 +435,13 @@ def conversations_forget(
     (admin)."""
     if not yes and sys.stdin.isatty():
         typer.confirm(f"Erase everything written in conversation {conversation_id}?", abort=True)
-    cfg = load(config)
-
-    async def work(db: Database) -> customers.Erasure:
-        async with db.transaction() as session:
-            actor = await roles.cli_actor(session, as_name)
-            roles.require(actor, "customers.forget", f"conversation {conversation_id}")
-            erasure = await customers.forget_conversation(session, conversation_id)
-            audit.record(
-                session, actor.name, "conversations.forget", f"conversation:{conversation_id}"
-            )
-        await _after_erasure(db, erasure, cfg)
-        return erasure
-
-    erasure = with_db(cfg, work)
+    erasure = _erase(
+        load(config),
+        as_name,
+        f"conversation {conversation_id}",
+        ("conversations.forget", f"conversation:{conversation_id}"),
+        lambda session: customers.forget_conversation(session, conversation_id),
+    )
     out.print(
         f"conversation {conversation_id} forgotten: {erasure.interactions} log rows and "
         f"{erasure.outbox} outbox rows erased, {len(erasure.files)} stored files deleted"
