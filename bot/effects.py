@@ -121,6 +121,7 @@ class Event:
     at: datetime
     conversation_id: int | None = None
     author_kind: str = "system"
+    author_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,6 +57,7 @@ from storage import (
     customers,
     ingest,
     insight,
+    interactions,
     processed_messages,
     routing_cursors,
     surveys,
@@ -554,7 +555,7 @@ async def _apply(session: AsyncSession, effects: Sequence[Effect], rows: _Rows) 
     """Every write an observer asked for, in its order, in the ingest transaction."""
     for effect in effects:
         if isinstance(effect, Event):
-            session.add(_event_row(effect))
+            session.add(interactions.event_row(effect))
         elif isinstance(effect, Say):
             await outbox_rows.say(
                 session,
@@ -585,7 +586,7 @@ async def _apply(session: AsyncSession, effects: Sequence[Effect], rows: _Rows) 
             )
             event = effect.event
             session.add(
-                _event_row(replace(event, meta={**event.meta, "cancelled": cancelled}))
+                interactions.event_row(replace(event, meta={**event.meta, "cancelled": cancelled}))
             )
         elif isinstance(effect, RaiseSeverity):
             conversation = rows.conversations.get(effect.conversation_id) or await session.get(
@@ -629,29 +630,16 @@ async def _post(session: AsyncSession, post: Post) -> None:
     await outbox_rows.enqueue(session, out, interaction_id=post.interaction_id)
 
 
-def _event_row(event: Event) -> Interaction:
-    return Interaction(
-        conversation_id=event.conversation_id,
-        customer_id=event.customer_id,
-        channel=event.channel,
-        direction="event",
-        author_kind=event.author_kind,
-        text=event.text,
-        meta=event.meta,
-        created_at=event.at,
-    )
-
-
 def _event(conversation: Conversation, inbound: Inbound, kind: str, text: str) -> Interaction:
-    return Interaction(
-        conversation_id=conversation.id,
-        customer_id=conversation.customer_id,
-        channel=inbound.channel,
-        direction="event",
-        author_kind="system",
-        text=text,
-        meta={"kind": kind},
-        created_at=inbound.received_at,
+    return interactions.event_row(
+        Event(
+            conversation.customer_id,
+            inbound.channel,
+            text,
+            {"kind": kind},
+            inbound.received_at,
+            conversation_id=conversation.id,
+        )
     )
 
 

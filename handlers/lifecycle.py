@@ -18,12 +18,13 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Config
+from bot.effects import Event
 from handlers import roles, sla, survey
 from handlers.roles import Actor
 from handlers.routing import Router
-from storage import audit, conversations
+from storage import audit, conversations, interactions
 from storage.db import Database
-from storage.models import STATUSES, Conversation, Interaction, utcnow
+from storage.models import STATUSES, Conversation, utcnow
 
 log = logging.getLogger("kefu.lifecycle")
 
@@ -122,23 +123,24 @@ def record(
     """The event line in the conversation's log and the audit row of one status change."""
     verb = VERBS[after]
     text = f"{before} -> {after} by {actor.name}" + (f": {reason}" if reason else "")
-    session.add(
-        Interaction(
+    meta = {
+        "kind": "status",
+        "from": before,
+        "to": after,
+        **({"staff_id": actor.staff_id} if actor.staff_id else {}),
+    }
+    interactions.add_event(
+        session,
+        Event(
+            conversation.customer_id,
+            conversation.reply_channel or "system",
+            text,
+            meta,
+            now,
             conversation_id=conversation.id,
-            customer_id=conversation.customer_id,
-            channel=conversation.reply_channel or "system",
-            direction="event",
             author_kind="system" if actor is roles.SYSTEM else "agent",
             author_id=actor.name,
-            text=text,
-            meta={
-                "kind": "status",
-                "from": before,
-                "to": after,
-                **({"staff_id": actor.staff_id} if actor.staff_id else {}),
-            },
-            created_at=now,
-        )
+        ),
     )
     audit.record(
         session, actor.name, f"conversation.{verb}", f"conversation:{conversation.id}",

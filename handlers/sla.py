@@ -18,12 +18,13 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.effects import Event
 from handlers import staff_alerts
 from handlers.business_hours import BusinessHours
 from handlers.routing import Router
-from storage import customers, sla_breaches
+from storage import customers, interactions, sla_breaches
 from storage.db import Database
-from storage.models import Conversation, Interaction
+from storage.models import Conversation
 from storage.sla_breaches import TARGETS
 
 log = logging.getLogger("kefu.sla")
@@ -124,26 +125,26 @@ async def _breach(
             ),
         ]
     )
-    session.add(
-        Interaction(
+    meta = {
+        "kind": "sla_breach",
+        "target": target,
+        "due_at": due_at.isoformat(),
+        "priority": conversation.priority,
+        "team": team.name,
+        "assignee": conversation.assignee,
+        "leads": leads,
+        "breach": breach_id,
+    }
+    interactions.add_event(
+        session,
+        Event(
+            conversation.customer_id,
+            conversation.reply_channel or "system",
+            text,
+            meta,
+            now,
             conversation_id=conversation.id,
-            customer_id=conversation.customer_id,
-            channel=conversation.reply_channel or "system",
-            direction="event",
-            author_kind="system",
-            text=text,
-            meta={
-                "kind": "sla_breach",
-                "target": target,
-                "due_at": due_at.isoformat(),
-                "priority": conversation.priority,
-                "team": team.name,
-                "assignee": conversation.assignee,
-                "leads": leads,
-                "breach": breach_id,
-            },
-            created_at=now,
-        )
+        ),
     )
     customer = await customers.by_id(session, conversation.customer_id)
     await staff_alerts.post(

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.commands import StaffPost
 from bot.config import Config
+from bot.effects import Event
 from bot.intents import STAFF_CHANNEL
 from handlers import lifecycle, roles
 from handlers.roles import Actor
@@ -71,18 +72,18 @@ class Context:
 
     def event(self, kind: str, text: str) -> None:
         """A line in the conversation's own log, so its history tells what staff did."""
-        self.session.add(
-            Interaction(
+        interactions.add_event(
+            self.session,
+            Event(
+                self.conversation.customer_id,
+                STAFF_CHANNEL,  # written where staff work
+                text,
+                {"kind": kind, "staff_id": self.member.id},
+                utcnow(),
                 conversation_id=self.conversation.id,
-                customer_id=self.conversation.customer_id,
-                channel=STAFF_CHANNEL,  # written where staff work
-                direction="event",
                 author_kind="agent",
                 author_id=self.member.name,
-                text=text,
-                meta={"kind": kind, "staff_id": self.member.id},
-                created_at=utcnow(),
-            )
+            ),
         )
 
 

@@ -24,14 +24,14 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Config
-from bot.effects import Effects, Logged, SurveyAnswered
+from bot.effects import Effects, Event, Logged, SurveyAnswered
 from bot.intents import Outbound
 from bot.intents import Survey as SurveyQuestion
 from bot.messages import Inbound
 from handlers import care
 from handlers.templating import language_of
-from storage import customers, outbox, surveys
-from storage.models import Conversation, Interaction, Survey, utcnow
+from storage import customers, interactions, outbox, surveys
+from storage.models import Conversation, Survey, utcnow
 
 log = logging.getLogger("kefu.survey")
 
@@ -225,17 +225,17 @@ async def record_answer(
     await surveys.answer(
         session, survey.id, score=score, comment=comment, channel=channel, at=now
     )
-    session.add(
-        Interaction(
+    interactions.add_event(
+        session,
+        Event(
+            survey.customer_id,
+            channel,
+            f"survey answered: {score}" + (f" — {comment}" if comment else ""),
+            {"kind": "survey_answer", "survey": survey.id, "score": score},
+            now,
             conversation_id=survey.conversation_id,
-            customer_id=survey.customer_id,
-            channel=channel,
-            direction="event",
             author_kind="customer",
-            text=f"survey answered: {score}" + (f" — {comment}" if comment else ""),
-            meta={"kind": "survey_answer", "survey": survey.id, "score": score},
-            created_at=now,
-        )
+        ),
     )
     log.info("survey.answered survey=%s conversation=%s score=%d channel=%s",
              survey.id, survey.conversation_id, score, channel)

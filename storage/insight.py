@@ -38,7 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.effects import Event
-from storage import dialect
+from storage import dialect, interactions
 from storage.models import (
     OPEN_STATUSES,
     ComplaintReason,
@@ -646,15 +646,4 @@ async def drop_gone(session: AsyncSession, customer_id: int | None = None) -> No
 
 def add_event(session: AsyncSession, event: Event) -> None:
     """A line in the customer's log that is nobody's message (the recompute's churn warning)."""
-    session.add(
-        Interaction(
-            conversation_id=event.conversation_id,
-            customer_id=event.customer_id,
-            channel=event.channel,
-            direction="event",
-            author_kind=event.author_kind,
-            text=event.text,
-            meta=event.meta,
-            created_at=event.at,
-        )
-    )
+    interactions.add_event(session, event)

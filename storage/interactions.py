@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.effects import Event
 from storage.models import Conversation, Interaction
 
 EXPORT_FIELDS = (
@@ -82,3 +83,23 @@ async def last_inbound(
         .order_by(Interaction.id.desc())
         .limit(1)
     )
+
+
+def event_row(event: Event) -> Interaction:
+    """The log row of an event: a line that is nobody's message (a status change, a breach, an
+    answer recorded)."""
+    return Interaction(
+        conversation_id=event.conversation_id,
+        customer_id=event.customer_id,
+        channel=event.channel,
+        direction="event",
+        author_kind=event.author_kind,
+        author_id=event.author_id,
+        text=event.text,
+        meta=event.meta,
+        created_at=event.at,
+    )
+
+
+def add_event(session: AsyncSession, event: Event) -> None:
+    session.add(event_row(event))
