@@ -324,11 +324,10 @@ async def _log_fresh(
     pipeline: Pipeline,
 ) -> None:
     # 2. identify: Identity(channel, address) -> Customer, created on first contact
-    owner, customers, locked = await ingest.identify(session, inbounds)
+    owner, customers, senders = await ingest.identify(session, inbounds)
 
     # 3. thread: a conversation the message points at, else the customer's latest live one
-    customer_ids = {owner[(i.channel, i.address)] for i in inbounds}
-    latest = await ingest.live_conversations(session, customer_ids, locked=locked)
+    latest = await ingest.live_conversations(session, senders)
     threads: list[Conversation | None] = []
     created: set[int] = set()
     new_conversations: list[Conversation] = []

@@ -216,17 +216,27 @@ def _ping_on_checkout(engine: AsyncEngine) -> None:
     the server closed it (a restart, an idle timeout, pg_terminate_backend), or a cancelled
     statement left it mid-operation (which a local is_closed() check does not see).
 
-    SQLAlchemy's pool_pre_ping does the same in three round trips on asyncpg (BEGIN, a ping,
-    ROLLBACK: a fifth of an ingest batch's); a simple query needs no transaction and no
-    prepared statement, so it is also safe behind PgBouncer in transaction mode."""
+    The check is the BEGIN of the transaction SQLAlchemy's asyncpg adapter would otherwise send
+    just before the first statement: no round trip of its own. (pool_pre_ping does the same in
+    three more round trips on asyncpg: BEGIN, a ping, ROLLBACK, a fifth of an ingest batch's.)
+    Where no transaction is due (autocommit) it is a plain SELECT 1, which needs no prepared
+    statement and so is also safe behind PgBouncer in transaction mode."""
 
     @event.listens_for(engine.sync_engine, "checkout")
     def _on_checkout(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
         raw = getattr(dbapi_conn, "_connection", None)
         if raw is None:
             return
+        begin = getattr(dbapi_conn, "_start_transaction", None)
         try:
-            await_only(raw.execute("SELECT 1"))
+            if (
+                begin is None
+                or getattr(dbapi_conn, "autocommit", True)
+                or getattr(dbapi_conn, "_transaction", None) is not None
+            ):
+                await_only(raw.execute("SELECT 1"))
+            else:
+                await_only(begin())
         except Exception as exc:
             raise DisconnectionError(f"pooled connection unusable: {type(exc).__name__}") from exc
 

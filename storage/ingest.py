@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Insert, Select, Table, bindparam, func, insert, select
@@ -91,23 +92,32 @@ async def logged(
     return [tuple(row) for row in rows]  # type: ignore[misc]
 
 
+@dataclass(frozen=True, slots=True)
+class Senders:
+    """What identify() found: the customers that existed before this batch, and whether they are
+    locked already (PostgreSQL, a batch from one channel: see live_conversations)."""
+
+    known: frozenset[int]
+    locked: bool
+
+
 async def identify(
     session: AsyncSession, inbounds: Sequence[Inbound]
-) -> tuple[dict[tuple[str, str], int], dict[int, Customer], bool]:
+) -> tuple[dict[tuple[str, str], int], dict[int, Customer], Senders]:
     """Identity(channel, address) -> Customer for every sender, created on first contact.
 
-    Returns (channel, address) -> customer id, the customers by id (in the session), and
-    whether the known customers are now locked (PostgreSQL, one channel: see
-    live_conversations; the new ones are invisible to other transactions until commit)."""
+    Returns (channel, address) -> customer id, the customers by id (in the session), and the
+    Senders for live_conversations."""
     owner: dict[tuple[str, str], int] = {}
     customers: dict[int, Customer] = {}
-    senders = by_channel((i.channel, i.address) for i in inbounds)
+    by_address = by_channel((i.channel, i.address) for i in inbounds)
     statement = _OWNERS if _sqlite(session) else _OWNERS_PG
-    for channel, addresses in senders.items():
+    for channel, addresses in by_address.items():
         found = await session.execute(statement, {"channel": channel, "keys": list(addresses)})
         for address, customer in found:
             owner[(channel, address)] = customer.id
             customers[customer.id] = customer
+    senders = Senders(frozenset(customers), locked=len(by_address) == 1)
     new_customers: dict[tuple[str, str], Customer] = {}
     for inbound in inbounds:
         key = (inbound.channel, inbound.address)
@@ -132,22 +142,25 @@ async def identify(
         for (channel, address), customer in new_customers.items():
             owner[(channel, address)] = customer.id
             customers[customer.id] = customer
-    return owner, customers, len(senders) == 1
+    return owner, customers, senders
 
 
-async def live_conversations(
-    session: AsyncSession, customer_ids: set[int], *, locked: bool = False
-) -> dict[int, Conversation]:
-    """Each customer's latest conversation that a message may join (open, pending, resolved).
+async def live_conversations(session: AsyncSession, senders: Senders) -> dict[int, Conversation]:
+    """Each sender's latest conversation that a message may join (open, pending, resolved).
 
-    On PostgreSQL several kefu processes may receive one customer's messages at once: the
-    customers are locked first (in id order, so two batches cannot deadlock) so only one of
+    Only customers that existed before the batch can have one: a batch of first contacts reads
+    nothing. On PostgreSQL several kefu processes may receive one customer's messages at once:
+    the customers are locked first (in id order, so two batches cannot deadlock) so only one of
     them opens a conversation; this statement, run after the lock is granted, sees what the
-    holder committed. `locked`: identify() already locked them all (a batch from one channel
-    takes the locks with its one read of the senders, a round trip less)."""
-    if not locked and not _sqlite(session):
-        await session.execute(_LOCK_PG, {"customers": list(customer_ids)})
-    rows = await session.scalars(_LIVE, {"customers": list(customer_ids)})
+    holder committed. A batch from one channel took the locks with its read of the senders in
+    identify(), a round trip less. (A customer created by this transaction is invisible to the
+    others until it commits: another process's copy of its first message fails on the identity's
+    unique key and is retried.)"""
+    if not senders.known:
+        return {}
+    if not senders.locked and not _sqlite(session):
+        await session.execute(_LOCK_PG, {"customers": list(senders.known)})
+    rows = await session.scalars(_LIVE, {"customers": list(senders.known)})
     return {c.customer_id: c for c in rows}
 
 
