@@ -408,3 +408,37 @@ async def test_large_mail_is_parsed_in_another_process(
     assert record.process != os.getpid()
     assert record.process in {w.pid for w in workers}
     assert channel._pool is None and not any(w.is_alive() for w in workers)
+
+
+async def test_a_burst_of_mail_is_parsed_in_the_workers_and_logged_in_order(
+    mailbox: Mailbox, tmp_path: Path, db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Many messages at once (a restart, an outage) are parsed in the worker processes in runs,
+    each run committed while the next is parsed: all of them logged once, in UID order, then
+    \\Seen and the checkpoint. The malformed one's warning comes from a worker."""
+    from channels.email import PARSE_RUN, PROCESS_PARSE_COUNT, EmailChannel
+
+    count = max(PROCESS_PARSE_COUNT, 2 * PARSE_RUN + 5)
+    broken = count // 2
+    mails = [
+        b"\x00\xff garbage\r\n" if n == broken else simple(n) for n in range(1, count + 1)
+    ]
+    config = email_config(tmp_path, mailbox, free_port(), db_url=db_url)
+    caplog.set_level("WARNING", logger="kefu.email")
+    async with running_kefu(config, env_for(mailbox)) as kefu:
+        await wait_connected(kefu)
+    await mailbox.append(*mails)  # while kefu is down
+    async with running_kefu(config, env_for(mailbox)) as kefu:
+        await wait_connected(kefu)
+        [channel] = [c for c in kefu.channels.values() if isinstance(c, EmailChannel)]
+        assert channel._pool is not None
+        workers = {w.pid for w in channel._pool._processes.values()}  # type: ignore[union-attr]
+        await checkpoint(kefu, count, timeout=30)
+        found = [r for r in await rows(kefu) if r.direction in ("in", "event")]
+    assert [r.external_id for r in found if r.direction == "in"] == [
+        f"msg-{n}-ann@example.com" for n in range(1, count + 1) if n != broken
+    ]
+    assert len(found) == count
+    assert set((await mailbox.flags()).values()) == {"\\Seen"}
+    [record] = [r for r in caplog.records if r.getMessage().startswith("email.parse.malformed")]
+    assert record.process in workers
