@@ -7,10 +7,11 @@ writes, an opt-out), identities (unreachable addresses). Each signal adds the po
 most 100. The reasons are the signals that fired, biggest first, with the facts behind them, so a
 person can check each one against the customer's history.
 
-One function computes the signals for a set of customers (`gather`): the full recompute calls it
-a chunk of customers at a time, the pipeline observer for the one customer who just wrote.
-Message rates are exponentially decayed counters (half-lives of 7 and 56 days): the observer
-updates them in O(1) from the stored row; the full recompute rebuilds them from the log.
+One function computes the signals for a set of customers (`gather`, whose SQL is in
+storage/insight.py): the full recompute calls it a chunk of customers at a time, the pipeline
+observer for the one customer who just wrote. Message rates are exponentially decayed counters
+(half-lives of 7 and 56 days): the observer updates them in O(1) from the stored row; the full
+recompute rebuilds them from the log.
 """
 
 from __future__ import annotations
