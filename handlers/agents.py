@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.intents import Outbound, Reply
 from handlers import care
 from storage import audit, conversations, customers, interactions, outbox
-from storage.models import Interaction, utcnow
+from storage.models import utcnow
 
 
 class AnswerError(ValueError):
@@ -57,19 +57,17 @@ async def answer(
             last_in.external_id,
             last_in.meta.get("subject"),
         )
-    logged = Interaction(
+    logged_id = await interactions.add_agent_line(
+        session,
         conversation_id=conversation.id,
         customer_id=conversation.customer_id,
         channel=conversation.reply_channel,
         direction="out",
-        author_kind="agent",
-        author_id=agent,
+        agent=agent,
         text=text,
         meta={**(meta or {}), **({"staff_id": staff_id} if staff_id is not None else {})},
-        created_at=now,
+        at=now,
     )
-    session.add(logged)
-    await session.flush()
     outbox_id = await outbox.enqueue(
         session,
         Outbound(
@@ -82,9 +80,9 @@ async def answer(
                 customer_id=conversation.customer_id,
                 **thread,
             ),
-            f"reply-{logged.id}",
+            f"reply-{logged_id}",
         ),
-        interaction_id=logged.id,
+        interaction_id=logged_id,
     )
     if conversation.first_response_at is None:
         conversation.first_response_at = now
@@ -94,7 +92,7 @@ async def answer(
         agent,
         "reply",
         f"conversation:{conversation.id}",
-        interaction=logged.id,
+        interaction=logged_id,
         **({"staff_id": staff_id} if staff_id is not None else {}),
     )
-    return Answer(logged.id, outbox_id, conversation.reply_channel, conversation.reply_address)
+    return Answer(logged_id, outbox_id, conversation.reply_channel, conversation.reply_address)

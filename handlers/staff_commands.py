@@ -23,7 +23,7 @@ from bot.intents import STAFF_CHANNEL
 from handlers import lifecycle, roles
 from handlers.roles import Actor
 from storage import audit, customers, interactions, staff
-from storage.models import Conversation, Customer, Interaction, Staff, utcnow
+from storage.models import Conversation, Customer, Staff, utcnow
 
 log = logging.getLogger("kefu.staff_commands")
 
@@ -191,20 +191,18 @@ async def note(ctx: Context) -> str:
     text = ctx.args.strip()
     if not text:
         return "Usage: /note <text> (kept in the log, never sent to the customer)"
-    row = Interaction(
+    row_id = await interactions.add_agent_line(
+        ctx.session,
         conversation_id=ctx.conversation.id,
         customer_id=ctx.conversation.customer_id,
         channel=STAFF_CHANNEL,  # written where staff work
         direction="note",
-        author_kind="agent",
-        author_id=ctx.member.name,
+        agent=ctx.member.name,
         text=text,
         meta={"staff_id": ctx.member.id, "staff_message": ctx.post.key},
-        created_at=utcnow(),
+        at=utcnow(),
     )
-    ctx.session.add(row)
-    await ctx.session.flush()
-    ctx.audit("note", interaction=row.id)
+    ctx.audit("note", interaction=row_id)
     return "📝 Note kept (not sent to the customer)."
 
 

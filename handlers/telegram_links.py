@@ -21,7 +21,7 @@ from bot.commands import LinkRequest
 from storage import audit, customers
 from storage import telegram_links as links
 from storage.db import Database
-from storage.models import Customer, Identity, utcnow
+from storage.models import utcnow
 
 log = logging.getLogger("kefu.telegram_links")
 
@@ -88,7 +88,7 @@ async def attach(
         return Linked("rejected", reason=f"customer {target.id} was forgotten")
     identity = await customers.identity(session, channel, address)
     if identity is None:
-        session.add(Identity(channel=channel, address=address, customer_id=target.id))
+        customers.add_identity(session, channel, address, target.id)
         if target.display_name is None:
             target.display_name = display_name
         if target.language is None:
@@ -137,16 +137,11 @@ async def link_phone(session: AsyncSession, request: LinkRequest) -> Linked:
     # another channel that knows the number finds them.
     identity = await customers.identity(session, request.channel, request.user_id)
     if identity is None:
-        customer = Customer(display_name=request.display_name, language=request.language)
-        session.add(customer)
-        await session.flush()
-        session.add(
-            Identity(channel=request.channel, address=request.user_id, customer_id=customer.id)
-        )
-        customer_id = customer.id
+        customer_id = await customers.create(session, request.display_name, request.language)
+        customers.add_identity(session, request.channel, request.user_id, customer_id)
     else:
         customer_id = identity.customer_id
-    session.add(Identity(channel=PHONE, address=phone, customer_id=customer_id))
+    customers.add_identity(session, PHONE, phone, customer_id)
     await session.flush()
     return Linked("recorded", customer_id)
 

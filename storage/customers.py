@@ -83,6 +83,18 @@ async def by_id(session: AsyncSession, customer_id: int) -> Customer | None:
     return await session.get(Customer, customer_id)
 
 
+def add_identity(session: AsyncSession, channel: str, address: str, customer_id: int) -> None:
+    session.add(Identity(channel=channel, address=address, customer_id=customer_id))
+
+
+async def create(session: AsyncSession, display_name: str | None, language: str | None) -> int:
+    """A new customer record; returns its id."""
+    customer = Customer(display_name=display_name, language=language)
+    session.add(customer)
+    await session.flush()
+    return customer.id
+
+
 async def holder_of(session: AsyncSession, channel: str, address: str) -> Customer | None:
     """The customer record the identity (channel, address) points at (merged or not)."""
     return await session.scalar(

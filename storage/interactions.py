@@ -69,6 +69,36 @@ async def history(
     return list(reversed(list(rows)))
 
 
+async def add_agent_line(
+    session: AsyncSession,
+    *,
+    conversation_id: int,
+    customer_id: int | None,
+    channel: str,
+    direction: str,
+    agent: str,
+    text: str,
+    meta: dict[str, Any],
+    at: datetime,
+) -> int:
+    """A staff member's line in the log: an answer (direction "out") or a note ("note").
+    Flushed, so its id is known (an answer's outbox row points at it)."""
+    row = Interaction(
+        conversation_id=conversation_id,
+        customer_id=customer_id,
+        channel=channel,
+        direction=direction,
+        author_kind="agent",
+        author_id=agent,
+        text=text,
+        meta=meta,
+        created_at=at,
+    )
+    session.add(row)
+    await session.flush()
+    return row.id
+
+
 async def last_inbound(
     session: AsyncSession, conversation_id: int, channel: str
 ) -> Interaction | None:
