@@ -57,13 +57,14 @@ async def answer(
             last_in.external_id,
             last_in.meta.get("subject"),
         )
-    logged_id = await interactions.add_agent_line(
+    logged_id = await interactions.add_line(
         session,
         conversation_id=conversation.id,
         customer_id=conversation.customer_id,
         channel=conversation.reply_channel,
         direction="out",
-        agent=agent,
+        author_kind="agent",
+        author_id=agent,
         text=text,
         meta={**(meta or {}), **({"staff_id": staff_id} if staff_id is not None else {})},
         at=now,

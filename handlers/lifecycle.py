@@ -18,7 +18,6 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Config
-from bot.effects import Event
 from handlers import roles, sla, survey
 from handlers.roles import Actor
 from handlers.routing import Router
@@ -129,18 +128,14 @@ def record(
         "to": after,
         **({"staff_id": actor.staff_id} if actor.staff_id else {}),
     }
-    interactions.add_event(
+    interactions.conversation_event(
         session,
-        Event(
-            conversation.customer_id,
-            conversation.reply_channel or "system",
-            text,
-            meta,
-            now,
-            conversation_id=conversation.id,
-            author_kind="system" if actor is roles.SYSTEM else "agent",
-            author_id=actor.name,
-        ),
+        conversation,
+        text,
+        meta,
+        now,
+        author_kind="system" if actor is roles.SYSTEM else "agent",
+        author_id=actor.name,
     )
     audit.record(
         session, actor.name, f"conversation.{verb}", f"conversation:{conversation.id}",

@@ -18,7 +18,6 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.effects import Event
 from handlers import staff_alerts
 from handlers.business_hours import BusinessHours
 from handlers.routing import Router
@@ -135,17 +134,7 @@ async def _breach(
         "leads": leads,
         "breach": breach_id,
     }
-    interactions.add_event(
-        session,
-        Event(
-            conversation.customer_id,
-            conversation.reply_channel or "system",
-            text,
-            meta,
-            now,
-            conversation_id=conversation.id,
-        ),
-    )
+    interactions.conversation_event(session, conversation, text, meta, now)
     customer = await customers.by_id(session, conversation.customer_id)
     await staff_alerts.post(
         session,

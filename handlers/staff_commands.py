@@ -191,13 +191,14 @@ async def note(ctx: Context) -> str:
     text = ctx.args.strip()
     if not text:
         return "Usage: /note <text> (kept in the log, never sent to the customer)"
-    row_id = await interactions.add_agent_line(
+    row_id = await interactions.add_line(
         ctx.session,
         conversation_id=ctx.conversation.id,
         customer_id=ctx.conversation.customer_id,
         channel=STAFF_CHANNEL,  # written where staff work
         direction="note",
-        agent=ctx.member.name,
+        author_kind="agent",
+        author_id=ctx.member.name,
         text=text,
         meta={"staff_id": ctx.member.id, "staff_message": ctx.post.key},
         at=utcnow(),

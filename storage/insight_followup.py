@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import and_, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from storage import interactions
 from storage.models import CampaignDelivery, Conversation, Customer, Interaction, Survey
 
 
@@ -127,7 +128,8 @@ async def log_sent(
     at: datetime,
 ) -> int:
     """The follow-up in the unified log, as the bot's message in that conversation; its id."""
-    logged = Interaction(
+    return await interactions.add_line(
+        session,
         conversation_id=conversation_id,
         customer_id=customer_id,
         channel=channel,
@@ -136,8 +138,5 @@ async def log_sent(
         author_id=author_id,
         text=text,
         meta=meta,
-        created_at=at,
+        at=at,
     )
-    session.add(logged)
-    await session.flush()
-    return logged.id

@@ -69,27 +69,28 @@ async def history(
     return list(reversed(list(rows)))
 
 
-async def add_agent_line(
+async def add_line(
     session: AsyncSession,
     *,
-    conversation_id: int,
+    conversation_id: int | None,
     customer_id: int | None,
     channel: str,
     direction: str,
-    agent: str,
+    author_kind: str,
+    author_id: str | None = None,
     text: str,
     meta: dict[str, Any],
     at: datetime,
 ) -> int:
-    """A staff member's line in the log: an answer (direction "out") or a note ("note").
-    Flushed, so its id is known (an answer's outbox row points at it)."""
+    """A line written by kefu's side: an agent's answer or note, the bot's own message.
+    Flushed, so its id is known (the outbox row that sends it points at it)."""
     row = Interaction(
         conversation_id=conversation_id,
         customer_id=customer_id,
         channel=channel,
         direction=direction,
-        author_kind="agent",
-        author_id=agent,
+        author_kind=author_kind,
+        author_id=author_id,
         text=text,
         meta=meta,
         created_at=at,
@@ -133,3 +134,29 @@ def event_row(event: Event) -> Interaction:
 
 def add_event(session: AsyncSession, event: Event) -> None:
     session.add(event_row(event))
+
+
+def conversation_event(
+    session: AsyncSession,
+    conversation: Conversation,
+    text: str,
+    meta: dict[str, Any],
+    at: datetime,
+    *,
+    author_kind: str = "system",
+    author_id: str | None = None,
+) -> None:
+    """An event in the conversation's own log, on its reply channel (a status change, a breach)."""
+    add_event(
+        session,
+        Event(
+            conversation.customer_id,
+            conversation.reply_channel or "system",
+            text,
+            meta,
+            at,
+            conversation_id=conversation.id,
+            author_kind=author_kind,
+            author_id=author_id,
+        ),
+    )

@@ -14,11 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.intents import Outbound, StaffNotice, from_payload, to_payload
 from bot.text import utf16_len
-from storage import dialect
+from storage import dialect, interactions
 from storage.models import (
     OUTBOX_UNSENT,
     CampaignDelivery,
-    Interaction,
     OutboxRow,
     utcnow,
 )
@@ -98,7 +97,8 @@ async def say(
     """kefu's own message to a customer (an acknowledgement, a survey, a confirmation): logged in
     the unified log as the bot's, and queued, in the caller's transaction. Returns the log row
     id."""
-    logged = Interaction(
+    logged_id = await interactions.add_line(
+        session,
         conversation_id=out.conversation_id,
         customer_id=out.customer_id,
         channel=out.channel,
@@ -106,12 +106,10 @@ async def say(
         author_kind="bot",
         text=out.text,
         meta=log_meta,
-        created_at=at,
+        at=at,
     )
-    session.add(logged)
-    await session.flush()
-    await enqueue(session, out, interaction_id=logged.id, not_before=not_before)
-    return logged.id
+    await enqueue(session, out, interaction_id=logged_id, not_before=not_before)
+    return logged_id
 
 
 def queued(session: AsyncSession) -> bool:
