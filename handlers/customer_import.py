@@ -21,6 +21,7 @@ from zoneinfo import available_timezones
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
+from bot.language import primary_tag
 from storage.customer_import import Record as Record
 from storage.customer_import import Rejected as Rejected
 
@@ -276,8 +277,7 @@ def _language(raw: str) -> str | None:
         return word
     if not LANGUAGE_TAG.match(raw):
         raise _Bad(f"language {raw!r}: use a language code such as zh, en, zh-CN")
-    primary = raw.lower().replace("_", "-").split("-")[0]
-    return primary
+    return primary_tag(raw)
 
 
 def _tags(raw: str) -> tuple[str, ...] | None:

@@ -89,7 +89,7 @@ async def leads(
     if named:
         query = query.where(Staff.name.in_(named))
     else:
-        query = query.where(Staff.role.in_(("lead", "admin")))
+        query = query.where(Staff.role.in_(ROLES[ROLES.index("lead") :]))
         if among:
             query = query.where(Staff.name.in_(among))
     return list(await session.scalars(query))
