@@ -11,9 +11,24 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Insert, Select, Table, bindparam, func, insert, select
+from sqlalchemy import (
+    BigInteger,
+    Insert,
+    Select,
+    Table,
+    Text,
+    bindparam,
+    func,
+    insert,
+    literal,
+    select,
+    true,
+)
+from sqlalchemy import column as sa_column
+from sqlalchemy import values as sa_values
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import make_transient_to_detached
 
@@ -125,7 +140,9 @@ async def identify(
             new_customers[key] = Customer(
                 display_name=inbound.display_name, language=inbound.language, tags=[]
             )
-    if new_customers:
+    if new_customers and not _sqlite(session):
+        await _add_first_contacts_pg(session, new_customers, utcnow())
+    elif new_customers:
         await add_objects(session, Customer, list(new_customers.values()))
         now = utcnow()
         fresh: list[dict[str, object]] = [
@@ -139,9 +156,9 @@ async def identify(
             for (ch, addr), c in new_customers.items()
         ]
         await add_rows(session, Identity, fresh)
-        for (channel, address), customer in new_customers.items():
-            owner[(channel, address)] = customer.id
-            customers[customer.id] = customer
+    for (channel, address), customer in new_customers.items():
+        owner[(channel, address)] = customer.id
+        customers[customer.id] = customer
     return owner, customers, senders
 
 
@@ -213,6 +230,12 @@ async def add_objects(session: AsyncSession, model: type[Base], rows: Sequence[B
     """
     if not rows:
         return
+    values = _values_of(model, rows)
+    _adopt(session, rows, values, await add_rows(session, model, values))
+
+
+def _values_of(model: type[Base], rows: Sequence[Base]) -> list[dict[str, object]]:
+    """Every column but the id of each new object, defaults filled in."""
     columns = [c for c in table_of(model).columns if c.key != "id"]
     values = []
     for row in rows:
@@ -227,9 +250,16 @@ async def add_objects(session: AsyncSession, model: type[Base], rows: Sequence[B
                 v = default.arg(None) if default.is_callable else default.arg  # type: ignore[attr-defined]
             value[column.key] = v
         values.append(value)
-    for row, value, new_id in zip(
-        rows, values, await add_rows(session, model, values), strict=True
-    ):
+    return values
+
+
+def _adopt(
+    session: AsyncSession,
+    rows: Sequence[Base],
+    values: list[dict[str, object]],
+    ids: Sequence[int],
+) -> None:
+    for row, value, new_id in zip(rows, values, ids, strict=True):
         # Written into the instance directly, every column included: the object now holds what
         # the row holds, with no history to flush (a setattr per column would record each as a
         # change, and a column left out would come back expired, to be loaded by IO outside
@@ -237,6 +267,52 @@ async def add_objects(session: AsyncSession, model: type[Base], rows: Sequence[B
         row.__dict__.update(value, id=new_id)
         make_transient_to_detached(row)
         session.add(row)
+
+
+async def _add_first_contacts_pg(
+    session: AsyncSession, new: dict[tuple[str, str], Customer], now: datetime
+) -> None:
+    """PostgreSQL: the new customers and their identities in one statement, a round trip less
+    per batch of first contacts than one INSERT each:
+
+        WITH made AS (INSERT INTO customers ... VALUES (..), (..) RETURNING id)
+        INSERT INTO identities SELECT made.id (numbered in id order), wanted.channel, ...
+        FROM (numbered made) JOIN (VALUES (1, channel, address), ...) AS wanted ON n = n
+        RETURNING customer_id, channel, address
+
+    The k-th customer row pairs with the k-th address: PostgreSQL takes the ids from the
+    sequence as it inserts the VALUES rows, in their order, so the k-th smallest new id is the
+    k-th row's. Each customer id is then read back by its (channel, address), which is unique."""
+    customers, identities = table_of(Customer), table_of(Identity)
+    rows = list(new.values())
+    values = _values_of(Customer, rows)
+    made = insert(customers).values(values).returning(customers.c.id).cte("made")
+    numbered = select(
+        made.c.id, func.row_number().over(order_by=made.c.id).label("n")
+    ).subquery("numbered")
+    wanted = sa_values(
+        sa_column("n", BigInteger),
+        sa_column("channel", Text),
+        sa_column("address", Text),
+        name="wanted",
+    ).data([(n, channel, address) for n, (channel, address) in enumerate(new, 1)])
+    statement = (
+        insert(identities)
+        .from_select(
+            ["customer_id", "channel", "address", "reachable", "created_at"],
+            select(
+                numbered.c.id,
+                wanted.c.channel,
+                wanted.c.address,
+                true(),
+                literal(now, identities.c.created_at.type),
+            ).join_from(numbered, wanted, numbered.c.n == wanted.c.n),
+        )
+        .returning(identities.c.customer_id, identities.c.channel, identities.c.address)
+        .add_cte(made)
+    )
+    ids = {(ch, address): cid for cid, ch, address in await session.execute(statement)}
+    _adopt(session, rows, values, [ids[key] for key in new])
 
 
 async def add_rows(

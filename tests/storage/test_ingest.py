@@ -1,0 +1,111 @@
+"""The pipeline's batch write (storage/ingest.py), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from bot.messages import Inbound
+from storage import ingest
+from storage.db import Database
+from storage.models import Conversation, Customer, Identity
+from tests.servers.postgres import PostgresServer
+
+
+def first_contacts(n: int, start: int = 0, channel: str = "webhook") -> list[Inbound]:
+    return [
+        Inbound(
+            channel=channel,
+            external_id=f"m{i}",
+            address=f"shop:u{i}",
+            text="hello",
+            display_name=f"name {i}",
+            language="zh" if i % 3 else "en",
+        )
+        for i in range(start, start + n)
+    ]
+
+
+async def stored(db: Database) -> dict[tuple[str, str], tuple[int, str | None, str | None]]:
+    async with db.sessions() as session:
+        rows = await session.execute(
+            select(
+                Identity.channel,
+                Identity.address,
+                Customer.id,
+                Customer.display_name,
+                Customer.language,
+            ).join(Customer, Customer.id == Identity.customer_id)
+        )
+        return {(ch, a): (cid, name, lang) for ch, a, cid, name, lang in rows}
+
+
+async def test_each_first_contact_gets_its_own_customer_with_its_name(db: Database) -> None:
+    # PostgreSQL writes a batch's customers and identities in one statement that pairs them by
+    # the order of the new ids: every address must end with the name and language it came with.
+    inbounds = first_contacts(57)
+    async with db.transaction() as session:
+        owner, customers, senders = await ingest.identify(session, inbounds)
+        assert senders.known == frozenset()
+        assert await ingest.live_conversations(session, senders) == {}
+    rows = await stored(db)
+    assert len(rows) == 57 and len({cid for cid, _, _ in rows.values()}) == 57
+    for i, inbound in enumerate(inbounds):
+        cid, name, language = rows[("webhook", inbound.address)]
+        assert (name, language) == (f"name {i}", "zh" if i % 3 else "en")
+        assert owner[("webhook", inbound.address)] == cid
+        assert customers[cid].display_name == name  # the session's object is the row
+        assert customers[cid].id == cid
+
+
+async def test_a_batch_of_known_and_new_senders(db: Database) -> None:
+    async with db.transaction() as session:
+        first, _, _ = await ingest.identify(session, first_contacts(5))
+        for cid in list(first.values())[:2]:
+            session.add(Conversation(customer_id=cid))
+    # Two channels in one batch too: locked by the separate ordered statement on PostgreSQL.
+    batch = first_contacts(10) + first_contacts(2, channel="telegram")
+    async with db.transaction() as session:
+        owner, customers, senders = await ingest.identify(session, batch)
+        assert senders.known == frozenset(first.values())
+        assert not senders.locked
+        live = await ingest.live_conversations(session, senders)
+        assert set(live) == set(list(first.values())[:2])
+        # the customers created in an earlier batch are the same rows, not new ones
+        for key, cid in first.items():
+            assert owner[key] == cid
+        customers[owner[("webhook", "shop:u7")]].display_name = "changed"  # still tracked
+    rows = await stored(db)
+    assert len(rows) == 12 and rows[("webhook", "shop:u7")][1] == "changed"
+
+
+@pytest.mark.postgres
+async def test_two_writers_creating_one_customer_one_loses_on_the_unique_key(
+    postgres: PostgresServer,
+) -> None:
+    db = Database(postgres.create_database())
+    await db.upgrade()
+    try:
+        inbounds = first_contacts(3)
+        started = asyncio.Event()
+
+        async def holder() -> None:
+            async with db.transaction() as session:
+                await ingest.identify(session, inbounds)
+                started.set()
+                await asyncio.sleep(0.5)
+
+        async def second() -> None:
+            await started.wait()
+            async with db.transaction() as session:
+                await ingest.identify(session, inbounds[1:])
+
+        results = await asyncio.gather(holder(), second(), return_exceptions=True)
+        assert results[0] is None
+        assert isinstance(results[1], IntegrityError)  # the pipeline retries: then it finds them
+        assert len(await stored(db)) == 3
+    finally:
+        await db.dispose()
