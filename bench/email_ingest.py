@@ -245,6 +245,13 @@ async def main(n: int, rounds: int, only: list[str] | None = None) -> None:
         print(f"kefu vs django-helpdesk on WAL:          {best['peer-wal'].first_to_last / k:5.2f}x (target >= 5x)")
     if "bare" in best:
         print(f"kefu as a share of the bare fetch:       {best['bare'].first_to_last / k:5.2f}")
+    for r in range(rounds):  # each round's own ratios: the same minute, the same machine load
+        ratios = [
+            f"{name} {results[kind][r].first_to_last / results['kefu'][r].first_to_last:5.2f}x"
+            for kind, name in (("peer-defaults", "defaults"), ("peer-wal", "WAL"))
+            if kind in results
+        ]
+        print(f"round {r + 1}: kefu {results['kefu'][r].first_to_last:.2f} s; " + ", ".join(ratios))
 
 
 if __name__ == "__main__":

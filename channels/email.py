@@ -19,7 +19,7 @@ import os
 import pickle
 import re
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
@@ -537,13 +537,33 @@ class _Client(IMAP4):  # type: ignore[misc]  # aioimaplib has no type informatio
         )
 
 
+@dataclass(slots=True)
+class _Prepared:
+    """A fetched chunk whose parsing has started: its first run parsed, the rest under way."""
+
+    messages: list[Fetched]
+    first: list[Inbound]
+    runs: AsyncGenerator[list[Inbound], None]
+
+
+async def _discard(upcoming: asyncio.Future[_Prepared]) -> None:
+    """A chunk prepared ahead that will not be committed now: its parsing stopped; the next pass
+    fetches it again."""
+    upcoming.cancel()
+    try:
+        prepared = await upcoming
+    except BaseException:  # noqa: BLE001 - cancelled or failed: nothing of it to keep
+        return
+    await prepared.runs.aclose()
+
+
 class ImapReader:
     """One folder on one server: connect, catch up from the checkpoint, then IDLE or poll."""
 
     def __init__(
         self,
         settings: ImapSettings,
-        convert: Callable[[list[Fetched]], AsyncIterator[list[Inbound]]],
+        convert: Callable[[list[Fetched]], AsyncGenerator[list[Inbound], None]],
         load: LoadState,
         save: SaveState,
     ) -> None:
@@ -681,9 +701,35 @@ class ImapReader:
                 if client.protocol.exists_seen != mark:
                     continue  # mail arrived while we searched: search again before idling
                 return total
-            for start in range(0, len(uids), FETCH_CHUNK):
-                chunk = uids[start : start + FETCH_CHUNK]
-                total += await self._batch(client, chunk, sink)
+            chunks = [uids[i : i + FETCH_CHUNK] for i in range(0, len(uids), FETCH_CHUNK)]
+            # The next chunk is fetched and its parsing started while this one commits, so the
+            # pipeline does not wait for a fetch and a first parse at every chunk. Acknowledgement
+            # and checkpoint still follow the chunks' order, each after its commit.
+            upcoming: asyncio.Future[_Prepared] | None = None
+            try:
+                following = asyncio.ensure_future(self._prepare(client, chunks[0]))
+                for i, chunk in enumerate(chunks):
+                    upcoming = following
+                    prepared = await following
+                    upcoming = None
+                    if i + 1 < len(chunks):
+                        following = asyncio.ensure_future(self._prepare(client, chunks[i + 1]))
+                        upcoming = following
+                    total += await self._batch(client, chunk, sink, prepared)
+            finally:
+                if upcoming is not None:
+                    await _discard(upcoming)
+
+    async def _prepare(self, client: _Client, uids: list[int]) -> _Prepared:
+        """Fetches the messages and starts parsing them all; waits for the first run only."""
+        messages = await self._fetch(client, uids)
+        runs = self.convert(messages)
+        try:
+            first: list[Inbound] | None = await anext(runs, None)
+        except BaseException:
+            await runs.aclose()
+            raise
+        return _Prepared(messages, first or [], runs)
 
     async def _fetch(self, client: _Client, uids: list[int]) -> list[Fetched]:
         response = await self._ok(
@@ -693,17 +739,26 @@ class ImapReader:
         )
         return parse_fetched(response.lines)
 
-    async def _batch(self, client: _Client, uids: list[int], sink: Sink) -> int:
-        messages = await self._fetch(client, uids)
+    async def _batch(
+        self, client: _Client, uids: list[int], sink: Sink, prepared: _Prepared
+    ) -> int:
+        messages = prepared.messages
         inbounds: list[Inbound] = []
         sunk: list[asyncio.Future[Any]] = []
         try:
-            async for run in self.convert(messages):
-                inbounds += run
-                sunk += [asyncio.ensure_future(sink(i)) for i in run]
-        except BaseException:
-            # What was handed over commits or fails on its own; nothing is acknowledged and the
-            # checkpoint stays, so the next pass fetches again and gets "duplicate" for it.
+            async with contextlib.aclosing(prepared.runs) as runs:
+                run: list[Inbound] | None = prepared.first
+                while run is not None:
+                    inbounds += run
+                    sunk += [asyncio.ensure_future(sink(i)) for i in run]
+                    run = await anext(runs, None)
+        except BaseException as exc:
+            # What was handed over commits or fails on its own (or is cancelled with the reader);
+            # nothing is acknowledged and the checkpoint stays, so the next pass fetches again
+            # and gets "duplicate" for what was committed.
+            if isinstance(exc, asyncio.CancelledError):
+                for task in sunk:
+                    task.cancel()
             await asyncio.gather(*sunk, return_exceptions=True)
             raise
         results = await asyncio.gather(*sunk, return_exceptions=True)
@@ -957,7 +1012,7 @@ class EmailChannel:
 
     async def _convert_all(
         self, messages: list[Fetched], *, history: bool = False
-    ) -> AsyncIterator[list[Inbound]]:
+    ) -> AsyncGenerator[list[Inbound], None]:
         """MIME parsing and disk writes off the event loop (webhooks, Telegram and the outbox
         share it). Yields the messages' Inbounds in order, in runs, each as soon as it is parsed.
         Many messages, or large ones, go to the worker processes; a few small ones to a thread
@@ -1049,8 +1104,8 @@ class EmailChannel:
             uids = sorted(u for u in _search_uids(response) if u <= upto)
             for start in range(0, len(uids), FETCH_CHUNK):
                 messages = await reader._fetch(client, uids[start : start + FETCH_CHUNK])
-                runs = self._convert_all(messages, history=True)
-                inbounds = [i async for run in runs for i in run]
+                async with contextlib.aclosing(self._convert_all(messages, history=True)) as runs:
+                    inbounds = [i async for run in runs for i in run]
                 for receipt in await asyncio.gather(*(sink(i) for i in inbounds)):
                     if receipt.status == "duplicate":
                         found.already += 1

@@ -411,14 +411,23 @@ async def test_large_mail_is_parsed_in_another_process(
 
 
 async def test_a_burst_of_mail_is_parsed_in_the_workers_and_logged_in_order(
-    mailbox: Mailbox, tmp_path: Path, db_url: str, caplog: pytest.LogCaptureFixture
+    mailbox: Mailbox,
+    tmp_path: Path,
+    db_url: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Many messages at once (a restart, an outage) are parsed in the worker processes in runs,
-    each run committed while the next is parsed: all of them logged once, in UID order, then
-    \\Seen and the checkpoint. The malformed one's warning comes from a worker."""
-    from channels.email import PARSE_RUN, PROCESS_PARSE_COUNT, EmailChannel
+    each run committed while the next is parsed, the next fetch prepared meanwhile: all of them
+    logged once, in UID order, then \\Seen and the checkpoint. The malformed one's warning comes
+    from a worker."""
+    from channels import email as channel_module
+    from channels.email import PROCESS_PARSE_COUNT, EmailChannel
 
-    count = max(PROCESS_PARSE_COUNT, 2 * PARSE_RUN + 5)
+    # several fetches of several runs each, with a fetch that is not a multiple of a run
+    monkeypatch.setattr(channel_module, "FETCH_CHUNK", 2 * PROCESS_PARSE_COUNT + 3)
+    monkeypatch.setattr(channel_module, "PARSE_RUN", 10)
+    count = 3 * channel_module.FETCH_CHUNK + 7
     broken = count // 2
     mails = [
         b"\x00\xff garbage\r\n" if n == broken else simple(n) for n in range(1, count + 1)
