@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import make_transient_to_detached
 
 from bot.messages import Inbound
+from storage import dialect
 from storage.models import (
     REOPENABLE,
     Base,
@@ -126,7 +127,7 @@ async def identify(
     owner: dict[tuple[str, str], int] = {}
     customers: dict[int, Customer] = {}
     by_address = by_channel((i.channel, i.address) for i in inbounds)
-    statement = _OWNERS if _sqlite(session) else _OWNERS_PG
+    statement = _OWNERS if dialect.is_sqlite(session) else _OWNERS_PG
     for channel, addresses in by_address.items():
         found = await session.execute(statement, {"channel": channel, "keys": list(addresses)})
         for address, customer in found:
@@ -140,7 +141,7 @@ async def identify(
             new_customers[key] = Customer(
                 display_name=inbound.display_name, language=inbound.language, tags=[]
             )
-    if new_customers and not _sqlite(session):
+    if new_customers and not dialect.is_sqlite(session):
         await _add_first_contacts_pg(session, new_customers, utcnow())
     elif new_customers:
         await add_objects(session, Customer, list(new_customers.values()))
@@ -175,14 +176,10 @@ async def live_conversations(session: AsyncSession, senders: Senders) -> dict[in
     unique key and is retried.)"""
     if not senders.known:
         return {}
-    if not senders.locked and not _sqlite(session):
+    if not senders.locked and not dialect.is_sqlite(session):
         await session.execute(_LOCK_PG, {"customers": list(senders.known)})
     rows = await session.scalars(_LIVE, {"customers": list(senders.known)})
     return {c.customer_id: c for c in rows}
-
-
-def _sqlite(session: AsyncSession) -> bool:
-    return session.get_bind().dialect.name == "sqlite"
 
 
 async def named_conversation(
@@ -326,7 +323,7 @@ async def add_rows(
     if not rows:
         return []
     table = table_of(model)
-    if _sqlite(session):
+    if dialect.is_sqlite(session):
         await session.flush()
         with session.no_autoflush:
             top = (await session.scalar(_top_id(table))) or 0
