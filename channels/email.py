@@ -592,6 +592,11 @@ class ImapReader:
             done, _ = await asyncio.wait(
                 waiters, timeout=timeout or self.s.timeout, return_when=asyncio.FIRST_COMPLETED
             )
+        except BaseException:
+            # Cancelled (kefu stopping, a chunk prepared ahead dropped): the call goes too, or it
+            # runs on and its own timeout ends as "Task exception was never retrieved".
+            task.cancel()
+            raise
         finally:
             lost.cancel()
         if task in done:
