@@ -1,0 +1,169 @@
+"""Observers and the router look, they do not write: every observer kefu registers returns its
+writes as effects (bot/effects.py), and the router a Decision, for the pipeline to apply, so not
+one INSERT, UPDATE or DELETE reaches the database while one of them runs, whatever the message
+(a complaint at night, an opt-out, a plain question), and yet all their writes are there after
+the commit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import event, func, select
+
+from bot.effects import Effects, Logged, Observer, Phase
+from bot.plugins import Observers
+from bot.plugins import pipeline as plugged_pipeline
+from handlers import email_events, survey
+from handlers.acknowledge import Acknowledger
+from handlers.churn import Churn
+from handlers.consent import ConsentObserver
+from handlers.routing import Router
+from handlers.staff_alerts import ComplaintAlerts
+from handlers.staff_group import mirror_observer
+from handlers.templating import Templates
+from storage import staff
+from storage.db import Database
+from storage.models import (
+    Acknowledgement,
+    Customer,
+    CustomerHealth,
+    Interaction,
+    OutboxRow,
+    RoutingCursor,
+)
+from tests.handlers.care_helpers import STAFF_CHAT, config, message
+from tests.handlers.test_acknowledge import CFG, NIGHT
+
+WRITES = ("INSERT", "UPDATE", "DELETE")
+
+
+class Watch:
+    """Statements the database saw while an observer was running."""
+
+    def __init__(self) -> None:
+        self.inside = False
+        self.seen: list[str] = []
+
+    def listen(self, db: Database) -> None:
+        @event.listens_for(db.engine.sync_engine, "before_cursor_execute")
+        def record(_c: Any, _cur: Any, statement: str, _p: Any, _ctx: Any, _many: bool) -> None:
+            if self.inside and statement.lstrip().upper().startswith(WRITES):
+                self.seen.append(statement.split("(")[0][:80])
+
+    def wrap(self, observer: Observer) -> Observer:
+        async def observe(session: Any, note: Logged) -> Effects | None:
+            await session.flush()  # what the pipeline itself has pending is not the observer's
+            self.inside = True
+            try:
+                return await observer(session, note)
+            finally:
+                self.inside = False
+
+        batch = getattr(observer, "observe_batch", None)
+        if batch is None:
+            return observe
+
+        class Batched:
+            async def __call__(self, session: Any, note: Logged) -> Effects | None:
+                return await observe(session, note)
+
+            async def observe_batch(
+                inner, session: Any, notes: Sequence[Logged]
+            ) -> Effects | None:
+                await session.flush()
+                self.inside = True
+                try:
+                    result: Effects | None = await batch(session, notes)
+                    return result
+                finally:
+                    self.inside = False
+
+        return Batched()
+
+    def wrap_router(self, router: Router) -> Any:
+        async def route(session: Any, *args: Any) -> Any:
+            await session.flush()
+            self.inside = True
+            try:
+                return await router(session, *args)
+            finally:
+                self.inside = False
+
+        return route
+
+
+async def test_no_observer_or_router_writes_while_it_runs(db: Database) -> None:
+    cfg = config(
+        routing=CFG.routing.model_dump(), insight={"enabled": True}, survey={"enabled": True}
+    )
+    router = Router(cfg)
+    consent = ConsentObserver(Templates())
+    registered = Observers()
+    registered.add(Phase.MIRROR, mirror_observer(STAFF_CHAT))
+    registered.add(Phase.CHANNEL, email_events.on_bounce)
+    registered.add(Phase.CONSENT, consent)
+    registered.add(Phase.COMPLAINT, ComplaintAlerts(router, STAFF_CHAT))
+    registered.add(Phase.ACKNOWLEDGE, Acknowledger(cfg))
+    registered.add(Phase.SURVEY, survey.survey_observer)
+    registered.add(
+        Phase.INSIGHT, Churn(cfg, router, staff_chat_id=STAFF_CHAT, is_opt_out=consent.is_opt_out)
+    )
+    async with db.transaction() as s:  # someone on duty: the router assigns (round robin)
+        await staff.add(s, "ann")
+    watch = Watch()
+    watch.listen(db)
+    pipeline = plugged_pipeline(
+        db, route=watch.wrap_router(router), observers=[watch.wrap(o) for o in registered]
+    )
+    later = NIGHT + timedelta(minutes=5)
+    batch = [
+        message(1, "where is my order?", NIGHT, user="asks"),
+        message(2, "包裹破了，第三次了！太失望了，我要投诉", NIGHT, user="angry"),
+        message(3, "stop", later, user="asks"),
+        message(4, "this is unacceptable, I want a refund now", later, user="angry"),
+    ]
+    for inbound in batch:
+        await pipeline.receive(inbound)
+    await pipeline.close()
+    assert watch.seen == []
+    async with db.sessions() as s:
+        consented = await s.scalar(
+            select(Customer.marketing_consent)
+            .join(Interaction, Interaction.customer_id == Customer.id)
+            .where(Interaction.external_id == "shop:3")
+        )
+        flagged = await s.scalar(
+            select(func.count()).where(Interaction.meta["kind"].as_string() == "complaint_flagged")
+        )
+        acks = await s.scalar(select(func.count()).select_from(Acknowledgement))
+        posts = await s.scalar(
+            select(func.count()).where(OutboxRow.address == str(STAFF_CHAT))
+        )
+        scored = await s.scalar(select(func.count()).select_from(CustomerHealth))
+    # ... and what they asked for was written.
+    assert consented is False
+    assert flagged and acks and posts
+    assert scored == 2
+    async with db.sessions() as s:
+        assigned = await s.scalar(select(RoutingCursor.last_staff_id))
+    assert assigned is not None
+
+
+async def test_the_watch_sees_an_observer_that_writes(db: Database) -> None:
+    """The check above can fail: an observer that writes through the session is caught."""
+    from sqlalchemy import update
+
+    async def writes(session: Any, note: Logged) -> Effects | None:
+        await session.execute(
+            update(Customer).where(Customer.id == note.customer.id).values(vip=True)
+        )
+        return None
+
+    watch = Watch()
+    watch.listen(db)
+    pipeline = plugged_pipeline(db, route=Router(CFG), observers=[watch.wrap(writes)])
+    await pipeline.receive(message(1, "hello", NIGHT))
+    await pipeline.close()
+    assert watch.seen and watch.seen[0].startswith("UPDATE")
