@@ -364,18 +364,8 @@ class Churn:
             rows.append(
                 {
                     "customer_id": cid,
-                    "score": result.score,
-                    "band": result.band,
-                    "reasons": result.reasons,
                     "reasons_json": reasons_json,
-                    "last_contact_at": s.last_contact_at,
-                    "rate_fast": s.rate_fast,
-                    "rate_slow": s.rate_slow,
-                    "rate_at": s.rate_at,
-                    "opted_out": s.opted_out,
-                    "alerted_at": alerted_at,
-                    "crossings": crossings,
-                    "updated_at": now,
+                    **_row(result, s, now, alerted_at, crossings),
                 }
             )
         if rows:
@@ -402,19 +392,7 @@ class Churn:
             alerted_at, crossings = now, crossings + 1
         elif result.score < self.cfg.rearm_below and alerted_at is not None:
             alerted_at = None
-        return {
-            "score": result.score,
-            "band": result.band,
-            "reasons": result.reasons,
-            "last_contact_at": s.last_contact_at,
-            "rate_fast": s.rate_fast,
-            "rate_slow": s.rate_slow,
-            "rate_at": s.rate_at,
-            "opted_out": s.opted_out,
-            "alerted_at": alerted_at,
-            "crossings": crossings,
-            "updated_at": now,
-        }
+        return _row(result, s, now, alerted_at, crossings)
 
     # --- the warning ---------------------------------------------------------------------------
 
@@ -542,3 +520,22 @@ def warning_text(
             + (f" · leads: {mentions}" if mentions else "")
         )
     return "\n".join(lines)
+
+
+def _row(
+    result: Health, s: Signals, now: datetime, alerted_at: datetime | None, crossings: int
+) -> dict[str, Any]:
+    """A customer's stored score, as the incremental update and the recompute both write it."""
+    return {
+        "score": result.score,
+        "band": result.band,
+        "reasons": result.reasons,
+        "last_contact_at": s.last_contact_at,
+        "rate_fast": s.rate_fast,
+        "rate_slow": s.rate_slow,
+        "rate_at": s.rate_at,
+        "opted_out": s.opted_out,
+        "alerted_at": alerted_at,
+        "crossings": crossings,
+        "updated_at": now,
+    }
