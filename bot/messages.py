@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -48,7 +49,28 @@ class Inbound:
     # token).
     reply_to: tuple[str, ...] = ()
     conversation_hint: int | None = None
+    # The thread this message continues, for whoever answers it (bot.intents.Threaded carries
+    # them back to the channel): the external ids of the messages it follows, oldest first (an
+    # email's References), and the title its sender gave the thread (an email's subject).
+    thread: tuple[str, ...] = ()
+    title: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+# The log row's meta keys for Inbound.thread and Inbound.title (bot/pipeline.py writes them).
+THREAD, TITLE = "thread", "title"
+
+
+def logged_thread(meta: Mapping[str, Any] | None) -> tuple[tuple[str, ...], str | None]:
+    """(thread, title) of a logged inbound message, from its row's meta. Rows logged before
+    Inbound carried them kept the email channel's own notes instead ("references", "subject"):
+    an answer to such a row is threaded the same way."""
+    meta = meta or {}
+    if THREAD in meta or TITLE in meta:
+        earlier, title = meta.get(THREAD), meta.get(TITLE)
+    else:
+        earlier, title = meta.get("references"), meta.get("subject")
+    return tuple(str(r) for r in earlier or ()), str(title) if title else None
 
 
 @dataclass(frozen=True, slots=True)

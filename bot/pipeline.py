@@ -50,7 +50,7 @@ from bot.effects import (
     Verdict,
     WithdrawConsent,
 )
-from bot.messages import SPOKEN, Inbound, Receipt
+from bot.messages import SPOKEN, THREAD, TITLE, Inbound, Receipt
 from storage import (
     campaigns,
     conversations,
@@ -404,6 +404,10 @@ async def _log_fresh(
             else NO_DECISION
         )
         meta = dict(inbound.meta)
+        if inbound.thread:
+            meta[THREAD] = list(inbound.thread)
+        if inbound.title:
+            meta[TITLE] = inbound.title
         if verdict.is_complaint:
             meta["complaint"] = {
                 "severity": verdict.severity,

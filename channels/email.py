@@ -192,11 +192,8 @@ NOISE_TEXT = {
 
 
 def _mail_meta(mail: ParsedMail, raw_path: Path, uid: int | None) -> dict[str, Any]:
-    meta: dict[str, Any] = {
-        "subject": mail.subject,
-        "references": list(mail.references),
-        "raw_path": str(raw_path),
-    }
+    # The subject and References travel as Inbound.title and .thread, not in meta.
+    meta: dict[str, Any] = {"raw_path": str(raw_path)}
     if mail.in_reply_to:
         meta["in_reply_to"] = mail.in_reply_to[0]
     if mail.date:
@@ -361,6 +358,8 @@ def _to_inbound(
         attachments=attachments,
         reply_to=reply_ids(mail) if kind == "message" else (),
         conversation_hint=conversation_token(mail.subject) if kind == "message" else None,
+        thread=tuple(mail.references),
+        title=mail.subject,
         meta=meta,
     )
 
@@ -418,9 +417,9 @@ def unloggable(raw: bytes, inbound: Inbound, reason: str, uid: int | None) -> In
     """The smallest event that still says a mail came and where its raw bytes are."""
     address = inbound.address if len(inbound.address) <= 320 else "unknown@kefu.invalid"
     meta: dict[str, Any] = {"kind": "unloggable", "reason": reason}
-    for key in ("raw_path", "imap_uid", "subject"):
+    for key in ("raw_path", "imap_uid"):
         if key in inbound.meta:
-            meta[key] = inbound.meta[key] if key != "subject" else str(inbound.meta[key])[:200]
+            meta[key] = inbound.meta[key]
     return Inbound(
         channel=CHANNEL,
         external_id=f"unloggable-{synthetic_msgid(raw)}",
@@ -428,6 +427,7 @@ def unloggable(raw: bytes, inbound: Inbound, reason: str, uid: int | None) -> In
         text=f"an email could not be logged ({reason}); its raw message is kept",
         received_at=inbound.received_at,
         kind="event",
+        title=inbound.title[:200] if inbound.title else None,
         meta=meta,
     )
 

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.intents import Outbound, Reply
+from bot.messages import logged_thread
 from handlers import care
 from storage import audit, conversations, customers, interactions, outbox
 from storage.models import utcnow
@@ -52,11 +53,8 @@ async def answer(
     last_in = await interactions.last_inbound(session, conversation.id, conversation.reply_channel)
     thread: dict[str, Any] = {}
     if last_in is not None and last_in.external_id:
-        thread = care.thread_of(
-            [str(r) for r in last_in.meta.get("references") or ()],
-            last_in.external_id,
-            last_in.meta.get("subject"),
-        )
+        earlier, title = logged_thread(last_in.meta)
+        thread = care.thread_of(earlier, last_in.external_id, title)
     logged_id = await interactions.add_line(
         session,
         conversation_id=conversation.id,

@@ -45,14 +45,10 @@ def answering(inbound: Inbound | None) -> dict[str, Any]:
     channel threads by them its own way (email headers, a Telegram reply)."""
     if inbound is None:
         return {}
-    return thread_of(
-        [str(r) for r in inbound.meta.get("references") or ()],
-        inbound.external_id,
-        inbound.meta.get("subject"),
-    )
+    return thread_of(inbound.thread, inbound.external_id, inbound.title)
 
 
-def thread_of(earlier: list[str], external_id: str, title: object) -> dict[str, Any]:
+def thread_of(earlier: tuple[str, ...], external_id: str, title: str | None) -> dict[str, Any]:
     """The Threaded intent's fields for an answer to the message `external_id`, which itself
-    answered `earlier` (oldest first)."""
-    return {"answers": (*earlier, external_id), "title": str(title) if title else None}
+    followed `earlier` (oldest first)."""
+    return {"answers": (*earlier, external_id), "title": title or None}

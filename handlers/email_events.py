@@ -21,7 +21,7 @@ async def on_bounce(session: AsyncSession, logged: Logged) -> Effects | None:
     if inbound.channel != CHANNEL or inbound.meta.get("kind") != "bounce":
         return None
     failed = [str(a).lower() for a in inbound.meta.get("failed_recipients", [])]
-    quoted = [str(r) for r in (*inbound.meta.get("references", []), *inbound.reply_to)]
+    quoted = [*inbound.thread, *inbound.reply_to]
     if failed and quoted:
         sent_to = await outbox.addresses_sent(session, CHANNEL, quoted)
         ours = {a.lower() for a in sent_to}

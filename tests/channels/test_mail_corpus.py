@@ -125,7 +125,7 @@ def judge(name: str, entry: dict[str, str | None], inbound: Inbound, report: Rep
         report.sender.count(name, inbound.address == sender.lower())
     subject = entry.get("subject")
     if subject is not None:
-        report.subject.count(name, squash(str(inbound.meta.get("subject", ""))) == squash(subject))
+        report.subject.count(name, squash(inbound.title or "") == squash(subject))
     text = expected_text(entry)
     got = inbound.text
     if inbound.kind == "event" and inbound.meta.get("kind") in ("auto_reply", "bounce"):

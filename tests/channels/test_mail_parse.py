@@ -47,7 +47,7 @@ def test_fixture_parses(name: str, tmp_path: Path) -> None:
         assert list(inbound.reply_to) == expect["reply_to"]
     assert [a.name for a in inbound.attachments] == expect.get("files", [])
     if "subject" in expect:
-        assert inbound.meta["subject"] == expect["subject"]
+        assert inbound.title == expect["subject"]
     for defect in expect.get("defects", []):
         assert defect in inbound.meta["defects"]  # what was recovered stays visible
 
