@@ -614,6 +614,10 @@ class InsightConfig(Section):
         return self
 
 
+# The channels kefu has, each configured in its own section here and wired in bot/app.py.
+CHANNELS = ("telegram", "email", "webhook")
+
+
 class Config(Section):
     storage: StorageConfig = StorageConfig()
     http: HttpConfig = HttpConfig()
@@ -631,6 +635,26 @@ class Config(Section):
     lifecycle: LifecycleConfig = LifecycleConfig()
     survey: SurveyConfig = SurveyConfig()
     insight: InsightConfig = InsightConfig()
+
+    def channels_on(self) -> frozenset[str]:
+        """The channels this configuration turns on (the webhook channel is always there: a source
+        is a section away)."""
+        on = {"webhook"}
+        if self.telegram.enabled:
+            on.add("telegram")
+        if self.email.enabled:
+            on.add("email")
+        return frozenset(on)
+
+    def unsendable(self, channel: str, address: str) -> str | None:
+        """Why nothing can be sent to `address` on `channel` under this configuration, or None:
+        a webhook address ("source:user") needs its source's callback_url."""
+        if channel == "webhook":
+            source = address.partition(":")[0]
+            found = self.webhook.sources.get(source)
+            if found is None or not found.callback_url:
+                return f"webhook source {source!r} has no callback_url"
+        return None
 
 
 def _describe(error: Mapping[str, Any]) -> str:

@@ -23,12 +23,20 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import holidays as holiday_calendars
 
-from bot.config import CampaignsConfig, Config, ConfigError, QuietHoursConfig, SegmentConfig
+from bot.config import (
+    CHANNELS,
+    CampaignsConfig,
+    Config,
+    ConfigError,
+    QuietHoursConfig,
+    SegmentConfig,
+)
 from bot.intents import Greeting as GreetingIntent
 from bot.intents import Outbound
 from handlers import segments
 from handlers.templating import LANGUAGES, TemplateProblem, Templates, language_of
 from storage import campaigns as store
+from storage import outbox
 from storage.db import Database
 from storage.models import Interaction, OutboxRow
 from storage.rows import table_of
@@ -37,7 +45,6 @@ log = logging.getLogger("kefu.greetings")
 
 Campaign = Literal["birthday", "holiday"]
 CAMPAIGNS: tuple[Campaign, ...] = ("birthday", "holiday")
-SEND_CHANNELS = ("telegram", "email", "webhook")
 BATCH = 1000
 
 
@@ -207,42 +214,38 @@ def timing(
 # --- where -----------------------------------------------------------------------------------
 
 
+def _anywhere(channel: str, address: str) -> str | None:
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Reach:
-    """The channels this kefu can send on, and webhook sources that have a callback_url."""
+    """The channels this kefu can send on, in the configured order, and `refuse`: why an address
+    on one of them cannot take a message (None: it can)."""
 
     channels: frozenset[str]
-    webhook_sources: frozenset[str]
     order: tuple[str, ...]
+    refuse: Callable[[str, str], str | None] = _anywhere
 
     @classmethod
     def of(cls, config: Config, channels: Iterable[str] | None = None) -> Reach:
-        if channels is None:
-            on = {"webhook"}
-            if config.telegram.enabled:
-                on.add("telegram")
-            if config.email.enabled:
-                on.add("email")
-            channels = on
-        sources = {n for n, s in config.webhook.sources.items() if s.callback_url}
+        """The reach of a configuration: the channels given (those running), else those it turns
+        on."""
+        on = config.channels_on() if channels is None else channels
         return cls(
-            frozenset(c for c in channels if c in SEND_CHANNELS),
-            frozenset(sources),
+            frozenset(c for c in on if c in CHANNELS),
             tuple(config.campaigns.channel_order),
+            config.unsendable,
         )
 
     def why_not(self, identity: store.Reachable) -> str | None:
-        if identity.channel not in SEND_CHANNELS:
+        if identity.channel not in CHANNELS:
             return f"{identity.channel} is not a channel kefu sends on"
         if identity.channel not in self.channels:
             return f"the {identity.channel} channel is off"
         if not identity.reachable:
             return f"unreachable ({identity.reason or 'no reason given'})"
-        if identity.channel == "webhook":
-            source = identity.address.partition(":")[0]
-            if source not in self.webhook_sources:
-                return f"webhook source {source!r} has no callback_url"
-        return None
+        return self.refuse(identity.channel, identity.address)
 
 
 def choose_channel(
@@ -328,9 +331,9 @@ def validate(config: Config, templates: Templates, today: date | None = None) ->
     holiday exists, every channel name is known. Raises ConfigError naming the key and value."""
     cfg = config.campaigns
     for channel in cfg.channel_order:
-        if channel not in SEND_CHANNELS:
+        if channel not in CHANNELS:
             raise ConfigError(
-                f"[campaigns] channel_order has value {channel!r}: use {', '.join(SEND_CHANNELS)}"
+                f"[campaigns] channel_order has value {channel!r}: use {', '.join(CHANNELS)}"
             )
     birthday = Occasion("birthday", date(2027, 1, 5), "2027", "", time(9), cfg.birthday.segment)
     holiday = Occasion(
@@ -619,8 +622,8 @@ class Planner:
             outcome.already = len(page) - len(claimed)
             outcome.skipped = sum(1 for g in page if g.customer_id in claimed and g.skip)
             # Ids first, then one executemany per table (the slow alternative is a RETURNING
-            # round trip per greeting). The outbox rows have exactly the shape bot.outbox.enqueue
-            # writes; a dedupe-key clash cannot happen once the delivery row was claimed.
+            # round trip per greeting). The outbox rows are storage.outbox.row's, as enqueue's
+            # are; a dedupe-key clash cannot happen once the delivery row was claimed.
             log_ids = await store.reserve_ids(session, table_of(Interaction), len(sending))
             out_ids = await store.reserve_ids(session, table_of(OutboxRow), len(sending))
             logged: list[dict[str, Any]] = []
@@ -660,16 +663,10 @@ class Planner:
                 queued.append(
                     {
                         "id": out_id,
-                        "channel": message.channel,
-                        "address": message.address,
-                        "payload": message.to_payload(),
-                        "dedupe_key": message.dedupe_key,
-                        "status": "pending",
-                        "attempts": 0,
-                        "next_attempt_at": g.send_at,
-                        "interaction_id": log_id,
-                        "conversation_id": None,
-                        "created_at": now,
+                        **outbox.row(
+                            message, next_attempt_at=g.send_at, interaction_id=log_id,
+                            created_at=now,
+                        ),
                     }
                 )
                 links.append((claimed[g.customer_id], out_id))

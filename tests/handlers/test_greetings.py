@@ -248,10 +248,14 @@ def test_templates_are_sandboxed(tmp_path: Any) -> None:
 # --- where -----------------------------------------------------------------------------------
 
 
+# Webhook source "shop" has a callback_url: its addresses can take a greeting.
+SHOP = parse_config(
+    {"webhook": {"sources": {"shop": {"secret_env": "S", "callback_url": "http://shop.test/"}}}}
+)
 REACH = Reach(
     frozenset({"telegram", "email", "webhook"}),
-    frozenset({"shop"}),
     ("telegram", "email", "webhook"),
+    SHOP.unsendable,
 )
 TG = Reachable("telegram", "1001", True, None)
 MAIL = Reachable("email", "ann@example.com", True, None)
@@ -286,7 +290,7 @@ def test_unreachable_customers_get_a_reason() -> None:
     assert "telegram 1001: unreachable (bot was blocked by the user)" in reason
     assert "phone +8613800138000: phone is not a channel kefu sends on" in reason
     assert "webhook source 'other' has no callback_url" in reason
-    off = Reach(frozenset({"webhook"}), frozenset({"shop"}), ("telegram",))
+    off = Reach(frozenset({"webhook"}), ("telegram",), SHOP.unsendable)
     assert "the email channel is off" in str(choose_channel(off, "email", None, [MAIL]))
 
 
