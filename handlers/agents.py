@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -55,33 +55,28 @@ async def answer(
     if last_in is not None and last_in.external_id:
         earlier, title = logged_thread(last_in.meta)
         thread = care.thread_of(earlier, last_in.external_id, title)
-    logged_id = await interactions.add_line(
+    reply = Outbound(
+        conversation.reply_channel,
+        conversation.reply_address,
+        Reply(
+            # No language: the channel's own wording follows the language the agent wrote in.
+            text=text,
+            conversation_id=conversation.id,
+            customer_id=conversation.customer_id,
+            **thread,
+        ),
+        "",  # keyed by its log line, below
+    )
+    logged_id = await outbox.log_line(
         session,
-        conversation_id=conversation.id,
-        customer_id=conversation.customer_id,
-        channel=conversation.reply_channel,
-        direction="out",
+        reply,
         author_kind="agent",
         author_id=agent,
-        text=text,
         meta={**(meta or {}), **({"staff_id": staff_id} if staff_id is not None else {})},
         at=now,
     )
     outbox_id = await outbox.enqueue(
-        session,
-        Outbound(
-            conversation.reply_channel,
-            conversation.reply_address,
-            Reply(
-                # No language: the channel's own wording follows the language the agent wrote in.
-                text=text,
-                conversation_id=conversation.id,
-                customer_id=conversation.customer_id,
-                **thread,
-            ),
-            f"reply-{logged_id}",
-        ),
-        interaction_id=logged_id,
+        session, replace(reply, dedupe_key=f"reply-{logged_id}"), interaction_id=logged_id
     )
     if conversation.first_response_at is None:
         conversation.first_response_at = now

@@ -26,41 +26,28 @@ from storage.models import (
 QUEUED = "kefu.outbox.queued"
 
 
-async def add(
-    session: AsyncSession,
+def row(
+    out: Outbound,
     *,
-    channel: str,
-    address: str,
-    payload: dict[str, Any],
-    dedupe_key: str,
     next_attempt_at: datetime,
     interaction_id: int | None,
-    conversation_id: int | None,
     created_at: datetime,
-) -> int | None:
-    """Adds the row unless its dedupe key is already there; returns the new row id or None."""
-    values = {
-        "channel": channel,
-        "address": address,
-        "payload": payload,
-        "dedupe_key": dedupe_key,
+) -> dict[str, Any]:
+    """The outbox row that queues `out`: its intent as to_payload writes it, pending, due at
+    `next_attempt_at`. The one shape every queued row has (enqueue, and a campaign's bulk insert
+    in handlers/greetings.py)."""
+    return {
+        "channel": out.channel,
+        "address": out.address,
+        "payload": out.to_payload(),
+        "dedupe_key": out.dedupe_key,
         "status": "pending",
         "attempts": 0,
         "next_attempt_at": next_attempt_at,
         "interaction_id": interaction_id,
-        "conversation_id": conversation_id,
+        "conversation_id": out.conversation_id,
         "created_at": created_at,
     }
-    stmt = (
-        dialect.insert(session, OutboxRow)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["dedupe_key"])
-        .returning(OutboxRow.id)
-    )
-    row_id = (await session.execute(stmt)).scalar_one_or_none()
-    if row_id is not None:
-        session.info[QUEUED] = True
-    return row_id
 
 
 async def enqueue(
@@ -73,17 +60,20 @@ async def enqueue(
     """Adds the row unless its dedupe key is already there; returns the new row id or None.
 
     `not_before` schedules it (a greeting at 09:00 in the customer's time zone)."""
-    return await add(
-        session,
-        channel=out.channel,
-        address=out.address,
-        payload=out.to_payload(),
-        dedupe_key=out.dedupe_key,
-        next_attempt_at=not_before or utcnow(),
-        interaction_id=interaction_id,
-        conversation_id=out.conversation_id,
-        created_at=utcnow(),
+    now = utcnow()
+    values = row(
+        out, next_attempt_at=not_before or now, interaction_id=interaction_id, created_at=now
     )
+    stmt = (
+        dialect.insert(session, OutboxRow)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(OutboxRow.id)
+    )
+    row_id = (await session.execute(stmt)).scalar_one_or_none()
+    if row_id is not None:
+        session.info[QUEUED] = True
+    return row_id
 
 
 async def say(
@@ -97,19 +87,34 @@ async def say(
     """kefu's own message to a customer (an acknowledgement, a survey, a confirmation): logged in
     the unified log as the bot's, and queued, in the caller's transaction. Returns the log row
     id."""
-    logged_id = await interactions.add_line(
+    logged_id = await log_line(session, out, meta=log_meta, at=at)
+    await enqueue(session, out, interaction_id=logged_id, not_before=not_before)
+    return logged_id
+
+
+async def log_line(
+    session: AsyncSession,
+    out: Outbound,
+    *,
+    author_kind: str = "bot",
+    author_id: str | None = None,
+    meta: dict[str, Any],
+    at: datetime,
+) -> int:
+    """The unified log's line for `out`, a message kefu's side sends (the bot's own, an agent's
+    answer), in the caller's transaction. Returns its id, which the outbox row points at."""
+    return await interactions.add_line(
         session,
         conversation_id=out.conversation_id,
         customer_id=out.customer_id,
         channel=out.channel,
         direction="out",
-        author_kind="bot",
+        author_kind=author_kind,
+        author_id=author_id,
         text=out.text,
-        meta=log_meta,
+        meta=meta,
         at=at,
     )
-    await enqueue(session, out, interaction_id=logged_id, not_before=not_before)
-    return logged_id
 
 
 def queued(session: AsyncSession) -> bool:
