@@ -46,10 +46,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import aiohttp
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from webhook_load import drive  # noqa: E402
 
 from channels.webhook import sign  # noqa: E402
 from tests.servers.ports import free_port  # noqa: E402
@@ -134,40 +134,14 @@ def requests(n: int) -> list[tuple[bytes, dict[str, str]]]:
     return out
 
 
-async def drive(port: int, reqs: list[tuple[bytes, dict[str, str]]], concurrency: int) -> tuple[float, list[float]]:
-    url = f"http://127.0.0.1:{port}/webhooks/shop"
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-        for _ in range(1200):  # a prefilled database takes a while to open and catch up
-            try:
-                async with session.get(f"http://127.0.0.1:{port}/healthz"):
-                    break
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.1)
-        latencies: list[float] = []
-        queue = iter(reqs)
-
-        async def lane() -> None:
-            for body, headers in queue:
-                t0 = time.perf_counter()
-                async with session.post(url, data=body, headers=headers) as r:
-                    await r.read()
-                    if r.status != 202:
-                        raise SystemExit(f"unexpected {r.status}: {await r.text()}")
-                latencies.append(time.perf_counter() - t0)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(lane() for _ in range(concurrency)))
-        return time.perf_counter() - started, latencies
-
-
 def run(name: str, start, n: int, concurrency: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         proc = start(port, Path(tmp))
         try:
             warmup, measured = requests(n + 200)[:200], requests(n + 200)[200:]
-            asyncio.run(drive(port, warmup, concurrency))
-            elapsed, lat = asyncio.run(drive(port, measured, concurrency))
+            asyncio.run(drive([port], warmup, concurrency))
+            elapsed, lat = asyncio.run(drive([port], measured, concurrency))
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)

@@ -43,9 +43,9 @@ def measure(code: Path, n: int) -> float:
         proc = ingest.start_kefu(port, Path(tmp), code)
         try:
             reqs = ingest.requests(n + WARMUP)
-            asyncio.run(ingest.drive(port, reqs[:WARMUP], 32))
+            asyncio.run(ingest.drive([port], reqs[:WARMUP], 32))
             before = cpu_seconds(proc.pid)
-            asyncio.run(ingest.drive(port, reqs[WARMUP:], 32))
+            asyncio.run(ingest.drive([port], reqs[WARMUP:], 32))
             spent = cpu_seconds(proc.pid) - before
         finally:
             proc.send_signal(signal.SIGTERM)

@@ -19,16 +19,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pg_trips import Counts, TripCounter  # noqa: E402
+from webhook_load import drive  # noqa: E402
 
 from tests.servers.ports import free_port  # noqa: E402
 from tests.servers.postgres import PostgresServer  # noqa: E402
@@ -103,37 +101,6 @@ def start_kefu(
         env={**os.environ, "SHOP_SECRET": secret},
         stderr=(workdir / f"kefu-{port}.log").open("wb"),
     )
-
-
-async def drive(
-    ports: list[int], reqs: list[tuple[bytes, dict[str, str]]], concurrency: int
-) -> tuple[float, list[float]]:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-        for port in ports:
-            for _ in range(300):
-                try:
-                    async with session.get(f"http://127.0.0.1:{port}/healthz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        latencies: list[float] = []
-        queue = iter(reqs)
-
-        async def lane(n: int) -> None:
-            url = f"http://127.0.0.1:{ports[n % len(ports)]}/webhooks/shop"
-            for body, headers in queue:
-                t0 = time.perf_counter()
-                async with session.post(url, data=body, headers=headers) as r:
-                    await r.read()
-                    if r.status != 202:
-                        raise SystemExit(f"unexpected {r.status}: {await r.text()}")
-                latencies.append(time.perf_counter() - t0)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(lane(n) for n in range(concurrency)))
-        return time.perf_counter() - started, latencies
 
 
 async def analyze(url: str) -> None:
