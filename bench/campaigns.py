@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot.cli_campaigns import import_customers
 from bot.config import parse_config
-from handlers.customer_import import Settings
+from handlers.customer_import import COLUMNS, Settings
 from handlers.greetings import Planner, Reach
 from handlers.templating import Templates
 from storage.db import Database
@@ -133,19 +133,7 @@ async def bench_import(rows: int, tmp: Path) -> None:
     path = tmp / "customers.csv"
     with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(
-            [
-                "name",
-                "email",
-                "phone",
-                "telegram_id",
-                "birthday",
-                "timezone",
-                "language",
-                "tags",
-                "marketing_consent",
-            ]
-        )
+        w.writerow(COLUMNS)
         for i in range(rows):
             w.writerow(
                 [
@@ -158,6 +146,7 @@ async def bench_import(rows: int, tmp: Path) -> None:
                     "zh",
                     "retail",
                     "yes",
+                    "",
                 ]
             )
     base_db = Database(f"sqlite+aiosqlite:///{tmp}/baseline.db")
