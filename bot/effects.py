@@ -19,6 +19,7 @@ from enum import IntEnum
 from typing import Any
 
 from bot.intents import Outbound
+from bot.lookup import Lookup
 from bot.messages import Inbound
 
 
@@ -219,6 +220,17 @@ class SurveyAnswered:
 
 
 @dataclass(frozen=True, slots=True)
+class Audited:
+    """An entry in the audit log (who, what, on what; `detail` as JSON), at the time it is
+    written."""
+
+    actor: str
+    action: str
+    subject: str
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class HealthScores:
     """Customers' churn-risk rows to store in customer_health (handlers/churn.py): one dict per
     customer, with customer_id and every column of storage.insight.HEALTH_COLUMNS."""
@@ -237,6 +249,7 @@ Effect = (
     | Unreachable
     | SurveyAnswered
     | HealthScores
+    | Audited
 )
 Effects = Sequence[Effect]
 
@@ -261,8 +274,8 @@ class Phase(IntEnum):
 
 
 # An observer looks at one logged message and returns what it wants done (or None for nothing).
-# Its first argument is the ingest transaction's session, for queries only: writes go back as
-# effects. An observer may also have `observe_batch(session, notes)`: then it is called once per
-# batch with all the batch's messages in order, after the per-message observers, instead of once
-# per message.
-Observer = Callable[[Any, Logged], Awaitable[Effects | None]]
+# Its first argument is a Lookup (bot/lookup.py) of the ingest transaction: reads only, plain
+# data; every write goes back as effects. An observer may also have
+# `observe_batch(lookup, notes)`: then it is called once per batch with all the batch's messages
+# in order, after the per-message observers, instead of once per message.
+Observer = Callable[[Lookup, Logged], Awaitable[Effects | None]]

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import assert_never
+from typing import TypeVar, assert_never
 
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -33,6 +33,7 @@ from bot.config import PRIORITY_RANK
 from bot.effects import (
     NOT_A_COMPLAINT,
     Acknowledged,
+    Audited,
     ComplaintReasons,
     ConversationView,
     CustomerView,
@@ -50,8 +51,10 @@ from bot.effects import (
     Verdict,
     WithdrawConsent,
 )
+from bot.lookup import Lookup
 from bot.messages import SPOKEN, THREAD, TITLE, Inbound, Receipt
 from storage import (
+    audit,
     campaigns,
     conversations,
     customers,
@@ -64,23 +67,25 @@ from storage import (
 )
 from storage import outbox as outbox_rows
 from storage.db import Database
+from storage.lookup import SessionLookup, conversation_view, customer_view
 from storage.models import Acknowledgement, Conversation, Customer, Interaction, utcnow
 
 log = logging.getLogger("kefu.pipeline")
 
 Classifier = Callable[[str, str | None], Verdict]
-# route(session, verdict, customer, conversation, inbound) -> Decision: plain data in, a decision
-# out; the session is for reading staff on duty and open workloads (and the assignment cursor).
+# route(lookup, verdict, customer, conversation, inbound) -> Decision: plain data in, a decision
+# out; the lookup (bot/lookup.py) reads staff on duty and open workloads (and the assignment
+# cursor).
 Router = Callable[
-    [AsyncSession, Verdict, CustomerView, ConversationView | None, Inbound], Awaitable[Decision]
+    [Lookup, Verdict, CustomerView, ConversationView | None, Inbound], Awaitable[Decision]
 ]
 
 
 # explicit(source) -> the verdict of a message its channel marked a complaint.
 Explicit = Callable[[str], Verdict]
-# answer(session, conversation_id, inbound) -> the message as a survey answer (an event), or None:
+# answer(lookup, conversation_id, inbound) -> the message as a survey answer (an event), or None:
 # asked before a customer's message reopens a resolved conversation.
-Answer = Callable[[AsyncSession, int, Inbound], Awaitable[Inbound | None]]
+Answer = Callable[[Lookup, int, Inbound], Awaitable[Inbound | None]]
 # resume(conversation, at): a pending conversation's SLA clock restarts as its customer answers.
 Resume = Callable[[Conversation, datetime], None]
 
@@ -323,6 +328,8 @@ async def _log_fresh(
     receipts: list[Receipt | None],
     pipeline: Pipeline,
 ) -> None:
+    # Handlers read through this; they never get the session, so they cannot write.
+    reads = SessionLookup(session)
     # 2. identify: Identity(channel, address) -> Customer, created on first contact
     owner, customers, senders = await ingest.identify(session, inbounds)
 
@@ -353,7 +360,7 @@ async def _log_fresh(
             and conversation.status == "resolved"
         ):
             answer = (
-                await pipeline.answer(session, conversation.id, inbound)
+                await pipeline.answer(reads, conversation.id, inbound)
                 if pipeline.answer is not None
                 else None
             )
@@ -394,10 +401,10 @@ async def _log_fresh(
             )
         decision = (
             await pipeline.route(
-                session,
+                reads,
                 verdict,
-                _customer_view(customer),
-                None if conversation is None else _conversation_view(conversation),
+                customer_view(customer),
+                None if conversation is None else conversation_view(conversation),
                 inbound,
             )
             if spoken
@@ -452,7 +459,7 @@ async def _log_fresh(
         return
     # An observer with observe_batch sees the whole batch at once, after the per-message ones:
     # it can read and write for all its messages in a statement or two instead of per message.
-    batched: list[Callable[[AsyncSession, Sequence[Logged]], Awaitable[Sequence[Effect] | None]]]
+    batched: list[Callable[[Lookup, Sequence[Logged]], Awaitable[Sequence[Effect] | None]]]
     batched = [
         b for o in pipeline.observers if (b := getattr(o, "observe_batch", None)) is not None
     ]
@@ -466,7 +473,7 @@ async def _log_fresh(
         )
         note = _note(inbound, interaction_id, customer, conversation, created, verdict, decision)
         for observer in each:
-            effects = await observer(session, note)
+            effects = await observer(reads, note)
             if effects:
                 await _apply(session, effects, rows)
                 # The next observer sees what this one changed.
@@ -482,47 +489,12 @@ async def _log_fresh(
             )
         ]
         for observe_batch in batched:
-            effects = await observe_batch(session, seen)
+            effects = await observe_batch(reads, seen)
             if effects:
                 await _apply(session, effects, rows)
 
 
 NO_DECISION = Decision()
-
-
-def _customer_view(c: Customer) -> CustomerView:
-    return CustomerView(
-        c.id,
-        c.display_name,
-        c.language,
-        c.timezone,
-        tuple(c.tags or ()),
-        bool(c.vip),
-        bool(c.marketing_consent),
-        c.birthday_md,
-        c.forgotten_at,
-        c.merged_into,
-        c.created_at,
-    )
-
-
-def _conversation_view(c: Conversation) -> ConversationView:
-    return ConversationView(
-        c.id,
-        c.customer_id,
-        c.status,
-        c.team,
-        c.assignee,
-        c.priority,
-        bool(c.is_complaint),
-        c.severity,
-        c.staff_thread,
-        c.reply_channel,
-        c.reply_address,
-        c.first_response_at,
-        c.first_response_due_at,
-        c.resolution_due_at,
-    )
 
 
 def _note(
@@ -537,8 +509,8 @@ def _note(
     return Logged(
         inbound,
         interaction_id,
-        _customer_view(customer),
-        None if conversation is None else _conversation_view(conversation),
+        customer_view(customer),
+        None if conversation is None else conversation_view(conversation),
         id(conversation) in created,
         verdict,
         decision,
@@ -579,9 +551,7 @@ async def _apply(session: AsyncSession, effects: Sequence[Effect], rows: _Rows) 
                 )
             )
         elif isinstance(effect, WithdrawConsent):
-            customer = rows.customers.get(effect.customer_id) or await session.get(
-                Customer, effect.customer_id
-            )
+            customer = await _row(session, rows.customers, Customer, effect.customer_id)
             if customer is not None:
                 customer.marketing_consent = False
             cancelled = await campaigns.cancel_for(
@@ -592,8 +562,8 @@ async def _apply(session: AsyncSession, effects: Sequence[Effect], rows: _Rows) 
                 interactions.event_row(replace(event, meta={**event.meta, "cancelled": cancelled}))
             )
         elif isinstance(effect, RaiseSeverity):
-            conversation = rows.conversations.get(effect.conversation_id) or await session.get(
-                Conversation, effect.conversation_id
+            conversation = await _row(
+                session, rows.conversations, Conversation, effect.conversation_id
             )
             if conversation is not None:
                 conversation.severity = effect.severity
@@ -616,8 +586,20 @@ async def _apply(session: AsyncSession, effects: Sequence[Effect], rows: _Rows) 
             )
         elif isinstance(effect, HealthScores):
             await insight.write(session, effect.rows)
+        elif isinstance(effect, Audited):
+            audit.record(session, effect.actor, effect.action, effect.subject, **effect.detail)
         else:
             assert_never(effect)
+
+
+_R = TypeVar("_R", Customer, Conversation)
+
+
+async def _row(
+    session: AsyncSession, batch: dict[int, _R], kind: type[_R], row_id: int
+) -> _R | None:
+    """The batch's own row (changed in place, written at the flush), else the stored one."""
+    return batch.get(row_id) or await session.get(kind, row_id)
 
 
 async def _post(session: AsyncSession, post: Post) -> None:

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from bot import intents
 from bot.config import Config
 from bot.effects import Acknowledged, Effect, Effects, Logged, Say
 from bot.intents import Outbound
+from bot.lookup import Lookup
 from bot.messages import SPOKEN
 from handlers import care
 from handlers.templating import language_of
-from storage.acknowledgements import acked_since
 
 log = logging.getLogger("kefu.acknowledge")
 
@@ -31,7 +29,7 @@ class Acknowledger:
     def __init__(self, config: Config) -> None:
         self.config = config
 
-    async def __call__(self, session: AsyncSession, note: Logged) -> Effects | None:
+    async def __call__(self, reads: Lookup, note: Logged) -> Effects | None:
         inbound, conversation, decision = note.inbound, note.conversation, note.decision
         cfg = self.config.routing
         if (
@@ -50,8 +48,8 @@ class Acknowledger:
         if not (complaint or outside):
             return None
         now = inbound.received_at
-        if not complaint and await acked_since(
-            session, conversation.id, inbound.channel, inbound.address, now - cfg.acknowledge_every
+        if not complaint and await reads.acked_since(
+            conversation.id, inbound.channel, inbound.address, now - cfg.acknowledge_every
         ):
             log.info("ack.skipped conversation=%s reason=recently acknowledged", conversation.id)
             return None

@@ -29,17 +29,19 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Config
-from bot.effects import Effect, Event, HealthScores, Post
+from bot.effects import Audited, Effect, Event, HealthScores, Post
 from bot.intents import STAFF_CHANNEL, Outbound, StaffNotice
+from bot.lookup import Lookup
 from bot.messages import SPOKEN
 from handlers import health, staff_alerts, staff_feed
 from handlers.health import FAST_DAYS, SLOW_DAYS, Health, Signals
 from handlers.routing import Router
-from storage import audit, conversations, outbox
+from storage import audit, outbox
 from storage import customers as customer_rows
 from storage import insight as store
 from storage.db import Database
 from storage.insight import drop_gone
+from storage.lookup import SessionLookup
 from storage.models import Customer, utcnow
 
 if TYPE_CHECKING:
@@ -81,11 +83,11 @@ class Churn:
 
     # --- the pipeline's observer ---------------------------------------------------------------
 
-    async def __call__(self, session: AsyncSession, note: Logged) -> list[Effect] | None:
-        return await self.observe_batch(session, [note])
+    async def __call__(self, reads: Lookup, note: Logged) -> list[Effect] | None:
+        return await self.observe_batch(reads, [note])
 
     async def observe_batch(
-        self, session: AsyncSession, notes: Sequence[Logged]
+        self, reads: Lookup, notes: Sequence[Logged]
     ) -> list[Effect] | None:
         """A pipeline batch's messages, in order: the stored rows of all their customers read in
         one statement; what it hands back is every new row (one HealthScores, stored by the
@@ -99,7 +101,7 @@ class Churn:
         ]
         if not live:
             return None
-        known = await health.stored_rows(session, list({n.customer.id for n in live}))
+        known = await health.stored_rows(reads, list({n.customer.id for n in live}))
         # Customers without a row yet (first contact: the batch's new customers, numbered in a
         # run) have their signals read for all of them at once when their ids are close together.
         unscored = sorted({n.customer.id for n in live} - known.keys())
@@ -107,7 +109,7 @@ class Churn:
         if unscored and unscored[-1] - unscored[0] < 2 * len(unscored):
             at = min(n.inbound.received_at for n in live if n.customer.id in unscored)
             read = await health.gather(
-                session, unscored[0], unscored[-1], at, self.cfg, from_log=False, owners=False
+                reads, unscored[0], unscored[-1], at, self.cfg, from_log=False, owners=False
             )
             first = {cid: read.get(cid) or Signals() for cid in unscored}
         pending: dict[int, dict[str, Any]] = {}
@@ -120,12 +122,12 @@ class Churn:
                 and self._is_plain(note)
                 and not (found[1].opted_out and note.customer.marketing_consent)
             ):
-                values = await self._plain(session, note, found, effects)
+                values = await self._plain(reads, note, found, effects)
             else:
                 # This batch's own rows are not stored yet: the latest row is the one in `known`.
                 fresh = first.pop(cid, None)
                 values = await self._full(
-                    session,
+                    reads,
                     note,
                     None if fresh is None else (fresh, None),
                     None if found is None else found[1],
@@ -160,7 +162,7 @@ class Churn:
 
     async def _full(
         self,
-        session: AsyncSession,
+        reads: Lookup,
         note: Logged,
         read: tuple[Signals, health.Stored | None] | None,
         latest: health.Stored | None,
@@ -169,7 +171,7 @@ class Churn:
         customer = note.customer
         now = note.inbound.received_at
         spoken = note.inbound.kind in SPOKEN and note.interaction_id is not None
-        signals, row = read or await health.one(session, customer.id, now, self.cfg)
+        signals, row = read or await health.one(reads, customer.id, now, self.cfg)
         if latest is not None:
             row = latest
         if row is not None:
@@ -194,13 +196,13 @@ class Churn:
         )
         if values["alerted_at"] is not None and alerted_at is None:
             effects.extend(
-                await self._warn_full(session, customer, result, signals, now, values["crossings"])
+                await self._warn_full(reads, customer, result, signals, now, values["crossings"])
             )
         return values
 
     async def _plain(
         self,
-        session: AsyncSession,
+        reads: Lookup,
         note: Logged,
         found: tuple[list[dict[str, Any]], health.Stored],
         effects: list[Effect],
@@ -223,14 +225,14 @@ class Churn:
         if values["alerted_at"] is not None and row.alerted_at is None:
             effects.extend(
                 await self._warn_full(
-                    session, note.customer, result, signals, now, values["crossings"]
+                    reads, note.customer, result, signals, now, values["crossings"]
                 )
             )
         return values
 
     async def _warn_full(
         self,
-        session: AsyncSession,
+        reads: Lookup,
         customer: Customer | CustomerView,
         result: Health,
         signals: Signals,
@@ -239,12 +241,12 @@ class Churn:
     ) -> list[Effect]:
         # The conversation to open and its owner, read only for the (rare) warning.
         full = (
-            await health.gather(session, customer.id, customer.id, now, self.cfg, from_log=False)
+            await health.gather(reads, customer.id, customer.id, now, self.cfg, from_log=False)
         ).get(customer.id)
         if full is not None:
             signals.conversation_id, signals.owner = full.conversation_id, full.owner
-        event, posts = await self.warn(session, customer, result, signals, now, crossing)
-        return [event, *posts]
+        event, audited, posts = await self.warn(reads, customer, result, signals, now, crossing)
+        return [event, audited, *posts]
 
     # --- everyone ------------------------------------------------------------------------------
 
@@ -320,7 +322,8 @@ class Churn:
         # Contact times, rates and the opt-out come from the stored rows (the observer keeps them
         # as messages arrive); from the log for a rebuild, or when a customer has none yet.
         read_log = from_log or any(c.rate_at is None for c in customers)
-        signals = await health.gather(session, lo, hi, now, self.cfg, from_log=read_log)
+        reads = SessionLookup(session)
+        signals = await health.gather(reads, lo, hi, now, self.cfg, from_log=read_log)
         rows: list[dict[str, Any]] = []
         warnings: list[tuple[int, Health, Signals, int]] = []
         threshold, rearm = self.cfg.threshold, self.cfg.rearm_below
@@ -374,8 +377,9 @@ class Churn:
         for cid, result, s, crossings in warnings if self._announce else ():
             customer = await customer_rows.by_id(session, cid)
             assert customer is not None
-            event, posts = await self.warn(session, customer, result, s, now, crossings)
+            event, audited, posts = await self.warn(reads, customer, result, s, now, crossings)
             store.add_event(session, event)
+            audit.record(session, audited.actor, audited.action, audited.subject, **audited.detail)
             # A job, not an observer: its posts are queued here, in its transaction.
             for post in posts:
                 if post.feed is not None:
@@ -398,22 +402,20 @@ class Churn:
 
     async def warn(
         self,
-        session: AsyncSession,
+        reads: Lookup,
         customer: Customer | CustomerView,
         result: Health,
         s: Signals,
         now: datetime,
         crossing: int,
-    ) -> tuple[Event, list[Post]]:
-        """Audits the warning; returns its line in the customer's log and the posts that tell
+    ) -> tuple[Event, Audited, list[Post]]:
+        """The warning's line in the customer's log, its audit entry and the posts that tell
         the leads (in the staff group, the conversation's topic; else each lead's private
         chat), for the caller to store and queue."""
-        conversation = (
-            await conversations.by_id(session, s.conversation_id) if s.conversation_id else None
-        )
+        conversation = await reads.conversation(s.conversation_id) if s.conversation_id else None
         team = self.router.team(conversation.team if conversation is not None else None)
-        leads = await self.router.leads(session, team)
-        owner = await staff_alerts.staff_name(session, s.owner)
+        leads = await self.router.leads(reads, team)
+        owner = await staff_alerts.staff_name(reads, s.owner)
         text = warning_text(
             self.cfg.language,
             customer,
@@ -436,15 +438,16 @@ class Churn:
             now,
             conversation_id=conversation.id if conversation is not None else None,
         )
-        audit.record(
-            session,
+        audited = Audited(
             "kefu",
             "insight.churn_warning",
             f"customer:{customer.id}",
-            score=result.score,
-            reasons=[r["code"] for r in result.reasons],
-            crossing=crossing,
-            conversation=conversation.id if conversation is not None else None,
+            {
+                "score": result.score,
+                "reasons": [r["code"] for r in result.reasons],
+                "crossing": crossing,
+                "conversation": conversation.id if conversation is not None else None,
+            },
         )
         key = f"churn:{customer.id}:{crossing}"
         posts: list[Post] = []
@@ -481,7 +484,7 @@ class Churn:
             conversation.id if conversation is not None else None,
             ",".join(m.name for m in leads),
         )
-        return event, posts
+        return event, audited, posts
 
 
 def warning_text(

@@ -12,11 +12,10 @@ import re
 import unicodedata
 from collections.abc import Iterable
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from bot.effects import Effects, Event, Logged, Say, WithdrawConsent
 from bot.intents import Notice, Outbound
 from bot.language import CJK
+from bot.lookup import Lookup
 from bot.messages import SPOKEN
 from handlers.templating import Templates, language_of
 from storage.models import utcnow
@@ -45,7 +44,7 @@ class ConsentObserver:
     def is_opt_out(self, text: str) -> bool:
         return normalise(text) in self.words
 
-    async def __call__(self, session: AsyncSession, logged: Logged) -> Effects | None:
+    async def __call__(self, reads: Lookup, logged: Logged) -> Effects | None:
         inbound = logged.inbound
         if inbound.kind not in SPOKEN or not self.is_opt_out(inbound.text):
             return None

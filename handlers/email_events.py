@@ -7,15 +7,13 @@ that address). kefu's Message-IDs are random, so only the server that got kefu's
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from bot.effects import Effect, Effects, Event, Logged, Unreachable
-from storage import conversations, customers, outbox
+from bot.lookup import Lookup
 
 CHANNEL = "email"
 
 
-async def on_bounce(session: AsyncSession, logged: Logged) -> Effects | None:
+async def on_bounce(reads: Lookup, logged: Logged) -> Effects | None:
     """Pipeline observer: reads what the bounce names; the pipeline writes what it returns."""
     inbound = logged.inbound
     if inbound.channel != CHANNEL or inbound.meta.get("kind") != "bounce":
@@ -23,7 +21,7 @@ async def on_bounce(session: AsyncSession, logged: Logged) -> Effects | None:
     failed = [str(a).lower() for a in inbound.meta.get("failed_recipients", [])]
     quoted = [*inbound.thread, *inbound.reply_to]
     if failed and quoted:
-        sent_to = await outbox.addresses_sent(session, CHANNEL, quoted)
+        sent_to = await reads.addresses_sent(CHANNEL, quoted)
         ours = {a.lower() for a in sent_to}
         failed = [a for a in failed if a in ours]
     else:
@@ -40,9 +38,9 @@ async def on_bounce(session: AsyncSession, logged: Logged) -> Effects | None:
         ]
     status = inbound.meta.get("status") or "no status"
     effects: list[Effect] = []
-    for address, customer_id in await customers.holders(session, CHANNEL, failed):
+    for address, customer_id in await reads.holders(CHANNEL, failed):
         effects.append(Unreachable(CHANNEL, address, f"bounced ({status})"))
-        conversation_id = await conversations.latest_reopenable(session, customer_id)
+        conversation_id = await reads.latest_reopenable(customer_id)
         if conversation_id is not None:
             effects.append(
                 Event(

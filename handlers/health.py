@@ -23,12 +23,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from bot.config import InsightConfig
+from bot.lookup import Lookup, Signals, Stored
 from handlers import complaints
-from storage import insight as store
-from storage.insight import FAST_DAYS, LOW_CSAT, SLOW_DAYS, Signals, Stored
+from storage.insight import FAST_DAYS, LOW_CSAT, SLOW_DAYS
 
 __all__ = ["FAST_DAYS", "LOW_CSAT", "SLOW_DAYS", "Signals", "Stored"]
 
@@ -211,7 +209,7 @@ def explain_all(
 
 
 async def gather(
-    session: AsyncSession,
+    reads: Lookup,
     lo: int,
     hi: int,
     now: datetime,
@@ -221,23 +219,23 @@ async def gather(
     owners: bool = True,
 ) -> dict[int, Signals]:
     """Signals of the customers with ids lo..hi that have any rows; see storage.insight.gather."""
-    return await store.gather(
-        session, lo, hi, now, cfg.window, _severe_cue, from_log=from_log, owners=owners
+    return await reads.signals(
+        lo, hi, now, cfg.window, _severe_cue, from_log=from_log, owners=owners
     )
 
 
 async def stored_rows(
-    session: AsyncSession, customer_ids: list[int]
+    reads: Lookup, customer_ids: list[int]
 ) -> dict[int, tuple[list[dict[str, Any]], Stored]]:
     """The stored rows of several customers in one statement (a pipeline batch's)."""
-    return await store.stored_rows(session, customer_ids)
+    return await reads.health_rows(customer_ids)
 
 
 async def one(
-    session: AsyncSession, customer_id: int, now: datetime, cfg: InsightConfig
+    reads: Lookup, customer_id: int, now: datetime, cfg: InsightConfig
 ) -> tuple[Signals, Stored | None]:
     """One customer's signals and stored row in one round trip (the observer's path)."""
-    return await store.one(session, customer_id, now, cfg.window, _severe_cue)
+    return await reads.signals_of(customer_id, now, cfg.window, _severe_cue)
 
 
 @functools.cache

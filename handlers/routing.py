@@ -15,22 +15,18 @@ start on Monday morning (or on the next working day after a holiday).
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
-
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import PRIORITY_RANK, Config, ConfigError, RuleConfig, TeamConfig
 from bot.effects import ConversationView, CustomerView, Decision, Verdict
+from bot.lookup import Lookup, StaffView
 from bot.messages import Inbound
 from handlers import segments
 from handlers.business_hours import BusinessHours
 from handlers.templating import language_of
-from storage import conversations, routing_cursors, staff
-from storage.models import Customer, Staff
+from storage.models import Customer
 
 log = logging.getLogger("kefu.routing")
 
@@ -84,7 +80,7 @@ def _due(hours: BusinessHours, start: datetime, target: timedelta | None) -> dat
 
 
 class Router:
-    """The pipeline's route(session, verdict, customer, conversation, inbound) -> Decision."""
+    """The pipeline's route(lookup, verdict, customer, conversation, inbound) -> Decision."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -131,7 +127,7 @@ class Router:
 
     async def __call__(
         self,
-        session: AsyncSession,
+        reads: Lookup,
         verdict: Verdict,
         customer: CustomerView,
         conversation: ConversationView | None,
@@ -139,7 +135,7 @@ class Router:
     ) -> Decision:
         in_segments = (
             await segments.of_customer(
-                session, self.config, customer, inbound.channel, inbound.received_at
+                reads, self.config, customer, inbound.channel, inbound.received_at
             )
             if self.uses_segments
             else frozenset()
@@ -171,7 +167,7 @@ class Router:
         first_due = _due(hours, now, first_target)
         assignee: int | None = None
         if conversation is not None and (conversation.assignee is None or reassign):
-            assignee = await self.assign(session, team)
+            assignee = await self.assign(reads, team)
         decision = Decision(
             priority=priority,
             assignee_id=assignee,
@@ -201,54 +197,41 @@ class Router:
             )
         return decision
 
-    async def members(
-        self, session: AsyncSession, team: TeamConfig, *, on_duty: bool
-    ) -> list[Staff]:
-        # Asked for every message of a batch: read the team once per transaction, and without
-        # autoflush (which would write the batch's pending rows each time).
-        cache = _per_transaction(session, "members")
-        key = (team.name, on_duty)
-        if key not in cache:
-            with session.no_autoflush:
-                cache[key] = await staff.active(session, on_duty=on_duty, names=team.members)
-        members: list[Staff] = cache[key]
-        return members
+    async def leads(self, reads: Lookup, team: TeamConfig) -> Sequence[StaffView]:
+        return await reads.leads(named=team.leads, among=team.members)
 
-    async def leads(self, session: AsyncSession, team: TeamConfig) -> list[Staff]:
-        return await staff.leads(session, named=team.leads, among=team.members)
-
-    async def assign(self, session: AsyncSession, team: TeamConfig) -> int | None:
+    async def assign(self, reads: Lookup, team: TeamConfig) -> int | None:
         method = self.config.routing.assignment
         if method == "none":
             return None
-        candidates = await self.members(session, team, on_duty=True)
+        # Asked for every message of a batch: the lookup reads the team once per transaction.
+        candidates = await reads.team_members(team.members, on_duty=True)
         if not candidates:
             log.info("routing.unassigned team=%s reason=nobody on duty", team.name)
             return None
         if method == "least_open":
-            return await least_open(session, candidates)
-        return await round_robin(session, team.name, candidates)
+            return await least_open(reads, candidates)
+        return await round_robin(reads, team.name, candidates)
 
 
-async def round_robin(session: AsyncSession, team: str, candidates: Sequence[Staff]) -> int:
+async def round_robin(reads: Lookup, team: str, candidates: Sequence[StaffView]) -> int:
     """The on-duty member after the team's last assignment. The cursor moves in the pipeline,
-    which stores Decision.round_robin; within one transaction this cache has the latest."""
-    cursors = _per_transaction(session, "cursors")
+    which stores Decision.round_robin; within one transaction this memo has the latest."""
+    cursors = reads.memo("routing.cursors")
     if team not in cursors:
-        cursors[team] = await routing_cursors.last_of(session, team)
+        cursors[team] = await reads.last_assigned(team)
     last = cursors[team] or 0
     chosen = next((s for s in candidates if s.id > last), candidates[0])
     cursors[team] = chosen.id
     return chosen.id
 
 
-async def least_open(session: AsyncSession, candidates: Sequence[Staff]) -> int:
+async def least_open(reads: Lookup, candidates: Sequence[StaffView]) -> int:
     ids = [s.id for s in candidates]
-    counts = _per_transaction(session, "open_counts")
+    counts = reads.memo("routing.open_counts")
     missing = [i for i in ids if i not in counts]
     if missing:
-        with session.no_autoflush:
-            found = await conversations.open_counts(session, missing)
+        found = await reads.open_counts(missing)
         counts.update({i: 0 for i in missing})
         counts.update(found)
     chosen = min(ids, key=lambda i: (counts[i], i))
@@ -256,25 +239,6 @@ async def least_open(session: AsyncSession, candidates: Sequence[Staff]) -> int:
     return chosen
 
 
-def _per_transaction(session: AsyncSession, name: str) -> dict[Any, Any]:
-    """A cache that lives as long as the session's transaction (session.info is cleared by no
-    one else; kefu opens one session per transaction)."""
-    return session.info.setdefault(f"kefu.routing.{name}", {})  # type: ignore[no-any-return]
-
-
-
-
-async def route(
-    session: AsyncSession,
-    verdict: Verdict,
-    customer: CustomerView,
-    conversation: ConversationView | None,
-    inbound: Inbound,
-) -> Decision:
-    """The router of the default config (one team of all staff, around the clock)."""
-    return await _default_router()(session, verdict, customer, conversation, inbound)
-
-
-@functools.cache
-def _default_router() -> Router:
-    return Router(Config())
+# The router of the default config (one team of all staff, around the clock): the pipeline's
+# when none is configured.
+route = Router(Config())

@@ -18,10 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Config, ConfigError, CustomerSegmentConfig
 from bot.effects import CustomerView
+from bot.lookup import HealthView, Lookup
 from storage import insight_segments as store
 from storage.db import Database
 from storage.insight_segments import DEFAULT_DAYS, days_of
-from storage.models import Customer, CustomerHealth
+from storage.models import Customer
 
 __all__ = ["DEFAULT_DAYS", "days_of"]
 
@@ -68,7 +69,7 @@ async def members_in(
 
 
 async def of_customer(
-    session: AsyncSession,
+    reads: Lookup,
     config: Config,
     customer: Customer | CustomerView,
     channel: str,
@@ -78,7 +79,7 @@ async def of_customer(
     segs = config.insight.segments
     if not segs or customer.forgotten_at is not None:
         return frozenset()
-    health = await store.health_of(session, customer.id)
+    health = await reads.health(customer.id)
     channels: set[str] | None = None
     inside: set[str] = set()
     for name, seg in segs.items():
@@ -97,7 +98,7 @@ async def of_customer(
             continue
         if seg.channel is not None:
             if channels is None:
-                channels = {channel} | await store.channels_of(session, customer.id)
+                channels = {channel} | await reads.channels_of(customer.id)
             if not channels & set(seg.channel):
                 continue
         if seg.band is not None and (health.band if health is not None else "ok") not in seg.band:
@@ -111,7 +112,7 @@ async def of_customer(
 def _active(
     seg: CustomerSegmentConfig,
     customer: Customer | CustomerView,
-    health: CustomerHealth | None,
+    health: HealthView | None,
     now: datetime,
 ) -> bool:
     cutoff = now - timedelta(days=days_of(seg))

@@ -23,6 +23,7 @@ from handlers.business_hours import BusinessHours
 from handlers.routing import Router
 from storage import customers, interactions, sla_breaches
 from storage.db import Database
+from storage.lookup import SessionLookup
 from storage.models import Conversation
 from storage.sla_breaches import TARGETS
 
@@ -106,8 +107,9 @@ async def _breach(
     if breach_id is None:
         return None  # another process escalated it between our query and our insert
     team = router.team(conversation.team)
-    leads = [m.name for m in await router.leads(session, team)]
-    assignee = await staff_alerts.staff_name(session, conversation.assignee)
+    reads = SessionLookup(session)
+    leads = [m.name for m in await router.leads(reads, team)]
+    assignee = await staff_alerts.staff_name(reads, conversation.assignee)
     late = now - due_at
     label = "first response" if target == "first_response" else "resolution"
     text = "\n".join(

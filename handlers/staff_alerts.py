@@ -24,9 +24,9 @@ from bot.effects import (
     RaiseSeverity,
 )
 from bot.intents import STAFF_CHANNEL, Outbound, StaffNotice
+from bot.lookup import Lookup
 from handlers import staff_feed
 from handlers.routing import Router
-from storage import staff
 from storage.models import Conversation, Customer, utcnow
 
 log = logging.getLogger("kefu.staff_alerts")
@@ -94,10 +94,10 @@ def name_of(customer: Customer | CustomerView) -> str:
     return customer.display_name or f"customer {customer.id}"
 
 
-async def staff_name(session: AsyncSession, staff_id: int | None) -> str | None:
+async def staff_name(reads: Lookup, staff_id: int | None) -> str | None:
     if staff_id is None:
         return None
-    member = await staff.by_id(session, staff_id)
+    member = await reads.staff_member(staff_id)
     return member.name if member is not None else None
 
 
@@ -109,7 +109,7 @@ class ComplaintAlerts:
         self.router = router
         self.staff_chat_id = staff_chat_id
 
-    async def __call__(self, session: AsyncSession, note: Logged) -> Effects | None:
+    async def __call__(self, reads: Lookup, note: Logged) -> Effects | None:
         verdict, conversation = note.verdict, note.conversation
         if not verdict.is_complaint or conversation is None:
             return None
@@ -120,7 +120,7 @@ class ComplaintAlerts:
             effects.append(RaiseSeverity(conversation.id, verdict.severity))
         if not (note.decision.new_complaint or worse):
             return effects  # the mirror of each further message already carries the mark
-        assignee = await staff_name(session, conversation.assignee)
+        assignee = await staff_name(reads, conversation.assignee)
         team = conversation.team or note.decision.team
         reasons = ", ".join(verdict.reasons) or "—"
         lines = [

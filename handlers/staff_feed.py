@@ -22,9 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.effects import ConversationView, Feed, Post
 from bot.intents import Outbound, StaffNotice
-from storage import outbox, staff
+from bot.lookup import Lookup, StaffView
+from storage import outbox
 from storage.db import Database
-from storage.models import Conversation, Staff
+from storage.models import Conversation
 
 # A coalesced post stays one Telegram message (4096 UTF-16 units), with room for the header.
 POST_LIMIT = 4000
@@ -33,12 +34,12 @@ FEED_PREFIXES = ("mirror-", "complaint:", "sla:", "board-")
 
 
 async def agent_of(
-    session: AsyncSession, conversation: Conversation | ConversationView
-) -> Staff | None:
+    reads: Lookup, conversation: Conversation | ConversationView
+) -> StaffView | None:
     """The agent whose private chat gets this conversation, or None (then: the staff group)."""
     if conversation.assignee is None:
         return None
-    member = await staff.by_id(session, conversation.assignee)
+    member = await reads.staff_member(conversation.assignee)
     if member is None or not member.active or member.telegram_user_id is None:
         return None
     return member
@@ -91,7 +92,7 @@ async def take(db: Database, key: str) -> dict[str, Any] | None:
         return final
 
 
-def for_agent(out: Outbound, member: Staff) -> Outbound:
+def for_agent(out: Outbound, member: StaffView) -> Outbound:
     """The same post, to the agent's private chat (the group, with its topic, if that fails)."""
     assert member.telegram_user_id is not None
     notice = out.intent

@@ -28,11 +28,12 @@ from bot.commands import StaffPost
 from bot.config import Config
 from bot.effects import Effect, Effects, Logged, Observer, Post
 from bot.intents import STAFF_CHANNEL, Outbound, StaffNotice
+from bot.lookup import Lookup, StaffView
 from bot.messages import SPOKEN, Attachment
 from handlers import agents, roles, staff_commands, staff_feed
 from storage import audit, conversations, outbox, processed_messages, staff
 from storage.db import Database
-from storage.models import Conversation, Staff
+from storage.models import Conversation
 
 log = logging.getLogger("kefu.staff_group")
 
@@ -139,11 +140,10 @@ def mirror_observer(staff_chat_id: int) -> Observer:
     the same transaction: to the assigned agent's private chat, else the conversation's topic in
     the staff group; merged into the post still waiting there, if there is one (staff_feed)."""
 
-    async def observe(session: AsyncSession, note: Logged) -> Effects | None:
+    async def observe(reads: Lookup, note: Logged) -> Effects | None:
         if note.conversation is None or note.inbound.kind not in (*SPOKEN, "edit"):
             return None
-        # Inside the pipeline's transaction some attributes may be expired; run_sync may load them.
-        seen = await session.run_sync(lambda _: _seen(note))
+        seen = _seen(note)
         # Media the staff channel itself holds (its own file ids) is copied into the post; the
         # rest is described in the text.
         media = tuple(
@@ -160,7 +160,7 @@ def mirror_observer(staff_chat_id: int) -> Observer:
         )
         out = Outbound(CHANNEL, str(staff_chat_id), notice, f"mirror-{note.interaction_id}")
         effects: list[Effect] = []
-        member = await staff_feed.agent_of(session, note.conversation)
+        member = await staff_feed.agent_of(reads, note.conversation)
         if member is not None:
             out = staff_feed.for_agent(out, member)
             effects.append(_board(staff_chat_id, seen, note.inbound.channel, member))
@@ -171,7 +171,7 @@ def mirror_observer(staff_chat_id: int) -> Observer:
     return observe
 
 
-def _board(staff_chat_id: int, seen: _Seen, channel: str, member: Staff) -> Post:
+def _board(staff_chat_id: int, seen: _Seen, channel: str, member: StaffView) -> Post:
     """Once per conversation and agent: a line in the group saying where it is handled. Lines
     waiting together go out as one post, so this costs the group almost nothing at any rate."""
     line = board_line(seen, channel, member.name)

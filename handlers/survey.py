@@ -27,10 +27,12 @@ from bot.config import Config
 from bot.effects import Effects, Event, Logged, SurveyAnswered
 from bot.intents import Outbound
 from bot.intents import Survey as SurveyQuestion
+from bot.lookup import Lookup, SurveyView
 from bot.messages import Inbound
 from handlers import care
 from handlers.templating import language_of
 from storage import customers, interactions, outbox, surveys
+from storage.lookup import SessionLookup
 from storage.models import Conversation, Survey, utcnow
 
 log = logging.getLogger("kefu.survey")
@@ -74,9 +76,7 @@ def parse_answer(text: str) -> tuple[int, str | None] | None:
     return None
 
 
-async def as_answer(
-    session: AsyncSession, conversation_id: int, inbound: Inbound
-) -> Inbound | None:
+async def as_answer(reads: Lookup, conversation_id: int, inbound: Inbound) -> Inbound | None:
     """The pipeline asks before reopening a resolved conversation: is this message a survey answer?
     Then it is logged as an event of kind "survey" and left to record() below."""
     if inbound.meta.get("sender_verified") is False:
@@ -84,7 +84,7 @@ async def as_answer(
     parsed = parse_answer(inbound.text)
     if parsed is None:
         return None
-    open_survey = await surveys.open_for(session, conversation_id, inbound.received_at)
+    open_survey = await reads.open_survey(conversation_id, inbound.received_at)
     if open_survey is None:
         return None
     score, comment = parsed
@@ -160,27 +160,27 @@ async def ask(
 
 
 async def check_answer(
-    session: AsyncSession,
+    reads: Lookup,
     *,
     score: int,
     survey_id: int | None = None,
     conversation_id: int | None = None,
     customer_id: int | None = None,
     now: datetime,
-) -> Survey:
+) -> SurveyView:
     """The survey a 1-5 answer counts for (by its id, or the open one of a conversation). Raises
     SurveyError when there is no open survey, it was answered already, or it expired. With
     `customer_id`, the survey must be that customer's (a Telegram button pressed by someone else).
     """
     if isinstance(score, bool) or score not in CHOICES:
         raise SurveyError(f"score has value {score!r}: use a whole number from 1 to 5")
-    survey: Survey | None
+    survey: SurveyView | None
     if survey_id is not None:
-        survey = await surveys.by_id(session, survey_id)
+        survey = await reads.survey(survey_id)
         if survey is None:
             raise SurveyError(f"no survey {survey_id}")
     elif conversation_id is not None:
-        survey = await surveys.open_for(session, conversation_id, now)
+        survey = await reads.open_survey(conversation_id, now)
         if survey is None:
             raise SurveyError(f"conversation {conversation_id} has no open survey")
     else:
@@ -214,7 +214,7 @@ async def record_answer(
     line in the conversation's log; check_answer() says which answers count."""
     now = now or utcnow()
     survey = await check_answer(
-        session,
+        SessionLookup(session),
         score=score,
         survey_id=survey_id,
         conversation_id=conversation_id,
@@ -242,7 +242,7 @@ async def record_answer(
     return Answered(survey.id, survey.conversation_id, score, comment)
 
 
-async def survey_observer(session: AsyncSession, note: Logged) -> Effects | None:
+async def survey_observer(reads: Lookup, note: Logged) -> Effects | None:
     """Pipeline observer: a logged survey answer (kind "survey") is recorded, in the same
     transaction (the message itself is its line in the log). An answer that cannot count
     (expired, twice, another customer's) stays in the log only."""
@@ -255,7 +255,7 @@ async def survey_observer(session: AsyncSession, note: Logged) -> Effects | None
     conversation_id = note.conversation.id if note.conversation is not None else None
     try:
         survey = await check_answer(
-            session,
+            reads,
             score=score,
             survey_id=int(survey_id) if survey_id is not None else None,
             conversation_id=None if survey_id is not None else conversation_id,

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,6 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.effects import Event
+from bot.lookup import IsSevere, Signals, Stored
 from storage import dialect, interactions
 from storage.models import (
     OPEN_STATUSES,
@@ -55,46 +56,6 @@ FAST_DAYS = 7.0  # half-life of the "recent" message rate
 SLOW_DAYS = 56.0  # half-life of the "usual" message rate
 RATE_HORIZON = timedelta(days=180)  # older messages weigh < 0.11 in the slow rate: not read
 LOW_CSAT = 2  # survey scores at or below this are a bad experience
-
-
-@dataclass(slots=True)
-class Signals:
-    """What the score is computed from, for one customer at one moment."""
-
-    open_complaints: int = 0
-    recent_complaints: int = 0
-    high_severity_cues: list[str] = field(default_factory=list)
-    high_severity: int = 0
-    last_complaint_at: datetime | None = None
-    worst_csat: int | None = None
-    last_low_csat_at: datetime | None = None
-    sla_breaches: int = 0
-    identities: int = 0
-    unreachable: int = 0
-    opted_out: bool = False
-    last_contact_at: datetime | None = None
-    rate_fast: float = 0.0
-    rate_slow: float = 0.0
-    rate_at: datetime | None = None
-    owner: int | None = None  # the assignee of their latest conversation
-    conversation_id: int | None = None  # the conversation a lead should open
-
-
-@dataclass(frozen=True, slots=True)
-class Stored:
-    """What customer_health holds for one customer, as the observer needs it."""
-
-    rate_fast: float
-    rate_slow: float
-    rate_at: datetime | None
-    last_contact_at: datetime | None
-    opted_out: bool
-    alerted_at: datetime | None
-    crossings: int
-
-
-# Which complaint reasons name a high-severity cue worth showing (handlers.complaints knows).
-IsSevere = Callable[[str], bool]
 
 
 def parse(value: object) -> datetime | None:

@@ -53,11 +53,13 @@ class Watch:
                 self.seen.append(statement.split("(")[0][:80])
 
     def wrap(self, observer: Observer) -> Observer:
-        async def observe(session: Any, note: Logged) -> Effects | None:
-            await session.flush()  # what the pipeline itself has pending is not the observer's
+        async def observe(reads: Any, note: Logged) -> Effects | None:
+            # What the pipeline itself has pending is not the observer's: written first (through
+            # the lookup's private session, which no observer is handed).
+            await reads._session.flush()
             self.inside = True
             try:
-                return await observer(session, note)
+                return await observer(reads, note)
             finally:
                 self.inside = False
 
@@ -66,16 +68,16 @@ class Watch:
             return observe
 
         class Batched:
-            async def __call__(self, session: Any, note: Logged) -> Effects | None:
-                return await observe(session, note)
+            async def __call__(self, reads: Any, note: Logged) -> Effects | None:
+                return await observe(reads, note)
 
             async def observe_batch(
-                inner, session: Any, notes: Sequence[Logged]
+                inner, reads: Any, notes: Sequence[Logged]
             ) -> Effects | None:
-                await session.flush()
+                await reads._session.flush()
                 self.inside = True
                 try:
-                    result: Effects | None = await batch(session, notes)
+                    result: Effects | None = await batch(reads, notes)
                     return result
                 finally:
                     self.inside = False
@@ -83,11 +85,11 @@ class Watch:
         return Batched()
 
     def wrap_router(self, router: Router) -> Any:
-        async def route(session: Any, *args: Any) -> Any:
-            await session.flush()
+        async def route(reads: Any, *args: Any) -> Any:
+            await reads._session.flush()
             self.inside = True
             try:
-                return await router(session, *args)
+                return await router(reads, *args)
             finally:
                 self.inside = False
 
@@ -152,11 +154,12 @@ async def test_no_observer_or_router_writes_while_it_runs(db: Database) -> None:
 
 
 async def test_the_watch_sees_an_observer_that_writes(db: Database) -> None:
-    """The check above can fail: an observer that writes through the session is caught."""
+    """The check above can fail: an observer that writes through the session (here by breaking
+    into the lookup's private one: it is handed no other) is caught."""
     from sqlalchemy import update
 
-    async def writes(session: Any, note: Logged) -> Effects | None:
-        await session.execute(
+    async def writes(reads: Any, note: Logged) -> Effects | None:
+        await reads._session.execute(
             update(Customer).where(Customer.id == note.customer.id).values(vip=True)
         )
         return None
@@ -167,3 +170,64 @@ async def test_the_watch_sees_an_observer_that_writes(db: Database) -> None:
     await pipeline.receive(message(1, "hello", NIGHT))
     await pipeline.close()
     assert watch.seen and watch.seen[0].startswith("UPDATE")
+
+
+async def test_observers_the_router_and_the_answer_check_get_no_session(db: Database) -> None:
+    """What the pipeline hands a handler has reads only: not the session, nor anything public
+    that leads to one, so a handler cannot add, flush, execute or commit."""
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+    from sqlalchemy.orm import Session
+
+    from bot.effects import Decision
+    from bot.pipeline import Pipeline
+    from handlers import complaints
+
+    handed: dict[str, Any] = {}
+
+    async def observer(reads: Any, note: Logged) -> Effects | None:
+        handed["observer"] = reads
+        return None
+
+    class Batched:
+        async def __call__(self, reads: Any, note: Logged) -> Effects | None:
+            return None
+
+        async def observe_batch(self, reads: Any, notes: Sequence[Logged]) -> Effects | None:
+            handed["observe_batch"] = reads
+            return None
+
+    async def route(reads: Any, *_: Any) -> Decision:
+        handed["route"] = reads
+        return Decision()
+
+    async def answer(reads: Any, conversation_id: int, inbound: Any) -> None:
+        handed["answer"] = reads
+        return None
+
+    pipeline = Pipeline(
+        db,
+        classify=complaints.classify,
+        explicit=complaints.explicit,
+        route=route,
+        answer=answer,
+        observers=[observer, Batched()],
+    )
+    first = await pipeline.receive(message(1, "hello", NIGHT))
+    async with db.transaction() as s:  # resolved: the next message is asked about first
+        from storage.models import Conversation
+
+        conversation = await s.get(Conversation, first.conversation_id)
+        assert conversation is not None
+        conversation.status = "resolved"
+    await pipeline.receive(message(2, "hello again", NIGHT + timedelta(minutes=1)))
+    await pipeline.close()
+    assert set(handed) == {"observer", "observe_batch", "route", "answer"}
+    writers = (AsyncSession, Session, AsyncConnection, Connection)
+    for who, reads in handed.items():
+        assert not isinstance(reads, writers), who
+        for verb in ("add", "add_all", "flush", "commit", "execute", "delete", "merge", "run_sync"):
+            assert not hasattr(reads, verb), (who, verb)
+        for name in dir(reads):
+            if not name.startswith("_"):
+                assert not isinstance(getattr(reads, name), writers), (who, name)

@@ -117,22 +117,23 @@ async def test_observer_failure_rolls_back_the_message(db: Database) -> None:
 
 
 async def test_observer_enqueues_in_the_same_transaction(db: Database) -> None:
-    from bot import outbox
+    from bot.effects import Post
     from bot.intents import Acknowledgement, Outbound
 
-    async def ack(session, logged: Logged) -> None:
-        await outbox.enqueue(
-            session,
-            Outbound(
-                "webhook",
-                logged.inbound.address,
-                Acknowledgement(
-                    text="got it",
-                    conversation_id=logged.conversation.id if logged.conversation else None,
-                ),
-                f"ack-{logged.interaction_id}",
-            ),
-        )
+    async def ack(reads: object, logged: Logged) -> list[Post]:
+        return [
+            Post(
+                Outbound(
+                    "webhook",
+                    logged.inbound.address,
+                    Acknowledgement(
+                        text="got it",
+                        conversation_id=logged.conversation.id if logged.conversation else None,
+                    ),
+                    f"ack-{logged.interaction_id}",
+                )
+            )
+        ]
 
     pipeline = plugged_pipeline(db, observers=[ack])
     receipt = await pipeline.receive(msg(1))

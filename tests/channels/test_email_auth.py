@@ -19,6 +19,7 @@ from sqlalchemy import select
 from bot.app import Kefu
 from bot.messages import Inbound
 from channels.mail_auth import AuthSettings, authenticate, from_results
+from storage.lookup import SessionLookup
 from storage.models import Customer, Interaction, OutboxRow
 from tests.channels.email_fixtures import (
     Mailbox,
@@ -213,4 +214,4 @@ async def test_an_unauthenticated_mail_is_never_a_survey_answer(db: Any) -> None
         forged = Inbound(
             "email", "s-1@example.org", "alice@example.org", "5", meta={"sender_verified": False}
         )
-        assert await survey.as_answer(session, conversation.id, forged) is None
+        assert await survey.as_answer(SessionLookup(session), conversation.id, forged) is None

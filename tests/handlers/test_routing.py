@@ -18,6 +18,7 @@ from handlers.complaints import NOT_A_COMPLAINT, Verdict
 from handlers.routing import Router
 from storage import staff
 from storage.db import Database
+from storage.lookup import SessionLookup
 from storage.models import Conversation, Customer
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "routing"
@@ -58,7 +59,7 @@ async def test_decision(case: dict[str, Any], tmp_path: Path) -> None:
     await db.upgrade()
     verdict, customer, inbound = inputs(case)
     async with db.transaction() as session:
-        decision = await router(session, verdict, customer, None, inbound)
+        decision = await router(SessionLookup(session), verdict, customer, None, inbound)
     await db.dispose()
     for key, want in case["expect"].items():
         got = getattr(decision, key)
@@ -151,6 +152,7 @@ async def test_assignment_among_on_duty_team_members(db: Database, assignment: s
     router = Router(config)
     inbound = Inbound("webhook", "x", "shop:u", "hi")
     async with db.transaction() as s:
+        reads = SessionLookup(s)
         ann = await staff.add(s, "ann")
         ben = await staff.add(s, "ben")
         cat = await staff.add(s, "cat")
@@ -164,11 +166,11 @@ async def test_assignment_among_on_duty_team_members(db: Database, assignment: s
         picks = []
         for _ in range(4):
             conversation = await _conversation(s, customer.id)
-            decision = await router(s, NOT_A_COMPLAINT, customer, conversation, inbound)
+            decision = await router(reads, NOT_A_COMPLAINT, customer, conversation, inbound)
             conversation.assignee = decision.assignee_id
             picks.append(decision.assignee_id)
         # Already assigned: the router leaves it alone.
-        kept = await router(s, NOT_A_COMPLAINT, customer, conversation, inbound)
+        kept = await router(reads, NOT_A_COMPLAINT, customer, conversation, inbound)
     assert picks == [ann.id, ben.id, ann.id, ben.id]
     assert kept.assignee_id is None
 
@@ -177,6 +179,7 @@ async def test_least_open_prefers_the_lighter_load(db: Database) -> None:
     router = Router(parse_config({"routing": {"assignment": "least_open"}}))
     inbound = Inbound("webhook", "x", "shop:u", "hi")
     async with db.transaction() as s:
+        reads = SessionLookup(s)
         ann = await staff.add(s, "ann")
         ben = await staff.add(s, "ben")
         customer = Customer(tags=[])
@@ -187,7 +190,7 @@ async def test_least_open_prefers_the_lighter_load(db: Database) -> None:
         closed = await _conversation(s, customer.id)
         closed.assignee, closed.status = ben.id, "closed"
         decision = await router(
-            s, NOT_A_COMPLAINT, customer, await _conversation(s, customer.id), inbound
+            reads, NOT_A_COMPLAINT, customer, await _conversation(s, customer.id), inbound
         )
     assert decision.assignee_id == ben.id
 
@@ -201,16 +204,17 @@ async def test_a_conversation_that_turns_into_a_complaint_moves_to_the_complaint
     }}))
     inbound = Inbound("webhook", "x", "shop:u", "hi")
     async with db.transaction() as s:
+        reads = SessionLookup(s)
         sam = await staff.add(s, "sam")
         carol = await staff.add(s, "carol")
         customer = Customer(tags=[])
         s.add(customer)
         await s.flush()
         conversation = await _conversation(s, customer.id)
-        first = await router(s, NOT_A_COMPLAINT, customer, conversation, inbound)
+        first = await router(reads, NOT_A_COMPLAINT, customer, conversation, inbound)
         conversation.team, conversation.assignee = first.team, first.assignee_id
         second = await router(
-            s, Verdict(True, "normal", 0.8, ("delay",)), customer, conversation, inbound
+            reads, Verdict(True, "normal", 0.8, ("delay",)), customer, conversation, inbound
         )
     assert (first.team, first.assignee_id) == ("sales", sam.id)
     assert (second.team, second.assignee_id, second.reassign, second.new_complaint) == (

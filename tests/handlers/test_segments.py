@@ -14,6 +14,7 @@ from handlers.greetings import Planner, Reach
 from handlers.routing import Router
 from handlers.templating import Templates
 from storage.db import Database
+from storage.lookup import SessionLookup
 from storage.models import Customer
 from tests.handlers.care_helpers import config, message
 from tests.handlers.test_churn import T0, seeded
@@ -76,7 +77,7 @@ async def test_membership_routing_and_campaigns(db: Database) -> None:
     # The per-customer check (the router's) agrees with the SQL for every customer.
     async with db.sessions() as s:
         for customer in await s.scalars(select(Customer)):
-            inside = await segments.of_customer(s, CFG, customer, "webhook", NOW)
+            inside = await segments.of_customer(SessionLookup(s), CFG, customer, "webhook", NOW)
             assert inside == {n for n, found in got.items() if customer.id in found}, names[
                 customer.id
             ]
@@ -84,13 +85,14 @@ async def test_membership_routing_and_campaigns(db: Database) -> None:
     # A routing rule on a segment: the at-risk customer's next message goes to retention, urgent.
     router = Router(CFG)
     async with db.transaction() as s:
+        reads = SessionLookup(s)
         angry = await s.get(Customer, ids["angry"])
         burnt = await s.get(Customer, ids["burnt"])
         assert angry is not None and burnt is not None
         hello = message("x1", "hello again", NOW, user="angry")
-        decision = await router(s, complaints.classify("hello again", None), angry, None, hello)
+        decision = await router(reads, complaints.classify("hello again", None), angry, None, hello)
         assert (decision.team, decision.priority) == ("retention", "urgent")
-        decision = await router(s, complaints.classify("hello again", None), burnt, None, hello)
+        decision = await router(reads, complaints.classify("hello again", None), burnt, None, hello)
         assert decision.team == "care"
 
     # A campaign on a segment: of the two with a birthday and consent, only the unhappy one.
