@@ -23,9 +23,8 @@ from bot.config import OutboxConfig
 from bot.intents import Outbound
 from bot.metrics import Metrics
 from channels.base import Channel, Deferred, PermanentError, TransientError
-from storage import deliveries
-from storage.conversations import set_staff_place
 from storage.db import Database
+from storage.deliveries import Deliveries
 from storage.models import (
     OutboxRow,
     utcnow,
@@ -59,6 +58,8 @@ class OutboxWorker:
         concurrency: int = 32,
     ) -> None:
         self.db = db
+        # Every read and write of the delivery loop, each in its own transaction.
+        self.store = Deliveries(db)
         self.channels = dict(channels)
         self.cfg = cfg
         self.metrics = metrics
@@ -74,10 +75,7 @@ class OutboxWorker:
 
     async def release_orphans(self) -> int:
         """On SQLite there is one kefu process: rows it left 'sending' when it died are due now."""
-        if not self.db.is_sqlite:
-            return 0  # other processes may hold them; their lease expiry frees them instead
-        async with self.db.transaction() as session:
-            return await deliveries.release_orphans(session)
+        return await self.store.release_orphans()
 
     async def run(self) -> None:
         await self.release_orphans()
@@ -122,15 +120,13 @@ class OutboxWorker:
         if not self.channels:
             return None
         token = uuid.uuid4().hex
-        async with self.db.transaction() as session:
-            claimed = await deliveries.claim(
-                session,
-                list(self.channels),
-                self.clock(),
-                limit=self.cfg.batch_size,
-                lease=timedelta(seconds=self.cfg.lease_seconds),
-                token=token,
-            )
+        claimed = await self.store.claim(
+            list(self.channels),
+            self.clock(),
+            limit=self.cfg.batch_size,
+            lease=timedelta(seconds=self.cfg.lease_seconds),
+            token=token,
+        )
         return _Claim(token, claimed.rows, claimed.was) if claimed.rows else None
 
     async def _keep_claim(self, claim: _Claim, stop: asyncio.Event) -> None:
@@ -145,8 +141,7 @@ class OutboxWorker:
                 return
             until = self.clock() + timedelta(seconds=self.cfg.lease_seconds)
             try:
-                async with self.db.transaction() as session:
-                    held = await deliveries.extend_lease(session, claim.token, until)
+                held = await self.store.extend_lease(claim.token, until)
             except Exception as exc:  # noqa: BLE001 - the next beat tries again
                 log.warning("outbox.lease.extend_failed error=%s", type(exc).__name__)
                 continue
@@ -172,8 +167,7 @@ class OutboxWorker:
     async def _release(self, claim: _Claim, unsent: Sequence[OutboxRow]) -> None:
         """Hands claimed rows back untried, as they were, without counting an attempt."""
         for row in unsent:
-            async with self.db.transaction() as session:
-                await deliveries.release(session, row.id, claim.token, claim.was[row.id])
+            await self.store.release(row.id, claim.token, claim.was[row.id])
             claim.done.add(row.id)
 
     async def _send(self, row: OutboxRow) -> str:
@@ -250,22 +244,14 @@ class OutboxWorker:
         place: str | None = None,
         count: bool = True,
     ) -> None:
-        now = self.clock()
-        async with self.db.transaction() as session:
-            # Only the claim we hold: a row another worker re-claimed after our lease is theirs.
-            done = await deliveries.finish(
-                session, row.id, row.claim_token, status, now, error=error,
-                external_id=external_id, next_attempt_at=next_attempt_at, count=count,
+        done = await self.store.finish(
+            row, status, self.clock(), error=error, external_id=external_id,
+            next_attempt_at=next_attempt_at, unreachable=unreachable, place=place, count=count,
+        )
+        if not done:
+            log.warning(
+                "outbox.claim.lost id=%s outcome=%s: another worker holds it", row.id, status
             )
-            if not done:
-                log.warning(
-                    "outbox.claim.lost id=%s outcome=%s: another worker holds it", row.id, status
-                )
-                return
-            if status == "dead":
-                await deliveries.record_dead(session, row, error or "", unreachable, now)
-            if place is not None and row.conversation_id is not None:
-                await set_staff_place(session, row.conversation_id, place)
 
 
 class _Claim:

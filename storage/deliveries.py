@@ -1,7 +1,8 @@
 """The outbox table's queries on the delivery side: claiming due rows under a lease token,
 keeping the lease, and recording each outcome.
 
-The delivery loop that uses them (timers, channels, backoff, metrics) is bot/outbox.py. Every
+The delivery loop that uses them (timers, channels, backoff, metrics) is bot/outbox.py, through
+`Deliveries`, whose every call is a transaction of its own. Every
 change to a claimed row names the claim token, so a row another worker re-claimed after a lease
 ran out is left to that worker."""
 
@@ -15,6 +16,8 @@ from sqlalchemy import and_, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage import dialect
+from storage.conversations import set_staff_place
+from storage.db import Database
 from storage.models import OUTBOX_WAITING, Identity, Interaction, OutboxRow
 from storage.rows import rowcount
 
@@ -210,3 +213,63 @@ async def record_dead(
                 created_at=now,
             )
         )
+
+
+class Deliveries:
+    """The outbox worker's storage: each call is one transaction of its own, so the delivery
+    loop (bot/outbox.py) reads and records through this module alone."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def release_orphans(self) -> int:
+        """On SQLite there is one kefu process: rows it left 'sending' when it died are due now.
+        Elsewhere other processes may hold them; their lease expiry frees them instead."""
+        if not self.db.is_sqlite:
+            return 0
+        async with self.db.transaction() as session:
+            return await release_orphans(session)
+
+    async def claim(
+        self, channels: Sequence[str], now: datetime, *, limit: int, lease: timedelta, token: str
+    ) -> Claimed:
+        async with self.db.transaction() as session:
+            return await claim(session, channels, now, limit=limit, lease=lease, token=token)
+
+    async def extend_lease(self, token: str, until: datetime) -> set[int]:
+        async with self.db.transaction() as session:
+            return await extend_lease(session, token, until)
+
+    async def release(self, row_id: int, token: str, status: str) -> None:
+        async with self.db.transaction() as session:
+            await release(session, row_id, token, status)
+
+    async def finish(
+        self,
+        row: OutboxRow,
+        status: str,
+        now: datetime,
+        *,
+        error: str | None = None,
+        external_id: str | None = None,
+        next_attempt_at: datetime | None = None,
+        unreachable: bool = False,
+        place: str | None = None,
+        count: bool = True,
+    ) -> bool:
+        """Records a send's outcome (see finish); a dead row's consequences (record_dead) and
+        the place the channel gave the conversation (a staff topic) in the same transaction.
+        False: another worker holds the row, and nothing was recorded."""
+        async with self.db.transaction() as session:
+            # Only the claim we hold: a row another worker re-claimed after our lease is theirs.
+            done = await finish(
+                session, row.id, row.claim_token, status, now, error=error,
+                external_id=external_id, next_attempt_at=next_attempt_at, count=count,
+            )
+            if not done:
+                return False
+            if status == "dead":
+                await record_dead(session, row, error or "", unreachable, now)
+            if place is not None and row.conversation_id is not None:
+                await set_staff_place(session, row.conversation_id, place)
+            return True

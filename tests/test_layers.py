@@ -35,3 +35,20 @@ def test_the_engine_may_import_no_particular_channel() -> None:
 
 def test_no_import_is_exempt() -> None:
     assert all(not c.get("ignore_imports") for c in _contracts())
+
+
+def test_the_walk_of_one_message_names_each_module_once() -> None:
+    """docs/ARCHITECTURE.md walks one webhook message to its callback POST: every step is a
+    module (or package) that exists, and none is a step twice."""
+    import re
+
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    walk = text.split("## One message, from `channels/webhook.py` to the callback POST")[1]
+    walk = walk.split("\n## ")[0]
+    steps = re.findall(r"^\s*\d+\. (.+?) \(", walk, re.MULTILINE)
+    assert len(steps) >= 9
+    named = [m for step in steps for m in re.findall(r"\*\*`([^`]+)`\*\*", step)]
+    assert len(named) == len(set(named)), named
+    for module in named:
+        assert (ROOT / module).exists(), module
+    assert named[0] == "channels/webhook.py" and named[-1] == "channels/webhook_callback.py"
