@@ -186,7 +186,9 @@ class OutboxWorker:
         except Exception as exc:
             log.exception("outbox.send.unexpected id=%s channel=%s", row.id, row.channel)
             return await self._failed(row, f"unexpected {type(exc).__name__}: {exc}", None)
-        await self._finish(row, "sent", external_id=result.external_id, place=result.place)
+        await self.store.finish(
+            row, "sent", self.clock(), external_id=result.external_id, place=result.place
+        )
         if self.metrics:
             self.metrics.outbound.labels(row.channel, "sent").inc()
         return "sent"
@@ -198,11 +200,13 @@ class OutboxWorker:
             "outbox.send.deferred id=%s channel=%s in=%.1fs reason=%s",
             row.id, row.channel, delay, reason,
         )
-        await self._finish(
+        now = self.clock()
+        await self.store.finish(
             row,
             "deferred",
+            now,
             error=reason,
-            next_attempt_at=self.clock() + timedelta(seconds=delay),
+            next_attempt_at=now + timedelta(seconds=delay),
             count=False,
         )
         if self.metrics:
@@ -218,8 +222,9 @@ class OutboxWorker:
             "outbox.send.retry id=%s channel=%s attempt=%d in=%.1fs error=%s",
             row.id, row.channel, attempts, delay, error,
         )
-        await self._finish(
-            row, "failed", error=error, next_attempt_at=self.clock() + timedelta(seconds=delay)
+        now = self.clock()
+        await self.store.finish(
+            row, "failed", now, error=error, next_attempt_at=now + timedelta(seconds=delay)
         )
         if self.metrics:
             self.metrics.outbound.labels(row.channel, "retry").inc()
@@ -227,31 +232,10 @@ class OutboxWorker:
 
     async def _dead(self, row: OutboxRow, error: str, *, unreachable: bool = False) -> str:
         log.error("outbox.send.dead id=%s channel=%s error=%s", row.id, row.channel, error)
-        await self._finish(row, "dead", error=error, unreachable=unreachable)
+        await self.store.finish(row, "dead", self.clock(), error=error, unreachable=unreachable)
         if self.metrics:
             self.metrics.outbound.labels(row.channel, "dead").inc()
         return "dead"
-
-    async def _finish(
-        self,
-        row: OutboxRow,
-        status: str,
-        *,
-        error: str | None = None,
-        external_id: str | None = None,
-        next_attempt_at: datetime | None = None,
-        unreachable: bool = False,
-        place: str | None = None,
-        count: bool = True,
-    ) -> None:
-        done = await self.store.finish(
-            row, status, self.clock(), error=error, external_id=external_id,
-            next_attempt_at=next_attempt_at, unreachable=unreachable, place=place, count=count,
-        )
-        if not done:
-            log.warning(
-                "outbox.claim.lost id=%s outcome=%s: another worker holds it", row.id, status
-            )
 
 
 class _Claim:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -146,50 +147,41 @@ def record(
     )
 
 
-async def resolve(
-    session: AsyncSession,
-    conversation_id: int,
-    actor: Actor,
-    config: Config,
-    *,
-    now: datetime | None = None,
-) -> Change:
-    """Resolved: the survey goes out ([survey]); the customer's next message reopens it."""
-    return await change(session, conversation_id, "resolved", actor, config, now=now)
+class Move(Protocol):
+    """change() to one status: resolve, reopen, pending, close."""
+
+    async def __call__(
+        self,
+        session: AsyncSession,
+        conversation_id: int,
+        actor: Actor,
+        config: Config,
+        *,
+        now: datetime | None = None,
+    ) -> Change: ...
 
 
-async def reopen(
-    session: AsyncSession,
-    conversation_id: int,
-    actor: Actor,
-    config: Config,
-    *,
-    now: datetime | None = None,
-) -> Change:
-    return await change(session, conversation_id, "open", actor, config, now=now)
+def _to(status: str, doc: str) -> Move:
+    async def move(
+        session: AsyncSession,
+        conversation_id: int,
+        actor: Actor,
+        config: Config,
+        *,
+        now: datetime | None = None,
+    ) -> Change:
+        return await change(session, conversation_id, status, actor, config, now=now)
+
+    move.__name__ = move.__qualname__ = VERBS[status]
+    move.__doc__ = doc
+    return move
 
 
-async def pending(
-    session: AsyncSession,
-    conversation_id: int,
-    actor: Actor,
-    config: Config,
-    *,
-    now: datetime | None = None,
-) -> Change:
-    """Waiting on the customer; their next message makes it open again."""
-    return await change(session, conversation_id, "pending", actor, config, now=now)
-
-
-async def close(
-    session: AsyncSession,
-    conversation_id: int,
-    actor: Actor,
-    config: Config,
-    *,
-    now: datetime | None = None,
-) -> Change:
-    return await change(session, conversation_id, "closed", actor, config, now=now)
+resolve = _to("resolved", "Resolved: the survey goes out ([survey]); the customer's next message "
+              "reopens it.")
+reopen = _to("open", "Open again, by hand.")
+pending = _to("pending", "Waiting on the customer; their next message makes it open again.")
+close = _to("closed", "Closed: final; the customer's next message starts a new conversation.")
 
 
 async def auto_close(db: Database, now: datetime, config: Config) -> int:

@@ -8,6 +8,7 @@ ran out is left to that worker."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,6 +21,8 @@ from storage.conversations import set_staff_place
 from storage.db import Database
 from storage.models import OUTBOX_WAITING, Identity, Interaction, OutboxRow
 from storage.rows import rowcount
+
+log = logging.getLogger("kefu.outbox")
 
 
 async def release_orphans(session: AsyncSession) -> int:
@@ -157,64 +160,6 @@ async def release(session: AsyncSession, row_id: int, token: str, status: str) -
     )
 
 
-async def finish(
-    session: AsyncSession,
-    row_id: int,
-    token: str | None,
-    status: str,
-    now: datetime,
-    *,
-    error: str | None = None,
-    external_id: str | None = None,
-    next_attempt_at: datetime | None = None,
-    count: bool = True,
-) -> bool:
-    """Records a send's outcome on the row, if the claim is still ours (False: another worker
-    re-claimed it after our lease, and it is theirs)."""
-    values: dict[str, object] = {"status": status, "claimed_until": None, "claim_token": None}
-    if count:
-        values["attempts"] = OutboxRow.attempts + 1
-    if status == "sent":
-        values.update(sent_at=now, external_id=external_id, last_error=None)
-    else:
-        values["last_error"] = error
-    if next_attempt_at is not None:
-        values["next_attempt_at"] = next_attempt_at
-    done = await session.execute(
-        update(OutboxRow)
-        .where(OutboxRow.id == row_id, OutboxRow.claim_token == token)
-        .values(**values)
-    )
-    return bool(rowcount(done))
-
-
-async def record_dead(
-    session: AsyncSession, row: OutboxRow, error: str, unreachable: bool, now: datetime
-) -> None:
-    """A dead row: the address marked unreachable if the channel said so, and the failure logged
-    in the conversation's own log, where staff work."""
-    if unreachable:
-        await session.execute(
-            update(Identity)
-            .where(Identity.channel == row.channel, Identity.address == row.address)
-            .values(reachable=False, unreachable_reason=error)
-        )
-    conversation_id = row.payload.get("conversation_id")
-    if conversation_id is not None:
-        session.add(
-            Interaction(
-                conversation_id=conversation_id,
-                customer_id=row.payload.get("customer_id"),
-                channel=row.channel,
-                direction="event",
-                author_kind="system",
-                text=f"delivery failed on {row.channel}: {error}",
-                meta={"kind": "delivery_failed", "outbox_id": row.id},
-                created_at=now,
-            )
-        )
-
-
 class Deliveries:
     """The outbox worker's storage: each call is one transaction of its own, so the delivery
     loop (bot/outbox.py) reads and records through this module alone."""
@@ -257,19 +202,59 @@ class Deliveries:
         place: str | None = None,
         count: bool = True,
     ) -> bool:
-        """Records a send's outcome (see finish); a dead row's consequences (record_dead) and
-        the place the channel gave the conversation (a staff topic) in the same transaction.
-        False: another worker holds the row, and nothing was recorded."""
+        """Records a send's outcome on the row, if the claim is still ours; in the same
+        transaction a dead row's consequences and the place the channel gave the conversation (a
+        staff topic). False: another worker re-claimed the row after our lease, and it is theirs:
+        nothing is recorded."""
+        values: dict[str, object] = {"status": status, "claimed_until": None, "claim_token": None}
+        if count:
+            values["attempts"] = OutboxRow.attempts + 1
+        if status == "sent":
+            values.update(sent_at=now, external_id=external_id, last_error=None)
+        else:
+            values["last_error"] = error
+        if next_attempt_at is not None:
+            values["next_attempt_at"] = next_attempt_at
         async with self.db.transaction() as session:
-            # Only the claim we hold: a row another worker re-claimed after our lease is theirs.
-            done = await finish(
-                session, row.id, row.claim_token, status, now, error=error,
-                external_id=external_id, next_attempt_at=next_attempt_at, count=count,
+            done = await session.execute(
+                update(OutboxRow)
+                .where(OutboxRow.id == row.id, OutboxRow.claim_token == row.claim_token)
+                .values(**values)
             )
-            if not done:
+            if not rowcount(done):
+                log.warning(
+                    "outbox.claim.lost id=%s outcome=%s: another worker holds it", row.id, status
+                )
                 return False
             if status == "dead":
-                await record_dead(session, row, error or "", unreachable, now)
+                await _record_dead(session, row, error or "", unreachable, now)
             if place is not None and row.conversation_id is not None:
                 await set_staff_place(session, row.conversation_id, place)
             return True
+
+
+async def _record_dead(
+    session: AsyncSession, row: OutboxRow, error: str, unreachable: bool, now: datetime
+) -> None:
+    """A dead row: the address marked unreachable if the channel said so, and the failure logged
+    in the conversation's own log, where staff work."""
+    if unreachable:
+        await session.execute(
+            update(Identity)
+            .where(Identity.channel == row.channel, Identity.address == row.address)
+            .values(reachable=False, unreachable_reason=error)
+        )
+    conversation_id = row.payload.get("conversation_id")
+    if conversation_id is not None:
+        session.add(
+            Interaction(
+                conversation_id=conversation_id,
+                customer_id=row.payload.get("customer_id"),
+                channel=row.channel,
+                direction="event",
+                author_kind="system",
+                text=f"delivery failed on {row.channel}: {error}",
+                meta={"kind": "delivery_failed", "outbox_id": row.id},
+                created_at=now,
+            )
+        )
