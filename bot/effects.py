@@ -96,6 +96,27 @@ class ConversationView:
 
 
 @dataclass(frozen=True, slots=True)
+class SlaDue:
+    """A conversation's SLA clock: its due times and, while it waits on the customer, when the
+    clock stopped. The pipeline hands it to the resume plug-in when a pending conversation's
+    customer answers, and stores what comes back."""
+
+    paused_at: datetime | None
+    first_response_due_at: datetime | None
+    resolution_due_at: datetime | None
+    first_response_at: datetime | None
+
+    @property
+    def next_due_at(self) -> datetime | None:
+        """The due time that escalates next: the first response's until there is one."""
+        return (
+            self.first_response_due_at
+            if self.first_response_at is None
+            else self.resolution_due_at
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Logged:
     """One fresh inbound message as logged: what observers see."""
 

@@ -46,6 +46,7 @@ from bot.effects import (
     Post,
     RaiseSeverity,
     Say,
+    SlaDue,
     SurveyAnswered,
     Unreachable,
     Verdict,
@@ -86,8 +87,9 @@ Explicit = Callable[[str], Verdict]
 # answer(lookup, conversation_id, inbound) -> the message as a survey answer (an event), or None:
 # asked before a customer's message reopens a resolved conversation.
 Answer = Callable[[Lookup, int, Inbound], Awaitable[Inbound | None]]
-# resume(conversation, at): a pending conversation's SLA clock restarts as its customer answers.
-Resume = Callable[[Conversation, datetime], None]
+# resume(team, due, at) -> due: a pending conversation's SLA clock restarts as its customer
+# answers (plain values in and out: the pipeline stores what comes back).
+Resume = Callable[[str | None, SlaDue, datetime], SlaDue]
 
 
 # Seconds a sender is asked to wait: a full queue drains in well under a second; a locked or
@@ -378,7 +380,10 @@ async def _log_fresh(
         ):
             conversation.status = "open"  # pending waits on the customer; they answered
             if conversation.sla_paused_at is not None and pipeline.resume is not None:
-                pipeline.resume(conversation, inbound.received_at)
+                due = conversations.sla_of(conversation)
+                conversations.set_sla(
+                    conversation, pipeline.resume(conversation.team, due, inbound.received_at)
+                )
             session.add(
                 _event(conversation, inbound, "status", "open again: the customer answered")
             )

@@ -12,11 +12,10 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from bot.effects import Observer, Phase
+from bot.effects import Observer, Phase, SlaDue
 from bot.pipeline import Classifier, Pipeline, Resume, Router
 from handlers import complaints, routing, sla, survey
 from storage.db import Database
-from storage.models import Conversation
 
 
 def sla_resume(route: Router) -> Resume | None:
@@ -26,8 +25,8 @@ def sla_resume(route: Router) -> Resume | None:
     if clock is None:
         return None
 
-    def resume(conversation: Conversation, at: datetime) -> None:
-        sla.resume(conversation, at, clock(conversation.team))
+    def resume(team: str | None, due: SlaDue, at: datetime) -> SlaDue:
+        return sla.resumed(due, at, clock(team))
 
     return resume
 

@@ -13,15 +13,16 @@ due, or escalated, while the team is closed.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.effects import SlaDue
 from handlers import staff_alerts
 from handlers.business_hours import BusinessHours
 from handlers.routing import Router
-from storage import customers, interactions, sla_breaches
+from storage import conversations, customers, interactions, sla_breaches
 from storage.db import Database
 from storage.lookup import SessionLookup
 from storage.models import Conversation
@@ -49,24 +50,30 @@ def pause(conversation: Conversation, now: datetime) -> None:
         conversation.sla_paused_at = now
 
 
-def resume(conversation: Conversation, now: datetime, clock: BusinessHours) -> None:
+def resumed(due: SlaDue, now: datetime, clock: BusinessHours) -> SlaDue:
     """The wait is over (the customer answered, or staff moved it on): each due time that was
     still ahead at the pause keeps the business time it had left, counted from `now`."""
-    paused = conversation.sla_paused_at
+    paused = due.paused_at
     if paused is None:
-        return
-    conversation.sla_paused_at = None
-    for name in ("first_response_due_at", "resolution_due_at"):
-        due: datetime | None = getattr(conversation, name)
-        if due is None or due <= paused:
-            continue
-        left = clock.between(paused, due)
-        setattr(conversation, name, clock.add(now, left) or now + left)
-    conversation.sla_due_at = (
-        conversation.first_response_due_at
-        if conversation.first_response_at is None
-        else conversation.resolution_due_at
+        return due
+
+    def moved(at: datetime | None) -> datetime | None:
+        if at is None or at <= paused:
+            return at
+        left = clock.between(paused, at)
+        return clock.add(now, left) or now + left
+
+    return replace(
+        due,
+        paused_at=None,
+        first_response_due_at=moved(due.first_response_due_at),
+        resolution_due_at=moved(due.resolution_due_at),
     )
+
+
+def resume(conversation: Conversation, now: datetime, clock: BusinessHours) -> None:
+    """resumed() on a conversation a job or staff command holds."""
+    conversations.set_sla(conversation, resumed(conversations.sla_of(conversation), now, clock))
 
 
 async def check(

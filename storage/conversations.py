@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.effects import SlaDue
 from storage import dialect
 from storage.models import (
     OPEN_STATUSES,
@@ -141,3 +142,20 @@ async def add_complaint_reasons(
         )
         .on_conflict_do_nothing(index_elements=["conversation_id", "reason"])
     )
+
+
+def sla_of(conversation: Conversation) -> SlaDue:
+    return SlaDue(
+        conversation.sla_paused_at,
+        conversation.first_response_due_at,
+        conversation.resolution_due_at,
+        conversation.first_response_at,
+    )
+
+
+def set_sla(conversation: Conversation, due: SlaDue) -> None:
+    """The conversation's SLA clock becomes `due` (written at the session's flush)."""
+    conversation.sla_paused_at = due.paused_at
+    conversation.first_response_due_at = due.first_response_due_at
+    conversation.resolution_due_at = due.resolution_due_at
+    conversation.sla_due_at = due.next_due_at

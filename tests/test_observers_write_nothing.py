@@ -231,3 +231,41 @@ async def test_observers_the_router_and_the_answer_check_get_no_session(db: Data
         for name in dir(reads):
             if not name.startswith("_"):
                 assert not isinstance(getattr(reads, name), writers), (who, name)
+
+
+async def test_the_sla_resume_plug_in_gets_plain_values_not_the_row(db: Database) -> None:
+    """A pending conversation's customer answers: the resume plug-in is shown the due times and
+    hands back the moved ones; the pipeline stores them (it never holds the row)."""
+    from bot.effects import Decision, SlaDue
+    from bot.pipeline import Pipeline
+    from handlers import complaints
+    from storage.models import Base, Conversation
+
+    shown: list[tuple[Any, ...]] = []
+    moved = NIGHT + timedelta(days=2)
+
+    def resume(*args: Any) -> SlaDue:
+        shown.append(args)
+        return SlaDue(None, moved, None, None)
+
+    async def route(*_: Any) -> Decision:
+        return Decision()
+
+    pipeline = Pipeline(
+        db, classify=complaints.classify, explicit=complaints.explicit, route=route,
+        resume=resume,
+    )
+    first = await pipeline.receive(message(1, "hello", NIGHT))
+    async with db.transaction() as s:
+        conversation = await s.get(Conversation, first.conversation_id)
+        assert conversation is not None
+        conversation.status, conversation.sla_paused_at = "pending", NIGHT
+    await pipeline.receive(message(2, "here you are", NIGHT + timedelta(minutes=5)))
+    await pipeline.close()
+    assert len(shown) == 1
+    assert not any(isinstance(a, Base) for a in shown[0]), shown
+    async with db.sessions() as s:
+        stored = await s.get(Conversation, first.conversation_id)
+    assert stored is not None and stored.sla_paused_at is None
+    assert stored.first_response_due_at is not None
+    assert stored.first_response_due_at.replace(tzinfo=None) == moved.replace(tzinfo=None)
