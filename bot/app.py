@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute
 
 from bot import outbox
 from bot.access_log import AccessLog
-from bot.care import build_care
+from bot.care import build_care, staff_room
 from bot.config import Config, ConfigError, EmailConfig, require_secret, secret
 from bot.effects import Phase
 from bot.http import build_app
@@ -173,7 +173,6 @@ def build_telegram(kefu: Kefu) -> Channel | None:
     else:
         desk = staff_group.StaffDesk(
             kefu.db,
-            tg.staff_chat_id,
             config=kefu.config,
             # kefu.worker is read when a commit happens: it is made after the channels.
             on_commit=lambda: kefu.worker.wake(),  # noqa: PLW0108
@@ -184,7 +183,9 @@ def build_telegram(kefu: Kefu) -> Channel | None:
             staff_ids=functools.partial(staff_group.staff_telegram_ids, kefu.db),
             take=functools.partial(staff_feed.take, kefu.db),
         )
-        kefu.observers.add(Phase.MIRROR, staff_group.mirror_observer(tg.staff_chat_id))
+        room = staff_room(kefu.config)
+        assert room is not None  # Telegram is on
+        kefu.observers.add(Phase.MIRROR, staff_group.mirror_observer(room))
     channel = telegram.TelegramChannel(
         telegram.make_bot(token, tg.base_url),
         staff_chat_id=tg.staff_chat_id,

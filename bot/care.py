@@ -4,11 +4,15 @@ survey answers) and the periodic jobs (SLA checks, auto-close)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from bot.config import Config
 from bot.effects import Phase
+from bot.intents import StaffRoom
+from channels.base import Channel
+from channels.telegram import TelegramChannel
 from handlers import lifecycle, sla, survey
 from handlers.acknowledge import Acknowledger
 from handlers.routing import Router
@@ -26,6 +30,24 @@ Clock = Callable[[], datetime]
 AUTO_CLOSE_EVERY_SECONDS = 600.0
 
 
+def staff_room(config: Config, running: Mapping[str, Channel] | None = None) -> StaffRoom | None:
+    """Where staff work: the Telegram channel, its staff group ([telegram] staff_chat_id, if set)
+    and agents' private chats with the bot. None when Telegram is off, or not among the `running`
+    channels: staff posts would go nowhere, the event in the conversation's log is the
+    notification."""
+    tg = config.telegram
+    if not tg.enabled:
+        return None
+    if running is None:
+        max_text = TelegramChannel.max_text
+    elif (channel := running.get(TelegramChannel.name)) is not None:
+        max_text = channel.max_text
+    else:
+        return None
+    group = str(tg.staff_chat_id) if tg.staff_chat_id is not None else None
+    return StaffRoom(TelegramChannel.name, group, max_text)
+
+
 class Care:
     def __init__(self, kefu: Kefu, *, clock: Clock = utcnow) -> None:
         config = kefu.config
@@ -33,15 +55,10 @@ class Care:
         self.config = config
         self.clock = clock
         self.router = Router(config)  # a bad [routing] stops start-up with a ConfigError
-        tg = config.telegram
-        # Staff-group posts need the Telegram channel running to go anywhere; without it the event
-        # in the conversation's log is the notification.
-        self.staff_chat_id = (
-            tg.staff_chat_id if tg.enabled and "telegram" in kefu.channels else None
-        )
+        self.staff_room = staff_room(config, kefu.channels)
 
     async def check_sla(self) -> list[sla.Breach]:
-        return await sla.check(self.db, self.clock(), self.router, staff_chat_id=self.staff_chat_id)
+        return await sla.check(self.db, self.clock(), self.router, staff_room=self.staff_room)
 
     async def auto_close(self) -> int:
         return await lifecycle.auto_close(self.db, self.clock(), self.config)
@@ -76,7 +93,7 @@ def build_care(kefu: Kefu, scheduler: CampaignScheduler) -> Care:
     """Needs the channels (staff posts go to Telegram only when it runs); its jobs join the
     scheduler's."""
     care = Care(kefu)
-    kefu.observers.add(Phase.COMPLAINT, ComplaintAlerts(care.router, care.staff_chat_id))
+    kefu.observers.add(Phase.COMPLAINT, ComplaintAlerts(care.router, care.staff_room))
     kefu.observers.add(Phase.ACKNOWLEDGE, Acknowledger(kefu.config))
     kefu.observers.add(Phase.SURVEY, survey.survey_observer)
     scheduler.jobs.extend(care.jobs())

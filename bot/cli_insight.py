@@ -162,12 +162,11 @@ def rescore(
             roles.require(actor, "report")
             audit.record(session, actor.name, "customers.rescore", "customers")
         # Warnings go in the log and to the staff group's outbox; `kefu run` sends them.
-        staff_chat = cfg.telegram.staff_chat_id if cfg.telegram.enabled else None
+        from bot.care import staff_room  # the Telegram channel's module: only when rescoring
+
+        room = staff_room(cfg)
         churn = Churn(
-            cfg,
-            Router(cfg),
-            staff_chat_id=staff_chat,
-            lead_chats=cfg.telegram.enabled and staff_chat is None,
+            cfg, Router(cfg), staff_room=room, lead_chats=room is not None and room.group is None
         )
         return await churn.recompute(db, from_log=from_log)
 

@@ -1,7 +1,7 @@
 """What a channel hands to handlers besides a customer's message to log: a staff member's post or
 command, a survey button press, a customer proving who they are. Plain data, filled in by the
-channel that received it (channels/telegram_updates.py today), read by handlers that never import
-a channel."""
+channel that received it (channels/telegram_updates.py today), which names itself in each; read
+by handlers that never import a channel."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class LinkRequest:
     display_name: str | None = None
     language: str | None = None
     # The channel user_id belongs to (the one that received the request): whose identity it is.
-    channel: str = "telegram"
+    channel: str = field(kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +36,7 @@ class StaffPost:
     has_media: bool = False
     sent_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     private: bool = False  # in the staff member's own chat with the bot, not the group
+    channel: str = field(kw_only=True)  # the channel it was written on: where kefu answers it
 
     @property
     def key(self) -> str:
@@ -54,7 +55,7 @@ class SurveyPress:
     message_id: int | None = None
     choices: tuple[int, ...] = ()  # the scores on that keyboard, in order
     language: str | None = None
-    channel: str = "telegram"  # the channel user_id belongs to: whose identity pressed
+    channel: str = field(kw_only=True)  # the channel user_id belongs to: whose identity pressed
 
 
 @dataclass(frozen=True, slots=True)

@@ -161,11 +161,12 @@ class Feed:
     """How a staff feed post joins the post still waiting for the same place (channel, address,
     conversation): `text` is what it adds there, if that post's dedupe key starts with one of
     `into`, it has no attachments, the channel has not taken it for the wire yet, and the two
-    together stay within `limit` UTF-16 units. Otherwise the post is queued on its own."""
+    together stay within `limit` UTF-16 units (None: the channel takes any length). Otherwise
+    the post is queued on its own."""
 
     text: str
     into: tuple[str, ...]
-    limit: int
+    limit: int | None
 
 
 @dataclass(frozen=True, slots=True)

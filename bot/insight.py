@@ -29,12 +29,13 @@ def build_insight(kefu: Kefu, care: Care, scheduler: CampaignScheduler) -> Churn
     if not cfg.enabled:
         return None
     consent = next((o for o in kefu.observers if isinstance(o, ConsentObserver)), None)
-    telegram_on = "telegram" in kefu.channels
+    room = care.staff_room
     churn = Churn(
         kefu.config,
         care.router,
-        staff_chat_id=care.staff_chat_id,
-        lead_chats=telegram_on and care.staff_chat_id is None,
+        staff_room=room,
+        # Without a staff group, warnings go to the leads' private chats on the staff channel.
+        lead_chats=room is not None and room.group is None,
         is_opt_out=consent.is_opt_out if consent is not None else None,
     )
     kefu.observers.add(Phase.INSIGHT, churn)

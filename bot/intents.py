@@ -26,10 +26,6 @@ from typing import Any, ClassVar
 
 from bot.messages import Attachment
 
-# The staff room: the Telegram staff group and the agents' private chats with the bot. The one
-# channel StaffNotices travel on; the channel decides how (topics, private chats).
-STAFF_CHANNEL = "telegram"
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Intent:
@@ -155,6 +151,18 @@ class StaffNotice(Intent):
     agent: str | None = None
     fallback: str | None = None
     merged: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class StaffRoom:
+    """Where staff work, as bot/app.py wired it: the channel StaffNotices travel on (it decides
+    how: topics, private chats), the staff group's address there (None: no group, only staff
+    members' private chats), and the longest text that channel sends as one message (None: any
+    length; channels.base.Channel.max_text)."""
+
+    channel: str
+    group: str | None = None
+    max_text: int | None = None
 
 
 INTENTS: dict[str, type[Intent]] = {
@@ -311,7 +319,6 @@ def _legacy(payload: dict[str, Any], address: str) -> Intent:
 
 
 __all__ = [
-    "STAFF_CHANNEL",
     "Acknowledgement",
     "FollowUp",
     "Greeting",
@@ -320,6 +327,7 @@ __all__ = [
     "Outbound",
     "Reply",
     "StaffNotice",
+    "StaffRoom",
     "Survey",
     "Threaded",
     "from_payload",

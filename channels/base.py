@@ -60,6 +60,10 @@ class PermanentError(ChannelError):
 
 class Channel(Protocol):
     name: str
+    # The longest text (UTF-16 units) the channel sends as one message; a longer one it splits
+    # when it renders it. None: any length is one message. (The staff feed grows a waiting post
+    # only while it stays one message: handlers/staff_feed.py.)
+    max_text: int | None
 
     async def start(self, sink: Sink) -> None: ...
 

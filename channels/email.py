@@ -980,6 +980,7 @@ _ADDR = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
 
 class EmailChannel:
     name = CHANNEL
+    max_text: int | None = None  # one message, whatever its length
 
     def __init__(
         self,

@@ -57,7 +57,7 @@ from channels.base import (
     Sink,
     TransientError,
 )
-from channels.telegram_limits import SlidingWindow, Slot, split_text
+from channels.telegram_limits import TEXT_LIMIT, SlidingWindow, Slot, split_text
 from channels.telegram_updates import (
     CHANNEL,
     CustomerUpdate,
@@ -123,6 +123,7 @@ class _Progress:
 
 class TelegramChannel:
     name = CHANNEL
+    max_text: int | None = TEXT_LIMIT  # split_text cuts longer text into messages of this size
 
     def __init__(
         self,

@@ -185,6 +185,7 @@ def _staff_post(message: Message, *, private: bool = False) -> Translated:
         has_media=media,
         sent_at=_utc(message.date),
         private=private,
+        channel=CHANNEL,
     )
 
 

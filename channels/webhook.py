@@ -214,6 +214,7 @@ def parse(
 
 class WebhookChannel:
     name = CHANNEL
+    max_text: int | None = None  # one message, whatever its length
 
     def __init__(
         self,

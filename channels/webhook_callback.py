@@ -24,6 +24,7 @@ class Callbacks:
     ("<source>:<user id>")."""
 
     name = CHANNEL
+    max_text: int | None = None  # one message, whatever its length
 
     def __init__(
         self,

@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Config
 from bot.effects import Audited, Effect, Event, HealthScores, Post
-from bot.intents import STAFF_CHANNEL, Outbound, StaffNotice
+from bot.intents import Outbound, StaffNotice, StaffRoom
 from bot.lookup import Lookup
 from bot.messages import SPOKEN
 from handlers import health, staff_alerts, staff_feed
@@ -68,15 +68,15 @@ class Churn:
         config: Config,
         router: Router,
         *,
-        staff_chat_id: int | None = None,
+        staff_room: StaffRoom | None = None,
         lead_chats: bool = False,
         is_opt_out: OptOut | None = None,
     ) -> None:
         self.config = config
         self.cfg = config.insight
         self.router = router
-        self.staff_chat_id = staff_chat_id
-        # Without a staff group, warnings go to the leads' private chats (Telegram on).
+        self.staff_room = staff_room
+        # Without a staff group, warnings go to the leads' private chats (the staff channel on).
         self.lead_chats = lead_chats
         self.is_opt_out = is_opt_out
         self._announce = True  # see recompute: not on the first scoring of an install
@@ -383,7 +383,9 @@ class Churn:
             # A job, not an observer: its posts are queued here, in its transaction.
             for post in posts:
                 if post.feed is not None:
-                    await staff_feed.queue(session, post.out, addition=post.feed.text)
+                    await staff_feed.queue(
+                        session, post.out, addition=post.feed.text, limit=post.feed.limit
+                    )
                 else:
                     await outbox.enqueue(session, post.out)
             outcome.warned += 1
@@ -451,14 +453,11 @@ class Churn:
         )
         key = f"churn:{customer.id}:{crossing}"
         posts: list[Post] = []
-        if self.staff_chat_id is not None and conversation is not None:
+        group = staff_alerts.group_of(self.staff_room)
+        if group is not None and conversation is not None:
             name = staff_alerts.name_of(customer)
-            posts.append(
-                staff_alerts.alert(
-                    self.staff_chat_id, conversation, name, text, key, about="churn"
-                )
-            )
-        elif self.lead_chats:
+            posts.append(staff_alerts.alert(group, conversation, name, text, key, about="churn"))
+        elif self.lead_chats and self.staff_room is not None:
             for lead in leads:
                 if lead.telegram_user_id is None:
                     continue
@@ -472,7 +471,10 @@ class Churn:
                 posts.append(
                     Post(
                         Outbound(
-                            STAFF_CHANNEL, str(lead.telegram_user_id), notice, f"{key}:{lead.id}"
+                            self.staff_room.channel,
+                            str(lead.telegram_user_id),
+                            notice,
+                            f"{key}:{lead.id}",
                         )
                     )
                 )

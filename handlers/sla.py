@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.effects import SlaDue
+from bot.intents import StaffRoom
 from handlers import staff_alerts
 from handlers.business_hours import BusinessHours
 from handlers.routing import Router
@@ -77,7 +78,7 @@ def resume(conversation: Conversation, now: datetime, clock: BusinessHours) -> N
 
 
 async def check(
-    db: Database, now: datetime, router: Router, *, staff_chat_id: int | None = None
+    db: Database, now: datetime, router: Router, *, staff_room: StaffRoom | None = None
 ) -> list[Breach]:
     """Records and escalates every breach due at `now`; returns the new ones."""
     found: list[Breach] = []
@@ -87,7 +88,7 @@ async def check(
                 batch = await sla_breaches.overdue(session, target, now, BATCH)
                 for conversation in batch:
                     breach = await _breach(
-                        session, conversation, target, now, router, staff_chat_id
+                        session, conversation, target, now, router, staff_room
                     )
                     if breach is not None:
                         found.append(breach)
@@ -102,7 +103,7 @@ async def _breach(
     target: str,
     now: datetime,
     router: Router,
-    staff_chat_id: int | None,
+    staff_room: StaffRoom | None,
 ) -> Breach | None:
     due_at = (
         conversation.first_response_due_at
@@ -147,7 +148,7 @@ async def _breach(
     customer = await customers.by_id(session, conversation.customer_id)
     await staff_alerts.post(
         session,
-        staff_chat_id,
+        staff_room,
         conversation,
         staff_alerts.name_of(customer)
         if customer is not None

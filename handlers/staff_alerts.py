@@ -1,5 +1,5 @@
 """Complaint flags and SLA escalations for staff: an event in the conversation's log always, and a
-post in the Telegram staff group when there is one ([telegram] staff_chat_id), in the
+post in the staff group when there is one (StaffRoom.group: [telegram] staff_chat_id), in the
 conversation's topic even when an agent handles it in their private chat: these need the team.
 
 The post goes into the conversation's topic, after the mirror of the message that caused it (same
@@ -23,7 +23,7 @@ from bot.effects import (
     Post,
     RaiseSeverity,
 )
-from bot.intents import STAFF_CHANNEL, Outbound, StaffNotice
+from bot.intents import Outbound, StaffNotice, StaffRoom
 from bot.lookup import Lookup
 from handlers import staff_feed
 from handlers.routing import Router
@@ -35,9 +35,14 @@ SEVERITY_MARK = {"high": "🔴 HIGH", "normal": "🟠 normal"}
 SEVERITY_RANK = {None: 0, "none": 0, "normal": 1, "high": 2}
 
 
+def group_of(room: StaffRoom | None) -> StaffRoom | None:
+    """The room if it has a staff group for alerts to go to, else None."""
+    return room if room is not None and room.group is not None else None
+
+
 async def post(
     session: AsyncSession,
-    staff_chat_id: int | None,
+    room: StaffRoom | None,
     conversation: Conversation | ConversationView,
     customer_name: str,
     text: str,
@@ -48,28 +53,30 @@ async def post(
     """Queues `text` for the staff group now, in the conversation's topic, in the caller's
     transaction (a job's: SLA, churn); None without a staff group. `about`: complaint | sla |
     churn. Observers return alert() instead."""
-    if staff_chat_id is None:
+    group = group_of(room)
+    if group is None:
         return None
-    out = _alert(staff_chat_id, conversation, customer_name, text, dedupe_key, about)
+    out = _alert(group, conversation, customer_name, text, dedupe_key, about)
     # Merged into the topic's post still waiting, if any: alerts are part of the topic's feed.
-    return await staff_feed.queue(session, out, addition=text)
+    return await staff_feed.queue(session, out, addition=text, limit=staff_feed.limit(group))
 
 
 def alert(
-    staff_chat_id: int,
+    room: StaffRoom,
     conversation: Conversation | ConversationView,
     customer_name: str,
     text: str,
     dedupe_key: str,
     about: str = "complaint",
 ) -> Post:
-    """The effect for an alert in the conversation's topic (merged into its waiting post)."""
-    out = _alert(staff_chat_id, conversation, customer_name, text, dedupe_key, about)
-    return staff_feed.post(out, addition=text)
+    """The effect for an alert in the conversation's topic in the room's staff group (merged
+    into its waiting post)."""
+    out = _alert(room, conversation, customer_name, text, dedupe_key, about)
+    return staff_feed.post(room, out, addition=text)
 
 
 def _alert(
-    staff_chat_id: int,
+    room: StaffRoom,
     conversation: Conversation | ConversationView,
     customer_name: str,
     text: str,
@@ -87,7 +94,8 @@ def _alert(
         topic=topic_name(conversation.id, customer_name, conversation.reply_channel or "—"),
         place=conversation.staff_thread or None,
     )
-    return Outbound(STAFF_CHANNEL, str(staff_chat_id), notice, dedupe_key)
+    assert room.group is not None, "alerts go to the staff group"
+    return Outbound(room.channel, room.group, notice, dedupe_key)
 
 
 def name_of(customer: Customer | CustomerView) -> str:
@@ -105,9 +113,9 @@ class ComplaintAlerts:
     """Pipeline observer: a conversation that becomes a complaint, or whose complaint turns severe,
     is flagged to staff with severity, reasons, team and the assignee."""
 
-    def __init__(self, router: Router, staff_chat_id: int | None) -> None:
+    def __init__(self, router: Router, room: StaffRoom | None) -> None:
         self.router = router
-        self.staff_chat_id = staff_chat_id
+        self.room = group_of(room)
 
     async def __call__(self, reads: Lookup, note: Logged) -> Effects | None:
         verdict, conversation = note.verdict, note.conversation
@@ -156,10 +164,10 @@ class ComplaintAlerts:
                 conversation_id=conversation.id,
             )
         )
-        if self.staff_chat_id is not None:
+        if self.room is not None:
             effects.append(
                 alert(
-                    self.staff_chat_id, conversation, name_of(note.customer), text,
+                    self.room, conversation, name_of(note.customer), text,
                     f"complaint:{conversation.id}:{note.interaction_id}",
                 )
             )

@@ -19,7 +19,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.commands import StaffPost
 from bot.config import Config
 from bot.effects import Event
-from bot.intents import STAFF_CHANNEL
 from handlers import lifecycle, roles
 from handlers.roles import Actor
 from storage import audit, customers, interactions, staff
@@ -76,7 +75,7 @@ class Context:
             self.session,
             Event(
                 self.conversation.customer_id,
-                STAFF_CHANNEL,  # written where staff work
+                self.post.channel,  # written where staff work
                 text,
                 {"kind": kind, "staff_id": self.member.id},
                 utcnow(),
@@ -195,7 +194,7 @@ async def note(ctx: Context) -> str:
         ctx.session,
         conversation_id=ctx.conversation.id,
         customer_id=ctx.conversation.customer_id,
-        channel=STAFF_CHANNEL,  # written where staff work
+        channel=ctx.post.channel,  # written where staff work
         direction="note",
         author_kind="agent",
         author_id=ctx.member.name,

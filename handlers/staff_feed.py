@@ -1,7 +1,8 @@
-"""Where staff traffic goes, and how it is kept within Telegram's limits at any inbound rate.
+"""Where staff traffic goes, and how it is kept within the staff channel's limits at any inbound
+rate.
 
-Telegram lets a bot post 20 messages a minute into one group and about one a second into one
-private chat. So staff traffic is shaped before it is queued:
+A staff channel limits how often a bot may post (Telegram: 20 messages a minute into one group,
+about one a second into one private chat). So staff traffic is shaped before it is queued:
 
 - What waits for one place (a conversation's topic, the conversation in an agent's private chat,
   the group's list of where conversations are handled) is coalesced: a new message is appended to
@@ -9,8 +10,8 @@ private chat. So staff traffic is shaped before it is queued:
   customers write, each place needs at most one post per turn it gets.
 - The group gets only what needs the team: conversations nobody is assigned to (in their topic),
   complaints and escalations, and one line per conversation saying where it is handled.
-- A conversation assigned to an active agent with a Telegram account goes to that agent's private
-  chat with the bot, where the agent answers by replying to it.
+- A conversation assigned to an active agent with an account on the staff channel goes to that
+  agent's private chat with the bot, where the agent answers by replying to it.
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.effects import ConversationView, Feed, Post
-from bot.intents import Outbound, StaffNotice
+from bot.intents import Outbound, StaffNotice, StaffRoom
 from bot.lookup import Lookup, StaffView
 from storage import outbox
 from storage.db import Database
 from storage.models import Conversation
 
-# A coalesced post stays one Telegram message (4096 UTF-16 units), with room for the header.
-POST_LIMIT = 4000
+# A coalesced post stays one message on the staff channel (StaffRoom.max_text), with room to spare.
+SPARE = 96
 # Rows that may take more text: staff posts that are a feed, not an answer to someone.
 FEED_PREFIXES = ("mirror-", "complaint:", "sla:", "board-")
 
@@ -45,33 +46,41 @@ async def agent_of(
     return member
 
 
+def limit(room: StaffRoom) -> int | None:
+    """How long a post in the room may grow by merging (UTF-16 units; None: no limit)."""
+    return None if room.max_text is None else room.max_text - SPARE
+
+
 async def queue(
     session: AsyncSession,
     out: Outbound,
     *,
     addition: str,
+    limit: int | None,
     interaction_id: int | None = None,
 ) -> int | None:
     """Queues a feed post now, in the caller's transaction (a job's: SLA, churn), or appends
     `addition` to the one still waiting for the same place (not yet taken for the wire, see
-    take()). Returns the id of the row the text went into. Observers return post() instead."""
-    merged = await outbox.append_to_waiting(session, out, addition, FEED_PREFIXES, POST_LIMIT)
+    take()) while it stays within `limit`. Returns the id of the row the text went into.
+    Observers return post() instead."""
+    merged = await outbox.append_to_waiting(session, out, addition, FEED_PREFIXES, limit)
     if merged is not None:
         return merged
     return await outbox.enqueue(session, out, interaction_id=interaction_id)
 
 
 def post(
+    room: StaffRoom,
     out: Outbound,
     *,
     addition: str,
     interaction_id: int | None = None,
     once: tuple[str, str, int | None] | None = None,
 ) -> Post:
-    """The effect an observer returns for a feed post: queued, or merged into the post waiting
-    for the same place, by the pipeline in its transaction."""
+    """The effect an observer returns for a feed post in `room`: queued, or merged into the post
+    waiting for the same place, by the pipeline in its transaction."""
     return Post(
-        out, interaction_id, Feed(addition, FEED_PREFIXES, POST_LIMIT), once=once
+        out, interaction_id, Feed(addition, FEED_PREFIXES, limit(room)), once=once
     )
 
 

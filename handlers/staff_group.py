@@ -1,11 +1,11 @@
-"""The Telegram staff group and agents' private chats: conversations shown there, and what agents
-write back.
+"""The staff room (bot.intents.StaffRoom: the Telegram staff group and agents' private chats, as
+bot/app.py wires it): conversations shown there, and what agents write back.
 
 Mirroring is a pipeline observer: each fresh inbound message with a conversation, from any channel,
 is queued for staff in the same transaction as the log row: to the assigned agent's private chat
 with the bot, or else to the conversation's forum topic in the staff group (created on first use),
-merged into the post still waiting there (handlers/staff_feed.py keeps this within Telegram's
-limits). The group gets one line per conversation that is handled in a private chat.
+merged into the post still waiting there (handlers/staff_feed.py keeps this within the staff
+channel's limits). The group gets one line per conversation that is handled in a private chat.
 
 StaffDesk.handle() takes a staff post, in the group or in a staff member's private chat: a plain
 message in a conversation's topic (or a reply to a mirrored message) is an answer to the customer;
@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.commands import StaffPost
 from bot.config import Config
 from bot.effects import Effect, Effects, Logged, Observer, Post
-from bot.intents import STAFF_CHANNEL, Outbound, StaffNotice
+from bot.intents import Outbound, StaffNotice, StaffRoom
 from bot.lookup import Lookup, StaffView
 from bot.messages import SPOKEN, Attachment
 from handlers import agents, roles, staff_commands, staff_feed
@@ -37,8 +37,6 @@ from storage.models import Conversation
 
 log = logging.getLogger("kefu.staff_group")
 
-CHANNEL = STAFF_CHANNEL  # staff posts arrive, and kefu's answers to them go, on the staff channel
-BOARD = "telegram-board"  # processed_messages channel of the group's "where it is handled" lines
 PRIVATE_HINT = (
     "👋 Conversations assigned to you arrive here. Reply to one of them to answer the customer; "
     "commands (/resolve, /note …) work as replies too."
@@ -135,10 +133,19 @@ def board_line(seen: _Seen, channel: str, agent: str) -> str:
     return f"👤 #{seen.conversation_id} {seen.name} · {channel} → {agent} (private chat)"
 
 
-def mirror_observer(staff_chat_id: int) -> Observer:
+def board_key(room: StaffRoom) -> str:
+    """The processed_messages channel of the group's "where it is handled" lines."""
+    return f"{room.channel}-board"
+
+
+def mirror_observer(room: StaffRoom) -> Observer:
     """Pipeline observer: each fresh inbound message with a conversation is queued for staff, in
     the same transaction: to the assigned agent's private chat, else the conversation's topic in
-    the staff group; merged into the post still waiting there, if there is one (staff_feed)."""
+    the room's staff group; merged into the post still waiting there, if there is one
+    (staff_feed)."""
+    group = room.group
+    if group is None:
+        raise ValueError("the mirror needs a staff group")
 
     async def observe(reads: Lookup, note: Logged) -> Effects | None:
         if note.conversation is None or note.inbound.kind not in (*SPOKEN, "edit"):
@@ -147,7 +154,9 @@ def mirror_observer(staff_chat_id: int) -> Observer:
         # Media the staff channel itself holds (its own file ids) is copied into the post; the
         # rest is described in the text.
         media = tuple(
-            a for a in note.inbound.attachments if a.file_id and note.inbound.channel == CHANNEL
+            a
+            for a in note.inbound.attachments
+            if a.file_id and note.inbound.channel == room.channel
         )
         notice = StaffNotice(
             text=mirror_text(note, seen),
@@ -158,32 +167,35 @@ def mirror_observer(staff_chat_id: int) -> Observer:
             topic=topic_name(seen.conversation_id, seen.name, note.inbound.channel),
             place=seen.staff_thread or None,
         )
-        out = Outbound(CHANNEL, str(staff_chat_id), notice, f"mirror-{note.interaction_id}")
+        out = Outbound(room.channel, group, notice, f"mirror-{note.interaction_id}")
         effects: list[Effect] = []
         member = await staff_feed.agent_of(reads, note.conversation)
         if member is not None:
             out = staff_feed.for_agent(out, member)
-            effects.append(_board(staff_chat_id, seen, note.inbound.channel, member))
+            effects.append(_board(room, group, seen, note.inbound.channel, member))
         addition = mirror_body(note, seen)
-        effects.append(staff_feed.post(out, addition=addition, interaction_id=note.interaction_id))
+        effects.append(
+            staff_feed.post(room, out, addition=addition, interaction_id=note.interaction_id)
+        )
         return effects
 
     return observe
 
 
-def _board(staff_chat_id: int, seen: _Seen, channel: str, member: StaffView) -> Post:
+def _board(room: StaffRoom, group: str, seen: _Seen, channel: str, member: StaffView) -> Post:
     """Once per conversation and agent: a line in the group saying where it is handled. Lines
     waiting together go out as one post, so this costs the group almost nothing at any rate."""
     line = board_line(seen, channel, member.name)
     return staff_feed.post(
+        room,
         Outbound(
-            CHANNEL,
-            str(staff_chat_id),
+            room.channel,
+            group,
             StaffNotice(text=line, about="board"),
             f"board-{seen.conversation_id}-{member.id}",
         ),
         addition=line,
-        once=(BOARD, f"board:{seen.conversation_id}:{member.id}", seen.conversation_id),
+        once=(board_key(room), f"board:{seen.conversation_id}:{member.id}", seen.conversation_id),
     )
 
 
@@ -205,7 +217,7 @@ async def save_thread(db: Database, conversation_id: int, thread: str) -> None:
 
 
 async def first_time(
-    session: AsyncSession, key: str, conversation_id: int | None, channel: str = CHANNEL
+    session: AsyncSession, key: str, conversation_id: int | None, channel: str
 ) -> bool:
     """Claims the idempotency key inside the caller's transaction; False if it was seen before."""
     return await processed_messages.claim(session, channel, key, conversation_id)
@@ -215,14 +227,12 @@ class StaffDesk:
     def __init__(
         self,
         db: Database,
-        staff_chat_id: int,
         *,
         config: Config | None = None,
         on_commit: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.db = db
-        self.staff_chat_id = staff_chat_id
         self.config = config if config is not None else Config()
         self.on_commit = on_commit
         self.clock = clock
@@ -232,7 +242,9 @@ class StaffDesk:
         """Acts on one staff-group post; returns what it did (for logs and tests)."""
         async with self.db.transaction() as session:
             conversation = await self._conversation_of(session, post)
-            if not await first_time(session, post.key, conversation.id if conversation else None):
+            if not await first_time(
+                session, post.key, conversation.id if conversation else None, post.channel
+            ):
                 return "duplicate"
             outcome = await self._act(session, post, conversation)
         if self.on_commit is not None:
@@ -258,11 +270,13 @@ class StaffDesk:
         member = None
         if post.user_id is not None:
             member = await staff.active_by_telegram_id(session, post.user_id)
-        subject = f"conversation:{conversation.id}" if conversation else f"telegram:{post.chat_id}"
+        subject = (
+            f"conversation:{conversation.id}" if conversation else f"{post.channel}:{post.chat_id}"
+        )
         if member is None:
             audit.record(
                 session,
-                f"telegram:{post.user_id}",
+                f"{post.channel}:{post.user_id}",
                 "staff.refused",
                 subject,
                 name=post.user_name,
@@ -306,7 +320,7 @@ class StaffDesk:
                 post.text,
                 agent=member.name,
                 staff_id=member.id,
-                meta={"via": CHANNEL, "staff_message": post.key},
+                meta={"via": post.channel, "staff_message": post.key},
             )
         except agents.AnswerError as exc:
             await self._notice(session, post, conversation, f"❌ Not sent: {exc}")
@@ -329,10 +343,10 @@ class StaffDesk:
             return None
         replied = f"{post.chat_id}:{post.reply_to_message_id}"
         conversation_id = await outbox.conversation_of_sent(
-            session, CHANNEL, replied
+            session, post.channel, replied
         ) or await processed_messages.conversation_of(
             # A reply to an agent's own earlier answer in the group stays in that conversation.
-            session, CHANNEL, replied
+            session, post.channel, replied
         )
         return await conversations.by_id(session, conversation_id) if conversation_id else None
 
@@ -349,5 +363,6 @@ class StaffDesk:
         )
         # Where the post was written: the group, or an agent's private chat with the bot.
         await outbox.enqueue(
-            session, Outbound(CHANNEL, str(post.chat_id), notice, f"staff-notice-{post.key}")
+            session,
+            Outbound(post.channel, str(post.chat_id), notice, f"staff-notice-{post.key}"),
         )

@@ -183,14 +183,14 @@ async def last_open(
 
 
 async def append_to_waiting(
-    session: AsyncSession, out: Outbound, text: str, into: Sequence[str], limit: int
+    session: AsyncSession, out: Outbound, text: str, into: Sequence[str], limit: int | None
 ) -> int | None:
     """Appends `text` to the staff post still waiting for out's place (channel, address,
     conversation) instead of queueing `out`: if that post's dedupe key starts with one of `into`,
     it has no attachments, the channel has not taken it, and the result stays within `limit`
-    UTF-16 units. Returns the id of the row the text went into, or None (queue `out` itself).
-    A post with attachments never takes text, nor is merged: a partly sent one (text sent, photo
-    deferred) must not change under the channel's feet."""
+    UTF-16 units (None: any length). Returns the id of the row the text went into, or None
+    (queue `out` itself). A post with attachments never takes text, nor is merged: a partly sent
+    one (text sent, photo deferred) must not change under the channel's feet."""
     if out.attachments:
         return None
     # Rows still take text while unsent, or claimed but not yet taken for the wire by the channel
@@ -208,7 +208,7 @@ async def append_to_waiting(
     if not isinstance(post, StaffNotice):
         return None
     merged = f"{post.text}\n{text}"
-    if utf16_len(merged) > limit:
+    if limit is not None and utf16_len(merged) > limit:
         return None
     grown = replace(post, text=merged, merged=post.merged + 1)
     await set_payload(session, row_id, to_payload(grown))

@@ -28,7 +28,7 @@ from handlers.staff_alerts import ComplaintAlerts
 from storage import staff
 from storage.db import Database
 from storage.models import Base, Customer, Interaction, OutboxRow, Survey
-from tests.handlers.care_helpers import STAFF_CHAT, config
+from tests.handlers.care_helpers import STAFF_CHAT, STAFF_ROOM, config
 
 TG = "5918273645"
 NAME, NAME_ZH, EMAIL, PHONE = "Meixiu", "梅秀", "meixiu.q7@example.org", "13912345678"
@@ -66,8 +66,8 @@ async def seed(db: Database, store: MailStore) -> dict[str, int]:
         await staff.add(s, "amy", telegram_user_id=3003)
     router = Router(CFG)
     observers = [
-        staff_group.mirror_observer(STAFF_CHAT),
-        ComplaintAlerts(router, STAFF_CHAT),
+        staff_group.mirror_observer(STAFF_ROOM),
+        ComplaintAlerts(router, STAFF_ROOM),
         Acknowledger(CFG),
         survey.survey_observer,
     ]
@@ -100,17 +100,17 @@ async def seed(db: Database, store: MailStore) -> dict[str, int]:
         telegram_customer.birthday = BIRTHDAY
     # The Telegram user shares their phone, then opens a link made for the email customer: the two
     # records merge (the Telegram one stays behind as a pointer) and the audit log names them.
-    assert (
-        await telegram_links.handle(db, LinkRequest("phone", TG, f"+86 {PHONE}"))
-    ).outcome == "recorded"
+    phone = LinkRequest("phone", TG, f"+86 {PHONE}", channel="telegram")
+    assert (await telegram_links.handle(db, phone)).outcome == "recorded"
     async with db.transaction() as s:
         token = await telegram_links.create_link(s, by_mail.customer_id)
-    assert (await telegram_links.handle(db, LinkRequest("start", TG, token))).outcome == "merged"
+    start = LinkRequest("start", TG, token, channel="telegram")
+    assert (await telegram_links.handle(db, start)).outcome == "merged"
     async with db.transaction() as s:
         await agents.answer(
             s, by_mail.conversation_id, f"Sorry {NAME}, a new one ships today", agent="amy"
         )
-    await sla.check(db, T0 + timedelta(days=30), router, staff_chat_id=STAFF_CHAT)
+    await sla.check(db, T0 + timedelta(days=30), router, staff_room=STAFF_ROOM)
     async with db.transaction() as s:
         change = await lifecycle.resolve(
             s, by_telegram.conversation_id, SYSTEM, CFG, now=T0 + timedelta(hours=1)

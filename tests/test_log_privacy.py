@@ -75,7 +75,7 @@ async def test_a_storage_failure_in_a_background_job_logs_no_customer_data(
     from bot.care import _guarded
     from handlers import sla
     from handlers.routing import Router
-    from tests.handlers.care_helpers import STAFF_CHAT, care_pipeline, config, message
+    from tests.handlers.care_helpers import STAFF_ROOM, care_pipeline, config, message
 
     cfg = config()
     pipeline, _ = care_pipeline(db, cfg)
@@ -107,7 +107,7 @@ async def test_a_storage_failure_in_a_background_job_logs_no_customer_data(
     caplog.set_level(logging.DEBUG)
     job = _guarded(
         "sla.check",
-        lambda: sla.check(db, t0 + timedelta(days=9), Router(cfg), staff_chat_id=STAFF_CHAT),
+        lambda: sla.check(db, t0 + timedelta(days=9), Router(cfg), staff_room=STAFF_ROOM),
     )
     assert await job() is None  # failed, logged, the next run tries again
     assert [r for r in caplog.records if "refused by the test trigger" in rendered(r)]

@@ -33,7 +33,7 @@ from storage.models import (
     OutboxRow,
     RoutingCursor,
 )
-from tests.handlers.care_helpers import STAFF_CHAT, config, message
+from tests.handlers.care_helpers import STAFF_CHAT, STAFF_ROOM, config, message
 from tests.handlers.test_acknowledge import CFG, NIGHT
 
 WRITES = ("INSERT", "UPDATE", "DELETE")
@@ -103,14 +103,14 @@ async def test_no_observer_or_router_writes_while_it_runs(db: Database) -> None:
     router = Router(cfg)
     consent = ConsentObserver(Templates())
     registered = Observers()
-    registered.add(Phase.MIRROR, mirror_observer(STAFF_CHAT))
+    registered.add(Phase.MIRROR, mirror_observer(STAFF_ROOM))
     registered.add(Phase.CHANNEL, email_events.on_bounce)
     registered.add(Phase.CONSENT, consent)
-    registered.add(Phase.COMPLAINT, ComplaintAlerts(router, STAFF_CHAT))
+    registered.add(Phase.COMPLAINT, ComplaintAlerts(router, STAFF_ROOM))
     registered.add(Phase.ACKNOWLEDGE, Acknowledger(cfg))
     registered.add(Phase.SURVEY, survey.survey_observer)
     registered.add(
-        Phase.INSIGHT, Churn(cfg, router, staff_chat_id=STAFF_CHAT, is_opt_out=consent.is_opt_out)
+        Phase.INSIGHT, Churn(cfg, router, staff_room=STAFF_ROOM, is_opt_out=consent.is_opt_out)
     )
     async with db.transaction() as s:  # someone on duty: the router assigns (round robin)
         await staff.add(s, "ann")

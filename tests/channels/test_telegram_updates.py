@@ -111,7 +111,9 @@ def test_own_contact_asks_for_a_phone_link() -> None:
     assert item.inbound.attachments == (
         Attachment(kind="contact", url="tel:8613800138000", name="张三"),
     )
-    assert item.link == LinkRequest("phone", "1001", "8613800138000", "张三", "zh")
+    assert item.link == LinkRequest(
+        "phone", "1001", "8613800138000", "张三", "zh", channel="telegram"
+    )
 
 
 def test_someone_elses_contact_is_only_an_attachment() -> None:
@@ -130,7 +132,9 @@ def test_start_is_an_event_without_a_link() -> None:
 def test_start_with_payload_asks_for_a_link() -> None:
     item = customer("message__private_start_payload")
     assert item.inbound.kind == "event"
-    assert item.link == LinkRequest("start", "1001", "LINKTOKEN", "张三", "zh")
+    assert item.link == LinkRequest(
+        "start", "1001", "LINKTOKEN", "张三", "zh", channel="telegram"
+    )
 
 
 def test_reply_names_the_replied_message() -> None:
@@ -172,6 +176,7 @@ def test_staff_topic_message() -> None:
         reply_to_message_id=None,
         has_media=False,
         sent_at=datetime.fromtimestamp(1763890120, UTC),
+        channel="telegram",
     )
 
 
@@ -205,7 +210,7 @@ def test_ignored(name: str) -> None:
 def test_survey_button_press() -> None:
     assert parsed("callback_query__survey") == SurveyPress(
         query_id="4382bfdwdsb323b2e1", user_id="1001", survey_id=17, score=4,
-        chat_id=1001, message_id=1391, choices=(1, 2, 3, 4, 5), language="zh",
+        chat_id=1001, message_id=1391, choices=(1, 2, 3, 4, 5), language="zh", channel="telegram",
     )
 
 

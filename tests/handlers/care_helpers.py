@@ -6,9 +6,11 @@ from datetime import datetime
 from typing import Any
 
 from bot.config import Config, parse_config
+from bot.intents import StaffRoom
 from bot.messages import Inbound
 from bot.pipeline import Pipeline
 from bot.plugins import pipeline as plugged_pipeline
+from channels.telegram import TelegramChannel
 from handlers import survey
 from handlers.acknowledge import Acknowledger
 from handlers.routing import Router
@@ -16,6 +18,14 @@ from handlers.staff_alerts import ComplaintAlerts
 from storage.db import Database
 
 STAFF_CHAT = -1001234567890
+# The staff room bot/app.py wires for a Telegram staff group (bot.care.staff_room).
+STAFF_ROOM = StaffRoom(TelegramChannel.name, str(STAFF_CHAT), TelegramChannel.max_text)
+
+
+def room_of(staff_chat_id: int | None) -> StaffRoom | None:
+    if staff_chat_id is None:
+        return None
+    return StaffRoom(TelegramChannel.name, str(staff_chat_id), TelegramChannel.max_text)
 
 
 def care_pipeline(
@@ -23,7 +33,7 @@ def care_pipeline(
 ) -> tuple[Pipeline, Router]:
     router = Router(config)
     observers = [
-        ComplaintAlerts(router, staff_chat_id),
+        ComplaintAlerts(router, room_of(staff_chat_id)),
         Acknowledger(config),
         survey.survey_observer,
     ]

@@ -20,7 +20,7 @@ from storage.models import (
     Interaction,
     OutboxRow,
 )
-from tests.handlers.care_helpers import STAFF_CHAT, care_pipeline, config, message
+from tests.handlers.care_helpers import STAFF_CHAT, STAFF_ROOM, care_pipeline, config, message
 
 T0 = datetime(2027, 3, 1, 2, 0, tzinfo=UTC)  # a Monday
 CFG = config(
@@ -39,7 +39,7 @@ async def seeded(db: Database) -> tuple[Churn, dict[str, int]]:
         amy = Actor.of(await staff.add(s, "amy"))
         await staff.add(s, "lou", role="lead")
     pipeline, router = care_pipeline(db, CFG)
-    churn = Churn(CFG, router, staff_chat_id=STAFF_CHAT)
+    churn = Churn(CFG, router, staff_room=STAFF_ROOM)
     pipeline.observers.append(churn)
     ids: dict[str, int] = {}
     # burnt: a complaint, resolved, answered 1/5, then silence for three weeks
@@ -86,7 +86,7 @@ async def seeded(db: Database) -> tuple[Churn, dict[str, int]]:
         )
     )
     ids["angry"] = r.customer_id
-    await sla.check(db, later + timedelta(hours=5), router, staff_chat_id=STAFF_CHAT)
+    await sla.check(db, later + timedelta(hours=5), router, staff_room=STAFF_ROOM)
     await pipeline.close()
     return churn, ids
 
@@ -151,7 +151,7 @@ async def test_ranking_reasons_and_one_warning(db: Database) -> None:
 
     # More messages and more recomputes while still at risk: no second warning.
     pipeline, router = care_pipeline(db, CFG)
-    pipeline.observers.append(Churn(CFG, router, staff_chat_id=STAFF_CHAT))
+    pipeline.observers.append(Churn(CFG, router, staff_room=STAFF_ROOM))
     for n in range(3):
         await pipeline.receive(
             message(
@@ -180,13 +180,13 @@ async def test_score_falls_after_resolution_and_a_new_crossing_warns_again(db: D
     assert (await scores(db))[ids["angry"]].alerted_at is None
     assert conversation_id is not None
     pipeline, router = care_pipeline(db, CFG)
-    pipeline.observers.append(Churn(CFG, router, staff_chat_id=STAFF_CHAT))
+    pipeline.observers.append(Churn(CFG, router, staff_room=STAFF_ROOM))
     later = now + timedelta(days=101)
     await pipeline.receive(
         message("a9", "Again broken! I am calling my lawyer and 12315.", later, user="angry")
     )
     await pipeline.close()
-    await sla.check(db, later + timedelta(hours=5), router, staff_chat_id=STAFF_CHAT)
+    await sla.check(db, later + timedelta(hours=5), router, staff_room=STAFF_ROOM)
     await churn.recompute(db, later + timedelta(hours=6))
     found = await warnings(db)
     assert len(found) == 2 and found[1].meta["crossing"] == 2
@@ -260,7 +260,7 @@ async def test_a_plain_message_updates_like_a_full_recompute(db: Database) -> No
         "silence_after_bad",
     }
     pipeline, router = care_pipeline(db, CFG)
-    pipeline.observers.append(Churn(CFG, router, staff_chat_id=STAFF_CHAT))
+    pipeline.observers.append(Churn(CFG, router, staff_room=STAFF_ROOM))
     # Burnt breaks the silence, which reopens the complaint; busy keeps writing plain messages.
     await pipeline.receive(message("b3", "hi, a question about my invoice", now, user="burnt"))
     for n in range(3):
@@ -293,7 +293,7 @@ async def test_a_batch_of_plain_messages_reads_and_writes_scores_once(db: Databa
     now = T0 + timedelta(days=21, hours=6)
     await churn.recompute(db, now)
     pipeline, router = care_pipeline(db, CFG)
-    pipeline.observers.append(Churn(CFG, router, staff_chat_id=STAFF_CHAT))
+    pipeline.observers.append(Churn(CFG, router, staff_room=STAFF_ROOM))
     statements: list[str] = []
 
     def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
@@ -329,7 +329,7 @@ async def test_first_contacts_in_a_batch_are_scored_without_a_statement_each(db:
     """New customers (no stored score yet) have their signals read for the whole batch at once;
     a severe complaint among them is scored as the full recompute scores it."""
     pipeline, router = care_pipeline(db, CFG)
-    churn = Churn(CFG, router, staff_chat_id=STAFF_CHAT)
+    churn = Churn(CFG, router, staff_room=STAFF_ROOM)
     pipeline.observers.append(churn)
     statements: list[str] = []
 
@@ -368,9 +368,9 @@ async def test_first_scoring_of_an_install_marks_without_announcing(db: Database
     posted one by one; the next crossing is announced."""
     pipeline, router = care_pipeline(db, CFG)  # no churn observer: the history predates insight
     r = await pipeline.receive(message("h1", "再不退款我就去12315投诉你们！", T0, user="old"))
-    await sla.check(db, T0 + timedelta(hours=5), router, staff_chat_id=STAFF_CHAT)
+    await sla.check(db, T0 + timedelta(hours=5), router, staff_room=STAFF_ROOM)
     await pipeline.close()
-    churn = Churn(CFG, router, staff_chat_id=STAFF_CHAT)
+    churn = Churn(CFG, router, staff_room=STAFF_ROOM)
     outcome = await churn.recompute(db, T0 + timedelta(hours=6))
     assert outcome.at_risk == 1 and outcome.warned == 0
     assert (await scores(db))[r.customer_id].alerted_at is not None

@@ -11,7 +11,7 @@ from handlers.roles import Actor
 from storage import staff
 from storage.db import Database
 from storage.models import Conversation, Interaction, OutboxRow, SlaBreach
-from tests.handlers.care_helpers import STAFF_CHAT, care_pipeline, config, message
+from tests.handlers.care_helpers import STAFF_CHAT, STAFF_ROOM, care_pipeline, config, message
 
 T0 = datetime(2027, 3, 1, 2, 0, tzinfo=UTC)  # a Monday
 CFG = config(
@@ -40,11 +40,11 @@ async def test_first_response_breach_is_escalated_once(db: Database) -> None:
     assert conversation.first_response_due_at == T0 + timedelta(hours=4) == conversation.sla_due_at
 
     assert (
-        await sla.check(db, T0 + timedelta(hours=3, minutes=59), router, staff_chat_id=STAFF_CHAT)
+        await sla.check(db, T0 + timedelta(hours=3, minutes=59), router, staff_room=STAFF_ROOM)
         == []
     )
     (breach,) = await sla.check(
-        db, T0 + timedelta(hours=4, minutes=1), router, staff_chat_id=STAFF_CHAT
+        db, T0 + timedelta(hours=4, minutes=1), router, staff_room=STAFF_ROOM
     )
     assert (breach.target, breach.priority, breach.team, breach.assignee) == (
         "first_response",
@@ -53,7 +53,7 @@ async def test_first_response_breach_is_escalated_once(db: Database) -> None:
         amy.id,
     )
     # Idempotent: later runs (or another process) find nothing new.
-    assert await sla.check(db, T0 + timedelta(hours=5), router, staff_chat_id=STAFF_CHAT) == []
+    assert await sla.check(db, T0 + timedelta(hours=5), router, staff_room=STAFF_ROOM) == []
     assert len(await breaches(db)) == 1
 
     async with db.sessions() as s:

@@ -9,9 +9,10 @@ import pytest
 from sqlalchemy import func, select
 
 from bot import intents
-from bot.intents import Reply, StaffNotice, from_payload
+from bot.intents import Reply, StaffNotice, StaffRoom, from_payload
 from bot.messages import Inbound
 from bot.plugins import pipeline as plugged_pipeline
+from channels.telegram import TelegramChannel
 from channels.telegram_updates import StaffPost
 from handlers import staff_commands
 from handlers.staff_group import REFUSAL, StaffDesk, mirror_observer
@@ -20,6 +21,7 @@ from storage.db import Database
 from storage.models import AuditEntry, Conversation, Customer, Interaction, OutboxRow, Survey
 
 STAFF_CHAT = -1001234567890
+STAFF_ROOM = StaffRoom("telegram", str(STAFF_CHAT), TelegramChannel.max_text)
 ALICE, BOB, LENA, STRANGER = 2002, 2003, 2004, 4004
 THREAD = 57
 ids = iter(range(100, 10_000))
@@ -37,6 +39,7 @@ def post(text: str, *, user: int = ALICE, thread: int | None = THREAD, reply_to:
         reply_to_message_id=reply_to,
         has_media=media,
         sent_at=datetime.now(UTC),
+        channel="telegram",
     )
 
 
@@ -46,7 +49,7 @@ async def world(db: Database) -> dict[str, Any]:
     lena is their lead."""
     # The message arrives before the team is registered: nobody is assigned, so it is mirrored
     # into the group (an assigned one goes to the agent's chat: test_telegram_agent_chat.py).
-    pipeline = plugged_pipeline(db, observers=[mirror_observer(STAFF_CHAT)])
+    pipeline = plugged_pipeline(db, observers=[mirror_observer(STAFF_ROOM)])
     receipt = await pipeline.receive(
         Inbound(channel="telegram", external_id="1001:1365", address="1001", text="请问营业时间",
                 display_name="张三", language="zh")
@@ -91,7 +94,7 @@ async def test_the_mirror_row_names_the_topic(db: Database, world: dict[str, Any
 
 
 async def test_staff_answer_goes_to_the_customer(db: Database, world: dict[str, Any]) -> None:
-    desk = StaffDesk(db, STAFF_CHAT)
+    desk = StaffDesk(db)
     outcome = await desk.handle(post("您好，包裹明天送到。"))
     assert outcome.startswith("answer:")
     [answer] = await rows(db, Interaction, Interaction.direction == "out")
@@ -110,7 +113,7 @@ async def test_staff_answer_goes_to_the_customer(db: Database, world: dict[str, 
 
 
 async def test_a_redelivered_post_acts_once(db: Database, world: dict[str, Any]) -> None:
-    desk = StaffDesk(db, STAFF_CHAT)
+    desk = StaffDesk(db)
     same = post("once only", message_id=777)
     assert (await desk.handle(same)).startswith("answer:")
     assert await desk.handle(same) == "duplicate"
@@ -124,7 +127,7 @@ async def test_reply_to_a_mirrored_message_in_a_group_without_topics(
         row = await session.scalar(select(OutboxRow).where(OutboxRow.dedupe_key.like("mirror-%")))
         assert row is not None
         row.status, row.external_id = "sent", f"{STAFF_CHAT}:811"
-    desk = StaffDesk(db, STAFF_CHAT)
+    desk = StaffDesk(db)
     first = post("answer by reply", thread=None, reply_to=811, message_id=812)
     assert (await desk.handle(first)).startswith("answer:")
     # A reply to that answer stays in the same conversation.
@@ -134,7 +137,7 @@ async def test_reply_to_a_mirrored_message_in_a_group_without_topics(
 
 @pytest.mark.parametrize("user", [STRANGER, 5005], ids=["not staff", "inactive staff"])
 async def test_non_staff_reach_nobody(db: Database, world: dict[str, Any], user: int) -> None:
-    desk = StaffDesk(db, STAFF_CHAT)
+    desk = StaffDesk(db)
     assert await desk.handle(post("I can answer too", user=user)) == "refused"
     assert await desk.handle(post("/resolve", user=user)) == "refused"
     assert await rows(db, Interaction, Interaction.direction == "out") == []
@@ -150,7 +153,7 @@ async def test_non_staff_reach_nobody(db: Database, world: dict[str, Any], user:
 async def test_chatter_outside_conversations_is_ignored(
     db: Database, world: dict[str, Any]
 ) -> None:
-    desk = StaffDesk(db, STAFF_CHAT)
+    desk = StaffDesk(db)
     assert await desk.handle(post("lunch?", user=STRANGER, thread=None)) == "ignored"
     assert await desk.handle(post("lunch!", thread=None)) == "ignored"
     assert await notices(db) == []
@@ -166,7 +169,7 @@ async def status_of(db: Database, conversation_id: int) -> tuple[int | None, str
 async def test_claim_assign_resolve_pending_reopen_close(
     db: Database, world: dict[str, Any]
 ) -> None:
-    desk = StaffDesk(db, STAFF_CHAT)
+    desk = StaffDesk(db)
     cid = world["conversation_id"]
     await desk.handle(post("/claim"))
     await desk.handle(post("/assign@kefu_test_bot bob", user=LENA))
@@ -248,7 +251,7 @@ async def test_agents_are_refused_lead_commands(
         if command == "/reopen":
             conversation.status = "resolved"
     before = await status_of(db, cid)
-    desk = StaffDesk(db, STAFF_CHAT)
+    desk = StaffDesk(db)
     assert await desk.handle(post(command, user=user)) == f"command:{command[1:].split()[0]}"
     [text] = await notices(db)
     assert text.startswith(f"⛔ {command.split()[0]}: ") and f"may not {needs}" in text
@@ -272,7 +275,7 @@ async def test_a_lead_may_claim_a_colleagues_conversation(
         conversation = await session.get(Conversation, cid)
         assert conversation is not None
         conversation.assignee = world["bob"]
-    desk = StaffDesk(db, STAFF_CHAT)
+    desk = StaffDesk(db)
     await desk.handle(post("/claim", user=LENA))
     await desk.handle(post("/claim", user=BOB))  # no longer bob's: an agent cannot take it back
     assert await status_of(db, cid) == (world["lena"], "open")
@@ -281,7 +284,7 @@ async def test_a_lead_may_claim_a_colleagues_conversation(
 
 
 async def test_note_is_logged_and_never_sent(db: Database, world: dict[str, Any]) -> None:
-    desk = StaffDesk(db, STAFF_CHAT)
+    desk = StaffDesk(db)
     await desk.handle(post("/note 客户打了两次电话\nsecond line"))
     [note] = await rows(db, Interaction, Interaction.direction == "note")
     assert (note.text, note.author_id) == ("客户打了两次电话\nsecond line", "alice")
@@ -292,7 +295,7 @@ async def test_note_is_logged_and_never_sent(db: Database, world: dict[str, Any]
 
 
 async def test_history_whois_vip_tag(db: Database, world: dict[str, Any]) -> None:
-    desk = StaffDesk(db, STAFF_CHAT)
+    desk = StaffDesk(db)
     await desk.handle(post("/note first note"))
     await desk.handle(post("/history 5"))
     await desk.handle(post("/vip on", user=LENA))
@@ -327,7 +330,7 @@ async def test_history_whois_vip_tag(db: Database, world: dict[str, Any]) -> Non
 async def test_commands_outside_a_conversation_explain_themselves(
     db: Database, world: dict[str, Any]
 ) -> None:
-    desk = StaffDesk(db, STAFF_CHAT)
+    desk = StaffDesk(db)
     await desk.handle(post("/resolve", thread=None))
     assert await notices(db) == [
         "/resolve works inside a conversation's topic, or as a reply to its message."
@@ -335,7 +338,7 @@ async def test_commands_outside_a_conversation_explain_themselves(
 
 
 async def test_media_without_text_is_not_sent(db: Database, world: dict[str, Any]) -> None:
-    desk = StaffDesk(db, STAFF_CHAT)
+    desk = StaffDesk(db)
     assert await desk.handle(post("", media=True)) == "no_text"
     assert await rows(db, Interaction, Interaction.direction == "out") == []
 

@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from bot.effects import ConversationView, CustomerView, Decision, Logged, Post, Verdict
-from bot.intents import StaffNotice, from_payload
+from bot.intents import StaffNotice, StaffRoom, from_payload
 from bot.messages import Attachment, Inbound
 from bot.plugins import pipeline as plugged_pipeline
+from channels.telegram import TelegramChannel
 from handlers import routing, staff_feed
 from handlers.staff_group import mirror_observer
 from storage import staff
@@ -18,6 +19,7 @@ from storage.db import Database
 from storage.models import OutboxRow
 
 STAFF_CHAT = -1001234567890
+STAFF_ROOM = StaffRoom("telegram", str(STAFF_CHAT), TelegramChannel.max_text)
 ALICE = 2002
 
 
@@ -32,7 +34,7 @@ async def staff_rows(db: Database) -> list[OutboxRow]:
 
 
 async def test_messages_waiting_for_one_topic_become_one_post(db: Database) -> None:
-    pipeline = plugged_pipeline(db, observers=[mirror_observer(STAFF_CHAT)])
+    pipeline = plugged_pipeline(db, observers=[mirror_observer(STAFF_ROOM)])
     for n in range(5):
         await pipeline.receive(message(n, f"part {n}"))
     await pipeline.receive(message(9, "other customer", user="1002"))
@@ -48,7 +50,7 @@ async def test_messages_waiting_for_one_topic_become_one_post(db: Database) -> N
 
 
 async def test_a_claimed_post_takes_text_until_the_channel_takes_it(db: Database) -> None:
-    pipeline = plugged_pipeline(db, observers=[mirror_observer(STAFF_CHAT)])
+    pipeline = plugged_pipeline(db, observers=[mirror_observer(STAFF_ROOM)])
     await pipeline.receive(message(0, "first"))
     async with db.transaction() as session:
         row = await session.scalar(select(OutboxRow))
@@ -67,7 +69,7 @@ async def test_a_claimed_post_takes_text_until_the_channel_takes_it(db: Database
 
 
 async def test_media_and_long_texts_get_posts_of_their_own(db: Database) -> None:
-    pipeline = plugged_pipeline(db, observers=[mirror_observer(STAFF_CHAT)])
+    pipeline = plugged_pipeline(db, observers=[mirror_observer(STAFF_ROOM)])
     await pipeline.receive(message(0, "长" * 3000))
     await pipeline.receive(message(1, "长" * 3000))  # both would not fit one Telegram message
     photo = Attachment(kind="photo", file_id="AgAC")
@@ -81,7 +83,7 @@ async def test_media_and_long_texts_get_posts_of_their_own(db: Database) -> None
 async def test_an_assigned_conversation_goes_to_the_agents_chat(db: Database) -> None:
     async with db.transaction() as session:
         await staff.add(session, "alice", telegram_user_id=ALICE)
-    pipeline = plugged_pipeline(db, route=routing.route, observers=[mirror_observer(STAFF_CHAT)])
+    pipeline = plugged_pipeline(db, route=routing.route, observers=[mirror_observer(STAFF_ROOM)])
     for n in range(3):
         await pipeline.receive(message(n, f"part {n}"))
     await pipeline.close()
@@ -108,7 +110,7 @@ async def test_the_mirror_observer_returns_its_post_and_writes_nothing(db: Datab
         decision=Decision(),
     )
     async with db.sessions() as session:
-        effects = await mirror_observer(STAFF_CHAT)(session, note)
+        effects = await mirror_observer(STAFF_ROOM)(session, note)
     assert await staff_rows(db) == []
     [post] = effects or []
     assert isinstance(post, Post) and post.feed is not None and post.interaction_id == 7
@@ -119,3 +121,48 @@ async def test_the_mirror_observer_returns_its_post_and_writes_nothing(db: Datab
     assert isinstance(notice, StaffNotice)
     assert (notice.about, notice.place, notice.topic) == ("mirror", "77", "#3 张三 · telegram")
     assert post.feed.text == "hi" and notice.text == "📨 #3 · 张三 · telegram\nhi"
+
+
+async def test_a_post_grows_only_while_it_stays_one_message_of_the_staff_channel(
+    db: Database,
+) -> None:
+    # The limit is the staff channel's own (channels.base.Channel.max_text), not Telegram's:
+    # a channel that sends at most 200 units as one message gets posts of at most 200 - SPARE.
+    small = StaffRoom("chat", "room-1", max_text=200)
+    pipeline = plugged_pipeline(db, observers=[mirror_observer(small)])
+    for n in range(6):
+        await pipeline.receive(message(n, f"{n}" * 30))
+    await pipeline.close()
+    rows = await staff_rows(db)
+    assert {(r.channel, r.address) for r in rows} == {("chat", "room-1")}
+    assert all(len(r.payload["text"]) <= 200 - staff_feed.SPARE for r in rows)
+    assert len(rows) == 3  # the head and two parts fit, a third would not
+    texts = [r.payload["text"].splitlines()[1:] for r in rows]
+    assert [line for text in texts for line in text] == [f"{n}" * 30 for n in range(6)]
+
+
+async def test_a_channel_without_a_length_limit_takes_all_of_it_in_one_post(
+    db: Database,
+) -> None:
+    pipeline = plugged_pipeline(db, observers=[mirror_observer(StaffRoom("chat", "room-1"))])
+    await pipeline.receive(message(0, "长" * 3000))
+    await pipeline.receive(message(1, "长" * 3000))
+    await pipeline.close()
+    [row] = await staff_rows(db)
+    assert row.payload["text"].splitlines()[1:] == ["长" * 3000] * 2
+
+
+def test_the_staff_room_takes_its_limit_from_the_running_channel() -> None:
+    from bot.care import staff_room
+    from bot.config import parse_config
+
+    cfg = parse_config({"telegram": {"enabled": True, "staff_chat_id": STAFF_CHAT}})
+
+    class Small:
+        name = "telegram"
+        max_text = 1000
+
+    room = staff_room(cfg, {"telegram": Small()})  # type: ignore[dict-item]
+    assert room == StaffRoom("telegram", str(STAFF_CHAT), 1000)
+    assert staff_room(cfg) == StaffRoom("telegram", str(STAFF_CHAT), TelegramChannel.max_text)
+    assert staff_room(cfg, {}) is None  # Telegram not running: staff posts would go nowhere

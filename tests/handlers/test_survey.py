@@ -15,7 +15,7 @@ from handlers.survey import SurveyError
 from storage import customers, staff
 from storage.db import Database
 from storage.models import Conversation, Interaction, OutboxRow, Survey
-from tests.handlers.care_helpers import STAFF_CHAT, care_pipeline, config, message
+from tests.handlers.care_helpers import STAFF_ROOM, care_pipeline, config, message
 
 T0 = datetime(2027, 3, 1, 2, 0, tzinfo=UTC)
 CFG = config(survey={"ask_after": "10m", "expires_after": "2d"})
@@ -110,7 +110,7 @@ async def test_a_message_starting_with_a_digit_reopens_is_classified_and_reaches
 ) -> None:
     cid, sid, _ = await resolved(db, language="zh")
     pipeline, _ = care_pipeline(db, CFG)
-    pipeline.observers.insert(0, staff_group.mirror_observer(STAFF_CHAT))
+    pipeline.observers.insert(0, staff_group.mirror_observer(STAFF_ROOM))
     receipt = await pipeline.receive(
         message(2, "1 个包裹丢了，我要投诉，退款！", T0 + timedelta(hours=2))
     )
