@@ -20,8 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.cli_campaigns import campaigns_app, customers_import
 from bot.cli_common import (
     DEFAULT_CONFIG,
+    AsOption,
     ConfigOption,
     FormatOption,
+    acting,
     check_format,
     err,
     fail,
@@ -241,14 +243,6 @@ def conversations_list(
     )
 
 
-AsOption = Annotated[
-    str | None,
-    typer.Option(
-        "--as", help="Staff name to act as, with that role (default: your login, as admin)."
-    ),
-]
-
-
 def _status_command(to: str, verb: str, doc: str) -> None:
     def command(
         conversation_id: int, config: ConfigOption = DEFAULT_CONFIG, as_name: AsOption = None
@@ -295,9 +289,10 @@ def reply(
     """Answer a conversation; the answer is logged and sent on the customer's channel."""
 
     async def work(db: Database) -> agents.Answer:
-        async with db.transaction() as session:
-            actor = await roles.cli_actor(session, as_name)
-            roles.require(actor, "reply", f"conversation {conversation_id}")
+        async with acting(db, as_name, "reply", f"conversation {conversation_id}") as (
+            session,
+            actor,
+        ):
             return await agents.answer(session, conversation_id, text, agent=actor.name)
 
     answer = with_db(load(config), work)
@@ -317,9 +312,7 @@ def customers_merge(
     """Merge customer GONE into KEEP: identities and history move; the log stays whole (admin)."""
 
     async def work(db: Database) -> customers.MergeResult:
-        async with db.transaction() as session:
-            actor = await roles.cli_actor(session, as_name)
-            roles.require(actor, "customers.merge", f"customer {keep}")
+        async with acting(db, as_name, "customers.merge", f"customer {keep}") as (session, actor):
             result = await customers.merge(session, keep, gone)
             audit.record(session, actor.name, "customers.merge", f"customer:{keep}", merged=gone)
             return result
@@ -401,9 +394,7 @@ def _erase(
     """One erasure (admin): checked, done and audited in one transaction, then its files."""
 
     async def work(db: Database) -> customers.Erasure:
-        async with db.transaction() as session:
-            actor = await roles.cli_actor(session, as_name)
-            roles.require(actor, "customers.forget", what)
+        async with acting(db, as_name, "customers.forget", what) as (session, actor):
             erasure = await erase(session)
             audit.record(session, actor.name, *audited)
         await _after_erasure(db, erasure, cfg)
@@ -462,9 +453,7 @@ def staff_add(
     """Add a staff member (admin)."""
 
     async def work(db: Database) -> int:
-        async with db.transaction() as session:
-            actor = await roles.cli_actor(session, as_name)
-            roles.require(actor, "staff.add")
+        async with acting(db, as_name, "staff.add") as (session, actor):
             member = await staff.add(
                 session, name, telegram_user_id=telegram_id, email=email, role=role
             )

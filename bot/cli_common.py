@@ -9,7 +9,8 @@ import json
 import os
 import re
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -19,8 +20,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.config import Config, ConfigError, load_config
+from handlers import roles
 from storage.db import Database, StorageError, explain
 
 T = TypeVar("T")
@@ -33,6 +36,12 @@ ConfigOption = Annotated[
     typer.Option("--config", "-c", envvar="KEFU_CONFIG", help="Path to config.toml."),
 ]
 DEFAULT_CONFIG = Path("config.toml")
+AsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--as", help="Staff name to act as, with that role (default: your login, as admin)."
+    ),
+]
 
 
 class Failure(Exception):
@@ -73,6 +82,18 @@ def with_db(config: Config, work: Callable[[Database], Awaitable[T]]) -> T:
     except (OSError, DBAPIError) as exc:
         fail_storage(exc, config)
         raise
+
+
+@asynccontextmanager
+async def acting(
+    db: Database, as_name: str | None, action: str, subject: str = ""
+) -> AsyncIterator[tuple[AsyncSession, roles.Actor]]:
+    """One transaction as `--as NAME` (without it, the OS user as admin), who must be allowed
+    `action`: a command's check, its writes and their audit entry commit together or not at all."""
+    async with db.transaction() as session:
+        actor = await roles.cli_actor(session, as_name)
+        roles.require(actor, action, subject)
+        yield session, actor
 
 
 def fail_storage(exc: OSError | DBAPIError, config: Config) -> None:
@@ -187,19 +208,22 @@ def listing(
     title: str | None = None,
     shown: Callable[[Mapping[str, Any]], Sequence[object]] | None = None,
     columns_shown: Sequence[str] | None = None,
+    csv_shown: Callable[[Mapping[str, Any]], Sequence[object]] | None = None,
 ) -> None:
     """One listing in --format table, json (a list of objects) or csv (a header row first).
     `shown` turns a row into the table's cells (headed `columns_shown`); json and csv carry the
-    raw values under `columns`."""
+    raw values under `columns`, unless `csv_shown` turns a row into the csv's cells."""
     rows = list(rows)
     if fmt == "json":
         sys.stdout.write(json.dumps(rows, ensure_ascii=False, indent=2, default=_plain) + "\n")
         return
     if fmt == "csv":
-        writer = csv.DictWriter(sys.stdout, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
         for row in rows:
-            writer.writerow({k: _csv_cell(row.get(k)) for k in columns})
+            writer.writerow(
+                csv_shown(row) if csv_shown else [_csv_cell(row.get(k)) for k in columns]
+            )
         return
     grid = table(*(columns_shown or columns), title=title)
     for row in rows:

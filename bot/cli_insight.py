@@ -5,21 +5,18 @@ Registered on bot/cli.py's app; shares bot/cli_common.py with it.
 
 from __future__ import annotations
 
-import csv
-import json
-import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from bot.cli_common import (
     DEFAULT_CONFIG,
+    AsOption,
     ConfigOption,
     FormatOption,
-    cells,
+    acting,
     check_format,
     fail,
     listing,
@@ -28,16 +25,12 @@ from bot.cli_common import (
     with_db,
 )
 from bot.config import Config
-from handlers import health, roles, segments
+from handlers import health, segments
 from handlers.churn import Churn
 from handlers.routing import Router
 from storage import audit, insight_report, reports
 from storage.db import Database
 from storage.models import utcnow
-
-AsOption = Annotated[
-    str | None, typer.Option("--as", help="Staff name to act as (default: your login, as admin).")
-]
 
 
 async def at_risk_rows(
@@ -79,8 +72,7 @@ def at_risk(
     as_name: AsOption = None,
 ) -> None:
     """Customers at risk of leaving: who, score, reasons, last contact, owner (lead or admin)."""
-    if fmt not in ("table", "json", "csv"):
-        fail(f"--format has value {fmt!r}: use table, json or csv", 2)
+    check_format(fmt)
     cfg = load(config)
     lang = language or cfg.insight.language
     if lang not in ("zh", "en"):
@@ -90,60 +82,47 @@ def at_risk(
         fail(str(_unknown(segment, cfg)), 2)
 
     async def work(db: Database) -> list[dict[str, Any]]:
-        async with db.transaction() as session:
-            actor = await roles.cli_actor(session, as_name)
-            roles.require(actor, "report")
+        async with acting(db, as_name, "report") as (session, actor):
             audit.record(session, actor.name, "customers.at_risk", "customers", segment=segment)
         inside = await segments.members(db, cfg, segment, utcnow()) if segment is not None else None
         return await at_risk_rows(
             db, min_score=floor, limit=limit, language=lang, segment_ids=inside
         )
 
-    rows = with_db(cfg, work)
-    if fmt == "json":
-        sys.stdout.write(json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
-        return
-    if fmt == "csv":
-        writer = csv.writer(sys.stdout)
-        writer.writerow(
-            ["customer_id", "name", "score", "reasons", "last_contact", "owner", "conversation_id"]
-        )
-        for r in rows:
-            writer.writerow(
-                [
-                    r["customer_id"],
-                    r["name"] or "",
-                    r["score"],
-                    "; ".join(r["reasons"]),
-                    r["last_contact"] or "",
-                    r["owner"] or "",
-                    r["conversation_id"] or "",
-                ]
-            )
-        return
-    table = Table(
-        "customer",
-        "name",
-        "score",
-        "reasons",
-        "last contact",
-        "owner",
-        "conversation",
+    listing(
+        fmt,
+        with_db(cfg, work),
+        ("customer_id", "name", "score", "reasons", "last_contact", "owner", "conversation_id"),
         title=f"At risk (score ≥ {floor})",
+        columns_shown=(
+            "customer",
+            "name",
+            "score",
+            "reasons",
+            "last contact",
+            "owner",
+            "conversation",
+        ),
+        shown=lambda r: [
+            r["customer_id"],
+            r["name"],
+            r["score"],
+            "\n".join(r["reasons"]),
+            (r["last_contact"] or "")[:16].replace("T", " "),
+            r["owner"],
+            f"#{r['conversation_id']}" if r["conversation_id"] else "",
+        ],
+        # reasons as one cell a spreadsheet reads, not a JSON list
+        csv_shown=lambda r: [
+            r["customer_id"],
+            r["name"] or "",
+            r["score"],
+            "; ".join(r["reasons"]),
+            r["last_contact"] or "",
+            r["owner"] or "",
+            r["conversation_id"] or "",
+        ],
     )
-    for r in rows:
-        table.add_row(
-            *cells(
-                r["customer_id"],
-                r["name"] or "—",
-                r["score"],
-                "\n".join(r["reasons"]) or "—",
-                (r["last_contact"] or "—")[:16].replace("T", " "),
-                r["owner"] or "—",
-                f"#{r['conversation_id']}" if r["conversation_id"] else "—",
-            )
-        )
-    out.print(table)
 
 
 def rescore(
@@ -157,9 +136,7 @@ def rescore(
     cfg = load(config)
 
     async def work(db: Database) -> Any:
-        async with db.transaction() as session:
-            actor = await roles.cli_actor(session, as_name)
-            roles.require(actor, "report")
+        async with acting(db, as_name, "report") as (session, actor):
             audit.record(session, actor.name, "customers.rescore", "customers")
         # Warnings go in the log and to the staff group's outbox; `kefu run` sends them.
         from bot.care import staff_room  # the Telegram channel's module: only when rescoring
@@ -198,9 +175,7 @@ def html_report(
         )
 
     async def work(db: Database) -> str:
-        async with db.transaction() as session:
-            actor = await roles.cli_actor(session, as_name)
-            roles.require(actor, "report")
+        async with acting(db, as_name, "report") as (session, actor):
             audit.record(session, actor.name, "report", "report", since=since, format="html")
         named = await segment_members(db, cfg)
         async with db.sessions() as session:
@@ -256,8 +231,8 @@ def segments_list(
     cfg = load(config)
 
     async def work(db: Database) -> list[dict[str, Any]]:
-        async with db.transaction() as session:
-            roles.require(await roles.cli_actor(session, as_name), "report")
+        async with acting(db, as_name, "report"):
+            pass  # the check only: a listing writes nothing
         now = utcnow()
         rows = segments.summary(cfg)
         for row in rows:
@@ -285,50 +260,33 @@ def segments_show(
     as_name: AsOption = None,
 ) -> None:
     """A segment's customers: id, name, health score and band, last contact."""
-    if fmt not in ("table", "json", "csv"):
-        fail(f"--format has value {fmt!r}: use table, json or csv", 2)
+    check_format(fmt)
     cfg = load(config)
     if name not in cfg.insight.segments:
         fail(str(_unknown(name, cfg)), 2)
 
     async def work(db: Database) -> tuple[int, list[dict[str, Any]]]:
-        async with db.transaction() as session:
-            roles.require(await roles.cli_actor(session, as_name), "report")
+        async with acting(db, as_name, "report"):
+            pass  # the check only: a listing writes nothing
         inside = sorted(await segments.members(db, cfg, name, utcnow()))
         async with db.sessions() as session:
             return len(inside), await insight_report.scores_of(session, inside[:limit])
 
     total, rows = with_db(cfg, work)
-    if fmt == "json":
-        sys.stdout.write(json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
-        return
-    if fmt == "csv":
-        writer = csv.writer(sys.stdout)
-        writer.writerow(["customer_id", "name", "score", "band", "last_contact"])
-        for r in rows:
-            writer.writerow(
-                [r["customer_id"], r["name"] or "", r["score"], r["band"], r["last_contact"] or ""]
-            )
-        return
-    table = Table(
-        "customer",
-        "name",
-        "score",
-        "band",
-        "last contact",
+    listing(
+        fmt,
+        rows,
+        ("customer_id", "name", "score", "band", "last_contact"),
         title=f"{name}: {segments.describe(cfg.insight.segments[name])} · {total} customers",
+        columns_shown=("customer", "name", "score", "band", "last contact"),
+        shown=lambda r: [
+            r["customer_id"],
+            r["name"],
+            r["score"],
+            r["band"],
+            (r["last_contact"] or "")[:16].replace("T", " "),
+        ],
     )
-    for r in rows:
-        table.add_row(
-            *cells(
-                r["customer_id"],
-                r["name"] or "—",
-                r["score"],
-                r["band"],
-                (r["last_contact"] or "—")[:16].replace("T", " "),
-            )
-        )
-    out.print(table)
 
 
 LABEL_EVERYONE = {"zh": "全部客户", "en": "everyone"}

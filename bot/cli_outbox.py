@@ -11,8 +11,10 @@ import typer
 
 from bot.cli_common import (
     DEFAULT_CONFIG,
+    AsOption,
     ConfigOption,
     FormatOption,
+    acting,
     check_format,
     fail,
     fit_output,
@@ -21,7 +23,6 @@ from bot.cli_common import (
     out,
     with_db,
 )
-from handlers import roles
 from storage import audit, outbox
 from storage.db import Database
 from storage.models import OUTBOX_STATUSES, OUTBOX_WAITING, utcnow
@@ -95,10 +96,7 @@ def retry(
     ] = None,
     dead: Annotated[bool, typer.Option("--dead", help="Every dead row.")] = False,
     config: ConfigOption = DEFAULT_CONFIG,
-    as_name: Annotated[
-        str | None,
-        typer.Option("--as", help="Staff name to act as (default: your login, as admin)."),
-    ] = None,
+    as_name: AsOption = None,
 ) -> None:
     """Send dead rows again, with a fresh set of attempts and the same idempotency key (the
     running `kefu run` picks them up within its poll interval)."""
@@ -107,9 +105,7 @@ def retry(
     cfg = load(config)
 
     async def work(db: Database) -> tuple[list[int], dict[int, str]]:
-        async with db.transaction() as session:
-            actor = await roles.cli_actor(session, as_name)
-            roles.require(actor, "outbox.retry")
+        async with acting(db, as_name, "outbox.retry") as (session, actor):
             queued, refused = await outbox.retry_dead(session, None if dead else ids, utcnow())
             if queued:
                 audit.record(session, actor.name, "outbox.retry", "outbox", ids=queued)

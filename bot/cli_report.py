@@ -17,9 +17,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
-from bot.cli_common import DEFAULT_CONFIG, ConfigOption, err, fail, load, out, table, with_db
+from bot.cli_common import (
+    DEFAULT_CONFIG,
+    AsOption,
+    ConfigOption,
+    acting,
+    err,
+    fail,
+    load,
+    out,
+    table,
+    with_db,
+)
 from bot.cli_common import since as parse_since
-from handlers import roles
 from storage import audit, reports
 from storage.db import Database
 
@@ -107,10 +117,7 @@ def report(
         str | None, typer.Option(help="Only conversations since this ISO date or time.")
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, json or html.")] = "table",
-    as_name: Annotated[
-        str | None,
-        typer.Option("--as", help="Staff name to act as (default: your login, as admin)."),
-    ] = None,
+    as_name: AsOption = None,
     out_path: Annotated[
         Path | None, typer.Option("--out", help="html: the file to write (default report.html).")
     ] = None,
@@ -130,9 +137,7 @@ def report(
         return
 
     async def work(db: Database) -> dict[str, Any]:
-        async with db.transaction() as session:
-            actor = await roles.cli_actor(session, as_name)
-            roles.require(actor, "report")
+        async with acting(db, as_name, "report") as (session, actor):
             audit.record(session, actor.name, "report", "report", since=since, format=fmt)
         async with db.sessions() as session:
             builder = reports.Builder(session, when)
