@@ -7,8 +7,9 @@ reopens the conversation it rates.
 
 Answers arrive three ways: a webhook POST of type "survey" (score and comment in Inbound.meta),
 any text reply that is a bare score while a survey is open ("5", "5分", "4/5", "5 stars", "5️⃣",
-"⭐⭐⭐⭐"), and a Telegram button, whose handler calls record_answer(). Anything more than a score
-("1 个包裹丢了，我要投诉") is the customer speaking: it reopens, is classified and reaches staff.
+"⭐⭐⭐⭐", "five stars", "1 ⭐", "五星"), and a Telegram button, whose handler calls
+record_answer(). Anything more than a score ("1 个包裹丢了，我要投诉") is the customer speaking: it
+reopens, is classified and reaches staff.
 """
 
 from __future__ import annotations
@@ -39,15 +40,21 @@ log = logging.getLogger("kefu.survey")
 
 CHOICES = (1, 2, 3, 4, 5)
 COMMENT_LIMIT = 2000
-# A bare score only: "5", "5!", "4/5", "4 分", "3 stars", "５" (NFKC folds full-width digits),
-# a keycap digit "5️⃣". A word after the score makes it a message: a customer who starts
-# "1 个包裹丢了" is complaining, not rating.
+# A bare score only: "5", "5!", "4/5", "4 of 5", "4 分", "3 stars", "five stars", "1 ⭐", "五星",
+# "５" (NFKC folds full-width digits), a keycap digit "5️⃣". A word after the score makes it a
+# message: a customer who starts "1 个包裹丢了" is complaining, not rating.
+_NUMBERS = {
+    "one": 1, "two": 2, "three": 3, "four": 4, "five": 5,
+    "一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5,
+}
 _ANSWER = re.compile(
-    r"^\s*([1-5])\ufe0f?\u20e3?\s*(?:/\s*5|分|星|颗星|stars?|points?)?\s*[.!。！~]*\s*$",
+    r"^\s*([1-5]|one|two|three|four|five|[一二两三四五])\ufe0f?\u20e3?\s*"
+    r"(?:(?:/|of|out\s+of)\s*(?:5|five)|分|星|颗星|stars?|points?|⭐\ufe0f?|★|🌟)?"
+    r"[\s.!。！~]*$",
     re.IGNORECASE,
 )
 # "⭐⭐⭐⭐", "★★★": one to five of the same star.
-_STARS = re.compile(r"^\s*(?:(⭐\ufe0f?){1,5}|(★){1,5}|(🌟){1,5})\s*$")
+_STARS = re.compile(r"^\s*(?:(⭐\ufe0f?){1,5}|(★){1,5}|(🌟){1,5})[\s.!。！~]*$")
 _STAR_CHARS = frozenset("⭐★🌟")
 
 
@@ -70,7 +77,8 @@ def parse_answer(text: str) -> tuple[int, str | None] | None:
     normal = unicodedata.normalize("NFKC", text)
     found = _ANSWER.match(normal)
     if found is not None:
-        return int(found.group(1)), None
+        number = found.group(1).lower()
+        return (_NUMBERS[number] if number in _NUMBERS else int(number)), None
     if _STARS.match(normal):
         return sum(1 for ch in normal if ch in _STAR_CHARS), None
     return None
