@@ -358,20 +358,22 @@ def customers_link_telegram(customer_id: int, config: ConfigOption = DEFAULT_CON
     )
 
 
+YesOption = Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")]
+
+
 @customers_app.command("forget")
 def customers_forget(
     customer_id: int,
     config: ConfigOption = DEFAULT_CONFIG,
-    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    yes: YesOption = False,
     as_name: AsOption = None,
 ) -> None:
     """Erase a customer's personal data; anonymous counts stay (admin)."""
-    if not yes and sys.stdin.isatty():
-        typer.confirm(f"Erase all personal data of customer {customer_id}?", abort=True)
-
     erasure = _erase(
         load(config),
         as_name,
+        yes,
+        f"Erase all personal data of customer {customer_id}?",
         f"customer {customer_id}",
         ("customers.forget", f"customer:{customer_id}"),
         lambda session: customers.forget(session, customer_id),
@@ -387,11 +389,16 @@ def customers_forget(
 def _erase(
     cfg: Config,
     as_name: str | None,
+    yes: bool,
+    question: str,
     what: str,
     audited: tuple[str, str],
     erase: Callable[[AsyncSession], Awaitable[customers.Erasure]],
 ) -> customers.Erasure:
-    """One erasure (admin): checked, done and audited in one transaction, then its files."""
+    """One erasure (admin): asked on a terminal unless --yes, then checked, done and audited in
+    one transaction, then its files."""
+    if not yes and sys.stdin.isatty():
+        typer.confirm(question, abort=True)
 
     async def work(db: Database) -> customers.Erasure:
         async with acting(db, as_name, "customers.forget", what) as (session, actor):
@@ -419,16 +426,16 @@ async def _after_erasure(db: Database, erasure: customers.Erasure, cfg: Config) 
 def conversations_forget(
     conversation_id: int,
     config: ConfigOption = DEFAULT_CONFIG,
-    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    yes: YesOption = False,
     as_name: AsOption = None,
 ) -> None:
     """Erase one conversation's messages, files and staff-group copies; the customer stays
     (admin)."""
-    if not yes and sys.stdin.isatty():
-        typer.confirm(f"Erase everything written in conversation {conversation_id}?", abort=True)
     erasure = _erase(
         load(config),
         as_name,
+        yes,
+        f"Erase everything written in conversation {conversation_id}?",
         f"conversation {conversation_id}",
         ("conversations.forget", f"conversation:{conversation_id}"),
         lambda session: customers.forget_conversation(session, conversation_id),
