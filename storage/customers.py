@@ -15,7 +15,8 @@ from urllib.parse import unquote, urlparse
 from sqlalchemy import ColumnElement, Text, bindparam, cast, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage import dialect, surveys
+from bot.effects import Event
+from storage import dialect, interactions, surveys
 from storage.models import (
     OUTBOX_UNSENT,
     Acknowledgement,
@@ -192,16 +193,15 @@ async def merge(session: AsyncSession, keep_id: int, gone_id: int) -> MergeResul
     # Consent is never widened by a merge: both records must have given it.
     keep.marketing_consent = keep.marketing_consent and gone.marketing_consent
     gone.merged_into = keep.id
-    session.add(
-        Interaction(
-            customer_id=keep.id,
-            channel="system",
-            direction="event",
-            author_kind="system",
-            text=f"customer {gone.id} merged into {keep.id}",
-            meta={"kind": "merge", "from": gone.id, "into": keep.id},
-            created_at=utcnow(),
-        )
+    interactions.add_event(
+        session,
+        Event(
+            keep.id,
+            "system",
+            f"customer {gone.id} merged into {keep.id}",
+            {"kind": "merge", "from": gone.id, "into": keep.id},
+            utcnow(),
+        ),
     )
     return MergeResult(moved_identities, moved_conversations, moved_interactions)
 

@@ -16,10 +16,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage import dialect
+from bot.effects import Event
+from storage import dialect, interactions
 from storage.conversations import set_staff_place
 from storage.db import Database
-from storage.models import OUTBOX_WAITING, Identity, Interaction, OutboxRow
+from storage.models import OUTBOX_WAITING, Identity, OutboxRow
 from storage.rows import rowcount
 
 log = logging.getLogger("kefu.outbox")
@@ -246,15 +247,14 @@ async def _record_dead(
         )
     conversation_id = row.payload.get("conversation_id")
     if conversation_id is not None:
-        session.add(
-            Interaction(
+        interactions.add_event(
+            session,
+            Event(
+                row.payload.get("customer_id"),
+                row.channel,
+                f"delivery failed on {row.channel}: {error}",
+                {"kind": "delivery_failed", "outbox_id": row.id},
+                now,
                 conversation_id=conversation_id,
-                customer_id=row.payload.get("customer_id"),
-                channel=row.channel,
-                direction="event",
-                author_kind="system",
-                text=f"delivery failed on {row.channel}: {error}",
-                meta={"kind": "delivery_failed", "outbox_id": row.id},
-                created_at=now,
-            )
+            ),
         )
