@@ -16,6 +16,7 @@ from __future__ import annotations
 import html
 import re
 import sys
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pygal
@@ -176,21 +177,29 @@ def _counts(highest: float) -> list[int]:
     return list(range(0, top + step, step))
 
 
+def _weekly(
+    title: str, by_week: Mapping[str, Mapping[str, int]], stacks: Sequence[tuple[str, str]]
+) -> str:
+    """Counts per week as stacked bars: one stack per (key, label) of `stacks`."""
+    weeks = sorted(by_week)
+    c = _chart(
+        pygal.StackedBar,
+        title,
+        y_labels=_counts(max((sum(v.values()) for v in by_week.values()), default=1)),
+    )
+    c.x_labels = weeks
+    for key, label in stacks:
+        c.add(label, [by_week[w].get(key, 0) for w in weeks])
+    return str(c.render(is_unicode=True))
+
+
 def charts(report: Report, s: Series, language: str) -> list[tuple[str, str]]:
     """(id, inline SVG) of every chart, in page order."""
     t = LABELS[language]
     drawn: list[tuple[str, str]] = []
 
-    weeks = sorted(s.complaints_by_week)
-    c = _chart(
-        pygal.StackedBar,
-        t["complaints"],
-        y_labels=_counts(max((sum(v.values()) for v in s.complaints_by_week.values()), default=1)),
-    )
-    c.x_labels = weeks
-    for sev in ("high", "normal"):
-        c.add(t[sev], [s.complaints_by_week[w].get(sev, 0) for w in weeks])
-    drawn.append(("complaints", c.render(is_unicode=True)))
+    by_severity = [(sev, t[sev]) for sev in ("high", "normal")]
+    drawn.append(("complaints", _weekly(t["complaints"], s.complaints_by_week, by_severity)))
 
     labels = [b[2] if language == "zh" else b[1] for b in BUCKETS]
     for key in ("first_response", "resolution"):
@@ -210,16 +219,8 @@ def charts(report: Report, s: Series, language: str) -> list[tuple[str, str]]:
     c.add(t["answers"], [n for _, _, n in s.csat_by_week], secondary=True)
     drawn.append(("csat", c.render(is_unicode=True)))
 
-    bweeks = sorted(s.breaches_by_week)
-    c = _chart(
-        pygal.StackedBar,
-        t["sla"],
-        y_labels=_counts(max((sum(v.values()) for v in s.breaches_by_week.values()), default=1)),
-    )
-    c.x_labels = bweeks
-    for target in ("first_response", "resolution"):
-        c.add(t[f"{target}_target"], [s.breaches_by_week[w].get(target, 0) for w in bweeks])
-    drawn.append(("sla", c.render(is_unicode=True)))
+    by_target = [(target, t[f"{target}_target"]) for target in ("first_response", "resolution")]
+    drawn.append(("sla", _weekly(t["sla"], s.breaches_by_week, by_target)))
 
     c = _chart(
         pygal.HorizontalBar,
