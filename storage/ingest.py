@@ -182,6 +182,21 @@ async def live_conversations(session: AsyncSession, senders: Senders) -> dict[in
     return {c.customer_id: c for c in rows}
 
 
+def _replied_to(model: type[Interaction] | type[OutboxRow], inbound: Inbound) -> Select[Any]:
+    """The conversation of the latest logged (Interaction) or sent (OutboxRow) message that the
+    inbound one answers."""
+    return (
+        select(model.conversation_id)
+        .where(
+            model.channel == inbound.channel,
+            model.external_id.in_(inbound.reply_to),
+            model.conversation_id.is_not(None),
+        )
+        .order_by(model.id.desc())
+        .limit(1)
+    )
+
+
 async def named_conversation(
     session: AsyncSession, inbound: Inbound, customer_id: int
 ) -> Conversation | None:
@@ -190,24 +205,8 @@ async def named_conversation(
     conversation_id: int | None = None
     if inbound.reply_to:
         conversation_id = await session.scalar(
-            select(Interaction.conversation_id)
-            .where(
-                Interaction.channel == inbound.channel,
-                Interaction.external_id.in_(inbound.reply_to),
-                Interaction.conversation_id.is_not(None),
-            )
-            .order_by(Interaction.id.desc())
-            .limit(1)
-        ) or await session.scalar(
-            select(OutboxRow.conversation_id)
-            .where(
-                OutboxRow.channel == inbound.channel,
-                OutboxRow.external_id.in_(inbound.reply_to),
-                OutboxRow.conversation_id.is_not(None),
-            )
-            .order_by(OutboxRow.id.desc())
-            .limit(1)
-        )
+            _replied_to(Interaction, inbound)
+        ) or await session.scalar(_replied_to(OutboxRow, inbound))
     if conversation_id is None:
         conversation_id = inbound.conversation_hint
     if conversation_id is None:
