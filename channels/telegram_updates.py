@@ -10,7 +10,17 @@ from collections.abc import Callable, Container
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from telegram import CallbackQuery, Chat, ChatMemberUpdated, Message, Update
+from telegram import (
+    Audio,
+    CallbackQuery,
+    Chat,
+    ChatMemberUpdated,
+    Document,
+    Message,
+    Update,
+    Video,
+    Voice,
+)
 
 from bot.commands import LinkRequest as LinkRequest
 from bot.commands import PressAnswer as PressAnswer
@@ -273,7 +283,7 @@ def _utc(when: datetime) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-# --- attachments: one small function per content type ---------------------------------------------
+# --- attachments: one reader per content type -----------------------------------------------------
 
 
 def _photo(m: Message) -> Attachment | None:
@@ -284,36 +294,18 @@ def _photo(m: Message) -> Attachment | None:
                       mime_type="image/jpeg", caption=m.caption)
 
 
-def _document(m: Message) -> Attachment | None:
-    d = m.document
-    if d is None:
-        return None
-    return Attachment(kind="document", file_id=d.file_id, name=d.file_name, mime_type=d.mime_type,
-                      size=d.file_size, caption=m.caption)
+def _file(kind: str) -> Callable[[Message], Attachment | None]:
+    """The reader of a file-like content type (document, voice, video, audio: the Message
+    attribute of that name): its file id, file name where it has one, type, size, caption."""
 
+    def read(m: Message) -> Attachment | None:
+        f: Document | Voice | Video | Audio | None = getattr(m, kind)
+        if f is None:
+            return None
+        return Attachment(kind=kind, file_id=f.file_id, name=getattr(f, "file_name", None),
+                          mime_type=f.mime_type, size=f.file_size, caption=m.caption)
 
-def _voice(m: Message) -> Attachment | None:
-    v = m.voice
-    if v is None:
-        return None
-    return Attachment(kind="voice", file_id=v.file_id, mime_type=v.mime_type, size=v.file_size,
-                      caption=m.caption)
-
-
-def _video(m: Message) -> Attachment | None:
-    v = m.video
-    if v is None:
-        return None
-    return Attachment(kind="video", file_id=v.file_id, name=v.file_name, mime_type=v.mime_type,
-                      size=v.file_size, caption=m.caption)
-
-
-def _audio(m: Message) -> Attachment | None:
-    a = m.audio
-    if a is None:
-        return None
-    return Attachment(kind="audio", file_id=a.file_id, name=a.file_name, mime_type=a.mime_type,
-                      size=a.file_size, caption=m.caption)
+    return read
 
 
 def _sticker(m: Message) -> Attachment | None:
@@ -340,10 +332,10 @@ def _contact(m: Message) -> Attachment | None:
 
 ATTACHMENTS: dict[str, Callable[[Message], Attachment | None]] = {
     "photo": _photo,
-    "document": _document,
-    "voice": _voice,
-    "video": _video,
-    "audio": _audio,
+    "document": _file("document"),
+    "voice": _file("voice"),
+    "video": _file("video"),
+    "audio": _file("audio"),
     "sticker": _sticker,
     "location": _location,
     "contact": _contact,
