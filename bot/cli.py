@@ -525,8 +525,7 @@ def audit_show(
     when = parse_since(since)
 
     async def work(db: Database) -> list[dict[str, Any]]:
-        async with db.sessions() as session:
-            roles.require(await roles.cli_actor(session, as_name), "audit")
+        async with acting(db, as_name, "audit", read_only=True) as (session, _):
             entries = await audit.since(session, when)
         return [
             {

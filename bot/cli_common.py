@@ -86,11 +86,12 @@ def with_db(config: Config, work: Callable[[Database], Awaitable[T]]) -> T:
 
 @asynccontextmanager
 async def acting(
-    db: Database, as_name: str | None, action: str, subject: str = ""
+    db: Database, as_name: str | None, action: str, subject: str = "", *, read_only: bool = False
 ) -> AsyncIterator[tuple[AsyncSession, roles.Actor]]:
     """One transaction as `--as NAME` (without it, the OS user as admin), who must be allowed
-    `action`: a command's check, its writes and their audit entry commit together or not at all."""
-    async with db.transaction() as session:
+    `action`: a command's check, its writes and their audit entry commit together or not at all.
+    read_only: a session that takes no write lock, for a command that only reads."""
+    async with db.sessions() if read_only else db.transaction() as session:
         actor = await roles.cli_actor(session, as_name)
         roles.require(actor, action, subject)
         yield session, actor

@@ -231,7 +231,7 @@ def segments_list(
     cfg = load(config)
 
     async def work(db: Database) -> list[dict[str, Any]]:
-        async with acting(db, as_name, "report"):
+        async with acting(db, as_name, "report", read_only=True):
             pass  # the check only: a listing writes nothing
         now = utcnow()
         rows = segments.summary(cfg)
@@ -266,7 +266,7 @@ def segments_show(
         fail(str(_unknown(name, cfg)), 2)
 
     async def work(db: Database) -> tuple[int, list[dict[str, Any]]]:
-        async with acting(db, as_name, "report"):
+        async with acting(db, as_name, "report", read_only=True):
             pass  # the check only: a listing writes nothing
         inside = sorted(await segments.members(db, cfg, name, utcnow()))
         async with db.sessions() as session:
