@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
+from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.exc import IntegrityError
 
 from bot.messages import Inbound
@@ -109,3 +111,37 @@ async def test_two_writers_creating_one_customer_one_loses_on_the_unique_key(
         assert len(await stored(db)) == 3
     finally:
         await db.dispose()
+
+
+async def test_every_statement_of_a_batch_is_compiled_once(db: Database) -> None:
+    # Compiling a statement costs more than running it (#16): a statement SQLAlchemy cannot cache
+    # (a multi-row VALUES is one) is compiled again for every batch. A second batch of the same
+    # shape, other senders and messages, must run every statement from the compiled cache.
+    from bot.plugins import pipeline as plugged_pipeline
+
+    seen: list[tuple[str, object]] = []
+
+    @event.listens_for(db.engine.sync_engine, "after_cursor_execute")
+    def record(_c: Any, _cur: Any, statement: str, _p: Any, context: Any, _many: bool) -> None:
+        if context.compiled is not None:  # plain SQL strings (BEGIN IMMEDIATE) are not compiled
+            seen.append((statement.split("(")[0][:60], context.cache_hit))
+
+    pipeline = plugged_pipeline(db)
+
+    def batch(start: int) -> list[Inbound]:
+        known = [replace(i, external_id=f"again{i.external_id}") for i in first_contacts(4)]
+        return [*first_contacts(6, start=start), *known]
+
+    await pipeline.receive_many(first_contacts(4))
+    await pipeline.receive_many(batch(100))
+    seen.clear()
+    await pipeline.receive_many(batch(200))
+    assert seen, "no statement recorded"
+    uncached = [s for s, hit in seen if hit is not context_cache_hit()]
+    assert uncached == [], uncached
+
+
+def context_cache_hit() -> object:
+    from sqlalchemy.engine.interfaces import CacheStats
+
+    return CacheStats.CACHE_HIT
