@@ -15,9 +15,12 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
+
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
 
 from bot.config import OutboxConfig
 from bot.intents import Outbound
@@ -37,6 +40,11 @@ from storage.outbox import say as say
 log = logging.getLogger("kefu.outbox")
 
 Clock = Callable[[], datetime]
+# Retrying the record of a message already sent, while the database is away.
+RECORD_FIRST_DELAY = 0.1
+RECORD_MAX_DELAY = 2.0
+# What the database says of the statement itself, not of its availability: waiting won't help.
+REFUSED = (DataError, IntegrityError, ProgrammingError)
 
 
 def backoff(attempts: int, cfg: OutboxConfig, rng: Callable[[], float] = random.random) -> float:
@@ -85,6 +93,13 @@ class OutboxWorker:
             self._wake.clear()
             try:
                 claimed = await self.run_once()
+            except (DBAPIError, OSError) as exc:
+                # The database is away (a restart, a cut connection): one line per round, no
+                # traceback, and never the statement's parameters.
+                log.error("outbox.loop.failure error=%s", type(exc).__name__)
+                if self.metrics:
+                    self.metrics.failures.labels("outbox").inc()
+                claimed = 0
             except Exception:
                 log.exception("outbox.loop.failure")
                 if self.metrics:
@@ -186,12 +201,34 @@ class OutboxWorker:
         except Exception as exc:
             log.exception("outbox.send.unexpected id=%s channel=%s", row.id, row.channel)
             return await self._failed(row, f"unexpected {type(exc).__name__}: {exc}", None)
-        await self.store.finish(
-            row, "sent", self.clock(), external_id=result.external_id, place=result.place
-        )
+        await self._record_sent(row, result.external_id, result.place)
         if self.metrics:
             self.metrics.outbound.labels(row.channel, "sent").inc()
         return "sent"
+
+    async def _record_sent(
+        self, row: OutboxRow, external_id: str | None, place: str | None
+    ) -> None:
+        """The message is out: its row must say so, or the next claim after the lease sends it
+        again. A database that is away for a moment (a restart, a failover, a cut connection) is
+        waited for, within the lease; the claim's keeper extends it once the database answers."""
+        delay = RECORD_FIRST_DELAY
+        give_up = time.monotonic() + self.cfg.lease_seconds
+        while True:
+            try:
+                await self.store.finish(
+                    row, "sent", self.clock(), external_id=external_id, place=place
+                )
+                return
+            except (DBAPIError, OSError) as exc:
+                if isinstance(exc, REFUSED) or time.monotonic() + delay >= give_up:
+                    raise
+                log.warning(
+                    "outbox.sent.record_failed id=%s error=%s: retrying in %.1fs",
+                    row.id, type(exc).__name__, delay,
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECORD_MAX_DELAY)
 
     async def _defer(self, row: OutboxRow, reason: str, retry_after: float) -> str:
         """Not a failure: the row waits its turn and keeps every attempt it has left."""
