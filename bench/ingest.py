@@ -27,7 +27,9 @@ With --prefill N (issue 12: big tables): kefu alone, on an empty database and on
 holding N customers, conversations, interactions, sent outbox rows and acknowledgements (built
 with bulk SQL), inside business hours (one team around the clock) and outside them (every message
 gets the outside-hours check, and the first of each conversation an acknowledgement). Prints
-each figure and prefilled / empty for each (target >= 0.80).
+each figure and prefilled / empty for each (target >= 0.80), both by rate and by the kefu
+process's CPU seconds per message (empty / prefilled: what the bigger tables cost per message,
+which a loaded machine's wall clock hides).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,14 +137,29 @@ def requests(n: int) -> list[tuple[bytes, dict[str, str]]]:
     return out
 
 
-def run(name: str, start, n: int, concurrency: int) -> float:
+@dataclass(frozen=True)
+class Measured:
+    rate: float  # messages per second
+    cpu: float  # CPU seconds (user + system, all threads) of the server process per message
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def run_measured(name: str, start, n: int, concurrency: int) -> Measured:
+    """The server's rate and CPU per message: CPU is what a loaded machine changes least (wall
+    clock here varies by +-30% with what others run)."""
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         proc = start(port, Path(tmp))
         try:
             warmup, measured = requests(n + 200)[:200], requests(n + 200)[200:]
             asyncio.run(drive([port], warmup, concurrency))
+            cpu0 = cpu_seconds(proc.pid)
             elapsed, lat = asyncio.run(drive([port], measured, concurrency))
+            cpu = (cpu_seconds(proc.pid) - cpu0) / len(lat)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
@@ -149,9 +167,19 @@ def run(name: str, start, n: int, concurrency: int) -> float:
     rate = len(lat) / elapsed
     print(
         f"{name:5}  {rate:8.0f} msg/s   p50 {statistics.median(lat) * 1000:6.1f} ms   "
-        f"p99 {lat[int(len(lat) * 0.99)] * 1000:6.1f} ms   ({len(lat)} messages, concurrency {concurrency})"
+        f"p99 {lat[int(len(lat) * 0.99)] * 1000:6.1f} ms   CPU {cpu * 1e6:5.0f} µs/msg   "
+        f"({len(lat)} messages, concurrency {concurrency})",
+        flush=True,
     )
-    return rate
+    return Measured(rate, cpu)
+
+
+def run(name: str, start, n: int, concurrency: int) -> float:
+    return run_measured(name, start, n, concurrency).rate
+
+
+def load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def export(ref: str, dest: Path) -> str:
@@ -262,12 +290,19 @@ def prefill_mode(n_customers: int, messages: int, concurrency: int, extra_config
 
         # A loaded machine can take minutes per run: requests are signed before it starts.
         skew = "[webhook]\nmax_skew_seconds = 7200\n" + extra_config.replace("\\n", "\n") + "\n"
-        figures = {}
+        figures: dict[tuple[str, str], Measured] = {}
         for hours, extra in (("inside", skew), ("outside", skew + outside_hours_config())):
             for label, source in (("empty", None), ("prefilled", filled)):
-                figures[(hours, label)] = run(f"{label[:5]}", starter(source, extra), messages, concurrency)
-            ratio = figures[(hours, "prefilled")] / figures[(hours, "empty")]
-            print(f"{hours} business hours: prefilled / empty = {ratio:.2f}  (target >= 0.80)")
+                figures[(hours, label)] = run_measured(
+                    f"{label[:5]}", starter(source, extra), messages, concurrency
+                )
+            empty, full = figures[(hours, "empty")], figures[(hours, "prefilled")]
+            print(
+                f"{hours} business hours: prefilled / empty = {full.rate / empty.rate:.2f} by rate, "
+                f"{empty.cpu / full.cpu:.2f} by CPU per message (empty {empty.cpu * 1e6:.0f}, "
+                f"prefilled {full.cpu * 1e6:.0f} µs/msg)  (target >= 0.80)  [{load()}]",
+                flush=True,
+            )
 
 
 def main() -> None:
@@ -302,7 +337,7 @@ def main() -> None:
                 args.rounds or 1, Path(tmp) if args.baseline else None, label,
             )
         return
-    print(f"cpus: {os.cpu_count()}  python {sys.version.split()[0]}")
+    print(f"cpus: {os.cpu_count()}  python {sys.version.split()[0]}  [{load()}]")
     if args.baseline:
         compare(args.baseline, args.rounds or 3, args.messages, args.concurrency)
         return
