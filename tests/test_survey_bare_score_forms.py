@@ -22,7 +22,7 @@ from handlers import lifecycle, staff_group, survey
 from handlers.roles import SYSTEM
 from storage.db import Database
 from storage.models import Conversation, Interaction, OutboxRow, Survey
-from tests.handlers.care_helpers import STAFF_CHAT, care_pipeline, config
+from tests.handlers.care_helpers import STAFF_CHAT, STAFF_ROOM, care_pipeline, config
 from tests.servers.callback import CallbackServer
 from tests.servers.kefu import base_config, post_signed, running_kefu, url
 
@@ -207,7 +207,7 @@ async def test_on_telegram_and_email_a_bare_form_answers_and_words_reach_staff(
 ) -> None:
     store = MailStore(tmp_path / "mail", 1 << 20)
     pipeline, _ = care_pipeline(db, CFG)
-    pipeline.observers.insert(0, staff_group.mirror_observer(STAFF_CHAT))
+    pipeline.observers.insert(0, staff_group.mirror_observer(STAFF_ROOM))
     first = await pipeline.receive(make(1, "where is my parcel?", T0, store))
     cid = first.conversation_id
     assert cid is not None
