@@ -127,6 +127,9 @@ class Logged:
     new_conversation: bool
     verdict: Verdict
     decision: Decision
+    # The customer was created by this batch (first contact): nothing of theirs was stored before
+    # it, so what the batch holds is all there is to know about them.
+    new_customer: bool = False
 
 
 # --- effects: what an observer wants done, applied by the pipeline in its transaction ---------

@@ -338,7 +338,8 @@ async def _log_fresh(
     # 3. thread: a conversation the message points at, else the customer's latest live one
     latest = await ingest.live_conversations(session, senders)
     threads: list[Conversation | None] = []
-    created: set[int] = set()
+    # The rows this batch creates (by object identity): first contacts and new conversations.
+    created: set[int] = {id(c) for cid, c in customers.items() if cid not in senders.known}
     new_conversations: list[Conversation] = []
     for n, inbound in enumerate(inbounds):
         customer = customers[owner[(inbound.channel, inbound.address)]]
@@ -519,6 +520,7 @@ def _note(
         id(conversation) in created,
         verdict,
         decision,
+        id(customer) in created,
     )
 
 
