@@ -6,8 +6,8 @@ plain data, so a handler cannot add, change, flush or delete anything: what it w
 back as effects (bot/effects.py) or a Decision, which the pipeline applies. Reads see the
 transaction as it stands: what the batch and earlier effects wrote is there.
 
-The churn observer's reads (`health_rows`, `signals`, `signals_of`) return the customer-health
-values below; storage/insight.py fills them.
+The churn observer's reads (`health_batch`, one per pipeline batch, and `signals` for a warning)
+return the customer-health values below; storage/insight.py fills them.
 """
 
 from __future__ import annotations
@@ -87,6 +87,16 @@ class Stored:
     crossings: int
 
 
+@dataclass(frozen=True, slots=True)
+class HealthRead:
+    """What the churn observer reads of one customer of a batch: their stored row's reasons and
+    values (none: no row yet), and their signals when it asked for them (else None)."""
+
+    reasons: list[dict[str, Any]]
+    stored: Stored | None
+    signals: Signals | None
+
+
 # Which complaint reasons name a high-severity cue worth showing (handlers.complaints knows).
 IsSevere = Callable[[str], bool]
 
@@ -156,10 +166,16 @@ class Lookup(Protocol):
         ...
 
     # --- customer health (the churn observer) ----------------------------------------------------
-    async def health_rows(
-        self, customer_ids: Sequence[int]
-    ) -> dict[int, tuple[list[dict[str, Any]], Stored]]:
-        """The stored health rows (reasons, values) of several customers."""
+    async def health_batch(
+        self,
+        customer_ids: Sequence[int],
+        signals_for: Sequence[int],
+        now: datetime,
+        window: timedelta,
+        is_severe: IsSevere,
+    ) -> dict[int, HealthRead]:
+        """A batch's customers in one read: each one's stored health row, and the signals of
+        those of `signals_for`, of those without a row and of those whose row says opted out."""
         ...
 
     async def signals(
@@ -174,10 +190,4 @@ class Lookup(Protocol):
         owners: bool = True,
     ) -> dict[int, Signals]:
         """Signals of the customers with ids lo..hi that have any rows."""
-        ...
-
-    async def signals_of(
-        self, customer_id: int, now: datetime, window: timedelta, is_severe: IsSevere
-    ) -> tuple[Signals, Stored | None]:
-        """One customer's signals and stored row."""
         ...

@@ -1,9 +1,10 @@
 """Churn warning: keeps customer_health up to date and tells the team's leads once per crossing.
 
 Two ways in, one rule:
-- the pipeline observer (`Churn.observe`) rescores the customer who just wrote, inside the
-  transaction that logs the message: their message rates are decayed and bumped in O(1) from the
-  stored row, the rest are a few indexed queries on that one customer's rows;
+- the pipeline observer (`Churn.observe_batch`) rescores the customers who just wrote, inside the
+  transaction that logs their messages: their message rates are decayed and bumped in O(1) from
+  the stored row, the rest come from indexed queries on those customers' rows, all in one read
+  per batch (none for a batch of first contacts asking plain questions);
 - `Churn.recompute` rescores every live customer a chunk at a time (the scheduler's job, and
   `kefu customers rescore`): this is what sees time pass (silence), staff resolving complaints,
   SLA breaches and survey answers.
@@ -22,7 +23,7 @@ import gc
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -86,14 +87,13 @@ class Churn:
     async def __call__(self, reads: Lookup, note: Logged) -> list[Effect] | None:
         return await self.observe_batch(reads, [note])
 
-    async def observe_batch(
-        self, reads: Lookup, notes: Sequence[Logged]
-    ) -> list[Effect] | None:
-        """A pipeline batch's messages, in order: the stored rows of all their customers read in
-        one statement; what it hands back is every new row (one HealthScores, stored by the
-        pipeline in one executemany) and a warning's log line for each crossing. A message from a
-        customer with no row yet, or one that may change more than when they write (a complaint,
-        an opt-out), reads that customer's signals (one statement)."""
+    async def observe_batch(self, reads: Lookup, notes: Sequence[Logged]) -> list[Effect] | None:
+        """A pipeline batch's messages, in order, with at most one read: the stored rows of the
+        batch's customers and, for those whose score may change by more than when they write (a
+        complaint, a complaint conversation, an opt-out, no stored row yet), their signals, in
+        one statement; none when every customer is a first contact asking plain questions (the
+        batch holds all there is of them). It hands back every new row (one HealthScores, stored
+        by the pipeline in one executemany) and a warning's log line for each crossing."""
         if not self.cfg.enabled:
             return None
         live = [
@@ -101,17 +101,25 @@ class Churn:
         ]
         if not live:
             return None
-        known = await health.stored_rows(reads, list({n.customer.id for n in live}))
-        # Customers without a row yet (first contact: the batch's new customers, numbered in a
-        # run) have their signals read for all of them at once when their ids are close together.
-        unscored = sorted({n.customer.id for n in live} - known.keys())
-        first: dict[int, Signals] = {}
-        if unscored and unscored[-1] - unscored[0] < 2 * len(unscored):
-            at = min(n.inbound.received_at for n in live if n.customer.id in unscored)
-            read = await health.gather(
-                reads, unscored[0], unscored[-1], at, self.cfg, from_log=False, owners=False
+        ids = list(dict.fromkeys(n.customer.id for n in live))
+        full = set(dict.fromkeys(n.customer.id for n in live if not self._is_plain(n)))
+        # First contacts with plain questions only: no stored row and nothing against them.
+        first = {n.customer.id for n in live if n.new_customer} - full
+        wanted = [cid for cid in ids if cid not in first]
+        read = (
+            await health.batch(
+                reads,
+                wanted,
+                [cid for cid in wanted if cid in full],
+                min(n.inbound.received_at for n in live if n.customer.id not in first),
+                self.cfg,
             )
-            first = {cid: read.get(cid) or Signals() for cid in unscored}
+            if wanted
+            else {}
+        )
+        known = {cid: (r.reasons, r.stored) for cid, r in read.items() if r.stored is not None}
+        signals = {cid: r.signals for cid, r in read.items() if r.signals is not None}
+        signals.update((cid, Signals()) for cid in first)
         pending: dict[int, dict[str, Any]] = {}
         effects: list[Effect] = []
         for note in live:
@@ -125,11 +133,10 @@ class Churn:
                 values = await self._plain(reads, note, found, effects)
             else:
                 # This batch's own rows are not stored yet: the latest row is the one in `known`.
-                fresh = first.pop(cid, None)
                 values = await self._full(
                     reads,
                     note,
-                    None if fresh is None else (fresh, None),
+                    replace(signals[cid], high_severity_cues=list(signals[cid].high_severity_cues)),
                     None if found is None else found[1],
                     effects,
                 )
@@ -164,16 +171,15 @@ class Churn:
         self,
         reads: Lookup,
         note: Logged,
-        read: tuple[Signals, health.Stored | None] | None,
-        latest: health.Stored | None,
+        signals: Signals,
+        row: health.Stored | None,
         effects: list[Effect],
     ) -> dict[str, Any]:
+        """From the customer's signals (read for the batch, or none for a first contact) and
+        their latest row (stored, or this batch's previous message's)."""
         customer = note.customer
         now = note.inbound.received_at
         spoken = note.inbound.kind in SPOKEN and note.interaction_id is not None
-        signals, row = read or await health.one(reads, customer.id, now, self.cfg)
-        if latest is not None:
-            row = latest
         if row is not None:
             signals.rate_fast = health.decay(row.rate_fast, row.rate_at, now, FAST_DAYS)
             signals.rate_slow = health.decay(row.rate_slow, row.rate_at, now, SLOW_DAYS)

@@ -7,24 +7,24 @@ writes, an opt-out), identities (unreachable addresses). Each signal adds the po
 most 100. The reasons are the signals that fired, biggest first, with the facts behind them, so a
 person can check each one against the customer's history.
 
-One function computes the signals for a set of customers (`gather`, whose SQL is in
-storage/insight.py): the full recompute calls it a chunk of customers at a time, the pipeline
-observer for the one customer who just wrote. Message rates are exponentially decayed counters
-(half-lives of 7 and 56 days): the observer updates them in O(1) from the stored row; the full
-recompute rebuilds them from the log.
+The signals' SQL is in storage/insight.py: the full recompute reads them a chunk of customers at
+a time (`gather`); the pipeline observer reads what it needs of a batch's customers in one
+statement (`batch`), and nothing for first contacts asking plain questions. Message rates are
+exponentially decayed counters (half-lives of 7 and 56 days): the observer updates them in O(1)
+from the stored row; the full recompute rebuilds them from the log.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from bot.config import InsightConfig
-from bot.lookup import Lookup, Signals, Stored
+from bot.lookup import HealthRead, Lookup, Signals, Stored
 from handlers import complaints
 from storage.insight import FAST_DAYS, LOW_CSAT, SLOW_DAYS
 
@@ -224,18 +224,16 @@ async def gather(
     )
 
 
-async def stored_rows(
-    reads: Lookup, customer_ids: list[int]
-) -> dict[int, tuple[list[dict[str, Any]], Stored]]:
-    """The stored rows of several customers in one statement (a pipeline batch's)."""
-    return await reads.health_rows(customer_ids)
-
-
-async def one(
-    reads: Lookup, customer_id: int, now: datetime, cfg: InsightConfig
-) -> tuple[Signals, Stored | None]:
-    """One customer's signals and stored row in one round trip (the observer's path)."""
-    return await reads.signals_of(customer_id, now, cfg.window, _severe_cue)
+async def batch(
+    reads: Lookup,
+    customer_ids: Sequence[int],
+    signals_for: Sequence[int],
+    now: datetime,
+    cfg: InsightConfig,
+) -> dict[int, HealthRead]:
+    """A pipeline batch's customers in one read: stored rows, and signals where needed (see
+    bot.lookup.Lookup.health_batch)."""
+    return await reads.health_batch(customer_ids, signals_for, now, cfg.window, _severe_cue)
 
 
 @functools.cache
@@ -250,5 +248,3 @@ def _severe_reasons() -> frozenset[str]:
 
 def _severe_cue(reason: str) -> bool:
     return reason in _severe_reasons()
-
-

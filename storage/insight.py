@@ -32,13 +32,12 @@ from sqlalchemy import (
     func,
     or_,
     select,
-    true,
     type_coerce,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.effects import Event
-from bot.lookup import IsSevere, Signals, Stored
+from bot.lookup import HealthRead, IsSevere, Signals, Stored
 from storage import dialect, interactions
 from storage.models import (
     OPEN_STATUSES,
@@ -288,19 +287,6 @@ async def _cues(
             found[cid].high_severity_cues = reasons
 
 
-_STORED_ROWS = select(
-    CustomerHealth.customer_id,
-    _raw(CustomerHealth.reasons),
-    CustomerHealth.rate_fast,
-    CustomerHealth.rate_slow,
-    _raw(CustomerHealth.rate_at),
-    _raw(CustomerHealth.last_contact_at),
-    CustomerHealth.opted_out,
-    _raw(CustomerHealth.alerted_at),
-    CustomerHealth.crossings,
-).where(CustomerHealth.customer_id.in_(bindparam("ids", expanding=True)))
-
-
 def _reasons(value: object) -> list[dict[str, Any]]:
     if value is None:
         return []
@@ -310,134 +296,171 @@ def _reasons(value: object) -> list[dict[str, Any]]:
     return list(value) if isinstance(value, list) else []
 
 
-async def stored_rows(
-    session: AsyncSession, customer_ids: list[int]
-) -> dict[int, tuple[list[dict[str, Any]], Stored]]:
-    """The stored rows of several customers in one statement (a pipeline batch's)."""
-    conn = await session.connection()
-    return {
-        int(r[0]): (
-            _reasons(r[1]),
-            Stored(
-                float(r[2] or 0.0),
-                float(r[3] or 0.0),
-                parse(r[4]),
-                parse(r[5]),
-                bool(r[6]),
-                parse(r[7]),
-                int(r[8] or 0),
-            ),
-        )
-        for r in await conn.execute(_STORED_ROWS, {"ids": customer_ids})
-    }
+def _loaded(value: object) -> Any:
+    """A JSON value as the driver gives it (text on both: see _raw)."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 @functools.cache
-def _one_statement(dialect: str) -> Any:
-    """One customer's signals and stored row in one round trip: the observer's path (a message
-    should cost as few statements as possible). Each derived table is an aggregate over that
-    customer's rows by an index, so it is one row even when the customer has none."""
-    cid: BindParameter[int] = bindparam("cid")
+def _batch_statement(dialect_name: str) -> Any:
+    """A pipeline batch's customers (`ids`): each one's stored health row and, for those who need
+    them (`full`, those without a row, and those whose row says opted out: they may have consented
+    again), their signals. One statement, so one round trip: the signals are correlated
+    subqueries on the one customer's rows by an index, each under a CASE, which both databases
+    evaluate only for the rows that take that branch. Each signal comes back as a JSON array."""
+    if dialect_name == "sqlite":
+        array, aggregate = func.json_array, func.json_group_array
+    else:
+        array, aggregate = func.json_build_array, func.json_agg
+    h = CustomerHealth
+    batch = (
+        select(
+            Customer.id.label("id"),
+            or_(
+                h.customer_id.is_(None),
+                h.opted_out.is_(True),
+                Customer.id.in_(bindparam("full", expanding=True)),
+            ).label("need"),
+            h.customer_id.label("stored"),
+            _raw(h.reasons).label("reasons"),
+            h.rate_fast,
+            h.rate_slow,
+            _raw(h.rate_at).label("rate_at"),
+            _raw(h.last_contact_at).label("last_contact_at"),
+            h.opted_out,
+            _raw(h.alerted_at).label("alerted_at"),
+            h.crossings,
+        )
+        .select_from(Customer)
+        .outerjoin(h, h.customer_id == Customer.id)
+        .where(Customer.id.in_(bindparam("ids", expanding=True)))
+        .subquery()
+    )
+    cid = batch.c.id
     complaint = Conversation.is_complaint.is_(True)
     recent = and_(complaint, Conversation.updated_at >= _SINCE)
-    conversations = (
-        select(
-            _counted(and_(complaint, Conversation.status.in_(OPEN_STATUSES))).label("open_n"),
-            _counted(recent).label("recent_n"),
-            _counted(and_(recent, Conversation.severity == "high")).label("high_n"),
-            func.max(case((complaint, Conversation.updated_at), else_=None)).label(
-                "last_complaint"
-            ),
+    conversations = select(
+        array(
+            _counted(and_(complaint, Conversation.status.in_(OPEN_STATUSES))),
+            _counted(recent),
+            _counted(and_(recent, Conversation.severity == "high")),
+            func.max(case((complaint, Conversation.updated_at), else_=None)),
         )
-        .where(Conversation.customer_id == cid)
-        .subquery()
-    )
-    surveys = (
-        select(
-            func.min(Survey.score).label("worst"),
-            func.max(case((Survey.score <= LOW_CSAT, Survey.answered_at), else_=None)).label(
-                "low_at"
-            ),
+    ).where(Conversation.customer_id == cid)
+    surveys = select(
+        array(
+            func.min(Survey.score),
+            func.max(case((Survey.score <= LOW_CSAT, Survey.answered_at), else_=None)),
         )
-        .where(Survey.customer_id == cid, Survey.score.is_not(None), Survey.answered_at >= _SINCE)
-        .subquery()
-    )
+    ).where(Survey.customer_id == cid, Survey.score.is_not(None), Survey.answered_at >= _SINCE)
     breaches = (
-        select(func.count().label("breaches"))
+        select(func.count())
         .select_from(SlaBreach)
         .join(Conversation, Conversation.id == SlaBreach.conversation_id)
         .where(Conversation.customer_id == cid, SlaBreach.breached_at >= _SINCE)
-        .subquery()
     )
-    addresses = (
-        select(
-            func.count().label("addresses"),
-            _counted(Identity.reachable.is_(False)).label("unreachable"),
+    addresses = select(array(func.count(), _counted(Identity.reachable.is_(False)))).where(
+        Identity.customer_id == cid, Identity.channel != "phone"
+    )
+    # Reasons of their recent high-severity conversations, with their ids (JSON aggregates have
+    # no order on SQLite before 3.44: the rows are put in id order here).
+    cues = (
+        select(aggregate(array(ComplaintReason.id, ComplaintReason.reason)))
+        .select_from(ComplaintReason)
+        .join(Conversation, Conversation.id == ComplaintReason.conversation_id)
+        .where(
+            Conversation.customer_id == cid,
+            Conversation.severity == "high",
+            Conversation.updated_at >= _SINCE,
         )
-        .where(Identity.customer_id == cid, Identity.channel != "phone")
-        .subquery()
     )
-    row = CustomerHealth
-    stored = (
-        select(
-            func.count().label("stored"),
-            func.max(row.rate_fast).label("rate_fast"),
-            func.max(row.rate_slow).label("rate_slow"),
-            func.max(row.rate_at).label("rate_at"),
-            func.max(row.last_contact_at).label("last_contact_at"),
-            func.max(case((row.opted_out.is_(True), 1), else_=0)).label("opted_out"),
-            func.max(row.alerted_at).label("alerted_at"),
-            func.max(row.crossings).label("crossings"),
-        )
-        .where(row.customer_id == cid)
-        .subquery()
+
+    def when_needed(signal: Any) -> Any:
+        return _raw(case((batch.c.need, signal.scalar_subquery()), else_=None))
+
+    return select(
+        batch,
+        when_needed(conversations),
+        when_needed(surveys),
+        when_needed(breaches),
+        when_needed(addresses),
+        when_needed(cues),
     )
-    # One-row tables joined on true: the cross product is one row, on purpose.
-    everything = (
-        conversations.join(surveys, true())
-        .join(breaches, true())
-        .join(addresses, true())
-        .join(stored, true())
-    )
-    return select(conversations, surveys, breaches, addresses, stored).select_from(everything)
 
 
-async def one(
-    session: AsyncSession, customer_id: int, now: datetime, window: timedelta, severe: IsSevere
-) -> tuple[Signals, Stored | None]:
+def _padded(ids: Sequence[int]) -> list[int]:
+    """The list with its last id repeated up to a power of two: an IN list of n parameters is a
+    statement of its own, prepared on PostgreSQL once per connection and size."""
+    if not ids:
+        return []
+    size = 1 << (len(ids) - 1).bit_length()
+    return [*ids, *[ids[-1]] * (size - len(ids))]
+
+
+async def batch(
+    session: AsyncSession,
+    customer_ids: Sequence[int],
+    signals_for: Sequence[int],
+    now: datetime,
+    window: timedelta,
+    severe: IsSevere,
+) -> dict[int, HealthRead]:
+    """What the churn observer needs of a pipeline batch's customers, in one statement: see
+    _batch_statement. Changes the batch's effects left pending (a complaint's severity raised)
+    are written first, so the signals include them."""
+    await session.flush()
     conn = await session.connection()
     since = naive(now - window)
-    r = (
-        await conn.execute(
-            _one_statement(conn.dialect.name), {"cid": customer_id, "since": since}
-        )
-    ).one()
-    s = Signals(
-        open_complaints=int(r.open_n or 0),
-        recent_complaints=int(r.recent_n or 0),
-        high_severity=int(r.high_n or 0),
-        last_complaint_at=parse(r.last_complaint),
-        worst_csat=int(r.worst) if r.worst is not None else None,
-        last_low_csat_at=parse(r.low_at),
-        sla_breaches=int(r.breaches or 0),
-        identities=int(r.addresses or 0),
-        unreachable=int(r.unreachable or 0),
+    rows = await conn.execute(
+        _batch_statement(conn.dialect.name),
+        {"ids": _padded(customer_ids), "full": _padded(signals_for), "since": since},
     )
-    if s.high_severity:
-        await _cues(
-            conn, _statements(conn.dialect.name), {customer_id: s}, [customer_id], since, severe
+    found: dict[int, HealthRead] = {}
+    for r in rows:
+        stored = (
+            None
+            if r.stored is None
+            else Stored(
+                float(r.rate_fast or 0.0),
+                float(r.rate_slow or 0.0),
+                parse(r.rate_at),
+                parse(r.last_contact_at),
+                bool(r.opted_out),
+                parse(r.alerted_at),
+                int(r.crossings or 0),
+            )
         )
-    if not r.stored:
-        return s, None
-    return s, Stored(
-        float(r.rate_fast or 0.0),
-        float(r.rate_slow or 0.0),
-        parse(r.rate_at),
-        parse(r.last_contact_at),
-        bool(r.opted_out),
-        parse(r.alerted_at),
-        int(r.crossings or 0),
-    )
+        signals: Signals | None = None
+        if r.need:
+            open_n, recent_n, high_n, last_complaint = _loaded(r[11])
+            worst, low_at = _loaded(r[12])
+            addresses, unreachable = _loaded(r[14])
+            signals = Signals(
+                open_complaints=int(open_n or 0),
+                recent_complaints=int(recent_n or 0),
+                high_severity=int(high_n or 0),
+                last_complaint_at=parse(last_complaint),
+                worst_csat=int(worst) if worst is not None else None,
+                last_low_csat_at=parse(low_at),
+                sla_breaches=int(r[13] or 0),
+                identities=int(addresses or 0),
+                unreachable=int(unreachable or 0),
+            )
+            if signals.high_severity:
+                _named_cues(signals, sorted(_loaded(r[15]) or ()), severe)
+        found[int(r.id)] = HealthRead(_reasons(r.reasons), stored, signals)
+    return found
+
+
+def _named_cues(s: Signals, cues: Sequence[tuple[int, str]], severe: IsSevere) -> None:
+    """The high-severity cues worth naming, first seen first (as _cues)."""
+    other: list[str] = []
+    for _, reason in cues:
+        listed = s.high_severity_cues if severe(reason) else other
+        if reason not in listed:
+            listed.append(reason)
+    if not s.high_severity_cues:  # severe by a cue of the team's own (extra_cues)
+        s.high_severity_cues = other
 
 
 # --- the full recompute's reads and writes ----------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.effects import ConversationView, CustomerView
-from bot.lookup import HealthView, IsSevere, Signals, StaffView, Stored, SurveyView
+from bot.lookup import HealthRead, HealthView, IsSevere, Signals, StaffView, SurveyView
 from storage import (
     acknowledgements,
     conversations,
@@ -163,10 +163,15 @@ class SessionLookup:
 
     # --- customer health (the churn observer) ----------------------------------------------------
 
-    async def health_rows(
-        self, customer_ids: Sequence[int]
-    ) -> dict[int, tuple[list[dict[str, Any]], Stored]]:
-        return await insight.stored_rows(self._session, list(customer_ids))
+    async def health_batch(
+        self,
+        customer_ids: Sequence[int],
+        signals_for: Sequence[int],
+        now: datetime,
+        window: timedelta,
+        is_severe: IsSevere,
+    ) -> dict[int, HealthRead]:
+        return await insight.batch(self._session, customer_ids, signals_for, now, window, is_severe)
 
     async def signals(
         self,
@@ -182,8 +187,3 @@ class SessionLookup:
         return await insight.gather(
             self._session, lo, hi, now, window, is_severe, from_log=from_log, owners=owners
         )
-
-    async def signals_of(
-        self, customer_id: int, now: datetime, window: timedelta, is_severe: IsSevere
-    ) -> tuple[Signals, Stored | None]:
-        return await insight.one(self._session, customer_id, now, window, is_severe)

@@ -119,7 +119,7 @@ async def test_a_mixed_batch_reads_once(db: Database) -> None:
 
 
 async def test_batches_of_returning_customers_read_once_each(db: Database) -> None:
-    churn, ids = await seeded(db)
+    churn, _ = await seeded(db)
     now = T0 + timedelta(days=21, hours=6)
     await churn.recompute(db, now)
     pipeline, router = care_pipeline(db, CFG)
