@@ -12,7 +12,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from sqlalchemy import ColumnElement, Text, bindparam, cast, delete, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Text,
+    bindparam,
+    cast,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.effects import Event
@@ -279,7 +289,9 @@ async def forget(session: AsyncSession, customer_id: int) -> Erasure:
     await _erase_log(
         session,
         erasure,
-        Interaction.customer_id.in_(chain) | Interaction.conversation_id.in_(conversation_ids),
+        Interaction.customer_id.in_(chain)
+        | Interaction.conversation_id.in_(conversation_ids)
+        | _bounces_naming({address for channel, address in addresses if channel == "email"}),
     )
     names = {
         c
@@ -313,6 +325,17 @@ async def forget(session: AsyncSession, customer_id: int) -> Erasure:
     await session.refresh(customer)
     erasure.files = await _unshared(session, erasure.files)
     return erasure
+
+
+def _bounces_naming(emails: set[str]) -> ColumnElement[bool]:
+    """The mail system's bounces of mail to these addresses: logged under the bounce's own sender,
+    they name the address and carry the returned mail (meta failed_recipients, raw_path)."""
+    if not emails:
+        return Interaction.id.is_(None)  # no row
+    meta = func.lower(cast(Interaction.meta, Text))
+    return (Interaction.channel == "email") & or_(
+        *[meta.contains(json.dumps(e.lower()), autoescape=True) for e in sorted(emails)]
+    )
 
 
 async def forget_conversation(session: AsyncSession, conversation_id: int) -> Erasure:
