@@ -145,3 +145,46 @@ def context_cache_hit() -> object:
     from sqlalchemy.engine.interfaces import CacheStats
 
     return CacheStats.CACHE_HIT
+
+
+async def test_add_rows_returns_each_rows_id_and_stores_it_as_given(db: Database) -> None:
+    # PostgreSQL writes the rows as one statement over arrays: each id must be its own row's,
+    # a JSON value (a list, a dict, a string with quotes, null) must come back as it went in,
+    # and a column a row leaves out gets the model's default, as an executemany would give it.
+    from datetime import UTC, datetime
+
+    from storage.models import Interaction
+
+    async with db.transaction() as session:
+        _, customers, _ = await ingest.identify(session, first_contacts(1))
+        cid = next(iter(customers))
+    at = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    metas: list[Any] = [{"a": [1, {"b": None}]}, {}, {"q": 'say "hi"\\n'}, {"n": None}]
+    rows: list[dict[str, object]] = [
+        {
+            "customer_id": cid,
+            "channel": "webhook",
+            "direction": "in",
+            "author_kind": "customer",
+            "text": f"text {i}",
+            "external_id": f"x{i}",
+            "meta": meta,
+            "created_at": at,
+            "attachments": [{"name": f"f{i}.txt"}],
+        }
+        for i, meta in enumerate(metas * 5)
+    ]
+    for row in rows[10:]:
+        del row["attachments"]  # (an executemany takes its columns from the first row)
+    async with db.transaction() as session:
+        ids = await ingest.add_rows(session, Interaction, rows[:10])
+        ids += await ingest.add_rows(session, Interaction, rows[10:])
+    assert len(set(ids)) == len(rows)
+    async with db.sessions() as session:
+        found = {i.id: i for i in await session.scalars(select(Interaction))}
+    for i, (row_id, row) in enumerate(zip(ids, rows, strict=True)):
+        stored_row = found[row_id]
+        assert (stored_row.external_id, stored_row.text) == (f"x{i}", f"text {i}")
+        assert stored_row.meta == row["meta"]
+        assert stored_row.attachments == ([{"name": f"f{i}.txt"}] if i < 10 else [])
+        assert stored_row.created_at == at and stored_row.conversation_id is None
