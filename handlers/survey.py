@@ -49,7 +49,8 @@ _NUMBERS = {
 }
 _ANSWER = re.compile(
     r"^\s*([1-5]|one|two|three|four|five|[一二两三四五])\ufe0f?\u20e3?\s*"
-    r"(?:(?:/|of|out\s+of)\s*(?:5|five)|分|星|颗星|stars?|points?|⭐\ufe0f?|★|🌟)?"
+    r"(?:(?:/|of|out\s+of)\s*(?:5|five)\s*(?:stars?|points?|分|星|⭐\ufe0f?|★|🌟)?"
+    r"|分|星|颗星|stars?|points?|⭐\ufe0f?|★|🌟)?"
     r"[\s.!。！~]*$",
     re.IGNORECASE,
 )

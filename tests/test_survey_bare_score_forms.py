@@ -49,6 +49,9 @@ BARE = [
     ("5/5", 5),
     ("5 out of 5", 5),
     ("4 of 5", 4),
+    ("4 out of 5 stars", 4),
+    ("5/5 stars", 5),
+    ("3/5 ⭐", 3),
     ("5️⃣", 5),
 ]
 SPOKEN = [
@@ -62,6 +65,8 @@ SPOKEN = [
     "one more thing: the box was wet",
     "two packages are missing",
     "三天了还没到",
+    "4 out of 5 stars, the box was wet",
+    "5/5 stars but where is my refund",
 ]
 
 
