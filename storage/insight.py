@@ -32,6 +32,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    text,
     type_coerce,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -552,12 +553,33 @@ HEALTH_COLUMNS = (
 )
 
 
-@functools.cache
-def _upsert_for(dialect_name: str) -> Any:
-    stmt = dialect.insert(dialect_name, CustomerHealth)
-    return stmt.on_conflict_do_update(
-        index_elements=["customer_id"], set_={c: getattr(stmt.excluded, c) for c in HEALTH_COLUMNS}
-    )
+# PostgreSQL: the rows as one array per column, unnested, in one statement. An executemany runs
+# one INSERT per row on the server (each bound, planned and executed): one per message of a
+# pipeline batch.
+_PG_TYPES = (
+    ("customer_id", "INTEGER[]"),
+    ("score", "INTEGER[]"),
+    ("band", "TEXT[]"),
+    ("reasons", "TEXT[]"),
+    ("last_contact_at", "TIMESTAMP[]"),
+    ("rate_fast", "FLOAT8[]"),
+    ("rate_slow", "FLOAT8[]"),
+    ("rate_at", "TIMESTAMP[]"),
+    ("opted_out", "BOOLEAN[]"),
+    ("alerted_at", "TIMESTAMP[]"),
+    ("crossings", "INTEGER[]"),
+    ("updated_at", "TIMESTAMP[]"),
+)
+_PG_GIVEN = [c if c != "reasons" else "reasons_text" for c, _ in _PG_TYPES]
+_PG_PICKED = [c if c != "reasons_text" else "CAST(reasons_text AS JSON)" for c in _PG_GIVEN]
+_PG_UPSERT = text(
+    f"INSERT INTO customer_health (customer_id, {', '.join(HEALTH_COLUMNS)}) "
+    f"SELECT {', '.join(_PG_PICKED)} "
+    f"FROM unnest({', '.join(f'CAST(:{c} AS {t})' for c, t in _PG_TYPES)}) "
+    f"AS given({', '.join(_PG_GIVEN)}) "
+    "ON CONFLICT (customer_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in HEALTH_COLUMNS)
+)
 
 
 _SQLITE_UPSERT = (
@@ -580,17 +602,24 @@ def _sqlite_time(value: datetime | None) -> str | None:
 
 
 async def write(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    """Score rows in one executemany (customer_id plus HEALTH_COLUMNS each). On SQLite straight to
-    the driver: at a million customers SQLAlchemy's per-row parameter processing is most of the
-    recompute's time."""
+    """Score rows in one statement (customer_id plus HEALTH_COLUMNS each): on PostgreSQL as arrays
+    (_PG_UPSERT); on SQLite an executemany straight to the driver: at a million customers
+    SQLAlchemy's per-row parameter processing is most of the recompute's time."""
     if not rows:
         return
     conn = await session.connection()
     if not dialect.is_sqlite(conn):
-        columns = ("customer_id", *HEALTH_COLUMNS)
-        await conn.execute(
-            _upsert_for(conn.dialect.name), [{c: r[c] for c in columns} for r in rows]
-        )
+        # One row per customer (ON CONFLICT cannot update a row twice in one statement): the
+        # last given wins, as it would in an executemany.
+        last = list({r["customer_id"]: r for r in rows}.values())
+        columns: dict[str, list[Any]] = {c: [r[c] for r in last] for c, _ in _PG_TYPES}
+        columns["reasons"] = [r.get("reasons_json") or json.dumps(r["reasons"]) for r in last]
+        for c, kind in _PG_TYPES:
+            if kind == "TIMESTAMP[]":
+                columns[c] = [None if v is None else naive(v) for v in columns[c]]
+            elif kind == "FLOAT8[]":
+                columns[c] = [float(v) for v in columns[c]]
+        await conn.execute(_PG_UPSERT, columns)
         return
     t = _sqlite_time
     await conn.exec_driver_sql(

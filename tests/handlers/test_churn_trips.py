@@ -148,3 +148,35 @@ async def assert_recompute_agrees(
             assert (again[cid].score, again[cid].reasons) == (row.score, row.reasons), cid
     async with db.sessions() as s:
         assert set(await s.scalars(select(CustomerHealth.customer_id))) == set(again)
+
+
+async def test_a_batch_writes_its_scores_in_one_statement(db: Database) -> None:
+    """PostgreSQL runs each row of an executemany as a statement of its own (one INSERT per
+    customer, each planned and executed): the batch's score rows go as one statement."""
+    pipeline, router = care_pipeline(db, CFG)
+    pipeline.observers.append(Churn(CFG, router, staff_room=STAFF_ROOM))
+    writes: list[bool] = []
+
+    def record(_c: Any, _cur: Any, statement: str, _p: Any, _ctx: Any, many: bool) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO CUSTOMER_HEALTH"):
+            writes.append(many)
+
+    batch = [
+        message(f"w-{n}", f"where is order {n}?", T0 + timedelta(seconds=n), user=f"w{n % 5}")
+        for n in range(12)
+    ]
+    event.listen(db.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        receipts = await pipeline.receive_many(batch)
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", record)
+    await pipeline.close()
+    if db.engine.dialect.name == "postgresql":
+        assert writes == [False]
+    else:  # SQLite: an executemany is one call into the library, no server in between
+        assert len(writes) == 1
+    after = await scores(db)
+    assert set(after) == {r.customer_id for r in receipts}
+    assert after[receipts[0].customer_id].last_contact_at == T0 + timedelta(seconds=10)
+    assert after[receipts[0].customer_id].rate_at == T0 + timedelta(seconds=10)
+    await assert_recompute_agrees(db, after, T0 + timedelta(seconds=11))
