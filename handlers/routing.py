@@ -95,7 +95,9 @@ class Router:
             self.teams[team.name] = team
         self.default_team = cfg.default_team or teams[0].name
         segments.check_names(config)
-        self.uses_segments = any(rule.segment is not None for rule in cfg.rules)
+        # The segments rules name: the only ones worth asking about a customer.
+        self.rule_segments = frozenset(r.segment for r in cfg.rules if r.segment is not None)
+        self.uses_segments = bool(self.rule_segments)
         if self.default_team not in self.teams:
             raise ConfigError(
                 f"[routing] default_team has value {self.default_team!r}: no team of that name "
@@ -135,7 +137,12 @@ class Router:
     ) -> Decision:
         in_segments = (
             await segments.of_customer(
-                reads, self.config, customer, inbound.channel, inbound.received_at
+                reads,
+                self.config,
+                customer,
+                inbound.channel,
+                inbound.received_at,
+                among=self.rule_segments,
             )
             if self.uses_segments
             else frozenset()

@@ -10,7 +10,7 @@ in customer_health (handlers/churn.py keeps it current on every message).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -74,15 +74,22 @@ async def of_customer(
     customer: Customer | CustomerView,
     channel: str,
     now: datetime,
+    *,
+    among: Collection[str] | None = None,
 ) -> frozenset[str]:
-    """The segments one customer is in, the moment they write on `channel`."""
+    """The segments one customer is in (of `among`, if given), the moment they write on
+    `channel`. Asked for every message the router sees: the customer's addresses and health row
+    are read only for a segment that needs them, once the customer's own fields have matched."""
     segs = config.insight.segments
     if not segs or customer.forgotten_at is not None:
         return frozenset()
-    health = await reads.health(customer.id)
+    health: HealthView | None = None
+    health_read = False
     channels: set[str] | None = None
     inside: set[str] = set()
     for name, seg in segs.items():
+        if among is not None and name not in among:
+            continue
         if not store.row_filters(seg, customer.tags or (), customer.language):
             continue
         if seg.vip is not None and bool(customer.vip) != seg.vip:
@@ -101,6 +108,8 @@ async def of_customer(
                 channels = {channel} | await reads.channels_of(customer.id)
             if not channels & set(seg.channel):
                 continue
+        if not health_read and (seg.band is not None or seg.activity not in (None, "new")):
+            health, health_read = await reads.health(customer.id), True
         if seg.band is not None and (health.band if health is not None else "ok") not in seg.band:
             continue
         if seg.activity is not None and not _active(seg, customer, health, now):

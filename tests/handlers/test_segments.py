@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import date, timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from bot.config import ConfigError
 from handlers import complaints, segments
@@ -104,3 +104,46 @@ async def test_membership_routing_and_campaigns(db: Database) -> None:
 def test_unknown_segment_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"\[routing.rules.0\] segment has value 'vips'"):
         Router(config(routing={"rules": [{"segment": "vips", "priority": "high"}]}))
+
+
+async def test_routing_on_a_segment_reads_only_what_that_segment_needs(db: Database) -> None:
+    """The router asks which segments a customer is in for every message: only the segments its
+    rules name, and the customer's health row only for one that needs it (band, activity). A rule
+    on tags and language costs no read at all; one on a band, one."""
+    churn, ids = await seeded(db)
+    await churn.recompute(db, NOW)
+    async with db.transaction() as s:
+        await s.execute(
+            update(Customer)
+            .where(Customer.id == ids["content"])
+            .values(tags=["gold"], language="zh")
+        )
+    statements: list[str] = []
+
+    def record(_c: object, _cur: object, statement: str, *_rest: object) -> None:
+        statements.append(statement.split("\n")[0][:60])
+
+    hello = message("x1", "hello again", NOW, user="content")
+    for rules, team, reads in (
+        ([{"segment": "gold_zh", "team": "retention"}], "retention", 0),
+        ([{"segment": "at_risk", "team": "retention"}], "care", 1),
+    ):
+        routed = config(
+            insight={"segments": SEGMENTS},
+            routing={"teams": [{"name": "care"}, {"name": "retention"}], "rules": rules},
+        )
+        router = Router(routed)
+        async with db.transaction() as s:
+            content = await s.get(Customer, ids["content"])
+            assert content is not None
+            reads_of = SessionLookup(s)
+            verdict = complaints.classify("hello again", None)
+            await router(reads_of, verdict, content, None, hello)  # staff and cursors: cached
+            event.listen(db.engine.sync_engine, "before_cursor_execute", record)
+            try:
+                decision = await router(reads_of, verdict, content, None, hello)
+            finally:
+                event.remove(db.engine.sync_engine, "before_cursor_execute", record)
+        assert decision.team == team
+        assert len(statements) == reads, statements
+        statements.clear()
