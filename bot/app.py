@@ -222,6 +222,8 @@ def build_email(kefu: Kefu) -> Channel | None:
         )
         return None
     kefu.observers.add(Phase.CHANNEL, email_events.on_bounce)
+    # aioimaplib logs every line it receives at DEBUG: whole mails, the customers' words.
+    logging.getLogger("aioimaplib").setLevel(logging.INFO)
     channel = email_channel(em, kefu.env, kefu.db)
     # One reader per folder across all processes; every process sends by SMTP.
     folder = f"email.imap:{channel.reader.s.username}@{em.imap_host}:{em.imap_port}/{em.folder}"

@@ -25,6 +25,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingErr
 from bot.config import OutboxConfig
 from bot.intents import Outbound
 from bot.metrics import Metrics
+from bot.text import redact_addresses
 from channels.base import Channel, Deferred, PermanentError, TransientError
 from storage.db import Database
 from storage.deliveries import Deliveries
@@ -235,7 +236,7 @@ class OutboxWorker:
         delay = max(0.0, retry_after)
         log.info(
             "outbox.send.deferred id=%s channel=%s in=%.1fs reason=%s",
-            row.id, row.channel, delay, reason,
+            row.id, row.channel, delay, redact_addresses(reason),
         )
         now = self.clock()
         await self.store.finish(
@@ -257,7 +258,7 @@ class OutboxWorker:
         delay = retry_after if retry_after is not None else backoff(attempts, self.cfg, self.rng)
         log.warning(
             "outbox.send.retry id=%s channel=%s attempt=%d in=%.1fs error=%s",
-            row.id, row.channel, attempts, delay, error,
+            row.id, row.channel, attempts, delay, redact_addresses(error),
         )
         now = self.clock()
         await self.store.finish(
@@ -268,7 +269,10 @@ class OutboxWorker:
         return "failed"
 
     async def _dead(self, row: OutboxRow, error: str, *, unreachable: bool = False) -> str:
-        log.error("outbox.send.dead id=%s channel=%s error=%s", row.id, row.channel, error)
+        log.error(
+            "outbox.send.dead id=%s channel=%s error=%s",
+            row.id, row.channel, redact_addresses(error),
+        )
         await self.store.finish(row, "dead", self.clock(), error=error, unreachable=unreachable)
         if self.metrics:
             self.metrics.outbound.labels(row.channel, "dead").inc()

@@ -38,6 +38,7 @@ from aioimaplib import (
 
 from bot.intents import Outbound
 from bot.messages import Attachment, Inbound, Receipt
+from bot.text import redact_addresses
 from channels.base import PermanentError, SendResult, Sink, TransientError
 from channels.mail_auth import AuthSettings, authenticate
 from channels.mail_compose import Composer, title_of
@@ -1203,7 +1204,7 @@ class EmailChannel:
             else:
                 log.warning(
                     "email.smtp.failed to=%s kind=%s error=%s",
-                    redact(out.address), type(error).__name__, error,
+                    redact(out.address), type(error).__name__, redact_addresses(str(error)),
                 )
             raise error from exc
         self._config_error_logged = False
