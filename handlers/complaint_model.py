@@ -7,11 +7,13 @@ pure Python, so nothing is downloaded and no numeric library is needed at run ti
 - Chinese: the set of character 1-, 2- and 3-grams of the normalised text ("不好", "太低", "失望").
 - English: the set of word unigrams and bigrams ("not worth", "waste"), of "~word" for each word a
   negator governs within its clause ("couldn't be easier": ~be, ~easier), and of 3- to 5-character
-  pieces of words ("<disap", "ing>"), plus five lexicon figures from VADER's human-rated word list
-  (MIT; vader_lexicon.txt, exported into the model file): the sum of negative and of positive word
-  valences, each flipped when a negator comes within three words before in the same clause, their
-  squashed total, that total with what follows a "but" outweighing what precedes it, and the most
-  negative word. The lexicon carries the model to words the training sentences never had.
+  pieces of words ("<disap", "ing>"), all from the main clause only (after the last "but", less
+  an "although" clause: see main_clause); plus five lexicon figures from VADER's human-rated word
+  list (MIT; vader_lexicon.txt, exported into the model file), over every word: the sum of
+  negative and of positive word valences, each flipped when a negator comes within three words
+  before in the same clause, their squashed total, that total with what follows a "but"
+  outweighing what precedes it, and the most negative word. The lexicon carries the model to
+  words the training sentences never had.
 
 The n-gram part is length-normalised (the sum of the weights that fired over the square root of the
 number of n-grams), so a long review and a short chat message are on one scale. `explain` returns
@@ -40,6 +42,9 @@ TOKEN = re.compile(r"[a-z#]+(?:'[a-z]+)*|[!?.,;:]")
 SILENT = frozenset(".,;:")  # clause marks that are no word of their own
 BREAKS = frozenset((*SILENT, "!", "?", "but", "however", "although", "though", "yet"))
 CONTRASTS = frozenset(("but", "however", "yet"))
+# A clause these open concedes a point the sentence then outweighs ("although it is a bit loud, it
+# works great"; "despite this minor disappointment, i recommend it").
+CONCESSIONS = frozenset(("although", "though", "despite"))
 DIGITS = re.compile(r"[0-9]+")
 NEGATORS = frozenset(
     (
@@ -127,7 +132,29 @@ def negated(tokens: list[str]) -> set[str]:
     return out
 
 
+def main_clause(tokens: list[str]) -> list[str]:
+    """The words that carry a sentence's verdict: those after its last "but" ("however", "yet"),
+    less any clause "although" ("though", "despite") opens. "minor issues, but it works great" is
+    praise, "looks nice but it broke" a complaint: what comes before the turn is conceded. All of
+    the tokens when nothing would be left."""
+    kept: list[str] = []
+    conceding = False
+    for token in tokens:
+        if token in CONTRASTS:
+            kept.clear()
+            conceding = False
+        elif token in CONCESSIONS:
+            conceding = True
+        elif conceding:
+            conceding = token not in SILENT
+        else:
+            kept.append(token)
+    return kept or tokens
+
+
 def en_features(tokens: list[str]) -> set[str]:
+    """The n-grams of the main clause (see main_clause); the lexicon figures read every word."""
+    tokens = main_clause(tokens)
     grams = en_words(tokens) | negated(tokens)
     for token in tokens:
         if len(token) > 2:

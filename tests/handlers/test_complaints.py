@@ -192,6 +192,23 @@ def test_after_but_the_lexicon_hears_the_second_half_louder() -> None:
     assert cm.lexicon_figures(cm.en_tokens("not here. good"), lexicon)[1] > 0  # not past a "."
 
 
+def test_the_model_reads_the_main_clause_of_a_turned_sentence() -> None:
+    """What comes before a "but" or inside an "although" clause is conceded: the n-grams come from
+    the clause that carries the verdict, whichever way it goes."""
+    from handlers import complaint_model as cm
+
+    def words(text: str) -> set[str]:
+        return set(cm.main_clause(cm.en_tokens(text))) - cm.SILENT
+
+    assert words("minor issues, but it works great") == {"it", "works", "great"}
+    assert words("looks nice but it broke") == {"it", "broke"}
+    assert words("although it is loud, it works; i like it") == {"it", "works", "i", "like"}
+    assert words("despite this minor flaw, i recommend it") == {"i", "recommend", "it"}
+    assert words("it broke but") == {"it", "broke", "but"}  # nothing after the turn: all of it
+    grams = cm.en_features(cm.en_tokens("minor issues, but it works great"))
+    assert "issues" not in grams and "<iss" not in grams and "works great" in grams
+
+
 def test_the_model_names_a_fixed_reason_and_keeps_the_words_apart() -> None:
     verdict = classify("结果大失所望", "zh")
     assert verdict.reasons[0] == complaints.MODEL_REASON
