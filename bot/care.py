@@ -19,6 +19,7 @@ from handlers.routing import Router
 from handlers.staff_alerts import ComplaintAlerts
 from storage.db import Database
 from storage.models import utcnow
+from storage.outage import log_failure
 
 if TYPE_CHECKING:
     from bot.app import Kefu
@@ -82,8 +83,8 @@ def _guarded(name: str, job: Callable[[], Awaitable[object]]) -> Callable[[], Aw
     async def run() -> object:
         try:
             return await job()
-        except Exception:  # a failed run is logged; the next one picks the work up again
-            log.exception("%s.failure", name)
+        except Exception as exc:  # noqa: BLE001 - a failed run is logged; the next one picks the work up again
+            log_failure(log, f"{name}.failure", exc)
             return None
 
     return run

@@ -12,6 +12,7 @@ from handlers.churn import Churn
 from handlers.consent import ConsentObserver
 from handlers.greetings import Reach
 from handlers.templating import Templates
+from storage.outage import log_failure
 
 if TYPE_CHECKING:
     from bot.app import Kefu
@@ -43,8 +44,8 @@ def build_insight(kefu: Kefu, care: Care, scheduler: CampaignScheduler) -> Churn
     async def recompute() -> object:
         try:
             return await churn.recompute(kefu.db, care.clock())
-        except Exception:  # logged; the next run starts over
-            log.exception("insight.recompute.failure")
+        except Exception as exc:  # noqa: BLE001 - logged; the next run starts over
+            log_failure(log, "insight.recompute.failure", exc)
             return None
 
     scheduler.jobs.append(("insight.recompute", recompute, cfg.recompute_every.total_seconds()))
@@ -66,8 +67,8 @@ def build_followups(
     async def tick() -> object:
         try:
             return await followups.tick(kefu.db, care.clock())
-        except Exception:  # logged; the next run picks the work up again
-            log.exception("followup.plan.failure")
+        except Exception as exc:  # noqa: BLE001 - logged; the next run picks the work up again
+            log_failure(log, "followup.plan.failure", exc)
             return None
 
     if campaigns.followup.enabled:

@@ -39,6 +39,8 @@ from typing import Any
 
 from sqlalchemy.engine import URL
 
+from storage.outage import log_failure
+
 log = logging.getLogger("kefu.leader")
 
 Callback = Callable[[], Awaitable[None]]
@@ -106,8 +108,8 @@ class Election(abc.ABC):
         if singleton.on_elected is not None:
             try:
                 await singleton.on_elected()
-            except Exception:  # the singleton logs its own failures; the election goes on
-                log.exception("leader.start.failure singleton=%s", singleton.name)
+            except Exception as exc:  # noqa: BLE001 - the singleton logs its own failures; the election goes on
+                log_failure(log, "leader.start.failure", exc, f"singleton={singleton.name}")
 
     async def _deposed(self, singleton: Singleton, reason: str) -> None:
         if not singleton.held:
@@ -117,8 +119,8 @@ class Election(abc.ABC):
         if singleton.on_deposed is not None:
             try:
                 await singleton.on_deposed()
-            except Exception:
-                log.exception("leader.stop.failure singleton=%s", singleton.name)
+            except Exception as exc:  # noqa: BLE001 - logged; the next round tries again
+                log_failure(log, "leader.stop.failure", exc, f"singleton={singleton.name}")
 
 
 class SoleProcess(Election):

@@ -33,6 +33,7 @@ from storage.models import (
     OutboxRow,
     utcnow,
 )
+from storage.outage import log_failure
 from storage.outbox import depth as depth
 from storage.outbox import enqueue as enqueue
 from storage.outbox import queued as queued
@@ -94,15 +95,9 @@ class OutboxWorker:
             self._wake.clear()
             try:
                 claimed = await self.run_once()
-            except (DBAPIError, OSError) as exc:
-                # The database is away (a restart, a cut connection): one line per round, no
-                # traceback, and never the statement's parameters.
-                log.error("outbox.loop.failure error=%s", type(exc).__name__)
-                if self.metrics:
-                    self.metrics.failures.labels("outbox").inc()
-                claimed = 0
-            except Exception:
-                log.exception("outbox.loop.failure")
+            except Exception as exc:  # noqa: BLE001 - logged; the next round tries again
+                # The database away (a restart, a cut connection) is one line per round.
+                log_failure(log, "outbox.loop.failure", exc)
                 if self.metrics:
                     self.metrics.failures.labels("outbox").inc()
                 claimed = 0

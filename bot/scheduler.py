@@ -31,6 +31,7 @@ from handlers.templating import Templates
 from storage import retention, scheduler_ticks
 from storage.db import Database
 from storage.models import utcnow
+from storage.outage import log_failure
 
 if TYPE_CHECKING:
     from bot.app import Kefu
@@ -63,8 +64,8 @@ class CampaignScheduler:
         try:
             await self.planner.expire(self.db, now, everything=catch_up)
             return await self.planner.tick(self.db, now)
-        except Exception:
-            log.exception("campaigns.plan.failure at=%s", now.isoformat())
+        except Exception as exc:  # noqa: BLE001 - logged; the next round tries again
+            log_failure(log, "campaigns.plan.failure", exc, f"at={now.isoformat()}")
             return Outcome()
 
     async def _job(self) -> None:
@@ -84,8 +85,10 @@ class CampaignScheduler:
             tick = scheduler_ticks.tick_of(utcnow(), every)
             try:
                 claimed = await scheduler_ticks.claim(self.db, job_id, tick, describe_process())
-            except Exception:  # the database is away: the next tick tries again
-                log.exception("scheduler.tick.failure job=%s tick=%s", job_id, tick.isoformat())
+            except Exception as exc:  # noqa: BLE001 - the database is away: the next tick tries again
+                log_failure(
+                    log, "scheduler.tick.failure", exc, f"job={job_id} tick={tick.isoformat()}"
+                )
                 return
             if not claimed:
                 log.info("scheduler.tick.taken job=%s tick=%s", job_id, tick.isoformat())
@@ -153,8 +156,8 @@ def retention_jobs(
     async def prune() -> int:
         try:
             return await retention.prune(db, utcnow(), keep=timedelta(days=days))
-        except Exception:  # logged; the next run picks the work up again
-            log.exception("outbox.retention.failure")
+        except Exception as exc:  # noqa: BLE001 - logged; the next run picks the work up again
+            log_failure(log, "outbox.retention.failure", exc)
             return 0
 
     return [("outbox.retention", prune, RETENTION_EVERY_SECONDS)]
