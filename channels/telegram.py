@@ -48,6 +48,7 @@ from telegram.error import (
 
 from bot.intents import Intent, Outbound, StaffNotice, Survey, Threaded
 from bot.messages import Attachment
+from bot.text import redact_id
 from channels.base import (
     ChannelError,
     Deferred,
@@ -747,7 +748,8 @@ class TelegramChannel:
             for window in paused:
                 if window is not None:
                     window.push_back(seconds)
-            log.warning("telegram.send.flood chat=%s retry_after=%.0fs", chat_id, seconds)
+            shown = chat_id if group else redact_id(chat_id)  # a private chat is a person
+            log.warning("telegram.send.flood chat=%s retry_after=%.0fs", shown, seconds)
             # Telegram's own "wait your turn": not a failed attempt.
             return Deferred(detail, retry_after=seconds)
         if isinstance(exc, Forbidden):

@@ -18,6 +18,7 @@ import phonenumbers
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.commands import LinkRequest
+from bot.text import redact_id
 from storage import audit, customers
 from storage import telegram_links as links
 from storage.db import Database
@@ -168,6 +169,10 @@ async def handle(db: Database, request: LinkRequest) -> Linked:
     log.log(
         level,
         "telegram.link.%s kind=%s user=%s customer=%s reason=%s",
-        result.outcome, request.kind, request.user_id, result.customer_id, result.reason or "-",
+        result.outcome,
+        request.kind,
+        redact_id(request.user_id),
+        result.customer_id,
+        result.reason or "-",
     )
     return result

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.commands import PressAnswer, SurveyPress
 from bot.config import Config
+from bot.text import redact_id
 from handlers import care, survey
 from handlers.templating import language_of
 from storage import customers, surveys
@@ -46,7 +47,7 @@ async def handle(db: Database, config: Config, press: SurveyPress) -> PressAnswe
             log.info(
                 "telegram_survey.refused survey=%s user=%s reason=%s detail=%s",
                 press.survey_id,
-                press.user_id,
+                redact_id(press.user_id),
                 reason,
                 exc,
             )
