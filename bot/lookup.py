@@ -165,6 +165,10 @@ class Lookup(Protocol):
         """The conversation's latest survey still waiting for an answer at `at`."""
         ...
 
+    async def agent_wrote_since(self, conversation_id: int, since: datetime) -> bool:
+        """Whether anyone on staff wrote to the customer in the conversation after `since`."""
+        ...
+
     # --- customer health (the churn observer) ----------------------------------------------------
     async def health_batch(
         self,

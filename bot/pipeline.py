@@ -360,22 +360,24 @@ async def _log_fresh(
         elif (
             conversation is not None
             and inbound.kind in SPOKEN
+            and conversation.status in ("resolved", "open")
+            and id(conversation) not in created
+            and pipeline.answer is not None
+            and (answer := await pipeline.answer(reads, conversation.id, inbound)) is not None
+        ):
+            # "5" after a survey is its answer, an event: it neither reopens the conversation nor
+            # reaches staff as a message (a customer who reopened it with "thanks!" may still rate).
+            inbounds[n] = answer
+        elif (
+            conversation is not None
+            and inbound.kind in SPOKEN
             and conversation.status == "resolved"
         ):
-            answer = (
-                await pipeline.answer(reads, conversation.id, inbound)
-                if pipeline.answer is not None
-                else None
+            conversation.status = "open"
+            conversation.resolved_at = None
+            session.add(
+                _event(conversation, inbound, "reopened", "reopened by a new customer message")
             )
-            if answer is not None:
-                # "5" after a survey is its answer, an event: it does not reopen the conversation.
-                inbounds[n] = answer
-            else:
-                conversation.status = "open"
-                conversation.resolved_at = None
-                session.add(
-                    _event(conversation, inbound, "reopened", "reopened by a new customer message")
-                )
         elif (
             conversation is not None and inbound.kind in SPOKEN and conversation.status == "pending"
         ):

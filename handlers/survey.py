@@ -86,8 +86,10 @@ def parse_answer(text: str) -> tuple[int, str | None] | None:
 
 
 async def as_answer(reads: Lookup, conversation_id: int, inbound: Inbound) -> Inbound | None:
-    """The pipeline asks before reopening a resolved conversation: is this message a survey answer?
-    Then it is logged as an event of kind "survey" and left to record() below."""
+    """The pipeline asks of a message in a resolved conversation, or in one the customer reopened:
+    is it an answer to the open survey? Only a bare score is, and only while no agent has written
+    since the survey was asked ("thanks!" then "5" answers; "how many?" then "2" does not). Then it
+    is logged as an event of kind "survey" and left to record() below."""
     if inbound.meta.get("sender_verified") is False:
         return None  # a forged From must not answer someone's survey (channels/mail_auth.py)
     parsed = parse_answer(inbound.text)
@@ -95,6 +97,9 @@ async def as_answer(reads: Lookup, conversation_id: int, inbound: Inbound) -> In
         return None
     open_survey = await reads.open_survey(conversation_id, inbound.received_at)
     if open_survey is None:
+        return None
+    # A bare number after an agent's question ("how many parcels?" "2") answers the agent.
+    if await reads.agent_wrote_since(conversation_id, open_survey.asked_at):
         return None
     score, comment = parsed
     return dataclasses.replace(

@@ -100,6 +100,21 @@ async def add_line(
     return row.id
 
 
+async def agent_wrote_since(session: AsyncSession, conversation_id: int, since: datetime) -> bool:
+    """Whether anyone on staff wrote to the customer in the conversation after `since`."""
+    found = await session.scalar(
+        select(Interaction.id)
+        .where(
+            Interaction.conversation_id == conversation_id,
+            Interaction.direction == "out",
+            Interaction.author_kind == "agent",
+            Interaction.created_at > since,
+        )
+        .limit(1)
+    )
+    return found is not None
+
+
 async def last_inbound(
     session: AsyncSession, conversation_id: int, channel: str
 ) -> Interaction | None:

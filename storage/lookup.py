@@ -25,6 +25,7 @@ from storage import (
     customers,
     insight,
     insight_segments,
+    interactions,
     outbox,
     routing_cursors,
     staff,
@@ -160,6 +161,9 @@ class SessionLookup:
     async def open_survey(self, conversation_id: int, at: datetime) -> SurveyView | None:
         found = await surveys.open_for(self._session, conversation_id, at)
         return None if found is None else survey_view(found)
+
+    async def agent_wrote_since(self, conversation_id: int, since: datetime) -> bool:
+        return await interactions.agent_wrote_since(self._session, conversation_id, since)
 
     # --- customer health (the churn observer) ----------------------------------------------------
 
