@@ -70,6 +70,7 @@ from storage import outbox as outbox_rows
 from storage.db import Database
 from storage.lookup import SessionLookup, conversation_view, customer_view
 from storage.models import Acknowledgement, Conversation, Customer, Interaction, utcnow
+from storage.outage import brief
 
 log = logging.getLogger("kefu.pipeline")
 
@@ -192,7 +193,7 @@ class Pipeline:
         except Exception as exc:  # noqa: BLE001 - isolate the bad message below
             if _systemic(exc):
                 log.warning(
-                    "pipeline.batch.unavailable size=%d error=%s", len(batch), _brief(exc)
+                    "pipeline.batch.unavailable size=%d error=%s", len(batch), brief(exc)
                 )
                 for pending in batch:
                     if not pending.future.done():
@@ -205,7 +206,7 @@ class Pipeline:
                         pending.future.set_exception(failure)
                 return
             if len(batch) > 1:
-                log.info("pipeline.batch.retry_singly size=%d error=%s", len(batch), _brief(exc))
+                log.info("pipeline.batch.retry_singly size=%d error=%s", len(batch), brief(exc))
                 for pending in batch:
                     await self._commit_batch([pending])
                 return
@@ -214,7 +215,7 @@ class Pipeline:
                 "pipeline.receive.failure channel=%s external_id=%s error=%s",
                 pending.inbound.channel,
                 pending.inbound.external_id,
-                _brief(exc),
+                brief(exc),
             )
             if _one_message(exc):
                 refused = Rejected("the database refused a value of this message")
@@ -271,13 +272,6 @@ def _systemic(exc: BaseException) -> bool:
     if _one_message(exc):
         return False
     return isinstance(exc, (DBAPIError, PoolTimeout, OSError))
-
-
-def _brief(exc: BaseException) -> str:
-    """The error's kind and first line: database errors carry the statement and its parameters
-    (customers' messages) after that, which do not belong in logs."""
-    first = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200] if str(exc) else ""
-    return f"{type(exc).__name__}: {first}"
 
 
 async def _receive(

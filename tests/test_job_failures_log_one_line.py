@@ -83,5 +83,5 @@ async def test_a_defect_in_a_job_keeps_its_traceback(caplog: pytest.LogCaptureFi
     caplog.set_level(logging.INFO)
     assert await _guarded("sla.check", broken)() is None
     (record,) = failures(caplog)
-    assert record.getMessage() == "sla.check.failure error=ValueError"
+    assert record.getMessage() == "sla.check.failure error=ValueError: a bug"
     assert record.exc_info is not None
