@@ -97,6 +97,11 @@ Resume = Callable[[str | None, SlaDue, datetime], SlaDue]
 # down database needs longer.
 BUSY_RETRY_SECONDS = 2
 DOWN_RETRY_SECONDS = 10
+# Each retry after a lost race re-reads what the other process committed, so it can lose only on
+# a key it has not met yet: the customer's identity, their open conversation, the message itself.
+# Two attempts were too few when another process wrote the same message and the same new customer
+# at once: the second loss answered a valid message 422 (seen in test_multiprocess_postgres).
+RACE_ATTEMPTS = 4
 
 
 class Unavailable(Exception):
@@ -229,18 +234,18 @@ class Pipeline:
                 pending.future.set_result(receipt)
 
     async def receive_many(self, inbounds: Sequence[Inbound]) -> list[Receipt]:
-        """One transaction for all; retried once on a unique-key race with another process."""
+        """One transaction for all; retried on a unique-key race with another process."""
         if not self.erasure_key:
             async with self.db.transaction() as session:  # committed before any batch relies on it
                 self.erasure_key = await customers.erasure_key(session)
-        for attempt in (1, 2):
+        for attempt in range(1, RACE_ATTEMPTS + 1):
             try:
                 async with self.db.transaction() as session:
                     receipts = await _receive(session, inbounds, self)
                     queued = outbox_rows.queued(session)
                 break
             except (IntegrityError, OperationalError) as exc:
-                if attempt == 2 or not _race(exc):
+                if attempt == RACE_ATTEMPTS or not _race(exc):
                     raise
         if queued and self.on_commit is not None:
             self.on_commit()
