@@ -75,7 +75,11 @@ def parse_answer(text: str) -> tuple[int, str | None] | None:
     """(score, None) for a bare score; a text reply carries no comment (the webhook's does)."""
     if len(text) > 40:
         return None
-    normal = unicodedata.normalize("NFKC", text)
+    # Invisible format characters (RLM/LRM, zero-width spaces, a BOM, bidi isolates: category
+    # Cf) come from keyboards and copy-paste, not from the customer: "\u200f5" is a bare "5".
+    normal = "".join(
+        ch for ch in unicodedata.normalize("NFKC", text) if unicodedata.category(ch) != "Cf"
+    )
     found = _ANSWER.match(normal)
     if found is not None:
         number = found.group(1).lower()
@@ -92,6 +96,8 @@ async def as_answer(reads: Lookup, conversation_id: int, inbound: Inbound) -> In
     is logged as an event of kind "survey" and left to record() below."""
     if inbound.meta.get("sender_verified") is False:
         return None  # a forged From must not answer someone's survey (channels/mail_auth.py)
+    if inbound.attachments:
+        return None  # "1" under a photo of the broken box shows staff something: a message
     parsed = parse_answer(inbound.text)
     if parsed is None:
         return None

@@ -1,0 +1,175 @@
+"""More survey answers as customers send them (#12): a score wrapped in the invisible marks that
+keyboards and copy-paste add (RTL/LTR marks, zero-width spaces, a byte-order mark) is still a bare
+score; a score that comes with a photo, a file or a mail attachment is the customer showing
+something: a message that reopens, is classified and reaches staff, on every channel."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from sqlalchemy import select
+
+from bot.messages import Attachment, Inbound
+from channels.email import MailStore, to_inbound
+from channels.mail_auth import AuthSettings
+from handlers import lifecycle, staff_group, survey
+from handlers.roles import SYSTEM
+from storage.db import Database
+from storage.models import Conversation, Interaction, OutboxRow, Survey
+from tests.handlers.care_helpers import STAFF_CHAT, STAFF_ROOM, care_pipeline, config
+from tests.servers.callback import CallbackServer
+from tests.servers.kefu import base_config, post_signed, running_kefu, url
+
+# Format characters (Unicode category Cf) a customer cannot see: RLM, LRM, ZWSP, ZWNJ, word
+# joiner, BOM, the bidi embeddings and isolates.
+INVISIBLE = st.sampled_from(
+    ["\u200f", "\u200e", "\u200b", "\u200c", "\u2060", "\ufeff", "\u202b", "\u202c", "\u2067",
+     "\u2069", "\u061c"]
+)
+BARE = st.sampled_from(
+    [("5", 5), ("1", 1), ("５", 5), ("5分", 5), ("4 stars", 4), ("⭐⭐", 2), ("三", 3), ("5/5", 5)]
+)
+
+
+@given(
+    form=BARE,
+    before=st.lists(INVISIBLE, max_size=3).map("".join),
+    after=st.lists(INVISIBLE, max_size=3).map("".join),
+    space=st.sampled_from(["", " ", "\n"]),
+)
+def test_a_bare_score_in_invisible_marks_is_an_answer(
+    form: tuple[str, int], before: str, after: str, space: str
+) -> None:
+    text, score = form
+    assert survey.parse_answer(f"{before}{text}{space}{after}") == (score, None)
+
+
+@given(
+    form=BARE,
+    mark=INVISIBLE,
+    words=st.sampled_from(["parcel lost", "包裹丢了", "refund", "where is it"]),
+)
+def test_invisible_marks_do_not_hide_words(form: tuple[str, int], mark: str, words: str) -> None:
+    text, _ = form
+    assert survey.parse_answer(f"{text}{mark}{words}") is None
+    assert survey.parse_answer(f"{text} {mark}{words}{mark}") is None
+
+
+T0 = datetime(2027, 3, 1, 2, 0, tzinfo=UTC)
+CFG = config(survey={"ask_after": "0s", "expires_after": "2d"})
+AUTH = AuthSettings(authserv_ids=("mx.kefu.test",), verify_dkim=False)
+PHOTO = b"\xff\xd8\xff\xe0" + b"broken-box" * 50
+
+
+def _mail(n: int, body: str, at: datetime, store: MailStore, photo: bool) -> Inbound:
+    message = EmailMessage()
+    message["From"] = "Ann <ann@example.org>"
+    message["To"] = "support@example.com"
+    message["Subject"] = "Re: your order"
+    message["Message-ID"] = f"<ann-{n}@example.org>"
+    message["Authentication-Results"] = "mx.kefu.test; dmarc=pass header.from=example.org"
+    message.set_content(f"{body}\n\nOn Mon, 1 Mar 2027 at 10:00, Support <support@example.com> "
+                        "wrote:\n> How would you rate us, 1 to 5?\n")
+    if photo:
+        message.add_attachment(PHOTO, maintype="image", subtype="jpeg", filename="box.jpg")
+    return to_inbound(
+        message.as_bytes(), store, own_address="support@example.com", now=at, auth=AUTH
+    )
+
+
+def _telegram(n: int, text: str, at: datetime, store: MailStore, photo: bool) -> Inbound:
+    # A photo with the caption "1", as channels/telegram_updates.py reads it.
+    attachments = (
+        (Attachment("photo", file_id=f"ph-{n}", mime_type="image/jpeg", caption=text),)
+        if photo
+        else ()
+    )
+    return Inbound("telegram", f"777:{n}", "777", text, received_at=at, attachments=attachments)
+
+
+@pytest.mark.parametrize("make", [_telegram, _mail], ids=["telegram", "email"])
+async def test_a_score_with_a_photo_is_a_message(
+    db: Database,
+    make: Callable[[int, str, datetime, MailStore, bool], Inbound],
+    tmp_path: Path,
+) -> None:
+    store = MailStore(tmp_path / "mail", 1 << 20)
+    pipeline, _ = care_pipeline(db, CFG)
+    pipeline.observers.insert(0, staff_group.mirror_observer(STAFF_ROOM))
+    first = await pipeline.receive(make(1, "where is my parcel?", T0, store, False))
+    cid = first.conversation_id
+    assert cid is not None
+    async with db.transaction() as s:
+        change = await lifecycle.resolve(s, cid, SYSTEM, CFG, now=T0 + timedelta(hours=1))
+    assert change.survey_id is not None
+    shown = await pipeline.receive(make(2, "1", T0 + timedelta(hours=2), store, True))
+    # A bare score without a photo still answers the next survey.
+    async with db.transaction() as s:
+        again = await lifecycle.resolve(s, cid, SYSTEM, CFG, now=T0 + timedelta(hours=3))
+    assert again.survey_id is not None
+    await pipeline.receive(make(3, "\u200f4\u200b", T0 + timedelta(hours=4), store, False))
+    await pipeline.close()
+    assert shown.conversation_id == cid
+    async with db.sessions() as s:
+        asked = await s.get(Survey, change.survey_id)
+        answered = await s.get(Survey, again.survey_id)
+        conversation = await s.get(Conversation, cid)
+        row = await s.get(Interaction, shown.interaction_id)
+        mirrored = list(
+            await s.scalars(
+                select(OutboxRow.payload).where(
+                    OutboxRow.channel == "telegram",
+                    OutboxRow.address == str(STAFF_CHAT),
+                    OutboxRow.conversation_id == cid,
+                )
+            )
+        )
+    assert asked is not None and asked.score is None
+    assert row is not None and row.direction == "in" and row.attachments
+    # The photo reopened it (the second resolve above refuses a resolved conversation); the
+    # invisible-marked "4" then answered without reopening.
+    assert conversation is not None and conversation.status == "resolved"
+    # The photo reached the staff group (mirrors of one conversation may share one post).
+    assert any("📎" in (p.get("text") or "") for p in mirrored), mirrored
+    assert answered is not None and answered.score == 4
+
+
+SECRET = "attack-secret-5c"
+
+
+async def test_over_http_a_score_with_an_attachment_reopens(tmp_path: Path) -> None:
+    async with CallbackServer(SECRET) as callback:
+        cfg = base_config(
+            f"sqlite+aiosqlite:///{tmp_path / 'kefu.db'}",
+            webhook={"sources": {"shop": {"secret_env": "SHOP_SECRET",
+                                          "callback_url": callback.url}}},
+            survey={"ask_after": "0s"},
+        )
+        async with (
+            running_kefu(cfg, {"SHOP_SECRET": SECRET}) as kefu,
+            httpx.AsyncClient(timeout=10) as client,
+        ):
+            endpoint = url(kefu, "/webhooks/shop")
+            r = await post_signed(client, endpoint, SECRET,
+                                  {"id": "m-1", "user": {"id": "u-1"}, "text": "hello?"})
+            cid = r.json()["conversation_id"]
+            async with kefu.db.transaction() as s:
+                change = await lifecycle.resolve(s, cid, SYSTEM, kefu.config)
+            r = await post_signed(
+                client, endpoint, SECRET,
+                {"id": "m-2", "user": {"id": "u-1"}, "text": "1",
+                 "attachments": [{"url": "https://shop.example/u/box.jpg", "name": "box.jpg"}]},
+            )
+            assert r.status_code == 202, r.text
+            async with kefu.db.sessions() as s:
+                asked = await s.get(Survey, change.survey_id)
+                conversation = await s.get(Conversation, cid)
+    assert asked is not None and asked.score is None
+    assert conversation is not None and conversation.status == "open"
