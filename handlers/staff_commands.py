@@ -31,6 +31,7 @@ USAGE = (
     "/history [n], /whois, /vip on|off, /tag <tag>"
 )
 HISTORY_DEFAULT = 10
+_NO_KEY_UPDATE = {"key_share": True}
 HISTORY_MAX = 50
 LINE_LIMIT = 200
 # /name or /name@bot_username, then the arguments (which may span lines).
@@ -108,7 +109,17 @@ async def run(
         return f"Unknown command /{name}. {USAGE}"
     if conversation is None:
         return f"/{name} works inside a conversation's topic, or as a reply to its message."
-    customer = await customers.by_id(session, conversation.customer_id)
+    # Two staff members acting on one conversation at once (two /claim): each command decides on
+    # the conversation as it is once the other has committed. Customer first, then conversation:
+    # the order in which the pipeline locks them, so the two cannot deadlock. FOR NO KEY UPDATE:
+    # this post's own rows that name the conversation (processed_messages) hold a key-share lock
+    # on it, which FOR UPDATE would wait on. (SQLite: the write transaction is exclusive already.)
+    customer = await session.get(
+        Customer, conversation.customer_id, with_for_update=_NO_KEY_UPDATE, populate_existing=True
+    )
+    await session.refresh(conversation, with_for_update=_NO_KEY_UPDATE)
+    if customer is None or customer.id != conversation.customer_id:  # merged meanwhile
+        customer = await customers.by_id(session, conversation.customer_id)
     assert customer is not None
     ctx = Context(session, member, conversation, customer, args, post, config)
     try:
@@ -121,8 +132,18 @@ async def run(
         return f"⛔ /{name}: {exc}."
 
 
+def _closed(ctx: Context) -> str | None:
+    """Closed is final: nobody is left to answer, so nobody takes it (the customer's next message
+    starts a new conversation, routed afresh)."""
+    if ctx.conversation.status != "closed":
+        return None
+    return f"ℹ️ #{ctx.conversation.id} is closed: the customer's next message starts a new one."
+
+
 async def claim(ctx: Context) -> str:
     roles.require_claim(ctx.actor, ctx.conversation.assignee, f"conversation {ctx.conversation.id}")
+    if (closed := _closed(ctx)) is not None:
+        return closed
     if ctx.conversation.assignee == ctx.member.id:
         return f"#{ctx.conversation.id} is already yours."
     before = ctx.conversation.assignee
@@ -134,6 +155,8 @@ async def claim(ctx: Context) -> str:
 
 async def assign(ctx: Context) -> str:
     ctx.require("assign")
+    if (closed := _closed(ctx)) is not None:
+        return closed
     name = ctx.args.strip().removeprefix("@")
     if not name:
         return "Usage: /assign <staff name>"
