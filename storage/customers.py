@@ -472,10 +472,15 @@ async def _erase_outbox(
             )
         )
     where = or_(*conditions)
+    # A row on the wire loses its claim: the worker's outcome, recorded after this commit (a
+    # Telegram message key holds the chat id, a refusal can quote the address, a dead row adds a
+    # line to the log), finds the claim gone and writes nothing (storage/deliveries.py finish).
     await session.execute(
         update(OutboxRow)
         .where(where, OutboxRow.status.in_(OUTBOX_UNSENT))
-        .values(status="dead", last_error="customer forgotten")
+        .values(
+            status="dead", last_error="customer forgotten", claim_token=None, claimed_until=None
+        )
         .execution_options(synchronize_session=False)
     )
     result = await session.execute(
