@@ -322,6 +322,30 @@ async def _receive(
     return [r for r in receipts if r is not None]
 
 
+async def _closed_answer(
+    session: AsyncSession,
+    reads: SessionLookup,
+    pipeline: Pipeline,
+    named: Conversation | None,
+    customer_id: int,
+    inbound: Inbound,
+) -> tuple[Conversation, Inbound] | None:
+    """The message as the answer to a survey whose conversation is closed (a lead resolved and
+    closed it, or it was auto-closed before the survey expired): the closed conversation it
+    replies to, else the one of the customer's open survey. None: a message like any other."""
+    if pipeline.answer is None:
+        return None
+    if named is not None:
+        conversation: Conversation | None = named
+    else:
+        found = await surveys.open_conversation_of(session, customer_id, inbound.received_at)
+        conversation = None if found is None else await session.get(Conversation, found)
+    if conversation is None or conversation.status != "closed":
+        return None
+    answer = await pipeline.answer(reads, conversation.id, inbound)
+    return None if answer is None else (conversation, answer)
+
+
 async def _log_fresh(
     session: AsyncSession,
     inbounds: list[Inbound],
@@ -346,11 +370,24 @@ async def _log_fresh(
             customer.display_name = inbound.display_name
         if customer.language is None and inbound.language:
             customer.language = inbound.language
-        conversation = await ingest.named_conversation(session, inbound, customer.id)
+        named = await ingest.named_conversation(session, inbound, customer.id)
+        conversation = named
         if conversation is None or conversation.status == "closed":
             # Closed is final: a reply to a closed thread joins the customer's live conversation,
             # and only without one starts a new conversation.
             conversation = latest.get(customer.id)
+            if (
+                inbound.kind in SPOKEN
+                and (named is not None or conversation is None)
+                and id(customer) not in created
+                and (late := await _closed_answer(session, reads, pipeline, named, customer.id,
+                                                  inbound)) is not None
+            ):
+                # "5" for the survey of a conversation closed since it was asked: its answer, an
+                # event in that conversation; no new conversation reaches staff as "5".
+                conversation, inbounds[n] = late
+                threads.append(conversation)
+                continue
         if conversation is None and inbound.kind in SPOKEN:
             conversation = Conversation(customer_id=customer.id, created_at=inbound.received_at)
             new_conversations.append(conversation)

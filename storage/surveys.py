@@ -62,6 +62,24 @@ async def open_for(session: AsyncSession, conversation_id: int, now: datetime) -
     )
 
 
+async def open_conversation_of(
+    session: AsyncSession, customer_id: int, now: datetime
+) -> int | None:
+    """The conversation of the customer's latest survey still waiting for an answer at `now`
+    (whatever became of the conversation since: a survey outlives a close)."""
+    return await session.scalar(
+        select(Survey.conversation_id)
+        .where(
+            Survey.customer_id == customer_id,
+            Survey.answered_at.is_(None),
+            Survey.asked_at <= now,
+            Survey.expires_at > now,
+        )
+        .order_by(Survey.id.desc())
+        .limit(1)
+    )
+
+
 async def erase_for_customer(session: AsyncSession, customer_id: int) -> int:
     """Forget: comments are personal data; scores stay for the anonymous CSAT figures. Surveys
     not yet answered are closed, so nothing the customer sends later is recorded."""
