@@ -172,6 +172,9 @@ def print_trips(c: Counts, messages: int) -> None:
     print("  per transaction: " + ", ".join(
         f"{tag} {n / per:.1f}" for tag, n in c.statements.most_common()
     ))
+    print("  round trips per transaction, by the first statement each sent:")
+    for sql, n in c.trips_by.most_common(12):
+        print(f"    {n / per:5.2f}  (run {c.executed[sql] / per:5.2f})  {sql}")
 
 
 def report(r: Result, baseline: float) -> None:

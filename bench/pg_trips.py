@@ -23,6 +23,9 @@ class Counts:
     parses: int = 0
     commits: int = 0
     statements: Counter[str] = field(default_factory=Counter)  # CommandComplete tag -> count
+    # The statement's text (its start) -> times run (Bind), and -> round trips that ran it first
+    executed: Counter[str] = field(default_factory=Counter)
+    trips_by: Counter[str] = field(default_factory=Counter)
 
     def minus(self, before: Counts) -> Counts:
         return Counts(
@@ -30,6 +33,8 @@ class Counts:
             self.parses - before.parses,
             self.commits - before.commits,
             self.statements - before.statements,
+            self.executed - before.executed,
+            self.trips_by - before.trips_by,
         )
 
 
@@ -80,6 +85,8 @@ class TripCounter:
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.counts = Counts()
+        self._names: dict[tuple[int, str], str] = {}  # (connection, prepared name) -> text
+        self._trip: dict[int, str] = {}  # connection -> the first statement of its open trip
         self.port = 0
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
@@ -94,7 +101,10 @@ class TripCounter:
     def snapshot(self) -> Counts:
         with self._lock:
             c = self.counts
-            return Counts(c.round_trips, c.parses, c.commits, Counter(c.statements))
+            return Counts(
+                c.round_trips, c.parses, c.commits, Counter(c.statements), Counter(c.executed),
+                Counter(c.trips_by),
+            )
 
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -111,14 +121,19 @@ class TripCounter:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        conn = id(writer)
         await asyncio.gather(
-            self._pipe(reader, up_writer, _Stream(server=False)),
-            self._pipe(up_reader, writer, _Stream(server=True)),
+            self._pipe(reader, up_writer, _Stream(server=False), conn),
+            self._pipe(up_reader, writer, _Stream(server=True), conn),
             return_exceptions=True,
         )
 
     async def _pipe(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stream: _Stream
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        stream: _Stream,
+        conn: int,
     ) -> None:
         try:
             while data := await reader.read(65536):
@@ -126,18 +141,41 @@ class TripCounter:
                 messages = stream.feed(data)
                 with self._lock:
                     for kind, body in messages:
-                        self._count(stream.server, kind, body)
+                        self._count(stream.server, kind, body, conn)
                 await writer.drain()
         finally:
             writer.close()
 
-    def _count(self, server: bool, kind: str, body: bytes) -> None:
+    def _count(self, server: bool, kind: str, body: bytes, conn: int) -> None:
         if server and kind == "Z":
             self.counts.round_trips += 1
+            self.counts.trips_by[self._trip.pop(conn, "(other)")] += 1
+        elif not server and kind in "PBQ":
+            self._statement(kind, body, conn)
         elif server and kind == "C":
             tag = body.rstrip(b"\0").decode(errors="replace").split(" ")[0]
             self.counts.statements[tag] += 1
             if tag == "COMMIT":
                 self.counts.commits += 1
-        elif not server and kind == "P":
+        if not server and kind == "P":
             self.counts.parses += 1
+
+    def _statement(self, kind: str, body: bytes, conn: int) -> None:
+        """Which statement a Parse, Bind or simple Query names: its text's first words."""
+        if kind == "Q":
+            sql = _start(body.rstrip(b"\0").decode(errors="replace"))
+        else:
+            first, _, rest = body.partition(b"\0")
+            if kind == "P":
+                sql = _start(rest.partition(b"\0")[0].decode(errors="replace"))
+                self._names[(conn, first.decode())] = sql
+                self._trip.setdefault(conn, sql)
+                return
+            name = rest.partition(b"\0")[0].decode()
+            sql = self._names.get((conn, name), "(unknown)")
+        self.counts.executed[sql] += 1
+        self._trip.setdefault(conn, sql)
+
+
+def _start(sql: str) -> str:
+    return " ".join(sql.split())[:90]
