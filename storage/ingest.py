@@ -19,6 +19,7 @@ from sqlalchemy import (
     JSON,
     BindParameter,
     Column,
+    ColumnElement,
     Insert,
     Select,
     Table,
@@ -27,12 +28,14 @@ from sqlalchemy import (
     bindparam,
     func,
     insert,
+    literal_column,
     select,
     text,
+    true,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm import aliased, make_transient_to_detached
 
 from bot.messages import Inbound
 from storage import dialect
@@ -66,9 +69,48 @@ _OWNERS = (
         Identity.address.in_(bindparam("keys", expanding=True)),
     )
 )
-# PostgreSQL: the senders' customers are locked as they are read (in id order, so two batches
-# cannot deadlock): see live_conversations.
-_OWNERS_PG = _OWNERS.order_by(Customer.id).with_for_update(of=Customer)
+# PostgreSQL: one probe of the unique index per key, whatever the table's size. With a key list
+# (IN or = ANY) the planner prefers a sequential scan of a young table (a few thousand rows, all
+# cached), and compares every row with every key: 2-2.5 ms of server time per batch read in
+# bench/ingest.py, 10x the probes'. A LATERAL subquery with LIMIT 1 per key cannot be turned into
+# a scan and a hash join. One array parameter: one statement text and one prepared statement
+# whatever the batch size.
+_KEYS_PG = (
+    func.unnest(bindparam("keys", type_=postgresql.ARRAY(Text())))
+    .table_valued("key")
+    .render_derived(name="k")
+)
+# A LIMIT the planner sees: a parameter's value is unknown to a generic plan.
+_ONE: ColumnElement[int] = literal_column("1")
+_LOGGED_ONE_PG = (
+    select(
+        Interaction.external_id,
+        Interaction.id,
+        Interaction.customer_id,
+        Interaction.conversation_id,
+    )
+    .where(
+        Interaction.channel == bindparam("channel"),
+        Interaction.external_id == _KEYS_PG.c.key,
+    )
+    .limit(_ONE)
+    .lateral("logged")
+)
+_LOGGED_PG = select(*_LOGGED_ONE_PG.c).select_from(_KEYS_PG.join(_LOGGED_ONE_PG, true()))
+# The senders' customers are locked as they are read: in the order of the (sorted) addresses,
+# the same in every batch and process, so two batches cannot deadlock (see live_conversations).
+_OWNER_PG = (
+    select(Identity.address, Customer)
+    .join(Customer, Customer.id == Identity.customer_id)
+    .where(Identity.channel == bindparam("channel"), Identity.address == _KEYS_PG.c.key)
+    .limit(_ONE)
+    .with_for_update(of=Customer)
+    .lateral("owner")
+)
+_OWNER_CUSTOMER_PG = aliased(Customer, _OWNER_PG)
+_OWNERS_PG = select(_OWNER_PG.c.address, _OWNER_CUSTOMER_PG).select_from(
+    _KEYS_PG.join(_OWNER_PG, true())
+)
 _LOCK_PG = (
     select(Customer.id)
     .where(Customer.id.in_(bindparam("customers", expanding=True)))
@@ -106,8 +148,9 @@ async def logged(
     session: AsyncSession, channel: str, keys: Sequence[str]
 ) -> list[tuple[str | None, int, int, int | None]]:
     """(external_id, interaction id, customer id, conversation id) of the keys already logged."""
-    rows = await session.execute(_LOGGED, {"channel": channel, "keys": list(keys)})
-    return [tuple(row) for row in rows]  # type: ignore[misc]
+    statement = _LOGGED if dialect.is_sqlite(session) else _LOGGED_PG
+    rows = await session.execute(statement, {"channel": channel, "keys": list(keys)})
+    return [(row[0], row[1], row[2], row[3]) for row in rows]
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +174,7 @@ async def identify(
     by_address = by_channel((i.channel, i.address) for i in inbounds)
     statement = _OWNERS if dialect.is_sqlite(session) else _OWNERS_PG
     for channel, addresses in by_address.items():
-        found = await session.execute(statement, {"channel": channel, "keys": list(addresses)})
+        found = await session.execute(statement, {"channel": channel, "keys": sorted(addresses)})
         for address, customer in found:
             owner[(channel, address)] = customer.id
             customers[customer.id] = customer
@@ -170,12 +213,14 @@ async def live_conversations(session: AsyncSession, senders: Senders) -> dict[in
 
     Only customers that existed before the batch can have one: a batch of first contacts reads
     nothing. On PostgreSQL several kefu processes may receive one customer's messages at once:
-    the customers are locked first (in id order, so two batches cannot deadlock) so only one of
-    them opens a conversation; this statement, run after the lock is granted, sees what the
-    holder committed. A batch from one channel took the locks with its read of the senders in
-    identify(), a round trip less. (A customer created by this transaction is invisible to the
-    others until it commits: another process's copy of its first message fails on the identity's
-    unique key and is retried.)"""
+    the customers are locked first so only one of them opens a conversation; this statement, run
+    after the lock is granted, sees what the holder committed. identify() took the locks as it
+    read the senders, channel by channel, in the order of their addresses (the same in every
+    batch and process, so two batches from one channel cannot deadlock), a round trip less; a
+    batch from several channels also locks them all in id order here (a deadlock with another
+    such batch is retried, as any lost race). (A customer created by this transaction is
+    invisible to the others until it commits: another process's copy of its first message fails
+    on the identity's unique key and is retried.)"""
     if not senders.known:
         return {}
     if not senders.locked and not dialect.is_sqlite(session):
