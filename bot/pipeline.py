@@ -490,9 +490,10 @@ async def _log_fresh(
     # Round-robin cursors, once per team and batch: the router kept the batch's own moves.
     for team, staff_id in cursors.items():
         await routing_cursors.advance(session, team, staff_id, utcnow())
-    # The log is the hot path: plain executemany, not the ORM's unit of work.
-    ids = await ingest.add_rows(session, Interaction, logged)
-    await session.flush()  # the conversations touched above
+    # The log is the hot path: one statement (on PostgreSQL with the conversations touched
+    # above), not the ORM's unit of work.
+    ids = await ingest.log_lines(session, logged)
+    await session.flush()  # what is left (SQLite: the conversations touched above)
     if not pipeline.observers:
         for n, interaction_id, (customer, conversation, _, _) in zip(
             positions, ids, notes, strict=True

@@ -17,7 +17,9 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     BindParameter,
+    Boolean,
     Column,
     ColumnElement,
     Insert,
@@ -28,6 +30,7 @@ from sqlalchemy import (
     bindparam,
     func,
     insert,
+    inspect,
     literal_column,
     select,
     text,
@@ -36,6 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased, make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 
 from bot.messages import Inbound
 from storage import dialect
@@ -380,6 +384,94 @@ async def add_rows(
         )
         return ids
     statement, columns = _insert_unnest_pg(table)
+    result = await session.execute(statement, _arrays(columns, rows))
+    return list(result.scalars())
+
+
+@functools.cache
+def _insert_unnest_pg(table: Table) -> tuple[TextClause, list[Column[Any]]]:
+    """PostgreSQL: n rows in one statement of one fixed text whatever n, one array per column
+    (an executemany runs the INSERT once per row on the server and is prepared again for every
+    batch size SQLAlchemy groups its VALUES by). Each row's id is drawn once in `w` (a CTE read
+    twice is computed once) and the ids come back in the rows' order. A JSON value travels as
+    its text (in an array, a list would be read as a dimension of the array)."""
+    sql, columns, binds = _unnest_parts(table)
+    return text(sql).bindparams(*binds), columns
+
+
+def _unnest_parts(table: Table) -> tuple[str, list[Column[Any]], list[BindParameter[Any]]]:
+    columns = [c for c in table.columns if c.key != "id"]
+    assert all(c.server_default is None for c in columns), table.name  # no NULL in its place
+    dialect_ = postgresql.dialect()  # type: ignore[no-untyped-call]
+    arrays: list[str] = []
+    selected: list[str] = []
+    binds: list[BindParameter[Any]] = []
+    for n, c in enumerate(columns):
+        is_json = isinstance(c.type, JSON)
+        kind = Text() if is_json else c.type
+        arrays.append(f"CAST(:c{n} AS {kind.compile(dialect=dialect_)}[])")
+        selected.append(f"CAST({c.name} AS JSON)" if is_json else c.name)
+        binds.append(bindparam(f"c{n}", type_=postgresql.ARRAY(kind)))
+    names = ", ".join(c.name for c in columns)
+    sql = (
+        f"WITH w AS MATERIALIZED (SELECT nextval(pg_get_serial_sequence('{table.name}', 'id'))"
+        f" AS id, w.* FROM unnest({', '.join(arrays)}) WITH ORDINALITY AS w({names}, n)),"
+        f" made AS (INSERT INTO {table.name} (id, {names}) SELECT id, {', '.join(selected)}"
+        " FROM w) SELECT id FROM w ORDER BY n"
+    )
+    return sql, columns, binds
+
+async def log_lines(session: AsyncSession, rows: list[dict[str, object]]) -> list[int]:
+    """The batch's log lines (Interaction rows, as add_rows takes them); returns their ids.
+
+    On PostgreSQL the conversations the batch changed (the session's, changed in place by the
+    pipeline: reply address, last update, priority, team, assignee, due times) are written by the
+    same statement: one round trip, and one UPDATE over arrays instead of one per conversation,
+    which the session's flush sends (#16). Only the columns that changed in a conversation are
+    written, as the flush writes them. On SQLite the session flushes them, as before."""
+    if dialect.is_sqlite(session) or not rows:
+        return await add_rows(session, Interaction, rows)
+    changed = _changed_conversations(session)
+    if not changed:
+        return await add_rows(session, Interaction, rows)
+    columns = tuple(sorted({key for _, keys in changed for key in keys}))
+    params: dict[str, list[object]] = {"ids": [c.id for c, _ in changed]}
+    for n, key in enumerate(columns):
+        params[f"v{n}"] = [getattr(c, key) for c, _ in changed]
+        params[f"m{n}"] = [key in keys for _, keys in changed]
+    for conversation, keys in changed:
+        # Written below: the session holds them as the row will, with nothing left to flush.
+        for key in keys:
+            set_committed_value(conversation, key, getattr(conversation, key))
+    await session.flush()  # anything else pending (an event line) keeps its place in the log
+    statement, arrays = _log_and_touch_pg(columns)
+    params.update(_arrays(arrays, rows))
+    with session.no_autoflush:
+        result = await session.execute(statement, params)
+    return list(result.scalars())
+
+
+# The conversation columns the pipeline may change in a batch, by the flush's rules: a column is
+# written where its history says it changed.
+_CONVERSATION_COLUMNS = tuple(c.key for c in table_of(Conversation).columns if c.key != "id")
+
+
+def _changed_conversations(session: AsyncSession) -> list[tuple[Conversation, frozenset[str]]]:
+    found = []
+    for instance in session.dirty:
+        if type(instance) is not Conversation:
+            continue
+        state = inspect(instance)
+        keys = frozenset(
+            key for key in _CONVERSATION_COLUMNS if state.attrs[key].history.has_changes()
+        )
+        if keys:
+            found.append((instance, keys))
+    return found
+
+
+def _arrays(columns: list[Column[Any]], rows: list[dict[str, object]]) -> dict[str, list[object]]:
+    """add_rows' arrays on PostgreSQL: one per column, c0, c1, ..."""
     arrays: dict[str, list[object]] = {}
     for n, column in enumerate(columns):
         # A column a row leaves out gets the model's default, as an executemany would give it.
@@ -394,34 +486,38 @@ async def add_rows(
         arrays[f"c{n}"] = (
             [json.dumps(v) for v in values] if isinstance(column.type, JSON) else values
         )
-    result = await session.execute(statement, arrays)
-    return list(result.scalars())
+    return arrays
 
 
 @functools.cache
-def _insert_unnest_pg(table: Table) -> tuple[TextClause, list[Column[Any]]]:
-    """PostgreSQL: n rows in one statement of one fixed text whatever n, one array per column
-    (an executemany runs the INSERT once per row on the server and is prepared again for every
-    batch size SQLAlchemy groups its VALUES by). Each row's id is drawn once in `w` (a CTE read
-    twice is computed once) and the ids come back in the rows' order. A JSON value travels as
-    its text (in an array, a list would be read as a dimension of the array)."""
-    columns = [c for c in table.columns if c.key != "id"]
-    assert all(c.server_default is None for c in columns), table.name  # no NULL in its place
-    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
-    arrays: list[str] = []
-    selected: list[str] = []
-    binds: list[BindParameter[Any]] = []
-    for n, c in enumerate(columns):
-        is_json = isinstance(c.type, JSON)
-        kind = Text() if is_json else c.type
-        arrays.append(f"CAST(:c{n} AS {kind.compile(dialect=dialect)}[])")
-        selected.append(f"CAST({c.name} AS JSON)" if is_json else c.name)
-        binds.append(bindparam(f"c{n}", type_=postgresql.ARRAY(kind)))
-    names = ", ".join(c.name for c in columns)
-    sql = (
-        f"WITH w AS MATERIALIZED (SELECT nextval(pg_get_serial_sequence('{table.name}', 'id'))"
-        f" AS id, w.* FROM unnest({', '.join(arrays)}) WITH ORDINALITY AS w({names}, n)),"
-        f" made AS (INSERT INTO {table.name} (id, {names}) SELECT id, {', '.join(selected)}"
-        " FROM w) SELECT id FROM w ORDER BY n"
+def _log_and_touch_pg(changed: tuple[str, ...]) -> tuple[TextClause, list[Column[Any]]]:
+    """_insert_unnest_pg's INSERT of log lines, with an UPDATE of the conversations in a CTE.
+    Each conversation's row is found by its id with the primary key's index: `= ANY(ids)` as well
+    as the join, so the planner does not hash a scan of the table for a few rows."""
+    insert_sql, columns, binds = _unnest_parts(table_of(Interaction))
+    table = table_of(Conversation)
+    dialect_ = postgresql.dialect()  # type: ignore[no-untyped-call]
+    arrays = ["CAST(:ids AS BIGINT[])"]
+    names = ["id"]
+    sets = []
+    for n, key in enumerate(changed):
+        kind = table.c[key].type
+        arrays += [
+            f"CAST(:v{n} AS {kind.compile(dialect=dialect_)}[])",
+            f"CAST(:m{n} AS BOOLEAN[])",
+        ]
+        names += [f"v{n}", f"m{n}"]
+        sets.append(f"{key} = CASE WHEN u.m{n} THEN u.v{n} ELSE c.{key} END")
+        binds += [
+            bindparam(f"v{n}", type_=postgresql.ARRAY(kind)),
+            bindparam(f"m{n}", type_=postgresql.ARRAY(Boolean())),
+        ]
+    binds.append(bindparam("ids", type_=postgresql.ARRAY(BigInteger())))
+    sql = insert_sql.replace(
+        " SELECT id FROM w ORDER BY n",
+        f", touched AS (UPDATE conversations AS c SET {', '.join(sets)}"
+        f" FROM unnest({', '.join(arrays)}) AS u({', '.join(names)})"
+        " WHERE c.id = u.id AND c.id = ANY(CAST(:ids AS BIGINT[])))"
+        " SELECT id FROM w ORDER BY n",
     )
     return text(sql).bindparams(*binds), columns

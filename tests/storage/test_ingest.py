@@ -240,3 +240,44 @@ async def test_a_batchs_key_reads_probe_the_unique_indexes_of_a_young_database(
                 assert "Seq Scan" not in plan, plan
     finally:
         await db.dispose()
+
+
+async def test_a_batchs_conversation_changes_go_with_its_log_lines(db: Database) -> None:
+    # PostgreSQL (#16): the conversations a batch changed (new ones: reply address, due times;
+    # known ones: the last update) are written by the statement that logs the lines, not by an
+    # UPDATE per conversation at the flush. What is stored is the same on both databases.
+    from datetime import UTC, datetime, timedelta
+
+    from bot.plugins import pipeline as plugged_pipeline
+
+    pipeline = plugged_pipeline(db)
+    t0 = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)  # after the rows' creation
+    first = [replace(i, received_at=t0) for i in first_contacts(3)]
+    await pipeline.receive_many(first)
+    sent: list[str] = []
+
+    @event.listens_for(db.engine.sync_engine, "before_cursor_execute")
+    def record(_c: Any, _cur: Any, statement: str, *_rest: Any) -> None:
+        sent.append(" ".join(statement.split())[:40])
+
+    later = t0 + timedelta(minutes=5)
+    batch = [
+        replace(i, external_id=f"again-{i.external_id}", received_at=later) for i in first
+    ] + [replace(i, received_at=later) for i in first_contacts(2, start=10)]
+    receipts = await pipeline.receive_many(batch)
+    event.remove(db.engine.sync_engine, "before_cursor_execute", record)
+    await pipeline.close()
+    if not db.is_sqlite:
+        assert not [s for s in sent if s.startswith("UPDATE conversations")], sent
+    async with db.sessions() as session:
+        for inbound, receipt in zip(batch, receipts, strict=True):
+            conversation = await session.get(Conversation, receipt.conversation_id)
+            assert conversation is not None
+            assert conversation.updated_at == later
+            assert (conversation.reply_channel, conversation.reply_address) == (
+                inbound.channel,
+                inbound.address,
+            )
+            assert conversation.first_response_due_at is not None
+            assert conversation.sla_due_at == conversation.first_response_due_at
+    assert len({r.conversation_id for r in receipts}) == 5
