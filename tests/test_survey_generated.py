@@ -44,7 +44,8 @@ PADDING = st.sampled_from(["", " ", "  ", "\n", "\u3000", "\u200b", "\u200f", "\
 CLOSING = st.sampled_from(["", "!", "!!", ".", "。", "！", "~", " !", "\n\n"])
 # After a score: the customer speaking.
 WORDS = st.sampled_from([
-    " 个包裹丢了", " but the box was wet", ", refund please", " - where is my parcel?", "点", "点です",
+    " 个包裹丢了", " but the box was wet", ", refund please", " - where is my parcel?", "点",
+    "点です",
     " 😡", "?", "？", " 5", "/10", "0", " 还没到", ") thanks", "\n\nmy parcel never came",
     " stars? no", " but", "…",
 ]) | st.text(alphabet="abcdeghijklmnqruvwxyz包裹退款丢了", min_size=2, max_size=10).map(
