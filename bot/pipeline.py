@@ -54,6 +54,7 @@ from bot.effects import (
 )
 from bot.lookup import Lookup
 from bot.messages import SPOKEN, THREAD, TITLE, Inbound, Receipt
+from bot.text import redact_key
 from storage import (
     audit,
     campaigns,
@@ -219,7 +220,7 @@ class Pipeline:
             log.error(
                 "pipeline.receive.failure channel=%s external_id=%s error=%s",
                 pending.inbound.channel,
-                pending.inbound.external_id,
+                redact_key(pending.inbound.external_id),  # a chat id or Message-ID names people
                 brief(exc),
             )
             if _one_message(exc):
