@@ -414,7 +414,12 @@ async def _after_erasure(db: Database, erasure: customers.Erasure, cfg: Config) 
     """Once the erasure is committed: the mail store's files, then the database's own leftovers
     (SQLite keeps old page images in its WAL until a checkpoint)."""
     failed = customers.remove_files(erasure.files, cfg.email.store_dir)
-    await db.scrub()
+    if not await db.scrub():
+        raise customers.CustomerError(
+            "erased in the database, but another connection (a long read in kefu run, a backup "
+            "tool) kept reading the SQLite file, which holds the old pages until the next "
+            "checkpoint (kefu run makes one as it writes and when it stops)"
+        )
     if failed:
         raise customers.CustomerError(
             f"erased in the database, but could not delete {len(failed)} stored files, "

@@ -170,16 +170,20 @@ class Database:
                 return False  # a new database: no version table yet
         return found == heads
 
-    async def scrub(self) -> None:
+    async def scrub(self) -> bool:
         """After an erasure: SQLite keeps the old images of changed pages in its WAL until a
         checkpoint copies the new ones into the file; TRUNCATE also empties the WAL file. (Freed
-        space in the file itself is zeroed as it is freed: secure_delete.)"""
+        space in the file itself is zeroed as it is freed: secure_delete.) False: another
+        connection kept reading an older snapshot past the busy timeout, so the file still holds
+        the old pages until a later checkpoint."""
         if not self.is_sqlite:
-            return
+            return True
         async with self.engine.connect() as conn:
             raw = await conn.get_raw_connection()
             driver: Any = raw.driver_connection
-            await driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            cursor = await driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            busy, *_ = await cursor.fetchone()
+            return not busy
 
     async def dispose(self) -> None:
         await self.engine.dispose()
