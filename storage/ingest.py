@@ -41,6 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
+from bot.lookup import StaffView
 from bot.messages import Inbound
 from storage import dialect
 from storage.models import (
@@ -86,21 +87,33 @@ _KEYS_PG = (
 )
 # A LIMIT the planner sees: a parameter's value is unknown to a generic plan.
 _ONE: ColumnElement[int] = literal_column("1")
-_LOGGED_ONE_PG = (
-    select(
-        Interaction.external_id,
-        Interaction.id,
-        Interaction.customer_id,
-        Interaction.conversation_id,
-    )
-    .where(
-        Interaction.channel == bindparam("channel"),
-        Interaction.external_id == _KEYS_PG.c.key,
-    )
-    .limit(_ONE)
-    .lateral("logged")
-)
-_LOGGED_PG = select(*_LOGGED_ONE_PG.c).select_from(_KEYS_PG.join(_LOGGED_ONE_PG, true()))
+# The dedupe read also brings the active staff (id, name, role, on duty, Telegram id), as one
+# JSON value on every row (and on one row of NULLs when no key is logged): the router reads the
+# team on duty in every batch that assigns, and so costs no round trip of its own (#16). Read
+# afresh in every transaction, so a change of duty (from any process, or by hand in SQL) counts
+# from the next batch on; nothing is cached across transactions to invalidate.
+_LOGGED_PG = text(
+    """
+SELECT r.roster, l.external_id, l.id, l.customer_id, l.conversation_id
+FROM (
+    SELECT CAST(
+        json_agg(json_build_array(id, name, role, on_duty, telegram_user_id) ORDER BY id)
+        AS TEXT
+    ) AS roster
+    FROM staff WHERE active
+) AS r
+LEFT JOIN (
+    unnest(CAST(:keys AS TEXT[])) AS k(key)
+    CROSS JOIN LATERAL (
+        SELECT external_id, id, customer_id, conversation_id FROM interactions
+        WHERE channel = :channel AND external_id = k.key LIMIT 1
+    ) AS l
+) ON true
+"""
+).bindparams(bindparam("keys", type_=postgresql.ARRAY(Text())), bindparam("channel"))
+# session.info key of the roster the dedupe read brought: its JSON as text (the driver would
+# decode a json column on every row), parsed when the router asks.
+ACTIVE_STAFF = "kefu.ingest.active_staff"
 # The senders' customers are locked as they are read: in the order of the (sorted) addresses,
 # the same in every batch and process, so two batches cannot deadlock (see live_conversations).
 _OWNER_PG = (
@@ -152,9 +165,27 @@ async def logged(
     session: AsyncSession, channel: str, keys: Sequence[str]
 ) -> list[tuple[str | None, int, int, int | None]]:
     """(external_id, interaction id, customer id, conversation id) of the keys already logged."""
-    statement = _LOGGED if dialect.is_sqlite(session) else _LOGGED_PG
-    rows = await session.execute(statement, {"channel": channel, "keys": list(keys)})
-    return [(row[0], row[1], row[2], row[3]) for row in rows]
+    if dialect.is_sqlite(session):
+        rows = await session.execute(_LOGGED, {"channel": channel, "keys": list(keys)})
+        return [tuple(row) for row in rows]  # type: ignore[misc]
+    found = []
+    for row in await session.execute(_LOGGED_PG, {"channel": channel, "keys": list(keys)}):
+        session.info[ACTIVE_STAFF] = row[0]
+        if row[2] is not None:
+            found.append((row[1], row[2], row[3], row[4]))
+    return found
+
+
+def active_staff(session: AsyncSession) -> list[StaffView] | None:
+    """The active staff by id, as this transaction's dedupe read found them (PostgreSQL), or
+    None where it did not run."""
+    if ACTIVE_STAFF not in session.info:
+        return None
+    raw = session.info[ACTIVE_STAFF]
+    return [
+        StaffView(member, name, role, True, on_duty, telegram)
+        for member, name, role, on_duty, telegram in (json.loads(raw) if raw else [])
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from storage import (
     acknowledgements,
     conversations,
     customers,
+    ingest,
     insight,
     insight_segments,
     interactions,
@@ -102,9 +103,17 @@ class SessionLookup:
         cache = self.memo("team_members")
         key = (tuple(names), on_duty)
         if key not in cache:
-            with self._session.no_autoflush:
-                found = await staff.active(self._session, on_duty=on_duty, names=names)
-            cache[key] = tuple(staff_view(s) for s in found)
+            roster = ingest.active_staff(self._session)  # the batch's dedupe read brought it
+            if roster is not None:
+                cache[key] = tuple(
+                    s
+                    for s in roster
+                    if (s.on_duty or not on_duty) and (not names or s.name in names)
+                )
+            else:
+                with self._session.no_autoflush:
+                    found = await staff.active(self._session, on_duty=on_duty, names=names)
+                cache[key] = tuple(staff_view(s) for s in found)
         members: Sequence[StaffView] = cache[key]
         return members
 

@@ -274,3 +274,96 @@ async def test_round_robin_continues_across_pipeline_transactions(db: Database) 
     async with db.sessions() as s:
         cursor = (await s.scalars(select(RoutingCursor))).one()
     assert (cursor.team, cursor.last_staff_id) == ("care", ann.id)
+
+
+async def _duty_pipeline(db: Database) -> Any:
+    from bot.plugins import pipeline as plugged_pipeline
+
+    config = parse_config(
+        {
+            "routing": {
+                "assignment": "round_robin",
+                "teams": [{"name": "care", "members": ["ann", "ben", "cat"]}],
+            }
+        }
+    )
+    async with db.transaction() as s:
+        await staff.add(s, "ann")
+        (await staff.add(s, "ben")).on_duty = False
+        (await staff.add(s, "cat")).active = False
+        await staff.add(s, "outsider")
+    return plugged_pipeline(db, route=Router(config))
+
+
+async def _assignee(db: Database, conversation_id: int | None) -> str | None:
+    from storage.models import Staff
+
+    async with db.sessions() as s:
+        return await s.scalar(
+            select(Staff.name)
+            .join(Conversation, Conversation.assignee == Staff.id)
+            .where(Conversation.id == conversation_id)
+        )
+
+
+async def test_a_change_of_duty_by_another_process_counts_from_the_next_batch(
+    db: Database,
+) -> None:
+    # The router's team on duty is read in each batch's transaction: a change committed by
+    # another connection (another kefu process, an admin's SQL) before a batch starts is seen by
+    # that batch, never a roster of an earlier one.
+    from sqlalchemy import text
+
+    pipeline = await _duty_pipeline(db)
+    now = datetime.now(UTC)
+    first = await pipeline.receive_many([Inbound("webhook", "m1", "shop:a", "hi", received_at=now)])
+    assert await _assignee(db, first[0].conversation_id) == "ann"
+    other = Database(db.url.render_as_string(hide_password=False))
+    try:
+        async with other.transaction() as s:
+            await s.execute(text("UPDATE staff SET on_duty = (name = 'ben')"))
+        then = await pipeline.receive_many(
+            [Inbound("webhook", "m2", "shop:b", "hi", received_at=now)]
+        )
+        assert await _assignee(db, then[0].conversation_id) == "ben"
+        async with other.transaction() as s:
+            await s.execute(text("UPDATE staff SET on_duty = false"))
+        nobody = await pipeline.receive_many(
+            [Inbound("webhook", "m3", "shop:c", "hi", received_at=now)]
+        )
+        assert await _assignee(db, nobody[0].conversation_id) is None
+        async with other.transaction() as s:
+            await s.execute(text("UPDATE staff SET on_duty = true, active = (name <> 'ann')"))
+        last = await pipeline.receive_many(
+            [Inbound("webhook", f"d{n}", f"shop:d{n}", "hi", received_at=now) for n in range(4)]
+        )
+        # cat is active again; ann is not; the outsider is on no team
+        assert [await _assignee(db, r.conversation_id) for r in last] == [
+            "cat", "ben", "cat", "ben"
+        ]
+    finally:
+        await pipeline.close()
+        await other.dispose()
+
+
+async def test_the_team_on_duty_costs_no_round_trip_of_its_own(db: Database) -> None:
+    # PostgreSQL (#16): the batch's dedupe read brings the active staff; the router asks no
+    # statement of its own (SQLite reads them in process, as before).
+    from sqlalchemy import event
+
+    pipeline = await _duty_pipeline(db)
+    sent: list[str] = []
+
+    @event.listens_for(db.engine.sync_engine, "before_cursor_execute")
+    def record(_c: Any, _cur: Any, statement: str, *_rest: Any) -> None:
+        sent.append(" ".join(statement.split()))
+
+    now = datetime.now(UTC)
+    receipts = await pipeline.receive_many(
+        [Inbound("webhook", f"m{n}", f"shop:u{n}", "hi", received_at=now) for n in range(3)]
+    )
+    event.remove(db.engine.sync_engine, "before_cursor_execute", record)
+    await pipeline.close()
+    assert [await _assignee(db, r.conversation_id) for r in receipts] == ["ann"] * 3
+    if not db.is_sqlite:
+        assert not [s for s in sent if s.startswith("SELECT staff.")], sent
