@@ -19,6 +19,9 @@ class Attachment:
     size: int | None = None
     file_id: str | None = None
     caption: str | None = None
+    # Shown inside the message's body rather than attached to it (a mail's image embedded by
+    # Content-ID: a signature's logo, a pasted screenshot); None: attached.
+    inline: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

@@ -160,6 +160,7 @@ class MailStore:
         digest = hashlib.sha256(part.data).hexdigest()
         size = len(part.data)
         kind = "photo" if part.mime_type.startswith("image/") else "file"
+        inline = True if part.inline else None
         if size > self.max_attachment_bytes:
             return Attachment(
                 kind=kind,
@@ -170,13 +171,14 @@ class MailStore:
                 caption=(
                     f"not kept: over {self.max_attachment_bytes} bytes (it is in the raw message)"
                 ),
+                inline=inline,
             )
         suffix = Path(part.name).suffix[:16] if part.name else ""
         path = self.root / "attachments" / f"{digest}{suffix}"
         self._write(path, part.data)
         return Attachment(
             kind=kind, url=path.resolve().as_uri(), name=part.name, mime_type=part.mime_type,
-            size=size, file_id=f"sha256:{digest}",
+            size=size, file_id=f"sha256:{digest}", inline=inline,
         )
 
 

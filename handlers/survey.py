@@ -29,7 +29,7 @@ from bot.effects import Effects, Event, Logged, SurveyAnswered
 from bot.intents import Outbound
 from bot.intents import Survey as SurveyQuestion
 from bot.lookup import Lookup, SurveyView
-from bot.messages import Inbound
+from bot.messages import Attachment, Inbound
 from handlers import care
 from handlers.templating import language_of
 from storage import customers, interactions, outbox, surveys
@@ -57,6 +57,20 @@ _ANSWER = re.compile(
 # "⭐⭐⭐⭐", "★★★": one to five of the same star.
 _STARS = re.compile(r"^\s*(?:(⭐\ufe0f?){1,5}|(★){1,5}|(🌟){1,5})[\s.!。！~]*$")
 _STAR_CHARS = frozenset("⭐★🌟")
+
+
+# An image embedded in a mail's body up to this size is decoration (a signature's logo, some
+# kilobytes), not something the customer shows (a pasted screenshot is hundreds).
+DECORATION_BYTES = 64 * 1024
+
+
+def _decoration(attachment: Attachment) -> bool:
+    return (
+        attachment.inline is True
+        and attachment.kind == "photo"
+        and attachment.size is not None
+        and attachment.size <= DECORATION_BYTES
+    )
 
 
 class SurveyError(ValueError):
@@ -96,7 +110,7 @@ async def as_answer(reads: Lookup, conversation_id: int, inbound: Inbound) -> In
     is logged as an event of kind "survey" and left to record() below."""
     if inbound.meta.get("sender_verified") is False:
         return None  # a forged From must not answer someone's survey (channels/mail_auth.py)
-    if inbound.attachments:
+    if any(not _decoration(a) for a in inbound.attachments):
         return None  # "1" under a photo of the broken box shows staff something: a message
     parsed = parse_answer(inbound.text)
     if parsed is None:

@@ -173,3 +173,61 @@ async def test_over_http_a_score_with_an_attachment_reopens(tmp_path: Path) -> N
                 conversation = await s.get(Conversation, cid)
     assert asked is not None and asked.score is None
     assert conversation is not None and conversation.status == "open"
+
+
+LOGO = b"\x89PNG\r\n\x1a\n" + b"logo" * 600  # a signature logo: small, shown inside the body
+
+
+def _outlook(n: int, score: str, at: datetime, store: MailStore, screenshot: bool) -> Inbound:
+    """An HTML-only reply whose signature is a logo embedded by Content-ID (multipart/related);
+    with `screenshot`, a pasted screenshot embedded the same way."""
+    message = EmailMessage()
+    message["From"] = "Ann <ann@example.org>"
+    message["To"] = "support@example.com"
+    message["Subject"] = "RE: your order"
+    message["Message-ID"] = f"<ann-outlook-{n}@example.org>"
+    message["Authentication-Results"] = "mx.kefu.test; dmarc=pass header.from=example.org"
+    shot = '<p><img src="cid:shot"></p>' if screenshot else ""
+    message.set_content(
+        f'<html><body><p>{score}</p>{shot}<p><img src="cid:logo"></p></body></html>',
+        subtype="html",
+    )
+    message.add_related(LOGO, maintype="image", subtype="png", cid="<logo>",
+                        filename="image001.png", disposition="inline")
+    if screenshot:
+        message.add_related(b"\x89PNG\r\n\x1a\n" + b"shot" * 60_000, maintype="image",
+                            subtype="png", cid="<shot>", filename="image002.png",
+                            disposition="inline")
+    return to_inbound(
+        message.as_bytes(), store, own_address="support@example.com", now=at, auth=AUTH
+    )
+
+
+async def test_a_score_above_a_signature_logo_answers_and_a_screenshot_speaks(
+    db: Database, tmp_path: Path
+) -> None:
+    store = MailStore(tmp_path / "mail", 1 << 22)
+    pipeline, _ = care_pipeline(db, CFG)
+    first = await pipeline.receive(_mail(1, "where is my parcel?", T0, store, False))
+    cid = first.conversation_id
+    assert cid is not None
+    async with db.transaction() as s:
+        rated = await lifecycle.resolve(s, cid, SYSTEM, CFG, now=T0 + timedelta(hours=1))
+    signed = _outlook(2, "5", T0 + timedelta(hours=2), store, screenshot=False)
+    assert signed.attachments  # the logo is kept with the message
+    await pipeline.receive(signed)
+    async with db.transaction() as s:
+        await lifecycle.reopen(s, cid, SYSTEM, CFG, now=T0 + timedelta(hours=3))
+        shown = await lifecycle.resolve(s, cid, SYSTEM, CFG, now=T0 + timedelta(hours=3, minutes=1))
+    await pipeline.receive(_outlook(3, "1", T0 + timedelta(hours=4), store, screenshot=True))
+    await pipeline.close()
+    async with db.sessions() as s:
+        first_survey = await s.get(Survey, rated.survey_id)
+        conversation = await s.get(Conversation, cid)
+    assert first_survey is not None and first_survey.score == 5
+    assert shown.survey_id is not None
+    async with db.sessions() as s:
+        second = await s.get(Survey, shown.survey_id)
+    assert second is not None and second.score is None
+    # "1" with a pasted screenshot shows staff something: it reopened the conversation.
+    assert conversation is not None and conversation.status == "open"
