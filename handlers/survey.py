@@ -110,6 +110,8 @@ async def as_answer(reads: Lookup, conversation_id: int, inbound: Inbound) -> In
     is logged as an event of kind "survey" and left to record() below."""
     if inbound.meta.get("sender_verified") is False:
         return None  # a forged From must not answer someone's survey (channels/mail_auth.py)
+    if inbound.kind != "message":
+        return None  # its channel marked it a complaint (a shop's webhook): never a rating
     if any(not _decoration(a) for a in inbound.attachments):
         return None  # "1" under a photo of the broken box shows staff something: a message
     parsed = parse_answer(inbound.text)

@@ -231,3 +231,28 @@ async def test_a_score_above_a_signature_logo_answers_and_a_screenshot_speaks(
     assert second is not None and second.score is None
     # "1" with a pasted screenshot shows staff something: it reopened the conversation.
     assert conversation is not None and conversation.status == "open"
+
+
+async def test_a_score_its_channel_marked_a_complaint_is_a_complaint(db: Database) -> None:
+    """A shop's webhook marks a message a complaint (type "complaint"): even "1" is then the
+    customer complaining, classified as such and shown to staff, not a survey answer."""
+    pipeline, _ = care_pipeline(db, CFG)
+    first = await pipeline.receive(
+        Inbound("webhook", "shop:c1", "shop:u5", "hello", received_at=T0)
+    )
+    cid = first.conversation_id
+    assert cid is not None
+    async with db.transaction() as s:
+        change = await lifecycle.resolve(s, cid, SYSTEM, CFG, now=T0 + timedelta(hours=1))
+    marked = await pipeline.receive(
+        Inbound("webhook", "shop:c2", "shop:u5", "1", received_at=T0 + timedelta(hours=2),
+                kind="complaint")
+    )
+    await pipeline.close()
+    async with db.sessions() as s:
+        asked = await s.get(Survey, change.survey_id)
+        conversation = await s.get(Conversation, cid)
+        row = await s.get(Interaction, marked.interaction_id)
+    assert asked is not None and asked.score is None
+    assert conversation is not None and conversation.status == "open" and conversation.is_complaint
+    assert row is not None and row.direction == "in" and "complaint" in row.meta
