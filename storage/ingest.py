@@ -12,7 +12,6 @@ import functools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -21,7 +20,6 @@ from sqlalchemy import (
     BindParameter,
     Boolean,
     Column,
-    ColumnElement,
     Insert,
     Select,
     Table,
@@ -30,14 +28,13 @@ from sqlalchemy import (
     bindparam,
     func,
     insert,
-    literal_column,
     select,
     text,
-    true,
 )
+from sqlalchemy import column as named_column
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased, make_transient_to_detached
+from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.attributes import get_history, instance_state, set_committed_value
 
 from bot.lookup import StaffView
@@ -73,19 +70,12 @@ _OWNERS = (
         Identity.address.in_(bindparam("keys", expanding=True)),
     )
 )
-# PostgreSQL: one probe of the unique index per key, whatever the table's size. With a key list
-# (IN or = ANY) the planner prefers a sequential scan of a young table (a few thousand rows, all
-# cached), and compares every row with every key: 2-2.5 ms of server time per batch read in
-# bench/ingest.py, 10x the probes'. A LATERAL subquery with LIMIT 1 per key cannot be turned into
-# a scan and a hash join. One array parameter: one statement text and one prepared statement
-# whatever the batch size.
-_KEYS_PG = (
-    func.unnest(bindparam("keys", type_=postgresql.ARRAY(Text())))
-    .table_valued("key")
-    .render_derived(name="k")
-)
-# A LIMIT the planner sees: a parameter's value is unknown to a generic plan.
-_ONE: ColumnElement[int] = literal_column("1")
+# PostgreSQL: the dedupe read (and the senders' read, _SENDERS_PG) probe the unique index once
+# per key, whatever the table's size. With a key list (IN or = ANY) the planner prefers a
+# sequential scan of a young table (a few thousand rows, all cached), and compares every row with
+# every key: 2-2.5 ms of server time per batch read in bench/ingest.py, 10x the probes'. A
+# LATERAL subquery with LIMIT 1 per key cannot be turned into a scan and a hash join. One array
+# parameter: one statement text and one prepared statement whatever the batch size.
 # The dedupe read also brings the active staff (id, name, role, on duty, Telegram id), as one
 # JSON value on every row (and on one row of NULLs when no key is logged): the router reads the
 # team on duty in every batch that assigns, and so costs no round trip of its own (#16). Read
@@ -113,26 +103,6 @@ LEFT JOIN (
 # session.info key of the roster the dedupe read brought: its JSON as text (the driver would
 # decode a json column on every row), parsed when the router asks.
 ACTIVE_STAFF = "kefu.ingest.active_staff"
-# The senders' customers are locked as they are read: in the order of the (sorted) addresses,
-# the same in every batch and process, so two batches cannot deadlock (see live_conversations).
-_OWNER_PG = (
-    select(Identity.address, Customer)
-    .join(Customer, Customer.id == Identity.customer_id)
-    .where(Identity.channel == bindparam("channel"), Identity.address == _KEYS_PG.c.key)
-    .limit(_ONE)
-    .with_for_update(of=Customer)
-    .lateral("owner")
-)
-_OWNER_CUSTOMER_PG = aliased(Customer, _OWNER_PG)
-_OWNERS_PG = select(_OWNER_PG.c.address, _OWNER_CUSTOMER_PG).select_from(
-    _KEYS_PG.join(_OWNER_PG, true())
-)
-_LOCK_PG = (
-    select(Customer.id)
-    .where(Customer.id.in_(bindparam("customers", expanding=True)))
-    .order_by(Customer.id)
-    .with_for_update()
-)
 _LIVE = (
     select(Conversation)
     .where(
@@ -189,11 +159,10 @@ def active_staff(session: AsyncSession) -> list[StaffView] | None:
 
 @dataclass(frozen=True, slots=True)
 class Senders:
-    """What identify() found: the customers that existed before this batch, and whether they are
-    locked already (PostgreSQL, a batch from one channel: see live_conversations)."""
+    """What identify() found: the customers that existed before this batch (on PostgreSQL
+    locked by it: see live_conversations)."""
 
     known: frozenset[int]
-    locked: bool
 
 
 async def identify(
@@ -203,16 +172,17 @@ async def identify(
 
     Returns (channel, address) -> customer id, the customers by id (in the session), and the
     Senders for live_conversations."""
+    if not dialect.is_sqlite(session):
+        return await _identify_pg(session, inbounds)
     owner: dict[tuple[str, str], int] = {}
     customers: dict[int, Customer] = {}
     by_address = by_channel((i.channel, i.address) for i in inbounds)
-    statement = _OWNERS if dialect.is_sqlite(session) else _OWNERS_PG
     for channel, addresses in by_address.items():
-        found = await session.execute(statement, {"channel": channel, "keys": sorted(addresses)})
+        found = await session.execute(_OWNERS, {"channel": channel, "keys": sorted(addresses)})
         for address, customer in found:
             owner[(channel, address)] = customer.id
             customers[customer.id] = customer
-    senders = Senders(frozenset(customers), locked=len(by_address) == 1)
+    senders = Senders(frozenset(customers))
     new_customers: dict[tuple[str, str], Customer] = {}
     for inbound in inbounds:
         key = (inbound.channel, inbound.address)
@@ -220,9 +190,7 @@ async def identify(
             new_customers[key] = Customer(
                 display_name=inbound.display_name, language=inbound.language, tags=[]
             )
-    if new_customers and not dialect.is_sqlite(session):
-        await _add_first_contacts_pg(session, new_customers, utcnow())
-    elif new_customers:
+    if new_customers:
         await add_objects(session, Customer, list(new_customers.values()))
         now = utcnow()
         fresh: list[dict[str, object]] = [
@@ -249,16 +217,12 @@ async def live_conversations(session: AsyncSession, senders: Senders) -> dict[in
     nothing. On PostgreSQL several kefu processes may receive one customer's messages at once:
     the customers are locked first so only one of them opens a conversation; this statement, run
     after the lock is granted, sees what the holder committed. identify() took the locks as it
-    read the senders, channel by channel, in the order of their addresses (the same in every
-    batch and process, so two batches from one channel cannot deadlock), a round trip less; a
-    batch from several channels also locks them all in id order here (a deadlock with another
-    such batch is retried, as any lost race). (A customer created by this transaction is
-    invisible to the others until it commits: another process's copy of its first message fails
-    on the identity's unique key and is retried.)"""
+    read the senders, in the order of their sorted (channel, address) keys (the same in every
+    batch and process, so two batches cannot deadlock), a round trip less. (A customer created by
+    this transaction is invisible to the others until it commits: another process's copy of its
+    first message fails on the identity's unique key and is retried.)"""
     if not senders.known:
         return {}
-    if not senders.locked and not dialect.is_sqlite(session):
-        await session.execute(_LOCK_PG, {"customers": list(senders.known)})
     rows = await session.scalars(_LIVE, {"customers": list(senders.known)})
     return {c.customer_id: c for c in rows}
 
@@ -346,51 +310,94 @@ def _adopt(
         session.add(row)
 
 
-# PostgreSQL: a batch's first contacts, customers and identities, in one statement of one fixed
-# text (compiled and prepared once, whatever the batch size: a multi-row VALUES is compiled again
-# for every batch, which cost more than the round trip it saved). Each new customer's id is drawn
-# once per address in `wanted` (a CTE read twice is computed once), so the pairing of customer and
-# identity does not depend on any order.
-_FIRST_CONTACTS_PG = text(
-    """
-WITH wanted AS MATERIALIZED (
-    SELECT nextval(pg_get_serial_sequence('customers', 'id')) AS id, w.*
-    FROM unnest(CAST(:channels AS TEXT[]), CAST(:addresses AS TEXT[]),
-                CAST(:names AS TEXT[]), CAST(:languages AS TEXT[]))
-         AS w(channel, address, display_name, language)
+# PostgreSQL: the senders' customers, found or created, in one statement of one fixed text
+# (one round trip, where a read and then an INSERT of the first contacts took two, #16).
+# `found`: one probe of the identities' unique index per sender (see _KEYS_PG), each customer
+# locked as it is read, in the order of the sorted (channel, address) keys: the same in every
+# batch and process, so two batches cannot deadlock (see live_conversations). `wanted`: the
+# others, each new customer's id drawn once per key (a CTE read twice is computed once), so the
+# pairing of customer and identity does not depend on any order; `made` returns the new
+# customers' rows as stored. A customer known under two of the batch's identities comes twice.
+_SENDERS_PG = (
+    text(
+        """
+WITH k AS MATERIALIZED (
+    SELECT * FROM unnest(CAST(:channels AS TEXT[]), CAST(:addresses AS TEXT[]),
+                         CAST(:names AS TEXT[]), CAST(:languages AS TEXT[]))
+         AS k(channel, address, display_name, language)
+), found AS MATERIALIZED (
+    SELECT k.channel, k.address, o.*
+    FROM k CROSS JOIN LATERAL (
+        SELECT customers.* FROM identities JOIN customers ON customers.id = identities.customer_id
+        WHERE identities.channel = k.channel AND identities.address = k.address
+        LIMIT 1 FOR UPDATE OF customers
+    ) AS o
+), wanted AS MATERIALIZED (
+    SELECT nextval(pg_get_serial_sequence('customers', 'id')) AS id, k.*
+    FROM k WHERE NOT EXISTS (
+        SELECT FROM found WHERE found.channel = k.channel AND found.address = k.address
+    )
 ), made AS (
     INSERT INTO customers (id, display_name, language, tags, vip, marketing_consent, created_at)
     SELECT id, display_name, language, CAST('[]' AS JSON), false, false, :now FROM wanted
+    RETURNING *
+), named AS (
+    INSERT INTO identities (customer_id, channel, address, reachable, created_at)
+    SELECT id, channel, address, true, :now FROM wanted
 )
-INSERT INTO identities (customer_id, channel, address, reachable, created_at)
-SELECT id, channel, address, true, :now FROM wanted
-RETURNING customer_id, channel, address
-"""
-).bindparams(bindparam("now", type_=table_of(Identity).c.created_at.type))
+SELECT false AS new, channel, address, {columns} FROM found
+UNION ALL
+SELECT true, wanted.channel, wanted.address, {made_columns}
+FROM made JOIN wanted ON wanted.id = made.id
+""".format(
+            columns=", ".join(c.name for c in table_of(Customer).columns),
+            made_columns=", ".join(f"made.{c.name}" for c in table_of(Customer).columns),
+        )
+    )
+    .bindparams(bindparam("now", type_=table_of(Identity).c.created_at.type))
+    .columns(
+        named_column("new", Boolean()),
+        named_column("channel", Text()),
+        named_column("address", Text()),
+        *table_of(Customer).columns,
+    )
+)
+_SENDER_ROWS_PG = select(
+    _SENDERS_PG.selected_columns.new,
+    _SENDERS_PG.selected_columns.channel,
+    _SENDERS_PG.selected_columns.address,
+    Customer,
+).from_statement(_SENDERS_PG)
 
 
-async def _add_first_contacts_pg(
-    session: AsyncSession, new: dict[tuple[str, str], Customer], now: datetime
-) -> None:
-    """PostgreSQL: the new customers and their identities in one statement (_FIRST_CONTACTS_PG),
-    a round trip less per batch of first contacts than one INSERT each. The customers are the
-    ones identify() makes: a name and a language, everything else the model's defaults."""
-    rows = list(new.values())
-    values = _values_of(Customer, rows)
-    for value in values:
-        value["created_at"] = now
-    result = await session.execute(
-        _FIRST_CONTACTS_PG,
+async def _identify_pg(
+    session: AsyncSession, inbounds: Sequence[Inbound]
+) -> tuple[dict[tuple[str, str], int], dict[int, Customer], Senders]:
+    """identify() on PostgreSQL: _SENDERS_PG. Every known sender is locked by it, whatever the
+    channels: live_conversations needs no lock of its own."""
+    first: dict[tuple[str, str], Inbound] = {}
+    for inbound in inbounds:
+        first.setdefault((inbound.channel, inbound.address), inbound)
+    keys = sorted(first)
+    rows = await session.execute(
+        _SENDER_ROWS_PG,
         {
-            "channels": [channel for channel, _ in new],
-            "addresses": [address for _, address in new],
-            "names": [v["display_name"] for v in values],
-            "languages": [v["language"] for v in values],
-            "now": now,
+            "channels": [channel for channel, _ in keys],
+            "addresses": [address for _, address in keys],
+            "names": [first[key].display_name for key in keys],
+            "languages": [first[key].language for key in keys],
+            "now": utcnow(),
         },
     )
-    ids = {(ch, address): cid for cid, ch, address in result}
-    _adopt(session, rows, values, [ids[key] for key in new])
+    owner: dict[tuple[str, str], int] = {}
+    customers: dict[int, Customer] = {}
+    known: set[int] = set()
+    for new, channel, address, customer in rows:
+        owner[(channel, address)] = customer.id
+        customers[customer.id] = customer
+        if not new:
+            known.add(customer.id)
+    return owner, customers, Senders(frozenset(known))
 
 
 async def add_rows(

@@ -68,12 +68,11 @@ async def test_a_batch_of_known_and_new_senders(db: Database) -> None:
         first, _, _ = await ingest.identify(session, first_contacts(5))
         for cid in list(first.values())[:2]:
             session.add(Conversation(customer_id=cid))
-    # Two channels in one batch too: locked by the separate ordered statement on PostgreSQL.
+    # Two channels in one batch too: on PostgreSQL all locked by the one statement that reads them.
     batch = first_contacts(10) + first_contacts(2, channel="telegram")
     async with db.transaction() as session:
         owner, customers, senders = await ingest.identify(session, batch)
         assert senders.known == frozenset(first.values())
-        assert not senders.locked
         live = await ingest.live_conversations(session, senders)
         assert set(live) == set(list(first.values())[:2])
         # the customers created in an earlier batch are the same rows, not new ones
@@ -222,7 +221,7 @@ async def test_a_batchs_key_reads_probe_the_unique_indexes_of_a_young_database(
 
         @event.listens_for(db.engine.sync_engine, "before_cursor_execute")
         def record(_c: Any, _cur: Any, statement: str, params: Any, *_rest: Any) -> None:
-            if statement.lstrip().startswith("SELECT"):
+            if statement.lstrip().startswith(("SELECT", "WITH k AS")):  # the senders' read
                 sent.append((statement, params))
 
         batch = [*first_contacts(16, start=100), *first_contacts(16, start=5000)]
@@ -283,3 +282,33 @@ async def test_a_batchs_conversation_changes_go_with_its_log_lines(db: Database)
             assert conversation.first_response_due_at is not None
             assert conversation.sla_due_at == conversation.first_response_due_at
     assert len({r.conversation_id for r in receipts}) == 5
+
+
+async def test_known_and_new_senders_of_several_channels_cost_one_statement(db: Database) -> None:
+    # PostgreSQL (#16): the senders' read, the first contacts' customers and identities and the
+    # known senders' locks are one round trip (were a read per channel, an INSERT, and for
+    # several channels a lock statement). Each sender ends with its own customer on both.
+    async with db.transaction() as session:
+        first, _, _ = await ingest.identify(session, first_contacts(4))
+    batch = first_contacts(8) + first_contacts(3, channel="telegram")
+    sent: list[str] = []
+
+    @event.listens_for(db.engine.sync_engine, "before_cursor_execute")
+    def record(_c: Any, _cur: Any, statement: str, *_rest: Any) -> None:
+        sent.append(" ".join(statement.split())[:50])
+
+    async with db.transaction() as session:
+        owner, customers, senders = await ingest.identify(session, batch)
+        await ingest.live_conversations(session, senders)
+    event.remove(db.engine.sync_engine, "before_cursor_execute", record)
+    assert senders.known == frozenset(first.values())
+    assert {key: owner[key] for key in first} == first
+    assert len(set(owner.values())) == 11 and set(customers) == set(owner.values())
+    rows = await stored(db)
+    for inbound in batch:
+        cid, name, _ = rows[(inbound.channel, inbound.address)]
+        assert owner[(inbound.channel, inbound.address)] == cid
+        assert customers[cid].display_name == name == inbound.display_name
+    if not db.is_sqlite:
+        # the senders' statement, then the known senders' live conversations
+        assert len(sent) == 2, sent
