@@ -3,6 +3,7 @@ variables."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import tomllib
@@ -365,7 +366,8 @@ def parse_duration(value: object) -> timedelta:
 
 def parse_hours(value: str) -> tuple[tuple[int, int], ...]:
     """'09:00-18:00' or '09:00-12:00,13:00-18:00' -> ((540, 1080), ...) in minutes;
-    'closed' -> ()."""
+    'closed' -> (). A span that ends before it starts runs past midnight: '22:00-06:00' is a
+    night shift, (1320, 1800), ending at 06:00 the next day."""
     text = value.strip().lower()
     if text in ("", "closed"):
         return ()
@@ -379,10 +381,16 @@ def parse_hours(value: str) -> tuple[tuple[int, int], ...]:
         start_s, end_s = part.strip().split("-")
         start = int(start_s[:2]) * 60 + int(start_s[3:])
         end = int(end_s[:2]) * 60 + int(end_s[3:])
-        if end <= start:
-            raise ValueError(f"{part.strip()!r} ends before it starts")
+        if end == start:
+            raise ValueError(f"{part.strip()!r} is empty: leave the day out, or write closed")
+        if end < start:
+            end += 24 * 60  # ends the next morning
         spans.append((start, end))
-    return tuple(sorted(spans))
+    spans.sort()
+    for (_, ends), (starts, _) in itertools.pairwise(spans):
+        if starts < ends:
+            raise ValueError(f"{value.strip()!r}: its spans overlap")
+    return tuple(spans)
 
 
 def parse_day(text: str) -> tuple[int | None, int, int]:
@@ -432,6 +440,14 @@ class TeamConfig(Section):
                 raise ValueError(f"{day} = {spans!r}: {exc}") from None
         if v and not any(parse_hours(s) for s in v.values()):
             raise ValueError("every day is closed; leave hours out for around the clock")
+        # A night shift ends the next morning: the next day's first span starts after it.
+        for n, day in enumerate(WEEKDAYS):
+            shifts, following = parse_hours(v.get(day, "closed")), WEEKDAYS[(n + 1) % 7]
+            later = parse_hours(v.get(following, "closed"))
+            if shifts and later and shifts[-1][1] - 24 * 60 > later[0][0]:
+                raise ValueError(
+                    f"{day}'s shift past midnight and {following}'s first span overlap"
+                )
         return v
 
     @field_validator("closed_dates")

@@ -123,7 +123,8 @@ class BusinessHours:
             return start + duration
         at = start.astimezone(UTC)
         left = duration
-        day = start.astimezone(self.zone).date()
+        # From the day before: its night shift ("22:00-06:00") may still be open.
+        day = start.astimezone(self.zone).date() - timedelta(days=1)
         closed_run = 0
         last = day + timedelta(days=HORIZON_DAYS)
         while closed_run <= LOOKAHEAD_DAYS + 1 and day <= last:
@@ -147,7 +148,7 @@ class BusinessHours:
             return end - start
         a, b = start.astimezone(UTC), end.astimezone(UTC)
         total = timedelta(0)
-        day = start.astimezone(self.zone).date()
+        day = start.astimezone(self.zone).date() - timedelta(days=1)  # last night's shift
         last = end.astimezone(self.zone).date()
         while day <= last:
             for opens, closes in self._open(day):
