@@ -271,8 +271,38 @@ async def add_objects(session: AsyncSession, model: type[Base], rows: Sequence[B
     """
     if not rows:
         return
+    if model is Conversation and not dialect.is_sqlite(session):
+        rows = _defer_conversations(session, rows)
+        if not rows:
+            return
     values = _values_of(model, rows)
     _adopt(session, rows, values, await add_rows(session, model, values))
+
+
+# session.info keys: conversation ids identify() drew for new customers, by customer id, and the
+# new conversations that hold them, to be written by log_lines.
+_RESERVED = "kefu.ingest.reserved_conversations"
+_DEFERRED = "kefu.ingest.deferred_conversations"
+
+
+def _defer_conversations(session: AsyncSession, rows: Sequence[Base]) -> list[Base]:
+    """PostgreSQL: a new customer's new conversation takes the id identify() drew for it and is
+    written by log_lines, with the batch's lines and with the state the batch gave it: a round
+    trip less than an INSERT of its own, and no UPDATE of it after. Until then it is no row and
+    not in the session (nothing can flush it); its columns hold their defaults, as an inserted
+    one's would. Returns the rows still to insert now (other customers' conversations)."""
+    reserved: dict[int, int] = session.info.get(_RESERVED, {})
+    deferred: list[Base] = session.info.setdefault(_DEFERRED, [])
+    now: list[Base] = []
+    for row in rows:
+        customer_id = row.__dict__.get("customer_id")
+        if customer_id not in reserved:
+            now.append(row)
+            continue
+        [value] = _values_of(Conversation, [row])
+        row.__dict__.update(value, id=reserved.pop(customer_id))
+        deferred.append(row)
+    return now
 
 
 def _values_of(model: type[Base], rows: Sequence[Base]) -> list[dict[str, object]]:
@@ -318,6 +348,8 @@ def _adopt(
 # others, each new customer's id drawn once per key (a CTE read twice is computed once), so the
 # pairing of customer and identity does not depend on any order; `made` returns the new
 # customers' rows as stored. A customer known under two of the batch's identities comes twice.
+# Each new customer also gets the id of the conversation their first message will open
+# (add_objects: written with the batch's log lines; unused if they only sent events).
 _SENDERS_PG = (
     text(
         """
@@ -333,7 +365,8 @@ WITH k AS MATERIALIZED (
         LIMIT 1 FOR UPDATE OF customers
     ) AS o
 ), wanted AS MATERIALIZED (
-    SELECT nextval(pg_get_serial_sequence('customers', 'id')) AS id, k.*
+    SELECT nextval(pg_get_serial_sequence('customers', 'id')) AS id,
+           nextval(pg_get_serial_sequence('conversations', 'id')) AS conversation, k.*
     FROM k WHERE NOT EXISTS (
         SELECT FROM found WHERE found.channel = k.channel AND found.address = k.address
     )
@@ -345,9 +378,9 @@ WITH k AS MATERIALIZED (
     INSERT INTO identities (customer_id, channel, address, reachable, created_at)
     SELECT id, channel, address, true, :now FROM wanted
 )
-SELECT false AS new, channel, address, {columns} FROM found
+SELECT CAST(NULL AS BIGINT) AS conversation, channel, address, {columns} FROM found
 UNION ALL
-SELECT true, wanted.channel, wanted.address, {made_columns}
+SELECT wanted.conversation, wanted.channel, wanted.address, {made_columns}
 FROM made JOIN wanted ON wanted.id = made.id
 """.format(
             columns=", ".join(c.name for c in table_of(Customer).columns),
@@ -356,14 +389,14 @@ FROM made JOIN wanted ON wanted.id = made.id
     )
     .bindparams(bindparam("now", type_=table_of(Identity).c.created_at.type))
     .columns(
-        named_column("new", Boolean()),
+        named_column("conversation", BigInteger()),
         named_column("channel", Text()),
         named_column("address", Text()),
         *table_of(Customer).columns,
     )
 )
 _SENDER_ROWS_PG = select(
-    _SENDERS_PG.selected_columns.new,
+    _SENDERS_PG.selected_columns.conversation,
     _SENDERS_PG.selected_columns.channel,
     _SENDERS_PG.selected_columns.address,
     Customer,
@@ -392,11 +425,14 @@ async def _identify_pg(
     owner: dict[tuple[str, str], int] = {}
     customers: dict[int, Customer] = {}
     known: set[int] = set()
-    for new, channel, address, customer in rows:
+    reserved: dict[int, int] = session.info.setdefault(_RESERVED, {})
+    for conversation, channel, address, customer in rows:
         owner[(channel, address)] = customer.id
         customers[customer.id] = customer
-        if not new:
+        if conversation is None:
             known.add(customer.id)
+        else:
+            reserved[customer.id] = conversation
     return owner, customers, Senders(frozenset(known))
 
 
@@ -466,10 +502,11 @@ async def log_lines(session: AsyncSession, rows: list[dict[str, object]]) -> lis
     same statement: one round trip, and one UPDATE over arrays instead of one per conversation,
     which the session's flush sends (#16). Only the columns that changed in a conversation are
     written, as the flush writes them. On SQLite the session flushes them, as before."""
-    if dialect.is_sqlite(session) or not rows:
+    if dialect.is_sqlite(session):
         return await add_rows(session, Interaction, rows)
+    deferred: list[Conversation] = session.info.pop(_DEFERRED, [])
     changed = _changed_conversations(session)
-    if not changed:
+    if not changed and not deferred:
         return await add_rows(session, Interaction, rows)
     columns = tuple(sorted({key for _, keys in changed for key in keys}))
     params: dict[str, list[object]] = {"ids": [c.id for c, _ in changed]}
@@ -481,11 +518,18 @@ async def log_lines(session: AsyncSession, rows: list[dict[str, object]]) -> lis
         for key in keys:
             set_committed_value(conversation, key, getattr(conversation, key))
     await session.flush()  # anything else pending (an event line) keeps its place in the log
-    statement, arrays = _log_and_touch_pg(columns)
+    statement, arrays, opened = _log_and_touch_pg(columns, bool(deferred))
     params.update(_arrays(arrays, rows))
+    for n, column in enumerate(opened):
+        params[f"k{n}"] = [c.__dict__.get(column.key) for c in deferred]
     with session.no_autoflush:
         result = await session.execute(statement, params)
-    return list(result.scalars())
+    ids = list(result.scalars())
+    for conversation in deferred:
+        # Now a row, holding what the object holds: persistent, with nothing to flush.
+        make_transient_to_detached(conversation)
+        session.add(conversation)
+    return ids
 
 
 # The conversation columns the pipeline may change in a batch, by the flush's rules: a column is
@@ -530,13 +574,32 @@ def _arrays(columns: list[Column[Any]], rows: list[dict[str, object]]) -> dict[s
 
 
 @functools.cache
-def _log_and_touch_pg(changed: tuple[str, ...]) -> tuple[TextClause, list[Column[Any]]]:
-    """_insert_unnest_pg's INSERT of log lines, with an UPDATE of the conversations in a CTE.
-    Each conversation's row is found by its id with the primary key's index: `= ANY(ids)` as well
-    as the join, so the planner does not hash a scan of the table for a few rows."""
+def _log_and_touch_pg(
+    changed: tuple[str, ...], opening: bool
+) -> tuple[TextClause, list[Column[Any]], list[Column[Any]]]:
+    """_insert_unnest_pg's INSERT of log lines, with an UPDATE of the conversations in a CTE
+    (and with `opening`, an INSERT of the new ones, ids given: the lines' foreign keys are checked
+    at the end of the statement, when both are written). Each conversation to update is found by
+    its id with the primary key's index: `= ANY(ids)` as well as the join, so the planner does not
+    hash a scan of the table for a few rows. Returns the statement, the lines' columns (c0, ...)
+    and the new conversations' (k0, ...)."""
     insert_sql, columns, binds = _unnest_parts(table_of(Interaction))
     table = table_of(Conversation)
     dialect_ = postgresql.dialect()  # type: ignore[no-untyped-call]
+    opened = list(table.columns) if opening else []
+    if opened:
+        assert all(c.server_default is None for c in opened)
+        kinds = ", ".join(f"CAST(:k{n} AS {c.type.compile(dialect=dialect_)}[])" for n, c in
+                          enumerate(opened))
+        names_ = ", ".join(c.name for c in opened)
+        insert_sql = insert_sql.replace(
+            " made AS (",
+            f" opened AS (INSERT INTO conversations ({names_}) SELECT * FROM unnest({kinds})),"
+            " made AS (",
+        )
+        binds += [
+            bindparam(f"k{n}", type_=postgresql.ARRAY(c.type)) for n, c in enumerate(opened)
+        ]
     arrays = ["CAST(:ids AS BIGINT[])"]
     names = ["id"]
     sets = []
@@ -553,11 +616,15 @@ def _log_and_touch_pg(changed: tuple[str, ...]) -> tuple[TextClause, list[Column
             bindparam(f"m{n}", type_=postgresql.ARRAY(Boolean())),
         ]
     binds.append(bindparam("ids", type_=postgresql.ARRAY(BigInteger())))
-    sql = insert_sql.replace(
-        " SELECT id FROM w ORDER BY n",
-        f", touched AS (UPDATE conversations AS c SET {', '.join(sets)}"
-        f" FROM unnest({', '.join(arrays)}) AS u({', '.join(names)})"
-        " WHERE c.id = u.id AND c.id = ANY(CAST(:ids AS BIGINT[])))"
-        " SELECT id FROM w ORDER BY n",
-    )
-    return text(sql).bindparams(*binds), columns
+    sql = insert_sql
+    if sets:
+        sql = sql.replace(
+            " SELECT id FROM w ORDER BY n",
+            f", touched AS (UPDATE conversations AS c SET {', '.join(sets)}"
+            f" FROM unnest({', '.join(arrays)}) AS u({', '.join(names)})"
+            " WHERE c.id = u.id AND c.id = ANY(CAST(:ids AS BIGINT[])))"
+            " SELECT id FROM w ORDER BY n",
+        )
+    else:
+        binds.pop()  # no :ids
+    return text(sql).bindparams(*binds), columns, opened

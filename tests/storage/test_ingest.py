@@ -312,3 +312,57 @@ async def test_known_and_new_senders_of_several_channels_cost_one_statement(db: 
     if not db.is_sqlite:
         # the senders' statement, then the known senders' live conversations
         assert len(sent) == 2, sent
+
+
+async def test_first_contacts_conversations_are_written_with_the_log_lines(db: Database) -> None:
+    # PostgreSQL (#16): a new customer's conversation takes an id drawn by the senders' statement
+    # and is written with the batch's log lines, in its final state: no INSERT of its own. A known
+    # customer whose conversation is closed still opens one the ordinary way, in the same batch.
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from bot.plugins import pipeline as plugged_pipeline
+
+    pipeline = plugged_pipeline(db)
+    t0 = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    [known] = await pipeline.receive_many([replace(first_contacts(1)[0], received_at=t0)])
+    async with db.transaction() as session:
+        await session.execute(
+            update(Conversation)
+            .where(Conversation.id == known.conversation_id)
+            .values(status="closed")
+        )
+    sent: list[tuple[str, Any]] = []
+
+    @event.listens_for(db.engine.sync_engine, "before_cursor_execute")
+    def record(_c: Any, _cur: Any, statement: str, params: Any, *_rest: Any) -> None:
+        sent.append((" ".join(statement.split()), params))
+
+    later = t0 + timedelta(minutes=1)
+    events = [replace(first_contacts(1, start=20)[0], kind="event", external_id="ev")]
+    batch = [
+        replace(first_contacts(1)[0], external_id="again", received_at=later),
+        *[replace(i, received_at=later) for i in first_contacts(3, start=10)],
+        replace(first_contacts(1, start=10)[0], external_id="more", received_at=later),
+        *events,
+    ]
+    receipts = await pipeline.receive_many(batch)
+    event.remove(db.engine.sync_engine, "before_cursor_execute", record)
+    await pipeline.close()
+    own = [p for s, p in sent if "INSERT INTO conversations" in s and "interactions" not in s]
+    if not db.is_sqlite:
+        assert [len(params[0]) for params in own] == [1]  # the known customer's only
+    assert receipts[0].conversation_id != known.conversation_id
+    assert receipts[4].conversation_id == receipts[1].conversation_id  # the same customer's
+    assert receipts[5].conversation_id is None  # an event opens nothing
+    async with db.sessions() as session:
+        for inbound, receipt in zip(batch[:5], receipts[:5], strict=True):
+            conversation = await session.get(Conversation, receipt.conversation_id)
+            assert conversation is not None
+            assert conversation.customer_id == receipt.customer_id
+            assert (conversation.status, conversation.priority) == ("open", "normal")
+            assert conversation.updated_at == later
+            assert conversation.reply_address == inbound.address
+            assert conversation.first_response_due_at is not None
+    assert len({r.conversation_id for r in receipts[:4]}) == 4
