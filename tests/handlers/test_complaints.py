@@ -125,6 +125,42 @@ def test_praise_is_not_a_complaint(text: str) -> None:
 @pytest.mark.parametrize(
     "text",
     [
+        "this thing is wicked fast",
+        "The sound on these is wicked good.",
+        "what a steal",
+        "At $30 this was a steal.",
+        "the battery life is killer",
+        "This blender is a killer deal.",
+        "The camera is crazy good in low light.",
+        "For the price this little speaker kicks butt.",
+    ],
+)
+def test_slang_praise_is_not_a_complaint(text: str) -> None:
+    """Slang that VADER's word list rates negative ("wicked", "killer", "steal") used as praise:
+    telling the customer "we received your complaint" here is the defect."""
+    verdict = classify(text, None)
+    assert not verdict.is_complaint, verdict
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "their customer service sucks",
+        "i just got screwed out of fifty bucks",
+        "1 个包裹丢了，我要投诉，退款！",
+        "This perfume gave me a wicked headache.",
+        "What a steal, but it broke after two days.",
+        "They steal your money with hidden fees.",
+    ],
+)
+def test_complaints_near_slang_praise_stay_complaints(text: str) -> None:
+    verdict = classify(text, None)
+    assert verdict.is_complaint, verdict
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
         "message number 1",
         "see attached",
         "my name is Ann",
