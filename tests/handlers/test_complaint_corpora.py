@@ -14,12 +14,11 @@ import pytest
 from handlers import complaint_corpora as corpora
 from handlers.complaints import classify
 
+# Issue 12's targets on real customers' words, in both languages. English held out at the last
+# training: precision 0.864, recall 0.788 (108 of 125 flagged; +-0.03 sampling error on 125): see
+# README "Complaint detection".
 MIN_PRECISION = 0.85
 MIN_RECALL = 0.70
-# English falls short of the precision target on its held-out part (0.824 at the last training,
-# 108 of 131 flagged, recall 0.788; cross-validation on the training part estimated 0.886 / 0.736);
-# this floor keeps what holds from slipping. See README "Complaint detection".
-MIN_PRECISION_EN = 0.80
 
 
 def held_out(rows: list[corpora.Row]) -> list[corpora.Row]:
@@ -73,5 +72,5 @@ def test_chinese_reviews_held_out(zh_rows: list[corpora.Row], corpus: str) -> No
 def test_english_reviews_held_out(en_rows: list[corpora.Row]) -> None:
     scores = measure(held_out(en_rows))
     print(f"\namazon snippets held out: {scores.line()}")
-    assert scores.precision >= MIN_PRECISION_EN, scores.line()
+    assert scores.precision >= MIN_PRECISION, scores.line()
     assert scores.recall >= MIN_RECALL, scores.line()
