@@ -151,8 +151,17 @@ class MailStore:
         except OSError as exc:
             raise MailSystemError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
-    def save_raw(self, raw: bytes) -> Path:
-        path = self.root / f"{hashlib.sha256(raw).hexdigest()}.eml"
+    def save_raw(self, raw: bytes, message_id: str | None = None) -> Path:
+        """Keyed by the message's id when it has one, as the log is: a second copy of one mail
+        (sent to two of the shop's addresses, relayed twice) is a duplicate in the log and finds
+        its file already there, instead of leaving its own bytes where no row points at them (and
+        forget cannot find them). Without an id (mail that cannot be read), by its bytes."""
+        digest = (
+            hashlib.sha256(b"message-id\0" + message_id.encode("utf-8", "surrogateescape"))
+            if message_id
+            else hashlib.sha256(raw)
+        )
+        path = self.root / f"{digest.hexdigest()}.eml"
         self._write(path, raw)
         return path
 
@@ -304,17 +313,19 @@ def _to_inbound(
     received: datetime,
     auth: AuthSettings | None = None,
 ) -> Inbound:
-    raw_path = store.save_raw(raw)
     try:
         mail = parse_message(raw, own_address=own_address)
+        raw_path = store.save_raw(raw, external_id(mail.message_id, raw))
         attachments = tuple(store.save_attachment(p) for p in mail.attachments)
     except MailSystemError:
         raise
     except MalformedMail as exc:
-        return _malformed(raw, raw_path, str(exc), received, uid)
+        return _malformed(raw, store.save_raw(raw), str(exc), received, uid)
     except Exception as exc:
         log.exception("email.parse.failure uid=%s", uid)
-        return _malformed(raw, raw_path, f"unreadable: {type(exc).__name__}: {exc}", received, uid)
+        return _malformed(
+            raw, store.save_raw(raw), f"unreadable: {type(exc).__name__}: {exc}", received, uid
+        )
     meta = _mail_meta(mail, raw_path, uid)
     kind, text = "message", mail.text
     if len(text) > MAX_TEXT:
