@@ -169,6 +169,10 @@ class Lookup(Protocol):
         """Whether anyone on staff wrote to the customer in the conversation after `since`."""
         ...
 
+    async def customer_texts(self, conversation_id: int, channel: str) -> Sequence[str]:
+        """The customer's latest few messages in the conversation on `channel`, newest first."""
+        ...
+
     # --- customer health (the churn observer) ----------------------------------------------------
     async def health_batch(
         self,

@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -73,6 +74,32 @@ def _decoration(attachment: Attachment) -> bool:
     )
 
 
+_SIGNATURE_BREAK = re.compile(r"\n[ \t\u3000]*\n\s*")
+SIGNATURE_LINES, SIGNATURE_CHARS = 8, 400
+
+
+def _lines(text: str) -> list[str]:
+    return [" ".join(line.split()) for line in text.strip().splitlines() if line.strip()]
+
+
+def _is_own_signature(block: str, inbound: Inbound, earlier: Sequence[str]) -> bool:
+    """The block under a score is the customer's signature (Outlook and most business clients
+    add it without RFC 3676's "-- " line) when it names them and ended one of their earlier
+    messages in this conversation, below a body of its own. Words they repeat ("Please refund")
+    name nobody; a block not seen before cannot be told from words."""
+    lines = _lines(block)
+    if not lines or len(lines) > SIGNATURE_LINES or len(block) > SIGNATURE_CHARS:
+        return False
+    names = [n.lower() for n in (inbound.display_name, inbound.address) if n and len(n) > 1]
+    if not any(name in line.lower() for name in names for line in lines):
+        return False
+    for text in earlier:
+        before = _lines(text)
+        if len(before) > len(lines) and before[-len(lines):] == lines:
+            return True
+    return False
+
+
 class SurveyError(ValueError):
     """An answer that cannot be recorded; the message says why."""
 
@@ -115,13 +142,22 @@ async def as_answer(reads: Lookup, conversation_id: int, inbound: Inbound) -> In
     if any(not _decoration(a) for a in inbound.attachments):
         return None  # "1" under a photo of the broken box shows staff something: a message
     parsed = parse_answer(inbound.text)
+    signature: str | None = None
     if parsed is None:
-        return None
+        # "5", a blank line, then maybe the customer's own signature (checked below).
+        parts = _SIGNATURE_BREAK.split(inbound.text.strip(), maxsplit=1)
+        if len(parts) != 2 or (parsed := parse_answer(parts[0])) is None:
+            return None
+        signature = parts[1]
     open_survey = await reads.open_survey(conversation_id, inbound.received_at)
     if open_survey is None:
         return None
     # A bare number after an agent's question ("how many parcels?" "2") answers the agent.
     if await reads.agent_wrote_since(conversation_id, open_survey.asked_at):
+        return None
+    if signature is not None and not _is_own_signature(
+        signature, inbound, await reads.customer_texts(conversation_id, inbound.channel)
+    ):
         return None
     score, comment = parsed
     return dataclasses.replace(

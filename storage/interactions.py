@@ -115,6 +115,24 @@ async def agent_wrote_since(session: AsyncSession, conversation_id: int, since: 
     return found is not None
 
 
+async def customer_texts(
+    session: AsyncSession, conversation_id: int, channel: str, limit: int = 5
+) -> list[str]:
+    """The customer's latest messages in the conversation on `channel`, newest first."""
+    return list(
+        await session.scalars(
+            select(Interaction.text)
+            .where(
+                Interaction.conversation_id == conversation_id,
+                Interaction.direction == "in",
+                Interaction.channel == channel,
+            )
+            .order_by(Interaction.id.desc())
+            .limit(limit)
+        )
+    )
+
+
 async def last_inbound(
     session: AsyncSession, conversation_id: int, channel: str
 ) -> Interaction | None:

@@ -174,6 +174,9 @@ class SessionLookup:
     async def agent_wrote_since(self, conversation_id: int, since: datetime) -> bool:
         return await interactions.agent_wrote_since(self._session, conversation_id, since)
 
+    async def customer_texts(self, conversation_id: int, channel: str) -> list[str]:
+        return await interactions.customer_texts(self._session, conversation_id, channel)
+
     # --- customer health (the churn observer) ----------------------------------------------------
 
     async def health_batch(
