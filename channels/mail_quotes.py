@@ -116,6 +116,29 @@ def _quote_start(lines: list[str]) -> tuple[int, str] | None:
     return None
 
 
+def _quoted(line: str) -> bool:
+    return line.lstrip().startswith(">")
+
+
+def _bottom_posted(lines: list[str]) -> list[str] | None:
+    """A reply written under the quoted mail: at most a reply header ("On … wrote:"), a block of
+    "> " lines, then the new text, with nothing quoted after it. Interleaved answers (quote,
+    answer, quote, answer) are not this: they stay whole, questions and all."""
+    marked = [n for n, line in enumerate(lines) if _quoted(line)]
+    if not marked:
+        return None
+    first, last = marked[0], marked[-1]
+    header = " ".join(x.strip() for x in lines[:first] if x.strip())
+    if header and not any(
+        QUOTE_HEADERS[name].match(header) for name in ("on_wrote", "wrote_on", "zh_wrote")
+    ):
+        return None  # the customer wrote above the quote: top-posted
+    if any(x.strip() and not _quoted(x) for x in lines[first:last]):
+        return None  # answers between quoted lines
+    after = lines[last + 1 :]
+    return after if any(x.strip() for x in after) else None
+
+
 def _signature_start(lines: list[str]) -> tuple[int, str] | None:
     for i, line in enumerate(lines):
         for name, pattern in SIGNATURES.items():
@@ -128,8 +151,11 @@ def strip_reply(text: str) -> Stripped:
     """The new part of a reply. Falls back to the whole text when cutting would leave nothing."""
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     cut: str | None = None
-    found = _quote_start(lines)
-    if found is not None:
+    below = _bottom_posted(lines)
+    found = _quote_start(lines) if below is None else None
+    if below is not None:
+        lines, cut = below, "bottom_posted"
+    elif found is not None:
         lines, cut = lines[: found[0]], found[1]
     signature: str | None = None
     sig = _signature_start(lines)

@@ -74,3 +74,46 @@ async def test_a_score_above_the_customers_own_signature(
     assert survey is not None and conversation is not None
     assert survey.score == score
     assert conversation.status == ("resolved" if score is not None else "open")
+
+
+@pytest.mark.parametrize(
+    ("reply", "score", "logged"),
+    [
+        ("> How would you rate us, 1 to 5?\n\n5\n", 5, "5"),
+        ("On Mon, 1 Mar 2027 at 10:00, Support <support@example.com> wrote:\n"
+         "> How would you rate us, 1 to 5?\n\n5\n", 5, "5"),
+        ("On Mon, 1 Mar 2027 at 10:00, Support <support@example.com> wrote:\n"
+         "> How would you rate us, 1 to 5?\n\n1 the parcel never came\n", None,
+         "1 the parcel never came"),
+        ("> How would you rate us?\n1\n> Anything else?\nyes, the box was wet\n", None, None),
+    ],
+    ids=["bottom-posted", "bottom-posted-with-header", "bottom-posted-words", "interleaved"],
+)
+async def test_a_score_written_under_the_quoted_survey(
+    db: Database, tmp_path: Path, reply: str, score: int | None, logged: str | None
+) -> None:
+    """Bottom-posting: the customer writes under the quoted survey mail. What they wrote is what
+    is below the quote; answers between quoted lines stay whole (and are a message)."""
+    store = MailStore(tmp_path / "mail", 1 << 20)
+    pipeline, _ = care_pipeline(db, CFG)
+    opened = await pipeline.receive(mail(1, "Where is my parcel?", T0, store))
+    cid = opened.conversation_id
+    assert cid is not None
+    async with db.transaction() as s:
+        change = await lifecycle.resolve(s, cid, SYSTEM, CFG, now=T0 + timedelta(hours=1))
+    message = EmailMessage()
+    message["From"] = "Ann Li <ann@example.org>"
+    message["To"] = "support@example.com"
+    message["Subject"] = "Re: How did we do?"
+    message["Message-ID"] = "<ann-bottom@example.org>"
+    message["Authentication-Results"] = "mx.kefu.test; dmarc=pass header.from=example.org"
+    message.set_content(reply)
+    inbound = to_inbound(message.as_bytes(), store, own_address="support@example.com",
+                         now=T0 + timedelta(hours=2), auth=AUTH)
+    if logged is not None:
+        assert inbound.text == logged
+    await pipeline.receive(inbound)
+    await pipeline.close()
+    async with db.sessions() as s:
+        survey = await s.get(Survey, change.survey_id)
+    assert survey is not None and survey.score == score
