@@ -190,10 +190,14 @@ class OutboxWorker:
         except Deferred as exc:
             return await self._defer(row, str(exc) or "deferred", exc.retry_after)
         except TransientError as exc:
-            return await self._failed(row, str(exc) or type(exc).__name__, exc.retry_after)
+            return await self._failed(
+                row, str(exc) or type(exc).__name__, exc.retry_after, stored=exc.stored()
+            )
         except PermanentError as exc:
             error = str(exc) or type(exc).__name__
-            return await self._dead(row, error, unreachable=exc.unreachable)
+            return await self._dead(
+                row, error, unreachable=exc.unreachable, stored=exc.stored()
+            )
         except Exception as exc:
             log.exception("outbox.send.unexpected id=%s channel=%s", row.id, row.channel)
             return await self._failed(row, f"unexpected {type(exc).__name__}: {exc}", None)
@@ -246,10 +250,16 @@ class OutboxWorker:
             self.metrics.outbound.labels(row.channel, "deferred").inc()
         return "deferred"
 
-    async def _failed(self, row: OutboxRow, error: str, retry_after: float | None) -> str:
+    async def _failed(
+        self, row: OutboxRow, error: str, retry_after: float | None, *, stored: str | None = None
+    ) -> str:
+        """`error` is logged; `stored` (default: the same) is kept with the row: it may hold what
+        the receiver quoted back of the message (channels.base.ChannelError.detail)."""
         attempts = row.attempts + 1
+        stored = stored or error
         if attempts >= self.cfg.max_attempts:
-            return await self._dead(row, f"gave up after {attempts} attempts: {error}")
+            gave_up = f"gave up after {attempts} attempts: "
+            return await self._dead(row, gave_up + error, stored=gave_up + stored)
         delay = retry_after if retry_after is not None else backoff(attempts, self.cfg, self.rng)
         log.warning(
             "outbox.send.retry id=%s channel=%s attempt=%d in=%.1fs error=%s",
@@ -257,18 +267,22 @@ class OutboxWorker:
         )
         now = self.clock()
         await self.store.finish(
-            row, "failed", now, error=error, next_attempt_at=now + timedelta(seconds=delay)
+            row, "failed", now, error=stored, next_attempt_at=now + timedelta(seconds=delay)
         )
         if self.metrics:
             self.metrics.outbound.labels(row.channel, "retry").inc()
         return "failed"
 
-    async def _dead(self, row: OutboxRow, error: str, *, unreachable: bool = False) -> str:
+    async def _dead(
+        self, row: OutboxRow, error: str, *, unreachable: bool = False, stored: str | None = None
+    ) -> str:
         log.error(
             "outbox.send.dead id=%s channel=%s error=%s",
             row.id, row.channel, redact_addresses(error),
         )
-        await self.store.finish(row, "dead", self.clock(), error=error, unreachable=unreachable)
+        await self.store.finish(
+            row, "dead", self.clock(), error=stored or error, unreachable=unreachable
+        )
         if self.metrics:
             self.metrics.outbound.labels(row.channel, "dead").inc()
         return "dead"

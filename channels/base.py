@@ -23,7 +23,20 @@ class SendResult:
 
 
 class ChannelError(Exception):
-    """A send failed; the subclass says whether trying again can help."""
+    """A send failed; the subclass says whether trying again can help.
+
+    The message is for the log: who refused and how. `detail` is what the other side answered,
+    kept with the outbox row for the person fixing the cause but never logged: a receiver's
+    refusal often quotes the message back (the customer's name and words)."""
+
+    def __init__(self, message: str, *, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+    def stored(self) -> str:
+        """The row's error: the message, then what the other side answered."""
+        message = str(self) or type(self).__name__
+        return f"{message}: {self.detail}" if self.detail else message
 
 
 class Misconfigured(Exception):
@@ -32,8 +45,10 @@ class Misconfigured(Exception):
 
 
 class TransientError(ChannelError):
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, detail: str | None = None
+    ) -> None:
+        super().__init__(message, detail=detail)
         self.retry_after = retry_after
 
 
@@ -52,8 +67,10 @@ class Deferred(ChannelError):
 class PermanentError(ChannelError):
     """Will fail the same way every time: the outbox marks the row dead at once."""
 
-    def __init__(self, message: str, *, unreachable: bool = False) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, *, unreachable: bool = False, detail: str | None = None
+    ) -> None:
+        super().__init__(message, detail=detail)
         # The address itself is gone (bot blocked, mailbox does not exist): stop using it.
         self.unreachable = unreachable
 

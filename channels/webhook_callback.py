@@ -83,12 +83,17 @@ class Callbacks:
             raise TransientError(f"{type(exc).__name__}: {exc}") from exc
         if response.is_success:
             return SendResult(external_id=response.headers.get("x-request-id"))
-        detail = f"callback answered {response.status_code}: {response.text[:200]}"
+        refused = f"callback answered {response.status_code}"
+        # The receiver's answer can quote the message (the customer's name and words): kept
+        # with the row, not logged (channels.base.ChannelError.detail).
+        detail = response.text[:200] or None
         if response.status_code in (408, 425, 429) or response.status_code >= 500:
             raise TransientError(
-                detail, retry_after=_retry_after(response.headers.get("retry-after"))
+                refused,
+                retry_after=_retry_after(response.headers.get("retry-after")),
+                detail=detail,
             )
-        raise PermanentError(detail)
+        raise PermanentError(refused, detail=detail)
 
 
 def callback_fields(intent: Intent) -> dict[str, Any]:
