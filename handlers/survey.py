@@ -8,8 +8,11 @@ reopens the conversation it rates.
 Answers arrive three ways: a webhook POST of type "survey" (score and comment in Inbound.meta),
 any text reply that is a bare score while a survey is open ("5", "5分", "4/5", "5 stars", "5️⃣",
 "⭐⭐⭐⭐", "five stars", "1 ⭐", "五星"), and a Telegram button, whose handler calls
-record_answer(). Anything more than a score ("1 个包裹丢了，我要投诉") is the customer speaking: it
-reopens, is classified and reaches staff.
+record_answer(). Anything more than a score ("1 个包裹丢了，我要投诉"), a score sent with a photo or
+file, or one its channel marked a complaint is the customer speaking: it reopens, is classified
+and reaches staff. Invisible format characters, a small image embedded in a mail (a signature's
+logo) and the customer's own mail signature under the score are not "more". A survey outlives its
+conversation's close (bot/pipeline.py asks about the closed conversation before opening a new one).
 """
 
 from __future__ import annotations
