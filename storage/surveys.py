@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage import dialect
@@ -47,16 +47,16 @@ async def by_id(session: AsyncSession, survey_id: int) -> Survey | None:
     return await session.get(Survey, survey_id)
 
 
+def _waiting(now: datetime) -> tuple[ColumnElement[bool], ...]:
+    """A survey asked by `now`, not answered and not expired."""
+    return (Survey.answered_at.is_(None), Survey.asked_at <= now, Survey.expires_at > now)
+
+
 async def open_for(session: AsyncSession, conversation_id: int, now: datetime) -> Survey | None:
     """The conversation's latest survey still waiting for an answer at `now`."""
     return await session.scalar(
         select(Survey)
-        .where(
-            Survey.conversation_id == conversation_id,
-            Survey.answered_at.is_(None),
-            Survey.asked_at <= now,
-            Survey.expires_at > now,
-        )
+        .where(Survey.conversation_id == conversation_id, *_waiting(now))
         .order_by(Survey.id.desc())
         .limit(1)
     )
@@ -69,12 +69,7 @@ async def open_conversation_of(
     (whatever became of the conversation since: a survey outlives a close)."""
     return await session.scalar(
         select(Survey.conversation_id)
-        .where(
-            Survey.customer_id == customer_id,
-            Survey.answered_at.is_(None),
-            Survey.asked_at <= now,
-            Survey.expires_at > now,
-        )
+        .where(Survey.customer_id == customer_id, *_waiting(now))
         .order_by(Survey.id.desc())
         .limit(1)
     )

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 from pathlib import Path
 
 import httpx
@@ -17,8 +16,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from bot.messages import Attachment, Inbound
-from channels.email import MailStore, to_inbound
-from channels.mail_auth import AuthSettings
+from channels.email import MailStore
 from handlers import lifecycle, staff_group, survey
 from handlers.roles import SYSTEM
 from storage.db import Database
@@ -26,6 +24,7 @@ from storage.models import Conversation, Interaction, OutboxRow, Survey
 from tests.handlers.care_helpers import STAFF_CHAT, STAFF_ROOM, care_pipeline, config
 from tests.servers.callback import CallbackServer
 from tests.servers.kefu import base_config, post_signed, running_kefu, url
+from tests.survey_mail import GMAIL_QUOTE, from_ann, received
 
 # Format characters (Unicode category Cf) a customer cannot see: RLM, LRM, ZWSP, ZWNJ, word
 # joiner, BOM, the bidi embeddings and isolates.
@@ -64,24 +63,15 @@ def test_invisible_marks_do_not_hide_words(form: tuple[str, int], mark: str, wor
 
 T0 = datetime(2027, 3, 1, 2, 0, tzinfo=UTC)
 CFG = config(survey={"ask_after": "0s", "expires_after": "2d"})
-AUTH = AuthSettings(authserv_ids=("mx.kefu.test",), verify_dkim=False)
 PHOTO = b"\xff\xd8\xff\xe0" + b"broken-box" * 50
 
 
 def _mail(n: int, body: str, at: datetime, store: MailStore, photo: bool) -> Inbound:
-    message = EmailMessage()
-    message["From"] = "Ann <ann@example.org>"
-    message["To"] = "support@example.com"
-    message["Subject"] = "Re: your order"
-    message["Message-ID"] = f"<ann-{n}@example.org>"
-    message["Authentication-Results"] = "mx.kefu.test; dmarc=pass header.from=example.org"
-    message.set_content(f"{body}\n\nOn Mon, 1 Mar 2027 at 10:00, Support <support@example.com> "
-                        "wrote:\n> How would you rate us, 1 to 5?\n")
+    message = from_ann(f"<ann-{n}@example.org>")
+    message.set_content(body + GMAIL_QUOTE)
     if photo:
         message.add_attachment(PHOTO, maintype="image", subtype="jpeg", filename="box.jpg")
-    return to_inbound(
-        message.as_bytes(), store, own_address="support@example.com", now=at, auth=AUTH
-    )
+    return received(message, store, at)
 
 
 def _telegram(n: int, text: str, at: datetime, store: MailStore, photo: bool) -> Inbound:
@@ -181,12 +171,7 @@ LOGO = b"\x89PNG\r\n\x1a\n" + b"logo" * 600  # a signature logo: small, shown in
 def _outlook(n: int, score: str, at: datetime, store: MailStore, screenshot: bool) -> Inbound:
     """An HTML-only reply whose signature is a logo embedded by Content-ID (multipart/related);
     with `screenshot`, a pasted screenshot embedded the same way."""
-    message = EmailMessage()
-    message["From"] = "Ann <ann@example.org>"
-    message["To"] = "support@example.com"
-    message["Subject"] = "RE: your order"
-    message["Message-ID"] = f"<ann-outlook-{n}@example.org>"
-    message["Authentication-Results"] = "mx.kefu.test; dmarc=pass header.from=example.org"
+    message = from_ann(f"<ann-outlook-{n}@example.org>", "RE: your order")
     shot = '<p><img src="cid:shot"></p>' if screenshot else ""
     message.set_content(
         f'<html><body><p>{score}</p>{shot}<p><img src="cid:logo"></p></body></html>',
@@ -198,9 +183,7 @@ def _outlook(n: int, score: str, at: datetime, store: MailStore, screenshot: boo
         message.add_related(b"\x89PNG\r\n\x1a\n" + b"shot" * 60_000, maintype="image",
                             subtype="png", cid="<shot>", filename="image002.png",
                             disposition="inline")
-    return to_inbound(
-        message.as_bytes(), store, own_address="support@example.com", now=at, auth=AUTH
-    )
+    return received(message, store, at)
 
 
 async def test_a_score_above_a_signature_logo_answers_and_a_screenshot_speaks(

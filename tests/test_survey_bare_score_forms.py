@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 from pathlib import Path
 
 import httpx
@@ -16,8 +15,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from bot.messages import Inbound
-from channels.email import MailStore, to_inbound
-from channels.mail_auth import AuthSettings
+from channels.email import MailStore
 from handlers import lifecycle, staff_group, survey
 from handlers.roles import SYSTEM
 from storage.db import Database
@@ -25,6 +23,7 @@ from storage.models import Conversation, Interaction, OutboxRow, Survey
 from tests.handlers.care_helpers import STAFF_CHAT, STAFF_ROOM, care_pipeline, config
 from tests.servers.callback import CallbackServer
 from tests.servers.kefu import base_config, post_signed, running_kefu, url
+from tests.survey_mail import GMAIL_QUOTE, from_ann, received
 
 SECRET = "bare-score-secret-7f"
 
@@ -184,22 +183,12 @@ T0 = datetime(2027, 3, 1, 2, 0, tzinfo=UTC)
 CFG = config(survey={"ask_after": "0s", "expires_after": "2d"})
 
 
-AUTH = AuthSettings(authserv_ids=("mx.kefu.test",), verify_dkim=False)
 
 
 def _mail(n: int, body: str, at: datetime, store: MailStore) -> Inbound:
-    message = EmailMessage()
-    message["From"] = "Ann <ann@example.org>"
-    message["To"] = "support@example.com"
-    message["Subject"] = "Re: your order"
-    message["Message-ID"] = f"<ann-{n}@example.org>"
-    # The receiving MX vouches for the From domain: an unauthenticated From answers no survey.
-    message["Authentication-Results"] = "mx.kefu.test; dmarc=pass header.from=example.org"
-    message.set_content(f"{body}\n\nOn Mon, 1 Mar 2027 at 10:00, Support <support@example.com> "
-                        "wrote:\n> How would you rate us, 1 to 5?\n")
-    return to_inbound(
-        message.as_bytes(), store, own_address="support@example.com", now=at, auth=AUTH
-    )
+    message = from_ann(f"<ann-{n}@example.org>")
+    message.set_content(body + GMAIL_QUOTE)
+    return received(message, store, at)
 
 
 def _telegram(n: int, text: str, at: datetime, store: MailStore) -> Inbound:

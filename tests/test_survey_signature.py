@@ -8,23 +8,22 @@ Real MIME (Outlook's plain-text reply layout), the pipeline on SQLite and Postgr
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 
 from bot.messages import Inbound
-from channels.email import MailStore, to_inbound
-from channels.mail_auth import AuthSettings
+from channels.email import MailStore
 from handlers import lifecycle
 from handlers.roles import SYSTEM
 from storage.db import Database
 from storage.models import Conversation, Survey
 from tests.handlers.care_helpers import care_pipeline, config
+from tests.survey_mail import from_ann, received
 
 T0 = datetime(2027, 3, 1, 2, 0, tzinfo=UTC)
 CFG = config(survey={"ask_after": "0s", "expires_after": "2d"})
-AUTH = AuthSettings(authserv_ids=("mx.kefu.test",), verify_dkim=False)
+ANN_LI = "Ann Li <ann@example.org>"
 SIGNATURE = "Ann Li\nPurchasing | Example Trading\nTel: +86 21 5555 0101"
 OUTLOOK_QUOTE = (
     "\n\nFrom: Support <support@example.com>\nSent: Monday, March 1, 2027 10:00 AM\n"
@@ -33,16 +32,9 @@ OUTLOOK_QUOTE = (
 
 
 def mail(n: int, body: str, at: datetime, store: MailStore) -> Inbound:
-    message = EmailMessage()
-    message["From"] = "Ann Li <ann@example.org>"
-    message["To"] = "support@example.com"
-    message["Subject"] = "RE: your order"
-    message["Message-ID"] = f"<ann-sig-{n}@example.org>"
-    message["Authentication-Results"] = "mx.kefu.test; dmarc=pass header.from=example.org"
+    message = from_ann(f"<ann-sig-{n}@example.org>", "RE: your order", ANN_LI)
     message.set_content(body + OUTLOOK_QUOTE)
-    return to_inbound(
-        message.as_bytes(), store, own_address="support@example.com", now=at, auth=AUTH
-    )
+    return received(message, store, at)
 
 
 @pytest.mark.parametrize(
@@ -101,15 +93,9 @@ async def test_a_score_written_under_the_quoted_survey(
     assert cid is not None
     async with db.transaction() as s:
         change = await lifecycle.resolve(s, cid, SYSTEM, CFG, now=T0 + timedelta(hours=1))
-    message = EmailMessage()
-    message["From"] = "Ann Li <ann@example.org>"
-    message["To"] = "support@example.com"
-    message["Subject"] = "Re: How did we do?"
-    message["Message-ID"] = "<ann-bottom@example.org>"
-    message["Authentication-Results"] = "mx.kefu.test; dmarc=pass header.from=example.org"
+    message = from_ann("<ann-bottom@example.org>", "Re: How did we do?", ANN_LI)
     message.set_content(reply)
-    inbound = to_inbound(message.as_bytes(), store, own_address="support@example.com",
-                         now=T0 + timedelta(hours=2), auth=AUTH)
+    inbound = received(message, store, T0 + timedelta(hours=2))
     if logged is not None:
         assert inbound.text == logged
     await pipeline.receive(inbound)
