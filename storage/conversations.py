@@ -81,10 +81,29 @@ async def latest_reopenable(session: AsyncSession, customer_id: int) -> int | No
 
 async def for_change(session: AsyncSession, conversation_id: int) -> Conversation | None:
     """The conversation whose status is about to change by hand, row-locked on PostgreSQL so two
-    changes at once take turns (SQLite has one writer at a time)."""
-    return await session.get(
-        Conversation, conversation_id, with_for_update=not dialect.is_sqlite(session)
-    )
+    changes at once take turns (SQLite has one writer at a time).
+
+    Its customer is locked first: the order in which the pipeline's batch locks them (the
+    customer, then the conversation it writes). The change's event line takes a share lock on
+    the customer through its foreign key; with the conversation locked first, a batch of the
+    same customer's messages arriving between the two deadlocked (#16)."""
+    if dialect.is_sqlite(session):
+        return await session.get(Conversation, conversation_id)
+    while True:
+        owner = await session.scalar(
+            select(Conversation.customer_id).where(Conversation.id == conversation_id)
+        )
+        if owner is None:
+            return None
+        await session.execute(
+            select(Customer.id).where(Customer.id == owner).with_for_update(key_share=True)
+        )
+        conversation = await session.get(
+            Conversation, conversation_id, with_for_update=True, populate_existing=True
+        )
+        # Merged into another customer meanwhile: lock that one instead.
+        if conversation is None or conversation.customer_id == owner:
+            return conversation
 
 
 async def resolved_quiet_since(

@@ -1,0 +1,172 @@
+"""The batch write racing a status change made by hand in another connection (#16).
+
+A staff member's `kefu conversations close` (handlers.lifecycle.change) locks the conversation,
+not the customer. A batch that read the conversation before that change committed must not write
+its own view of the status over it: a closed conversation stays closed and the customer's message
+starts a new one, as it would had the close come first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+
+from bot.messages import Inbound
+from bot.plugins import pipeline as plugged_pipeline
+from handlers import lifecycle
+from handlers.roles import SYSTEM
+from storage import conversations
+from storage.db import Database
+from storage.models import Conversation
+from tests.handlers.care_helpers import config
+
+CFG = config()
+
+
+async def _waiting_on_a_lock(db: Database, timeout: float = 20.0) -> None:
+    """Until a backend of this database waits on a row lock (the batch, behind the close)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        async with db.sessions() as session:
+            waiting = await session.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock'"
+                )
+            )
+        if waiting:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the batch never waited on the close's lock")
+
+
+@pytest.mark.parametrize("before", ["resolved", "open", "pending"])
+async def test_a_close_committed_while_a_batch_waits_is_not_undone(
+    db: Database, before: str
+) -> None:
+    if db.is_sqlite:
+        pytest.skip("SQLite has one writer at a time: the batch and the close cannot interleave")
+    pipeline = plugged_pipeline(db)
+    t0 = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    hello = Inbound(
+        channel="webhook", external_id="m1", address="shop:mei", text="你好 🌸",
+        display_name="美雪", received_at=t0,
+    )
+    [first] = await pipeline.receive_many([hello])
+    cid = first.conversation_id
+    assert cid is not None
+    if before != "open":
+        async with db.transaction() as session:
+            await lifecycle.change(session, cid, before, SYSTEM, CFG, now=t0)
+    closing = asyncio.Event()
+    release = asyncio.Event()
+
+    async def close() -> None:
+        async with db.transaction() as session:
+            await lifecycle.close(session, cid, SYSTEM, CFG, now=t0 + timedelta(minutes=1))
+            await session.flush()  # the row is written and locked, not committed
+            closing.set()
+            await release.wait()
+
+    async def message() -> list[object]:
+        await closing.wait()
+        again = Inbound(
+            channel="webhook", external_id="m2", address="shop:mei", text="还在吗？",
+            received_at=t0 + timedelta(minutes=2),
+        )
+        return list(await pipeline.receive_many([again]))
+
+    closer = asyncio.create_task(close())
+    sender = asyncio.create_task(message())
+    await closing.wait()
+    await _waiting_on_a_lock(db)
+    release.set()
+    await closer
+    [receipt] = await sender
+    await pipeline.close()
+    async with db.sessions() as session:
+        closed = await session.get(Conversation, cid)
+        assert closed is not None
+        assert (closed.status, closed.closed_at) == ("closed", t0 + timedelta(minutes=1))
+        line = await session.scalar(
+            text("SELECT conversation_id FROM interactions WHERE external_id = 'm2'")
+        )
+        assert line == receipt.conversation_id != cid  # type: ignore[attr-defined]
+        fresh = await session.get(Conversation, line)
+        assert fresh is not None and fresh.status == "open"
+        n = await session.scalar(
+            text("SELECT count(*) FROM conversations WHERE status <> 'closed'")
+        )
+        assert n == 1
+        assert await session.scalar(
+            text("SELECT count(*) FROM interactions WHERE external_id IN ('m1', 'm2')")
+        ) == 2
+
+
+@pytest.mark.parametrize("to", ["closed", "resolved", "pending"])
+async def test_a_change_by_hand_and_a_batch_of_the_same_customer_do_not_deadlock(
+    db: Database, to: str
+) -> None:
+    # `kefu conversations close` locks the conversation (for_change) and then logs its event line,
+    # whose foreign key takes a share lock on the customer; the batch locks the customer and then
+    # writes the conversation. Taken in opposite orders, the two deadlocked: PostgreSQL aborted one.
+    if db.is_sqlite:
+        pytest.skip("SQLite has one writer at a time: the batch and the change cannot interleave")
+    pipeline = plugged_pipeline(db)
+    t0 = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    hello = Inbound(
+        channel="webhook", external_id="m1", address="shop:mei", text="你好 🌸",
+        display_name="美雪", received_at=t0,
+    )
+    [first] = await pipeline.receive_many([hello])
+    cid = first.conversation_id
+    assert cid is not None
+    locked = asyncio.Event()
+    release = asyncio.Event()
+
+    async def change() -> None:
+        async with db.transaction() as session:
+            await conversations.for_change(session, cid)
+            locked.set()
+            await release.wait()
+            await lifecycle.change(session, cid, to, SYSTEM, CFG, now=t0 + timedelta(minutes=1))
+
+    async def message() -> list[object]:
+        await locked.wait()
+        again = Inbound(
+            channel="webhook", external_id="m2", address="shop:mei", text="还在吗？",
+            received_at=t0 + timedelta(minutes=2),
+        )
+        return list(await pipeline.receive_many([again]))
+
+    changer = asyncio.create_task(change())
+    sender = asyncio.create_task(message())
+    await locked.wait()
+    await _waiting_on_a_lock(db)
+    release.set()
+    results = await asyncio.gather(changer, sender, return_exceptions=True)
+    await pipeline.close()
+    assert results[0] is None, results[0]
+    assert not isinstance(results[1], BaseException), results[1]
+    [receipt] = results[1]
+    async with db.sessions() as session:
+        changed = await session.get(Conversation, cid)
+        assert changed is not None
+        line = await session.scalar(
+            text("SELECT conversation_id FROM interactions WHERE external_id = 'm2'")
+        )
+        assert line == receipt.conversation_id  # type: ignore[attr-defined]
+        assert await session.scalar(
+            text("SELECT count(*) FROM interactions WHERE external_id IN ('m1', 'm2')")
+        ) == 2
+        if to == "closed":  # the change came first: the message starts a new conversation
+            assert changed.status == "closed" and line != cid
+        else:  # resolved or pending, then the customer's message: open again
+            assert changed.status == "open" and line == cid
+        assert await session.scalar(
+            text("SELECT count(*) FROM conversations WHERE status <> 'closed'")
+        ) == 1
