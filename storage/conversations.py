@@ -109,17 +109,40 @@ async def for_change(session: AsyncSession, conversation_id: int) -> Conversatio
 async def resolved_quiet_since(
     session: AsyncSession, quiet_since: datetime, limit: int
 ) -> list[Conversation]:
-    """Resolved conversations without activity since `quiet_since` (auto-close), oldest id first."""
+    """Resolved conversations without activity since `quiet_since` (auto-close), oldest id first.
+
+    PostgreSQL: locked, customer first, as the pipeline's batch locks them (#16). A customer
+    whose messages a batch is writing is skipped (SKIP LOCKED), to be closed by a later run if
+    still quiet: the job waited on the batch's conversation while the batch waited on the job's
+    event line, a deadlock; or, waiting on the row alone, it closed what the batch had just
+    reopened. The conversations are read again under the lock, their conditions checked anew."""
+    query = (
+        select(Conversation)
+        .where(
+            Conversation.status == "resolved",
+            func.coalesce(Conversation.resolved_at, Conversation.updated_at) <= quiet_since,
+            Conversation.updated_at <= quiet_since,
+        )
+        .order_by(Conversation.id)
+    )
+    found = list(await session.scalars(query.limit(limit)))
+    if dialect.is_sqlite(session) or not found:
+        return found
+    owners = await session.scalars(
+        select(Customer.id)
+        .where(Customer.id.in_(sorted({c.customer_id for c in found})))
+        .order_by(Customer.id)
+        .with_for_update(key_share=True, skip_locked=True)
+    )
+    locked = set(owners)
+    ids = [c.id for c in found if c.customer_id in locked]
+    if not ids:
+        return []
     return list(
         await session.scalars(
-            select(Conversation)
-            .where(
-                Conversation.status == "resolved",
-                func.coalesce(Conversation.resolved_at, Conversation.updated_at) <= quiet_since,
-                Conversation.updated_at <= quiet_since,
-            )
-            .order_by(Conversation.id)
-            .limit(limit)
+            query.where(Conversation.id.in_(ids), Conversation.customer_id.in_(locked))
+            .with_for_update()
+            .execution_options(populate_existing=True)
         )
     )
 

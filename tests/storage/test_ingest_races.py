@@ -170,3 +170,80 @@ async def test_a_change_by_hand_and_a_batch_of_the_same_customer_do_not_deadlock
         assert await session.scalar(
             text("SELECT count(*) FROM conversations WHERE status <> 'closed'")
         ) == 1
+
+
+async def test_auto_close_does_not_undo_a_reopen_committed_while_it_waits(db: Database) -> None:
+    # The auto-close job read the resolved, quiet conversations without a lock and wrote
+    # 'closed' by id: a customer's message that reopened one meanwhile (its batch committed
+    # while the job waited on the row) was left in a closed conversation nobody reads.
+    if db.is_sqlite:
+        pytest.skip("SQLite has one writer at a time: the batch and the job cannot interleave")
+    import threading
+
+    from sqlalchemy import event
+
+    pipeline = plugged_pipeline(db)
+    week = CFG.lifecycle.auto_close_after
+    t0 = datetime.now(UTC).replace(microsecond=0) - 2 * week
+    hello = Inbound(
+        channel="webhook", external_id="m1", address="shop:mei", text="你好 🌸",
+        display_name="美雪", received_at=t0,
+    )
+    [first] = await pipeline.receive_many([hello])
+    cid = first.conversation_id
+    assert cid is not None
+    async with db.transaction() as session:
+        await lifecycle.change(session, cid, "resolved", SYSTEM, CFG, now=t0)
+    written = threading.Event()
+    go = threading.Event()
+
+    def hold(_c: object, _cur: object, statement: str, *_rest: object) -> None:
+        if "INSERT INTO interactions" in statement and not written.is_set():
+            written.set()  # the batch's lines and reopen are written, not committed
+            go.wait(30)
+
+    outcome: dict[str, object] = {}
+
+    def job() -> None:
+        async def run() -> None:
+            other = Database(db.url)
+            try:
+                written.wait(30)
+                closing = asyncio.create_task(
+                    lifecycle.auto_close(other, t0 + week + week / 2, CFG)
+                )
+                # Until the job waits on the batch's locks, or is done without waiting.
+                waiting = asyncio.create_task(_waiting_on_a_lock(other))
+                await asyncio.wait({closing, waiting}, return_when=asyncio.FIRST_COMPLETED)
+                waiting.cancel()
+                go.set()
+                outcome["closed"] = await closing
+            finally:
+                go.set()
+                await other.dispose()
+
+        try:
+            asyncio.run(run())
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=job)
+    worker.start()
+    event.listen(db.engine.sync_engine, "after_cursor_execute", hold)
+    try:
+        again = Inbound(
+            channel="webhook", external_id="m2", address="shop:mei", text="还在吗？",
+            received_at=t0 + week,
+        )
+        [receipt] = await pipeline.receive_many([again])
+    finally:
+        event.remove(db.engine.sync_engine, "after_cursor_execute", hold)
+        go.set()
+        await asyncio.to_thread(worker.join, 60)
+        await pipeline.close()
+    assert "error" not in outcome, outcome
+    assert receipt.conversation_id == cid
+    assert outcome["closed"] == 0
+    async with db.sessions() as session:
+        reopened = await session.get(Conversation, cid)
+        assert reopened is not None and reopened.status == "open"
