@@ -273,6 +273,12 @@ async def forget(session: AsyncSession, customer_id: int) -> Erasure:
     if customer is None:
         raise CustomerError(f"no customer with id {customer_id}")
     customer = await live(session, customer)
+    if not dialect.is_sqlite(session):
+        # Locked before anything is read: a batch writing their message holds the customer
+        # until it commits, and what it wrote is then erased too. Read after, the message
+        # committed meanwhile kept their words (#16). (SQLite: one writer at a time.)
+        await session.refresh(customer, with_for_update={"key_share": True})
+        customer = await live(session, customer)
     if customer.forgotten_at is not None:
         raise CustomerError(f"customer {customer_id} was already forgotten")
     chain = await _chain(session, customer.id)
