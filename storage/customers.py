@@ -153,8 +153,19 @@ async def merge(session: AsyncSession, keep_id: int, gone_id: int) -> MergeResul
     """Moves everything of customer `gone_id` onto `keep_id`; `gone_id` stays as a pointer."""
     if keep_id == gone_id:
         raise CustomerError("cannot merge a customer into itself")
-    keep = await session.get(Customer, keep_id)
-    gone = await session.get(Customer, gone_id)
+    if not dialect.is_sqlite(session):
+        # Both locked before anything moves: a batch writing either's messages holds the
+        # customer until it commits, and what it wrote (a line, a new conversation) then moves
+        # too. Moved first, a message committed meanwhile stayed with the merged-away record
+        # (#16). Ordered by id, so two merges cannot deadlock. (SQLite: one writer at a time.)
+        await session.execute(
+            select(Customer.id)
+            .where(Customer.id.in_(sorted({keep_id, gone_id})))
+            .order_by(Customer.id)
+            .with_for_update(key_share=True)
+        )
+    keep = await session.get(Customer, keep_id, populate_existing=True)
+    gone = await session.get(Customer, gone_id, populate_existing=True)
     for ref, row in ((keep_id, keep), (gone_id, gone)):
         if row is None:
             raise CustomerError(f"no customer with id {ref}")
