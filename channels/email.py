@@ -244,8 +244,8 @@ def to_inbound(
     `meta["sender_verified"]` says whether the From domain is authenticated (channels/mail_auth.py);
     without `auth` settings nothing is verified, so it is False."""
     received = now or datetime.now(UTC)
-    inbound = _to_inbound(
-        raw, store, own_address=own_address, uid=uid, received=received, auth=auth
+    inbound = _without_nul(
+        _to_inbound(raw, store, own_address=own_address, uid=uid, received=received, auth=auth)
     )
     if history:
         return _as_history(inbound, arrived)
@@ -258,6 +258,30 @@ def to_inbound(
         }
         return replace(inbound, meta=meta)
     return inbound
+
+
+def _without_nul(inbound: Inbound) -> Inbound:
+    """Each U+0000 of the mail's words and names as U+FFFD. PostgreSQL's text cannot hold it
+    (the batch failed, and every retry of it, #16), SQLite's can; mail cannot be refused, and
+    the same mail always maps to the same external id, so a retry is still a duplicate."""
+
+    def clean(value: str) -> str:
+        return value.replace("\x00", "\ufffd")
+
+    fields = (inbound.text, inbound.address, inbound.external_id, inbound.display_name,
+              inbound.title, *inbound.reply_to, *inbound.thread)
+    if not any(v and "\x00" in v for v in fields):
+        return inbound
+    return replace(
+        inbound,
+        text=clean(inbound.text),
+        address=clean(inbound.address),
+        external_id=clean(inbound.external_id),
+        display_name=None if inbound.display_name is None else clean(inbound.display_name),
+        title=None if inbound.title is None else clean(inbound.title),
+        reply_to=tuple(clean(v) for v in inbound.reply_to),
+        thread=tuple(clean(v) for v in inbound.thread),
+    )
 
 
 class _Captured(logging.Handler):
