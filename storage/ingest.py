@@ -412,27 +412,40 @@ async def _identify_pg(
     for inbound in inbounds:
         first.setdefault((inbound.channel, inbound.address), inbound)
     keys = sorted(first)
-    rows = await session.execute(
-        _SENDER_ROWS_PG,
-        {
-            "channels": [channel for channel, _ in keys],
-            "addresses": [address for _, address in keys],
-            "names": [first[key].display_name for key in keys],
-            "languages": [first[key].language for key in keys],
-            "now": utcnow(),
-        },
-    )
     owner: dict[tuple[str, str], int] = {}
     customers: dict[int, Customer] = {}
     known: set[int] = set()
     reserved: dict[int, int] = session.info.setdefault(_RESERVED, {})
-    for conversation, channel, address, customer in rows:
-        owner[(channel, address)] = customer.id
-        customers[customer.id] = customer
-        if conversation is None:
-            known.add(customer.id)
-        else:
-            reserved[customer.id] = conversation
+    for attempt in range(3):
+        rows = await session.execute(
+            _SENDER_ROWS_PG,
+            {
+                "channels": [channel for channel, _ in keys],
+                "addresses": [address for _, address in keys],
+                "names": [first[key].display_name for key in keys],
+                "languages": [first[key].language for key in keys],
+                "now": utcnow(),
+            },
+        )
+        moved: list[tuple[str, str]] = []
+        for conversation, channel, address, customer in rows:
+            if attempt < 2 and (
+                customer.merged_into is not None or customer.forgotten_at is not None
+            ):
+                # A merge or forget committed while this statement waited for the customer's
+                # lock: the lock brings the customer as it is now, the identity as it was (moved
+                # or deleted since). Read those senders again, as they are now (#16).
+                moved.append((channel, address))
+                continue
+            owner[(channel, address)] = customer.id
+            customers[customer.id] = customer
+            if conversation is None:
+                known.add(customer.id)
+            else:
+                reserved[customer.id] = conversation
+        if not moved:
+            break
+        keys = sorted(moved)
     return owner, customers, Senders(frozenset(known))
 
 

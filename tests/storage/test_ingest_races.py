@@ -420,3 +420,46 @@ async def test_a_merge_while_the_gone_customers_message_is_written_moves_it_too(
         assert owners == {keep}
         owners = set(await session.scalars(text("SELECT customer_id FROM conversations")))
         assert owners == {keep}
+
+
+@pytest.mark.parametrize("how", ["merge", "forget"])
+async def test_a_sender_merged_or_forgotten_while_the_batch_waits_is_read_as_they_are_now(
+    db: Database, how: str
+) -> None:
+    # The senders' statement waits for a customer's lock; a merge (identities moved) or a forget
+    # (identities deleted) committed meanwhile. The lock brings the customer as they are now,
+    # the identity as it was: the batch wrote the message to the merged-away or erased record.
+    if db.is_sqlite:
+        pytest.skip("SQLite has one writer at a time: the batch and merge cannot interleave")
+    from storage import customers, ingest
+
+    mail = Inbound(channel="webhook", external_id="m1", address="shop:mei", text="hi")
+    chat = Inbound(channel="telegram", external_id="t1", address="4242", text="hi")
+    async with db.transaction() as session:
+        owner, _, _ = await ingest.identify(session, [mail, chat])
+    keep, gone = owner[("webhook", "shop:mei")], owner[("telegram", "4242")]
+    other = Database(db.url)
+    try:
+        async with other.transaction() as session:
+            if how == "merge":
+                await customers.merge(session, keep, gone)
+            else:
+                await customers.forget(session, gone)
+            await session.flush()
+
+            async def batch() -> tuple[dict[tuple[str, str], int], bool]:
+                async with db.transaction() as s:
+                    found, rows, _ = await ingest.identify(s, [chat])
+                    cid = found[("telegram", "4242")]
+                    return found, rows[cid].merged_into is None and rows[cid].forgotten_at is None
+
+            task = asyncio.create_task(batch())
+            await _waiting_on_a_lock(db)
+        found, live = await task
+    finally:
+        await other.dispose()
+    assert live
+    if how == "merge":
+        assert found == {("telegram", "4242"): keep}
+    else:
+        assert found[("telegram", "4242")] not in (keep, gone)
