@@ -13,20 +13,6 @@ so one bad message never takes others down with it. If it fails because of the d
 message by message would only make everyone wait the busy timeout again, and the channels retry.
 The queue in front of the writer is bounded: when it is full, receive() waits a little, then
 raises Unavailable too.
-
-On PostgreSQL a second batch transaction may be in flight, on its own pooled connection, while the
-first one commits: the commit waits for the server's WAL flush (milliseconds of fsync on a plain
-disk), and the next batch's Python work and statements run meanwhile instead of after it. The
-next batch does not start earlier than that, so batches stay as large as with one writer (each
-costs a handful of round trips whatever its size); only a batch in flight for SLOW_BATCH_SECONDS
-(waiting on a row lock another connection holds, a slow statement) no longer holds the next one
-back. A sender's messages never travel in two batches at once: a message whose sender (channel,
-address) has a batch in flight waits for that batch to end, so one sender's messages are logged in
-the order received, and their effects (a conversation opened or reopened, an acknowledgement, a
-survey answer) are decided on what the earlier batch committed. Two senders of one customer
-(linked identities) meet on the customer's row lock, as two processes do; rows are locked in key
-order, so two batches of one process cannot deadlock on them. SQLite has one writer: one batch in
-flight, as ever.
 """
 
 from __future__ import annotations
@@ -34,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -118,12 +103,6 @@ DOWN_RETRY_SECONDS = 10
 # Two attempts were too few when another process wrote the same message and the same new customer
 # at once: the second loss answered a valid message 422 (seen in test_multiprocess_postgres).
 RACE_ATTEMPTS = 4
-# Batch transactions in flight per process on PostgreSQL: the one committing and the next.
-IN_FLIGHT_POSTGRES = 2
-# A batch in flight this long waits on something (a row lock held elsewhere, a slow statement)
-# rather than on its own work: the next batch starts without waiting for it to commit. Ordinary
-# batches take a few to a few tens of milliseconds.
-SLOW_BATCH_SECONDS = 0.05
 
 
 class Unavailable(Exception):
@@ -149,19 +128,6 @@ class _Pending:
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
 
-    @property
-    def sender(self) -> tuple[str, str]:
-        return (self.inbound.channel, self.inbound.address)
-
-
-@dataclass
-class _InFlight:
-    """A batch transaction under way."""
-
-    senders: set[tuple[str, str]]
-    started: float
-    committing: bool = False  # its statements are done: only the commit is left
-
 
 class Pipeline:
     def __init__(
@@ -178,7 +144,6 @@ class Pipeline:
         max_batch: int = 256,
         max_queue: int = 1000,
         queue_wait_seconds: float = 2.0,
-        in_flight: int | None = None,
     ) -> None:
         self.db = db
         self.classify = classify
@@ -190,14 +155,7 @@ class Pipeline:
         self.on_commit = on_commit
         self.max_batch = max_batch
         self.queue_wait_seconds = queue_wait_seconds
-        # Batch transactions at once: one on SQLite (one writer), IN_FLIGHT_POSTGRES otherwise.
-        self.in_flight = in_flight or (1 if db.is_sqlite else IN_FLIGHT_POSTGRES)
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=max_queue)
-        # Taken from the queue but not yet in a batch (their sender has one in flight): at most
-        # max_batch, in the order received.
-        self._ahead: deque[_Pending] = deque()
-        self._batches: dict[asyncio.Task[None], _InFlight] = {}
-        self._wake = asyncio.Event()  # a message queued, a batch committing or ended
         self._writer: asyncio.Task[None] | None = None
         self.erasure_key = b""
 
@@ -207,7 +165,6 @@ class Pipeline:
         pending = _Pending(inbound)
         if not self._queue.full():
             self._queue.put_nowait(pending)
-            self._wake.set()
         else:
             try:
                 await asyncio.wait_for(self._queue.put(pending), self.queue_wait_seconds)
@@ -218,81 +175,23 @@ class Pipeline:
                     "kefu is busy: too many messages are waiting to be stored",
                     retry_after=BUSY_RETRY_SECONDS,
                 ) from None
-            self._wake.set()
         return await pending.future
 
     async def close(self) -> None:
-        tasks = [t for t in (self._writer, *self._batches) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
+        if self._writer is not None:
+            self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._writer = None
-        self._batches.clear()
+                await self._writer
+            self._writer = None
 
     async def _write_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            wait: float | None = None
-            if len(self._batches) < self.in_flight:
-                wait = self._held_back(loop.time())
-                if not wait and (batch := self._next_batch()):
-                    senders = {p.sender for p in batch}
-                    task = asyncio.create_task(self._run_batch(batch), name="kefu-pipeline-batch")
-                    self._batches[task] = _InFlight(senders, loop.time())
-                    continue
-            self._wake.clear()
-            # A timer, not wait_for: wait_for can swallow close()'s cancellation when the event
-            # is set at the same moment (Python 3.11), and the loop would wait on forever.
-            timer = loop.call_later(wait, self._wake.set) if wait else None
-            try:
-                await self._wake.wait()
-            finally:
-                if timer is not None:
-                    timer.cancel()
-
-    def _held_back(self, now: float) -> float:
-        """Seconds until another batch may start (0: now): once each batch in flight is
-        committing, or has been in flight for SLOW_BATCH_SECONDS. Starting earlier would only
-        split the same messages into smaller batches."""
-        waits = [
-            b.started + SLOW_BATCH_SECONDS - now for b in self._batches.values() if not b.committing
-        ]
-        return max([0.0, *waits])
-
-    def _next_batch(self) -> list[_Pending]:
-        """The waiting messages in the order received, but none whose sender has a batch in
-        flight (nor, so, any later message of that sender: it cannot overtake)."""
-        ahead = self._ahead
-        while len(ahead) < self.max_batch and not self._queue.empty():
-            ahead.append(self._queue.get_nowait())
-        busy = {s for b in self._batches.values() for s in b.senders}
-        batch: list[_Pending] = []
-        held: deque[_Pending] = deque()
-        for pending in ahead:
-            if pending.future.done():
-                continue  # the caller went away
-            (held if pending.sender in busy else batch).append(pending)
-        self._ahead = held
-        return batch
-
-    async def _run_batch(self, batch: list[_Pending]) -> None:
-        try:
-            await self._commit_batch(batch)
-        finally:
-            task = asyncio.current_task()
-            if task is not None:
-                self._batches.pop(task, None)
-            self._wake.set()
-
-    def _committing(self) -> None:
-        """The current batch's statements are done: the next batch may start beside its
-        commit."""
-        task = asyncio.current_task()
-        if task is not None and (batch := self._batches.get(task)) is not None:
-            batch.committing = True
-            self._wake.set()
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            live = [p for p in batch if not p.future.done()]  # callers may have gone away
+            if live:
+                await self._commit_batch(live)
 
     async def _commit_batch(self, batch: list[_Pending]) -> None:
         try:
@@ -345,7 +244,6 @@ class Pipeline:
                 async with self.db.transaction() as session:
                     receipts = await _receive(session, inbounds, self)
                     queued = outbox_rows.queued(session)
-                    self._committing()
                 break
             except (IntegrityError, OperationalError) as exc:
                 if attempt == RACE_ATTEMPTS or not _race(exc):
@@ -590,10 +488,8 @@ async def _log_fresh(
         if decision.round_robin is not None and decision.team is not None:
             cursors[decision.team] = decision.round_robin
         notes.append((customer, conversation, verdict, decision))
-    # Round-robin cursors, once per team and batch: the router kept the batch's own moves. In
-    # team order: two batches in flight lock the rows in one order, so neither waits on the other
-    # in a circle.
-    for team, staff_id in sorted(cursors.items()):
+    # Round-robin cursors, once per team and batch: the router kept the batch's own moves.
+    for team, staff_id in cursors.items():
         await routing_cursors.advance(session, team, staff_id, utcnow())
     # The log is the hot path: one statement (on PostgreSQL with the conversations touched
     # above), not the ORM's unit of work.
