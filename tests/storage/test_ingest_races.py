@@ -9,12 +9,15 @@ starts a new one, as it would had the close come first.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.messages import Inbound
+from bot.pipeline import Pipeline
 from bot.plugins import pipeline as plugged_pipeline
 from handlers import lifecycle
 from handlers.roles import SYSTEM
@@ -42,6 +45,69 @@ async def _waiting_on_a_lock(db: Database, timeout: float = 20.0) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("the batch never waited on the close's lock")
+
+
+async def _while_its_line_is_written(
+    db: Database,
+    pipeline: Pipeline,
+    message: Inbound,
+    operation: Callable[[AsyncSession], Awaitable[object]],
+) -> object:
+    """Send `message` through `pipeline`; once its batch has written the log line (not yet
+    committed), run `operation` in a transaction on another connection, in a thread, and let the
+    batch go on when the operation waits on a lock (or is done). Returns the batch's result or
+    exception; the operation's own error fails the test."""
+    import threading
+
+    from sqlalchemy import event
+
+    written = threading.Event()
+    go = threading.Event()
+
+    def hold(_c: object, _cur: object, statement: str, *_rest: object) -> None:
+        if "INSERT INTO interactions" in statement and not written.is_set():
+            written.set()
+            go.wait(30)
+
+    outcome: dict[str, object] = {}
+
+    def job() -> None:
+        async def run() -> None:
+            other = Database(db.url)
+            try:
+                written.wait(30)
+
+                async def operate() -> None:
+                    async with other.transaction() as session:
+                        await operation(session)
+
+                operating = asyncio.create_task(operate())
+                waiting = asyncio.create_task(_waiting_on_a_lock(other))
+                await asyncio.wait({operating, waiting}, return_when=asyncio.FIRST_COMPLETED)
+                waiting.cancel()
+                go.set()
+                await operating
+            finally:
+                go.set()
+                await other.dispose()
+
+        try:
+            asyncio.run(run())
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=job)
+    worker.start()
+    event.listen(db.engine.sync_engine, "after_cursor_execute", hold)
+    try:
+        [result] = await asyncio.gather(pipeline.receive_many([message]), return_exceptions=True)
+    finally:
+        event.remove(db.engine.sync_engine, "after_cursor_execute", hold)
+        go.set()
+        await asyncio.to_thread(worker.join, 60)
+        await pipeline.close()
+    assert "error" not in outcome, outcome
+    return result
 
 
 @pytest.mark.parametrize("before", ["resolved", "open", "pending"])
@@ -257,10 +323,6 @@ async def test_a_customer_forgotten_while_their_message_is_written_keeps_none_of
     # while forget waited, kept their words; or the two deadlocked on the conversation.
     if db.is_sqlite:
         pytest.skip("SQLite has one writer at a time: the batch and forget cannot interleave")
-    import threading
-
-    from sqlalchemy import event
-
     from storage import customers
 
     pipeline = plugged_pipeline(db)
@@ -274,57 +336,14 @@ async def test_a_customer_forgotten_while_their_message_is_written_keeps_none_of
         owner = await session.scalar(
             text("SELECT customer_id FROM interactions WHERE external_id = 'm1'")
         )
-    written = threading.Event()
-    go = threading.Event()
-
-    def hold(_c: object, _cur: object, statement: str, *_rest: object) -> None:
-        if "INSERT INTO interactions" in statement and not written.is_set():
-            written.set()  # the batch's line is written, not committed
-            go.wait(30)
-
-    outcome: dict[str, object] = {}
-
-    def job() -> None:
-        async def run() -> None:
-            other = Database(db.url)
-            try:
-                written.wait(30)
-
-                async def forget() -> None:
-                    async with other.transaction() as session:
-                        await customers.forget(session, owner)
-
-                forgetting = asyncio.create_task(forget())
-                waiting = asyncio.create_task(_waiting_on_a_lock(other))
-                await asyncio.wait({forgetting, waiting}, return_when=asyncio.FIRST_COMPLETED)
-                waiting.cancel()
-                go.set()
-                await forgetting
-            finally:
-                go.set()
-                await other.dispose()
-
-        try:
-            asyncio.run(run())
-        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=job)
-    worker.start()
-    event.listen(db.engine.sync_engine, "after_cursor_execute", hold)
-    try:
-        again = Inbound(
-            channel="webhook", external_id="m2", address="shop:mei", text="我的电话是 13800138000",
-            received_at=t0 + timedelta(minutes=2),
-        )
-        result = await asyncio.gather(pipeline.receive_many([again]), return_exceptions=True)
-    finally:
-        event.remove(db.engine.sync_engine, "after_cursor_execute", hold)
-        go.set()
-        await asyncio.to_thread(worker.join, 60)
-        await pipeline.close()
-    assert "error" not in outcome, outcome
-    assert not isinstance(result[0], BaseException), result[0]
+    again = Inbound(
+        channel="webhook", external_id="m2", address="shop:mei", text="我的电话是 13800138000",
+        received_at=t0 + timedelta(minutes=2),
+    )
+    result = await _while_its_line_is_written(
+        db, pipeline, again, lambda session: customers.forget(session, owner)
+    )
+    assert not isinstance(result, BaseException), result
     assert first.conversation_id is not None
     async with db.sessions() as session:
         words = list(await session.scalars(text("SELECT text FROM interactions")))
@@ -340,10 +359,6 @@ async def test_a_merge_while_the_gone_customers_message_is_written_moves_it_too(
     # message (committed while merge waited) stayed with the merged-away record.
     if db.is_sqlite:
         pytest.skip("SQLite has one writer at a time: the batch and merge cannot interleave")
-    import threading
-
-    from sqlalchemy import event
-
     from storage import customers
 
     pipeline = plugged_pipeline(db)
@@ -366,55 +381,12 @@ async def test_a_merge_while_the_gone_customers_message_is_written_moves_it_too(
         async with db.transaction() as session:
             [conversation] = await conversations.of_customer(session, gone)
             await lifecycle.close(session, conversation.id, SYSTEM, CFG, now=t0)
-    written = threading.Event()
-    go = threading.Event()
-
-    def hold(_c: object, _cur: object, statement: str, *_rest: object) -> None:
-        if "INSERT INTO interactions" in statement and not written.is_set():
-            written.set()
-            go.wait(30)
-
-    outcome: dict[str, object] = {}
-
-    def job() -> None:
-        async def run() -> None:
-            other = Database(db.url)
-            try:
-                written.wait(30)
-
-                async def merge() -> None:
-                    async with other.transaction() as session:
-                        await customers.merge(session, keep, gone)
-
-                merging = asyncio.create_task(merge())
-                waiting = asyncio.create_task(_waiting_on_a_lock(other))
-                await asyncio.wait({merging, waiting}, return_when=asyncio.FIRST_COMPLETED)
-                waiting.cancel()
-                go.set()
-                await merging
-            finally:
-                go.set()
-                await other.dispose()
-
-        try:
-            asyncio.run(run())
-        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=job)
-    worker.start()
-    event.listen(db.engine.sync_engine, "after_cursor_execute", hold)
-    try:
-        again = Inbound(channel="telegram", external_id="t2", address="4242", text="まだですか？",
-                        received_at=t0 + timedelta(minutes=2))
-        result = await asyncio.gather(pipeline.receive_many([again]), return_exceptions=True)
-    finally:
-        event.remove(db.engine.sync_engine, "after_cursor_execute", hold)
-        go.set()
-        await asyncio.to_thread(worker.join, 60)
-        await pipeline.close()
-    assert "error" not in outcome, outcome
-    assert not isinstance(result[0], BaseException), result[0]
+    again = Inbound(channel="telegram", external_id="t2", address="4242", text="まだですか？",
+                    received_at=t0 + timedelta(minutes=2))
+    result = await _while_its_line_is_written(
+        db, pipeline, again, lambda session: customers.merge(session, keep, gone)
+    )
+    assert not isinstance(result, BaseException), result
     async with db.sessions() as session:
         owners = set(await session.scalars(text("SELECT customer_id FROM interactions")))
         assert owners == {keep}
