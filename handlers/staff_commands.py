@@ -21,7 +21,7 @@ from bot.config import Config
 from bot.effects import Event
 from handlers import lifecycle, roles
 from handlers.roles import Actor
-from storage import audit, customers, interactions, staff
+from storage import audit, conversations, customers, interactions, staff
 from storage.models import Conversation, Customer, Staff, utcnow
 
 log = logging.getLogger("kefu.staff_commands")
@@ -31,7 +31,6 @@ USAGE = (
     "/history [n], /whois, /vip on|off, /tag <tag>"
 )
 HISTORY_DEFAULT = 10
-_NO_KEY_UPDATE = {"key_share": True}
 HISTORY_MAX = 50
 LINE_LIMIT = 200
 # /name or /name@bot_username, then the arguments (which may span lines).
@@ -110,16 +109,13 @@ async def run(
     if conversation is None:
         return f"/{name} works inside a conversation's topic, or as a reply to its message."
     # Two staff members acting on one conversation at once (two /claim): each command decides on
-    # the conversation as it is once the other has committed. Customer first, then conversation:
-    # the order in which the pipeline locks them, so the two cannot deadlock. FOR NO KEY UPDATE:
-    # this post's own rows that name the conversation (processed_messages) hold a key-share lock
-    # on it, which FOR UPDATE would wait on. (SQLite: the write transaction is exclusive already.)
-    customer = await session.get(
-        Customer, conversation.customer_id, with_for_update=_NO_KEY_UPDATE, populate_existing=True
-    )
-    await session.refresh(conversation, with_for_update=_NO_KEY_UPDATE)
-    if customer is None or customer.id != conversation.customer_id:  # merged meanwhile
-        customer = await customers.by_id(session, conversation.customer_id)
+    # the conversation as it is once the other has committed, locked customer first as the
+    # pipeline locks them (storage.conversations.for_change; SQLite: the write transaction is
+    # exclusive already).
+    conversation = await conversations.for_change(session, conversation.id)
+    if conversation is None:
+        return "This conversation no longer exists."
+    customer = await session.get(Customer, conversation.customer_id, populate_existing=True)
     assert customer is not None
     ctx = Context(session, member, conversation, customer, args, post, config)
     try:

@@ -98,8 +98,13 @@ async def for_change(session: AsyncSession, conversation_id: int) -> Conversatio
         await session.execute(
             select(Customer.id).where(Customer.id == owner).with_for_update(key_share=True)
         )
+        # FOR NO KEY UPDATE: a status change writes no key, and rows naming the conversation
+        # (log lines, processed posts) hold key-share locks that FOR UPDATE would wait on.
         conversation = await session.get(
-            Conversation, conversation_id, with_for_update=True, populate_existing=True
+            Conversation,
+            conversation_id,
+            with_for_update={"key_share": True},
+            populate_existing=True,
         )
         # Merged into another customer meanwhile: lock that one instead.
         if conversation is None or conversation.customer_id == owner:
